@@ -1,0 +1,1 @@
+"""Benchmark helpers and entry points (run as `python bench/<script>.py` from the repo root)."""

@@ -1,0 +1,56 @@
+// The Python module `simplicial_attn._C`: importing it registers the kernels (the
+// TORCH_LIBRARY blocks in the other translation units) and exposes build_info(), so a
+// user can tell which kernels and CUDA archs this build holds.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/extension.h>
+#if __has_include(<torch/headeronly/version.h>)
+#include <torch/headeronly/version.h>
+#else
+#include <torch/version.h>
+#endif
+#ifdef SIMPLICIAL_ATTN_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#include <string>
+#include <vector>
+
+namespace {
+
+// The simplicial_attn ops that have a kernel for `key`, asked of the dispatcher so the list
+// can never disagree with what is registered.
+std::vector<std::string> registered_kernels(c10::DispatchKey key) {
+  std::vector<std::string> names;
+  for (const auto& op : c10::Dispatcher::singleton().getAllOpNames()) {
+    if (op.name.rfind("simplicial_attn::", 0) != 0) continue;
+    auto handle = c10::Dispatcher::singleton().findOp(op);
+    if (handle && handle->hasKernelForDispatchKey(key)) names.push_back(op.name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["cpu_kernels"] = registered_kernels(c10::DispatchKey::CPU);
+  info["cuda_kernels"] = registered_kernels(c10::DispatchKey::CUDA);
+#ifdef SIMPLICIAL_ATTN_WITH_CUDA
+  info["with_cuda"] = true;
+  info["cuda_archs"] = std::string(SIMPLICIAL_ATTN_CUDA_ARCHS);
+  info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
+#else
+  info["with_cuda"] = false;
+  info["cuda_archs"] = std::string();
+  info["cuda_version"] = pybind11::none();
+#endif
+  info["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+                          std::to_string(TORCH_VERSION_PATCH);
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "simplicial-attn compiled kernels (registered as torch.ops.simplicial_attn.*)";
+  m.def("build_info", &build_info, "What this build of the extension holds");
+}

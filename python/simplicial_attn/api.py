@@ -1,0 +1,57 @@
+"""The public function. Checks the call, resolves windows and backend, then calls the op."""
+
+import torch
+
+from . import _ops, _validate, backends
+from ._windows import kernel_window
+
+
+def two_simplicial_attention(
+    q, k1, k2, v1, v2, w1=512, w2=32, *, causal=True, scale=None, return_lse=False, backend="auto"
+):
+    r"""2-simplicial (trilinear) sliding-window attention.
+
+    For each query i, one softmax over the pairs (j, k) of two windows:
+
+        A[i,j,k] = scale * sum_d q[i,d] k1[j,d] k2[k,d]       j in J(i), k in K(i)
+        out[i]   = sum_{j,k} softmax_{(j,k)}(A[i])[j,k] * (v1[j] * v2[k])
+
+    Windows (w1 over j, w2 over k; None = unbounded on the allowed side):
+
+        causal=True:   J(i) = (i - w1, i]           causal=False:  J(i) = [i - w1//2, i - w1//2 + w1)
+
+    Args:
+        q: (batch_size, seqlen, nheads_q, headdim).
+        k1, k2, v1, v2: (batch_size, seqlen, nheads_kv, headdim), nheads_q % nheads_kv == 0
+            (grouped-query: query head h reads kv head h // (nheads_q // nheads_kv)).
+            Any strides; float16, bfloat16, float32 (float64 on the cpu/reference backends).
+        w1, w2: window sizes (int >= 1) or None.
+        causal: the paper's trailing windows (True) or centred windows (False).
+        scale: logit scale, default headdim ** -0.5.
+        return_lse: also return lse (batch_size, nheads_q, seqlen), the natural-log
+            normaliser, float32 (float64 for float64 inputs); not differentiable.
+        backend: "auto", "cuda", "triton", "cpu" or "reference". "auto" picks the fastest
+            that can serve the call (SIMPLICIAL_ATTN_BACKEND overrides it); an explicit
+            backend that cannot serve raises BackendNotSupported with the reasons.
+
+    Returns:
+        out (batch_size, seqlen, nheads_q, headdim) in q's dtype, or (out, lse).
+    """
+    _validate.check_tensors(q, k1, k2, v1, v2)
+    _validate.check_window("w1", w1)
+    _validate.check_window("w2", w2)
+    _validate.check_flag("causal", causal)
+    _validate.check_flag("return_lse", return_lse)
+    _validate.check_scale(scale)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {', '.join(backends.NAMES)}; got {type(backend).__name__}")
+    if backend not in backends.NAMES:
+        raise ValueError(f"backend must be one of {', '.join(backends.NAMES)}; got {backend!r}")
+    n, d = q.shape[1], q.shape[3]
+    name = backends.select(backend, q.device.type, q.dtype)
+    scale = d**-0.5 if scale is None else float(scale)
+    out, lse = _ops.attention(
+        q, k1, k2, v1, v2, kernel_window(w1, n, causal), kernel_window(w2, n, causal), causal, scale, name
+    )
+    return (out, lse) if return_lse else out
+

@@ -1,0 +1,179 @@
+"""Backend choice, in one place.
+
+Every backend implements the same two functions (see reference.py for the spec):
+
+    fwd(q, k1, k2, v1, v2, w1, w2, causal, scale) -> (out, lse)
+    bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale) -> (dq, dk1, dk2, dv1, dv2)
+
+and answers `not_supported_reasons(...)` with a list of plain sentences (empty: it can serve
+the call). `"auto"` takes the first backend of `AUTO_ORDER[device type]` that can serve; an
+explicit backend that cannot serve raises `BackendNotSupported` with its reasons, never a
+silent fallback. `SIMPLICIAL_ATTN_BACKEND` overrides `"auto"` (and only `"auto"`).
+
+What a backend can serve is decided from plain values (device type, dtype, sizes), and the
+expensive facts (is the extension built, is triton importable) are read once at import, so
+torch.compile traces this module without graph breaks.
+"""
+
+import importlib.util
+import os
+
+import torch
+
+from . import _ext, reference
+
+ENV_VAR = "SIMPLICIAL_ATTN_BACKEND"
+
+# The choice table: which backend "auto" tries first, per device type. On CUDA it prefers
+# Triton until a GPU measurement shows the CUDA C++ kernels faster (issue 5).
+AUTO_ORDER = {
+    "cuda": ("triton", "cuda", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+DEFAULT_ORDER = ("reference",)
+
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+_HAS_CPU_KERNEL = _ext.has_kernel("cpu")
+_HAS_CUDA_KERNEL = _ext.has_kernel("cuda")
+_GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class BackendNotSupported(ValueError):
+    """An explicitly requested backend cannot serve this call; the message lists why."""
+
+
+class Backend:
+    name = ""
+
+    def not_supported_reasons(self, device_type, dtype):
+        raise NotImplementedError
+
+    def fwd(self, q, k1, k2, v1, v2, w1, w2, causal, scale):
+        raise NotImplementedError
+
+    def bwd(self, dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale):
+        raise NotImplementedError
+
+
+class ReferenceBackend(Backend):
+    """Pure PyTorch (reference.py): every device and floating dtype; the executable spec."""
+
+    name = "reference"
+
+    def not_supported_reasons(self, device_type, dtype):
+        return []
+
+    def fwd(self, *args):
+        return reference.fwd(*args)
+
+    def bwd(self, *args):
+        return reference.bwd(*args)
+
+
+class _ExtensionBackend(Backend):
+    """A backend served by the C++ kernels of `simplicial_attn._C` for one device type."""
+
+    device_type = ""
+    dtypes = ()
+
+    def not_supported_reasons(self, device_type, dtype):
+        reasons = []
+        if not _ext.extension_loaded():
+            reasons.append(f"the C++ extension simplicial_attn._C is not built ({_ext.build_info()['import_error']})")
+        elif not self._has_kernel():
+            reasons.append(f"this build of simplicial_attn._C has no {self.device_type.upper()} kernels")
+        if device_type != self.device_type:
+            reasons.append(f"it needs {self.device_type} tensors, got {device_type} tensors")
+        if dtype not in self.dtypes:
+            names = ", ".join(str(d).removeprefix("torch.") for d in self.dtypes)
+            reasons.append(f"it supports dtypes {names}, got {str(dtype).removeprefix('torch.')}")
+        return reasons
+
+    def _has_kernel(self):
+        raise NotImplementedError
+
+    def fwd(self, *args):
+        return torch.ops.simplicial_attn.fused_fwd(*args)
+
+    def bwd(self, *args):
+        return torch.ops.simplicial_attn.fused_bwd(*args)
+
+
+class CpuBackend(_ExtensionBackend):
+    """C++ CPU kernels (csrc/cpu/)."""
+
+    name = "cpu"
+    device_type = "cpu"
+    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+    def _has_kernel(self):
+        return _HAS_CPU_KERNEL
+
+
+class CudaBackend(_ExtensionBackend):
+    """CUDA C++ kernels (csrc/cuda/)."""
+
+    name = "cuda"
+    device_type = "cuda"
+    dtypes = _GPU_DTYPES
+
+    def _has_kernel(self):
+        return _HAS_CUDA_KERNEL
+
+
+class TritonBackend(Backend):
+    """Triton kernels (triton_kernels/). Under TRITON_INTERPRET=1 it also takes CPU tensors."""
+
+    name = "triton"
+
+    def not_supported_reasons(self, device_type, dtype):
+        reasons = []
+        if not _HAS_TRITON:
+            reasons.append("triton is not installed (pip install triton)")
+        interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+        if device_type != "cuda" and not (device_type == "cpu" and interpreting):
+            reasons.append(f"it needs cuda tensors (or cpu tensors with TRITON_INTERPRET=1), got {device_type} tensors")
+        if dtype not in _GPU_DTYPES:
+            reasons.append(f"it supports dtypes float16, bfloat16, float32, got {str(dtype).removeprefix('torch.')}")
+        return reasons
+
+    def fwd(self, *args):
+        from . import triton_kernels
+
+        return triton_kernels.fwd(*args)
+
+    def bwd(self, *args):
+        from . import triton_kernels
+
+        return triton_kernels.bwd(*args)
+
+
+BACKENDS = {b.name: b for b in (CudaBackend(), TritonBackend(), CpuBackend(), ReferenceBackend())}
+NAMES = ("auto", *BACKENDS)
+
+
+def get(name):
+    return BACKENDS[name]
+
+
+def select(requested, device_type, dtype):
+    """The backend name to run: `requested` itself if it can serve, else an error; or for
+    "auto" (after the SIMPLICIAL_ATTN_BACKEND override) the first in the choice table."""
+    if requested == "auto":
+        override = os.environ.get(ENV_VAR, "auto")
+        if override not in NAMES:
+            raise ValueError(f"{ENV_VAR} must be one of {', '.join(NAMES)}; got {override!r}")
+        requested = override
+    if requested != "auto":
+        reasons = BACKENDS[requested].not_supported_reasons(device_type, dtype)
+        if reasons:
+            raise BackendNotSupported(f"backend={requested!r} cannot serve this call: " + "; ".join(reasons))
+        return requested
+    order = AUTO_ORDER.get(device_type, DEFAULT_ORDER)
+    report = []
+    for name in order:
+        reasons = BACKENDS[name].not_supported_reasons(device_type, dtype)
+        if not reasons:
+            return name
+        report.append(f"{name}: " + "; ".join(reasons))
+    raise BackendNotSupported("no backend can serve this call:\n  " + "\n  ".join(report))

@@ -1,0 +1,220 @@
+"""Kernel microbenchmarks: one entry point for every provider, shape sweep and output format.
+
+    python bench/run.py --quick                       # default sweep (< 5 min CPU, < 2 min GPU)
+    python bench/run.py --backend cpu reference --mode fwd bwd --N 1024 2048 --dtype float32
+    python bench/run.py --op softmax --quick          # windowed_softmax GB/s (bench/softmax.py)
+
+Every figure: median and spread over repeats (CUDA events on GPU, perf_counter on CPU, warm-up
+excluded, inputs rotated between repeats), TFLOP/s under the CONTRACT §2 convention, the
+fraction of the device's matmul rate in the same dtype measured in the same run, and peak
+extra memory. Writes DIR/<device>-<date>.json (versions + every raw figure), a Markdown
+summary and a PNG plot (TFLOP/s vs N per provider) next to it.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import environment, flops, memory, providers, report, timing  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ROTATIONS = 3  # distinct input sets cycled through the repeats
+
+
+@dataclasses.dataclass
+class Spec:
+    op: str
+    mode: str
+    device: str
+    dtype: torch.dtype
+    B: int
+    N: int
+    Hq: int
+    Hkv: int
+    D: int
+    w1: int | None
+    w2: int | None
+    causal: bool = True
+    sdpa_N: int = 0
+
+    def shape_label(self):
+        return f"B{self.B}-N{self.N}-Hq{self.Hq}-Hkv{self.Hkv}-D{self.D}-w1_{self.w1}-w2_{self.w2}"
+
+
+def quick_specs(device):
+    """The default sweep: the issue targets' shapes, scaled to what finishes in minutes."""
+    if device == "cuda":
+        shapes = [dict(B=2, N=n, Hq=64, Hkv=1, D=128, w1=512, w2=32) for n in (2048, 8192, 16384)]
+        shapes += [dict(B=1, N=4096, Hq=16, Hkv=16, D=64, w1=512, w2=32)]
+        dtypes = [torch.bfloat16]
+    else:
+        shapes = [dict(B=1, N=n, Hq=4, Hkv=4, D=64, w1=256, w2=32) for n in (512, 1024, 2048)]
+        dtypes = [torch.float32, torch.bfloat16]
+    return shapes, dtypes
+
+
+def make_inputs(spec, seed):
+    g = torch.Generator().manual_seed(seed)
+    qs = (spec.B, spec.N, spec.Hq, spec.D)
+    ks = (spec.B, spec.N, spec.Hkv, spec.D)
+    tensors = [torch.randn(s, generator=g) for s in (qs, ks, ks, ks, ks, qs)]
+    out = [t.to(spec.device, spec.dtype) for t in tensors]
+    for t in out[:5]:
+        t.requires_grad_(spec.mode != "fwd")
+    return out
+
+
+def spec_flops(spec, provider):
+    if provider.name == "sdpa-causal":
+        fwd = 4 * spec.B * spec.Hq * spec.D * spec.sdpa_N * (spec.sdpa_N + 1) // 2
+        return {"fwd": fwd, "bwd": fwd * 5 // 2, "fwdbwd": fwd * 7 // 2}[spec.mode]
+    return flops.attention_flops(spec.B, spec.N, spec.Hq, spec.D, spec.w1, spec.w2, spec.causal, spec.mode)
+
+
+def measure(spec, provider, repeats, warmup):
+    """One provider on one spec: timing summary, TFLOP/s and peak memory (or a skip reason)."""
+    reason = provider.unavailable(spec)
+    if reason:
+        return {"skipped": reason}
+    input_sets = [make_inputs(spec, seed) for seed in range(ROTATIONS)]
+    steps = [provider.run(spec, inputs) for inputs in input_sets]
+    current = {"step": steps[0]}
+
+    def rotate(r):
+        current["step"] = steps[r % ROTATIONS]
+
+    times = timing.time_fn(lambda: current["step"](), device=spec.device, warmup=warmup, repeats=repeats, setup=rotate)
+    summary = timing.summarize(times)
+    count = spec_flops(spec, provider)
+    summary.update(flops=count, tflops=count / summary["median_s"] / 1e12)
+    summary["peak_extra_bytes"] = memory.peak_memory_delta(lambda: steps[0](), spec.device)
+    return summary
+
+
+def progress(done, total, label):
+    width = 30
+    filled = int(width * done / max(total, 1))
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label[:70]:<70}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--op", choices=["attention", "scores", "softmax"], default="attention")
+    p.add_argument("--backend", nargs="+", help="providers to run (default: every available one)")
+    p.add_argument("--mode", nargs="+", choices=["fwd", "bwd", "fwdbwd"], default=["fwd", "bwd", "fwdbwd"])
+    p.add_argument("--dtype", nargs="+", choices=list(DTYPES))
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    for name, default in (
+        ("N", None),
+        ("D", [64]),
+        ("w1", [256]),
+        ("w2", [32]),
+        ("Hq", [4]),
+        ("Hkv", None),
+        ("B", [1]),
+    ):
+        p.add_argument(f"--{name}", nargs="+", type=_window if name in ("w1", "w2") else int, default=default)
+    p.add_argument("--centred", action="store_true", help="centred (non-causal) windows")
+    p.add_argument("--quick", action="store_true", help="the default sweep (under 5 min on a 2-core CPU)")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    return p.parse_args(argv)
+
+
+def _window(text):
+    return None if text.lower() == "none" else int(text)
+
+
+def build_specs(args):
+    if args.quick or args.N is None:
+        shapes, dtypes = quick_specs(args.device)
+    else:
+        shapes = [
+            dict(B=b, N=n, Hq=hq, Hkv=hkv, D=d, w1=w1, w2=w2)
+            for b in args.B
+            for n in args.N
+            for hq in args.Hq
+            for hkv in (args.Hkv or [hq])
+            for d in args.D
+            for w1 in args.w1
+            for w2 in args.w2
+        ]
+        dtypes = [torch.float32]
+    if args.dtype:
+        dtypes = [DTYPES[d] for d in args.dtype]
+    specs = []
+    for shape in shapes:
+        for dtype in dtypes:
+            for mode in args.mode:
+                spec = Spec("attention", mode, args.device, dtype, causal=not args.centred, **shape)
+                fwd = flops.attention_flops(spec.B, spec.N, spec.Hq, spec.D, spec.w1, spec.w2, spec.causal)
+                spec.sdpa_N = providers.SdpaProvider().equivalent_length(spec, fwd)
+                specs.append(spec)
+    return specs
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.op != "attention":
+        from bench import softmax  # the scores / softmax benchmarks live with their kernels
+
+        return softmax.main(["--quick"] if args.quick else [])
+    chosen = providers.all_providers()
+    if args.backend:
+        unknown = set(args.backend) - {p.name for p in chosen}
+        if unknown:
+            sys.exit(f"unknown --backend {sorted(unknown)}; choose from {[p.name for p in chosen]}")
+        chosen = [p for p in chosen if p.name in args.backend]
+    specs = build_specs(args)
+    repeats = args.repeats or (10 if args.device == "cuda" else 3)
+    env = environment.describe(args.device)
+    peaks = {str(dt)[6:]: environment.matmul_peak(args.device, dt) for dt in {s.dtype for s in specs}}
+    rows = []
+    total = len(specs) * len(chosen)
+    for n, (spec, provider) in enumerate(((s, p) for s in specs for p in chosen), start=1):
+        progress(n - 1, total, f"{provider.name} {spec.mode} {str(spec.dtype)[6:]} {spec.shape_label()}")
+        result = measure(spec, provider, repeats, args.warmup)
+        row = {"provider": provider.name, "mode": spec.mode, "dtype": str(spec.dtype)[6:], "causal": spec.causal}
+        row.update({k: getattr(spec, k) for k in ("B", "N", "Hq", "Hkv", "D", "w1", "w2")})
+        if provider.name == "sdpa-causal":
+            row["sdpa_N"] = spec.sdpa_N
+        row.update(result)
+        if "tflops" in result:
+            row["fraction_of_matmul_peak"] = result["tflops"] / peaks[row["dtype"]]["tflops"]
+        rows.append(row)
+    progress(total, total, "done")
+    stamp = datetime.date.today().isoformat()
+    result = {
+        "date": stamp,
+        "environment": env,
+        "matmul_peak": peaks,
+        "flop_convention": flops.CONVENTION,
+        "timing": "median over repeats; CUDA events on GPU, perf_counter on CPU; warm-up excluded; inputs rotated",
+        "rows": rows,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, f"{environment.slug(env['device_name'])}-{stamp}")
+    with open(base + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    table = report.console_table(result)
+    print(table)
+    with open(base + ".md", "w") as f:
+        f.write(report.markdown(result))
+    plot = report.plot(result, base + ".png")
+    print(f"wrote {base}.json, {base}.md" + (f", {plot}" if plot else " (no plot: matplotlib missing)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

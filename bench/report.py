@@ -140,7 +140,10 @@ def readme_section():
     return "\n".join(parts)
 
 
-def update_readme(readme=os.path.join(ROOT, "README.md")):
+README = os.path.join(ROOT, "README.md")
+
+
+def update_readme(readme=README):
     with open(readme) as f:
         text = f.read()
     if BEGIN not in text or END not in text:

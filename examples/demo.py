@@ -55,7 +55,10 @@ def main():
     ref_grads = torch.autograd.grad(ref, leaves, dout.double())
     errors = [rel_err(out, ref)] + [rel_err(a, b) for a, b in zip(grads, ref_grads, strict=True)]
     names = ["out", "dq", "dk1", "dk2", "dv1", "dv2"]
-    print("  relative error vs float64 reference: " + ", ".join(f"{n} {e:.1e}" for n, e in zip(names, errors)))
+    print(
+        "  relative error vs float64 reference: "
+        + ", ".join(f"{n} {e:.1e}" for n, e in zip(names, errors, strict=True))
+    )
     flops = attention_flops(B, N, Hq, D, w1, w2, mode="fwdbwd")
     print(f"  fwd+bwd {seconds * 1e3:.1f} ms = {flops / seconds / 1e12:.3f} TFLOP/s ({CONVENTION})")
     bound = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype]

@@ -4,9 +4,10 @@ import time
 
 import pytest
 import torch
-from oracle import window_mask
 
 from bench import flops, memory, timing
+
+from oracle import window_mask
 
 
 @pytest.mark.parametrize("causal", [True, False])

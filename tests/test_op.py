@@ -2,16 +2,20 @@
 
 import pytest
 import torch
-from cases import Case, make_inputs, rel_err
-from oracle import oracle_fwd
 
 import simplicial_attn as sa
 from simplicial_attn import _ext, _ops, backends
 
+from cases import Case, make_inputs, rel_err
+from oracle import oracle_fwd
+
 CPU_BACKENDS = ["reference"] + (["cpu"] if _ext.has_kernel("cpu") else [])
 
 
-def small_inputs(dtype=torch.float32, requires_grad=False, case=Case(2, 7, 4, 2, 16, 3, 4)):
+SMALL = Case(2, 7, 4, 2, 16, 3, 4)
+
+
+def small_inputs(dtype=torch.float32, requires_grad=False, case=SMALL):
     return make_inputs(case, dtype, requires_grad=requires_grad)
 
 

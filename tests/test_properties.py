@@ -2,13 +2,14 @@
 
 import pytest
 import torch
-from cases import Case, make_dout, make_inputs, rel_err
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from oracle import oracle_bwd, oracle_fwd
 
 import simplicial_attn as sa
 from simplicial_attn import _ext
+
+from cases import Case, make_dout, make_inputs, rel_err
+from oracle import oracle_bwd, oracle_fwd
 
 BACKENDS = ["reference"] + (["cpu"] if _ext.has_kernel("cpu") else [])
 

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from cases import BOUNDS, CASES_FULL, Case, make_dout, make_inputs, rel_err
-from oracle import oracle_bwd, oracle_fwd
 
 import simplicial_attn as sa
 from simplicial_attn import reference
+
+from cases import BOUNDS, CASES_FULL, Case, make_dout, make_inputs, rel_err
+from oracle import oracle_bwd, oracle_fwd
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 

@@ -95,7 +95,9 @@ def test_window_not_an_int(name, value):
 
 
 def test_unknown_backend():
-    expect(ValueError, inputs(), r"backend must be one of auto, cuda, triton, cpu, reference; got 'flash'", backend="flash")
+    expect(
+        ValueError, inputs(), r"backend must be one of auto, cuda, triton, cpu, reference; got 'flash'", backend="flash"
+    )
 
 
 def test_backend_not_a_string():

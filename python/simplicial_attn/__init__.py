@@ -1,7 +1,6 @@
 """simplicial-attn: 2-simplicial (trilinear) sliding-window attention as one torch op.
 
-    import simplicial_attn as sa
-    out = sa.two_simplicial_attention(q, k1, k2, v1, v2, w1=512, w2=32)
+Usage: ``out = simplicial_attn.two_simplicial_attention(q, k1, k2, v1, v2, w1=512, w2=32)``.
 """
 
 from . import _ops  # noqa: F401  (registers the torch.library ops)

@@ -1,7 +1,5 @@
 """The public function. Checks the call, resolves windows and backend, then calls the op."""
 
-import torch
-
 from . import _ops, _validate, backends
 from ._windows import kernel_window
 
@@ -54,4 +52,3 @@ def two_simplicial_attention(
         q, k1, k2, v1, v2, kernel_window(w1, n, causal), kernel_window(w2, n, causal), causal, scale, name
     )
     return (out, lse) if return_lse else out
-

@@ -161,4 +161,3 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale):
         _scatter_add(dv2, c.k, c.kvalid, p2.transpose(-1, -2) @ do_v1)
     grads = (dq.view(B, N, Hq, D), dk1, dk2, dv1, dv2)
     return tuple(g.to(in_dtype) for g in grads)
-

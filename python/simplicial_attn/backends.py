@@ -17,6 +17,7 @@ torch.compile traces this module without graph breaks.
 
 import importlib.util
 import os
+import sys
 
 import torch
 
@@ -130,7 +131,7 @@ class TritonBackend(Backend):
         reasons = []
         if not _HAS_TRITON:
             reasons.append("triton is not installed (pip install triton)")
-        interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+        interpreting = _triton_interpreting()
         if device_type != "cuda" and not (device_type == "cpu" and interpreting):
             reasons.append(f"it needs cuda tensors (or cpu tensors with TRITON_INTERPRET=1), got {device_type} tensors")
         if dtype not in _GPU_DTYPES:
@@ -146,6 +147,15 @@ class TritonBackend(Backend):
         from . import triton_kernels
 
         return triton_kernels.bwd(*args)
+
+
+def _triton_interpreting():
+    """Whether the Triton kernels run through the interpreter. Triton reads TRITON_INTERPRET
+    when the kernels are defined, so once they are imported their own answer is the truth."""
+    kernels = sys.modules.get("simplicial_attn.triton_kernels")
+    if kernels is not None:
+        return kernels.is_interpreting()
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 BACKENDS = {b.name: b for b in (CudaBackend(), TritonBackend(), CpuBackend(), ReferenceBackend())}

@@ -1,0 +1,253 @@
+"""Static report of every shipped Triton kernel and config, compiled ahead of time for
+sm_80, sm_86 and sm_90 on a machine without a GPU.
+
+    python bench/kernel_report.py            # print the table
+    python bench/kernel_report.py --check    # exit 1 on a spill, shared memory over the
+                                             # arch's per-block limit, or a main loop
+                                             # without tensor-core instructions
+
+One row per kernel x config x arch (x tiling for the query-tiled kernels, x operand dtype):
+registers per thread, spill bytes (ptxas), shared memory per block, and the innermost loops
+of the PTX that hold tensor-core instructions (mma.sync on sm_80/86, wgmma on sm_90).
+Each config is compiled at the largest head dim it is shipped for (configs.D_CLASSES), the
+worst case for registers and shared memory, with the H100 target's sizes (N = 16384,
+Hq = 64, Hkv = 1, w1 = 512, w2 = 32, contiguous) so specialisation matches a real launch.
+float16 compiles to the same code as bfloat16 but for the mma type and is not repeated;
+float32 uses IEEE dots (FMA, no tensor cores), so its rows are held to spills and shared
+memory only. TF32 (opt-in) is not compiled here.
+
+The compiler runs in a fresh cache directory, so every number comes from this run's ptxas.
+`main` removes TRITON_INTERPRET from the environment before triton is imported; a test
+process that interprets must run the report as a subprocess.
+"""
+
+import argparse
+import concurrent.futures
+import contextlib
+import io
+import os
+import re
+import sys
+import tempfile
+import time
+
+TARGET = dict(B=2, N=16384, HQ=64, HKV=1, W1=512, W2=32)
+PTR_F32 = {"LSE", "DELTA"}
+Q_LIKE = ("stride_q", "stride_o", "stride_do", "stride_dq")
+KV_LIKE = ("stride_k1", "stride_k2", "stride_v1", "stride_v2", "stride_g")
+TC_RE = re.compile(r"\b(mma\.sync|wgmma\.mma_async)\b")
+BLOCK_RE = re.compile(r"^(?:(\$L__BB\d+_\d+):|// %bb\.(\d+):)")
+
+
+def _kernels():
+    from simplicial_attn.triton_kernels.bwd import _delta_kernel
+    from simplicial_attn.triton_kernels.bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
+    from simplicial_attn.triton_kernels.bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
+    from simplicial_attn.triton_kernels.bwd_dq import _two_simplicial_bwd_dq_kernel
+    from simplicial_attn.triton_kernels.fwd import _two_simplicial_fwd_kernel
+
+    return {
+        "fwd": _two_simplicial_fwd_kernel,
+        "bwd_dq": _two_simplicial_bwd_dq_kernel,
+        "bwd_dkv1": _two_simplicial_bwd_dkv1_kernel,
+        "bwd_dkv2": _two_simplicial_bwd_dkv2_kernel,
+        "bwd_delta": _delta_kernel,
+    }
+
+
+def _int_args(bd):
+    n, hq, hkv = TARGET["N"], TARGET["HQ"], TARGET["HKV"]
+    q = dict(zip("bnhd", (n * hq * bd, hq * bd, bd, 1), strict=True))
+    kv = dict(zip("bnhd", (n * hkv * bd, hkv * bd, bd, 1), strict=True))
+    ints = dict(N=n, GROUP=hq // hkv, D=bd, L1=TARGET["W1"] - 1, R1=0, L2=TARGET["W2"] - 1, R2=0)
+    ints.update(stride_lb=hq * n, stride_lh=n)
+    return ints, q, kv
+
+
+def _signature(fn, dtype, bd, constexprs):
+    """(signature, constexprs, attrs) as a launch with the target sizes would specialise them:
+    ints equal to 1 become constants, ints and pointers divisible by 16 get that hint."""
+    ints, q, kv = _int_args(bd)
+    sig, consts, attrs = {}, {}, {}
+    for idx, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            sig[name], consts[name] = "constexpr", constexprs[name]
+            continue
+        if name in ints:
+            value = ints[name]
+        elif name.startswith(Q_LIKE):
+            value = q[name[-1]]
+        elif name.startswith(KV_LIKE):
+            value = kv[name[-1]]
+        elif name in ("scale", "scale_log2"):
+            sig[name] = "fp32"
+            continue
+        else:  # a pointer
+            sig[name] = "*fp32" if name in PTR_F32 else f"*{dtype}"
+            attrs[(idx,)] = [["tt.divisibility", 16]]
+            continue
+        if value == 1:
+            sig[name], consts[name] = "constexpr", 1
+        else:
+            sig[name] = "i32"
+            if value % 16 == 0:
+                attrs[(idx,)] = [["tt.divisibility", 16]]
+    return sig, consts, attrs
+
+
+def _innermost_loops(ptx):
+    """[(loop header, holds tensor-core instructions)] for the innermost loops of the PTX.
+
+    LLVM's verbose assembly marks each basic block: "=>This Inner Loop Header: Depth=d" on
+    the header of a loop without subloops, "in Loop: Header=BBx_y" on the other blocks of the
+    loop that most tightly contains them. A loop's body is its header plus those blocks.
+    """
+    blocks, name, text = {}, None, []
+    for line in ptx.splitlines():
+        m = BLOCK_RE.match(line)
+        if m:
+            if name is not None:
+                blocks[name] = "\n".join(text)
+            name, text = m.group(1) or f"bb.{m.group(2)}", []
+        text.append(line)
+    if name is not None:
+        blocks[name] = "\n".join(text)
+    headers = [n for n, t in blocks.items() if "This Inner Loop Header" in t[:400]]
+    loops = []
+    for h in headers:
+        tag = "Header=" + h.removeprefix("$L__")
+        body = [t for n, t in blocks.items() if n == h or tag + " " in t[:400]]
+        loops.append((h, any(TC_RE.search(t) for t in body)))
+    return loops
+
+
+def _compile(job):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = _kernels()[job["kernel_fn"]]
+    sig, consts, attrs = _signature(fn, job["dtype"], job["bd"], job["constexprs"])
+    cc = job["cc"]
+    log = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(log):
+        k = triton.compile(
+            ASTSource(fn, sig, consts, attrs),
+            target=GPUTarget("cuda", cc, 32),
+            options=dict(num_warps=job["num_warps"], num_stages=job["num_stages"], maxnreg=job["maxnreg"]),
+        )
+    seconds = time.perf_counter() - t0
+    text = log.getvalue()
+    regs = re.search(r"Used (\d+) registers", text)
+    spill_st = re.search(r"(\d+) bytes spill stores", text)
+    spill_ld = re.search(r"(\d+) bytes spill loads", text)
+    loops = _innermost_loops(k.asm["ptx"])
+    return dict(
+        job,
+        regs=int(regs.group(1)) if regs else -1,
+        spill=(int(spill_st.group(1)) if spill_st else -1) + (int(spill_ld.group(1)) if spill_ld else 0),
+        smem=k.metadata.shared,
+        loops=len(loops),
+        tc_loops=sum(tc for _, tc in loops),
+        mma="wgmma" if "wgmma.mma_async" in k.asm["ptx"] else "mma" if "mma.sync" in k.asm["ptx"] else "fma",
+        seconds=seconds,
+    )
+
+
+def _jobs(archs):
+    from simplicial_attn.triton_kernels import configs
+
+    jobs = []
+    for arch in archs:
+        cc = configs.CAPABILITY[arch][0] * 10 + configs.CAPABILITY[arch][1]
+        for dc in configs.D_CLASSES:
+            for dtype in ("bf16", "fp32"):
+                precision = dict(INPUT_PRECISION="ieee", UPCAST=False, BLOCK_D=dc)
+                for kernel in configs.KERNELS:
+                    tilings = {"": (False, 1)}
+                    if kernel in ("fwd", "bwd_dq"):
+                        tilings = {"seq": (False, 1), "pack": (True, TARGET["HQ"] // TARGET["HKV"])}
+                    for tiling, (packed, heads) in tilings.items():
+                        for cfg in configs.configs(kernel, arch, dc, fp32=dtype == "fp32", packed=packed):
+                            extra = {"BLOCK_H": min(heads, cfg.kwargs["BLOCK_M"])} if tiling else {}
+                            jobs.append(
+                                dict(
+                                    arch=arch, cc=cc, kernel=kernel, kernel_fn=kernel, tiling=tiling,
+                                    dtype=dtype, bd=dc, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                                    maxnreg=cfg.maxnreg,
+                                    tiles=" ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items())),
+                                    constexprs={**cfg.kwargs, **precision, **extra},
+                                )
+                            )  # fmt: skip
+                delta = dict(BLOCK_N=32, BLOCK_D=dc)
+                jobs.append(
+                    dict(
+                        arch=arch, cc=cc, kernel="bwd_delta", kernel_fn="bwd_delta", tiling="", dtype=dtype,
+                        bd=dc, num_warps=4, num_stages=1, maxnreg=None, tiles="BLOCK_N=32", constexprs=delta,
+                    )
+                )  # fmt: skip
+    return jobs
+
+
+def _problems(row, smem_limit):
+    out = []
+    if row["spill"] != 0:
+        out.append(f"spills {row['spill']} B" if row["spill"] > 0 else "no ptxas log")
+    if row["smem"] > smem_limit[row["arch"]]:
+        out.append(f"smem {row['smem']} > {smem_limit[row['arch']]}")
+    needs_tc = row["dtype"] != "fp32" and row["kernel"] != "bwd_delta"
+    if needs_tc and (row["loops"] == 0 or row["tc_loops"] < row["loops"]):
+        out.append("main loop without tensor cores")
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 on spills, smem over limit, loops without MMA")
+    parser.add_argument("--arch", default="sm80,sm86,sm90", help="comma-separated subset of sm80,sm86,sm90")
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles")
+    args = parser.parse_args(argv)
+
+    # Before triton is imported (here and in the forked workers): compile, do not interpret,
+    # and have ptxas print its register and spill counts.
+    os.environ.pop("TRITON_INTERPRET", None)
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+    from simplicial_attn.triton_kernels import configs
+
+    archs = [a for a in args.arch.split(",") if a]
+    unknown = [a for a in archs if a not in configs.ARCHS]
+    if unknown:
+        parser.error(f"--arch must name archs among {', '.join(configs.ARCHS)}; got {', '.join(unknown)}")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="simplicial-kernel-report-") as cache:
+        os.environ["TRITON_CACHE_DIR"] = cache
+        jobs = _jobs(archs)
+        with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            rows = list(pool.map(_compile, jobs))
+
+    head = f"{'arch':5} {'kernel':9} {'tiling':5} {'dtype':5} {'D':>3} {'tiles':22} {'w':>2} {'st':>2} "
+    head += f"{'regs':>4} {'spill':>5} {'smem':>7} {'mma loops':>11}  problems"
+    print(head)
+    print("-" * len(head))
+    failures = 0
+    for r in rows:
+        problems = _problems(r, configs.SMEM_LIMIT)
+        failures += bool(problems)
+        tc = f"{r['tc_loops']}/{r['loops']} {r['mma']}"
+        print(
+            f"{r['arch']:5} {r['kernel']:9} {r['tiling']:5} {r['dtype']:5} {r['bd']:>3} {r['tiles']:22} "
+            f"{r['num_warps']:>2} {r['num_stages']:>2} {r['regs']:>4} {r['spill']:>5} {r['smem']:>7} {tc:>11}  "
+            + ("; ".join(problems) or "ok")
+        )
+    elapsed = time.perf_counter() - t0
+    print(
+        f"\n{len(rows)} compiles in {elapsed:.1f} s; {failures} with problems. Shared memory limits per block: "
+        + ", ".join(f"{a} {v // 1024} KiB" for a, v in configs.SMEM_LIMIT.items())
+        + ". 'mma loops': innermost PTX loops holding mma.sync/wgmma, of all innermost loops."
+    )
+    return 1 if args.check and failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Triton backend (triton_kernels/) against the float64 oracle, CONTRACT §5 bounds.
+
+Without a GPU the kernels run through the Triton interpreter on CPU tensors (conftest sets
+TRITON_INTERPRET=1). The interpreter costs ~3 ms per program and loop trip, so the grid is
+chosen deliberately: the full case grid in float32 with the head-packed tiling forced off and,
+where a kv head has several query heads, forced on; the small grid in bfloat16 (packed) and
+float16 (sequence tiles); plus one test per failure mode CONTRACT §5 names. Every parity test
+checks out, lse and all five gradients, with NaN-poisoned outputs. About 2 minutes on 2 idle
+cores. GPU tests (realistic sizes vs the reference backend) are marked `gpu`.
+"""
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from simplicial_attn._windows import kernel_window
+
+from cases import BOUNDS, CASES_FULL, CASES_SMALL, Case, make_dout, make_inputs, rel_err
+from oracle import oracle_bwd, oracle_fwd
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+if importlib.util.find_spec("triton") is not None:
+    from simplicial_attn import triton_kernels as tk
+    from simplicial_attn.triton_kernels import _common
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+GRADS = ("dq", "dk1", "dk2", "dv1", "dv2")
+
+
+def _windows(case):
+    return kernel_window(case.w1, case.N, case.causal), kernel_window(case.w2, case.N, case.causal)
+
+
+def _run(case, dtype, head_packing, inputs=None, dout=None):
+    """Kernel forward and backward on `case`; returns (out, lse, grads, inputs, dout)."""
+    q, k1, k2, v1, v2 = inputs if inputs is not None else make_inputs(case, dtype, DEVICE)
+    dout = make_dout(case, dtype, DEVICE) if dout is None else dout
+    w1, w2 = _windows(case)
+    scale = case.D**-0.5
+    out, lse = tk.fwd(q, k1, k2, v1, v2, w1, w2, case.causal, scale, head_packing=head_packing)
+    grads = tk.bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, case.causal, scale, head_packing=head_packing)
+    return out, lse, grads, (q, k1, k2, v1, v2), dout
+
+
+def _errors(case, out, lse, grads, inputs, dout):
+    scale = case.D**-0.5
+    ref_out, ref_lse = oracle_fwd(*inputs, case.w1, case.w2, case.causal, scale)
+    ref_grads = oracle_bwd(dout, *inputs, case.w1, case.w2, case.causal, scale)
+    errs = {"out": rel_err(out, ref_out), "lse": rel_err(lse, ref_lse)}
+    for name, g, r in zip(GRADS, grads, ref_grads, strict=True):
+        if r.norm() > 0:  # w1 = w2 = 1 or N = 1 leave q/k gradients exactly zero
+            errs[name] = rel_err(g, r)
+        else:
+            errs[name] = g.double().abs().max().item()
+    return errs
+
+
+def _check(case, dtype, head_packing, inputs=None, dout=None):
+    out, lse, grads, inputs, dout = _run(case, dtype, head_packing, inputs, dout)
+    assert out.shape == inputs[0].shape and out.dtype == dtype and out.is_contiguous()
+    assert lse.shape == (case.B, case.Hq, case.N) and lse.dtype == torch.float32
+    for g, x in zip(grads, inputs, strict=True):
+        assert g.shape == x.shape and g.dtype == x.dtype
+    errs = _errors(case, out, lse, grads, inputs, dout)
+    bound = BOUNDS[dtype]
+    bad = {k: v for k, v in errs.items() if not v <= bound}
+    assert not bad, f"{case.id} {dtype} head_packing={head_packing}: over {bound}: {bad} (all: {errs})"
+
+
+GQA_CASES = [c for c in CASES_FULL if c.Hq > c.Hkv]
+
+
+@pytest.mark.parametrize("case", CASES_FULL, ids=lambda c: c.id)
+def test_grid_fp32_sequence_tiles(case, poison):
+    _check(case, torch.float32, head_packing=False)
+
+
+@pytest.mark.parametrize("case", GQA_CASES, ids=lambda c: c.id)
+def test_grid_fp32_head_packed(case, poison):
+    _check(case, torch.float32, head_packing=True)
+
+
+@pytest.mark.parametrize("case", CASES_SMALL, ids=lambda c: c.id)
+def test_grid_bf16_head_packed(case, poison):
+    _check(case, torch.bfloat16, head_packing=True)
+
+
+@pytest.mark.parametrize("case", CASES_SMALL, ids=lambda c: c.id)
+def test_grid_fp16_sequence_tiles(case, poison):
+    _check(case, torch.float16, head_packing=False)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case(1, 5, 16, 1, 16, 3, 4),
+        Case(2, 3, 64, 1, 16, 2, 3),
+        Case(1, 6, 32, 2, 40, 4, 5, causal=False),
+        Case(1, 5, 24, 1, 16, 3, 2),
+    ],
+    ids=lambda c: c.id,
+)
+def test_head_packing_picked_by_shape(case, poison):
+    """Hq / Hkv >= 16 packs heads by default. Hq = 64 over one kv head needs two head blocks
+    under the interpreter's BLOCK_M = 32, so the head-block index is exercised too; a group
+    of 24 fills 24 of 32 packed rows."""
+    group = case.Hq // case.Hkv
+    arch = _common.arch_of(torch.device(DEVICE))
+    assert _common.head_block(group, None, "fwd", arch, 16, False) > 1
+    assert _common.head_block(group // 8, None, "fwd", arch, 16, False) == 1
+    _check(case, torch.float32, head_packing=None)
+
+
+def test_head_packing_forced_on_a_group_of_three(poison):
+    """Three heads per kv head pack into 4-row head blocks (one masked) x 8 positions."""
+    _check(Case(2, 11, 6, 2, 16, 3, 4), torch.float32, head_packing=True)
+
+
+def test_non_contiguous_inputs(poison):
+    """Every tensor strided differently: a [B, H, N, D] transpose, a channel slice, a head
+    slice; dout and the out handed to bwd strided too."""
+    case = Case(2, 13, 4, 2, 24, 5, 6)
+    B, N, Hq, Hkv, D = case.B, case.N, case.Hq, case.Hkv, case.D
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(B, Hq, N, D, generator=g).transpose(1, 2)
+    k1 = torch.randn(B, N, Hkv, 2 * D, generator=g)[..., 1 : D + 1]
+    k2 = torch.randn(B, N, 2 * Hkv, D, generator=g)[:, :, ::2]
+    v1 = torch.randn(N, B, Hkv, D, generator=g).transpose(0, 1)
+    v2 = torch.randn(B, Hkv, D, N, generator=g).permute(0, 3, 1, 2)
+    dout = torch.randn(B, N, Hq, 3 * D, generator=g)[..., ::3]
+    inputs = tuple(t.to(DEVICE) for t in (q, k1, k2, v1, v2))
+    assert not any(t.is_contiguous() for t in inputs)
+    _check(case, torch.float32, head_packing=False, inputs=inputs, dout=dout.to(DEVICE))
+
+    w1, w2 = _windows(case)
+    out, lse = tk.fwd(*inputs, w1, w2, True, D**-0.5)
+    out_strided = torch.empty(B, Hq, N, D, device=DEVICE).transpose(1, 2).copy_(out)
+    grads = tk.bwd(dout.to(DEVICE), *inputs, out_strided, lse, w1, w2, True, D**-0.5)
+    errs = _errors(case, out, lse, grads, inputs, dout)
+    assert all(v <= BOUNDS[torch.float32] for v in errs.values()), errs
+
+
+def test_lse_is_natural_log_and_the_backward_reads_it_so(poison):
+    """The forward stores ln(sum exp); a backward fed base-2 lse (a public kernel's bug)
+    gets gradients far off, so the parity checks would catch a unit mismatch."""
+    case = Case(2, 11, 2, 1, 32, 4, 40)
+    out, lse, grads, inputs, dout = _run(case, torch.float32, head_packing=False)
+    _, ref_lse = oracle_fwd(*inputs, case.w1, case.w2, case.causal, case.D**-0.5)
+    assert rel_err(lse, ref_lse) <= BOUNDS[torch.float32]
+    w1, w2 = _windows(case)
+    wrong = tk.bwd(dout, *inputs, out, lse * math.log2(math.e), w1, w2, True, case.D**-0.5)
+    errs = _errors(case, out, lse, wrong, inputs, dout)
+    assert all(errs[name] > 0.1 for name in GRADS), errs
+
+
+def test_large_finite_logits_do_not_overflow(poison):
+    """Logits past 150 (exp(89) is already inf in float32): the running max keeps exp2 finite
+    in both passes. Not larger: at ~300 the rounding of a float32 logit alone (|A| * 6e-8)
+    moves P by ~2e-5, past the 1e-5 bound for any float32 implementation."""
+    case = Case(1, 9, 2, 1, 16, 4, 3)
+    inputs = tuple(t * 3 for t in make_inputs(case, torch.float32, DEVICE))
+    out, lse, grads, inputs, dout = _run(case, torch.float32, head_packing=False, inputs=inputs)
+    assert lse.max() > 150  # exp(88.8) already overflows float32
+    errs = _errors(case, out, lse, grads, inputs, dout)
+    assert all(v <= BOUNDS[torch.float32] for v in errs.values()), errs
+
+
+def test_float64_is_refused_with_a_clear_error():
+    q, k1, k2, v1, v2 = make_inputs(Case(1, 3, 1, 1, 16, 2, 2), torch.float64, DEVICE)
+    with pytest.raises(TypeError, match="float16, bfloat16 and float32; got torch.float64"):
+        tk.fwd(q, k1, k2, v1, v2, 2, 2, True, 0.25)
+
+
+def test_tf32_only_when_asked(monkeypatch):
+    monkeypatch.delenv(_common.TF32_ENV, raising=False)
+    assert _common.input_precision(torch.float32, False) == "ieee"
+    assert _common.input_precision(torch.float32, True) == "tf32"
+    assert _common.input_precision(torch.bfloat16, True) == "ieee"
+    monkeypatch.setenv(_common.TF32_ENV, "1")
+    assert _common.input_precision(torch.float32, False) == "tf32"
+
+
+def test_huge_strides_fall_back_to_contiguous_tiles():
+    """In-tile offsets are int32; a view whose strides could overflow them is copied."""
+
+    class View:
+        def __init__(self, strides):
+            self._strides = strides
+
+        def stride(self, i):
+            return self._strides[i]
+
+        def contiguous(self):
+            return "copied"
+
+    small = View((10**9, 4096, 128, 1))  # a batch stride past 2^31 is fine: it is 64-bit
+    assert _common.int32_tiles(small) is small
+    assert _common.int32_tiles(View((10**9, 2**24, 128, 1))) == "copied"
+
+
+def test_window_bounds_cover_both_modes():
+    assert _common.window_bounds(512, True) == (511, 0)
+    assert _common.window_bounds(1, True) == (0, 0)
+    assert _common.window_bounds(5, False) == (2, 2)
+    assert _common.window_bounds(4, False) == (2, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# GPU: the whole grid in every dtype, and realistic sizes against the reference backend.
+
+REALISTIC = [
+    Case(1, 2048, 64, 1, 128, 512, 32),
+    Case(1, 8192, 64, 1, 64, 512, 32),
+    Case(1, 8192, 4, 4, 128, 512, 32),
+    Case(2, 1024, 8, 8, 64, 512, 32, causal=False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CASES_FULL, ids=lambda c: c.id)
+def test_gpu_grid(case, dtype, poison):
+    _check(case, dtype, head_packing=None)
+    if case.Hq > case.Hkv:
+        _check(case, dtype, head_packing=not (case.Hq // case.Hkv >= 16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", REALISTIC, ids=lambda c: c.id)
+def test_gpu_realistic_sizes_match_the_reference_fp32(case, dtype, poison):
+    """The kernels in `dtype` against the reference backend in float32 on the same values."""
+    from simplicial_attn import reference
+
+    inputs = make_inputs(case, dtype, "cuda")
+    dout = make_dout(case, dtype, "cuda")
+    w1, w2 = _windows(case)
+    scale = case.D**-0.5
+    out, lse, grads, _, _ = _run(case, dtype, None, inputs, dout)
+    ref_in = [t.float() for t in inputs]
+    ref_out, ref_lse = reference.fwd(*ref_in, w1, w2, case.causal, scale)
+    ref_grads = reference.bwd(dout.float(), *ref_in, ref_out, ref_lse, w1, w2, case.causal, scale)
+    errs = {"out": rel_err(out, ref_out), "lse": rel_err(lse, ref_lse)}
+    errs.update({n: rel_err(g, r) for n, g, r in zip(GRADS, grads, ref_grads, strict=True)})
+    assert all(v <= BOUNDS[dtype] for v in errs.values()), errs
+
+
+@pytest.mark.gpu
+def test_gpu_backward_is_deterministic():
+    case = REALISTIC[0]
+    inputs = make_inputs(case, torch.bfloat16, "cuda")
+    dout = make_dout(case, torch.bfloat16, "cuda")
+    first = _run(case, torch.bfloat16, None, inputs, dout)[2]
+    second = _run(case, torch.bfloat16, None, inputs, dout)[2]
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))

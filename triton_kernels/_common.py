@@ -1,0 +1,119 @@
+"""Pieces every Triton kernel of this package shares: the dot wrapper, window geometry, flags.
+
+Window geometry. Every window is a band around the query position i:
+
+    J(i) = [i - L1, i + R1]   (k1/v1 positions j)      K(i) = [i - L2, i + R2]   (k2/v2 positions k)
+
+    causal:   L = w - 1,  R = 0                       centred:  L = w // 2,  R = w - 1 - w // 2
+
+clipped to [0, N). The kernels only see (L, R), so one code path serves both modes.
+"""
+
+import contextlib
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = math.log2(math.e)
+
+# The opt-in for TF32 tensor cores on float32 inputs (CONTRACT §5: 2e-3 instead of 1e-5).
+TF32_ENV = "SIMPLICIAL_ATTN_ALLOW_TF32"
+
+
+def is_interpreting():
+    """True when triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1).
+
+    The flag is read by `@triton.jit` when a kernel module is imported, so the kernels' own
+    type is the truth, not today's environment.
+    """
+    from .fwd import _two_simplicial_fwd_kernel
+
+    return not isinstance(_two_simplicial_fwd_kernel, triton.runtime.JITFunction)
+
+
+def window_bounds(w, causal):
+    """(L, R) of the band [i - L, i + R] for an integer window w >= 1 (see the module doc)."""
+    if causal:
+        return w - 1, 0
+    return w // 2, w - 1 - w // 2
+
+
+def block_d(d):
+    """The padded head dim: a power of two >= 16 (tl.dot's minimum K); columns >= D are masked."""
+    return max(16, triton.next_power_of_2(d))
+
+
+def input_precision(dtype, allow_tf32):
+    """How tl.dot treats float32 operands: exact-ish IEEE by default, TF32 only when asked for."""
+    if dtype == torch.float32 and (allow_tf32 or os.environ.get(TF32_ENV, "0") == "1"):
+        return "tf32"
+    return "ieee"
+
+
+@triton.jit
+def mma(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b with float32 accumulation.
+
+    The interpreter's tl.dot on bfloat16 multiplies the raw bits (BUILD-NOTES), so when
+    interpreting the operands, already rounded to the input dtype, are widened to float32:
+    the products are then exact and the sum float32, which is what tensor cores compute.
+    """
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
+def check_tensors(*tensors):
+    """What this backend cannot run, as a clear error (the API validates shapes before us)."""
+    dtype = tensors[0].dtype
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"the triton backend supports float16, bfloat16 and float32; got {dtype}")
+    b, _, hq, _ = tensors[0].shape
+    if b > 65535 or hq > 65535:  # grid axes 1 and 2 hold heads and batch
+        raise ValueError(f"the triton backend supports B and Hq up to 65535; got B={b}, Hq={hq}")
+    if tensors[0].device.type != "cuda" and not is_interpreting():
+        raise ValueError(
+            f"the triton backend needs CUDA tensors (CPU tensors only with TRITON_INTERPRET=1); "
+            f"got {tensors[0].device.type} tensors"
+        )
+
+
+def arch_of(device):
+    """The config class of `device` (see configs.arch_class), or INTERP when interpreting."""
+    from . import configs
+
+    if is_interpreting():
+        return configs.INTERP
+    return configs.arch_class(torch.cuda.get_device_capability(device))
+
+
+def head_block(group, head_packing, kernel, arch, bd, fp32):
+    """Heads per tile for fwd / bwd_dq: 1 (sequence tiling) or the group's heads, padded to a
+    power of two and capped by the smallest BLOCK_M of the configs. `head_packing=None`
+    packs when the group has >= 16 query heads per kv head (issue 4)."""
+    from . import configs
+
+    if head_packing is None:
+        head_packing = group >= 16
+    if not head_packing:
+        return 1
+    return min(triton.next_power_of_2(group), configs.min_block(kernel, arch, bd, fp32, "BLOCK_M"))
+
+
+def device_guard(t):
+    """Launch on t's GPU (not the current one); nothing to do for CPU tensors."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def int32_tiles(t):
+    """t, or a contiguous copy of t when offsets inside one tile might not fit in int32.
+
+    Kernels address a tile as a 64-bit scalar base (batch, head, first position) plus 32-bit
+    offsets for up to 256 positions, 128 heads and 256 channels. A strided view with huge
+    strides (a slice of a much larger tensor) could overflow that; contiguous data cannot.
+    """
+    span = 256 * t.stride(1) + 128 * t.stride(2) + 256 * t.stride(3)
+    return t if span < 2**31 else t.contiguous()

@@ -1,0 +1,109 @@
+r"""Backward kernel for dk1 and dv1: one program owns BLOCK_J k1/v1 positions of one kv head.
+
+The program walks the queries i whose window J(i) meets its tile, one at a time, and for each
+the k2 window K(i) in BLOCK_K blocks, and then every query head h of the kv head's group (GQA:
+the kv gradient is the sum over the group). Per (i, k-block, h), with rows j of the tile:
+
+    bq   = q[i, h] * k2[k-block],  bo = dout[i, h] * v2[k-block]      [BLOCK_K, D]
+    P    = exp2(k1 @ bq^T * scale*log2(e) - lse[i]*log2(e))           [BLOCK_J, BLOCK_K]
+    dP   = v1 @ bo^T
+    dk1 += (P * (dP - Delta[i])) @ bq                                 (times scale at the end)
+    dv1 += P @ bo
+
+k1 and v1 of the tile stay resident as the left operands; the k2/v2 block is loaded once per
+(i, k-block) and reused by every head of the group. For query i the window K(i) is a band of
+w2 positions independent of j, so the k-blocks hold no pairs outside it; the sum over all
+tiles of the queries visited is (w1 + BLOCK_J - 1) / w1 of the useful work.
+Each program writes only its own rows: no atomics, deterministic.
+"""
+
+import triton
+import triton.language as tl
+
+from ._common import mma
+
+
+@triton.jit
+def _two_simplicial_bwd_dkv1_kernel(
+    Q, K1, K2, V1, V2, DOUT, LSE, DELTA, DK1, DV1,
+    stride_qb, stride_qn, stride_qh, stride_qd,
+    stride_k1b, stride_k1n, stride_k1h, stride_k1d,
+    stride_k2b, stride_k2n, stride_k2h, stride_k2d,
+    stride_v1b, stride_v1n, stride_v1h, stride_v1d,
+    stride_v2b, stride_v2n, stride_v2h, stride_v2d,
+    stride_dob, stride_don, stride_doh, stride_dod,
+    stride_lb, stride_lh,
+    stride_gb, stride_gn, stride_gh,
+    N, GROUP, D, L1, R1, L2, R2,
+    scale, scale_log2,
+    BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    j0 = tl.program_id(0) * BLOCK_J
+    dt = K1.dtype.element_ty
+    # 64-bit scalar bases plus 32-bit in-tile offsets, as in fwd.py.
+    g = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    j0_64 = tl.cast(j0, tl.int64)
+
+    jr = tl.arange(0, BLOCK_J)
+    js = j0 + jr
+    j_ok = js < N
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    kr = tl.arange(0, BLOCK_K)
+    jd_mask = j_ok[:, None] & d_ok[None, :]
+    k1_ptrs = (
+        K1 + b * stride_k1b + g * stride_k1h + j0_64 * stride_k1n + (jr[:, None] * stride_k1n + d[None, :] * stride_k1d)
+    )
+    v1_ptrs = (
+        V1 + b * stride_v1b + g * stride_v1h + j0_64 * stride_v1n + (jr[:, None] * stride_v1n + d[None, :] * stride_v1d)
+    )
+    k1t = tl.load(k1_ptrs, mask=jd_mask, other=0.0)
+    v1t = tl.load(v1_ptrs, mask=jd_mask, other=0.0)
+
+    k2_offs = kr[:, None] * stride_k2n + d[None, :] * stride_k2d
+    v2_offs = kr[:, None] * stride_v2n + d[None, :] * stride_v2d
+    k2_base = K2 + b * stride_k2b + g * stride_k2h
+    v2_base = V2 + b * stride_v2b + g * stride_v2h
+    q_base = Q + b * stride_qb + (g * GROUP) * stride_qh
+    do_base = DOUT + b * stride_dob + (g * GROUP) * stride_doh
+    row_base = b * stride_lb + (g * GROUP) * stride_lh
+
+    # j is in J(i) = [i - L1, i + R1]  <=>  i is in [j - R1, j + L1].
+    j_last = tl.minimum(j0 + BLOCK_J - 1, N - 1)
+    i_lo = tl.maximum(j0 - R1, 0)
+    i_hi = tl.minimum(j_last + L1, N - 1)
+
+    dk1 = tl.zeros([BLOCK_J, BLOCK_D], tl.float32)
+    dv1 = tl.zeros([BLOCK_J, BLOCK_D], tl.float32)
+    for i in range(i_lo, i_hi + 1):
+        i64 = tl.cast(i, tl.int64)
+        row_in = j_ok & (js >= i - L1) & (js <= i + R1)
+        k_lo = tl.maximum(i - L2, 0)
+        k_hi = tl.minimum(i + R2, N - 1)
+        for k0 in range(k_lo, k_hi + 1, BLOCK_K):
+            k_ok = k0 + kr <= k_hi
+            kd_mask = k_ok[:, None] & d_ok[None, :]
+            k_start = tl.cast(k0, tl.int64)
+            k2b = tl.load(k2_base + k_start * stride_k2n + k2_offs, mask=kd_mask, other=0.0)
+            v2b = tl.load(v2_base + k_start * stride_v2n + v2_offs, mask=kd_mask, other=0.0)
+            in_win = row_in[:, None] & k_ok[None, :]
+            for hh in range(GROUP):
+                h64 = tl.cast(hh, tl.int64)
+                qi = tl.load(q_base + h64 * stride_qh + i64 * stride_qn + d * stride_qd, mask=d_ok, other=0.0)
+                doi = tl.load(do_base + h64 * stride_doh + i64 * stride_don + d * stride_dod, mask=d_ok, other=0.0)
+                lse2 = tl.load(LSE + row_base + h64 * stride_lh + i64) * 1.4426950408889634
+                delta = tl.load(DELTA + row_base + h64 * stride_lh + i64)
+                bq = (qi.to(tl.float32)[None, :] * k2b.to(tl.float32)).to(dt)
+                bo = (doi.to(tl.float32)[None, :] * v2b.to(tl.float32)).to(dt)
+                s = mma(k1t, tl.trans(bq), tl.zeros([BLOCK_J, BLOCK_K], tl.float32), INPUT_PRECISION, UPCAST)
+                p = tl.exp2(tl.where(in_win, s * scale_log2 - lse2, float("-inf")))
+                dp = mma(v1t, tl.trans(bo), tl.zeros([BLOCK_J, BLOCK_K], tl.float32), INPUT_PRECISION, UPCAST)
+                ds = p * (dp - delta)
+                dk1 = mma(ds.to(dt), bq, dk1, INPUT_PRECISION, UPCAST)
+                dv1 = mma(p.to(dt), bo, dv1, INPUT_PRECISION, UPCAST)
+
+    out_offs = b * stride_gb + g * stride_gh + j0_64 * stride_gn + (jr[:, None] * stride_gn + d[None, :])
+    tl.store(DK1 + out_offs, (dk1 * scale).to(DK1.dtype.element_ty), mask=jd_mask)
+    tl.store(DV1 + out_offs, dv1.to(DV1.dtype.element_ty), mask=jd_mask)

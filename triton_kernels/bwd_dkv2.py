@@ -1,0 +1,124 @@
+r"""Backward kernel for dk2 and dv2: one program owns BLOCK_K k2/v2 positions of one kv head.
+
+The window of k2 is short (w2 = 32 in the paper) and that of k1 long (w1 = 512), so walking
+single queries i (as bwd_dkv1.py does) would leave most rows of a k2 tile outside K(i). Instead
+the program walks the offset t = i - k: for a fixed t every row k has its own query i = k + t,
+so the query-side tiles are shifted loads and every row is inside its window. Per (head h, t),
+with rows k of the tile:
+
+    a    = k2 * q[k + t, h],  bo = v2 * dout[k + t, h]                 [BLOCK_K, D] once per t
+    P    = exp2(a @ k1[j-block]^T * scale*log2(e) - lse[k + t]*log2(e))
+    dP   = bo @ v1[j-block]^T
+    x   += (P * (dP - Delta[k + t])) @ k1[j-block]
+    y   += P @ v1[j-block]
+    dk2 += x * q[k + t, h],  dv2 += y * dout[k + t, h]                 once per t (dk2 times scale)
+
+The j-blocks cover the union of J(k + t) over the tile, (w1 + BLOCK_K - 1) positions for w1.
+The inner loop is four tensor-core products on loaded tiles. GQA: the loop over h sums the
+group's query heads. Each program writes only its own rows: no atomics, deterministic.
+"""
+
+import triton
+import triton.language as tl
+
+from ._common import mma
+
+
+@triton.jit
+def _two_simplicial_bwd_dkv2_kernel(
+    Q, K1, K2, V1, V2, DOUT, LSE, DELTA, DK2, DV2,
+    stride_qb, stride_qn, stride_qh, stride_qd,
+    stride_k1b, stride_k1n, stride_k1h, stride_k1d,
+    stride_k2b, stride_k2n, stride_k2h, stride_k2d,
+    stride_v1b, stride_v1n, stride_v1h, stride_v1d,
+    stride_v2b, stride_v2n, stride_v2h, stride_v2d,
+    stride_dob, stride_don, stride_doh, stride_dod,
+    stride_lb, stride_lh,
+    stride_gb, stride_gn, stride_gh,
+    N, GROUP, D, L1, R1, L2, R2,
+    scale, scale_log2,
+    BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    k0 = tl.program_id(0) * BLOCK_K
+    dt = K1.dtype.element_ty
+    # 64-bit scalar bases plus 32-bit in-tile offsets, as in fwd.py.
+    g = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    k0_64 = tl.cast(k0, tl.int64)
+
+    kr = tl.arange(0, BLOCK_K)
+    ks = k0 + kr
+    k_ok = ks < N
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    jr = tl.arange(0, BLOCK_J)
+    kd_mask = k_ok[:, None] & d_ok[None, :]
+    k2_ptrs = (
+        K2 + b * stride_k2b + g * stride_k2h + k0_64 * stride_k2n + (kr[:, None] * stride_k2n + d[None, :] * stride_k2d)
+    )
+    v2_ptrs = (
+        V2 + b * stride_v2b + g * stride_v2h + k0_64 * stride_v2n + (kr[:, None] * stride_v2n + d[None, :] * stride_v2d)
+    )
+    k2t = tl.load(k2_ptrs, mask=kd_mask, other=0.0)
+    v2t = tl.load(v2_ptrs, mask=kd_mask, other=0.0)
+
+    q_offs = kr[:, None] * stride_qn + d[None, :] * stride_qd
+    do_offs = kr[:, None] * stride_don + d[None, :] * stride_dod
+    k1_offs = jr[:, None] * stride_k1n + d[None, :] * stride_k1d
+    v1_offs = jr[:, None] * stride_v1n + d[None, :] * stride_v1d
+    k1_base = K1 + b * stride_k1b + g * stride_k1h
+    v1_base = V1 + b * stride_v1b + g * stride_v1h
+
+    # k is in K(i) = [i - L2, i + R2]  <=>  t = i - k is in [-R2, L2]; keep some i in [0, N).
+    k_last = tl.minimum(k0 + BLOCK_K - 1, N - 1)
+    t_lo = tl.maximum(-R2, -k_last)
+    t_hi = tl.minimum(L2, N - 1 - k0)
+
+    dk2 = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
+    dv2 = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
+    for hh in range(GROUP):
+        h64 = g * GROUP + tl.cast(hh, tl.int64)
+        q_base = Q + b * stride_qb + h64 * stride_qh
+        do_base = DOUT + b * stride_dob + h64 * stride_doh
+        row_base = b * stride_lb + h64 * stride_lh
+        for t in range(t_lo, t_hi + 1):
+            ipos = ks + t
+            i_ok = k_ok & (ipos >= 0) & (ipos < N)
+            id_mask = i_ok[:, None] & d_ok[None, :]
+            i_start = k0_64 + t
+            qt = tl.load(q_base + i_start * stride_qn + q_offs, mask=id_mask, other=0.0)
+            dot_ = tl.load(do_base + i_start * stride_don + do_offs, mask=id_mask, other=0.0)
+            lse2 = tl.load(LSE + row_base + i_start + kr, mask=i_ok, other=0.0) * 1.4426950408889634
+            delta = tl.load(DELTA + row_base + i_start + kr, mask=i_ok, other=0.0)
+            a = (k2t.to(tl.float32) * qt.to(tl.float32)).to(dt)
+            bo = (v2t.to(tl.float32) * dot_.to(tl.float32)).to(dt)
+            j_lo = tl.maximum(k0 + t - L1, 0)
+            j_hi = tl.minimum(k_last + t + R1, N - 1)
+            x = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
+            y = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
+            for j0 in range(j_lo, j_hi + 1, BLOCK_J):
+                js = j0 + jr
+                j_ok = js <= j_hi
+                jd_mask = j_ok[:, None] & d_ok[None, :]
+                j_start = tl.cast(j0, tl.int64)
+                k1b = tl.load(k1_base + j_start * stride_k1n + k1_offs, mask=jd_mask, other=0.0)
+                v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)
+                s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_K, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
+                in_win = (
+                    i_ok[:, None]
+                    & j_ok[None, :]
+                    & (js[None, :] >= ipos[:, None] - L1)
+                    & (js[None, :] <= ipos[:, None] + R1)
+                )
+                p = tl.exp2(tl.where(in_win, s * scale_log2 - lse2[:, None], float("-inf")))
+                dp = mma(bo, tl.trans(v1b), tl.zeros([BLOCK_K, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
+                ds = p * (dp - delta[:, None])
+                x = mma(ds.to(dt), k1b, x, INPUT_PRECISION, UPCAST)
+                y = mma(p.to(dt), v1b, y, INPUT_PRECISION, UPCAST)
+            dk2 += x * qt.to(tl.float32)
+            dv2 += y * dot_.to(tl.float32)
+
+    out_offs = b * stride_gb + g * stride_gh + k0_64 * stride_gn + (kr[:, None] * stride_gn + d[None, :])
+    tl.store(DK2 + out_offs, (dk2 * scale).to(DK2.dtype.element_ty), mask=kd_mask)
+    tl.store(DV2 + out_offs, dv2.to(DV2.dtype.element_ty), mask=kd_mask)

@@ -1,0 +1,137 @@
+"""Launch configurations per GPU architecture, and the autotuners built from them.
+
+Each tiled kernel has a short list of `triton.Config`s per architecture class and padded
+head dim; on a GPU `triton.autotune` picks among them, keyed on D, the window bands, the
+GQA ratio and the tiling (the autotuner adds the tensors' dtypes to the key itself). When
+interpreting there is exactly one config: the interpreter cannot autotune between two.
+
+The lists are checked without a GPU by `bench/kernel_report.py --check` (registers,
+spills, shared memory, tensor-core instructions in the main loops), which compiles every
+entry for sm_80, sm_86 and sm_90.
+
+Tile names: fwd / bwd_dq tile rows (BLOCK_M, see fwd.py) and j-blocks (BLOCK_J); bwd_dkv1
+tiles k1 positions (BLOCK_J) and the k2 window of one query (BLOCK_K); bwd_dkv2 tiles k2
+positions (BLOCK_K) and j-blocks (BLOCK_J).
+"""
+
+import functools
+
+import triton
+
+ARCHS = ("sm80", "sm86", "sm90")
+# Shared memory one block may use (opt-in maximum), bytes.
+SMEM_LIMIT = {"sm80": 163 * 1024, "sm86": 99 * 1024, "sm90": 227 * 1024}
+CAPABILITY = {"sm80": (8, 0), "sm86": (8, 6), "sm90": (9, 0)}
+INTERP = "interpreter"
+
+KERNELS = ("fwd", "bwd_dq", "bwd_dkv1", "bwd_dkv2")
+AUTOTUNE_KEY = {
+    "fwd": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H"],
+    "bwd_dq": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H"],
+    "bwd_dkv1": ["D", "L1", "R1", "L2", "R2", "GROUP"],
+    "bwd_dkv2": ["D", "L1", "R1", "L2", "R2", "GROUP"],
+}
+
+
+def _c(num_warps, num_stages, **tiles):
+    # maxnreg grants ptxas the whole register file for one block (255 at most per thread);
+    # without it ptxas sometimes aims at two resident blocks and spills instead.
+    maxnreg = min(255, 65536 // (32 * num_warps))
+    return triton.Config(dict(tiles), num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg)
+
+
+# One config when interpreting: blocks big enough that the tiny test shapes need few
+# programs and loop trips (~3 ms each), small enough that N = 97 still spans several tiles.
+_INTERP = {
+    "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
+    "bwd_dq": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
+    "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_K=16)],
+    "bwd_dkv2": [_c(4, 1, BLOCK_K=32, BLOCK_J=32)],
+}
+
+
+# Padded head dims (BLOCK_D) share a config list up to a class bound; kernel_report compiles
+# every list at its class bound, the worst case for registers and shared memory.
+D_CLASSES = (128, 256)
+
+
+def d_class(bd):
+    return next(c for c in D_CLASSES if bd <= c)
+
+
+def _table16(arch, dc):
+    """float16 / bfloat16 operands. Register budget at D = 128: fwd and bwd_dq hold two
+    [BLOCK_M, D] float32 accumulators plus the [BLOCK_M, BLOCK_J] logits, past 255 registers
+    with 4 warps at BLOCK_M = 64, so they use 8 warps. bwd_dkv2 holds four [BLOCK_K, D]
+    accumulators, so BLOCK_K = 32. Head-packed tiles want BLOCK_M = 64 (64 heads at one
+    position, a whole wgmma M). Every entry is free of spills per bench/kernel_report.py."""
+    st = {"sm80": 3, "sm86": 2, "sm90": 3}[arch]
+    if dc >= 256:
+        return {
+            "fwd": [_c(8, 2, BLOCK_M=32, BLOCK_J=32)],
+            "bwd_dq": [_c(8, 2, BLOCK_M=32, BLOCK_J=16)],
+            "bwd_dkv1": [_c(8, 2, BLOCK_J=16, BLOCK_K=16)],
+            "bwd_dkv2": [_c(8, 2, BLOCK_K=16, BLOCK_J=16)],
+        }
+    if arch == "sm90":
+        return {
+            "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=64), _c(8, st, BLOCK_M=64, BLOCK_J=32)],
+            "bwd_dq": [_c(8, st, BLOCK_M=64, BLOCK_J=32)],
+            "bwd_dkv1": [_c(8, st, BLOCK_J=64, BLOCK_K=16)],
+            "bwd_dkv2": [_c(8, st, BLOCK_K=32, BLOCK_J=32)],
+        }
+    return {
+        "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=32)],
+        "bwd_dq": [_c(8, st, BLOCK_M=64, BLOCK_J=32)],
+        "bwd_dkv1": [_c(4, st, BLOCK_J=32, BLOCK_K=32)],
+        "bwd_dkv2": [_c(8, st, BLOCK_K=32, BLOCK_J=32)],
+    }
+
+
+def _table32(dc):
+    """float32 operands: IEEE dots run on FMA units with both operands spread over registers,
+    so tiles are the smallest tl.dot allows and nothing is pipelined through shared memory."""
+    big = dc >= 256
+    return {
+        "fwd": [_c(8 if big else 4, 1, BLOCK_M=16, BLOCK_J=16)],
+        "bwd_dq": [_c(8 if big else 4, 1, BLOCK_M=16, BLOCK_J=16)],
+        "bwd_dkv1": [_c(16 if big else 8, 1, BLOCK_J=16, BLOCK_K=16)],
+        "bwd_dkv2": [_c(8 if big else 4, 1, BLOCK_K=16, BLOCK_J=16)],
+    }
+
+
+def configs(kernel, arch, bd, fp32=False, packed=False):
+    """The config list of `kernel` for arch class `arch` (or INTERP), padded head dim bd,
+    float32 (True) or 16-bit (False) operands, and (fwd / bwd_dq) head-packed tiles or not."""
+    if arch == INTERP:
+        return _INTERP[kernel]
+    table = _table32(d_class(bd)) if fp32 else _table16(arch, d_class(bd))
+    extra = []
+    if packed and kernel == "fwd" and not fp32 and d_class(bd) <= 128 and arch in ("sm80", "sm90"):
+        # Two positions of 64 heads: k1/v1 blocks, re-read once per offset u, then serve
+        # 128 rows, halving the L2 traffic per FLOP. Spills with sequence tiles (per-row k).
+        extra = [_c(8, 3, BLOCK_M=128, BLOCK_J=32)]
+    return table[kernel] + extra
+
+
+def arch_class(capability):
+    """Map a CUDA capability to the config class: sm_80-like, sm_86-like (99 KiB shared
+    memory per block: 8.6, 8.7, 8.9, 12.x) or sm_90. Unknown newer parts take sm_80's
+    (conservative) lists."""
+    major, minor = capability
+    if major == 9:
+        return "sm90"
+    if (major == 8 and minor > 0) or major >= 12:
+        return "sm86"
+    return "sm80"
+
+
+@functools.cache
+def autotuned(kernel, fn, arch, bd, fp32, packed=False):
+    """A `triton.autotune` wrapper of the jitted `fn` for one config list; cached."""
+    return triton.autotune(configs=configs(kernel, arch, bd, fp32, packed), key=AUTOTUNE_KEY[kernel])(fn)
+
+
+def min_block(kernel, arch, bd, fp32, name):
+    """Smallest value of tile parameter `name` among the configs (bounds the head-pack size)."""
+    return min(c.kwargs[name] for c in configs(kernel, arch, bd, fp32, packed=True))

@@ -1,0 +1,231 @@
+// Backward, dk1 and dv1: per tile of k1/v1 positions j of one kv head g. For a query block of
+// positions i and an offset u = i - k (k = i - u, the k2/v2 position), the products
+//
+//     aq[i]  = q[i] ⊙ k2[i - u]          bdo[i] = dout[i] ⊙ v2[i - u]          (built in shared memory)
+//
+// turn every term into a plain tensor-core product over the query block:
+//
+//     S^T  = k1_tile @ aq^T      P^T = exp2(S^T * scale * log2 e - lse[i] * log2 e)
+//     dP^T = v1_tile @ bdo^T     dA^T = P^T * (dP^T - Delta[i])
+//     acc_k += dA^T @ aq          dk1 = scale * acc_k
+//     acc_v += P^T  @ bdo         dv1 = acc_v
+//
+// GQA: the query heads of the group are a loop inside the CTA (no atomics; the CTA owns its rows).
+// The host swaps (k1, v1) and (k2, v2) when w2 > w1, so u runs over the smaller window and the
+// query blocks over the larger one.
+//
+// Loop: query head, query block (q, dout, lse, Delta loaded), u-chunk (k2 / v2 region of the block
+// loaded), u (products built, then used). Loads are synchronous (cp.async, wait, barrier): the
+// products must be rebuilt for every u anyway, which dominates.
+#pragma once
+
+#include "tile.cuh"
+
+namespace simplicial_attn::cuda {
+
+template <int DP>
+struct Dkv1Config {
+  static constexpr int kHeadDim = DP;
+  static constexpr int kRows = DP <= 128 ? 64 : 32;  // j positions, 16 per warp
+  static constexpr int kWarps = kRows / 16;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kBlockI = DP <= 128 ? 32 : 16;  // query positions per block
+  static constexpr int kChunkU = DP <= 128 ? 16 : 8;
+  static constexpr int kRegionRows = kBlockI + kChunkU - 1;
+  // Two fp32 accumulators (dk1, dv1): above 64 columns they are split over grid.z.
+  static constexpr int kOutCols = DP <= 64 ? DP : 64;
+  static constexpr int kRowBytes = (DP + 8) * 2;
+  static constexpr int kSmemBytes =
+      kRowBytes * (2 * kRows + 2 * kBlockI + 2 * kRegionRows + 2 * kBlockI) + 2 * ((kBlockI * 4 + 15) / 16 * 16);
+  static_assert(kSmemBytes <= kSmemLimit, "dk1/dv1 tiles exceed the shared memory of an sm_86 block");
+};
+
+struct Dkv1KernelParams {
+  TensorRef q, dout, k1, k2, v1, v2;
+  MutTensorRef dk1, dv1;
+  const float* lse;    // [B, Hq, N], natural log
+  const float* delta;  // [B, Hq, N]
+  int N, Hq, group, D;
+  Band band1, band2;
+  float scale, scale_log2;
+  int pos_tiles;  // ceil(N / kRows)
+  bool vec;
+};
+
+template <class T, class Cfg>
+SA_GLOBAL(Cfg::kThreads)
+dkv1_kernel(const Dkv1KernelParams p) {
+  constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BI = Cfg::kBlockI, CU = Cfg::kChunkU, DO = Cfg::kOutCols;
+  constexpr int kThreads = Cfg::kThreads;
+  using TileT = Tile<T, DP>;
+
+  // ---- The CTA's tile: grid.x = (batch, tile of j positions [j0, j0 + BM)), grid.y = kv head,
+  // grid.z = output columns [col0, col0 + DO).
+  const int b = block_x() / p.pos_tiles, g = block_y();
+  const int N = p.N, D = p.D, col0 = block_z() * DO;
+  const int L1 = p.band1.left, R1 = p.band1.right, L2 = p.band2.left, R2 = p.band2.right;
+  const int j0 = (block_x() % p.pos_tiles) * BM, j_last = imin(j0 + BM - 1, N - 1);
+  // Queries i whose k1 window holds some j of the tile: i - L1 <= j <= i + R1.
+  const int i_lo = imax(0, j0 - R1), i_hi = imin(N - 1, j_last + L1);
+  const int n_iblocks = ceil_div(i_hi - i_lo + 1, BI);
+  // Offsets u = i - k in the k2 band with some k in [0, N).
+  const int u_lo = imax(-R2, i_lo - (N - 1)), u_hi = imin(L2, i_hi);
+  const int n_chunks = ceil_div(u_hi - u_lo + 1, CU);
+
+  // ---- Shared memory. Owners and barriers:
+  //   sk1, sv1         this CTA's rows, written once (prologue), read-only afterwards.
+  //   sq, sdo, slse,   the query block: written when a block starts, read until the block's last
+  //   sdel             [C] barrier; rewritten only after it.
+  //   sk2, sv2         the region of the u-chunk: written when a chunk starts (after [C] of the
+  //                    previous u), read while building products; rewritten after the chunk's last [C].
+  //   saq, sbdo        the products of one u: written by all threads after [C] of the previous u,
+  //                    read by the mma after [P].
+  SmemCarver carver{dynamic_smem()};
+  const TileT sk1{carver.take<T>(BM * TileT::kLd)};
+  const TileT sv1{carver.take<T>(BM * TileT::kLd)};
+  const TileT sq{carver.take<T>(BI * TileT::kLd)};
+  const TileT sdo{carver.take<T>(BI * TileT::kLd)};
+  const TileT sk2{carver.take<T>(Cfg::kRegionRows * TileT::kLd)};
+  const TileT sv2{carver.take<T>(Cfg::kRegionRows * TileT::kLd)};
+  const TileT saq{carver.take<T>(BI * TileT::kLd)};
+  const TileT sbdo{carver.take<T>(BI * TileT::kLd)};
+  float* const slse = carver.take<float>(BI);  // lse * log2(e) of the block's queries
+  float* const sdel = carver.take<float>(BI);  // Delta of the block's queries
+
+  auto key_rows = [=](const TensorRef& t) {
+    return [=](int r) -> const T* { return j0 + r < N ? row_ptr<T>(t, b, j0 + r, g) : nullptr; };
+  };
+  auto load_query_block = [&](int h, int i0) {
+    auto src = [=](const TensorRef& t) {
+      return [=](int r) -> const T* { return i0 + r <= i_hi ? row_ptr<T>(t, b, i0 + r, h) : nullptr; };
+    };
+    load_tile<kThreads>(sq, BI, D, p.vec, p.q.ptr, src(p.q));
+    load_tile<kThreads>(sdo, BI, D, p.vec, p.dout.ptr, src(p.dout));
+    for (int r = thread_id(); r < BI; r += kThreads) {
+      const int64_t stat = (static_cast<int64_t>(b) * p.Hq + h) * N + i0 + r;
+      const bool in = i0 + r <= i_hi;
+      sstore(slse + r, in ? gload(p.lse + stat) * kLog2e : 0.f);
+      sstore(sdel + r, in ? gload(p.delta + stat) : 0.f);
+    }
+  };
+  // Region of chunk [c_lo, c_hi] for the block at i0: k2/v2 rows at positions i0 - c_hi + r.
+  auto load_region = [&](int i0, int c_lo, int c_hi) {
+    const int base = i0 - c_hi, rows = BI + c_hi - c_lo;
+    auto src = [=](const TensorRef& t) {
+      return [=](int r) -> const T* {
+        const int k = base + r;
+        return (k >= 0 && k < N) ? row_ptr<T>(t, b, k, g) : nullptr;
+      };
+    };
+    load_tile<kThreads>(sk2, rows, D, p.vec, p.k2.ptr, src(p.k2));
+    load_tile<kThreads>(sv2, rows, D, p.vec, p.v2.ptr, src(p.v2));
+  };
+
+  // ---- This lane's two rows (j positions) and its ldmatrix row.
+  const int warp_row0 = 16 * warp_id(), g4 = lane_id() >> 2;
+  const int a_row = warp_row0 + (lane_id() & 15);
+  int my_j[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) my_j[h] = j0 + warp_row0 + g4 + 8 * h;
+
+  float acc_k[DO / 8][4], acc_v[DO / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < DO / 8; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc_k[nt][i] = acc_v[nt][i] = 0.f;
+
+  load_tile<kThreads>(sk1, BM, D, p.vec, p.k1.ptr, key_rows(p.k1));
+  load_tile<kThreads>(sv1, BM, D, p.vec, p.v1.ptr, key_rows(p.v1));
+  for (int hh = 0; hh < p.group; ++hh) {
+    const int h = g * p.group + hh;
+    for (int ib = 0; ib < n_iblocks; ++ib) {
+      const int i0 = i_lo + ib * BI;
+      for (int c = 0; c < n_chunks; ++c) {
+        const int c_lo = u_lo + c * CU, c_hi = imin(c_lo + CU - 1, u_hi);
+        if (c == 0) load_query_block(h, i0);
+        load_region(i0, c_lo, c_hi);
+        cp_async_commit();
+        cp_async_wait<0>();
+        cta_sync();  // [L]: k1/v1 rows, the query block and the region are visible
+
+        for (int u = c_lo; u <= c_hi; ++u) {
+          // Products of query row r with k2/v2 at k = i0 + r - u: region row r + (c_hi - u).
+          for (int idx = thread_id(); idx < BI * (DP / 8); idx += kThreads) {
+            const int r = idx / (DP / 8), col = (idx % (DP / 8)) * 8;
+            store_product8(saq.row(r) + col, sq.row(r) + col, sk2.row(r + c_hi - u) + col);
+            store_product8(sbdo.row(r) + col, sdo.row(r) + col, sv2.row(r + c_hi - u) + col);
+          }
+          cta_sync();  // [P]: the products are visible
+
+          // S^T = k1_tile @ aq^T and dP^T = v1_tile @ bdo^T: [16 j rows, BI queries] per warp.
+          float s[BI / 8][4], dp[BI / 8][4];
+#pragma unroll
+          for (int nt = 0; nt < BI / 8; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) s[nt][i] = dp[nt][i] = 0.f;
+#pragma unroll 2
+          for (int kt = 0; kt < DP / 16; ++kt) {
+            uint32_t a[4], e[4];
+            ldsm_a(a, sk1.row(a_row), kt * 16);
+            ldsm_a(e, sv1.row(a_row), kt * 16);
+#pragma unroll
+            for (int nt = 0; nt < BI / 8; nt += 2) {
+              uint32_t b0[2], b1[2];
+              ldsm_b_nmajor(b0, b1, saq, nt * 8, kt * 16);
+              mma_acc<T>(s[nt], a, b0);
+              mma_acc<T>(s[nt + 1], a, b1);
+              ldsm_b_nmajor(b0, b1, sbdo, nt * 8, kt * 16);
+              mma_acc<T>(dp[nt], e, b0);
+              mma_acc<T>(dp[nt + 1], e, b1);
+            }
+          }
+
+          // P^T and dA^T, zero unless j is in the window of i and k = i - u lies in [0, N).
+#pragma unroll
+          for (int nt = 0; nt < BI / 8; ++nt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const int h2 = i >> 1, col = nt * 8 + frag_col(i), qi = i0 + col, k = qi - u, j = my_j[h2];
+              const bool in = j < N && qi <= i_hi && j >= qi - L1 && j <= qi + R1 && k >= 0 && k < N;
+              s[nt][i] = in ? fast_exp2(s[nt][i] * p.scale_log2 - sload(slse + col)) : 0.f;
+              dp[nt][i] = s[nt][i] * (dp[nt][i] - sload(sdel + col));
+            }
+          }
+
+          // acc_k += dA^T @ aq;  acc_v += P^T @ bdo  (aq, bdo read k-major: row = query).
+#pragma unroll
+          for (int kk = 0; kk < BI / 16; ++kk) {
+            uint32_t da[4], pa[4];
+            c_to_a<T>(da, dp[2 * kk], dp[2 * kk + 1]);
+            c_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int nt = 0; nt < DO / 8; nt += 2) {
+              uint32_t b0[2], b1[2];
+              ldsm_b_kmajor(b0, b1, saq, kk * 16, col0 + nt * 8);
+              mma_acc<T>(acc_k[nt], da, b0);
+              mma_acc<T>(acc_k[nt + 1], da, b1);
+              ldsm_b_kmajor(b0, b1, sbdo, kk * 16, col0 + nt * 8);
+              mma_acc<T>(acc_v[nt], pa, b0);
+              mma_acc<T>(acc_v[nt + 1], pa, b1);
+            }
+          }
+          cta_sync();  // [C]: every warp is done with the products (and, at the end of a chunk or
+                       // block, with the region and the query block)
+        }
+      }
+    }
+  }
+
+  T* dk_row[2];
+  T* dv_row[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    dk_row[h] = my_j[h] < N ? row_ptr<T>(p.dk1, b, my_j[h], g) : nullptr;
+    dv_row[h] = my_j[h] < N ? row_ptr<T>(p.dv1, b, my_j[h], g) : nullptr;
+  }
+  const float scale_k[2] = {p.scale, p.scale}, one[2] = {1.f, 1.f};
+  store_acc_rows<T>(acc_k, dk_row, scale_k, col0, D);
+  store_acc_rows<T>(acc_v, dv_row, one, col0, D);
+}
+
+}  // namespace simplicial_attn::cuda

@@ -1,0 +1,236 @@
+// Backward, dq: per query tile, the same tiles and loop as the forward (fwd_kernel.cuh: rows are
+// (position, head) pairs of one kv head, offsets u = i - k outer in chunks, k1/v1 blocks streamed
+// through 2 stages), with P recomputed from the saved lse instead of an online softmax:
+//
+//     S   = (q ⊙ k2[i - u]) @ k1_blk^T        P  = exp2(S * scale * log2 e - lse * log2 e)
+//     dP  = (dout ⊙ v2[i - u]) @ v1_blk^T     dA = P * (dP - Delta[i])
+//     acc += (dA @ k1_blk) ⊙ k2[i - u]         dq = scale * acc
+//
+// The CTA owns its dq rows outright: no atomics, deterministic.
+#pragma once
+
+#include "tile.cuh"
+
+namespace simplicial_attn::cuda {
+
+template <int DP>
+struct DqConfig {
+  static constexpr int kHeadDim = DP;
+  static constexpr int kRows = DP <= 64 ? 64 : (DP <= 128 ? 32 : 16);  // 16 per warp
+  static constexpr int kWarps = kRows / 16;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kBlockJ = DP <= 64 ? 64 : (DP <= 128 ? 32 : 16);
+  static constexpr int kChunkU = DP <= 128 ? 16 : 8;
+  static constexpr int kRegionRows = kRows + kChunkU - 1;
+  static constexpr int kStages = 2;
+  static constexpr int kOutCols = DP <= 128 ? DP : 128;  // see FwdConfig::kOutCols
+  static constexpr int kRowBytes = (DP + 8) * 2;
+  static constexpr int kSmemBytes = kRowBytes * (2 * kRows + 2 * kRegionRows + 2 * kStages * kBlockJ);
+  static_assert(kSmemBytes <= kSmemLimit, "dq tiles exceed the shared memory of an sm_86 block");
+};
+
+struct DqKernelParams {
+  TensorRef q, dout, k1, k2, v1, v2;
+  MutTensorRef dq;
+  const float* lse;    // [B, Hq, N], natural log
+  const float* delta;  // [B, Hq, N]
+  int N, Hq, group, D;
+  Band band1, band2;
+  float scale, scale_log2;
+  int log2_heads, head_blocks, pos_tiles;  // as in FwdKernelParams
+  bool vec;
+};
+
+template <class T, class Cfg>
+SA_GLOBAL(Cfg::kThreads)
+dq_kernel(const DqKernelParams p) {
+  constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BJ = Cfg::kBlockJ, CU = Cfg::kChunkU, DO = Cfg::kOutCols;
+  constexpr int kThreads = Cfg::kThreads;
+  using TileT = Tile<T, DP>;
+
+  // ---- The CTA's tile (as in the forward).
+  const int b = block_x() / p.pos_tiles;
+  const int g = block_y() / p.head_blocks;
+  const int heads = 1 << p.log2_heads, positions = BM >> p.log2_heads;
+  const RowTile rt{(block_x() % p.pos_tiles) * positions, (block_y() % p.head_blocks) * heads, p.log2_heads, p.group,
+                   p.N};
+  const int N = p.N, D = p.D, col0 = block_z() * DO;
+  const int L1 = p.band1.left, R1 = p.band1.right, L2 = p.band2.left, R2 = p.band2.right;
+  const int p0 = rt.p0, p_last = imin(p0 + positions - 1, N - 1);
+  const int u_lo = imax(-R2, p0 - (N - 1)), u_hi = imin(L2, p_last);
+  const int j_lo = imax(0, p0 - L1), j_hi = imin(N - 1, p_last + R1);
+  const int n_jblocks = ceil_div(j_hi - j_lo + 1, BJ);
+  const int n_iters = n_jblocks * ceil_div(u_hi - u_lo + 1, CU);
+
+  // ---- Shared memory; owners and barriers as in the forward (B1 / B2):
+  //   sq, sdo    written once (prologue), read-only afterwards.
+  //   sk2, sv2   region of the current u-chunk, rewritten at a chunk's first iteration after B2.
+  //   k1/v1      stage it % 2, filled during iteration it - 1, read after B1 of iteration it.
+  SmemCarver carver{dynamic_smem()};
+  const TileT sq{carver.take<T>(BM * TileT::kLd)};
+  const TileT sdo{carver.take<T>(BM * TileT::kLd)};
+  const TileT sk2{carver.take<T>(Cfg::kRegionRows * TileT::kLd)};
+  const TileT sv2{carver.take<T>(Cfg::kRegionRows * TileT::kLd)};
+  T* const k1_stages = carver.take<T>(Cfg::kStages * BJ * TileT::kLd);
+  T* const v1_stages = carver.take<T>(Cfg::kStages * BJ * TileT::kLd);
+  auto sk1 = [&](int stage) { return TileT{k1_stages + stage * BJ * TileT::kLd}; };
+  auto sv1 = [&](int stage) { return TileT{v1_stages + stage * BJ * TileT::kLd}; };
+
+  const int kv_head = g;
+  auto query_rows = [=](const TensorRef& t) {
+    return [=](int r) -> const T* {
+      return rt.valid(r) ? row_ptr<T>(t, b, rt.pos(r), g * p.group + rt.head(r)) : nullptr;
+    };
+  };
+  auto chunk_lo = [&](int c) { return u_lo + c * CU; };
+  auto chunk_hi = [&](int c) { return imin(u_lo + c * CU + CU - 1, u_hi); };
+  auto load_region = [&](int c) {
+    const int base = p0 - chunk_hi(c), rows = positions + chunk_hi(c) - chunk_lo(c);
+    auto src = [=](const TensorRef& t) {
+      return [=](int r) -> const T* {
+        const int k = base + r;
+        return (k >= 0 && k < N) ? row_ptr<T>(t, b, k, kv_head) : nullptr;
+      };
+    };
+    load_tile<kThreads>(sk2, rows, D, p.vec, p.k2.ptr, src(p.k2));
+    load_tile<kThreads>(sv2, rows, D, p.vec, p.v2.ptr, src(p.v2));
+  };
+  auto load_kv1 = [&](int it, int stage) {
+    const int j0 = j_lo + (it % n_jblocks) * BJ;
+    auto src = [=](const TensorRef& t) {
+      return [=](int r) -> const T* { return j0 + r <= j_hi ? row_ptr<T>(t, b, j0 + r, kv_head) : nullptr; };
+    };
+    load_tile<kThreads>(sk1(stage), BJ, D, p.vec, p.k1.ptr, src(p.k1));
+    load_tile<kThreads>(sv1(stage), BJ, D, p.vec, p.v1.ptr, src(p.v1));
+  };
+
+  // ---- This lane's two rows: window of j, lse (base 2) and Delta.
+  const int warp_row0 = 16 * warp_id(), g4 = lane_id() >> 2;
+  const int a_row = warp_row0 + (lane_id() & 15);
+  int my_pos[2], jmin[2], jmax[2];
+  bool my_ok[2];
+  float lse2[2], delta[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = warp_row0 + g4 + 8 * h;
+    my_pos[h] = rt.pos(r);
+    my_ok[h] = rt.valid(r);
+    jmin[h] = imax(0, my_pos[h] - L1);
+    jmax[h] = imin(N - 1, my_pos[h] + R1);
+    const int64_t stat = (static_cast<int64_t>(b) * p.Hq + g * p.group + rt.head(r)) * N + my_pos[h];
+    lse2[h] = my_ok[h] ? gload(p.lse + stat) * kLog2e : 0.f;
+    delta[h] = my_ok[h] ? gload(p.delta + stat) : 0.f;
+  }
+
+  float acc[DO / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < DO / 8; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
+
+  load_tile<kThreads>(sq, BM, D, p.vec, p.q.ptr, query_rows(p.q));
+  load_tile<kThreads>(sdo, BM, D, p.vec, p.dout.ptr, query_rows(p.dout));
+  load_kv1(0, 0);
+  cp_async_commit();
+  for (int it = 0; it < n_iters; ++it) {
+    const int c = it / n_jblocks, stage = it % Cfg::kStages;
+    if (it % n_jblocks == 0) {
+      load_region(c);
+      cp_async_commit();
+    }
+    if (it + 1 < n_iters) {
+      load_kv1(it + 1, (it + 1) % Cfg::kStages);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    cta_sync();  // B1
+
+    const int j0 = j_lo + (it % n_jblocks) * BJ;
+    const int region_base = p0 - chunk_hi(c);
+    for (int u = chunk_lo(c); u <= chunk_hi(c); ++u) {
+      const int a_region = rt.pos(a_row) - u - region_base;
+      const T* k2_h[2];
+      bool ok[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int k = my_pos[h] - u;
+        k2_h[h] = sk2.row(k - region_base);
+        ok[h] = my_ok[h] && k >= 0 && k < N;
+      }
+
+      // S = (q ⊙ k2) @ k1_blk^T and dP = (dout ⊙ v2) @ v1_blk^T.
+      float s[BJ / 8][4], dp[BJ / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < BJ / 8; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[nt][i] = dp[nt][i] = 0.f;
+#pragma unroll 2
+      for (int kt = 0; kt < DP / 16; ++kt) {
+        uint32_t a[4], e[4];
+        ldsm_a_product<T>(a, sq.row(a_row), sk2.row(a_region), kt * 16);
+        ldsm_a_product<T>(e, sdo.row(a_row), sv2.row(a_region), kt * 16);
+#pragma unroll
+        for (int nt = 0; nt < BJ / 8; nt += 2) {
+          uint32_t b0[2], b1[2];
+          ldsm_b_nmajor(b0, b1, sk1(stage), nt * 8, kt * 16);
+          mma_acc<T>(s[nt], a, b0);
+          mma_acc<T>(s[nt + 1], a, b1);
+          ldsm_b_nmajor(b0, b1, sv1(stage), nt * 8, kt * 16);
+          mma_acc<T>(dp[nt], e, b0);
+          mma_acc<T>(dp[nt + 1], e, b1);
+        }
+      }
+
+      // dA = P (dP - Delta), zero outside the (j, k) window.
+#pragma unroll
+      for (int nt = 0; nt < BJ / 8; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
+          const bool in = ok[h] && j >= jmin[h] && j <= jmax[h];
+          const float prob = in ? fast_exp2(s[nt][i] * p.scale_log2 - lse2[h]) : 0.f;
+          dp[nt][i] = prob * (dp[nt][i] - delta[h]);
+        }
+      }
+
+      // acc += (dA @ k1_blk) ⊙ k2, 16 output columns at a time.
+      uint32_t da[BJ / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < BJ / 16; ++kk) c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+      for (int nt = 0; nt < DO / 8; nt += 2) {
+        float t0[4] = {0.f, 0.f, 0.f, 0.f}, t1[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int kk = 0; kk < BJ / 16; ++kk) {
+          uint32_t b0[2], b1[2];
+          ldsm_b_kmajor(b0, b1, sk1(stage), kk * 16, col0 + nt * 8);
+          mma_acc<T>(t0, da[kk], b0);
+          mma_acc<T>(t1, da[kk], b1);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float2 w0 = sload_pair(k2_h[h], col0 + nt * 8 + frag_col(2 * h));
+          const float2 w1 = sload_pair(k2_h[h], col0 + nt * 8 + 8 + frag_col(2 * h));
+          acc[nt][2 * h] += t0[2 * h] * w0.x;
+          acc[nt][2 * h + 1] += t0[2 * h + 1] * w0.y;
+          acc[nt + 1][2 * h] += t1[2 * h] * w1.x;
+          acc[nt + 1][2 * h + 1] += t1[2 * h + 1] * w1.y;
+        }
+      }
+    }
+    cta_sync();  // B2
+  }
+
+  T* dq_row[2];
+  float scale[2] = {p.scale, p.scale};
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = warp_row0 + g4 + 8 * h;
+    dq_row[h] = my_ok[h] ? row_ptr<T>(p.dq, b, my_pos[h], g * p.group + rt.head(r)) : nullptr;
+  }
+  store_acc_rows<T>(acc, dq_row, scale, col0, D);
+}
+
+}  // namespace simplicial_attn::cuda

@@ -1,0 +1,7 @@
+// Backward instantiations for float16 (tensor cores), head dims 64, 128, 256.
+#include "kernels.h"
+#include "launch_bwd.cuh"
+
+namespace simplicial_attn::cuda {
+void run_bwd_fp16(const BwdArgs& args, cudaStream_t stream) { run_bwd_tc<__half>(args, stream); }
+}  // namespace simplicial_attn::cuda

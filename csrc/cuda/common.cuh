@@ -1,0 +1,334 @@
+// Device primitives: the only file with inline PTX or CUDA intrinsics.
+//
+// Every kernel touches hardware only through the functions below. Compiled by nvcc they are the
+// PTX they name; compiled with -DSA_EMULATE by a host compiler they call the CPU emulator
+// (emulator/emulator.h), which runs the same kernel code and checks bounds, races and barrier
+// agreement. So the kernels are tested here although no GPU is available.
+//
+// Fragment layouts of mma.m16n8k16 (PTX ISA 9.7.14.5.8), lane = 4 * g + t:
+//   A 16x16 (row-major): register i holds the pair (row g + 8*(i & 1), cols 2t + 8*(i >> 1) + {0, 1})
+//   B 16x8  (k x n):     register i holds the pair (rows k = 2t + 8*i + {0, 1}, col n = g)
+//   C 16x8  fp32:        c[i] is (row g + 8*(i >> 1), col 2t + (i & 1))
+// A pair is packed low half first (the lower column / row index in the low 16 bits).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "simplicial_attn's CUDA kernels need sm_80 or newer (bf16 mma.sync, cp.async); set TORCH_CUDA_ARCH_LIST >= 8.0"
+#endif
+
+#ifdef SA_EMULATE
+#include <cmath>
+#include <source_location>
+
+#include "emulator/emulator.h"
+#define SA_DEV inline
+#define SA_GLOBAL(threads) void
+// Emulator builds pass the caller's line to collectives, so lanes meeting at different calls are
+// reported. SA_LINE_ARG follows other parameters, SA_LINE_ONLY stands alone.
+#define SA_LINE_ARG , const std::source_location& loc = std::source_location::current()
+#define SA_LINE_ONLY const std::source_location& loc = std::source_location::current()
+#else
+#define SA_DEV __device__ __forceinline__
+#define SA_GLOBAL(threads) __global__ void __launch_bounds__(threads, 1)
+#define SA_LINE_ARG
+#define SA_LINE_ONLY
+#endif
+
+namespace simplicial_attn::cuda {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// ---------------------------------------------------------------------------------------------
+// Thread identity and barriers.
+
+SA_DEV int thread_id() {
+#ifdef SA_EMULATE
+  return sa_emu::thread_x();
+#else
+  return static_cast<int>(threadIdx.x);
+#endif
+}
+SA_DEV int lane_id() { return thread_id() & 31; }
+SA_DEV int warp_id() { return thread_id() >> 5; }
+
+SA_DEV int block_x() {
+#ifdef SA_EMULATE
+  return sa_emu::block_idx().x;
+#else
+  return static_cast<int>(blockIdx.x);
+#endif
+}
+SA_DEV int block_y() {
+#ifdef SA_EMULATE
+  return sa_emu::block_idx().y;
+#else
+  return static_cast<int>(blockIdx.y);
+#endif
+}
+SA_DEV int block_z() {
+#ifdef SA_EMULATE
+  return sa_emu::block_idx().z;
+#else
+  return static_cast<int>(blockIdx.z);
+#endif
+}
+
+// __syncthreads: every thread of the CTA must reach the same call.
+SA_DEV void cta_sync(SA_LINE_ONLY) {
+#ifdef SA_EMULATE
+  sa_emu::cta_sync(static_cast<int>(loc.line()));
+#else
+  __syncthreads();
+#endif
+}
+
+// The sum of `v` over the 4 lanes of a quad (lanes 4g .. 4g+3), which share a fragment row.
+SA_DEV float quad_sum(float v SA_LINE_ARG) {
+#ifdef SA_EMULATE
+  v += sa_emu::shfl_xor(v, 1, static_cast<int>(loc.line()));
+  v += sa_emu::shfl_xor(v, 2, static_cast<int>(loc.line()) + 100000);
+#else
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+#endif
+  return v;
+}
+
+SA_DEV float quad_max(float v SA_LINE_ARG) {
+#ifdef SA_EMULATE
+  v = std::fmax(v, sa_emu::shfl_xor(v, 1, static_cast<int>(loc.line())));
+  v = std::fmax(v, sa_emu::shfl_xor(v, 2, static_cast<int>(loc.line()) + 100000));
+#else
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+#endif
+  return v;
+}
+
+// The sum of `v` over the warp; the butterfly gives every lane the same bits (a + b == b + a).
+SA_DEV float warp_sum(float v SA_LINE_ARG) {
+#pragma unroll
+  for (int mask = 16; mask >= 1; mask >>= 1) {
+#ifdef SA_EMULATE
+    v += sa_emu::shfl_xor(v, mask, static_cast<int>(loc.line()) + 100000 * mask);
+#else
+    v += __shfl_xor_sync(0xffffffffu, v, mask);
+#endif
+  }
+  return v;
+}
+
+SA_DEV float fast_exp2(float x) {
+#ifdef SA_EMULATE
+  return std::exp2(x);
+#else
+  return exp2f(x);  // ex2.approx under --use_fast_math: exp2(-inf) = 0
+#endif
+}
+
+SA_DEV float fast_log2(float x) {
+#ifdef SA_EMULATE
+  return std::log2(x);
+#else
+  return log2f(x);
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory. Global accesses go through gload / gstore, shared accesses through sload / sstore (or
+// the collective ldmatrix and cp.async), so the emulator sees and checks each of them.
+
+SA_DEV char* dynamic_smem() {
+#ifdef SA_EMULATE
+  return sa_emu::dynamic_smem();
+#else
+  extern __shared__ __align__(16) char smem_buffer[];
+  return smem_buffer;
+#endif
+}
+
+template <class V>
+SA_DEV V gload(const V* p) {
+#ifdef SA_EMULATE
+  sa_emu::global_read(p, sizeof(V));
+#endif
+  return *p;
+}
+
+template <class V>
+SA_DEV void gstore(V* p, V v) {
+#ifdef SA_EMULATE
+  sa_emu::global_write(p, sizeof(V));
+#endif
+  *p = v;
+}
+
+template <class V>
+SA_DEV V sload(const V* p) {
+#ifdef SA_EMULATE
+  sa_emu::smem_read(p, sizeof(V));
+#endif
+  return *p;
+}
+
+template <class V>
+SA_DEV void sstore(V* p, V v) {
+#ifdef SA_EMULATE
+  sa_emu::smem_write(p, sizeof(V));
+#endif
+  *p = v;
+}
+
+#ifndef SA_EMULATE
+SA_DEV uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+#endif
+
+// Copies 16 bytes global -> shared without staging in registers; with valid == false it writes
+// 16 zero bytes and reads nothing (src-size 0). Both addresses must be 16-byte aligned.
+SA_DEV void cp_async_16(void* smem_dst, const void* gmem_src, bool valid) {
+#ifdef SA_EMULATE
+  sa_emu::cp_async_16(smem_dst, gmem_src, valid);
+#else
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem_dst)), "l"(gmem_src),
+               "r"(src_bytes)
+               : "memory");
+#endif
+}
+
+SA_DEV void cp_async_commit() {
+#ifdef SA_EMULATE
+  sa_emu::cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most N of this thread's committed groups are still in flight. Other threads see
+// the data only after a following cta_sync().
+template <int N>
+SA_DEV void cp_async_wait() {
+#ifdef SA_EMULATE
+  sa_emu::cp_async_wait(N);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// ldmatrix.x4: lane l passes the address of row (l % 8) of 8x8 matrix (l / 8); r[i] receives
+// matrix i in the mma fragment layout: (row l/4, cols 2(l%4)+{0,1}), or with kTrans the
+// transposed pair (rows 2(l%4)+{0,1}, col l/4).
+template <bool kTrans>
+SA_DEV void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr SA_LINE_ARG) {
+#ifdef SA_EMULATE
+  sa_emu::ldmatrix_x4(r, row_addr, kTrans, static_cast<int>(loc.line()));
+#else
+  if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(row_addr))
+                 : "memory");
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(row_addr))
+                 : "memory");
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// 16-bit element types: packing pairs for the mma operands.
+
+template <class T>
+struct Elem;
+
+template <>
+struct Elem<__half> {
+  static constexpr bool kBf16 = false;
+  SA_DEV static uint32_t pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+  }
+  SA_DEV static float2 unpack(uint32_t u) {
+    __half2 h;
+    memcpy(&h, &u, 4);
+    return __half22float2(h);
+  }
+  SA_DEV static float to_float(__half x) { return __half2float(x); }
+  SA_DEV static __half from_float(float x) { return __float2half_rn(x); }
+};
+
+template <>
+struct Elem<__nv_bfloat16> {
+  static constexpr bool kBf16 = true;
+  SA_DEV static uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+  }
+  SA_DEV static float2 unpack(uint32_t u) {
+    __nv_bfloat162 h;
+    memcpy(&h, &u, 4);
+    return __bfloat1622float2(h);
+  }
+  SA_DEV static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+  SA_DEV static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+};
+
+template <>
+struct Elem<float> {
+  SA_DEV static float to_float(float x) { return x; }
+  SA_DEV static float from_float(float x) { return x; }
+};
+
+// Element-wise product of two packed pairs, rounded once to T.
+template <class T>
+SA_DEV uint32_t mul_pairs(uint32_t x, uint32_t y) {
+  const float2 a = Elem<T>::unpack(x), b = Elem<T>::unpack(y);
+  return Elem<T>::pack(a.x * b.x, a.y * b.y);
+}
+
+// d = a @ b + c on tensor cores, fp32 accumulation (fragment layouts: see the top of this file).
+template <class T>
+SA_DEV void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4] SA_LINE_ARG) {
+#ifdef SA_EMULATE
+  sa_emu::mma_16816(d, a, b, c, Elem<T>::kBf16, static_cast<int>(loc.line()));
+#else
+  if constexpr (Elem<T>::kBf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+  }
+#endif
+}
+
+// In-place accumulate: c += a @ b.
+template <class T>
+SA_DEV void mma_acc(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2] SA_LINE_ARG) {
+#ifdef SA_EMULATE
+  mma_16816<T>(c, a, b, c, loc);
+#else
+  mma_16816<T>(c, a, b, c);
+#endif
+}
+
+}  // namespace simplicial_attn::cuda

@@ -1,0 +1,178 @@
+// Runs the CUDA kernels of csrc/cuda on the CPU emulator (emulator.h): the same entry points
+// api.cpp calls (kernels.h), the same launchers and kernel code, with every global and shared
+// memory access checked. Built and driven by tests/test_cuda_emulated.py:
+//
+//   g++ -std=c++20 -O1 -DSA_EMULATE -I/usr/local/cuda/include csrc/cuda/emulator/driver.cc -o emu
+//   emu fwd|bwd IN OUT
+//   emu configs          (prints the tile configs: kernel head_dim threads smem_bytes)
+//
+// IN:  int64 header[16] = {dtype (0 fp16, 1 bf16, 2 fp32), B, N, Hq, Hkv, D, w1, w2, causal},
+//      float64 scale, then each input tensor (fwd: q k1 k2 v1 v2; bwd: dout q k1 k2 v1 v2 out lse)
+//      as int64 {storage bytes, storage offset (elements), stride b, n, h, d} and the storage bytes.
+// OUT: fwd: out (contiguous, input dtype), lse (float32 [B, Hq, N]);
+//      bwd: dq, dk1, dk2, dv1, dv2 (contiguous, input dtype).
+// Outputs start as 0xFF bytes (NaN), so an element no kernel writes fails the comparison.
+#ifndef SA_EMULATE
+#error "build the driver with -DSA_EMULATE"
+#endif
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../bwd_bf16.cu"
+#include "../bwd_fp16.cu"
+#include "../fp32.cu"
+#include "../fwd_bf16.cu"
+#include "../fwd_fp16.cu"
+#include "../kernels.h"
+
+namespace {
+
+using namespace simplicial_attn::cuda;
+
+struct Reader {
+  FILE* f;
+  template <class V>
+  V get() {
+    V v;
+    if (fread(&v, sizeof(V), 1, f) != 1) sa_emu::fail("input file truncated");
+    return v;
+  }
+};
+
+// A buffer the kernels may touch, registered with the emulator.
+struct Buffer {
+  std::unique_ptr<char, decltype(&free)> data{nullptr, &free};
+  size_t bytes = 0;
+  Buffer(size_t n, const char* name, bool writable)
+      : data(static_cast<char*>(aligned_alloc(256, (n + 255) / 256 * 256 + 256)), &free), bytes(n) {
+    memset(data.get(), 0xFF, bytes);
+    sa_emu::register_buffer(data.get(), bytes, name, writable);
+  }
+};
+
+struct Input {
+  std::unique_ptr<Buffer> buf;
+  TensorRef ref;
+};
+
+Input read_tensor(Reader& r, const char* name, int elem_bytes) {
+  const int64_t bytes = r.get<int64_t>(), offset = r.get<int64_t>();
+  int64_t stride[4];
+  for (auto& s : stride) s = r.get<int64_t>();
+  if (stride[3] != 1) sa_emu::fail("%s: the kernels take a unit stride on D (api.cpp makes it so)", name);
+  Input in;
+  in.buf = std::make_unique<Buffer>(static_cast<size_t>(bytes), name, false);
+  if (fread(in.buf->data.get(), 1, bytes, r.f) != static_cast<size_t>(bytes)) sa_emu::fail("%s truncated", name);
+  in.ref = TensorRef{in.buf->data.get() + offset * elem_bytes, stride[0], stride[1], stride[2]};
+  return in;
+}
+
+MutTensorRef contiguous_ref(Buffer& b, const Dims& d, int heads) {
+  return MutTensorRef{b.data.get(), static_cast<int64_t>(d.N) * heads * d.D, static_cast<int64_t>(heads) * d.D, d.D};
+}
+
+void write(FILE* f, const Buffer& b) { fwrite(b.data.get(), 1, b.bytes, f); }
+
+template <class Cfg>
+void print_config(const char* kernel) {
+  printf("%s %d %d %d\n", kernel, Cfg::kHeadDim, Cfg::kThreads, Cfg::kSmemBytes);
+}
+
+template <int DP>
+void print_configs() {
+  print_config<FwdConfig<DP>>("fwd_kernel");
+  print_config<DqConfig<DP>>("dq_kernel");
+  print_config<Dkv1Config<DP>>("dkv1_kernel");
+  print_config<Dkv2Config<DP>>("dkv2_kernel");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "configs") {
+    print_configs<64>();
+    print_configs<128>();
+    print_configs<256>();
+    return 0;
+  }
+  if (argc != 4) {
+    fprintf(stderr, "usage: %s fwd|bwd IN OUT\n", argv[0]);
+    return 2;
+  }
+  const std::string op = argv[1];
+  FILE* fin = fopen(argv[2], "rb");
+  if (!fin) sa_emu::fail("cannot open %s", argv[2]);
+  Reader r{fin};
+  int64_t h[16];
+  for (auto& v : h) v = r.get<int64_t>();
+  const double scale = r.get<double>();
+  const DType dtype = h[0] == 0 ? DType::kHalf : h[0] == 1 ? DType::kBFloat16 : DType::kFloat;
+  const int eb = dtype == DType::kFloat ? 4 : 2;
+  const Dims d{static_cast<int>(h[1]), static_cast<int>(h[2]), static_cast<int>(h[3]), static_cast<int>(h[4]),
+               static_cast<int>(h[5])};
+  const bool causal = h[8] != 0;
+  const Band band1 = make_band(h[6], d.N, causal), band2 = make_band(h[7], d.N, causal);
+  const size_t q_elems = static_cast<size_t>(d.B) * d.N * d.Hq * d.D;
+  const size_t kv_elems = static_cast<size_t>(d.B) * d.N * d.Hkv * d.D;
+  const size_t stat_elems = static_cast<size_t>(d.B) * d.Hq * d.N;
+
+  FILE* fout = fopen(argv[3], "wb");
+  if (!fout) sa_emu::fail("cannot open %s", argv[3]);
+  if (op == "fwd") {
+    Input q = read_tensor(r, "q", eb), k1 = read_tensor(r, "k1", eb), k2 = read_tensor(r, "k2", eb);
+    Input v1 = read_tensor(r, "v1", eb), v2 = read_tensor(r, "v2", eb);
+    Buffer out(q_elems * eb, "out", true), lse(stat_elems * 4, "lse", true);
+    FwdArgs a{dtype,
+              d,
+              q.ref,
+              k1.ref,
+              k2.ref,
+              v1.ref,
+              v2.ref,
+              contiguous_ref(out, d, d.Hq),
+              reinterpret_cast<float*>(lse.data.get()),
+              band1,
+              band2,
+              static_cast<float>(scale)};
+    run_fwd(a, nullptr);
+    write(fout, out);
+    write(fout, lse);
+  } else if (op == "bwd") {
+    Input dout = read_tensor(r, "dout", eb), q = read_tensor(r, "q", eb), k1 = read_tensor(r, "k1", eb);
+    Input k2 = read_tensor(r, "k2", eb), v1 = read_tensor(r, "v1", eb), v2 = read_tensor(r, "v2", eb);
+    Input out = read_tensor(r, "out", eb), lse = read_tensor(r, "lse", 4);
+    Buffer dq(q_elems * eb, "dq", true), dk1(kv_elems * eb, "dk1", true), dk2(kv_elems * eb, "dk2", true);
+    Buffer dv1(kv_elems * eb, "dv1", true), dv2(kv_elems * eb, "dv2", true), delta(stat_elems * 4, "delta", true);
+    BwdArgs a{dtype,
+              d,
+              dout.ref,
+              q.ref,
+              k1.ref,
+              k2.ref,
+              v1.ref,
+              v2.ref,
+              out.ref,
+              static_cast<const float*>(lse.ref.ptr),
+              contiguous_ref(dq, d, d.Hq),
+              contiguous_ref(dk1, d, d.Hkv),
+              contiguous_ref(dk2, d, d.Hkv),
+              contiguous_ref(dv1, d, d.Hkv),
+              contiguous_ref(dv2, d, d.Hkv),
+              reinterpret_cast<float*>(delta.data.get()),
+              band1,
+              band2,
+              static_cast<float>(scale)};
+    run_bwd(a, nullptr);
+    for (const Buffer* b : {&dq, &dk1, &dk2, &dv1, &dv2}) write(fout, *b);
+  } else {
+    sa_emu::fail("unknown op %s", op.c_str());
+  }
+  fclose(fout);
+  fclose(fin);
+  fprintf(stderr, "emulator: ok, %lld warp collectives\n", static_cast<long long>(sa_emu::ctx().collectives));
+  return 0;
+}

@@ -1,0 +1,7 @@
+// Forward instantiations for float16 (tensor cores), head dims 64, 128, 256.
+#include "kernels.h"
+#include "launch_fwd.cuh"
+
+namespace simplicial_attn::cuda {
+void run_fwd_fp16(const FwdArgs& args, cudaStream_t stream) { run_fwd_tc<__half>(args, stream); }
+}  // namespace simplicial_attn::cuda

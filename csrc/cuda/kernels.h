@@ -1,0 +1,42 @@
+// Entry points of the CUDA kernels, one per dtype, defined in fwd_*.cu, bwd_*.cu and fp32.cu (so
+// the instantiations compile in parallel), and the dtype dispatch api.cpp and the emulator's
+// driver share. Nothing here synchronises with the host: each call only enqueues kernels on
+// `stream`.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "params.h"
+
+namespace simplicial_attn::cuda {
+
+void run_fwd_fp16(const FwdArgs& args, cudaStream_t stream);
+void run_fwd_bf16(const FwdArgs& args, cudaStream_t stream);
+void run_fwd_fp32(const FwdArgs& args, cudaStream_t stream);
+void run_bwd_fp16(const BwdArgs& args, cudaStream_t stream);
+void run_bwd_bf16(const BwdArgs& args, cudaStream_t stream);
+void run_bwd_fp32(const BwdArgs& args, cudaStream_t stream);
+
+inline void run_fwd(const FwdArgs& args, cudaStream_t stream) {
+  switch (args.dtype) {
+    case DType::kHalf:
+      return run_fwd_fp16(args, stream);
+    case DType::kBFloat16:
+      return run_fwd_bf16(args, stream);
+    case DType::kFloat:
+      return run_fwd_fp32(args, stream);
+  }
+}
+
+inline void run_bwd(const BwdArgs& args, cudaStream_t stream) {
+  switch (args.dtype) {
+    case DType::kHalf:
+      return run_bwd_fp16(args, stream);
+    case DType::kBFloat16:
+      return run_bwd_bf16(args, stream);
+    case DType::kFloat:
+      return run_bwd_fp32(args, stream);
+  }
+}
+
+}  // namespace simplicial_attn::cuda

@@ -1,0 +1,190 @@
+// Shared-memory tiles, global -> shared loaders and the tensor-core fragment helpers every
+// tensor-core kernel uses. Fragment layouts: see common.cuh.
+#pragma once
+
+#include "common.cuh"
+#include "params.h"
+
+namespace simplicial_attn::cuda {
+
+// Shared memory a block may use on every target: the opt-in maximum of sm_86 (99 KiB). Each
+// kernel config static_asserts it stays below, so one config serves sm_80, sm_86 and sm_90.
+constexpr int kSmemLimit = 101376;
+
+SA_DEV int ceil_div(int a, int b) { return (a + b - 1) / b; }
+SA_DEV int imin(int a, int b) { return a < b ? a : b; }
+SA_DEV int imax(int a, int b) { return a > b ? a : b; }
+
+// Row r of a (position, head) tile: position p0 + (r >> log2_heads), head (of the kv group)
+// head0 + (r & (heads - 1)).
+struct RowTile {
+  int p0, head0, log2_heads, group, N;
+  SA_DEV int pos(int r) const { return p0 + (r >> log2_heads); }
+  SA_DEV int head(int r) const { return head0 + (r & ((1 << log2_heads) - 1)); }
+  SA_DEV bool valid(int r) const { return pos(r) < N && head(r) < group; }
+};
+
+// A row-major tile of 16-bit elements in shared memory: `rows` x DP, row stride kLd = DP + 8.
+// The 8 extra elements (16 bytes) shift consecutive rows by 4 banks, so the 8 rows one ldmatrix
+// matrix reads fall on 8 distinct 4-bank groups (no bank conflicts). Columns [DP, kLd) are never
+// read or written.
+template <class T, int DP>
+struct Tile {
+  static constexpr int kLd = DP + 8;
+  static constexpr int row_bytes() { return kLd * static_cast<int>(sizeof(T)); }
+  T* base;
+  SA_DEV T* row(int r) const { return base + r * kLd; }
+};
+
+// Carves consecutive 16-byte aligned buffers out of dynamic shared memory. The same sequence of
+// take() calls on the host (with base == nullptr) gives the byte count the launch asks for.
+struct SmemCarver {
+  char* base;
+  int offset = 0;
+  template <class V>
+  SA_DEV V* take(int count) {
+    V* p = reinterpret_cast<V*>(base + offset);
+    offset += (count * static_cast<int>(sizeof(V)) + 15) / 16 * 16;
+    return p;
+  }
+};
+
+// Address of row (b, position n, head h) of a [B, N, H, D] tensor with unit stride on D (64-bit
+// offsets: B * N * H * D may exceed 2^31).
+template <class T>
+SA_DEV const T* row_ptr(const TensorRef& t, int b, int n, int h) {
+  return static_cast<const T*>(t.ptr) + (b * t.sb + n * t.sn + h * t.sh);
+}
+template <class T>
+SA_DEV T* row_ptr(const MutTensorRef& t, int b, int n, int h) {
+  return static_cast<T*>(t.ptr) + (b * t.sb + n * t.sn + h * t.sh);
+}
+
+// Fills rows [0, nrows) of `dst`: row r is a copy of the global row `src(r)` (a `const T*`, or
+// nullptr for a row outside the tensor, which becomes zeros), columns >= D are zeros.
+//   vec == true: 16-byte cp.async (needs D % 8 == 0 and 16-byte aligned rows, checked by the
+//   host); the caller commits a group and waits for it before a cta_sync.
+//   vec == false: element loads and shared stores, visible to other threads after a cta_sync.
+// `any_row` is some valid, 16-byte aligned global address, passed as the (unread) source of a
+// zero-filling cp.async.
+template <int kThreads, class T, int DP, class RowSrc>
+SA_DEV void load_tile(const Tile<T, DP>& dst, int nrows, int D, bool vec, const void* any_row, const RowSrc& src) {
+  if (vec) {
+    constexpr int kChunks = DP / 8;  // 16-byte chunks per row
+    for (int idx = thread_id(); idx < nrows * kChunks; idx += kThreads) {
+      const int r = idx / kChunks, c = (idx % kChunks) * 8;
+      const T* row = src(r);
+      const bool valid = row != nullptr && c < D;
+      cp_async_16(dst.row(r) + c, valid ? static_cast<const void*>(row + c) : any_row, valid);
+    }
+  } else {
+    for (int idx = thread_id(); idx < nrows * DP; idx += kThreads) {
+      const int r = idx / DP, c = idx % DP;
+      const T* row = src(r);
+      const T v = (row != nullptr && c < D) ? gload(row + c) : Elem<T>::from_float(0.f);
+      sstore(dst.row(r) + c, v);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Fragments.
+
+// The row (within a 16-row warp tile) and column of C-fragment element i of this lane.
+SA_DEV int frag_row(int i) { return (lane_id() >> 2) + 8 * (i >> 1); }
+SA_DEV int frag_col(int i) { return 2 * (lane_id() & 3) + (i & 1); }
+
+// A operand, 16 x 16, columns [c0, c0 + 16): each lane passes `my_row`, the shared row that holds
+// A-row (lane % 16). Lanes 0-15 address column c0, lanes 16-31 column c0 + 8, so ldmatrix matrix
+// 0..3 = (rows 0-7, cols c0), (rows 8-15, c0), (rows 0-7, c0+8), (rows 8-15, c0+8): the A registers.
+template <class T>
+SA_DEV void ldsm_a(uint32_t (&a)[4], const T* my_row, int c0) {
+  ldmatrix_x4<false>(a, my_row + c0 + (lane_id() >> 4) * 8);
+}
+
+// B operands of two n-tiles (n0..n0+7 -> b0, n0+8..n0+15 -> b1) over k in [k0, k0 + 16), from a
+// tile stored n-major (row = n, column = k: e.g. k1[j][d] for S = A k1^T). Matrices: (n 0-7, k0),
+// (n 0-7, k0+8), (n 8-15, k0), (n 8-15, k0+8) = b0[0], b0[1], b1[0], b1[1].
+template <class T, int DP>
+SA_DEV void ldsm_b_nmajor(uint32_t (&b0)[2], uint32_t (&b1)[2], const Tile<T, DP>& t, int n0, int k0) {
+  const int l = lane_id();
+  uint32_t r[4];
+  ldmatrix_x4<false>(r, t.row(n0 + (l & 7) + ((l >> 4) << 3)) + k0 + ((l >> 3) & 1) * 8);
+  b0[0] = r[0];
+  b0[1] = r[1];
+  b1[0] = r[2];
+  b1[1] = r[3];
+}
+
+// B operands of two n-tiles (n0..n0+7 -> b0, n0+8..n0+15 -> b1) over k in [k0, k0 + 16), from a
+// tile stored k-major (row = k, column = n: e.g. v1[j][d] for P @ v1), transposed by ldmatrix.
+// Matrices: (k 0-7, n0), (k 8-15, n0), (k 0-7, n0+8), (k 8-15, n0+8) = b0[0], b0[1], b1[0], b1[1].
+template <class T, int DP>
+SA_DEV void ldsm_b_kmajor(uint32_t (&b0)[2], uint32_t (&b1)[2], const Tile<T, DP>& t, int k0, int n0) {
+  const int l = lane_id();
+  uint32_t r[4];
+  ldmatrix_x4<true>(r, t.row(k0 + (l & 7) + ((l >> 3) & 1) * 8) + n0 + (l >> 4) * 8);
+  b0[0] = r[0];
+  b0[1] = r[1];
+  b1[0] = r[2];
+  b1[1] = r[3];
+}
+
+// The A operand (16 x 16) made of two C fragments: `lo` holds columns 0-7, `hi` columns 8-15.
+// C pairs (row g, cols 2t..) and (row g+8, cols 2t..) of `lo` are A registers 0 and 1; those of
+// `hi` registers 2 and 3 (this is how P goes from one mma's output into the next mma's input).
+template <class T>
+SA_DEV void c_to_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+  a[0] = Elem<T>::pack(lo[0], lo[1]);
+  a[1] = Elem<T>::pack(lo[2], lo[3]);
+  a[2] = Elem<T>::pack(hi[0], hi[1]);
+  a[3] = Elem<T>::pack(hi[2], hi[3]);
+}
+
+// The A operand (16 x 16, columns [c0, c0 + 16)) of the element-wise product x ⊙ y of two row
+// sets: lane passes the shared rows holding row (lane % 16) of x and of y (y may be a shifted row).
+template <class T>
+SA_DEV void ldsm_a_product(uint32_t (&a)[4], const T* x_row, const T* y_row, int c0) {
+  uint32_t xa[4], ya[4];
+  ldsm_a(xa, x_row, c0);
+  ldsm_a(ya, y_row, c0);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) a[i] = mul_pairs<T>(xa[i], ya[i]);
+}
+
+// Reads the pair (cols c, c+1) of a shared row as floats.
+template <class T>
+SA_DEV float2 sload_pair(const T* row, int c) {
+  return Elem<T>::unpack(sload(reinterpret_cast<const uint32_t*>(row + c)));
+}
+
+// 8 products of 8 pairs of 16-bit elements (16-byte shared rows), rounded once to T.
+template <class T>
+SA_DEV void store_product8(T* dst, const T* x, const T* y) {
+  const uint4 a = sload(reinterpret_cast<const uint4*>(x));
+  const uint4 b = sload(reinterpret_cast<const uint4*>(y));
+  uint4 c;
+  c.x = mul_pairs<T>(a.x, b.x);
+  c.y = mul_pairs<T>(a.y, b.y);
+  c.z = mul_pairs<T>(a.z, b.z);
+  c.w = mul_pairs<T>(a.w, b.w);
+  sstore(reinterpret_cast<uint4*>(dst), c);
+}
+
+// Stores the C-fragment accumulators acc[n-tile][4] of this lane's two rows to global memory:
+// element (row h, col d) gets acc * row_scale[h]; rows with row_dst[h] == nullptr and columns
+// >= D are skipped. Columns are `col0 + 8 * nt + frag_col(i)`.
+template <class T, int kTiles>
+SA_DEV void store_acc_rows(const float (&acc)[kTiles][4], T* const (&row_dst)[2], const float (&row_scale)[2], int col0,
+                           int D) {
+#pragma unroll
+  for (int nt = 0; nt < kTiles; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int h = i >> 1, d = col0 + nt * 8 + frag_col(i);
+      if (row_dst[h] != nullptr && d < D) gstore(row_dst[h] + d, Elem<T>::from_float(acc[nt][i] * row_scale[h]));
+    }
+  }
+}
+
+}  // namespace simplicial_attn::cuda

@@ -1,0 +1,290 @@
+r"""The unfused path: materialised trilinear scores, the windowed softmax, and attention weights.
+
+    scores  = sa.trilinear_scores(q, k1, k2, w1, w2)     # [B, Hq, N, W1, W2] float32 logits
+    weights = sa.windowed_softmax(scores)                 # one softmax per (b, h, i) window
+    weights = sa.attention_weights(q, k1, k2, w1, w2)     # the two in one call
+
+Slot [b, h, i, a, c] is the pair j = j0(i) + a (k1/v1 position), k = k0(i) + c (k2/v2
+position); with A = scores and P = weights,
+
+    out[b, i, h] = sum_{a, c} P[b, h, i, a, c] * v1[b, j, g] * v2[b, k, g]     (g = h's kv head)
+
+is exactly `two_simplicial_attention(...)`. Window starts (scores_reference.py has the table):
+
+    causal (default)       j0(i) = i - w1 + 1              centred   j0(i) = i - w1 // 2
+    w = None, causal       W = N, j0(i) = i - N + 1        w = None, centred: W = N, j0 = 0
+                                                           (the axis is the key position)
+
+    causal, w1 = 4, query i = 5:  slot a  0 1 2 3
+                                  j       2 3 4 5      (j < 0 or j >= N: -inf, weight 0)
+
+Each function takes `backend=` like `two_simplicial_attention`: "auto", "cuda", "triton",
+"cpu" or "reference"; an explicit backend that cannot serve the call raises
+BackendNotSupported with the reasons, never a silent fallback. Registered as torch.library
+custom ops with fake kernels and autograd (`simplicial_attn::trilinear_scores`,
+`simplicial_attn::windowed_softmax` and their `_backward` ops), so torch.compile(fullgraph=True)
+traces them and opcheck passes. Kernels: csrc/cpu/scores_softmax.cpp, csrc/cuda/scores_softmax.cu,
+triton_kernels/scores_softmax.py, and the reference scores_reference.py.
+"""
+
+import os
+
+import torch
+
+from . import _ext, _validate, backends
+from . import scores_reference as reference
+
+# The C++ schemas (csrc/ops_scores.cpp); a backend "cpu"/"cuda" needs all four on its device.
+_CPP_OPS = ("scores_fwd", "scores_bwd", "softmax_fwd", "softmax_bwd")
+
+
+def _has_cpp_kernels(device_type):
+    if not _ext.extension_loaded():
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    try:
+        return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"simplicial_attn::{op}", key) for op in _CPP_OPS)
+    except RuntimeError:  # an extension built before these schemas existed
+        return False
+
+
+# Read once at import, like backends.py, so tracing under torch.compile asks nothing of C++.
+_HAS_KERNELS = {"cpu": _has_cpp_kernels("cpu"), "cuda": _has_cpp_kernels("cuda")}
+
+
+def not_supported_reasons(name, device_type, dtype):
+    """Why backend `name` cannot run the scores / softmax ops on these tensors ([] if it can)."""
+    if name in ("cpu", "cuda"):
+        reasons = []
+        if not _ext.extension_loaded():
+            reasons.append(f"the C++ extension simplicial_attn._C is not built ({_ext.build_info()['import_error']})")
+        elif not _HAS_KERNELS[name]:
+            reasons.append(f"this build of simplicial_attn._C has no {name.upper()} kernels for the scores/softmax ops")
+        if device_type != name:
+            reasons.append(f"it needs {name} tensors, got {device_type} tensors")
+        dtypes = backends.get(name).dtypes
+        if dtype not in dtypes:
+            names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+            reasons.append(f"it supports dtypes {names}, got {str(dtype).removeprefix('torch.')}")
+        return reasons
+    # Triton and the reference serve these ops wherever they serve the fused op.
+    return backends.get(name).not_supported_reasons(device_type, dtype)
+
+
+def select_backend(requested, device_type, dtype):
+    """The backend to run, by the rules of backends.select (same choice table and override)."""
+    if not isinstance(requested, str):
+        raise TypeError(f"backend must be a str, one of {', '.join(backends.NAMES)}; got {type(requested).__name__}")
+    if requested not in backends.NAMES:
+        raise ValueError(f"backend must be one of {', '.join(backends.NAMES)}; got {requested!r}")
+    if requested == "auto":
+        requested = os.environ.get(backends.ENV_VAR, "auto")
+        if requested not in backends.NAMES:
+            raise ValueError(f"{backends.ENV_VAR} must be one of {', '.join(backends.NAMES)}; got {requested!r}")
+    if requested != "auto":
+        reasons = not_supported_reasons(requested, device_type, dtype)
+        if reasons:
+            raise backends.BackendNotSupported(f"backend={requested!r} cannot serve this call: " + "; ".join(reasons))
+        return requested
+    report = []
+    for name in backends.AUTO_ORDER.get(device_type, backends.DEFAULT_ORDER):
+        reasons = not_supported_reasons(name, device_type, dtype)
+        if not reasons:
+            return name
+        report.append(f"{name}: " + "; ".join(reasons))
+    raise backends.BackendNotSupported("no backend can serve this call:\n  " + "\n  ".join(report))
+
+
+def _kernels(name):
+    """The module-like object with scores_fwd / scores_bwd / softmax_fwd / softmax_bwd for `name`."""
+    if name in ("cpu", "cuda"):
+        return torch.ops.simplicial_attn
+    if name == "triton":
+        from .triton_kernels import scores_softmax
+
+        return scores_softmax
+    return reference
+
+
+# ---- custom ops ---------------------------------------------------------------------------
+
+
+def _empty_grads(q, k1, k2):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k1, k2))
+
+
+@torch.library.custom_op("simplicial_attn::trilinear_scores", mutates_args=())
+def _scores_op(
+    q: torch.Tensor,
+    k1: torch.Tensor,
+    k2: torch.Tensor,
+    w1: int | None,
+    w2: int | None,
+    causal: bool,
+    scale: float,
+    backend: str,
+) -> torch.Tensor:
+    if q.shape[0] == 0 or q.shape[1] == 0:  # B == 0 or N == 0: nothing to launch
+        return q.new_empty(reference.scores_shape(q, k1, w1, w2, causal), dtype=reference.compute_dtype(q.dtype))
+    return _kernels(backend).scores_fwd(q, k1, k2, w1, w2, causal, scale)
+
+
+@_scores_op.register_fake
+def _(q, k1, k2, w1, w2, causal, scale, backend):
+    return q.new_empty(reference.scores_shape(q, k1, w1, w2, causal), dtype=reference.compute_dtype(q.dtype))
+
+
+@torch.library.custom_op("simplicial_attn::trilinear_scores_backward", mutates_args=())
+def _scores_backward_op(
+    dscores: torch.Tensor,
+    q: torch.Tensor,
+    k1: torch.Tensor,
+    k2: torch.Tensor,
+    w1: int | None,
+    w2: int | None,
+    causal: bool,
+    scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if q.shape[0] == 0 or q.shape[1] == 0:
+        return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k1, k2))
+    return _kernels(backend).scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale)
+
+
+@_scores_backward_op.register_fake
+def _(dscores, q, k1, k2, w1, w2, causal, scale, backend):
+    return _empty_grads(q, k1, k2)
+
+
+def _scores_setup_context(ctx, inputs, output):
+    q, k1, k2, *args = inputs
+    ctx.save_for_backward(q, k1, k2)
+    ctx.args = args
+
+
+def _scores_backward(ctx, dscores):
+    q, k1, k2 = ctx.saved_tensors
+    grads = _scores_backward_op(dscores, q, k1, k2, *ctx.args)
+    return (*grads, None, None, None, None, None)
+
+
+_scores_op.register_autograd(_scores_backward, setup_context=_scores_setup_context)
+
+
+@torch.library.custom_op("simplicial_attn::windowed_softmax", mutates_args=())
+def _softmax_op(scores: torch.Tensor, backend: str) -> torch.Tensor:
+    if scores.numel() == 0:
+        return torch.empty_like(scores, memory_format=torch.contiguous_format)
+    return _kernels(backend).softmax_fwd(scores)
+
+
+@_softmax_op.register_fake
+def _(scores, backend):
+    return torch.empty_like(scores, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("simplicial_attn::windowed_softmax_backward", mutates_args=())
+def _softmax_backward_op(dprobs: torch.Tensor, probs: torch.Tensor, backend: str) -> torch.Tensor:
+    if probs.numel() == 0:
+        return torch.empty_like(probs, memory_format=torch.contiguous_format)
+    return _kernels(backend).softmax_bwd(dprobs, probs)
+
+
+@_softmax_backward_op.register_fake
+def _(dprobs, probs, backend):
+    return torch.empty_like(probs, memory_format=torch.contiguous_format)
+
+
+def _softmax_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output)
+    ctx.backend = inputs[1]
+
+
+def _softmax_backward(ctx, dprobs):
+    (probs,) = ctx.saved_tensors
+    return _softmax_backward_op(dprobs, probs, ctx.backend), None
+
+
+_softmax_op.register_autograd(_softmax_backward, setup_context=_softmax_setup_context)
+
+
+if _ext.extension_loaded() and hasattr(torch.ops.simplicial_attn, "scores_fwd"):
+
+    @torch.library.register_fake("simplicial_attn::scores_fwd")
+    def _(q, k1, k2, w1, w2, causal, scale):
+        return q.new_empty(reference.scores_shape(q, k1, w1, w2, causal), dtype=reference.compute_dtype(q.dtype))
+
+    @torch.library.register_fake("simplicial_attn::scores_bwd")
+    def _(dscores, q, k1, k2, w1, w2, causal, scale):
+        return _empty_grads(q, k1, k2)
+
+    @torch.library.register_fake("simplicial_attn::softmax_fwd")
+    def _(scores):
+        return torch.empty_like(scores, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("simplicial_attn::softmax_bwd")
+    def _(dprobs, probs):
+        return torch.empty_like(probs, memory_format=torch.contiguous_format)
+
+
+# ---- public functions -----------------------------------------------------------------------
+
+
+def trilinear_scores(q, k1, k2, w1, w2, *, causal=True, scale=None, backend="auto"):
+    """The windowed trilinear logits A = scale * sum_d q[i,d] k1[j,d] k2[k,d] of every window slot.
+
+    Args:
+        q: (batch_size, seqlen, nheads_q, headdim).
+        k1, k2: (batch_size, seqlen, nheads_kv, headdim), nheads_q % nheads_kv == 0.
+            Any strides; float16, bfloat16, float32 (float64 on the cpu/reference backends).
+        w1, w2: window sizes (int >= 1) or None (unbounded: W = seqlen).
+        causal: trailing windows (True) or centred windows (False).
+        scale: default headdim ** -0.5.
+        backend: "auto", "cuda", "triton", "cpu" or "reference".
+
+    Returns:
+        (batch_size, nheads_q, seqlen, W1, W2) float32 (float64 for float64 inputs), W = w or
+        seqlen; slot [b, h, i, a, c] is (j0(i) + a, k0(i) + c) (module doc), -inf where that
+        position lies outside the sequence. Differentiable in q, k1, k2.
+    """
+    # check_tensors also checks v1 and v2; the keys passed again stand in for them.
+    _validate.check_tensors(q, k1, k2, k1, k2)
+    _validate.check_window("w1", w1)
+    _validate.check_window("w2", w2)
+    _validate.check_flag("causal", causal)
+    _validate.check_scale(scale)
+    name = select_backend(backend, q.device.type, q.dtype)
+    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+    return _scores_op(q, k1, k2, None if w1 is None else int(w1), None if w2 is None else int(w2), causal, scale, name)
+
+
+def windowed_softmax(scores, *, backend="auto"):
+    """Softmax over the last two dims jointly, in one pass: -inf slots get 0, and a window with
+    no finite slot gets all zeros (never NaN).
+
+    Args:
+        scores: (..., W1, W2) floating tensor (usually `trilinear_scores`' output), any strides.
+
+    Returns:
+        Weights of scores' shape and dtype (float32 math for float16/bfloat16). Differentiable:
+        dscores = P * (dP - sum(P * dP)) over each window.
+    """
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
+    if scores.dtype not in _validate.FLOAT_DTYPES:
+        got = str(scores.dtype).removeprefix("torch.")
+        raise TypeError(f"scores must have dtype float16, bfloat16, float32 or float64, got {got}")
+    if scores.dim() < 2:
+        raise ValueError(f"scores must have rank >= 2 [..., W1, W2], got rank {scores.dim()} {tuple(scores.shape)}")
+    name = select_backend(backend, scores.device.type, scores.dtype)
+    return _softmax_op(scores, name)
+
+
+def attention_weights(q, k1, k2, w1, w2, *, causal=True, scale=None, backend="auto"):
+    """`windowed_softmax(trilinear_scores(...))`: the attention weights P [B, Hq, N, W1, W2].
+
+    Contracting them with v1 and v2 over the windows gives `two_simplicial_attention`'s output
+    (module doc). Arguments as in `trilinear_scores`.
+    """
+    scores = trilinear_scores(q, k1, k2, w1, w2, causal=causal, scale=scale, backend=backend)
+    return windowed_softmax(scores, backend=backend)

@@ -164,12 +164,42 @@ def build_specs(args):
     return specs
 
 
+def scores_main(args):
+    """trilinear_scores forward (and backward) per backend: GB/s of the [B, Hq, N, W1, W2] logits written."""
+    import simplicial_attn as sa
+    from simplicial_attn import scores
+
+    shapes, dtypes = quick_specs(args.device)
+    dtypes = [DTYPES[d] for d in args.dtype] if args.dtype else dtypes[:1]
+    names = args.backend or ["cuda", "triton", "cpu", "reference"]
+    print(f"trilinear_scores on {environment.describe(args.device)['device_name']}: GB/s of float32 logits written")
+    for shape in shapes[:2]:
+        shape = dict(shape, w1=min(shape["w1"], 64))  # the logits tensor is N * w1 * w2 floats per head
+        spec = Spec("scores", "fwd", args.device, dtypes[0], **shape)
+        q, k1, k2, _, _, _ = make_inputs(spec, 0)
+        out_bytes = 4 * spec.B * spec.Hq * spec.N * spec.w1 * spec.w2
+        for name in names:
+            reasons = scores.not_supported_reasons(name, args.device, spec.dtype)
+            if name == "triton" and args.device == "cpu":
+                reasons = ["the Triton interpreter is a correctness tool, not a CPU backend"]
+            if reasons:
+                print(f"  {name:>10} {spec.shape_label()}: skipped: {'; '.join(reasons)}")
+                continue
+            fn = lambda: sa.trilinear_scores(q, k1, k2, spec.w1, spec.w2, backend=name)  # noqa: B023
+            stats = timing.summarize(timing.time_fn(fn, device=args.device, repeats=args.repeats or 5))
+            gbps = out_bytes / stats["median_s"] / 1e9
+            print(f"  {name:>10} {spec.shape_label()}: {stats['median_s'] * 1e3:8.2f} ms  {gbps:7.1f} GB/s")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
-    if args.op != "attention":
-        from bench import softmax  # the scores / softmax benchmarks live with their kernels
+    if args.op == "softmax":
+        from bench import softmax  # windowed_softmax GB/s next to torch.softmax and a copy
 
-        return softmax.main(["--quick"] if args.quick else [])
+        return softmax.main(["--device", args.device] + (["--dtype", args.dtype[0]] if args.dtype else []))
+    if args.op == "scores":
+        return scores_main(args)
     chosen = providers.all_providers()
     if args.backend:
         unknown = set(args.backend) - {p.name for p in chosen}

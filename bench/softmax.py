@@ -78,7 +78,7 @@ def bench_shape(shape, device, dtype, backend, rounds):
     } | {"shape": list(shape), "mib": x.numel() * x.element_size() / 2**20}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="auto", help="windowed_softmax backend (auto, cpu, cuda, triton, ...)")
@@ -88,7 +88,7 @@ def main():
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--fresh-pages", action="store_true", help="CPU: let outputs be page-faulted in on every call")
     parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     kept = args.device == "cpu" and not args.fresh_pages and keep_freed_memory()

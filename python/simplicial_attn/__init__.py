@@ -7,11 +7,18 @@ from . import _ops  # noqa: F401  (registers the torch.library ops)
 from ._ext import build_info
 from .api import two_simplicial_attention
 from .backends import BackendNotSupported
+from .scores import attention_weights, trilinear_scores, windowed_softmax
+from .viz import attention_summary, plot_attention
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendNotSupported",
+    "attention_summary",
+    "attention_weights",
     "build_info",
+    "plot_attention",
+    "trilinear_scores",
     "two_simplicial_attention",
+    "windowed_softmax",
 ]

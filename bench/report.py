@@ -116,7 +116,7 @@ def latest_results():
     for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
         with open(path) as f:
             result = json.load(f)
-        if "rows" not in result:
+        if "flop_convention" not in result:  # not a bench/run.py result (e.g. bench/softmax.py's)
             continue
         newest[result["environment"]["device_name"]] = (path, result)
     return [newest[k] for k in sorted(newest)]

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "cpu/cpu_info.h"
+
 namespace {
 
 // The simplicial_attn ops that have a kernel for `key`, asked of the dispatcher so the list
@@ -34,6 +36,8 @@ pybind11::dict build_info() {
   pybind11::dict info;
   info["cpu_kernels"] = registered_kernels(c10::DispatchKey::CPU);
   info["cuda_kernels"] = registered_kernels(c10::DispatchKey::CUDA);
+  // The instruction set the CPU kernels picked on this machine (SIMPLICIAL_ATTN_CPU_ISA caps it).
+  info["cpu_isa"] = std::string(simplicial_attn::cpu::float_kernel_isa());
 #ifdef SIMPLICIAL_ATTN_WITH_CUDA
   info["with_cuda"] = true;
   info["cuda_archs"] = std::string(SIMPLICIAL_ATTN_CUDA_ARCHS);

@@ -1,0 +1,200 @@
+"""CPU benchmark: the C++ kernels ("cpu") and the reference backend against torch.mm.
+
+    python bench/cpu_attention.py                      # B=1 H=4 D=64 N=2048 w1=256 w2=32, causal
+    python bench/cpu_attention.py --N 4096 --w1 512 --repeats 3 --dtypes fp32
+    python bench/cpu_attention.py --memory             # peak extra RSS of fwd+bwd, fresh process
+
+GFLOP/s follow CONTRACT §2 (4*D forward, 14*D backward FLOPs per in-window (i, j, k) triple
+per query head, exact count). The CPU is shared and its clock varies, so every figure is the
+best of --repeats runs, and torch.mm (fp32, square) is timed in the same rounds, interleaved
+with the kernels; the ratios compare against that. Functions named measure_* are importable.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `bench` and the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.flops import CONVENTION, attention_flops  # noqa: E402
+from bench.memory import peak_rss_delta  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _best_seconds(fn, repeats):
+    fn()  # warm-up: first-touch page faults, thread pool start
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_mm_gflops(n=2048, repeats=5, dtype=torch.float32):
+    """Best-of-`repeats` GFLOP/s of torch.mm on two random n x n matrices."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / _best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
+
+
+def _cpu_kernels():
+    import simplicial_attn  # noqa: F401  (loads the extension and registers the ops)
+
+    ops = torch.ops.simplicial_attn
+    return ops.fused_fwd, ops.fused_bwd
+
+
+def _reference_kernels():
+    from simplicial_attn import reference
+
+    return reference.fwd, reference.bwd
+
+
+BACKENDS = {"cpu": _cpu_kernels, "reference": _reference_kernels}
+
+
+def make_problem(B, N, H, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k1, k2, v1, v2, dout = (torch.randn(B, N, H, D, generator=g).to(dtype) for _ in range(6))
+    return q, k1, k2, v1, v2, dout
+
+
+def measure_backend(
+    backend, B=1, N=2048, H=4, D=64, w1=256, w2=32, causal=True, dtype=torch.float32, repeats=5, warmup=1, mm_n=2048
+):
+    """Best-of-`repeats` seconds and GFLOP/s of fwd, bwd and fwd+bwd (the sum of the two) of
+    `backend`, with fp32 torch.mm GFLOP/s measured in the same rounds (each round times mm,
+    then fwd, then bwd, so a busy spell on the shared machine hits all three alike)."""
+    fwd, bwd = BACKENDS[backend]()
+    q, k1, k2, v1, v2, dout = make_problem(B, N, H, D, dtype)
+    args = (w1, w2, causal, D**-0.5)
+    out, lse = fwd(q, k1, k2, v1, v2, *args)
+    a, b = torch.randn(mm_n, mm_n), torch.randn(mm_n, mm_n)
+    fns = {
+        "mm": lambda: torch.mm(a, b),
+        "fwd": lambda: fwd(q, k1, k2, v1, v2, *args),
+        "bwd": lambda: bwd(dout, q, k1, k2, v1, v2, out, lse, *args),
+    }
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    best["fwdbwd"] = best["fwd"] + best["bwd"]
+    mm_gflops = 2 * mm_n**3 / best["mm"] / 1e9
+    result = {"backend": backend, "dtype": str(dtype).replace("torch.", ""), "mm_fp32_gflops": mm_gflops}
+    for mode in ("fwd", "bwd", "fwdbwd"):
+        gflops = attention_flops(B, N, H, D, w1, w2, causal, mode) / best[mode] / 1e9
+        result[mode] = {"seconds": best[mode], "gflops": gflops, "ratio_vs_mm": gflops / mm_gflops}
+    return result
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def _memory_child(cfg):
+    """Runs in a fresh process: peak RSS growth of one fwd+bwd after a small warm-up call."""
+    fwd, bwd = BACKENDS[cfg["backend"]]()
+    dtype = DTYPES[cfg["dtype"]]
+    B, N, H, D, w1, w2, causal = (cfg[k] for k in ("B", "N", "H", "D", "w1", "w2", "causal"))
+    small = make_problem(1, 64, H, D, dtype)  # loads code and starts the thread pool off the books
+    o, s = fwd(*small[:5], min(w1, 64), min(w2, 64), causal, D**-0.5)
+    bwd(small[5], *small[:5], o, s, min(w1, 64), min(w2, 64), causal, D**-0.5)
+    q, k1, k2, v1, v2, dout = make_problem(B, N, H, D, dtype)
+
+    def step():
+        out, lse = fwd(q, k1, k2, v1, v2, w1, w2, causal, D**-0.5)
+        return bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, D**-0.5)
+
+    extra = peak_rss_delta(step)
+    inputs = sum(t.numel() * t.element_size() for t in (q, k1, k2, v1, v2, dout))
+    print(json.dumps({"peak_extra_bytes": extra, "input_bytes": inputs, "vm_hwm_kib": _status_kib("VmHWM")}))
+
+
+def measure_peak_memory(backend="cpu", B=1, N=4096, H=4, D=64, w1=512, w2=32, causal=True, dtype="fp32"):
+    """Peak extra RSS (bytes) of fwd+bwd in a fresh subprocess: VmHWM during the call minus
+    VmRSS before it (inputs excluded; outputs, saved tensors and workspaces included)."""
+    cfg = dict(backend=backend, B=B, N=N, H=H, D=D, w1=w1, w2=w2, causal=causal, dtype=dtype)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child", json.dumps(cfg)]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _print_result(r):
+    line = f"{r['backend']:>9} {r['dtype']:>8}"
+    for mode in ("fwd", "bwd", "fwdbwd"):
+        m = r[mode]
+        line += f" | {mode:>6} {m['gflops']:7.1f} GFLOP/s {m['seconds'] * 1e3:8.1f} ms {m['ratio_vs_mm']:5.2f}x mm"
+    print(line + f" | torch.mm fp32 {r['mm_fp32_gflops']:.0f} GFLOP/s", flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--B", type=int, default=1)
+    p.add_argument("--N", type=int, default=2048)
+    p.add_argument("--H", type=int, default=4)
+    p.add_argument("--D", type=int, default=64)
+    p.add_argument("--w1", type=int, default=256)
+    p.add_argument("--w2", type=int, default=32)
+    p.add_argument("--centred", action="store_true", help="non-causal (centred) windows")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16, fp16")
+    p.add_argument("--backends", default="cpu,reference", help="comma list of cpu, reference")
+    p.add_argument(
+        "--reference-repeats", type=int, default=1, help="rounds for the (slow) reference, which gets no warm-up"
+    )
+    p.add_argument("--memory", action="store_true", help="peak extra RSS of fwd+bwd (defaults N=4096, w1=512)")
+    p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.memory_child:
+        _memory_child(json.loads(args.memory_child))
+        return
+    causal = not args.centred
+    if args.memory:
+        shape = dict(B=args.B, N=4096, H=args.H, D=args.D, w1=512, w2=32, causal=causal)
+        for name in args.backends.split(","):
+            for dt in args.dtypes.split(","):
+                r = measure_peak_memory(name, dtype=dt, **shape)
+                print(
+                    f"{name:>9} {dt:>5} fwd+bwd {shape}: peak extra RSS {r['peak_extra_bytes'] / 2**20:.1f} MiB "
+                    f"(inputs+dout {r['input_bytes'] / 2**20:.1f} MiB, not counted)",
+                    flush=True,
+                )
+        return
+    isa = os.environ.get("SIMPLICIAL_ATTN_CPU_ISA") or "best available"
+    print(
+        f"B={args.B} N={args.N} H={args.H} D={args.D} w1={args.w1} w2={args.w2} causal={causal} "
+        f"threads={torch.get_num_threads()} cpu={torch.backends.cpu.get_cpu_capability()} kernel isa={isa}  "
+        f"[{CONVENTION}]",
+        flush=True,
+    )
+    for name in args.backends.split(","):
+        slow = name == "reference"
+        reps, warmup = (args.reference_repeats, 0) if slow else (args.repeats, 1)
+        for dt in args.dtypes.split(","):
+            shape = (args.B, args.N, args.H, args.D, args.w1, args.w2, causal)
+            r = measure_backend(name, *shape, DTYPES[dt], repeats=reps, warmup=warmup)
+            _print_result(r)
+
+
+if __name__ == "__main__":
+    main()

@@ -94,14 +94,18 @@ def _weighted_pairs(p, first, second):
 
 
 def _blocks(N, w1, bq, cj, causal):
-    """Yield (s, e, a0, a1): query block [s, e) and the k1-window offsets [a0, a1) worth visiting."""
+    """Yield (s, e, spans): query block [s, e) and the k1-window offset chunks [a0, a1) worth visiting."""
     for s in range(0, N, bq):
         e = min(s + bq, N)
         # Offsets a whose position j0(i) + a lands inside [0, N) for some i of the block.
         lo = max(0, -window_start(e - 1, w1, causal))
         hi = min(w1, N - window_start(s, w1, causal))
-        for a0 in range(lo, hi, cj):
-            yield s, e, a0, min(a0 + cj, hi)
+        yield s, e, [(a0, min(a0 + cj, hi)) for a0 in range(lo, hi, cj)]
+
+
+def _chunks(q, k1, k2, s, e, spans, w1, w2, causal, scale):
+    for a0, a1 in spans:
+        yield _Chunk(q, k1, k2, s, e, a0, a1, w1, w2, causal, scale)
 
 
 def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale):
@@ -114,14 +118,16 @@ def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale):
     bq, cj = _plan(B, N, Hq, D, w1, w2)
     lse = torch.full((B, N, Hkv, Hq // Hkv), float("-inf"), dtype=ct, device=q.device)
     out = torch.zeros(B, N, Hkv, Hq // Hkv, D, dtype=ct, device=q.device)
-    chunks = list(_blocks(N, w1, bq, cj, causal))
-    for s, e, a0, a1 in chunks:  # pass 1: log-sum-exp over the joint window
-        c = _Chunk(q, k1, k2, s, e, a0, a1, w1, w2, causal, scale)
-        lse[:, s:e] = torch.logaddexp(lse[:, s:e], torch.logsumexp(c.A.flatten(-2), dim=-1))
-    for s, e, a0, a1 in chunks:  # pass 2: out = sum P * (v1_j (x) v2_k)
-        c = _Chunk(q, k1, k2, s, e, a0, a1, w1, w2, causal, scale)
-        p = torch.exp(c.A - lse[:, s:e, :, :, None, None])
-        out[:, s:e] += _weighted_pairs(p, _gather(v1, c.j, c.jvalid), _gather(v2, c.k, c.kvalid))
+    for s, e, spans in _blocks(N, w1, bq, cj, causal):
+        # Pass 1: log-sum-exp over the joint window; pass 2: out = sum P * (v1_j (x) v2_k).
+        # A block whose window fits one chunk keeps it between the passes instead of recomputing it.
+        kept = len(spans) == 1
+        chunks = list(_chunks(q, k1, k2, s, e, spans, w1, w2, causal, scale)) if kept else None
+        for c in chunks or _chunks(q, k1, k2, s, e, spans, w1, w2, causal, scale):
+            lse[:, s:e] = torch.logaddexp(lse[:, s:e], torch.logsumexp(c.A.flatten(-2), dim=-1))
+        for c in chunks or _chunks(q, k1, k2, s, e, spans, w1, w2, causal, scale):
+            p = torch.exp(c.A - lse[:, s:e, :, :, None, None])
+            out[:, s:e] += _weighted_pairs(p, _gather(v1, c.j, c.jvalid), _gather(v2, c.k, c.kvalid))
     out = out.view(B, N, Hq, D).to(in_dtype)
     return out, lse.view(B, N, Hq).permute(0, 2, 1).to(_lse_dtype(ct)).contiguous()
 
@@ -139,25 +145,25 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale):
     dq = torch.zeros(B, N, Hkv, G, D, dtype=ct, device=q.device)
     dk1, dk2, dv1, dv2 = (torch.zeros(B, N, Hkv, D, dtype=ct, device=q.device) for _ in range(4))
     bq, cj = _plan(B, N, Hq, D, w1, w2)
-    for s, e, a0, a1 in _blocks(N, w1, bq, cj, causal):
-        c = _Chunk(q, k1, k2, s, e, a0, a1, w1, w2, causal, scale)
-        V1, V2 = _gather(v1, c.j, c.jvalid), _gather(v2, c.k, c.kvalid)
-        do = dout[:, s:e].view(B, e - s, Hkv, G, D)
-        p = torch.exp(c.A - lse[:, s:e, :, :, None, None])  # recomputed P, zero outside the window
-        # dP[i,j,k] = sum_d dout[i,d] v1[j,d] v2[k,d]; dA = P (dP - Delta)
-        dp = _pair_matmul(do[:, :, :, :, None, :] * V1[:, :, :, None], V2)
-        da = p * (dp - delta[:, s:e, :, :, None, None])
-        da2 = da.reshape(B, e - s, Hkv, G * da.shape[4], w2)  # [B,BQ,Hkv,G*CJ,W2]
-        p2 = p.reshape(da2.shape)
-        dq[:, s:e] += scale * _weighted_pairs(da, c.K1, c.K2)
-        # dk1[j] = scale sum_{i,k} dA q[i] k2[k];  dv1[j] = sum_{i,k} P dout[i] v2[k]
-        da_k2 = (da2 @ c.K2).view(*da.shape[:-1], D)  # [B,BQ,Hkv,G,CJ,D]
-        p_v2 = (p2 @ V2).view(*p.shape[:-1], D)
-        _scatter_add(dk1, c.j, c.jvalid, scale * (da_k2 * c.qb[:, :, :, :, None]).sum(3))
-        _scatter_add(dv1, c.j, c.jvalid, (p_v2 * do[:, :, :, :, None]).sum(3))
-        # dk2[k] = scale sum_{i,j} dA q[i] k1[j];  dv2[k] = sum_{i,j} P dout[i] v1[j]
-        do_v1 = (do[:, :, :, :, None, :] * V1[:, :, :, None]).reshape(B, e - s, Hkv, -1, D)
-        _scatter_add(dk2, c.k, c.kvalid, scale * da2.transpose(-1, -2) @ c.qk1.reshape(do_v1.shape))
-        _scatter_add(dv2, c.k, c.kvalid, p2.transpose(-1, -2) @ do_v1)
+    for s, e, spans in _blocks(N, w1, bq, cj, causal):
+        for c in _chunks(q, k1, k2, s, e, spans, w1, w2, causal, scale):
+            V1, V2 = _gather(v1, c.j, c.jvalid), _gather(v2, c.k, c.kvalid)
+            do = dout[:, s:e].view(B, e - s, Hkv, G, D)
+            p = torch.exp(c.A - lse[:, s:e, :, :, None, None])  # recomputed P, zero outside the window
+            # dP[i,j,k] = sum_d dout[i,d] v1[j,d] v2[k,d]; dA = P (dP - Delta)
+            dp = _pair_matmul(do[:, :, :, :, None, :] * V1[:, :, :, None], V2)
+            da = p * (dp - delta[:, s:e, :, :, None, None])
+            da2 = da.reshape(B, e - s, Hkv, G * da.shape[4], w2)  # [B,BQ,Hkv,G*CJ,W2]
+            p2 = p.reshape(da2.shape)
+            dq[:, s:e] += scale * _weighted_pairs(da, c.K1, c.K2)
+            # dk1[j] = scale sum_{i,k} dA q[i] k2[k];  dv1[j] = sum_{i,k} P dout[i] v2[k]
+            da_k2 = (da2 @ c.K2).view(*da.shape[:-1], D)  # [B,BQ,Hkv,G,CJ,D]
+            p_v2 = (p2 @ V2).view(*p.shape[:-1], D)
+            _scatter_add(dk1, c.j, c.jvalid, scale * (da_k2 * c.qb[:, :, :, :, None]).sum(3))
+            _scatter_add(dv1, c.j, c.jvalid, (p_v2 * do[:, :, :, :, None]).sum(3))
+            # dk2[k] = scale sum_{i,j} dA q[i] k1[j];  dv2[k] = sum_{i,j} P dout[i] v1[j]
+            do_v1 = (do[:, :, :, :, None, :] * V1[:, :, :, None]).reshape(B, e - s, Hkv, -1, D)
+            _scatter_add(dk2, c.k, c.kvalid, scale * da2.transpose(-1, -2) @ c.qk1.reshape(do_v1.shape))
+            _scatter_add(dv2, c.k, c.kvalid, p2.transpose(-1, -2) @ do_v1)
     grads = (dq.view(B, N, Hq, D), dk1, dk2, dv1, dv2)
     return tuple(g.to(in_dtype) for g in grads)

@@ -18,6 +18,8 @@ DENSE_LIMIT_BYTES = 3 << 30
 class Provider:
     name = ""
     description = ""
+    slow = False  # a yardstick --quick runs only on small shapes
+    compiles = False  # its first call compiles (torch.compile)
 
     def unavailable(self, spec):
         return None
@@ -50,6 +52,7 @@ class BackendProvider(Provider):
     def __init__(self, backend):
         self.backend = backend
         self.name = backend
+        self.slow = backend == "reference"
         self.description = f"simplicial_attn backend={backend!r}"
 
     def unavailable(self, spec):
@@ -70,6 +73,8 @@ class CompiledReferenceProvider(Provider):
 
     name = "reference+compile"
     description = "torch.compile(reference.fwd / reference.bwd)"
+    slow = True
+    compiles = True
 
     def __init__(self):
         self._fwd = torch.compile(reference.fwd, dynamic=False)
@@ -98,6 +103,7 @@ class DenseEinsumProvider(Provider):
 
     name = "dense-einsum"
     description = "naive dense einsum over all (i, j, k), masked, autograd backward"
+    slow = True
 
     def unavailable(self, spec):
         cube = spec.B * spec.Hq * spec.N**3 * 4 * 3  # logits, probabilities, autograd copy

@@ -48,6 +48,11 @@ class Spec:
         return f"B{self.B}-N{self.N}-Hq{self.Hq}-Hkv{self.Hkv}-D{self.D}-w1_{self.w1}-w2_{self.w2}"
 
 
+# --quick runs the slow yardsticks (reference, its torch.compile, the dense einsum) only up to
+# this N and in the first dtype, so the sweep stays within minutes.
+QUICK_SLOW_MAX_N = {"cpu": 512, "cuda": 2048}
+
+
 def quick_specs(device):
     """The default sweep: the issue targets' shapes, scaled to what finishes in minutes."""
     if device == "cuda":
@@ -58,6 +63,13 @@ def quick_specs(device):
         shapes = [dict(B=1, N=n, Hq=4, Hkv=4, D=64, w1=256, w2=32) for n in (512, 1024, 2048)]
         dtypes = [torch.float32, torch.bfloat16]
     return shapes, dtypes
+
+
+def quick_limit(spec, provider, first_dtype):
+    """Why --quick leaves this provider out of this spec (None: it runs)."""
+    if provider.slow and (spec.N > QUICK_SLOW_MAX_N[spec.device] or spec.dtype != first_dtype):
+        return f"slow yardstick: --quick runs it at N <= {QUICK_SLOW_MAX_N[spec.device]} in {str(first_dtype)[6:]}"
+    return None
 
 
 def make_inputs(spec, seed):
@@ -90,11 +102,16 @@ def measure(spec, provider, repeats, warmup):
     def rotate(r):
         current["step"] = steps[r % ROTATIONS]
 
-    times = timing.time_fn(lambda: current["step"](), device=spec.device, warmup=warmup, repeats=repeats, setup=rotate)
+    if provider.compiles:
+        steps[0]()  # compile first, so the memory figure below is the kernel's, not the compiler's
+    # The first warm-up run doubles as the peak-memory measurement (untimed either way).
+    peak = memory.peak_memory_delta(lambda: steps[0](), spec.device)
+    times = timing.time_fn(
+        lambda: current["step"](), device=spec.device, warmup=max(warmup - 1, 0), repeats=repeats, setup=rotate
+    )
     summary = timing.summarize(times)
     count = spec_flops(spec, provider)
-    summary.update(flops=count, tflops=count / summary["median_s"] / 1e12)
-    summary["peak_extra_bytes"] = memory.peak_memory_delta(lambda: steps[0](), spec.device)
+    summary.update(flops=count, tflops=count / summary["median_s"] / 1e12, peak_extra_bytes=peak)
     return summary
 
 
@@ -214,7 +231,8 @@ def main(argv=None):
     total = len(specs) * len(chosen)
     for n, (spec, provider) in enumerate(((s, p) for s in specs for p in chosen), start=1):
         progress(n - 1, total, f"{provider.name} {spec.mode} {str(spec.dtype)[6:]} {spec.shape_label()}")
-        result = measure(spec, provider, repeats, args.warmup)
+        limit = quick_limit(spec, provider, specs[0].dtype) if args.quick else None
+        result = {"skipped": limit} if limit else measure(spec, provider, repeats, args.warmup)
         row = {"provider": provider.name, "mode": spec.mode, "dtype": str(spec.dtype)[6:], "causal": spec.causal}
         row.update({k: getattr(spec, k) for k in ("B", "N", "Hq", "Hkv", "D", "w1", "w2")})
         if provider.name == "sdpa-causal":

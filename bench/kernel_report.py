@@ -16,6 +16,11 @@ float16 compiles to the same code as bfloat16 but for the mma type and is not re
 float32 uses IEEE dots (FMA, no tensor cores), so its rows are held to spills and shared
 memory only. TF32 (opt-in) is not compiled here.
 
+After the Triton table comes the CUDA C++ one (bench/cuda_report.py: cuobjdump of the built
+extension's cubins): registers, stack and local memory (spills) and HMMA count per kernel
+instantiation and arch; --check also fails on any stack/local memory there or a fp16/bf16
+tensor-core kernel without HMMA. A build without CUDA kernels says so instead.
+
 The compiler runs in a fresh cache directory, so every number comes from this run's ptxas.
 `main` removes TRITON_INTERPRET from the environment before triton is imported; a test
 process that interprets must run the report as a subprocess.
@@ -246,7 +251,41 @@ def main(argv=None):
         + ", ".join(f"{a} {v // 1024} KiB" for a, v in configs.SMEM_LIMIT.items())
         + ". 'mma loops': innermost PTX loops holding mma.sync/wgmma, of all innermost loops."
     )
+    failures += cuda_section()
     return 1 if args.check and failures else 0
+
+
+def cuda_section():
+    """The CUDA C++ kernels of the built extension (bench/cuda_report.py): one row per kernel
+    instantiation and arch. Returns the number of rows with problems (stack or local memory,
+    or a tensor-core kernel without HMMA)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench import cuda_report
+
+    try:
+        table = cuda_report.rows(with_smem=False)
+    except FileNotFoundError as exc:
+        print(f"\nCUDA C++ kernels: not reported ({exc})")
+        return 0
+    if not table:
+        print("\nCUDA C++ kernels: none in this build of simplicial_attn._C (built without CUDA)")
+        return 0
+    head = f"{'arch':6} {'kernel':16} {'dtype':5} {'D':>4} {'regs':>4} {'stack':>5} {'local':>5} {'HMMA':>5}"
+    print(f"\n{head}  problems")
+    failures = 0
+    for r in table:
+        problems = []
+        if r["stack"] or r["local"]:
+            problems.append("stack/local memory (spills)")
+        if r["kernel"] in cuda_report.TENSOR_CORE_KERNELS and r["dtype"] != "fp32" and not r["hmma"]:
+            problems.append("tensor-core kernel without HMMA")
+        failures += bool(problems)
+        print(
+            f"{r['arch']:6} {r['kernel']:16} {r['dtype']:5} {str(r['head_dim'] or '-'):>4} {r['regs']:>4} "
+            f"{r['stack']:>5} {r['local']:>5} {r['hmma']:>5}  " + ("; ".join(problems) or "ok")
+        )
+    print(f"{len(table)} CUDA C++ kernel instantiations; {failures} with problems (from cuobjdump of the built .so)")
+    return failures
 
 
 if __name__ == "__main__":

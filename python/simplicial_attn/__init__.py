@@ -7,6 +7,7 @@ from . import _ops  # noqa: F401  (registers the torch.library ops)
 from ._ext import build_info
 from .api import two_simplicial_attention
 from .backends import BackendNotSupported
+from .layer import SimplicialTransformerBlock, TwoSimplicialAttention
 from .scores import attention_weights, trilinear_scores, windowed_softmax
 from .viz import attention_summary, plot_attention
 
@@ -14,6 +15,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendNotSupported",
+    "SimplicialTransformerBlock",
+    "TwoSimplicialAttention",
     "attention_summary",
     "attention_weights",
     "build_info",

@@ -1,0 +1,148 @@
+"""A small decoder that interleaves standard causal attention with 2-simplicial attention.
+
+Layer l (counting from 1) is 2-simplicial when l is a multiple of `simplicial_every`; the
+others use SDPA. Roy et al. 2025 interleave one 2-simplicial layer every 4 layers, which is
+the default here. `simplicial_every=0` gives a plain (all-SDPA) transformer, and
+`simplicial_every=1` an all-2-simplicial one.
+
+Shared by match3.py and train_code.py, which also use `count_parameters` and
+`mlp_hidden_for_budget` to give the two models they compare the same parameter count.
+"""
+
+import time
+
+from torch import nn
+
+from simplicial_attn.layer import SimplicialTransformerBlock
+
+
+class Decoder(nn.Module):
+    """Token embedding -> blocks -> RMSNorm -> linear head. [B, N] int64 -> [B, N, num_outputs] logits.
+
+    Args:
+        vocab_size: input tokens are 0 .. vocab_size - 1.
+        dim, depth, num_heads, num_kv_heads: width, number of blocks, query and kv heads of
+            the SDPA layers.
+        simplicial_every: which layers are 2-simplicial (see the module docstring).
+        simplicial_kv_heads: kv heads of the 2-simplicial layers (default num_kv_heads); fewer
+            kv heads keep their five-way projection near an SDPA layer's size.
+        w1, w2: windows of the 2-simplicial layers; window: trailing window of the SDPA layers
+            (None: full causal).
+        rope, qk_norm, mlp_hidden: as in `SimplicialTransformerBlock`.
+        num_outputs: head width, default vocab_size (a language model).
+    """
+
+    def __init__(
+        self,
+        vocab_size,
+        dim=128,
+        depth=4,
+        num_heads=4,
+        num_kv_heads=None,
+        simplicial_every=4,
+        simplicial_kv_heads=None,
+        w1=64,
+        w2=16,
+        window=None,
+        rope=True,
+        qk_norm=True,
+        mlp_hidden=None,
+        num_outputs=None,
+        backend="auto",
+    ):
+        super().__init__()
+        num_outputs = vocab_size if num_outputs is None else num_outputs
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.blocks = nn.ModuleList()
+        for layer in range(1, depth + 1):
+            simplicial = bool(simplicial_every) and layer % simplicial_every == 0
+            kv_heads = simplicial_kv_heads if simplicial and simplicial_kv_heads is not None else num_kv_heads
+            block = SimplicialTransformerBlock(
+                dim,
+                num_heads,
+                kv_heads,
+                simplicial=simplicial,
+                w1=w1,
+                w2=w2,
+                window=window,
+                rope=rope,
+                qk_norm=qk_norm,
+                mlp_hidden=mlp_hidden,
+                backend=backend,
+            )
+            # GPT-2's residual scaling: each block's output projections start 1/sqrt(2 depth) smaller,
+            # so the residual stream's variance does not grow with depth at init.
+            for proj in (block.attn.out_proj, block.mlp.down):
+                proj.weight.data.mul_((2 * depth) ** -0.5)
+            self.blocks.append(block)
+        self.norm = nn.RMSNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_outputs, bias=False)
+        # Unit-RMS embeddings; a head of unit gain from the normalised features (unit-variance logits).
+        nn.init.normal_(self.embed.weight, std=1.0)
+        nn.init.normal_(self.head.weight, std=dim**-0.5)
+
+    @property
+    def layer_kinds(self):
+        """'S' for a 2-simplicial block, 'A' for an SDPA block, in order (e.g. 'AAAS')."""
+        return "".join("S" if b.simplicial else "A" for b in self.blocks)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+def count_parameters(model):
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def mlp_hidden_for_budget(build, target):
+    """The MLP width h for which count_parameters(build(h)) is closest to `target` (binary search).
+
+    Used to give the baseline the 2-simplicial model's parameter budget: the only knob it
+    turns is the MLP width, so both models keep the same depth, width and heads.
+    """
+    lo, hi = 1, 1
+    while count_parameters(build(hi)) < target:
+        hi *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count_parameters(build(mid)) < target:
+            lo = mid
+        else:
+            hi = mid
+    return min((lo, hi), key=lambda h: abs(count_parameters(build(h)) - target))
+
+
+class Progress:
+    """A one-line progress bar on stderr-like streams (tqdm is not a dependency).
+
+    Redraws in place with '\\r' when the stream is a terminal, and otherwise prints a plain
+    line every `every` steps so logs stay readable.
+    """
+
+    def __init__(self, total, label, stream=None, every=None, width=28):
+        import sys
+
+        self.total, self.label, self.width = total, label, width
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = self.stream.isatty()
+        self.every = every if every is not None else max(1, total // 10)
+        self.start = time.perf_counter()
+
+    def update(self, step, **metrics):
+        """Report that `step` (1-based) of `total` steps is done, with optional metrics to show."""
+        if not self.tty and step % self.every != 0 and step != self.total:
+            return
+        done = int(self.width * step / self.total)
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / step * (self.total - step)
+        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        bar = "#" * done + "." * (self.width - done)
+        line = f"{self.label} [{bar}] {step}/{self.total} {elapsed:5.0f}s eta {eta:4.0f}s {shown}"
+        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+        if self.tty and step == self.total:
+            self.stream.write("\n")
+        self.stream.flush()

@@ -1,0 +1,91 @@
+"""The example models and scripts (examples/): structure, parameter budgets, task labels, smoke runs.
+
+The smoke runs train for 3 steps at tiny sizes (a few seconds each); the documented runs and
+their outputs live in docs/results/ and docs/examples.md.
+"""
+
+import importlib.util
+import itertools
+import json
+import pathlib
+import sys
+
+import pytest
+import torch
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import match3  # noqa: E402
+import train_code  # noqa: E402
+from model import Decoder, Progress, count_parameters  # noqa: E402
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.mark.parametrize("every, kinds", [(4, "AAASAAAS"), (0, "AAAAAAAA"), (1, "SSSSSSSS"), (3, "AASAASAA")])
+def test_decoder_interleaving(every, kinds):
+    model = Decoder(vocab_size=11, dim=16, depth=8, num_heads=2, simplicial_every=every, w1=4, w2=2)
+    assert model.layer_kinds == kinds
+    assert model(torch.randint(0, 11, (2, 5))).shape == (2, 5, 11)
+
+
+@pytest.mark.parametrize(
+    "module, argv", [(match3, []), (train_code, []), (match3, ["--tiny"]), (train_code, ["--tiny"])]
+)
+def test_compared_models_have_the_same_budget(module, argv):
+    standard, simplicial = module.build_models(module.parse_args(argv))
+    assert "S" in simplicial.layer_kinds and "S" not in standard.layer_kinds
+    n_std, n_simp = count_parameters(standard), count_parameters(simplicial)
+    assert abs(n_std - n_simp) <= 0.002 * n_simp, (n_std, n_simp)
+
+
+def test_match3_labels_match_brute_force():
+    modulus, window = 7, 3
+    x = torch.randint(0, modulus, (4, 9), generator=torch.Generator().manual_seed(0))
+    y = match3.match3_labels(x, modulus, window)
+    for b, i in itertools.product(range(4), range(9)):
+        span = range(max(0, i - window + 1), i + 1)
+        want = any((x[b, i] + x[b, j] + x[b, k]) % modulus == 0 for j in span for k in span)
+        assert bool(y[b, i]) == want, (b, i)
+
+
+def test_code_split_is_by_file():
+    split = train_code.stdlib_sources()
+    train, valid = {f.name for f in split["train"]}, {f.name for f in split["valid"]}
+    assert valid and train and not train & valid
+    assert "os.py" in train | valid
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal(capsys):
+    bar = Progress(10, "run", stream=sys.stdout, every=5)
+    for step in range(1, 11):
+        bar.update(step, loss=1.0 / step)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[-1].startswith("run [") and "10/10" in lines[-1]
+
+
+def _smoke_argv(tmp_path):
+    return ["--tiny", "--steps", "3", "--out", str(tmp_path)] + ([] if HAS_MATPLOTLIB else ["--no-plot"])
+
+
+def test_match3_smoke(tmp_path):
+    results = match3.main(_smoke_argv(tmp_path))
+    saved = json.loads((tmp_path / "match3.json").read_text())
+    assert saved["models"].keys() == {"standard", "simplicial"}
+    assert 0.5 <= saved["majority_baseline"] <= 1
+    for run in results["models"].values():
+        assert 0 <= run["final_eval_acc"] <= 1 and len(run["curve"]["step"]) == len(run["curve"]["eval_acc"])
+    assert (tmp_path / "match3.png").exists() == HAS_MATPLOTLIB
+
+
+def test_train_code_smoke(tmp_path):
+    train_code.main(_smoke_argv(tmp_path) + ["--max-files", "6", "--seeds", "0", "1"])
+    saved = json.loads((tmp_path / "train_code.json").read_text())
+    for run in saved["models"].values():
+        assert run["seeds"].keys() == {"0", "1"} and run["step_seconds_min"] > 0
+        for curve in run["seeds"].values():
+            assert curve["step"][0] == 0 and curve["step"][-1] == 3
+            assert all(0 < v < 20 for v in curve["valid_loss"])
+    assert saved["models"]["simplicial"]["layers"] == "AS"
+    assert (tmp_path / "train_code.png").exists() == HAS_MATPLOTLIB

@@ -51,6 +51,13 @@ def _header(result):
         f"Device: **{env['device_name']}** ({env['cpu_model']}), {result['date']}; {versions}.\n"
         f"Matmul rate measured in the same run (torch.mm): {peaks}.\n"
         f"FLOPs: {result['flop_convention']}. Timing: {result['timing']}.\n"
+        + (
+            "Peak mem: on CPU, the growth of the process's peak RSS during one call; a lower bound, since "
+            "memory freed by earlier calls is reused (0 = none beyond it; fresh-process figures: "
+            "`bench/cpu_attention.py --memory`).\n"
+            if env["device"] == "cpu"
+            else "Peak mem: the CUDA caching allocator's peak during one call, above what was allocated before.\n"
+        )
     )
 
 

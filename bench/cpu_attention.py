@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and the repo impo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.flops import CONVENTION, attention_flops  # noqa: E402
-from bench.memory import peak_rss_delta  # noqa: E402
+from bench.memory import peak_rss_delta, status_kib  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -101,14 +101,6 @@ def measure_backend(
     return result
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
 def _memory_child(cfg):
     """Runs in a fresh process: peak RSS growth of one fwd+bwd after a small warm-up call."""
     fwd, bwd = BACKENDS[cfg["backend"]]()
@@ -125,7 +117,7 @@ def _memory_child(cfg):
 
     extra = peak_rss_delta(step)
     inputs = sum(t.numel() * t.element_size() for t in (q, k1, k2, v1, v2, dout))
-    print(json.dumps({"peak_extra_bytes": extra, "input_bytes": inputs, "vm_hwm_kib": _status_kib("VmHWM")}))
+    print(json.dumps({"peak_extra_bytes": extra, "input_bytes": inputs, "vm_hwm_kib": status_kib("VmHWM")}))
 
 
 def measure_peak_memory(backend="cpu", B=1, N=4096, H=4, D=64, w1=512, w2=32, causal=True, dtype="fp32"):

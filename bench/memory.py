@@ -9,7 +9,8 @@ growth, so run it in a fresh process for a clean figure (tests/test_reference_me
 import torch
 
 
-def _status_kib(field):
+def status_kib(field):
+    """A `VmXxx:` field of /proc/self/status, in KiB."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -21,9 +22,9 @@ def peak_rss_delta(fn):
     """Bytes by which the process's peak RSS during `fn()` exceeds its RSS just before."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     result = fn()
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     del result
     return (peak - before) * 1024
 

@@ -20,12 +20,15 @@ def extension_loaded():
     return _C is not None
 
 
-def has_kernel(device_type):
-    """True when the extension registered `fused_fwd` for this device type ("cpu" / "cuda")."""
+def has_kernel(device_type, ops=("fused_fwd",)):
+    """True when the extension registered every op of `ops` for this device type ("cpu" / "cuda")."""
     if _C is None:
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
-    return torch._C._dispatch_has_kernel_for_dispatch_key("simplicial_attn::fused_fwd", key)
+    try:
+        return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"simplicial_attn::{op}", key) for op in ops)
+    except RuntimeError:  # an extension built before one of these schemas existed
+        return False
 
 
 def build_info():

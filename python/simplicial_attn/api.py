@@ -41,10 +41,6 @@ def two_simplicial_attention(
     _validate.check_flag("causal", causal)
     _validate.check_flag("return_lse", return_lse)
     _validate.check_scale(scale)
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, one of {', '.join(backends.NAMES)}; got {type(backend).__name__}")
-    if backend not in backends.NAMES:
-        raise ValueError(f"backend must be one of {', '.join(backends.NAMES)}; got {backend!r}")
     n, d = q.shape[1], q.shape[3]
     name = backends.select(backend, q.device.type, q.dtype)
     scale = d**-0.5 if scale is None else float(scale)

@@ -78,11 +78,16 @@ class _ExtensionBackend(Backend):
     dtypes = ()
 
     def not_supported_reasons(self, device_type, dtype):
+        return self.reasons_with(self._has_kernel(), device_type, dtype)
+
+    def reasons_with(self, has_kernels, device_type, dtype, ops=""):
+        """The reasons for C++ kernels of this device, given whether the build has those of the
+        ops in question (`ops` names them in the message; the fused op when empty)."""
         reasons = []
         if not _ext.extension_loaded():
             reasons.append(f"the C++ extension simplicial_attn._C is not built ({_ext.build_info()['import_error']})")
-        elif not self._has_kernel():
-            reasons.append(f"this build of simplicial_attn._C has no {self.device_type.upper()} kernels")
+        elif not has_kernels:
+            reasons.append(f"this build of simplicial_attn._C has no {self.device_type.upper()} kernels{ops}")
         if device_type != self.device_type:
             reasons.append(f"it needs {self.device_type} tensors, got {device_type} tensors")
         if dtype not in self.dtypes:
@@ -166,24 +171,35 @@ def get(name):
     return BACKENDS[name]
 
 
-def select(requested, device_type, dtype):
+def _reasons(name, device_type, dtype):
+    return BACKENDS[name].not_supported_reasons(device_type, dtype)
+
+
+def select(requested, device_type, dtype, reasons=_reasons):
     """The backend name to run: `requested` itself if it can serve, else an error; or for
-    "auto" (after the SIMPLICIAL_ATTN_BACKEND override) the first in the choice table."""
+    "auto" (after the SIMPLICIAL_ATTN_BACKEND override) the first in the choice table.
+
+    `reasons(name, device_type, dtype)` says why a backend cannot serve; ops other than the
+    fused attention (scores.py) pass their own."""
+    if not isinstance(requested, str):
+        raise TypeError(f"backend must be a str, one of {', '.join(NAMES)}; got {type(requested).__name__}")
+    if requested not in NAMES:
+        raise ValueError(f"backend must be one of {', '.join(NAMES)}; got {requested!r}")
     if requested == "auto":
         override = os.environ.get(ENV_VAR, "auto")
         if override not in NAMES:
             raise ValueError(f"{ENV_VAR} must be one of {', '.join(NAMES)}; got {override!r}")
         requested = override
     if requested != "auto":
-        reasons = BACKENDS[requested].not_supported_reasons(device_type, dtype)
-        if reasons:
-            raise BackendNotSupported(f"backend={requested!r} cannot serve this call: " + "; ".join(reasons))
+        why = reasons(requested, device_type, dtype)
+        if why:
+            raise BackendNotSupported(f"backend={requested!r} cannot serve this call: " + "; ".join(why))
         return requested
     order = AUTO_ORDER.get(device_type, DEFAULT_ORDER)
     report = []
     for name in order:
-        reasons = BACKENDS[name].not_supported_reasons(device_type, dtype)
-        if not reasons:
+        why = reasons(name, device_type, dtype)
+        if not why:
             return name
-        report.append(f"{name}: " + "; ".join(reasons))
+        report.append(f"{name}: " + "; ".join(why))
     raise BackendNotSupported("no backend can serve this call:\n  " + "\n  ".join(report))

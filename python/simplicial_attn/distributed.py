@@ -90,10 +90,6 @@ def two_simplicial_attention_cp(
     _validate.check_window("w2", w2)
     _validate.check_flag("causal", causal)
     _validate.check_scale(scale)
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, one of {', '.join(backends.NAMES)}; got {type(backend).__name__}")
-    if backend not in backends.NAMES:
-        raise ValueError(f"backend must be one of {', '.join(backends.NAMES)}; got {backend!r}")
     backend = backends.select(backend, q.device.type, q.dtype)
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("two_simplicial_attention_cp needs torch.distributed initialised (init_process_group)")

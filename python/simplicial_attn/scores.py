@@ -27,8 +27,6 @@ traces them and opcheck passes. Kernels: csrc/cpu/scores_softmax.cpp, csrc/cuda/
 triton_kernels/scores_softmax.py, and the reference scores_reference.py.
 """
 
-import os
-
 import torch
 
 from . import _ext, _validate, backends
@@ -38,61 +36,21 @@ from . import scores_reference as reference
 _CPP_OPS = ("scores_fwd", "scores_bwd", "softmax_fwd", "softmax_bwd")
 
 
-def _has_cpp_kernels(device_type):
-    if not _ext.extension_loaded():
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
-    try:
-        return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"simplicial_attn::{op}", key) for op in _CPP_OPS)
-    except RuntimeError:  # an extension built before these schemas existed
-        return False
-
-
 # Read once at import, like backends.py, so tracing under torch.compile asks nothing of C++.
-_HAS_KERNELS = {"cpu": _has_cpp_kernels("cpu"), "cuda": _has_cpp_kernels("cuda")}
+_HAS_KERNELS = {"cpu": _ext.has_kernel("cpu", _CPP_OPS), "cuda": _ext.has_kernel("cuda", _CPP_OPS)}
 
 
 def not_supported_reasons(name, device_type, dtype):
     """Why backend `name` cannot run the scores / softmax ops on these tensors ([] if it can)."""
     if name in ("cpu", "cuda"):
-        reasons = []
-        if not _ext.extension_loaded():
-            reasons.append(f"the C++ extension simplicial_attn._C is not built ({_ext.build_info()['import_error']})")
-        elif not _HAS_KERNELS[name]:
-            reasons.append(f"this build of simplicial_attn._C has no {name.upper()} kernels for the scores/softmax ops")
-        if device_type != name:
-            reasons.append(f"it needs {name} tensors, got {device_type} tensors")
-        dtypes = backends.get(name).dtypes
-        if dtype not in dtypes:
-            names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-            reasons.append(f"it supports dtypes {names}, got {str(dtype).removeprefix('torch.')}")
-        return reasons
+        return backends.get(name).reasons_with(_HAS_KERNELS[name], device_type, dtype, " for the scores/softmax ops")
     # Triton and the reference serve these ops wherever they serve the fused op.
     return backends.get(name).not_supported_reasons(device_type, dtype)
 
 
 def select_backend(requested, device_type, dtype):
     """The backend to run, by the rules of backends.select (same choice table and override)."""
-    if not isinstance(requested, str):
-        raise TypeError(f"backend must be a str, one of {', '.join(backends.NAMES)}; got {type(requested).__name__}")
-    if requested not in backends.NAMES:
-        raise ValueError(f"backend must be one of {', '.join(backends.NAMES)}; got {requested!r}")
-    if requested == "auto":
-        requested = os.environ.get(backends.ENV_VAR, "auto")
-        if requested not in backends.NAMES:
-            raise ValueError(f"{backends.ENV_VAR} must be one of {', '.join(backends.NAMES)}; got {requested!r}")
-    if requested != "auto":
-        reasons = not_supported_reasons(requested, device_type, dtype)
-        if reasons:
-            raise backends.BackendNotSupported(f"backend={requested!r} cannot serve this call: " + "; ".join(reasons))
-        return requested
-    report = []
-    for name in backends.AUTO_ORDER.get(device_type, backends.DEFAULT_ORDER):
-        reasons = not_supported_reasons(name, device_type, dtype)
-        if not reasons:
-            return name
-        report.append(f"{name}: " + "; ".join(reasons))
-    raise backends.BackendNotSupported("no backend can serve this call:\n  " + "\n  ".join(report))
+    return backends.select(requested, device_type, dtype, reasons=not_supported_reasons)
 
 
 def _kernels(name):

@@ -9,6 +9,7 @@ Shared by match3.py and train_code.py, which also use `count_parameters` and
 `mlp_hidden_for_budget` to give the two models they compare the same parameter count.
 """
 
+import math
 import time
 
 from torch import nn
@@ -91,6 +92,16 @@ class Decoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
+
+
+def lr_at(step, args):
+    """The schedule both examples train with (args.steps, args.lr): linear warm-up over the
+    first 5% of steps, then cosine decay to 10% of the peak."""
+    warm = max(1, args.steps // 20)
+    if step < warm:
+        return args.lr * (step + 1) / warm
+    t = (step - warm) / max(1, args.steps - warm)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def count_parameters(model):

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from model import Decoder, Progress, count_parameters, mlp_hidden_for_budget  # noqa: E402
+from model import Decoder, Progress, count_parameters, lr_at, mlp_hidden_for_budget  # noqa: E402
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -100,15 +100,6 @@ def build_models(args, seed=0):
     standard = build(False, hidden)
     torch.manual_seed(seed)
     return standard, build(True, 4 * args.dim)
-
-
-def lr_at(step, args):
-    """Linear warm-up over the first 5% of steps, then cosine decay to 10% of the peak."""
-    warm = max(1, args.steps // 20)
-    if step < warm:
-        return args.lr * (step + 1) / warm
-    t = (step - warm) / max(1, args.steps - warm)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 @torch.no_grad()

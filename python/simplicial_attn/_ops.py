@@ -14,17 +14,13 @@ call, with fake kernels registered here too.
 
 import torch
 
-from . import _ext, backends
-
-
-def _lse_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from . import _ext, backends, reference
 
 
 def _empty_outputs(q):
     B, N, Hq, _ = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(
-        (B, Hq, N), dtype=_lse_dtype(q.dtype)
+        (B, Hq, N), dtype=reference.compute_dtype(q.dtype)
     )
 
 

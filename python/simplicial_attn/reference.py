@@ -27,11 +27,9 @@ CHUNK_ELEMENTS = 1 << 22
 QUERY_BLOCK = 64
 
 
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _lse_dtype(dtype):
+def compute_dtype(dtype):
+    """Accumulation dtype for inputs of `dtype`, which is also the dtype of lse (CONTRACT §1:
+    float32; float64 for float64 inputs so gradcheck stays sharp)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -113,7 +111,7 @@ def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale):
     in_dtype = q.dtype
     B, N, Hq, D = q.shape
     Hkv = k1.shape[2]
-    ct = _compute_dtype(in_dtype)
+    ct = compute_dtype(in_dtype)
     q, k1, k2, v1, v2 = (t.to(ct) for t in (q, k1, k2, v1, v2))
     bq, cj = _plan(B, N, Hq, D, w1, w2)
     lse = torch.full((B, N, Hkv, Hq // Hkv), float("-inf"), dtype=ct, device=q.device)
@@ -129,7 +127,7 @@ def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale):
             p = torch.exp(c.A - lse[:, s:e, :, :, None, None])
             out[:, s:e] += _weighted_pairs(p, _gather(v1, c.j, c.jvalid), _gather(v2, c.k, c.kvalid))
     out = out.view(B, N, Hq, D).to(in_dtype)
-    return out, lse.view(B, N, Hq).permute(0, 2, 1).to(_lse_dtype(ct)).contiguous()
+    return out, lse.view(B, N, Hq).permute(0, 2, 1).contiguous()
 
 
 def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale):
@@ -138,7 +136,7 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale):
     B, N, Hq, D = q.shape
     Hkv = k1.shape[2]
     G = Hq // Hkv
-    ct = _compute_dtype(in_dtype)
+    ct = compute_dtype(in_dtype)
     dout, q, k1, k2, v1, v2, out = (t.to(ct) for t in (dout, q, k1, k2, v1, v2, out))
     lse = lse.to(ct).permute(0, 2, 1).reshape(B, N, Hkv, G)
     delta = (dout * out).sum(-1).view(B, N, Hkv, G)

@@ -146,8 +146,10 @@ def _two_simplicial_fwd_kernel(
         acc = acc * beta[:, None] + y * v2u.to(tl.float32)
 
     # Rows past N or past the group never see a pair (l = 0) and are not stored; 1 keeps
-    # them finite. A NaN l stays NaN (NaN > 0 is false, but then acc is NaN too).
-    l_i = tl.where(l_i > 0, l_i, 1.0)
+    # them finite. A NaN l (a NaN logit: tl.max skips NaN, so m stays finite) must stay NaN:
+    # it makes lse NaN, which the backward needs so that dv1 / dv2 turn NaN as the
+    # reference's do (they read P only, not Delta).
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
     o_offs = rp[:, None] * stride_on + rh[:, None] * stride_oh + d[None, :]
     o_base = OUT + b * stride_ob + h0 * stride_oh + p0_64 * stride_on

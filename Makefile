@@ -14,7 +14,7 @@ PY            := $(PYTHON)
 SETUP_DEPS    :=
 endif
 CUDA_HOME     ?= $(shell [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda)
-TORCH_CUDA_ARCH_LIST ?= 8.0;8.6;9.0
+TORCH_CUDA_ARCH_LIST ?= 8.0;8.6;9.0+PTX
 MAX_JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
 export CUDA_HOME TORCH_CUDA_ARCH_LIST MAX_JOBS
 

@@ -3,7 +3,7 @@
 Build knobs (environment variables, one meaning each):
   SIMPLICIAL_ATTN_FORCE_CUDA=1   build the CUDA sources even if torch.cuda sees no GPU
   SIMPLICIAL_ATTN_SKIP_CUDA=1    never build CUDA sources (CPU kernels only)
-  TORCH_CUDA_ARCH_LIST           CUDA archs, default "8.0;8.6;9.0"
+  TORCH_CUDA_ARCH_LIST           CUDA archs, default "8.0;8.6;9.0+PTX" (PTX: newer GPUs JIT it)
   MAX_JOBS                       parallel compile jobs (ninja)
   CUDA_HOME                      CUDA toolkit, default /usr/local/cuda when it exists
 
@@ -19,7 +19,7 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCHS = "8.0;8.6;9.0"
+DEFAULT_ARCHS = "8.0;8.6;9.0+PTX"
 
 
 def _flag(name):

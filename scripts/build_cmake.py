@@ -51,7 +51,7 @@ def main():
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.setdefault("CUDACXX", os.path.join(env.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc"))
-    env.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;9.0")
+    env.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;8.6;9.0+PTX")
     subprocess.run([cmake, *configure_args(opts.build_dir, opts.cuda)], check=True, env=env)
     jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 2))
     subprocess.run([cmake, "--build", opts.build_dir, "-j", jobs], check=True, env=env)

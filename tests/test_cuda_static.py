@@ -1,18 +1,20 @@
 """Static checks of the compiled CUDA kernels, without a GPU.
 
-The extension built with CUDA (setup.py, TORCH_CUDA_ARCH_LIST="8.0;8.6;9.0") holds one cubin per
+The extension built with CUDA (setup.py, TORCH_CUDA_ARCH_LIST="8.0;8.6;9.0+PTX") holds one cubin per
 arch; bench/cuda_report.py reads them with cuobjdump. Asserted for every kernel instantiation
 and arch:
   * it is there (each kernel x dtype x padded head dim the dispatch can reach);
   * no spills: zero stack and zero local memory (ptxas puts spilled registers there);
   * the fp16 / bf16 kernels use tensor cores (HMMA in the SASS) and the fp32 SIMT ones do not
-    (fp32 must stay IEEE: CONTRACT bound 1e-5).
+    (fp32 must stay IEEE: CONTRACT bound 1e-5);
+  * each `+PTX` arch of the list (default 9.0+PTX) ships its PTX, which newer GPUs JIT-compile.
 Skips, with the reason, when the extension was built without CUDA or cuobjdump is missing.
 Runtime: ~10-30 s (one SASS dump of the extension).
 """
 
 import importlib.util
 import pathlib
+import subprocess
 
 import pytest
 
@@ -87,3 +89,20 @@ def test_fp32_kernels_stay_ieee(table):
     assert simt
     with_mma = [r for r in simt if r["hmma"]]
     assert not with_mma, "fp32 kernels with tensor-core instructions:\n" + cuda_report.markdown(with_mma)
+
+
+def test_ptx_archs_ship_ptx(table):
+    from simplicial_attn import _ext
+
+    listed = _ext.build_info()["cuda_archs"].replace(" ", ";").split(";")
+    want = {"sm_" + a.removesuffix("+PTX").replace(".", "") for a in listed if a.endswith("+PTX")}
+    if not want:
+        pytest.skip(f"this build's TORCH_CUDA_ARCH_LIST ({';'.join(listed)}) has no +PTX entry")
+    listing = subprocess.run(
+        [cuda_report.find_cuobjdump(), "-lptx", str(cuda_report.extension_path())],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    missing = sorted(a for a in want if f".{a}.ptx" not in listing)
+    assert not missing, f"no PTX for {missing} in the extension; cuobjdump -lptx printed:\n{listing}"

@@ -60,7 +60,13 @@ def parse_function(mangled):
 
 
 def _cuobjdump(tool, binary, *args):
-    return subprocess.run([tool, *args, str(binary)], check=True, capture_output=True, text=True).stdout
+    """cuobjdump's output; empty for a binary without device code (a CPU-only build), for which
+    cuobjdump exits 255 instead of printing nothing."""
+    done = subprocess.run([tool, *args, str(binary)], capture_output=True, text=True)
+    if done.returncode != 0 and "does not contain device code" in done.stdout + done.stderr:
+        return ""
+    done.check_returncode()
+    return done.stdout
 
 
 def resource_usage(tool, binary):

@@ -66,6 +66,55 @@ def mma(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
 
+@triton.jit
+def query_tile(N, GROUP, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The rows of this program in fwd / bwd_dq (see fwd.py): row r is position p0 + rp[r] of
+    query head h0 + rh[r], all sharing kv head g; row_ok is False past N or past the group.
+
+    Returns (p0, g, b, h0, rp, rh, pos, row_ok); b and h0 are int64 (scalar address bases)."""
+    BLOCK_P: tl.constexpr = BLOCK_M // BLOCK_H
+    n_hblk = tl.cdiv(GROUP, BLOCK_H)
+    p0 = tl.program_id(0) * BLOCK_P
+    g = tl.program_id(1) // n_hblk
+    hb = tl.program_id(1) % n_hblk
+    b = tl.program_id(2).to(tl.int64)
+    h0 = g.to(tl.int64) * GROUP + hb * BLOCK_H
+    rows = tl.arange(0, BLOCK_M)
+    rp = rows // BLOCK_H
+    rh = rows % BLOCK_H
+    pos = p0 + rp
+    row_ok = (pos < N) & (hb * BLOCK_H + rh < GROUP)
+    return p0, g, b, h0, rp, rh, pos, row_ok
+
+
+@triton.jit
+def query_tile_loops(p0, N, L1, R1, L2, R2, BLOCK_P: tl.constexpr):
+    """Loop bounds of a query tile whose positions span [p0, p0 + BLOCK_P): only offsets u that
+    put some k = i - u inside [0, N), and only j in the union of the rows' J(i).
+
+    Returns (u_lo, u_hi, j_lo, j_hi), all inclusive."""
+    p_last = tl.minimum(p0 + BLOCK_P - 1, N - 1)
+    u_lo = tl.maximum(-R2, p0 - N + 1)
+    u_hi = tl.minimum(L2, p_last)
+    j_lo = tl.maximum(p0 - L1, 0)
+    j_hi = tl.minimum(p_last + R1, N - 1)
+    return u_lo, u_hi, j_lo, j_hi
+
+
+@triton.jit
+def j_window_mask(row_ok, pos, j_ok, js, L1, R1):
+    """[rows, j] mask of the pairs that count: the row and j are valid and j is in
+    J(pos) = [pos - L1, pos + R1]."""
+    return row_ok[:, None] & j_ok[None, :] & (js[None, :] >= pos[:, None] - L1) & (js[None, :] <= pos[:, None] + R1)
+
+
+@triton.jit
+def row_block_ptrs(X, b, g, start, stride_b, stride_n, stride_h, stride_d, r, d):
+    """Pointers to rows start + r, channels d of X[b, :, g, :]: a 64-bit scalar base plus 32-bit
+    in-tile offsets (the launcher guarantees those fit, see int32_tiles)."""
+    return X + b * stride_b + g * stride_h + start * stride_n + (r[:, None] * stride_n + d[None, :] * stride_d)
+
+
 def check_tensors(*tensors):
     """What this backend cannot run, as a clear error (the API validates shapes before us)."""
     dtype = tensors[0].dtype

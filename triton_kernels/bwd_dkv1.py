@@ -20,7 +20,7 @@ Each program writes only its own rows: no atomics, deterministic.
 import triton
 import triton.language as tl
 
-from ._common import mma
+from ._common import mma, row_block_ptrs
 
 
 @triton.jit
@@ -53,12 +53,8 @@ def _two_simplicial_bwd_dkv1_kernel(
     d_ok = d < D
     kr = tl.arange(0, BLOCK_K)
     jd_mask = j_ok[:, None] & d_ok[None, :]
-    k1_ptrs = (
-        K1 + b * stride_k1b + g * stride_k1h + j0_64 * stride_k1n + (jr[:, None] * stride_k1n + d[None, :] * stride_k1d)
-    )
-    v1_ptrs = (
-        V1 + b * stride_v1b + g * stride_v1h + j0_64 * stride_v1n + (jr[:, None] * stride_v1n + d[None, :] * stride_v1d)
-    )
+    k1_ptrs = row_block_ptrs(K1, b, g, j0_64, stride_k1b, stride_k1n, stride_k1h, stride_k1d, jr, d)
+    v1_ptrs = row_block_ptrs(V1, b, g, j0_64, stride_v1b, stride_v1n, stride_v1h, stride_v1d, jr, d)
     k1t = tl.load(k1_ptrs, mask=jd_mask, other=0.0)
     v1t = tl.load(v1_ptrs, mask=jd_mask, other=0.0)
 

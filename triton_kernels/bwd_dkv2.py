@@ -21,7 +21,7 @@ group's query heads. Each program writes only its own rows: no atomics, determin
 import triton
 import triton.language as tl
 
-from ._common import mma
+from ._common import j_window_mask, mma, row_block_ptrs
 
 
 @triton.jit
@@ -54,12 +54,8 @@ def _two_simplicial_bwd_dkv2_kernel(
     d_ok = d < D
     jr = tl.arange(0, BLOCK_J)
     kd_mask = k_ok[:, None] & d_ok[None, :]
-    k2_ptrs = (
-        K2 + b * stride_k2b + g * stride_k2h + k0_64 * stride_k2n + (kr[:, None] * stride_k2n + d[None, :] * stride_k2d)
-    )
-    v2_ptrs = (
-        V2 + b * stride_v2b + g * stride_v2h + k0_64 * stride_v2n + (kr[:, None] * stride_v2n + d[None, :] * stride_v2d)
-    )
+    k2_ptrs = row_block_ptrs(K2, b, g, k0_64, stride_k2b, stride_k2n, stride_k2h, stride_k2d, kr, d)
+    v2_ptrs = row_block_ptrs(V2, b, g, k0_64, stride_v2b, stride_v2n, stride_v2h, stride_v2d, kr, d)
     k2t = tl.load(k2_ptrs, mask=kd_mask, other=0.0)
     v2t = tl.load(v2_ptrs, mask=kd_mask, other=0.0)
 
@@ -105,12 +101,7 @@ def _two_simplicial_bwd_dkv2_kernel(
                 k1b = tl.load(k1_base + j_start * stride_k1n + k1_offs, mask=jd_mask, other=0.0)
                 v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)
                 s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_K, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
-                in_win = (
-                    i_ok[:, None]
-                    & j_ok[None, :]
-                    & (js[None, :] >= ipos[:, None] - L1)
-                    & (js[None, :] <= ipos[:, None] + R1)
-                )
+                in_win = j_window_mask(i_ok, ipos, j_ok, js, L1, R1)
                 p = tl.exp2(tl.where(in_win, s * scale_log2 - lse2[:, None], float("-inf")))
                 dp = mma(bo, tl.trans(v1b), tl.zeros([BLOCK_K, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
                 ds = p * (dp - delta[:, None])

@@ -16,7 +16,7 @@ Each program writes only its own rows: no atomics, deterministic.
 import triton
 import triton.language as tl
 
-from ._common import mma
+from ._common import j_window_mask, mma, query_tile, query_tile_loops
 
 
 @triton.jit
@@ -35,22 +35,10 @@ def _two_simplicial_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    BLOCK_P = BLOCK_M // BLOCK_H
-    n_hblk = tl.cdiv(GROUP, BLOCK_H)
-    p0 = tl.program_id(0) * BLOCK_P
-    g = tl.program_id(1) // n_hblk
-    hb = tl.program_id(1) % n_hblk
-    dt = K1.dtype.element_ty
-
     # 64-bit scalar bases plus 32-bit in-tile offsets, as in fwd.py.
-    b = tl.program_id(2).to(tl.int64)
-    h0 = g.to(tl.int64) * GROUP + hb * BLOCK_H
+    p0, g, b, h0, rp, rh, pos, row_ok = query_tile(N, GROUP, BLOCK_M, BLOCK_H)
+    dt = K1.dtype.element_ty
     p0_64 = p0.to(tl.int64)
-    rows = tl.arange(0, BLOCK_M)
-    rp = rows // BLOCK_H
-    rh = rows % BLOCK_H
-    pos = p0 + rp
-    row_ok = (pos < N) & (hb * BLOCK_H + rh < GROUP)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
     jr = tl.arange(0, BLOCK_J)
@@ -82,11 +70,7 @@ def _two_simplicial_bwd_dq_kernel(
     k2_base = K2 + b * stride_k2b + g.to(tl.int64) * stride_k2h
     v2_base = V2 + b * stride_v2b + g.to(tl.int64) * stride_v2h
 
-    p_last = tl.minimum(p0 + BLOCK_P - 1, N - 1)
-    u_lo = tl.maximum(-R2, p0 - N + 1)
-    u_hi = tl.minimum(L2, p_last)
-    j_lo = tl.maximum(p0 - L1, 0)
-    j_hi = tl.minimum(p_last + R1, N - 1)
+    u_lo, u_hi, j_lo, j_hi = query_tile_loops(p0, N, L1, R1, L2, R2, BLOCK_M // BLOCK_H)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for u in range(u_lo, u_hi + 1):
@@ -110,9 +94,7 @@ def _two_simplicial_bwd_dq_kernel(
             k1b = tl.load(k1_base + j_start * stride_k1n + k1_offs, mask=jd_mask, other=0.0)
             v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)
             s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
-            in_win = (
-                k_ok[:, None] & j_ok[None, :] & (js[None, :] >= pos[:, None] - L1) & (js[None, :] <= pos[:, None] + R1)
-            )
+            in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
             p = tl.exp2(tl.where(in_win, s * scale_log2 - lse2[:, None], float("-inf")))
             dp = mma(bo, tl.trans(v1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
             ds = p * (dp - delta[:, None])

@@ -39,7 +39,10 @@ from ._common import (
     input_precision,
     int32_tiles,
     is_interpreting,
+    j_window_mask,
     mma,
+    query_tile,
+    query_tile_loops,
     window_bounds,
 )
 
@@ -59,23 +62,11 @@ def _two_simplicial_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    BLOCK_P = BLOCK_M // BLOCK_H
-    n_hblk = tl.cdiv(GROUP, BLOCK_H)
-    p0 = tl.program_id(0) * BLOCK_P
-    g = tl.program_id(1) // n_hblk
-    hb = tl.program_id(1) % n_hblk
-    dt = K1.dtype.element_ty
-
     # Addresses are a 64-bit scalar base (batch, head, first position of the tile) plus
     # 32-bit offsets inside the tile; the launcher guarantees those fit in int32.
-    b = tl.program_id(2).to(tl.int64)
-    h0 = g.to(tl.int64) * GROUP + hb * BLOCK_H
+    p0, g, b, h0, rp, rh, pos, row_ok = query_tile(N, GROUP, BLOCK_M, BLOCK_H)
+    dt = K1.dtype.element_ty
     p0_64 = p0.to(tl.int64)
-    rows = tl.arange(0, BLOCK_M)
-    rp = rows // BLOCK_H
-    rh = rows % BLOCK_H
-    pos = p0 + rp
-    row_ok = (pos < N) & (hb * BLOCK_H + rh < GROUP)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
     jr = tl.arange(0, BLOCK_J)
@@ -96,13 +87,7 @@ def _two_simplicial_fwd_kernel(
     k2_base = K2 + b * stride_k2b + g.to(tl.int64) * stride_k2h
     v2_base = V2 + b * stride_v2b + g.to(tl.int64) * stride_v2h
 
-    # The tile's positions span [p0, p_last]; only offsets u that put some k = i - u inside
-    # [0, N) and only j-blocks that meet some row's J(i) are visited.
-    p_last = tl.minimum(p0 + BLOCK_P - 1, N - 1)
-    u_lo = tl.maximum(-R2, p0 - N + 1)
-    u_hi = tl.minimum(L2, p_last)
-    j_lo = tl.maximum(p0 - L1, 0)
-    j_hi = tl.minimum(p_last + R1, N - 1)
+    u_lo, u_hi, j_lo, j_hi = query_tile_loops(p0, N, L1, R1, L2, R2, BLOCK_M // BLOCK_H)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -127,9 +112,7 @@ def _two_simplicial_fwd_kernel(
             v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)
             s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
             s = s * scale_log2
-            in_win = (
-                k_ok[:, None] & j_ok[None, :] & (js[None, :] >= pos[:, None] - L1) & (js[None, :] <= pos[:, None] + R1)
-            )
+            in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
             s = tl.where(in_win, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             # A row with nothing in the window so far keeps m = -inf; subtracting 0 instead

@@ -196,26 +196,8 @@ dkv2_kernel(const Dkv2KernelParams p) {
 
       // S = (k2 ⊙ q_shift) @ k1_blk^T and dP = (v2 ⊙ dout_shift) @ v1_blk^T.
       float s_[BJ / 8][4], dp[BJ / 8][4];
-#pragma unroll
-      for (int nt = 0; nt < BJ / 8; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) s_[nt][i] = dp[nt][i] = 0.f;
-#pragma unroll 2
-      for (int kt = 0; kt < DP / 16; ++kt) {
-        uint32_t a[4], e[4];
-        ldsm_a_product<T>(a, sk2.row(a_row), sq.row(a_row + shift), kt * 16);
-        ldsm_a_product<T>(e, sv2.row(a_row), sdo.row(a_row + shift), kt * 16);
-#pragma unroll
-        for (int nt = 0; nt < BJ / 8; nt += 2) {
-          uint32_t b0[2], b1[2];
-          ldsm_b_nmajor(b0, b1, sk1(stage), nt * 8, kt * 16);
-          mma_acc<T>(s_[nt], a, b0);
-          mma_acc<T>(s_[nt + 1], a, b1);
-          ldsm_b_nmajor(b0, b1, sv1(stage), nt * 8, kt * 16);
-          mma_acc<T>(dp[nt], e, b0);
-          mma_acc<T>(dp[nt + 1], e, b1);
-        }
-      }
+      logits_and_dp<T, DP, BJ>(s_, dp, sk2.row(a_row), sq.row(a_row + shift), sv2.row(a_row), sdo.row(a_row + shift),
+                               sk1(stage), sv1(stage));
 
       // P and dA = P (dP - Delta), zero outside the window; P overwrites S, dA overwrites dP.
 #pragma unroll

@@ -49,16 +49,12 @@ dq_kernel(const DqKernelParams p) {
   using TileT = Tile<T, DP>;
 
   // ---- The CTA's tile (as in the forward).
-  const int b = block_x() / p.pos_tiles;
-  const int g = block_y() / p.head_blocks;
-  const int heads = 1 << p.log2_heads, positions = BM >> p.log2_heads;
-  const RowTile rt{(block_x() % p.pos_tiles) * positions, (block_y() % p.head_blocks) * heads, p.log2_heads, p.group,
-                   p.N};
+  const QueryTile qt = query_tile<BM>(p);
+  const int b = qt.b, g = qt.g, positions = qt.positions;
+  const RowTile rt = qt.rt;
   const int N = p.N, D = p.D, col0 = block_z() * DO;
-  const int L1 = p.band1.left, R1 = p.band1.right, L2 = p.band2.left, R2 = p.band2.right;
-  const int p0 = rt.p0, p_last = imin(p0 + positions - 1, N - 1);
-  const int u_lo = imax(-R2, p0 - (N - 1)), u_hi = imin(L2, p_last);
-  const int j_lo = imax(0, p0 - L1), j_hi = imin(N - 1, p_last + R1);
+  const int L1 = p.band1.left, R1 = p.band1.right;
+  const int p0 = rt.p0, u_lo = qt.u_lo, u_hi = qt.u_hi, j_lo = qt.j_lo, j_hi = qt.j_hi;
   const int n_jblocks = ceil_div(j_hi - j_lo + 1, BJ);
   const int n_iters = n_jblocks * ceil_div(u_hi - u_lo + 1, CU);
 
@@ -162,26 +158,8 @@ dq_kernel(const DqKernelParams p) {
 
       // S = (q ⊙ k2) @ k1_blk^T and dP = (dout ⊙ v2) @ v1_blk^T.
       float s[BJ / 8][4], dp[BJ / 8][4];
-#pragma unroll
-      for (int nt = 0; nt < BJ / 8; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) s[nt][i] = dp[nt][i] = 0.f;
-#pragma unroll 2
-      for (int kt = 0; kt < DP / 16; ++kt) {
-        uint32_t a[4], e[4];
-        ldsm_a_product<T>(a, sq.row(a_row), sk2.row(a_region), kt * 16);
-        ldsm_a_product<T>(e, sdo.row(a_row), sv2.row(a_region), kt * 16);
-#pragma unroll
-        for (int nt = 0; nt < BJ / 8; nt += 2) {
-          uint32_t b0[2], b1[2];
-          ldsm_b_nmajor(b0, b1, sk1(stage), nt * 8, kt * 16);
-          mma_acc<T>(s[nt], a, b0);
-          mma_acc<T>(s[nt + 1], a, b1);
-          ldsm_b_nmajor(b0, b1, sv1(stage), nt * 8, kt * 16);
-          mma_acc<T>(dp[nt], e, b0);
-          mma_acc<T>(dp[nt + 1], e, b1);
-        }
-      }
+      logits_and_dp<T, DP, BJ>(s, dp, sq.row(a_row), sk2.row(a_region), sdo.row(a_row), sv2.row(a_region), sk1(stage),
+                               sv1(stage));
 
       // dA = P (dP - Delta), zero outside the (j, k) window.
 #pragma unroll

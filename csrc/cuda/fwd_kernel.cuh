@@ -68,21 +68,14 @@ fwd_kernel(const FwdKernelParams p) {
   constexpr float kNegInf = -__builtin_huge_valf();
   using TileT = Tile<T, DP>;
 
-  // ---- The CTA's tile: grid.x = (batch, position tile), grid.y = (kv head, head block), grid.z =
-  // output columns [col0, col0 + DO).
-  const int b = block_x() / p.pos_tiles;
-  const int g = block_y() / p.head_blocks;
-  const int heads = 1 << p.log2_heads, positions = BM >> p.log2_heads;
-  const RowTile rt{(block_x() % p.pos_tiles) * positions, (block_y() % p.head_blocks) * heads, p.log2_heads, p.group,
-                   p.N};
+  // ---- The CTA's tile (positions, heads, loop bounds: QueryTile in tile.cuh); grid.z = output
+  // columns [col0, col0 + DO).
+  const QueryTile qt = query_tile<BM>(p);
+  const int b = qt.b, g = qt.g, positions = qt.positions;
+  const RowTile rt = qt.rt;
   const int N = p.N, D = p.D, col0 = block_z() * DO;
-  const int L1 = p.band1.left, R1 = p.band1.right, L2 = p.band2.left, R2 = p.band2.right;
-
-  // Positions of the tile: [p0, p_last]; offsets u with some k = i - u in [0, N) and in the band;
-  // k1/v1 positions j in the union of the rows' windows.
-  const int p0 = rt.p0, p_last = imin(p0 + positions - 1, N - 1);
-  const int u_lo = imax(-R2, p0 - (N - 1)), u_hi = imin(L2, p_last);
-  const int j_lo = imax(0, p0 - L1), j_hi = imin(N - 1, p_last + R1);
+  const int L1 = p.band1.left, R1 = p.band1.right;
+  const int p0 = rt.p0, u_lo = qt.u_lo, u_hi = qt.u_hi, j_lo = qt.j_lo, j_hi = qt.j_hi;
   const int n_jblocks = ceil_div(j_hi - j_lo + 1, BJ);
   const int n_iters = n_jblocks * ceil_div(u_hi - u_lo + 1, CU);
 

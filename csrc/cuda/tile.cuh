@@ -24,6 +24,33 @@ struct RowTile {
   SA_DEV bool valid(int r) const { return pos(r) < N && head(r) < group; }
 };
 
+// The query tile of a fwd / dq CTA and the bounds of its loop. grid.x = (batch, position tile),
+// grid.y = (kv head, head block); the tile's positions are [rt.p0, p_last]. Visited: offsets u in
+// [u_lo, u_hi] (some k = i - u in [0, N) and in the k2 band) and k1/v1 positions j in [j_lo, j_hi]
+// (the union of the rows' windows), inclusive.
+struct QueryTile {
+  int b, g, positions;
+  RowTile rt;
+  int p_last, u_lo, u_hi, j_lo, j_hi;
+};
+
+template <int BM, class Params>
+SA_DEV QueryTile query_tile(const Params& p) {
+  QueryTile t;
+  const int heads = 1 << p.log2_heads;
+  t.b = block_x() / p.pos_tiles;
+  t.g = block_y() / p.head_blocks;
+  t.positions = BM >> p.log2_heads;
+  t.rt =
+      RowTile{(block_x() % p.pos_tiles) * t.positions, (block_y() % p.head_blocks) * heads, p.log2_heads, p.group, p.N};
+  t.p_last = imin(t.rt.p0 + t.positions - 1, p.N - 1);
+  t.u_lo = imax(-p.band2.right, t.rt.p0 - (p.N - 1));
+  t.u_hi = imin(p.band2.left, t.p_last);
+  t.j_lo = imax(0, t.rt.p0 - p.band1.left);
+  t.j_hi = imin(p.N - 1, t.p_last + p.band1.right);
+  return t;
+}
+
 // A row-major tile of 16-bit elements in shared memory: `rows` x DP, row stride kLd = DP + 8.
 // The 8 extra elements (16 bytes) shift consecutive rows by 4 banks, so the 8 rows one ldmatrix
 // matrix reads fall on 8 distinct 4-bank groups (no bank conflicts). Columns [DP, kLd) are never
@@ -150,6 +177,35 @@ SA_DEV void ldsm_a_product(uint32_t (&a)[4], const T* x_row, const T* y_row, int
   ldsm_a(ya, y_row, c0);
 #pragma unroll
   for (int i = 0; i < 4; ++i) a[i] = mul_pairs<T>(xa[i], ya[i]);
+}
+
+// The two products the dq and dk2/dv2 kernels start each (u, j-block) step with, for one warp's 16
+// rows and the BJ k1/v1 positions of the stage, over all DP channels:
+//   s = (x ⊙ y) @ k1^T    dp = (e ⊙ f) @ v1^T
+// Each lane passes the shared rows holding row (lane % 16) of x, y, e and f (see ldsm_a_product).
+template <class T, int DP, int BJ>
+SA_DEV void logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], const T* x_row, const T* y_row, const T* e_row,
+                          const T* f_row, const Tile<T, DP>& k1, const Tile<T, DP>& v1) {
+#pragma unroll
+  for (int nt = 0; nt < BJ / 8; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s[nt][i] = dp[nt][i] = 0.f;
+#pragma unroll 2
+  for (int kt = 0; kt < DP / 16; ++kt) {
+    uint32_t a[4], e[4];
+    ldsm_a_product<T>(a, x_row, y_row, kt * 16);
+    ldsm_a_product<T>(e, e_row, f_row, kt * 16);
+#pragma unroll
+    for (int nt = 0; nt < BJ / 8; nt += 2) {
+      uint32_t b0[2], b1[2];
+      ldsm_b_nmajor(b0, b1, k1, nt * 8, kt * 16);
+      mma_acc<T>(s[nt], a, b0);
+      mma_acc<T>(s[nt + 1], a, b1);
+      ldsm_b_nmajor(b0, b1, v1, nt * 8, kt * 16);
+      mma_acc<T>(dp[nt], e, b0);
+      mma_acc<T>(dp[nt + 1], e, b1);
+    }
+  }
 }
 
 // Reads the pair (cols c, c+1) of a shared row as floats.

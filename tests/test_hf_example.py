@@ -1,0 +1,26 @@
+"""examples/hf_train.py at tiny sizes: Trainer steps, save, reload with AutoModelForCausalLM, top-5, generate."""
+
+import math
+import pathlib
+import sys
+
+import pytest
+
+pytest.importorskip("transformers", minversion="5", reason="needs transformers >= 5: pip install simplicial-attn[hf]")
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
+
+import hf_train  # noqa: E402
+
+
+def test_hf_train_smoke(tmp_path, capsys):
+    results = hf_train.main(["--tiny", "--steps", "3", "--save-dir", str(tmp_path)])
+    assert results["steps"] == 3 and math.isfinite(results["train_loss"]) and math.isfinite(results["valid_loss"])
+    assert results["reload_identical"]
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
+    probs = [p for _, p in results["top5"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    args = hf_train.parse_args(["--tiny"])
+    assert results["completion"].startswith(args.prompt)
+    out = capsys.readouterr().out
+    assert "top-5 next characters" in out and "completion (24 characters" in out

@@ -272,6 +272,27 @@ def test_compiled_forward_and_backward_match_eager():
         torch.testing.assert_close(grads[name], p.grad, msg=name)
 
 
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = tiny().train()
+    ids, mask = padded(PROMPTS, "left")
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert all(layer.gradient_checkpointing for layer in model.model.layers)
+        model.zero_grad()
+        model(ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for plain, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(recomputed, plain, rtol=0, atol=1e-12)
+
+
+def test_tied_embeddings_share_one_tensor():
+    model = tiny(tie_word_embeddings=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert 0.5 < model.lm_head.weight.std().item() * 32**0.5 < 2  # unit-variance logits at the start
+
+
 def test_one_trainer_step_updates_every_layer(tmp_path):
     model = tiny().float()
     ids, mask = padded(PROMPTS * 2, "right")

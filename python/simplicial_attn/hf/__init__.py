@@ -14,12 +14,12 @@
 
 try:
     import transformers
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
+except ImportError as exc:
     raise ImportError(
         "simplicial_attn.hf needs transformers >= 5: pip install 'simplicial-attn[hf]' (or transformers accelerate)"
     ) from exc
 
-if int(transformers.__version__.split(".")[0]) < 5:  # pragma: no cover
+if int(transformers.__version__.split(".")[0]) < 5:
     raise ImportError(f"simplicial_attn.hf needs transformers >= 5, found {transformers.__version__}")
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM  # noqa: E402

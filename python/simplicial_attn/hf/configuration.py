@@ -48,7 +48,8 @@ class SimplicialConfig(PreTrainedConfig):
         simplicial_backend: the op's backend ("auto", "cpu", "cuda", "triton", "reference").
 
     Initialisation (`SimplicialPreTrainedModel._init_weights`): LeCun-normal linear layers (std
-    fan_in^-1/2, as the package's layers), N(0, 1) embeddings, unit norms.
+    fan_in^-1/2, as the package's layers), N(0, 1) embeddings (N(0, 1/hidden_size) when
+    `tie_word_embeddings` ties them to the head), unit norms.
     """
 
     model_type = "simplicial"

@@ -111,13 +111,15 @@ class SimplicialPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         """LeCun-normal linear layers (unit-variance q, k1, k2 and trilinear logits, as the package's
-        layers), N(0, 1) embeddings, unit norms. `init.*` skips tensors loaded from a checkpoint."""
+        layers), N(0, 1) embeddings (the head's std when tied to it), unit norms. `init.*` skips
+        tensors loaded from a checkpoint."""
         if isinstance(module, nn.Linear):
             init.normal_(module.weight, std=module.in_features**-0.5)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, std=1.0)
+            tied = self.config.tie_word_embeddings
+            init.normal_(module.weight, std=module.embedding_dim**-0.5 if tied else 1.0)
         elif isinstance(module, nn.RMSNorm) and module.weight is not None:
             init.ones_(module.weight)
 

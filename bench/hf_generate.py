@@ -7,7 +7,7 @@ The model is untrained (random weights, greedy decoding, no end-of-sequence toke
 produce exactly --new-tokens tokens; they must be the same tokens, which is checked. Without the
 cache, every step runs the whole sequence so far through the model again; with it, each token goes
 through once and every 2-simplicial layer reads only its rings. Figures are the best of --repeats
-runs of each (the CPU is shared: other work only adds time), after one untimed warm-up of each.
+runs of each (the CPU is shared: other work only adds time), after a short untimed warm-up.
 """
 
 import argparse
@@ -38,8 +38,7 @@ def build_model(args):
 
 
 def best_time(fn, repeats):
-    """(best seconds of `repeats` runs after one untimed warm-up, the last result)."""
-    result = fn()
+    """(best seconds of `repeats` runs, the last result)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -52,6 +51,8 @@ def measure(args):
     model = build_model(args)
     prompt = torch.randint(0, args.vocab, (args.batch, args.prompt_len), generator=torch.Generator().manual_seed(1))
     common = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+    for use_cache in (True, False):  # warm-up: first calls allocate and build what later calls reuse
+        model.generate(prompt, max_new_tokens=4, do_sample=False, use_cache=use_cache)
     cached_s, cached = best_time(lambda: model.generate(prompt, **common), args.repeats)
     nocache_s, nocache = best_time(lambda: model.generate(prompt, use_cache=False, **common), args.repeats)
     if not torch.equal(cached, nocache):
@@ -80,7 +81,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--backend", default="auto", help="backend of the 2-simplicial op")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")

@@ -5,6 +5,7 @@ import pathlib
 import sys
 
 import pytest
+import torch
 
 pytest.importorskip("transformers", minversion="5", reason="needs transformers >= 5: pip install simplicial-attn[hf]")
 
@@ -13,7 +14,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "example
 import hf_train  # noqa: E402
 
 
-def test_hf_train_smoke(tmp_path, capsys):
+@pytest.fixture
+def one_thread():
+    """Tiny sizes: intra-op threads only add synchronisation (and stall on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_hf_train_smoke(tmp_path, capsys, one_thread):
     results = hf_train.main(["--tiny", "--steps", "3", "--save-dir", str(tmp_path)])
     assert results["steps"] == 3 and math.isfinite(results["train_loss"]) and math.isfinite(results["valid_loss"])
     assert results["reload_identical"]

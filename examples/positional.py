@@ -48,11 +48,16 @@ VARIANTS = {
 HEAD_DIM = {"full": 24, "tiny": 12}
 
 
-def _equal_budget(builders):
-    """{name: model builder(mlp_hidden)} -> {name: mlp_hidden} giving every model the largest one's
-    parameter count at the default MLP width."""
+def equal_budget_models(builders, seed):
+    """{name: builder(mlp_hidden) -> model} -> {name: model}: each model's MLP width set so that it
+    has the largest model's parameter count (at the default width), each initialised from `seed`."""
     target = max(count_parameters(build(None)) for build in builders.values())
-    return {name: mlp_hidden_for_budget(build, target) for name, build in builders.items()}
+    models = {}
+    for name, build in builders.items():
+        hidden = mlp_hidden_for_budget(build, target)
+        torch.manual_seed(seed)
+        models[name] = build(hidden)
+    return models
 
 
 def match3_models(args, seed):
@@ -70,13 +75,7 @@ def match3_models(args, seed):
 
         return build
 
-    builders = {name: builder(options) for name, options in VARIANTS.items()}
-    hidden = _equal_budget(builders)
-    models = {}
-    for name, build in builders.items():
-        torch.manual_seed(seed)
-        models[name] = build(hidden[name])
-    return margs, models
+    return margs, equal_budget_models({name: builder(options) for name, options in VARIANTS.items()}, seed)
 
 
 def code_models(args, seed):
@@ -97,12 +96,7 @@ def code_models(args, seed):
 
     builders = {"SDPA only (yardstick)": builder({}, simplicial=False)}
     builders.update({name: builder(options) for name, options in VARIANTS.items()})
-    hidden = _equal_budget(builders)
-    models = {}
-    for name, build in builders.items():
-        torch.manual_seed(seed)
-        models[name] = build(hidden[name])
-    return targs, models
+    return targs, equal_budget_models(builders, seed)
 
 
 def run_match3(args, results):

@@ -46,6 +46,19 @@ def check_flag(name, value):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
+def check_call(tensors, w1, w2, causal, scale, logits, packed=False, return_lse=False):
+    """The rules every public attention call shares: the tensors (q, k1, k2, v1, v2: batched or
+    packed), windows, window mode, scale, logit form, the return_lse flag, and no forward-mode AD."""
+    check_tensors(*tensors, packed=packed)
+    check_window("w1", w1)
+    check_window("w2", w2)
+    check_flag("causal", causal)
+    check_flag("return_lse", return_lse)
+    check_scale(scale)
+    check_logits(logits, tensors[0].shape[-1])
+    check_no_forward_ad(*tensors)
+
+
 def check_backend_name(backend):
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, one of {', '.join(BACKEND_NAMES)}; got {type(backend).__name__}")

@@ -38,6 +38,9 @@ class Decoder(nn.Module):
             (None: full causal).
         rope, qk_norm, mlp_hidden, logits: as in `SimplicialTransformerBlock` (logits: of the
             2-simplicial layers).
+        simplicial_rope: RoPE of the 2-simplicial layers if it should differ from `rope` (False:
+            none; the SDPA layers keep `rope`).
+        simplicial_head_dim: head dim of the 2-simplicial layers (default dim // num_heads).
         num_outputs: head width, default vocab_size (a language model).
     """
 
@@ -59,6 +62,8 @@ class Decoder(nn.Module):
         num_outputs=None,
         backend="auto",
         logits="trilinear",
+        simplicial_rope=None,
+        simplicial_head_dim=None,
     ):
         super().__init__()
         num_outputs = vocab_size if num_outputs is None else num_outputs
@@ -71,11 +76,12 @@ class Decoder(nn.Module):
                 dim,
                 num_heads,
                 kv_heads,
+                head_dim=simplicial_head_dim if simplicial else None,
                 simplicial=simplicial,
                 w1=w1,
                 w2=w2,
                 window=window,
-                rope=rope,
+                rope=rope if not simplicial or simplicial_rope is None else simplicial_rope,
                 qk_norm=qk_norm,
                 mlp_hidden=mlp_hidden,
                 backend=backend,

@@ -120,3 +120,20 @@ def test_packed_batches_stay_inside_files():
     for s, e in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
         assert len(set((x[s:e] // 100).tolist()) | set((y[s:e] // 100).tolist())) == 1  # one file per segment
         assert torch.equal(y[s : e - 1], x[s + 1 : e])
+
+
+def test_positional_experiment_smoke(tmp_path):
+    """examples/positional.py: three 2-simplicial variants (and the SDPA yardstick on code) at equal
+    budgets, two seeds, a winner per task."""
+    import positional
+
+    argv = ["--tiny", "--steps", "2", "--seeds", "0", "1", "--backend", "reference", "--out", str(tmp_path)]
+    results = positional.main(argv + ([] if HAS_MATPLOTLIB else ["--no-plot"]))
+    assert set(results["match3"]) == set(positional.VARIANTS)
+    assert set(results["code"]) == {"SDPA only (yardstick)", *positional.VARIANTS}
+    for task in ("match3", "code"):
+        budgets = [e["parameters"] for e in results[task].values()]
+        assert max(budgets) - min(budgets) <= 0.01 * max(budgets), budgets
+        assert all(e["seeds"].keys() == {"0", "1"} for e in results[task].values())
+        assert results[f"{task}_winner"] in positional.VARIANTS
+    assert json.loads((tmp_path / "positional.json").read_text())["code_winner"] == results["code_winner"]

@@ -106,9 +106,11 @@ def test_cache_object_generates_in_constant_memory(backend):
     q, k1, k2, v1, v2 = _sequence(B, N, Hq, Hkv, D, torch.float32, dev, seed=5)
     cache = sa.SimplicialCache(B, Hkv, D, w1, w2, dtype=torch.float32, device=dev)
     size = cache.nbytes()
+    twin = cache.clone()
     outs = [cache.attend(q[:, t : t + 1], k1[:, t : t + 1], k2[:, t : t + 1], v1[:, t : t + 1], v2[:, t : t + 1],
                          backend=backend) for t in range(N)]  # fmt: skip
     assert cache.nbytes() == size and cache.lengths.tolist() == [N, N]
+    assert twin.lengths.tolist() == [0, 0], "clone() is independent storage"
     full = sa.two_simplicial_attention(q, k1, k2, v1, v2, w1, w2, backend="reference")
     assert rel_err(torch.cat(outs, 1), full) <= BOUNDS[torch.float32]
 
@@ -195,3 +197,33 @@ def test_not_differentiable():
     q, caches, lengths = _cache_args()
     out = _decode(q.requires_grad_(), caches, lengths)
     assert not out.requires_grad and out.grad_fn is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_decode_step_captures_in_a_cuda_graph(backend):
+    """A decode step (write the new token, attend, advance lengths) replayed from a CUDA graph
+    equals the eager step: no host sync, no allocation that depends on values."""
+    B, Hq, Hkv, D, w1, w2, steps = 2, 8, 2, 64, 64, 16, 5
+    q, k1, k2, v1, v2 = _sequence(B, 40 + steps, Hq, Hkv, D, torch.bfloat16, "cuda")
+    cache = sa.SimplicialCache(B, Hkv, D, w1, w2, max_chunk=40, dtype=torch.bfloat16, device="cuda")
+    cache.attend(q[:, :40], k1[:, :40], k2[:, :40], v1[:, :40], v2[:, :40], backend=backend)
+    eager = cache.clone()
+    static = [torch.empty_like(t[:, :1]) for t in (q, k1, k2, v1, v2)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream (compiles the kernels)
+        for t, src in zip(static, (q, k1, k2, v1, v2), strict=True):
+            t.copy_(src[:, 40:41])
+        cache.clone().attend(*static, backend=backend)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = cache.attend(*static, backend=backend)
+    for step in range(steps):
+        for t, src in zip(static, (q, k1, k2, v1, v2), strict=True):
+            t.copy_(src[:, 40 + step : 41 + step])
+        graph.replay()
+        ref = eager.attend(*static, backend=backend)
+        assert rel_err(out, ref) <= BOUNDS[torch.bfloat16]
+    assert torch.equal(cache.lengths, eager.lengths)

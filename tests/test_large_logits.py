@@ -1,8 +1,8 @@
 """Large finite logits (CONTRACT §4, issue 14) on every backend, forward and all five gradients.
 
-The inputs are built so that every backend computes every logit EXACTLY (scale = 1; dyadic
-values; q's channel 0 carries the magnitude L = 2^e against k1 = k2 = 1 there, the other channels
-a spread of small multiples of a unit u that float32 resolves at L): what is left to test is the
+The inputs (bench/large_logits.exact_inputs) make every backend compute every logit EXACTLY
+(scale = 1; dyadic values; q's channel 0 carries the magnitude L = 2^e against k1 = k2 = 1 there,
+the other channels a spread of small multiples of a unit u that float32 resolves at L): what is left to test is the
 softmax's handling of the magnitude, the bug this file exists for (an exponent computed as
 fma(z, log2e, -m * log2e) turns q = 1e10 into NaN and drifts by percents at 1e6).
 
@@ -15,33 +15,14 @@ import pytest
 import torch
 
 import simplicial_attn as sa
+from bench.large_logits import FP16_MAX_EXPONENT, NAMES, SHAPE, exact_inputs
 
 from cases import BOUNDS, HAS_GPU, backend_params, device_of, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
-NAMES = ("out", "lse", "dq", "dk1", "dk2", "dv1", "dv2")
 EXPONENTS = (0, 5, 9, 10, 13, 14, 20, 30, 60, 100)  # L = 2^e: 1 .. 1.3e30
 INTERP_EXPONENTS = (10, 13, 30, 100)  # the interpreter (~1-2 s a call) runs a subset
-FP16_MAX_EXPONENT = 15  # float16 inputs hold at most 65504
-B, N, HQ, HKV, D, W1, W2 = 1, 11, 2, 1, 16, 4, 3
-
-
-def exact_inputs(e, sign, dtype, device):
-    """q, k1, k2, v1, v2, dout with logits sign * 2^e + (a spread of multiples of u), all exact."""
-    L = 2.0**e
-    u = max(2.0**-3, L * 2.0**-20)  # L / u <= 2^20: sums of these terms stay exact in float32
-    g = torch.Generator().manual_seed(e * 2 + (sign > 0))
-    choice = torch.tensor([-2.0, -1.0, 1.0, 2.0])
-
-    def dyadic(*shape):
-        return choice[torch.randint(0, 4, shape, generator=g)]
-
-    q = u * dyadic(B, N, HQ, D)
-    k1, k2 = dyadic(B, N, HKV, D), dyadic(B, N, HKV, D)
-    q[..., 0], k1[..., 0], k2[..., 0] = sign * L, 1.0, 1.0
-    v1, v2, dout = torch.randn(B, N, HKV, D, generator=g), torch.randn(B, N, HKV, D, generator=g), None
-    dout = torch.randn(B, N, HQ, D, generator=g)
-    return [t.to(device, dtype) for t in (q, k1, k2, v1, v2, dout)]
+W1, W2 = SHAPE["w1"], SHAPE["w2"]
 
 
 def _bound(e, dtype):

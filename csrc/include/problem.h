@@ -49,22 +49,25 @@ inline Logits parse_logits(c10::string_view name, int64_t head_dim) {
   return logits;
 }
 
-inline void check_windows_and_scale(int64_t w1, int64_t w2, double scale) {
+// Windows, mode, scale and logit form, checked; q is [..., D].
+inline Problem make_base_problem(const at::Tensor& q, int64_t w1, int64_t w2, bool causal, double scale,
+                                 c10::string_view logits) {
   TORCH_CHECK(w1 >= 1, "w1 must be >= 1, got ", w1);
   TORCH_CHECK(w2 >= 1, "w2 must be >= 1, got ", w2);
   TORCH_CHECK(std::isfinite(scale), "scale must be finite, got ", scale);
-}
-
-// The problem of a fused forward / backward call. q is [B, N, Hq, D] (checked by the caller).
-inline Problem make_problem(const at::Tensor& q, const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen,
-                            int64_t w1, int64_t w2, bool causal, double scale, c10::string_view logits) {
-  check_windows_and_scale(w1, w2, scale);
   Problem p;
   p.w1 = w1;
   p.w2 = w2;
   p.causal = causal;
   p.scale = scale;
   p.logits = parse_logits(logits, q.size(-1));
+  return p;
+}
+
+// The problem of a fused forward / backward call. q is [B, N, Hq, D] (checked by the caller).
+inline Problem make_problem(const at::Tensor& q, const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen,
+                            int64_t w1, int64_t w2, bool causal, double scale, c10::string_view logits) {
+  Problem p = make_base_problem(q, w1, w2, causal, scale, logits);
   if (cu_seqlens.has_value()) {
     const at::Tensor& cu = *cu_seqlens;
     TORCH_CHECK(cu.dim() == 1 && cu.numel() >= 1, "cu_seqlens must be 1-D [S + 1], got shape ", cu.sizes());
@@ -82,19 +85,13 @@ inline Problem make_problem(const at::Tensor& q, const std::optional<at::Tensor>
 // The problem of a decoding call: causal windows over ring caches.
 inline Problem make_decode_problem(const at::Tensor& q, const at::Tensor& cache_seqlens, int64_t w1, int64_t w2,
                                    double scale, c10::string_view logits) {
-  check_windows_and_scale(w1, w2, scale);
+  Problem p = make_base_problem(q, w1, w2, /*causal=*/true, scale, logits);
   TORCH_CHECK(cache_seqlens.dim() == 1 && cache_seqlens.size(0) == q.size(0), "cache_seqlens must have shape [B] = [",
               q.size(0), "], got ", cache_seqlens.sizes());
   TORCH_CHECK(cache_seqlens.scalar_type() == at::kInt, "cache_seqlens must have dtype int32, got ",
               cache_seqlens.scalar_type());
   TORCH_CHECK(cache_seqlens.device() == q.device(), "cache_seqlens must be on q's device ", q.device(), ", got ",
               cache_seqlens.device());
-  Problem p;
-  p.w1 = w1;
-  p.w2 = w2;
-  p.causal = true;
-  p.scale = scale;
-  p.logits = parse_logits(logits, q.size(-1));
   p.cache_seqlens = cache_seqlens.contiguous();
   return p;
 }

@@ -46,6 +46,19 @@ def check_flag(name, value):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
+def check_call(tensors, w1, w2, causal, scale, logits, packed=False, return_lse=False):
+    """The rules every public attention call shares: the tensors (q, k1, k2, v1, v2: batched or
+    packed), windows, window mode, scale, logit form, the return_lse flag, and no forward-mode AD."""
+    check_tensors(*tensors, packed=packed)
+    check_window("w1", w1)
+    check_window("w2", w2)
+    check_flag("causal", causal)
+    check_flag("return_lse", return_lse)
+    check_scale(scale)
+    check_logits(logits, tensors[0].shape[-1])
+    check_no_forward_ad(*tensors)
+
+
 def check_backend_name(backend):
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, one of {', '.join(BACKEND_NAMES)}; got {type(backend).__name__}")
@@ -254,7 +267,8 @@ def check_cache_lengths(cache_seqlens, nq, windows, rings):
     """A cache serves a call when, per window w and ring size C (CONTRACT §7), either C >= w + Nq - 1
     (a ring: no query reads a slot the new tokens overwrote) or no position ever wrapped
     (max(cache_seqlens) + Nq <= C, the linear cache); w = None needs the latter. Also
-    cache_seqlens >= 0. Reads cache_seqlens only when the shapes alone do not decide."""
+    cache_seqlens >= 0 (checked where reading it is free: CPU tensors, or when the values are
+    read anyway). On a GPU, cache_seqlens is read only when the shapes alone do not decide."""
     need_values = any(w is None or ring < w + nq - 1 for w, ring in zip(windows, rings, strict=True))
     if not values_readable(cache_seqlens):
         if need_values:
@@ -263,6 +277,8 @@ def check_cache_lengths(cache_seqlens, nq, windows, rings):
                 f"(got windows {windows}, cache sizes {rings}, Nq = {nq})"
             )
         return
+    if not need_values and cache_seqlens.is_cuda:
+        return  # a ring decides by shape; no device-to-host read per decode step on a GPU
     lengths = cache_seqlens.tolist()
     if any(n < 0 for n in lengths):
         raise ValueError(f"cache_seqlens must be >= 0, got {lengths}")

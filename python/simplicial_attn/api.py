@@ -51,14 +51,7 @@ def two_simplicial_attention(
         out (batch_size, seqlen, nheads_q, headdim) in q's dtype, or (out, lse).
     Differentiable in all five inputs (reverse mode; forward-mode AD raises NotImplementedError).
     """
-    _validate.check_tensors(q, k1, k2, v1, v2)
-    _validate.check_window("w1", w1)
-    _validate.check_window("w2", w2)
-    _validate.check_flag("causal", causal)
-    _validate.check_flag("return_lse", return_lse)
-    _validate.check_scale(scale)
-    _validate.check_logits(logits, q.shape[3])
-    _validate.check_no_forward_ad(q, k1, k2, v1, v2)
+    _validate.check_call((q, k1, k2, v1, v2), w1, w2, causal, scale, logits, return_lse=return_lse)
     n, d = q.shape[1], q.shape[3]
     name = backends.select(backend, q.device.type, q.dtype)
     scale = d**-0.5 if scale is None else float(scale)

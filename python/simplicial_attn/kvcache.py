@@ -162,6 +162,13 @@ class SimplicialCache:
             setattr(view, name, getattr(self, name).narrow(0, start, length))
         return view
 
+    def clone(self):
+        """An independent copy (the same slots and lengths in new storage)."""
+        copy = self.narrow(0, self.batch_size)
+        for name in ("k1", "k2", "v1", "v2", "lengths"):
+            setattr(copy, name, getattr(self, name).clone())
+        return copy
+
     def reorder(self, index):
         """Keeps sequences `index` (a [B'] long tensor) in that order (beam search, dropping finished rows)."""
         for name in ("k1", "k2", "v1", "v2", "lengths"):

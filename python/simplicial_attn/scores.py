@@ -68,13 +68,9 @@ def _kernels(name):
 
 
 def _check_op_args(q, k1, k2, w1, w2, causal, scale, logits, backend):
-    """A direct op call gets the public functions' checks too (None windows are allowed here)."""
-    _validate.check_tensors(q, k1, k2, k1, k2)
-    _validate.check_window("w1", w1)
-    _validate.check_window("w2", w2)
-    _validate.check_flag("causal", causal)
-    _validate.check_scale(scale)
-    _validate.check_logits(logits, q.shape[3])
+    """A direct op call gets the public functions' checks too (None windows are allowed here);
+    check_call also checks v1 and v2: the keys passed again stand in for them."""
+    _validate.check_call((q, k1, k2, k1, k2), w1, w2, causal, scale, logits)
     _validate.check_concrete_backend(backend)
 
 
@@ -222,14 +218,8 @@ def trilinear_scores(q, k1, k2, w1, w2, *, causal=True, scale=None, logits="tril
         seqlen; slot [b, h, i, a, c] is (j0(i) + a, k0(i) + c) (module doc), -inf where that
         position lies outside the sequence. Differentiable in q, k1, k2.
     """
-    # check_tensors also checks v1 and v2; the keys passed again stand in for them.
-    _validate.check_tensors(q, k1, k2, k1, k2)
-    _validate.check_window("w1", w1)
-    _validate.check_window("w2", w2)
-    _validate.check_flag("causal", causal)
-    _validate.check_scale(scale)
-    _validate.check_logits(logits, q.shape[3])
-    _validate.check_no_forward_ad(q, k1, k2)
+    # check_call also checks v1 and v2; the keys passed again stand in for them.
+    _validate.check_call((q, k1, k2, k1, k2), w1, w2, causal, scale, logits)
     name = select_backend(backend, q.device.type, q.dtype)
     scale = q.shape[3] ** -0.5 if scale is None else float(scale)
     w1, w2 = (None if w is None else int(w) for w in (w1, w2))

@@ -52,14 +52,7 @@ def two_simplicial_attention_varlen(
         out (total_tokens, nheads_q, headdim) in q's dtype, or (out, lse). Differentiable in q,
         k1, k2, v1, v2.
     """
-    _validate.check_tensors(q, k1, k2, v1, v2, packed=True)
-    _validate.check_window("w1", w1)
-    _validate.check_window("w2", w2)
-    _validate.check_flag("causal", causal)
-    _validate.check_flag("return_lse", return_lse)
-    _validate.check_scale(scale)
-    _validate.check_logits(logits, q.shape[2])
-    _validate.check_no_forward_ad(q, k1, k2, v1, v2)
+    _validate.check_call((q, k1, k2, v1, v2), w1, w2, causal, scale, logits, packed=True, return_lse=return_lse)
     cu_seqlens, max_seqlen = _packing(cu_seqlens, q, max_seqlen)
     name = backends.select(backend, q.device.type, q.dtype)
     scale = q.shape[2] ** -0.5 if scale is None else float(scale)

@@ -1,4 +1,5 @@
-"""examples/hf_train.py at tiny sizes: Trainer steps, save, reload with AutoModelForCausalLM, top-5, generate."""
+"""examples/hf_train.py (Trainer steps, save, reload with AutoModelForCausalLM, top-5, generate) and
+bench/hf_generate.py, at tiny sizes."""
 
 import math
 import pathlib
@@ -12,6 +13,8 @@ pytest.importorskip("transformers", minversion="5", reason="needs transformers >
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
 
 import hf_train  # noqa: E402
+
+from bench import hf_generate  # noqa: E402
 
 
 @pytest.fixture
@@ -34,3 +37,11 @@ def test_hf_train_smoke(tmp_path, capsys, one_thread):
     assert results["completion"].startswith(args.prompt)
     out = capsys.readouterr().out
     assert "top-5 next characters" in out and "completion (24 characters" in out
+
+
+def test_hf_generate_bench_smoke(tmp_path, one_thread):
+    sizes = "--dim 32 --mlp 48 --layers 2 --simplicial-every 2 --simplicial-kv-heads 1 --w1 4 --w2 2"
+    argv = [*sizes.split(), "--prompt-len", "5", "--new-tokens", "6", "--json", str(tmp_path / "g.json")]
+    result = hf_generate.main(argv)  # raises if the cached and recomputed tokens differ
+    assert result["model"]["layers"] == "AS" and result["new_tokens"] == 6
+    assert result["cached_s"] > 0 and result["nocache_s"] > 0 and (tmp_path / "g.json").is_file()

@@ -23,7 +23,6 @@ from simplicial_attn.layer import TwoSimplicialAttention  # noqa: E402
 from simplicial_attn.sdpa import DotProductAttention  # noqa: E402
 
 # The package's q/k norm computes in float32 whatever the model dtype; torch warns once per float64 call.
-pytestmark = pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
 
 PAD = 0
 PROMPTS = ([5, 17, 3, 29, 8, 11, 2], [33, 7], [9, 21, 14, 6, 38, 25, 4, 12, 30, 19, 10])

@@ -91,7 +91,7 @@ def test_forward_is_the_op_on_project(monkeypatch):
     ((args, kwargs),) = rec.calls
     for got, want in zip(args, layer.project(x), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert kwargs == dict(w1=5, w2=3, causal=True, backend="auto")
+    assert kwargs == dict(w1=5, w2=3, causal=True, logits="trilinear", backend="auto")
     torch.testing.assert_close(y, layer.out_proj(layer_module.two_simplicial_attention(*args, **kwargs).flatten(-2)))
 
 

@@ -11,6 +11,7 @@ A module's input x is one of
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import _validate
@@ -123,10 +124,13 @@ def init_projections(in_proj, out_proj):
 
 
 class QKNorm(nn.RMSNorm):
-    """RMSNorm computed in float32 (bf16 activations under autocast would meet an fp32 gain)."""
+    """RMSNorm computed in at least float32 (bf16 activations under autocast would meet an fp32
+    gain; float64 models keep float64)."""
 
     def forward(self, x):
-        return super().forward(x.float())
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        weight = None if self.weight is None else self.weight.to(dtype)
+        return F.rms_norm(x.to(dtype), self.normalized_shape, weight, self.eps)
 
 
 def qk_norm(enabled, width, eps):

@@ -116,9 +116,11 @@ class TwoSimplicialAttention(nn.Module):
     def reset_parameters(self):
         _modules.init_projections(self.in_proj, self.out_proj)
 
-    def project(self, x, positions):
+    def project(self, x, positions=None):
         """The op's five inputs from x [..., dim]: q [..., Hq, D]; k1, k2, v1, v2 [..., Hkv, D]
-        (views of one projection), RoPE applied at `positions` (see forward)."""
+        (views of one projection), RoPE applied at `positions` (see forward; default 0 .. N-1)."""
+        if positions is None:
+            positions = _modules.positions_for(x, self.dim, None, None, None)
         q, k1, k2, v1, v2 = self.in_proj(x).split(self.split_sizes, dim=-1)
         q = self.q_norm(q.unflatten(-1, (self.num_heads, -1)))
         k1 = self.k1_norm(k1.unflatten(-1, (self.num_kv_heads, -1)))
@@ -157,16 +159,14 @@ class TwoSimplicialAttention(nn.Module):
         options = dict(logits=self.logits, backend=self.backend)
         if cache is not None:
             out = cache.attend(*(t.to(cache.k1.dtype) for t in (q, k1, k2, v1, v2)), **options).to(q.dtype)
-        elif cu_seqlens is not None:
-            out = two_simplicial_attention_varlen(
-                q, k1, k2, v1, v2, cu_seqlens, max_seqlen, self.w1, self.w2, causal=self.causal, **options
-            )
+            return self.dropout(self.out_proj(out.flatten(-2)))
+        options.update(w1=self.w1, w2=self.w2, causal=self.causal)
+        if cu_seqlens is not None:
+            out = two_simplicial_attention_varlen(q, k1, k2, v1, v2, cu_seqlens, max_seqlen, **options)
         elif x.dim() == 2:  # one unbatched sequence
-            out = two_simplicial_attention(
-                *(t[None] for t in (q, k1, k2, v1, v2)), self.w1, self.w2, causal=self.causal, **options
-            )[0]
+            out = two_simplicial_attention(*(t[None] for t in (q, k1, k2, v1, v2)), **options)[0]
         else:
-            out = two_simplicial_attention(q, k1, k2, v1, v2, self.w1, self.w2, causal=self.causal, **options)
+            out = two_simplicial_attention(q, k1, k2, v1, v2, **options)
         return self.dropout(self.out_proj(out.flatten(-2)))
 
     def extra_repr(self):

@@ -191,12 +191,14 @@ void fwd_query(const Geometry& g, typename V::T scale, const typename V::T* q_ro
         if (!first) row_scale<V>(w.t, w.t, alpha, nk * DP);
         m = mt;
       }
-      const reg vl2 = V::set1(log2e), vm = V::set1(-m * log2e);
+      // p = 2^((z - m) log2 e): subtracting first is exact near the max, so the exponent carries
+      // no rounding of m * log2 e (which at |z| ~ 1e9 alone exceeds 1 and overflows the sum).
+      const reg vl2 = V::set1(log2e), vm = V::set1(m);
       reg vsum = V::zero();
       for (int64_t k = 0; k < nk; ++k) {
         T* row = w.s + k * JT;
         for (int64_t v = 0; v < njv; ++v) {
-          const reg p = V::exp2(V::fmadd(V::load(row + v * W), vl2, vm));
+          const reg p = V::exp2(V::mul(V::sub(V::load(row + v * W), vm), vl2));
           V::store(row + v * W, p);
           vsum = V::add(vsum, p);
         }
@@ -284,7 +286,7 @@ void bwd_query(const Geometry& g, typename V::T scale, const BwdHead<typename V:
   const T log2e = static_cast<T>(kLog2e);
   const T* q_row = hd.q + i * DP;
   const T* do_row = hd.dout + i * DP;
-  const reg vl2 = V::set1(log2e), vlse = V::set1(-hd.lse[i] * log2e), vdelta = V::set1(hd.delta[i]);
+  const reg vl2 = V::set1(log2e), vlse = V::set1(hd.lse[i]), vdelta = V::set1(hd.delta[i]);
 
   row_scale<V>(w.qs, q_row, scale, DP);
   row_zero<V>(w.dq, DP);
@@ -305,7 +307,10 @@ void bwd_query(const Geometry& g, typename V::T scale, const BwdHead<typename V:
         T* srow = w.s + k * JT;
         T* dprow = w.dp + k * JT;
         for (int64_t v = 0; v < njv; ++v) {
-          const reg p = V::exp2(V::fmadd(V::load(srow + v * W), vl2, vlse));
+          // P = 2^(min(z - lse, 0) log2 e): natural units first, and clamped because a true P never
+          // exceeds 1, so a recomputed z a rounding above the forward's cannot overflow (NaN kept).
+          const reg t = V::min_keep_nan(V::sub(V::load(srow + v * W), vlse), V::zero());
+          const reg p = V::exp2(V::mul(t, vl2));
           V::store(srow + v * W, p);
           V::store(dprow + v * W, V::mul(p, V::sub(V::load(dprow + v * W), vdelta)));
         }

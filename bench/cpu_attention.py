@@ -1,13 +1,16 @@
-"""CPU benchmark: the C++ kernels ("cpu") and the reference backend against torch.mm.
+"""CPU benchmark: the C++ kernels ("cpu") and the reference backend against this CPU's ceilings.
 
     python bench/cpu_attention.py                      # B=1 H=4 D=64 N=2048 w1=256 w2=32, causal
     python bench/cpu_attention.py --N 4096 --w1 512 --repeats 3 --dtypes fp32
-    python bench/cpu_attention.py --memory             # peak extra RSS of fwd+bwd, fresh process
+    python bench/cpu_attention.py --memory             # peak extra memory of fwd+bwd, fresh process
 
 GFLOP/s follow CONTRACT §2 (4*D forward, 14*D backward FLOPs per in-window (i, j, k) triple
-per query head, exact count). The CPU is shared and its clock varies, so every figure is the
-best of --repeats runs, and torch.mm (fp32, square) is timed in the same rounds, interleaved
-with the kernels; the ratios compare against that. Functions named measure_* are importable.
+per query head, exact count). The ceiling is the machine's vector-FMA peak (bench/cpu_peak.py),
+float32 for float32/bf16/fp16 calls (they run the float32 kernels), measured in the same rounds
+as the kernels, interleaved with them, so a busy spell on the shared machine hits all alike;
+torch.mm in the call's dtype is a second yardstick where this CPU runs it natively ("not
+native" otherwise). Every figure is the best of --repeats rounds. Functions named measure_*
+are importable.
 """
 
 import argparse
@@ -23,6 +26,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `bench` and the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cpu_peak import CEILING_DTYPE, dtype_name, measure_fma_peak, mm_not_native  # noqa: E402
 from bench.flops import CONVENTION, attention_flops  # noqa: E402
 from bench.memory import peak_rss_delta, status_kib  # noqa: E402
 
@@ -71,33 +75,49 @@ def measure_backend(
     backend, B=1, N=2048, H=4, D=64, w1=256, w2=32, causal=True, dtype=torch.float32, repeats=5, warmup=1, mm_n=2048
 ):
     """Best-of-`repeats` seconds and GFLOP/s of fwd, bwd and fwd+bwd (the sum of the two) of
-    `backend`, with fp32 torch.mm GFLOP/s measured in the same rounds (each round times mm,
-    then fwd, then bwd, so a busy spell on the shared machine hits all three alike)."""
+    `backend`, each as a fraction of the FMA peak of its ceiling dtype and of torch.mm in `dtype`
+    (None where torch.mm is not native), all measured in the same rounds: each round runs the
+    FMA loop, torch.mm, fwd and bwd in turn."""
     fwd, bwd = BACKENDS[backend]()
     q, k1, k2, v1, v2, dout = make_problem(B, N, H, D, dtype)
     args = (w1, w2, causal, D**-0.5)
     out, lse = fwd(q, k1, k2, v1, v2, *args)
-    a, b = torch.randn(mm_n, mm_n), torch.randn(mm_n, mm_n)
+    ceiling = CEILING_DTYPE[dtype_name(dtype)]
+    mm_reason = mm_not_native(dtype)
+    a, b = torch.randn(mm_n, mm_n, dtype=dtype), torch.randn(mm_n, mm_n, dtype=dtype)
     fns = {
-        "mm": lambda: torch.mm(a, b),
         "fwd": lambda: fwd(q, k1, k2, v1, v2, *args),
         "bwd": lambda: bwd(dout, q, k1, k2, v1, v2, out, lse, *args),
     }
+    if mm_reason is None:
+        fns = {"mm": lambda: torch.mm(a, b), **fns}
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     best = dict.fromkeys(fns, float("inf"))
+    peak = 0.0
     for _ in range(repeats):
+        peak = max(peak, measure_fma_peak(ceiling, seconds=0.05, repeats=1)["gflops"])
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - t0)
     best["fwdbwd"] = best["fwd"] + best["bwd"]
-    mm_gflops = 2 * mm_n**3 / best["mm"] / 1e9
-    result = {"backend": backend, "dtype": str(dtype).replace("torch.", ""), "mm_fp32_gflops": mm_gflops}
+    mm_gflops = None if mm_reason else 2 * mm_n**3 / best["mm"] / 1e9
+    result = {
+        "backend": backend,
+        "dtype": dtype_name(dtype),
+        "fma_peak": {"dtype": ceiling, "gflops": peak},
+        "mm": {"gflops": mm_gflops, "not_native": mm_reason},
+    }
     for mode in ("fwd", "bwd", "fwdbwd"):
         gflops = attention_flops(B, N, H, D, w1, w2, causal, mode) / best[mode] / 1e9
-        result[mode] = {"seconds": best[mode], "gflops": gflops, "ratio_vs_mm": gflops / mm_gflops}
+        result[mode] = {
+            "seconds": best[mode],
+            "gflops": gflops,
+            "fraction_of_fma_peak": gflops / peak,
+            "ratio_vs_mm": None if mm_gflops is None else gflops / mm_gflops,
+        }
     return result
 
 
@@ -134,8 +154,14 @@ def _print_result(r):
     line = f"{r['backend']:>9} {r['dtype']:>8}"
     for mode in ("fwd", "bwd", "fwdbwd"):
         m = r[mode]
-        line += f" | {mode:>6} {m['gflops']:7.1f} GFLOP/s {m['seconds'] * 1e3:8.1f} ms {m['ratio_vs_mm']:5.2f}x mm"
-    print(line + f" | torch.mm fp32 {r['mm_fp32_gflops']:.0f} GFLOP/s", flush=True)
+        mm = "mm not native" if m["ratio_vs_mm"] is None else f"{m['ratio_vs_mm']:5.2f}x mm"
+        line += (
+            f" | {mode:>6} {m['gflops']:7.1f} GFLOP/s {m['seconds'] * 1e3:8.1f} ms "
+            f"{m['fraction_of_fma_peak'] * 100:5.1f}% of peak, {mm}"
+        )
+    peak = r["fma_peak"]
+    mm = r["mm"]["not_native"] or f"torch.mm {r['dtype']} {r['mm']['gflops']:.0f} GFLOP/s"
+    print(line + f" | FMA peak {peak['dtype']} {peak['gflops']:.0f} GFLOP/s; {mm}", flush=True)
 
 
 def main(argv=None):

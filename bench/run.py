@@ -6,9 +6,11 @@
 
 Every figure: median and spread over repeats (CUDA events on GPU, perf_counter on CPU, warm-up
 excluded, inputs rotated between repeats), TFLOP/s under the CONTRACT §2 convention, the
-fraction of the device's matmul rate in the same dtype measured in the same run, and peak
-extra memory. Writes DIR/<device>-<date>.json (versions + every raw figure), a Markdown
-summary and a PNG plot (TFLOP/s vs N per provider) next to it.
+fraction of the device's matmul rate in the same dtype measured in the same run ("not native"
+where the CPU has no native matmul in that dtype), on CPU also the fraction of the machine's
+vector-FMA peak measured in the same run (bench/cpu_peak.py; float32 for bf16/fp16 calls, which
+run the float32 kernels), and peak extra memory. Writes DIR/<device>-<date>.json (versions +
+every raw figure), a Markdown summary and a PNG plot (TFLOP/s vs N per provider) next to it.
 """
 
 import argparse
@@ -22,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import environment, flops, memory, providers, report, timing  # noqa: E402
+from bench import cpu_peak, environment, flops, memory, providers, report, timing  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ROTATIONS = 3  # distinct input sets cycled through the repeats
@@ -153,6 +155,13 @@ def _window(text):
     return None if text.lower() == "none" else int(text)
 
 
+def matmul_peak(device, dtype):
+    """torch.mm's rate in `dtype` on `device`, or {"tflops": None, "not_native": why} where the CPU
+    has no native matmul in that dtype (its emulated rate would be no yardstick)."""
+    reason = cpu_peak.mm_not_native(dtype) if device == "cpu" else None
+    return {"tflops": None, "not_native": reason} if reason else environment.matmul_peak(device, dtype)
+
+
 def build_specs(args):
     if args.quick or args.N is None:
         shapes, dtypes = quick_specs(args.device)
@@ -226,7 +235,9 @@ def main(argv=None):
     specs = build_specs(args)
     repeats = args.repeats or (10 if args.device == "cuda" else 3)
     env = environment.describe(args.device)
-    peaks = {str(dt)[6:]: environment.matmul_peak(args.device, dt) for dt in {s.dtype for s in specs}}
+    dtypes = sorted({s.dtype for s in specs}, key=str)
+    peaks = {str(dt)[6:]: matmul_peak(args.device, dt) for dt in dtypes}
+    fma = cpu_peak.fma_peaks(dtypes) if args.device == "cpu" else None
     rows = []
     total = len(specs) * len(chosen)
     for n, (spec, provider) in enumerate(((s, p) for s in specs for p in chosen), start=1):
@@ -239,14 +250,21 @@ def main(argv=None):
             row["sdpa_N"] = spec.sdpa_N
         row.update(result)
         if "tflops" in result:
-            row["fraction_of_matmul_peak"] = result["tflops"] / peaks[row["dtype"]]["tflops"]
+            mm = peaks[row["dtype"]]["tflops"]
+            row["fraction_of_matmul_peak"] = None if mm is None else result["tflops"] / mm
         rows.append(row)
     progress(total, total, "done")
+    if fma:  # measured again at the end: the ceiling is the better of the two (the machine is shared)
+        fma = {name: max(r, fma[name], key=lambda x: x["gflops"]) for name, r in cpu_peak.fma_peaks(dtypes).items()}
+        for row in rows:
+            if "tflops" in row:
+                row["fraction_of_fma_peak"] = cpu_peak.fraction_of_fma_peak(row["tflops"] * 1e3, row["dtype"], fma)
     stamp = datetime.date.today().isoformat()
     result = {
         "date": stamp,
         "environment": env,
         "matmul_peak": peaks,
+        **({"fma_peak": fma} if fma else {}),
         "flop_convention": flops.CONVENTION,
         "timing": "median over repeats; CUDA events on GPU, perf_counter on CPU; warm-up excluded; inputs rotated",
         "rows": rows,

@@ -318,6 +318,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd
 
 const char* float_kernel_isa() { return float_kernels().isa; }
 
+const char* machine_isa() {
+  switch (detected_isa()) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "base";
+  }
+}
+
 TORCH_LIBRARY_IMPL(simplicial_attn, CPU, m) {
   m.impl("fused_fwd", &fused_fwd_cpu);
   m.impl("fused_bwd", &fused_bwd_cpu);

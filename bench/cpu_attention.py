@@ -137,12 +137,24 @@ def _memory_child(cfg):
 
     extra = peak_rss_delta(step)
     inputs = sum(t.numel() * t.element_size() for t in (q, k1, k2, v1, v2, dout))
-    print(json.dumps({"peak_extra_bytes": extra, "input_bytes": inputs, "vm_hwm_kib": status_kib("VmHWM")}))
+    tensor = B * N * H * D * 4  # one input-sized [B, N, H, D] float32 tensor
+    print(
+        json.dumps(
+            {
+                "peak_extra_bytes": extra,
+                "input_bytes": inputs,
+                "fp32_tensor_bytes": tensor,
+                "fp32_tensors": extra / tensor,
+                "vm_hwm_kib": status_kib("VmHWM"),
+            }
+        )
+    )
 
 
 def measure_peak_memory(backend="cpu", B=1, N=4096, H=4, D=64, w1=512, w2=32, causal=True, dtype="fp32"):
-    """Peak extra RSS (bytes) of fwd+bwd in a fresh subprocess: VmHWM during the call minus
-    VmRSS before it (inputs excluded; outputs, saved tensors and workspaces included)."""
+    """Peak extra RSS of fwd+bwd in a fresh subprocess, after a small warm-up call: VmHWM during
+    the call minus VmRSS before it (inputs excluded; outputs, gradients and workspaces included),
+    in bytes and in input-sized [B, N, H, D] float32 tensors."""
     cfg = dict(backend=backend, B=B, N=N, H=H, D=D, w1=w1, w2=w2, causal=causal, dtype=dtype)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child", json.dumps(cfg)]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -167,10 +179,10 @@ def _print_result(r):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--B", type=int, default=1)
-    p.add_argument("--N", type=int, default=2048)
+    p.add_argument("--N", type=int, help="default 2048 (4096 with --memory)")
     p.add_argument("--H", type=int, default=4)
     p.add_argument("--D", type=int, default=64)
-    p.add_argument("--w1", type=int, default=256)
+    p.add_argument("--w1", type=int, help="default 256 (512 with --memory)")
     p.add_argument("--w2", type=int, default=32)
     p.add_argument("--centred", action="store_true", help="non-causal (centred) windows")
     p.add_argument("--repeats", type=int, default=5)
@@ -179,7 +191,7 @@ def main(argv=None):
     p.add_argument(
         "--reference-repeats", type=int, default=1, help="rounds for the (slow) reference, which gets no warm-up"
     )
-    p.add_argument("--memory", action="store_true", help="peak extra RSS of fwd+bwd (defaults N=4096, w1=512)")
+    p.add_argument("--memory", action="store_true", help="peak extra RSS of fwd+bwd, in a fresh process")
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -187,13 +199,16 @@ def main(argv=None):
         _memory_child(json.loads(args.memory_child))
         return
     causal = not args.centred
+    args.N = args.N or (4096 if args.memory else 2048)
+    args.w1 = args.w1 or (512 if args.memory else 256)
     if args.memory:
-        shape = dict(B=args.B, N=4096, H=args.H, D=args.D, w1=512, w2=32, causal=causal)
+        shape = dict(B=args.B, N=args.N, H=args.H, D=args.D, w1=args.w1, w2=args.w2, causal=causal)
         for name in args.backends.split(","):
             for dt in args.dtypes.split(","):
                 r = measure_peak_memory(name, dtype=dt, **shape)
                 print(
                     f"{name:>9} {dt:>5} fwd+bwd {shape}: peak extra RSS {r['peak_extra_bytes'] / 2**20:.1f} MiB "
+                    f"= {r['fp32_tensors']:.1f} input-sized fp32 tensors, outputs and gradients included "
                     f"(inputs+dout {r['input_bytes'] / 2**20:.1f} MiB, not counted)",
                     flush=True,
                 )

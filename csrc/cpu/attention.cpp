@@ -1,11 +1,10 @@
 // CPU implementation of simplicial_attn::fused_fwd / fused_bwd: argument checks, the choice of
-// kernel flavour, and the three parallel phases of a call: pack the inputs (layout.h), run the
-// kernel over work items (kernel_impl.h), unpack the outputs and, in the backward, sum the
-// key/value partials in a fixed order (layout.h).
+// kernel flavour, the work items (layout.h), the kernel run over them (kernel_impl.h) and, in
+// the backward, the fixed-order sum of the key/value halos (layout.h).
 //
-// Inputs of any strides and of dtype float32/bfloat16/float16 are packed once into float32
-// (float64 stays float64), so the kernels accumulate in float32 and bf16/fp16 calls run the
-// float32 kernels at the same speed; packing costs O(N*H*D), the kernels O(N*H*D*w1*w2).
+// The kernels read float32 inputs with unit stride in D in place; other dtypes (bf16/fp16 run
+// the float32 kernels, float64 its own) and strides are converted row by row into per-thread
+// scratch as a work item needs them, O(N*H*D) work against the kernels' O(N*H*D*w1*w2).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -27,11 +26,8 @@ namespace {
 // 16 KiB in float32, so S and dP of the backward stay in L1 together.
 constexpr int64_t kMaxKTile = 32;
 constexpr int64_t kMaxJTile = 128;
-// Forward work item: queries per (b, h) block (scheduling granularity only).
-constexpr int64_t kFwdBlock = 32;
-// Backward: the partition into query blocks fixes the summation order of the key gradients,
-// so it must not depend on the thread count (bitwise-equal results with 1 or N threads).
-constexpr int64_t kBwdMinItems = 16;
+// Work items a call should have at least (block_rows), for load balance.
+constexpr int64_t kMinItems = 16;
 
 enum class Isa { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
 
@@ -103,8 +99,8 @@ void check_dtype(const at::Tensor& q) {
 
 at::ScalarType lse_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-// Windows wider than the sequence behave like the widest useful one; clipping them keeps the
-// scratch sizes below (BQ + w - 1 rows) meaningful for direct calls with huge windows.
+// Windows wider than the longest sequence behave like the widest useful one; clipping them
+// keeps the scratch sizes (BQ + w - 1 rows) meaningful for direct calls with huge windows.
 int64_t clip_window(int64_t w, int64_t N, bool causal) {
   const int64_t full = causal ? N : 2 * N - 1;
   return w < full ? w : full;
@@ -118,13 +114,26 @@ Geometry make_geometry(const Dims& d, int64_t vector_width, int64_t w1, int64_t 
   g.Hkv = d.Hkv;
   g.D = d.D;
   g.DP = round_up(d.D, vector_width);
-  g.NP = d.N + vector_width;
-  g.w1 = clip_window(w1, d.N, causal);
-  g.w2 = clip_window(w2, d.N, causal);
-  g.causal = causal;
-  g.KT = g.w2 < kMaxKTile ? g.w2 : kMaxKTile;
-  g.JT = round_up(g.w1 < kMaxJTile ? g.w1 : kMaxJTile, vector_width);
+  w1 = clip_window(w1, d.N, causal);
+  w2 = clip_window(w2, d.N, causal);
+  g.b1 = band(w1, causal);
+  g.b2 = band(w2, causal);
+  g.KT = w2 < kMaxKTile ? w2 : kMaxKTile;
+  g.JT = round_up(w1 < kMaxJTile ? w1 : kMaxJTile, vector_width);
   return g;
+}
+
+// Queries per work item. The backward's halo (kernel_args.h) holds w1 - 1 rows per block, so
+// blocks of 2 (w1 - 1) keep it at half a gradient; smaller blocks only to give kMinItems items
+// (down to a quarter of w1: at most 4 gradients of halo). The partition fixes the summation
+// order of the key gradients, so it depends on the problem only, never on the thread count
+// (bitwise-equal results with 1 or N threads). The forward uses the same blocks: each item
+// transposes k1 once for BQ + w1 - 1 positions.
+int64_t block_rows(const Geometry& g, const SequenceTable& seqs) {
+  const int64_t width = g.b1.L + g.b1.R;
+  int64_t bq = round_up(2 * width > 64 ? 2 * width : 64, 16);
+  while (bq > 16 && bq / 2 >= width / 4 && seqs.items_for(bq, g.Hkv) < kMinItems) bq = round_up(bq / 2, 16);
+  return bq;
 }
 
 template <typename T, typename S>
@@ -133,47 +142,35 @@ std::tuple<at::Tensor, at::Tensor> run_fwd(const Dims& d, const at::Tensor& q, c
                                            int64_t w2, bool causal, double scale) {
   const KernelSet<T>& ks = kernels_for<T>();
   const Geometry g = make_geometry(d, ks.vector_width, w1, w2, causal);
-  const auto opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
-  const auto q_rows = {g.B, g.Hq, g.N, g.DP}, kv_rows = {g.B, g.Hkv, g.N, g.DP}, kv_cols = {g.B, g.Hkv, g.D, g.NP};
-  const at::Tensor qp = at::empty(q_rows, opts), k1t = at::empty(kv_cols, opts), k2p = at::empty(kv_rows, opts),
-                   v1p = at::empty(kv_rows, opts), v2p = at::empty(kv_rows, opts), outp = at::empty(q_rows, opts);
-  at::Tensor lse = at::empty({g.B, g.Hq, g.N}, opts);
-  at::Tensor out = at::empty(q.sizes(), q.options());
-  Transfers<T, S> in(g);
-  in.pack_rows(q, qp.data_ptr<T>());
-  in.pack_cols(k1, k1t.data_ptr<T>());
-  in.pack_rows(k2, k2p.data_ptr<T>());
-  in.pack_rows(v1, v1p.data_ptr<T>());
-  in.pack_rows(v2, v2p.data_ptr<T>());
-  in.run();
-
+  SequenceTable seqs = SequenceTable::batched(g.B, g.N);
+  seqs.plan(block_rows(g, seqs), g.Hkv);
+  const at::Tensor out = at::empty(q.sizes(), q.options());
+  const at::Tensor lse = at::empty({g.B, g.Hq, g.N}, q.options().dtype(c10::CppTypeToScalarType<T>::value));
   FwdArgs<T> a;
   a.g = g;
+  a.sched = seqs.schedule();
   a.scale = static_cast<T>(scale);
-  a.BQ = kFwdBlock;
-  a.q = qp.data_ptr<T>();
-  a.k1t = k1t.data_ptr<T>();
-  a.k2 = k2p.data_ptr<T>();
-  a.v1 = v1p.data_ptr<T>();
-  a.v2 = v2p.data_ptr<T>();
-  a.out = outp.data_ptr<T>();
+  a.q = make_input<T, S>(q, g.DP);
+  a.k1 = make_input<T, S>(k1, g.DP);
+  a.k2 = make_input<T, S>(k2, g.DP);
+  a.v1 = make_input<T, S>(v1, g.DP);
+  a.v2 = make_input<T, S>(v2, g.DP);
+  a.out = make_output<T, S>(out, g.DP);
   a.lse = lse.data_ptr<T>();
-  const int64_t items = g.B * g.Hq * ((g.N + a.BQ - 1) / a.BQ);
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) { ks.fwd(a, begin, end); });
-
-  Transfers<T, S> back(g);
-  back.unpack_rows(outp.data_ptr<T>(), out);
-  back.run();
+  at::parallel_for(0, a.sched.items(), 1, [&](int64_t begin, int64_t end) { ks.fwd(a, begin, end); });
   return {out, lse};
 }
 
-// Query block of the backward: at least ~w1/2 so the scratch (BQ + w1 - 1 rows per block)
-// stays within ~3x the gradient, smaller only to give kBwdMinItems items.
-int64_t backward_block(const Geometry& g) {
-  int64_t bq = round_up(g.w1 / 2 > 64 ? g.w1 / 2 : 64, 16);
-  auto items = [&](int64_t b) { return g.B * g.Hkv * ((g.N + b - 1) / b); };
-  while (bq > 16 && items(bq) < kBwdMinItems) bq = round_up(bq / 2, 16);
-  return bq;
+// A key/value gradient's fp32 (float64) accumulator: the output itself when the kernels can
+// write it in place, else a [B, N, Hkv, DP] buffer that the halo sum converts into it.
+template <typename T, typename S>
+std::pair<Accum<T>, at::Tensor> accumulator(const at::Tensor& grad, const Geometry& g) {
+  if (usable_in_place<T, S>(grad, g.DP)) {
+    return {Accum<T>{reinterpret_cast<T*>(grad.data_ptr<S>()), grad.stride(0), grad.stride(1), grad.stride(2)},
+            at::Tensor()};
+  }
+  at::Tensor buf = at::empty({g.B, g.N, g.Hkv, g.DP}, grad.options().dtype(c10::CppTypeToScalarType<T>::value));
+  return {Accum<T>{buf.data_ptr<T>(), buf.stride(0), buf.stride(1), buf.stride(2)}, buf};
 }
 
 template <typename T, typename S>
@@ -183,62 +180,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_bwd(
     bool causal, double scale) {
   const KernelSet<T>& ks = kernels_for<T>();
   const Geometry g = make_geometry(d, ks.vector_width, w1, w2, causal);
-  const auto opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
-  const auto q_rows = {g.B, g.Hq, g.N, g.DP}, kv_rows = {g.B, g.Hkv, g.N, g.DP}, kv_cols = {g.B, g.Hkv, g.D, g.NP};
-  const at::Tensor qp = at::empty(q_rows, opts), dop = at::empty(q_rows, opts), k1p = at::empty(kv_rows, opts),
-                   k1t = at::empty(kv_cols, opts), k2p = at::empty(kv_rows, opts), v1p = at::empty(kv_rows, opts),
-                   v1t = at::empty(kv_cols, opts), v2p = at::empty(kv_rows, opts);
-  const at::Tensor delta = at::empty({g.B, g.Hq, g.N}, opts);
+  SequenceTable seqs = SequenceTable::batched(g.B, g.N);
+  seqs.plan(block_rows(g, seqs), g.Hkv);
   const at::Tensor lse_c = lse.contiguous();
-  Transfers<T, S> in(g);
-  in.pack_rows(q, qp.data_ptr<T>());
-  in.pack_rows(dout, dop.data_ptr<T>());
-  in.pack_rows(k1, k1p.data_ptr<T>());
-  in.pack_cols(k1, k1t.data_ptr<T>());
-  in.pack_rows(k2, k2p.data_ptr<T>());
-  in.pack_rows(v1, v1p.data_ptr<T>());
-  in.pack_cols(v1, v1t.data_ptr<T>());
-  in.pack_rows(v2, v2p.data_ptr<T>());
-  in.row_dots(dout, out, delta.data_ptr<T>());  // Delta, from the saved (rounded) output
-  in.run();
+  const at::Tensor dq = at::empty(q.sizes(), q.options()), dk1 = at::empty(k1.sizes(), k1.options()),
+                   dk2 = at::empty(k2.sizes(), k2.options()), dv1 = at::empty(v1.sizes(), v1.options()),
+                   dv2 = at::empty(v2.sizes(), v2.options());
+  const auto [acc_k1, buf_k1] = accumulator<T, S>(dk1, g);
+  const auto [acc_v1, buf_v1] = accumulator<T, S>(dv1, g);
+  const auto [acc_k2, buf_k2] = accumulator<T, S>(dk2, g);
+  const auto [acc_v2, buf_v2] = accumulator<T, S>(dv2, g);
+  const auto opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
+  const int64_t slots = seqs.halo_slots();
+  const at::Tensor halo_k1 = at::empty({slots, g.b1.L + g.b1.R, g.DP}, opts),
+                   halo_v1 = at::empty({slots, g.b1.L + g.b1.R, g.DP}, opts),
+                   halo_k2 = at::empty({slots, g.b2.L + g.b2.R, g.DP}, opts),
+                   halo_v2 = at::empty({slots, g.b2.L + g.b2.R, g.DP}, opts);
 
   BwdArgs<T> a;
   a.g = g;
+  a.sched = seqs.schedule();
   a.scale = static_cast<T>(scale);
-  a.BQ = backward_block(g);
-  a.R1 = a.BQ + g.w1 - 1 < g.N ? a.BQ + g.w1 - 1 : g.N;
-  a.R2 = a.BQ + g.w2 - 1 < g.N ? a.BQ + g.w2 - 1 : g.N;
-  const int64_t items = g.B * g.Hkv * ((g.N + a.BQ - 1) / a.BQ);
-  const at::Tensor dqp = at::empty(q_rows, opts);
-  const at::Tensor dk1s = at::empty({items, a.R1, g.DP}, opts), dv1s = at::empty({items, a.R1, g.DP}, opts);
-  const at::Tensor dk2s = at::empty({items, a.R2, g.DP}, opts), dv2s = at::empty({items, a.R2, g.DP}, opts);
-  a.q = qp.data_ptr<T>();
-  a.k1 = k1p.data_ptr<T>();
-  a.k1t = k1t.data_ptr<T>();
-  a.k2 = k2p.data_ptr<T>();
-  a.v1 = v1p.data_ptr<T>();
-  a.v1t = v1t.data_ptr<T>();
-  a.v2 = v2p.data_ptr<T>();
-  a.dout = dop.data_ptr<T>();
+  a.q = make_input<T, S>(q, g.DP);
+  a.k1 = make_input<T, S>(k1, g.DP);
+  a.k2 = make_input<T, S>(k2, g.DP);
+  a.v1 = make_input<T, S>(v1, g.DP);
+  a.v2 = make_input<T, S>(v2, g.DP);
+  a.dout = make_input<T, S>(dout, g.DP);
+  a.out = make_input<T, S>(out, g.DP);
   a.lse = lse_c.data_ptr<T>();
-  a.delta = delta.data_ptr<T>();
-  a.dq = dqp.data_ptr<T>();
-  a.dk1s = dk1s.data_ptr<T>();
-  a.dv1s = dv1s.data_ptr<T>();
-  a.dk2s = dk2s.data_ptr<T>();
-  a.dv2s = dv2s.data_ptr<T>();
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) { ks.bwd(a, begin, end); });
+  a.dq = make_output<T, S>(dq, g.DP);
+  a.dk1 = acc_k1;
+  a.dv1 = acc_v1;
+  a.dk2 = acc_k2;
+  a.dv2 = acc_v2;
+  a.halo_k1 = halo_k1.data_ptr<T>();
+  a.halo_v1 = halo_v1.data_ptr<T>();
+  a.halo_k2 = halo_k2.data_ptr<T>();
+  a.halo_v2 = halo_v2.data_ptr<T>();
+  at::parallel_for(0, a.sched.items(), 1, [&](int64_t begin, int64_t end) { ks.bwd(a, begin, end); });
 
-  at::Tensor dq = at::empty(q.sizes(), q.options()), dk1 = at::empty(k1.sizes(), k1.options()),
-             dk2 = at::empty(k2.sizes(), k2.options()), dv1 = at::empty(v1.sizes(), v1.options()),
-             dv2 = at::empty(v2.sizes(), v2.options());
-  Transfers<T, S> back(g);
-  back.unpack_rows(a.dq, dq);
-  back.reduce_rows(a.dk1s, g.w1, a.BQ, a.R1, dk1);
-  back.reduce_rows(a.dv1s, g.w1, a.BQ, a.R1, dv1);
-  back.reduce_rows(a.dk2s, g.w2, a.BQ, a.R2, dk2);
-  back.reduce_rows(a.dv2s, g.w2, a.BQ, a.R2, dv2);
-  back.run();
+  const std::vector<HaloJob<T>> jobs = {
+      {acc_k1, a.halo_k1, g.b1, make_output<T, S>(dk1, g.DP), !buf_k1.defined()},
+      {acc_v1, a.halo_v1, g.b1, make_output<T, S>(dv1, g.DP), !buf_v1.defined()},
+      {acc_k2, a.halo_k2, g.b2, make_output<T, S>(dk2, g.DP), !buf_k2.defined()},
+      {acc_v2, a.halo_v2, g.b2, make_output<T, S>(dv2, g.DP), !buf_v2.defined()},
+  };
+  sum_halos(g, a.sched, jobs);
   return {dq, dk1, dk2, dv1, dv2};
 }
 

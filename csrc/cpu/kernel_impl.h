@@ -1,6 +1,6 @@
 // The CPU kernels of 2-simplicial attention, written once against a small vector policy `V`
-// (vec_scalar.h, vec_avx2.h, vec_avx512.h) and compiled once per instruction set by
-// kernel_<isa>.cpp, each in its own namespace SA_CPU_ISA.
+// (vec_scalar.h, vec_portable.h, vec_avx2.h, vec_avx512.h) and compiled once per instruction
+// set by kernel_<isa>.cpp, each in its own namespace SA_CPU_ISA.
 //
 // Work per query i of head h (see CONTRACT §1), over tiles of the two windows:
 //   Q2[k]   = scale * q[i] * k2[k]                        (k in a tile of K(i), the w2 window)
@@ -14,6 +14,10 @@
 // [w1 x D] whatever the window mode. The backward recomputes S and dP = (dout*v2) v1^T the same
 // way and forms the five gradients from four more GEMMs of the same size (14*D FLOPs counted
 // per triple, 12*D executed).
+//
+// Work items are (sequence, kv head, block of BQ queries) with every query head of the group
+// inside (kernel_args.h): the item reads the key/value rows its windows reach once, transposes
+// k1 (and v1) into per-thread tiles, and serves the whole group from them.
 #pragma once
 
 #include <cstring>
@@ -123,6 +127,13 @@ SA_INLINE void row_zero(typename V::T* dst, int64_t n) {
   for (int64_t d = 0; d < n; d += V::W) V::store(dst + d, V::zero());
 }
 
+template <class V>
+SA_INLINE typename V::T row_dot(const typename V::T* a, const typename V::T* b, int64_t n) {
+  typename V::reg acc = V::zero();
+  for (int64_t d = 0; d < n; d += V::W) acc = V::fmadd(V::load(a + d), V::load(b + d), acc);
+  return V::reduce_add(acc);
+}
+
 // Per-thread scratch of one work-item loop, carved from one allocation.
 template <typename T>
 struct Arena {
@@ -137,6 +148,73 @@ struct Arena {
 
 constexpr double kLog2e = 1.4426950408889634074;
 
+// Rows [lo, ...) of one (batch, head) of an input or a scratch copy: row n at p + (n - lo) * ld.
+template <typename T>
+struct RowView {
+  const T* p;
+  int64_t ld, lo;
+  const T* at(int64_t n) const { return p + (n - lo) * ld; }
+};
+
+// Rows r of (b, h) in place when the input allows it, else gathered into `scratch` (DP per row).
+template <typename T>
+RowView<T> input_rows(const Input<T>& in, const Geometry& g, int64_t b, int64_t h, Range r, T* scratch) {
+  if (in.direct != nullptr) return {in.direct + b * in.sb + r.lo * in.sn + h * in.sh, in.sn, r.lo};
+  in.gather(in, g.D, g.DP, b, h, r.lo, r.hi, scratch);
+  return {scratch, g.DP, r.lo};
+}
+
+// The same rows transposed into a column tile: position n of channel d at cols + d * ld + (n - lo),
+// ld >= rows + vector width with the columns past the rows zeroed, so a vector load that starts
+// at any of the rows stays inside and reads finite values.
+template <typename T>
+struct ColTile {
+  T* p;
+  int64_t ld, lo;
+  const T* at(int64_t n) const { return p + (n - lo); }
+};
+
+template <typename T>
+void transpose_rows(const RowView<T>& rows, Range r, int64_t D, ColTile<T> cols) {
+  for (int64_t n = r.lo; n < r.hi; ++n) {
+    const T* src = rows.at(n);
+    T* dst = cols.p + (n - r.lo);
+    for (int64_t d = 0; d < D; ++d) dst[d * cols.ld] = src[d];
+  }
+  for (int64_t d = 0; d < D; ++d) {
+    for (int64_t c = r.size(); c < cols.ld; ++c) cols.p[d * cols.ld + c] = T(0);
+  }
+}
+
+// The item's sequence, kv head and query block.
+struct Item {
+  int64_t s, b, kvh, blk;
+  Range seq, rows;  // the sequence and the block's queries
+};
+
+inline Item decode_item(const Schedule& sc, int64_t Hkv, int64_t item) {
+  int64_t lo = 0, hi = sc.nseq;  // the last sequence whose first item is <= item
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (sc.first_item[mid] <= item) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  Item it;
+  it.s = lo;
+  it.b = sc.batch[lo];
+  it.seq = sc.seq[lo];
+  const int64_t nblk = (sc.first_item[lo + 1] - sc.first_item[lo]) / Hkv;
+  const int64_t local = item - sc.first_item[lo];
+  it.kvh = local / nblk;
+  it.blk = local % nblk;
+  const int64_t i0 = it.seq.lo + it.blk * sc.BQ;
+  it.rows = {i0, imin(it.seq.hi, i0 + sc.BQ)};
+  return it;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward.
 
@@ -150,17 +228,16 @@ struct FwdWork {
 };
 
 // One query row: out_row (DP values) and its lse, with an online softmax over the tiles of the
-// joint (j, k) window (running max m, running sum l; earlier partial sums rescaled when m grows).
+// joint (j, k) window jr x kr (running max m, running sum l; earlier partial sums rescaled when
+// m grows).
 template <class V>
-void fwd_query(const Geometry& g, typename V::T scale, const typename V::T* q_row, const typename V::T* k1t,
-               const typename V::T* k2, const typename V::T* v1, const typename V::T* v2, int64_t i,
-               typename V::T* out_row, typename V::T* lse_out, const FwdWork<V>& w) {
+void fwd_query(const Geometry& g, typename V::T scale, const typename V::T* q_row, const ColTile<typename V::T>& k1t,
+               const RowView<typename V::T>& k2, const RowView<typename V::T>& v1, const RowView<typename V::T>& v2,
+               Range jr, Range kr, typename V::T* out_row, typename V::T* lse_out, const FwdWork<V>& w) {
   using T = typename V::T;
   using reg = typename V::reg;
   constexpr int W = V::W;
   const int64_t DP = g.DP, JT = g.JT;
-  const Range jr = window(i, g.w1, g.causal, g.N);
-  const Range kr = window(i, g.w2, g.causal, g.N);
   const T log2e = static_cast<T>(kLog2e);
   const T neg_inf = -std::numeric_limits<T>::infinity();
 
@@ -170,13 +247,13 @@ void fwd_query(const Geometry& g, typename V::T scale, const typename V::T* q_ro
   T l = 0;        // running sum of exp(logit - m)
   for (int64_t k0 = kr.lo; k0 < kr.hi; k0 += g.KT) {
     const int64_t nk = imin(g.KT, kr.hi - k0);
-    for (int64_t k = 0; k < nk; ++k) row_mul<V>(w.q2 + k * DP, w.qs, k2 + (k0 + k) * DP, DP);
+    for (int64_t k = 0; k < nk; ++k) row_mul<V>(w.q2 + k * DP, w.qs, k2.at(k0 + k), DP);
     bool first = true;
     for (int64_t j0 = jr.lo; j0 < jr.hi; j0 += JT) {
       const int64_t nj = imin(JT, jr.hi - j0);
       const int64_t njv = ceil_div(nj, W);
       const int tail = static_cast<int>(nj - (njv - 1) * W);
-      gemm<V>(nk, njv, g.D, w.q2, DP, 1, k1t + j0, g.NP, w.s, JT, false);
+      gemm<V>(nk, njv, g.D, w.q2, DP, 1, k1t.at(j0), k1t.ld, w.s, JT, false);
       reg vmax = V::set1(neg_inf);
       for (int64_t k = 0; k < nk; ++k) {
         T* row = w.s + k * JT;
@@ -205,38 +282,52 @@ void fwd_query(const Geometry& g, typename V::T scale, const typename V::T* q_ro
       }
       l += V::reduce_add(vsum);
       // T[k] (+)= sum_j P[k, j] v1[j]: reduction over exactly the nj positions of the tile.
-      gemm<V>(nk, DP / W, nj, w.s, JT, 1, v1 + j0 * DP, DP, w.t, DP, !first);
+      gemm<V>(nk, DP / W, nj, w.s, JT, 1, v1.at(j0), v1.ld, w.t, DP, !first);
       first = false;
     }
-    for (int64_t k = 0; k < nk; ++k) row_fma<V>(w.acc, v2 + (k0 + k) * DP, w.t + k * DP, DP);
+    for (int64_t k = 0; k < nk; ++k) row_fma<V>(w.acc, v2.at(k0 + k), w.t + k * DP, DP);
   }
   row_scale<V>(out_row, w.acc, T(1) / l, DP);
   *lse_out = m + V::log_scalar(l);
 }
 
-// Work items [begin, end) of (b, h, query block).
+// Work items [begin, end) of the schedule.
 template <class V>
 void fwd_items(const FwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
   using T = typename V::T;
   const Geometry& g = a.g;
-  T* buffer = new T[FwdWork<V>::elems(g)];
+  const int64_t BQ = a.sched.BQ, DP = g.DP, group = g.Hq / g.Hkv;
+  const int64_t RJ = imin(BQ + g.b1.L + g.b1.R, g.N), RK = imin(BQ + g.b2.L + g.b2.R, g.N);
+  const int64_t NPJ = ceil_div(RJ, V::W) * V::W + V::W;
+  auto rows_if = [&](const Input<T>& in, int64_t n) { return in.direct != nullptr ? 0 : n * DP; };
+  const int64_t elems = FwdWork<V>::elems(g) + g.D * NPJ + rows_if(a.k1, RJ) + rows_if(a.v1, RJ) + rows_if(a.k2, RK) +
+                        rows_if(a.v2, RK) + rows_if(a.q, BQ) + (a.out.direct != nullptr ? 0 : BQ * DP);
+  T* buffer = new T[elems];
   Arena<T> arena{buffer};
   const FwdWork<V> w(arena, g);
-  const int64_t nblk = ceil_div(g.N, a.BQ);
-  const int64_t group = g.Hq / g.Hkv;
+  T* k1t_buf = arena.take(g.D * NPJ);
+  T *k1_buf = arena.take(rows_if(a.k1, RJ)), *v1_buf = arena.take(rows_if(a.v1, RJ));
+  T *k2_buf = arena.take(rows_if(a.k2, RK)), *v2_buf = arena.take(rows_if(a.v2, RK));
+  T* q_buf = arena.take(rows_if(a.q, BQ));
+  T* out_buf = arena.take(a.out.direct != nullptr ? 0 : BQ * DP);
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t blk = item % nblk, bh = item / nblk;
-    const int64_t h = bh % g.Hq, b = bh / g.Hq;
-    const int64_t kvh = b * g.Hkv + h / group;
-    const T* q = a.q + bh * g.N * g.DP;
-    const T* k1t = a.k1t + kvh * g.D * g.NP;
-    const T* k2 = a.k2 + kvh * g.N * g.DP;
-    const T* v1 = a.v1 + kvh * g.N * g.DP;
-    const T* v2 = a.v2 + kvh * g.N * g.DP;
-    const int64_t i1 = imin(g.N, (blk + 1) * a.BQ);
-    for (int64_t i = blk * a.BQ; i < i1; ++i) {
-      fwd_query<V>(g, a.scale, q + i * g.DP, k1t, k2, v1, v2, i, a.out + (bh * g.N + i) * g.DP, a.lse + bh * g.N + i,
-                   w);
+    const Item it = decode_item(a.sched, g.Hkv, item);
+    const Range J = window(it.rows.lo, it.rows.hi, g.b1, it.seq), K = window(it.rows.lo, it.rows.hi, g.b2, it.seq);
+    const ColTile<T> k1t{k1t_buf, NPJ, J.lo};
+    transpose_rows(input_rows(a.k1, g, it.b, it.kvh, J, k1_buf), J, g.D, k1t);
+    const RowView<T> v1 = input_rows(a.v1, g, it.b, it.kvh, J, v1_buf);
+    const RowView<T> k2 = input_rows(a.k2, g, it.b, it.kvh, K, k2_buf);
+    const RowView<T> v2 = input_rows(a.v2, g, it.b, it.kvh, K, v2_buf);
+    for (int64_t h = it.kvh * group; h < (it.kvh + 1) * group; ++h) {
+      const RowView<T> q = input_rows(a.q, g, it.b, h, it.rows, q_buf);
+      T* lse = a.lse + (it.b * g.Hq + h) * g.N;
+      for (int64_t i = it.rows.lo; i < it.rows.hi; ++i) {
+        T* out_row = a.out.direct != nullptr ? a.out.direct + it.b * a.out.sb + i * a.out.sn + h * a.out.sh
+                                             : out_buf + (i - it.rows.lo) * DP;
+        fwd_query<V>(g, a.scale, q.at(i), k1t, k2, v1, v2, window(i, i + 1, g.b1, it.seq),
+                     window(i, i + 1, g.b2, it.seq), out_row, lse + i, w);
+      }
+      if (a.out.direct == nullptr) a.out.scatter(a.out, g.D, DP, it.b, h, it.rows.lo, it.rows.hi, out_buf);
     }
   }
   delete[] buffer;
@@ -261,12 +352,14 @@ struct BwdWork {
         dp(a.take(g.KT * g.JT)) {}
 };
 
-// Pointers of one (b, kv head) and one query head, plus the item's scratch and its first rows.
+// What one query row of the backward reads and where it accumulates: the item's key/value rows
+// (J and K of kernel_args.h), their transposes, and the item's gradient scratch rows (row n of
+// dk1/dv1 at (n - J.lo) * DP, of dk2/dv2 at (n - K.lo) * DP).
 template <typename T>
-struct BwdHead {
-  const T *q, *k1, *k1t, *k2, *v1, *v1t, *v2, *dout, *lse, *delta;
-  T* dq;
-  T *dk1s, *dv1s, *dk2s, *dv2s;
+struct BwdTiles {
+  RowView<T> k1, k2, v1, v2;
+  ColTile<T> k1t, v1t;
+  T *dk1, *dv1, *dk2, *dv2;
   int64_t jlo, klo;
 };
 
@@ -275,105 +368,145 @@ struct BwdHead {
 //   dq[i]  = scale sum_k k2[k] * M[k]       dk2[k] += scale q[i] * M[k]     dv2[k] += dout[i] * Nv[k]
 //   dk1[j] += sum_k dA[k, j] Q2[k]          dv1[j] += sum_k P[k, j] (dout[i] * v2[k])
 template <class V>
-void bwd_query(const Geometry& g, typename V::T scale, const BwdHead<typename V::T>& hd, int64_t i,
-               const BwdWork<V>& w) {
+void bwd_query(const Geometry& g, typename V::T scale, const BwdTiles<typename V::T>& t, const typename V::T* q_row,
+               const typename V::T* do_row, typename V::T lse, typename V::T delta, Range jr, Range kr,
+               typename V::T* dq_row, const BwdWork<V>& w) {
   using T = typename V::T;
   using reg = typename V::reg;
   constexpr int W = V::W;
   const int64_t DP = g.DP, JT = g.JT;
-  const Range jr = window(i, g.w1, g.causal, g.N);
-  const Range kr = window(i, g.w2, g.causal, g.N);
-  const T log2e = static_cast<T>(kLog2e);
-  const T* q_row = hd.q + i * DP;
-  const T* do_row = hd.dout + i * DP;
-  const reg vl2 = V::set1(log2e), vlse = V::set1(hd.lse[i]), vdelta = V::set1(hd.delta[i]);
+  const reg vl2 = V::set1(static_cast<T>(kLog2e)), vlse = V::set1(lse), vdelta = V::set1(delta);
 
   row_scale<V>(w.qs, q_row, scale, DP);
   row_zero<V>(w.dq, DP);
   for (int64_t k0 = kr.lo; k0 < kr.hi; k0 += g.KT) {
     const int64_t nk = imin(g.KT, kr.hi - k0);
     for (int64_t k = 0; k < nk; ++k) {
-      row_mul<V>(w.q2 + k * DP, w.qs, hd.k2 + (k0 + k) * DP, DP);
-      row_mul<V>(w.dv2 + k * DP, do_row, hd.v2 + (k0 + k) * DP, DP);
+      row_mul<V>(w.q2 + k * DP, w.qs, t.k2.at(k0 + k), DP);
+      row_mul<V>(w.dv2 + k * DP, do_row, t.v2.at(k0 + k), DP);
     }
     bool first = true;
     for (int64_t j0 = jr.lo; j0 < jr.hi; j0 += JT) {
       const int64_t nj = imin(JT, jr.hi - j0);
       const int64_t njv = ceil_div(nj, W);
-      gemm<V>(nk, njv, g.D, w.q2, DP, 1, hd.k1t + j0, g.NP, w.s, JT, false);    // S
-      gemm<V>(nk, njv, g.D, w.dv2, DP, 1, hd.v1t + j0, g.NP, w.dp, JT, false);  // dP
-      // Lanes past nj hold junk; every GEMM below reads only the first nj columns.
+      gemm<V>(nk, njv, g.D, w.q2, DP, 1, t.k1t.at(j0), t.k1t.ld, w.s, JT, false);    // S
+      gemm<V>(nk, njv, g.D, w.dv2, DP, 1, t.v1t.at(j0), t.v1t.ld, w.dp, JT, false);  // dP
+      // Lanes past nj hold values of other positions; every GEMM below reads only the first nj.
       for (int64_t k = 0; k < nk; ++k) {
         T* srow = w.s + k * JT;
         T* dprow = w.dp + k * JT;
         for (int64_t v = 0; v < njv; ++v) {
           // P = 2^(min(z - lse, 0) log2 e): natural units first, and clamped because a true P never
           // exceeds 1, so a recomputed z a rounding above the forward's cannot overflow (NaN kept).
-          const reg t = V::min_keep_nan(V::sub(V::load(srow + v * W), vlse), V::zero());
-          const reg p = V::exp2(V::mul(t, vl2));
+          const reg z = V::min_keep_nan(V::sub(V::load(srow + v * W), vlse), V::zero());
+          const reg p = V::exp2(V::mul(z, vl2));
           V::store(srow + v * W, p);
           V::store(dprow + v * W, V::mul(p, V::sub(V::load(dprow + v * W), vdelta)));
         }
       }
-      gemm<V>(nk, DP / W, nj, w.dp, JT, 1, hd.k1 + j0 * DP, DP, w.mk, DP, !first);  // M  = dA k1
-      gemm<V>(nk, DP / W, nj, w.s, JT, 1, hd.v1 + j0 * DP, DP, w.nk, DP, !first);   // Nv = P v1
-      T* dk1 = hd.dk1s + (j0 - hd.jlo) * DP;
-      T* dv1 = hd.dv1s + (j0 - hd.jlo) * DP;
+      gemm<V>(nk, DP / W, nj, w.dp, JT, 1, t.k1.at(j0), t.k1.ld, w.mk, DP, !first);  // M  = dA k1
+      gemm<V>(nk, DP / W, nj, w.s, JT, 1, t.v1.at(j0), t.v1.ld, w.nk, DP, !first);   // Nv = P v1
+      T* dk1 = t.dk1 + (j0 - t.jlo) * DP;
+      T* dv1 = t.dv1 + (j0 - t.jlo) * DP;
       gemm<V>(nj, DP / W, nk, w.dp, 1, JT, w.q2, DP, dk1, DP, true);  // dk1 += dA^T Q2
       gemm<V>(nj, DP / W, nk, w.s, 1, JT, w.dv2, DP, dv1, DP, true);  // dv1 += P^T (dout*v2)
       first = false;
     }
     for (int64_t k = 0; k < nk; ++k) {
-      const int64_t row = (k0 + k - hd.klo) * DP;
-      row_fma<V>(w.dq, hd.k2 + (k0 + k) * DP, w.mk + k * DP, DP);
-      row_fma<V>(hd.dk2s + row, w.qs, w.mk + k * DP, DP);
-      row_fma<V>(hd.dv2s + row, do_row, w.nk + k * DP, DP);
+      const int64_t row = (k0 + k - t.klo) * DP;
+      row_fma<V>(w.dq, t.k2.at(k0 + k), w.mk + k * DP, DP);
+      row_fma<V>(t.dk2 + row, w.qs, w.mk + k * DP, DP);
+      row_fma<V>(t.dv2 + row, do_row, w.nk + k * DP, DP);
     }
   }
-  row_scale<V>(hd.dq + i * DP, w.dq, scale, DP);
+  row_scale<V>(dq_row, w.dq, scale, DP);
 }
 
-// Work items [begin, end) of (b, kv head, query block); see BwdArgs for the ownership rules.
+// Rows r of a gradient scratch tile (row n at tile + (n - r.lo) * DP) split by the item's block:
+// its own rows to the accumulator, the others to its halo slot (see BwdArgs).
+template <typename T>
+void write_back(const T* tile, Range r, Range own, Band b, int64_t DP, const Accum<T>& acc, int64_t batch, int64_t h,
+                T* slot) {
+  for (int64_t n = r.lo; n < r.hi; ++n) {
+    T* dst = n < own.lo   ? slot + (n - (own.lo - b.L)) * DP
+             : n < own.hi ? acc.p + batch * acc.sb + n * acc.sn + h * acc.sh
+                          : slot + (b.L + n - own.hi) * DP;
+    std::memcpy(dst, tile + (n - r.lo) * DP, sizeof(T) * DP);
+  }
+}
+
+// Work items [begin, end) of the schedule; see BwdArgs for the ownership rules.
 template <class V>
 void bwd_items(const BwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
   using T = typename V::T;
   const Geometry& g = a.g;
-  T* buffer = new T[BwdWork<V>::elems(g)];
+  const int64_t BQ = a.sched.BQ, DP = g.DP, group = g.Hq / g.Hkv;
+  const int64_t RJ = imin(BQ + g.b1.L + g.b1.R, g.N), RK = imin(BQ + g.b2.L + g.b2.R, g.N);
+  const int64_t NPJ = ceil_div(RJ, V::W) * V::W + V::W;
+  auto rows_if = [&](const Input<T>& in, int64_t n) { return in.direct != nullptr ? 0 : n * DP; };
+  const int64_t dq_rows = a.dq.direct != nullptr ? 0 : BQ * DP;
+  const int64_t elems = BwdWork<V>::elems(g) + 2 * g.D * NPJ + 2 * RJ * DP + 2 * RK * DP + rows_if(a.k1, RJ) +
+                        rows_if(a.v1, RJ) + rows_if(a.k2, RK) + rows_if(a.v2, RK) + rows_if(a.q, BQ) +
+                        rows_if(a.dout, BQ) + rows_if(a.out, BQ) + dq_rows;
+  T* buffer = new T[elems];
   Arena<T> arena{buffer};
   const BwdWork<V> w(arena, g);
-  const int64_t nblk = ceil_div(g.N, a.BQ);
-  const int64_t group = g.Hq / g.Hkv;
-  const int64_t DP = g.DP;
+  T *k1t_buf = arena.take(g.D * NPJ), *v1t_buf = arena.take(g.D * NPJ);
+  T *dk1_buf = arena.take(RJ * DP), *dv1_buf = arena.take(RJ * DP);
+  T *dk2_buf = arena.take(RK * DP), *dv2_buf = arena.take(RK * DP);
+  T *k1_buf = arena.take(rows_if(a.k1, RJ)), *v1_buf = arena.take(rows_if(a.v1, RJ));
+  T *k2_buf = arena.take(rows_if(a.k2, RK)), *v2_buf = arena.take(rows_if(a.v2, RK));
+  T *q_buf = arena.take(rows_if(a.q, BQ)), *do_buf = arena.take(rows_if(a.dout, BQ));
+  T* out_buf = arena.take(rows_if(a.out, BQ));
+  T* dq_buf = arena.take(dq_rows);
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t blk = item % nblk, kvh = item / nblk;
-    const int64_t b = kvh / g.Hkv, gk = kvh % g.Hkv;
-    const int64_t i0 = blk * a.BQ, i1 = imin(g.N, i0 + a.BQ);
-    BwdHead<T> hd;
-    hd.k1 = a.k1 + kvh * g.N * DP;
-    hd.k1t = a.k1t + kvh * g.D * g.NP;
-    hd.k2 = a.k2 + kvh * g.N * DP;
-    hd.v1 = a.v1 + kvh * g.N * DP;
-    hd.v1t = a.v1t + kvh * g.D * g.NP;
-    hd.v2 = a.v2 + kvh * g.N * DP;
-    hd.dk1s = a.dk1s + item * a.R1 * DP;
-    hd.dv1s = a.dv1s + item * a.R1 * DP;
-    hd.dk2s = a.dk2s + item * a.R2 * DP;
-    hd.dv2s = a.dv2s + item * a.R2 * DP;
-    hd.jlo = window(i0, g.w1, g.causal, g.N).lo;
-    hd.klo = window(i0, g.w2, g.causal, g.N).lo;
-    std::memset(hd.dk1s, 0, sizeof(T) * a.R1 * DP);
-    std::memset(hd.dv1s, 0, sizeof(T) * a.R1 * DP);
-    std::memset(hd.dk2s, 0, sizeof(T) * a.R2 * DP);
-    std::memset(hd.dv2s, 0, sizeof(T) * a.R2 * DP);
-    for (int64_t h = gk * group; h < (gk + 1) * group; ++h) {
-      const int64_t bh = b * g.Hq + h;
-      hd.q = a.q + bh * g.N * DP;
-      hd.dout = a.dout + bh * g.N * DP;
-      hd.dq = a.dq + bh * g.N * DP;
-      hd.lse = a.lse + bh * g.N;
-      hd.delta = a.delta + bh * g.N;
-      for (int64_t i = i0; i < i1; ++i) bwd_query<V>(g, a.scale, hd, i, w);
+    const Item it = decode_item(a.sched, g.Hkv, item);
+    const Range J = window(it.rows.lo, it.rows.hi, g.b1, it.seq), K = window(it.rows.lo, it.rows.hi, g.b2, it.seq);
+    BwdTiles<T> t;
+    t.k1 = input_rows(a.k1, g, it.b, it.kvh, J, k1_buf);
+    t.v1 = input_rows(a.v1, g, it.b, it.kvh, J, v1_buf);
+    t.k2 = input_rows(a.k2, g, it.b, it.kvh, K, k2_buf);
+    t.v2 = input_rows(a.v2, g, it.b, it.kvh, K, v2_buf);
+    t.k1t = {k1t_buf, NPJ, J.lo};
+    t.v1t = {v1t_buf, NPJ, J.lo};
+    transpose_rows(t.k1, J, g.D, t.k1t);
+    transpose_rows(t.v1, J, g.D, t.v1t);
+    t.dk1 = dk1_buf;
+    t.dv1 = dv1_buf;
+    t.dk2 = dk2_buf;
+    t.dv2 = dv2_buf;
+    t.jlo = J.lo;
+    t.klo = K.lo;
+    std::memset(dk1_buf, 0, sizeof(T) * J.size() * DP);
+    std::memset(dv1_buf, 0, sizeof(T) * J.size() * DP);
+    std::memset(dk2_buf, 0, sizeof(T) * K.size() * DP);
+    std::memset(dv2_buf, 0, sizeof(T) * K.size() * DP);
+    for (int64_t h = it.kvh * group; h < (it.kvh + 1) * group; ++h) {
+      const RowView<T> q = input_rows(a.q, g, it.b, h, it.rows, q_buf);
+      const RowView<T> dout = input_rows(a.dout, g, it.b, h, it.rows, do_buf);
+      const RowView<T> out = input_rows(a.out, g, it.b, h, it.rows, out_buf);
+      const T* lse = a.lse + (it.b * g.Hq + h) * g.N;
+      for (int64_t i = it.rows.lo; i < it.rows.hi; ++i) {
+        T* dq_row = a.dq.direct != nullptr ? a.dq.direct + it.b * a.dq.sb + i * a.dq.sn + h * a.dq.sh
+                                           : dq_buf + (i - it.rows.lo) * DP;
+        // Delta = rowsum(dout * out), from the saved (rounded) output.
+        const T delta = row_dot<V>(dout.at(i), out.at(i), DP);
+        bwd_query<V>(g, a.scale, t, q.at(i), dout.at(i), lse[i], delta, window(i, i + 1, g.b1, it.seq),
+                     window(i, i + 1, g.b2, it.seq), dq_row, w);
+      }
+      if (a.dq.direct == nullptr) a.dq.scatter(a.dq, g.D, DP, it.b, h, it.rows.lo, it.rows.hi, dq_buf);
     }
+    const int64_t slot =
+        a.sched.halo_first[it.s] < 0 ? -1 : a.sched.halo_first[it.s] + (item - a.sched.first_item[it.s]);
+    const int64_t s1 = g.b1.L + g.b1.R, s2 = g.b2.L + g.b2.R;
+    T* hk1 = slot < 0 ? nullptr : a.halo_k1 + slot * s1 * DP;
+    T* hv1 = slot < 0 ? nullptr : a.halo_v1 + slot * s1 * DP;
+    T* hk2 = slot < 0 ? nullptr : a.halo_k2 + slot * s2 * DP;
+    T* hv2 = slot < 0 ? nullptr : a.halo_v2 + slot * s2 * DP;
+    write_back(dk1_buf, J, it.rows, g.b1, DP, a.dk1, it.b, it.kvh, hk1);
+    write_back(dv1_buf, J, it.rows, g.b1, DP, a.dv1, it.b, it.kvh, hv1);
+    write_back(dk2_buf, K, it.rows, g.b2, DP, a.dk2, it.b, it.kvh, hk2);
+    write_back(dv2_buf, K, it.rows, g.b2, DP, a.dv2, it.b, it.kvh, hv2);
   }
   delete[] buffer;
 }

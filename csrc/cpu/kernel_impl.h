@@ -164,6 +164,18 @@ RowView<T> input_rows(const Input<T>& in, const Geometry& g, int64_t b, int64_t 
   return {scratch, g.DP, r.lo};
 }
 
+// Rows r of (b, h) copied into `scratch` (DP per row) even when the input could be read in place:
+// for the operands a GEMM streams through (B = v1 or k1 rows), since rows a whole [N, H, D] row
+// apart (1 KiB at H = 4, D = 64) fall into a quarter of the L1 sets and evict each other.
+template <typename T>
+RowView<T> copied_rows(const Input<T>& in, const Geometry& g, int64_t b, int64_t h, Range r, T* scratch) {
+  if (in.direct == nullptr) return input_rows(in, g, b, h, r, scratch);
+  for (int64_t n = r.lo; n < r.hi; ++n) {
+    std::memcpy(scratch + (n - r.lo) * g.DP, in.direct + b * in.sb + n * in.sn + h * in.sh, sizeof(T) * g.DP);
+  }
+  return {scratch, g.DP, r.lo};
+}
+
 // The same rows transposed into a column tile: position n of channel d at cols + d * ld + (n - lo),
 // ld >= rows + vector width with the columns past the rows zeroed, so a vector load that starts
 // at any of the rows stays inside and reads finite values.
@@ -300,13 +312,13 @@ void fwd_items(const FwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
   const int64_t RJ = imin(BQ + g.b1.L + g.b1.R, g.N), RK = imin(BQ + g.b2.L + g.b2.R, g.N);
   const int64_t NPJ = ceil_div(RJ, V::W) * V::W + V::W;
   auto rows_if = [&](const Input<T>& in, int64_t n) { return in.direct != nullptr ? 0 : n * DP; };
-  const int64_t elems = FwdWork<V>::elems(g) + g.D * NPJ + rows_if(a.k1, RJ) + rows_if(a.v1, RJ) + rows_if(a.k2, RK) +
+  const int64_t elems = FwdWork<V>::elems(g) + g.D * NPJ + rows_if(a.k1, RJ) + RJ * DP + rows_if(a.k2, RK) +
                         rows_if(a.v2, RK) + rows_if(a.q, BQ) + (a.out.direct != nullptr ? 0 : BQ * DP);
   T* buffer = new T[elems];
   Arena<T> arena{buffer};
   const FwdWork<V> w(arena, g);
   T* k1t_buf = arena.take(g.D * NPJ);
-  T *k1_buf = arena.take(rows_if(a.k1, RJ)), *v1_buf = arena.take(rows_if(a.v1, RJ));
+  T *k1_buf = arena.take(rows_if(a.k1, RJ)), *v1_buf = arena.take(RJ * DP);
   T *k2_buf = arena.take(rows_if(a.k2, RK)), *v2_buf = arena.take(rows_if(a.v2, RK));
   T* q_buf = arena.take(rows_if(a.q, BQ));
   T* out_buf = arena.take(a.out.direct != nullptr ? 0 : BQ * DP);
@@ -315,7 +327,7 @@ void fwd_items(const FwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
     const Range J = window(it.rows.lo, it.rows.hi, g.b1, it.seq), K = window(it.rows.lo, it.rows.hi, g.b2, it.seq);
     const ColTile<T> k1t{k1t_buf, NPJ, J.lo};
     transpose_rows(input_rows(a.k1, g, it.b, it.kvh, J, k1_buf), J, g.D, k1t);
-    const RowView<T> v1 = input_rows(a.v1, g, it.b, it.kvh, J, v1_buf);
+    const RowView<T> v1 = copied_rows(a.v1, g, it.b, it.kvh, J, v1_buf);
     const RowView<T> k2 = input_rows(a.k2, g, it.b, it.kvh, K, k2_buf);
     const RowView<T> v2 = input_rows(a.v2, g, it.b, it.kvh, K, v2_buf);
     for (int64_t h = it.kvh * group; h < (it.kvh + 1) * group; ++h) {
@@ -445,16 +457,15 @@ void bwd_items(const BwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
   const int64_t NPJ = ceil_div(RJ, V::W) * V::W + V::W;
   auto rows_if = [&](const Input<T>& in, int64_t n) { return in.direct != nullptr ? 0 : n * DP; };
   const int64_t dq_rows = a.dq.direct != nullptr ? 0 : BQ * DP;
-  const int64_t elems = BwdWork<V>::elems(g) + 2 * g.D * NPJ + 2 * RJ * DP + 2 * RK * DP + rows_if(a.k1, RJ) +
-                        rows_if(a.v1, RJ) + rows_if(a.k2, RK) + rows_if(a.v2, RK) + rows_if(a.q, BQ) +
-                        rows_if(a.dout, BQ) + rows_if(a.out, BQ) + dq_rows;
+  const int64_t elems = BwdWork<V>::elems(g) + 2 * g.D * NPJ + 4 * RJ * DP + 2 * RK * DP + rows_if(a.k2, RK) +
+                        rows_if(a.v2, RK) + rows_if(a.q, BQ) + rows_if(a.dout, BQ) + rows_if(a.out, BQ) + dq_rows;
   T* buffer = new T[elems];
   Arena<T> arena{buffer};
   const BwdWork<V> w(arena, g);
   T *k1t_buf = arena.take(g.D * NPJ), *v1t_buf = arena.take(g.D * NPJ);
   T *dk1_buf = arena.take(RJ * DP), *dv1_buf = arena.take(RJ * DP);
   T *dk2_buf = arena.take(RK * DP), *dv2_buf = arena.take(RK * DP);
-  T *k1_buf = arena.take(rows_if(a.k1, RJ)), *v1_buf = arena.take(rows_if(a.v1, RJ));
+  T *k1_buf = arena.take(RJ * DP), *v1_buf = arena.take(RJ * DP);
   T *k2_buf = arena.take(rows_if(a.k2, RK)), *v2_buf = arena.take(rows_if(a.v2, RK));
   T *q_buf = arena.take(rows_if(a.q, BQ)), *do_buf = arena.take(rows_if(a.dout, BQ));
   T* out_buf = arena.take(rows_if(a.out, BQ));
@@ -463,8 +474,8 @@ void bwd_items(const BwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
     const Item it = decode_item(a.sched, g.Hkv, item);
     const Range J = window(it.rows.lo, it.rows.hi, g.b1, it.seq), K = window(it.rows.lo, it.rows.hi, g.b2, it.seq);
     BwdTiles<T> t;
-    t.k1 = input_rows(a.k1, g, it.b, it.kvh, J, k1_buf);
-    t.v1 = input_rows(a.v1, g, it.b, it.kvh, J, v1_buf);
+    t.k1 = copied_rows(a.k1, g, it.b, it.kvh, J, k1_buf);
+    t.v1 = copied_rows(a.v1, g, it.b, it.kvh, J, v1_buf);
     t.k2 = input_rows(a.k2, g, it.b, it.kvh, K, k2_buf);
     t.v2 = input_rows(a.v2, g, it.b, it.kvh, K, v2_buf);
     t.k1t = {k1t_buf, NPJ, J.lo};

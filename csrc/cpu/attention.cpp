@@ -120,6 +120,7 @@ Geometry make_geometry(const Dims& d, int64_t vector_width, int64_t w1, int64_t 
   g.b2 = band(w2, causal);
   g.KT = w2 < kMaxKTile ? w2 : kMaxKTile;
   g.JT = round_up(w1 < kMaxJTile ? w1 : kMaxJTile, vector_width);
+  g.det = false;
   return g;
 }
 
@@ -146,6 +147,7 @@ std::tuple<at::Tensor, at::Tensor> run_fwd(const Dims& d, const at::Tensor& q, c
   seqs.plan(block_rows(g, seqs), g.Hkv);
   const at::Tensor out = at::empty(q.sizes(), q.options());
   const at::Tensor lse = at::empty({g.B, g.Hq, g.N}, q.options().dtype(c10::CppTypeToScalarType<T>::value));
+  const at::Tensor lse_lo = at::empty_like(lse);
   FwdArgs<T> a;
   a.g = g;
   a.sched = seqs.schedule();
@@ -157,6 +159,7 @@ std::tuple<at::Tensor, at::Tensor> run_fwd(const Dims& d, const at::Tensor& q, c
   a.v2 = make_input<T, S>(v2, g.DP);
   a.out = make_output<T, S>(out, g.DP);
   a.lse = lse.data_ptr<T>();
+  a.lse_lo = lse_lo.data_ptr<T>();
   at::parallel_for(0, a.sched.items(), 1, [&](int64_t begin, int64_t end) { ks.fwd(a, begin, end); });
   return {out, lse};
 }
@@ -183,6 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_bwd(
   SequenceTable seqs = SequenceTable::batched(g.B, g.N);
   seqs.plan(block_rows(g, seqs), g.Hkv);
   const at::Tensor lse_c = lse.contiguous();
+  const at::Tensor lse_lo = at::zeros_like(lse_c);
   const at::Tensor dq = at::empty(q.sizes(), q.options()), dk1 = at::empty(k1.sizes(), k1.options()),
                    dk2 = at::empty(k2.sizes(), k2.options()), dv1 = at::empty(v1.sizes(), v1.options()),
                    dv2 = at::empty(v2.sizes(), v2.options());
@@ -209,6 +213,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_bwd(
   a.dout = make_input<T, S>(dout, g.DP);
   a.out = make_input<T, S>(out, g.DP);
   a.lse = lse_c.data_ptr<T>();
+  a.lse_lo = lse_lo.data_ptr<T>();
   a.dq = make_output<T, S>(dq, g.DP);
   a.dk1 = acc_k1;
   a.dv1 = acc_v1;

@@ -46,6 +46,7 @@ struct Geometry {
   int64_t DP;      // padded head dim: rows the kernels read hold DP values, zero past D
   Band b1, b2;     // bands of the k1/v1 (j) and k2/v2 (k) windows
   int64_t KT, JT;  // tile of the k window and of the j window (JT a multiple of the vector width)
+  bool det;        // determinant logits (CONTRACT §8; D % 3 == 0) instead of trilinear ones
 };
 
 // The sequences of a call and their work items. Sequence s is rows seq[s] of batch batch[s]
@@ -102,7 +103,7 @@ struct FwdArgs {
   T scale;
   Input<T> q, k1, k2, v1, v2;
   Output<T> out;
-  T* lse;  // [B, Hq, N], natural log
+  T *lse, *lse_lo;  // [B, Hq, N]: the natural log-sum-exp as lse + lse_lo (kernel_impl.h: fwd_query)
 };
 
 // The backward's work item (sequence, kv head g, block [i0, i1)) covers every query head of the
@@ -118,7 +119,7 @@ struct BwdArgs {
   Schedule sched;
   T scale;
   Input<T> q, k1, k2, v1, v2, dout, out;
-  const T* lse;  // [B, Hq, N], natural log
+  const T *lse, *lse_lo;  // [B, Hq, N], the forward's
   Output<T> dq;
   Accum<T> dk1, dv1, dk2, dv2;
   T *halo_k1, *halo_v1;  // [slots, b1.L + b1.R, DP]

@@ -228,24 +228,96 @@ inline Item decode_item(const Schedule& sc, int64_t Hkv, int64_t item) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Determinant logits (CONTRACT §8): per 3-channel chunk det(q, k1, k2) = k1 . (k2 x q), so the
+// trilinear products run unchanged with the elementwise Q2 = q * k2[k] replaced by the chunkwise
+// cross product Q2 = k2[k] x q, whose channel d is k2[s(d)] q[s(s(d))] - k2[s(s(d))] q[s(d)] with
+// s(d) = 3 (d / 3) + (d + 1) % 3. Rows are kept with their channels permuted by s and by s(s(.))
+// so every cross product is two vector products.
+
+inline int64_t chunk_next(int64_t d, int64_t k) { return 3 * (d / 3) + (d + k) % 3; }
+
+// dst_s[d] = src[s(d)], dst_ss[d] = src[s(s(d))] for d < D; zero past D.
+template <typename T>
+void permute_row(const T* src, int64_t D, int64_t DP, T* dst_s, T* dst_ss) {
+  for (int64_t d = 0; d < D; ++d) {
+    dst_s[d] = src[chunk_next(d, 1)];
+    dst_ss[d] = src[chunk_next(d, 2)];
+  }
+  for (int64_t d = D; d < DP; ++d) dst_s[d] = dst_ss[d] = T(0);
+}
+
+// dst[d] = a[s(d)] - b[s(s(d))]: undoes the permutations of the gradients accumulated in the
+// permuted bases (see bwd_query); zero past D.
+template <typename T>
+void unpermute_difference(const T* a, const T* b, int64_t D, int64_t DP, T* dst) {
+  for (int64_t d = 0; d < D; ++d) dst[d] = a[chunk_next(d, 1)] - b[chunk_next(d, 2)];
+  for (int64_t d = D; d < DP; ++d) dst[d] = T(0);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Forward.
+
+// The key-side rows a query reads, from its work item's tiles. Determinant logits also read k2
+// with permuted channels (k2s, k2ss; see permute_row).
+template <typename T>
+struct KeyTiles {
+  ColTile<T> k1t;
+  RowView<T> v1, k2, v2, k2s, k2ss;
+};
 
 template <class V>
 struct FwdWork {
   using T = typename V::T;
-  T *qs, *q2, *s, *t, *acc;
-  static int64_t elems(const Geometry& g) { return 2 * g.DP + 2 * g.KT * g.DP + g.KT * g.JT; }
+  T *qs, *qs_s, *qs_ss, *q2, *s, *t, *acc;
+  static int64_t elems(const Geometry& g) { return 4 * g.DP + 2 * g.KT * g.DP + g.KT * g.JT; }
   explicit FwdWork(Arena<T>& a, const Geometry& g)
-      : qs(a.take(g.DP)), q2(a.take(g.KT * g.DP)), s(a.take(g.KT * g.JT)), t(a.take(g.KT * g.DP)), acc(a.take(g.DP)) {}
+      : qs(a.take(g.DP)),
+        qs_s(a.take(g.DP)),
+        qs_ss(a.take(g.DP)),
+        q2(a.take(g.KT * g.DP)),
+        s(a.take(g.KT * g.JT)),
+        t(a.take(g.KT * g.DP)),
+        acc(a.take(g.DP)) {}
 };
 
-// One query row: out_row (DP values) and its lse, with an online softmax over the tiles of the
-// joint (j, k) window jr x kr (running max m, running sum l; earlier partial sums rescaled when
-// m grows).
+// qs = scale * q (and its permutations for determinant logits), the query side of every logit.
 template <class V>
-void fwd_query(const Geometry& g, typename V::T scale, const typename V::T* q_row, const ColTile<typename V::T>& k1t,
-               const RowView<typename V::T>& k2, const RowView<typename V::T>& v1, const RowView<typename V::T>& v2,
-               Range jr, Range kr, typename V::T* out_row, typename V::T* lse_out, const FwdWork<V>& w) {
+void scale_query(const Geometry& g, typename V::T scale, const typename V::T* q_row, typename V::T* qs,
+                 typename V::T* qs_s, typename V::T* qs_ss) {
+  row_scale<V>(qs, q_row, scale, g.DP);
+  if (g.det) permute_row(qs, g.D, g.DP, qs_s, qs_ss);
+}
+
+// The logit factors of k rows k0 .. k0 + nk - 1: Q2[k] = qs * k2[k] (trilinear) or k2[k] x qs
+// (determinant), so that the logit of (j, k) is Q2[k] . k1[j].
+template <class V>
+void logit_factors(const Geometry& g, const typename V::T* qs, const typename V::T* qs_s, const typename V::T* qs_ss,
+                   const KeyTiles<typename V::T>& t, int64_t k0, int64_t nk, typename V::T* q2) {
+  const int64_t DP = g.DP;
+  for (int64_t k = 0; k < nk; ++k) {
+    typename V::T* dst = q2 + k * DP;
+    if (!g.det) {
+      row_mul<V>(dst, qs, t.k2.at(k0 + k), DP);
+      continue;
+    }
+    const typename V::T *a = t.k2s.at(k0 + k), *b = t.k2ss.at(k0 + k);
+    for (int64_t d = 0; d < DP; d += V::W) {
+      V::store(dst + d, V::sub(V::mul(V::load(a + d), V::load(qs_ss + d)), V::mul(V::load(b + d), V::load(qs_s + d))));
+    }
+  }
+}
+
+// The online softmax of one query row over the pairs jr x kr (running max m and sum l, earlier
+// partial sums rescaled when m grows): leaves sum P (v1 * v2) unnormalised in w.acc (DP values)
+// and returns (m, l). The query side (w.qs and its permutations) is set by the caller.
+template <typename T>
+struct SoftmaxState {
+  T m, l;
+};
+
+template <class V>
+SoftmaxState<typename V::T> softmax_rows(const Geometry& g, const KeyTiles<typename V::T>& t, Range jr, Range kr,
+                                         const FwdWork<V>& w) {
   using T = typename V::T;
   using reg = typename V::reg;
   constexpr int W = V::W;
@@ -253,19 +325,18 @@ void fwd_query(const Geometry& g, typename V::T scale, const typename V::T* q_ro
   const T log2e = static_cast<T>(kLog2e);
   const T neg_inf = -std::numeric_limits<T>::infinity();
 
-  row_scale<V>(w.qs, q_row, scale, DP);
   row_zero<V>(w.acc, DP);
   T m = neg_inf;  // running max of the logits (natural units)
   T l = 0;        // running sum of exp(logit - m)
   for (int64_t k0 = kr.lo; k0 < kr.hi; k0 += g.KT) {
     const int64_t nk = imin(g.KT, kr.hi - k0);
-    for (int64_t k = 0; k < nk; ++k) row_mul<V>(w.q2 + k * DP, w.qs, k2.at(k0 + k), DP);
+    logit_factors<V>(g, w.qs, w.qs_s, w.qs_ss, t, k0, nk, w.q2);
     bool first = true;
     for (int64_t j0 = jr.lo; j0 < jr.hi; j0 += JT) {
       const int64_t nj = imin(JT, jr.hi - j0);
       const int64_t njv = ceil_div(nj, W);
       const int tail = static_cast<int>(nj - (njv - 1) * W);
-      gemm<V>(nk, njv, g.D, w.q2, DP, 1, k1t.at(j0), k1t.ld, w.s, JT, false);
+      gemm<V>(nk, njv, g.D, w.q2, DP, 1, t.k1t.at(j0), t.k1t.ld, w.s, JT, false);
       reg vmax = V::set1(neg_inf);
       for (int64_t k = 0; k < nk; ++k) {
         T* row = w.s + k * JT;
@@ -294,13 +365,53 @@ void fwd_query(const Geometry& g, typename V::T scale, const typename V::T* q_ro
       }
       l += V::reduce_add(vsum);
       // T[k] (+)= sum_j P[k, j] v1[j]: reduction over exactly the nj positions of the tile.
-      gemm<V>(nk, DP / W, nj, w.s, JT, 1, v1.at(j0), v1.ld, w.t, DP, !first);
+      gemm<V>(nk, DP / W, nj, w.s, JT, 1, t.v1.at(j0), t.v1.ld, w.t, DP, !first);
       first = false;
     }
-    for (int64_t k = 0; k < nk; ++k) row_fma<V>(w.acc, v2.at(k0 + k), w.t + k * DP, DP);
+    for (int64_t k = 0; k < nk; ++k) row_fma<V>(w.acc, t.v2.at(k0 + k), w.t + k * DP, DP);
   }
-  row_scale<V>(out_row, w.acc, T(1) / l, DP);
-  *lse_out = m + V::log_scalar(l);
+  return {m, l};
+}
+
+// One query row: out_row (DP values) = acc / l, and the row's log-sum-exp as two numbers,
+// lse = fl(m + ln l) and lse_lo = fl((m - lse) + ln l) (m - lse is exact), so that lse + lse_lo
+// carries m + ln l to about twice the precision of T for the backward. lse_lo = 0 where lse is
+// not finite (lse alone carries the inf or NaN).
+template <class V>
+void fwd_query(const Geometry& g, typename V::T scale, const typename V::T* q_row, const KeyTiles<typename V::T>& t,
+               Range jr, Range kr, typename V::T* out_row, typename V::T* lse, typename V::T* lse_lo,
+               const FwdWork<V>& w) {
+  using T = typename V::T;
+  scale_query<V>(g, scale, q_row, w.qs, w.qs_s, w.qs_ss);
+  const SoftmaxState<T> st = softmax_rows<V>(g, t, jr, kr, w);
+  row_scale<V>(out_row, w.acc, T(1) / st.l, g.DP);
+  const T ln_l = V::log_scalar(st.l);
+  const T hi = st.m + ln_l;
+  *lse = hi;
+  *lse_lo = hi - hi == T(0) ? (st.m - hi) + ln_l : T(0);
+}
+
+// The key-side tiles of a work item whose windows reach rows J (k1, v1) and K (k2, v2), given
+// the k1 rows; the buffers are the item loop's scratch (empty where rows are read in place).
+template <typename T>
+KeyTiles<T> key_tiles(const RowView<T>& k1, const Input<T>& k2, const Input<T>& v1, const Input<T>& v2,
+                      const Geometry& g, int64_t b, int64_t h, Range J, Range K, int64_t NPJ, T* k1t_buf, T* v1_buf,
+                      T* k2_buf, T* v2_buf, T* perm_buf) {
+  KeyTiles<T> t;
+  t.k1t = {k1t_buf, NPJ, J.lo};
+  transpose_rows(k1, J, g.D, t.k1t);
+  t.v1 = copied_rows(v1, g, b, h, J, v1_buf);
+  t.k2 = input_rows(k2, g, b, h, K, k2_buf);
+  t.v2 = input_rows(v2, g, b, h, K, v2_buf);
+  if (g.det) {
+    T* ss = perm_buf + K.size() * g.DP;
+    for (int64_t n = K.lo; n < K.hi; ++n) {
+      permute_row(t.k2.at(n), g.D, g.DP, perm_buf + (n - K.lo) * g.DP, ss + (n - K.lo) * g.DP);
+    }
+    t.k2s = {perm_buf, g.DP, K.lo};
+    t.k2ss = {ss, g.DP, K.lo};
+  }
+  return t;
 }
 
 // Work items [begin, end) of the schedule.
@@ -312,32 +423,31 @@ void fwd_items(const FwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
   const int64_t RJ = imin(BQ + g.b1.L + g.b1.R, g.N), RK = imin(BQ + g.b2.L + g.b2.R, g.N);
   const int64_t NPJ = ceil_div(RJ, V::W) * V::W + V::W;
   auto rows_if = [&](const Input<T>& in, int64_t n) { return in.direct != nullptr ? 0 : n * DP; };
+  const int64_t perm = g.det ? 2 * RK * DP : 0;
   const int64_t elems = FwdWork<V>::elems(g) + g.D * NPJ + rows_if(a.k1, RJ) + RJ * DP + rows_if(a.k2, RK) +
-                        rows_if(a.v2, RK) + rows_if(a.q, BQ) + (a.out.direct != nullptr ? 0 : BQ * DP);
+                        rows_if(a.v2, RK) + perm + rows_if(a.q, BQ) + (a.out.direct != nullptr ? 0 : BQ * DP);
   T* buffer = new T[elems];
   Arena<T> arena{buffer};
   const FwdWork<V> w(arena, g);
   T* k1t_buf = arena.take(g.D * NPJ);
   T *k1_buf = arena.take(rows_if(a.k1, RJ)), *v1_buf = arena.take(RJ * DP);
   T *k2_buf = arena.take(rows_if(a.k2, RK)), *v2_buf = arena.take(rows_if(a.v2, RK));
+  T* perm_buf = arena.take(perm);
   T* q_buf = arena.take(rows_if(a.q, BQ));
   T* out_buf = arena.take(a.out.direct != nullptr ? 0 : BQ * DP);
   for (int64_t item = begin; item < end; ++item) {
     const Item it = decode_item(a.sched, g.Hkv, item);
     const Range J = window(it.rows.lo, it.rows.hi, g.b1, it.seq), K = window(it.rows.lo, it.rows.hi, g.b2, it.seq);
-    const ColTile<T> k1t{k1t_buf, NPJ, J.lo};
-    transpose_rows(input_rows(a.k1, g, it.b, it.kvh, J, k1_buf), J, g.D, k1t);
-    const RowView<T> v1 = copied_rows(a.v1, g, it.b, it.kvh, J, v1_buf);
-    const RowView<T> k2 = input_rows(a.k2, g, it.b, it.kvh, K, k2_buf);
-    const RowView<T> v2 = input_rows(a.v2, g, it.b, it.kvh, K, v2_buf);
+    const KeyTiles<T> t = key_tiles(input_rows(a.k1, g, it.b, it.kvh, J, k1_buf), a.k2, a.v1, a.v2, g, it.b, it.kvh, J,
+                                    K, NPJ, k1t_buf, v1_buf, k2_buf, v2_buf, perm_buf);
     for (int64_t h = it.kvh * group; h < (it.kvh + 1) * group; ++h) {
       const RowView<T> q = input_rows(a.q, g, it.b, h, it.rows, q_buf);
-      T* lse = a.lse + (it.b * g.Hq + h) * g.N;
+      const int64_t row0 = (it.b * g.Hq + h) * g.N;
       for (int64_t i = it.rows.lo; i < it.rows.hi; ++i) {
         T* out_row = a.out.direct != nullptr ? a.out.direct + it.b * a.out.sb + i * a.out.sn + h * a.out.sh
                                              : out_buf + (i - it.rows.lo) * DP;
-        fwd_query<V>(g, a.scale, q.at(i), k1t, k2, v1, v2, window(i, i + 1, g.b1, it.seq),
-                     window(i, i + 1, g.b2, it.seq), out_row, lse + i, w);
+        fwd_query<V>(g, a.scale, q.at(i), t, window(i, i + 1, g.b1, it.seq), window(i, i + 1, g.b2, it.seq), out_row,
+                     a.lse + row0 + i, a.lse_lo + row0 + i, w);
       }
       if (a.out.direct == nullptr) a.out.scatter(a.out, g.D, DP, it.b, h, it.rows.lo, it.rows.hi, out_buf);
     }
@@ -351,11 +461,16 @@ void fwd_items(const FwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
 template <class V>
 struct BwdWork {
   using T = typename V::T;
-  T *qs, *dq, *q2, *dv2, *mk, *nk, *s, *dp;
-  static int64_t elems(const Geometry& g) { return 2 * g.DP + 4 * g.KT * g.DP + 2 * g.KT * g.JT; }
+  T *qs, *qs_s, *qs_ss, *qn_s, *qn_ss, *dq, *dqb, *q2, *dv2, *mk, *nk, *s, *dp;
+  static int64_t elems(const Geometry& g) { return 7 * g.DP + 4 * g.KT * g.DP + 2 * g.KT * g.JT; }
   explicit BwdWork(Arena<T>& a, const Geometry& g)
       : qs(a.take(g.DP)),
+        qs_s(a.take(g.DP)),
+        qs_ss(a.take(g.DP)),
+        qn_s(a.take(g.DP)),
+        qn_ss(a.take(g.DP)),
         dq(a.take(g.DP)),
+        dqb(a.take(g.DP)),
         q2(a.take(g.KT * g.DP)),
         dv2(a.take(g.KT * g.DP)),
         mk(a.take(g.KT * g.DP)),
@@ -364,14 +479,16 @@ struct BwdWork {
         dp(a.take(g.KT * g.JT)) {}
 };
 
-// What one query row of the backward reads and where it accumulates: the item's key/value rows
-// (J and K of kernel_args.h), their transposes, and the item's gradient scratch rows (row n of
-// dk1/dv1 at (n - J.lo) * DP, of dk2/dv2 at (n - K.lo) * DP).
+// What one query row of the backward reads and where it accumulates: the item's key tiles, k1
+// rows and the transpose of v1, and the item's gradient scratch rows (row n of dk1/dv1 at
+// (n - J.lo) * DP, of dk2/dv2 at (n - K.lo) * DP). Determinant logits accumulate dk2 in two
+// permuted parts (dk2, dk2b; see bwd_query).
 template <typename T>
 struct BwdTiles {
-  RowView<T> k1, k2, v1, v2;
-  ColTile<T> k1t, v1t;
-  T *dk1, *dv1, *dk2, *dv2;
+  KeyTiles<T> key;
+  RowView<T> k1;
+  ColTile<T> v1t;
+  T *dk1, *dv1, *dk2, *dk2b, *dv2;
   int64_t jlo, klo;
 };
 
@@ -379,45 +496,57 @@ struct BwdTiles {
 //   dA = P (dP - Delta),  M[k] = sum_j dA[k, j] k1[j],  Nv[k] = sum_j P[k, j] v1[j]
 //   dq[i]  = scale sum_k k2[k] * M[k]       dk2[k] += scale q[i] * M[k]     dv2[k] += dout[i] * Nv[k]
 //   dk1[j] += sum_k dA[k, j] Q2[k]          dv1[j] += sum_k P[k, j] (dout[i] * v2[k])
+// Determinant logits (Q2[k] = k2[k] x qs) replace the two products with M by cross products,
+//   dq[i] = scale sum_k M[k] x k2[k],       dk2[k] += qs x M[k],
+// accumulated as vector products in permuted bases: with a[d] = sum_k M[k, d] k2[k, s(d)] and
+// b[d] = sum_k M[k, d] k2[k, s(s(d))], dq[d] = scale (a[s(d)] - b[s(s(d))]); likewise the item
+// sums M[k] * -qs[s(.)] into dk2[k] and M[k] * -qs[s(s(.))] into dk2b[k], and dk2[k] is finally
+// dk2[k, s(d)] - dk2b[k, s(s(d))].
 template <class V>
 void bwd_query(const Geometry& g, typename V::T scale, const BwdTiles<typename V::T>& t, const typename V::T* q_row,
-               const typename V::T* do_row, typename V::T lse, typename V::T delta, Range jr, Range kr,
-               typename V::T* dq_row, const BwdWork<V>& w) {
+               const typename V::T* do_row, typename V::T lse, typename V::T lse_lo, typename V::T delta, Range jr,
+               Range kr, typename V::T* dq_row, const BwdWork<V>& w) {
   using T = typename V::T;
   using reg = typename V::reg;
   constexpr int W = V::W;
   const int64_t DP = g.DP, JT = g.JT;
-  const reg vl2 = V::set1(static_cast<T>(kLog2e)), vlse = V::set1(lse), vdelta = V::set1(delta);
+  const reg vl2 = V::set1(static_cast<T>(kLog2e)), vlse = V::set1(lse), vlse_lo = V::set1(lse_lo),
+            vdelta = V::set1(delta);
+  const KeyTiles<T>& key = t.key;
 
-  row_scale<V>(w.qs, q_row, scale, DP);
+  scale_query<V>(g, scale, q_row, w.qs, w.qs_s, w.qs_ss);
   row_zero<V>(w.dq, DP);
+  if (g.det) {
+    row_scale<V>(w.qn_s, w.qs_s, T(-1), DP);
+    row_scale<V>(w.qn_ss, w.qs_ss, T(-1), DP);
+    row_zero<V>(w.dqb, DP);
+  }
   for (int64_t k0 = kr.lo; k0 < kr.hi; k0 += g.KT) {
     const int64_t nk = imin(g.KT, kr.hi - k0);
-    for (int64_t k = 0; k < nk; ++k) {
-      row_mul<V>(w.q2 + k * DP, w.qs, t.k2.at(k0 + k), DP);
-      row_mul<V>(w.dv2 + k * DP, do_row, t.v2.at(k0 + k), DP);
-    }
+    logit_factors<V>(g, w.qs, w.qs_s, w.qs_ss, key, k0, nk, w.q2);
+    for (int64_t k = 0; k < nk; ++k) row_mul<V>(w.dv2 + k * DP, do_row, key.v2.at(k0 + k), DP);
     bool first = true;
     for (int64_t j0 = jr.lo; j0 < jr.hi; j0 += JT) {
       const int64_t nj = imin(JT, jr.hi - j0);
       const int64_t njv = ceil_div(nj, W);
-      gemm<V>(nk, njv, g.D, w.q2, DP, 1, t.k1t.at(j0), t.k1t.ld, w.s, JT, false);    // S
-      gemm<V>(nk, njv, g.D, w.dv2, DP, 1, t.v1t.at(j0), t.v1t.ld, w.dp, JT, false);  // dP
+      gemm<V>(nk, njv, g.D, w.q2, DP, 1, key.k1t.at(j0), key.k1t.ld, w.s, JT, false);  // S
+      gemm<V>(nk, njv, g.D, w.dv2, DP, 1, t.v1t.at(j0), t.v1t.ld, w.dp, JT, false);    // dP
       // Lanes past nj hold values of other positions; every GEMM below reads only the first nj.
       for (int64_t k = 0; k < nk; ++k) {
         T* srow = w.s + k * JT;
         T* dprow = w.dp + k * JT;
         for (int64_t v = 0; v < njv; ++v) {
-          // P = 2^(min(z - lse, 0) log2 e): natural units first, and clamped because a true P never
-          // exceeds 1, so a recomputed z a rounding above the forward's cannot overflow (NaN kept).
-          const reg z = V::min_keep_nan(V::sub(V::load(srow + v * W), vlse), V::zero());
-          const reg p = V::exp2(V::mul(z, vl2));
+          // P = 2^(min((z - lse) - lse_lo, 0) log2 e): natural units, subtracting first, and
+          // clamped because a true P never exceeds 1, so a recomputed z a rounding above the
+          // forward's cannot overflow (the min keeps NaN).
+          const reg z = V::sub(V::sub(V::load(srow + v * W), vlse), vlse_lo);
+          const reg p = V::exp2(V::mul(V::min_keep_nan(z, V::zero()), vl2));
           V::store(srow + v * W, p);
           V::store(dprow + v * W, V::mul(p, V::sub(V::load(dprow + v * W), vdelta)));
         }
       }
-      gemm<V>(nk, DP / W, nj, w.dp, JT, 1, t.k1.at(j0), t.k1.ld, w.mk, DP, !first);  // M  = dA k1
-      gemm<V>(nk, DP / W, nj, w.s, JT, 1, t.v1.at(j0), t.v1.ld, w.nk, DP, !first);   // Nv = P v1
+      gemm<V>(nk, DP / W, nj, w.dp, JT, 1, t.k1.at(j0), t.k1.ld, w.mk, DP, !first);     // M  = dA k1
+      gemm<V>(nk, DP / W, nj, w.s, JT, 1, key.v1.at(j0), key.v1.ld, w.nk, DP, !first);  // Nv = P v1
       T* dk1 = t.dk1 + (j0 - t.jlo) * DP;
       T* dv1 = t.dv1 + (j0 - t.jlo) * DP;
       gemm<V>(nj, DP / W, nk, w.dp, 1, JT, w.q2, DP, dk1, DP, true);  // dk1 += dA^T Q2
@@ -426,12 +555,25 @@ void bwd_query(const Geometry& g, typename V::T scale, const BwdTiles<typename V
     }
     for (int64_t k = 0; k < nk; ++k) {
       const int64_t row = (k0 + k - t.klo) * DP;
-      row_fma<V>(w.dq, t.k2.at(k0 + k), w.mk + k * DP, DP);
-      row_fma<V>(t.dk2 + row, w.qs, w.mk + k * DP, DP);
+      const T* mk = w.mk + k * DP;
+      if (g.det) {
+        row_fma<V>(w.dq, key.k2s.at(k0 + k), mk, DP);
+        row_fma<V>(w.dqb, key.k2ss.at(k0 + k), mk, DP);
+        row_fma<V>(t.dk2 + row, w.qn_s, mk, DP);
+        row_fma<V>(t.dk2b + row, w.qn_ss, mk, DP);
+      } else {
+        row_fma<V>(w.dq, key.k2.at(k0 + k), mk, DP);
+        row_fma<V>(t.dk2 + row, w.qs, mk, DP);
+      }
       row_fma<V>(t.dv2 + row, do_row, w.nk + k * DP, DP);
     }
   }
-  row_scale<V>(dq_row, w.dq, scale, DP);
+  if (g.det) {
+    unpermute_difference(w.dq, w.dqb, g.D, DP, dq_row);
+    row_scale<V>(dq_row, dq_row, scale, DP);
+  } else {
+    row_scale<V>(dq_row, w.dq, scale, DP);
+  }
 }
 
 // Rows r of a gradient scratch tile (row n at tile + (n - r.lo) * DP) split by the item's block:
@@ -457,8 +599,10 @@ void bwd_items(const BwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
   const int64_t NPJ = ceil_div(RJ, V::W) * V::W + V::W;
   auto rows_if = [&](const Input<T>& in, int64_t n) { return in.direct != nullptr ? 0 : n * DP; };
   const int64_t dq_rows = a.dq.direct != nullptr ? 0 : BQ * DP;
+  const int64_t det_rows = g.det ? 3 * RK * DP + DP : 0;  // k2 permuted twice, dk2b, one row to unpermute
   const int64_t elems = BwdWork<V>::elems(g) + 2 * g.D * NPJ + 4 * RJ * DP + 2 * RK * DP + rows_if(a.k2, RK) +
-                        rows_if(a.v2, RK) + rows_if(a.q, BQ) + rows_if(a.dout, BQ) + rows_if(a.out, BQ) + dq_rows;
+                        rows_if(a.v2, RK) + det_rows + rows_if(a.q, BQ) + rows_if(a.dout, BQ) + rows_if(a.out, BQ) +
+                        dq_rows;
   T* buffer = new T[elems];
   Arena<T> arena{buffer};
   const BwdWork<V> w(arena, g);
@@ -467,6 +611,9 @@ void bwd_items(const BwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
   T *dk2_buf = arena.take(RK * DP), *dv2_buf = arena.take(RK * DP);
   T *k1_buf = arena.take(RJ * DP), *v1_buf = arena.take(RJ * DP);
   T *k2_buf = arena.take(rows_if(a.k2, RK)), *v2_buf = arena.take(rows_if(a.v2, RK));
+  T* perm_buf = arena.take(g.det ? 2 * RK * DP : 0);
+  T* dk2b_buf = arena.take(g.det ? RK * DP : 0);
+  T* row_buf = arena.take(g.det ? DP : 0);
   T *q_buf = arena.take(rows_if(a.q, BQ)), *do_buf = arena.take(rows_if(a.dout, BQ));
   T* out_buf = arena.take(rows_if(a.out, BQ));
   T* dq_buf = arena.take(dq_rows);
@@ -475,16 +622,13 @@ void bwd_items(const BwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
     const Range J = window(it.rows.lo, it.rows.hi, g.b1, it.seq), K = window(it.rows.lo, it.rows.hi, g.b2, it.seq);
     BwdTiles<T> t;
     t.k1 = copied_rows(a.k1, g, it.b, it.kvh, J, k1_buf);
-    t.v1 = copied_rows(a.v1, g, it.b, it.kvh, J, v1_buf);
-    t.k2 = input_rows(a.k2, g, it.b, it.kvh, K, k2_buf);
-    t.v2 = input_rows(a.v2, g, it.b, it.kvh, K, v2_buf);
-    t.k1t = {k1t_buf, NPJ, J.lo};
+    t.key = key_tiles(t.k1, a.k2, a.v1, a.v2, g, it.b, it.kvh, J, K, NPJ, k1t_buf, v1_buf, k2_buf, v2_buf, perm_buf);
     t.v1t = {v1t_buf, NPJ, J.lo};
-    transpose_rows(t.k1, J, g.D, t.k1t);
-    transpose_rows(t.v1, J, g.D, t.v1t);
+    transpose_rows(t.key.v1, J, g.D, t.v1t);
     t.dk1 = dk1_buf;
     t.dv1 = dv1_buf;
     t.dk2 = dk2_buf;
+    t.dk2b = dk2b_buf;
     t.dv2 = dv2_buf;
     t.jlo = J.lo;
     t.klo = K.lo;
@@ -492,23 +636,30 @@ void bwd_items(const BwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
     std::memset(dv1_buf, 0, sizeof(T) * J.size() * DP);
     std::memset(dk2_buf, 0, sizeof(T) * K.size() * DP);
     std::memset(dv2_buf, 0, sizeof(T) * K.size() * DP);
+    if (g.det) std::memset(dk2b_buf, 0, sizeof(T) * K.size() * DP);
     for (int64_t h = it.kvh * group; h < (it.kvh + 1) * group; ++h) {
       const RowView<T> q = input_rows(a.q, g, it.b, h, it.rows, q_buf);
       const RowView<T> dout = input_rows(a.dout, g, it.b, h, it.rows, do_buf);
       const RowView<T> out = input_rows(a.out, g, it.b, h, it.rows, out_buf);
-      const T* lse = a.lse + (it.b * g.Hq + h) * g.N;
+      const int64_t row0 = (it.b * g.Hq + h) * g.N;
       for (int64_t i = it.rows.lo; i < it.rows.hi; ++i) {
         T* dq_row = a.dq.direct != nullptr ? a.dq.direct + it.b * a.dq.sb + i * a.dq.sn + h * a.dq.sh
                                            : dq_buf + (i - it.rows.lo) * DP;
         // Delta = rowsum(dout * out), from the saved (rounded) output.
         const T delta = row_dot<V>(dout.at(i), out.at(i), DP);
-        bwd_query<V>(g, a.scale, t, q.at(i), dout.at(i), lse[i], delta, window(i, i + 1, g.b1, it.seq),
-                     window(i, i + 1, g.b2, it.seq), dq_row, w);
+        bwd_query<V>(g, a.scale, t, q.at(i), dout.at(i), a.lse[row0 + i], a.lse_lo[row0 + i], delta,
+                     window(i, i + 1, g.b1, it.seq), window(i, i + 1, g.b2, it.seq), dq_row, w);
       }
       if (a.dq.direct == nullptr) a.dq.scatter(a.dq, g.D, DP, it.b, h, it.rows.lo, it.rows.hi, dq_buf);
     }
-    const int64_t slot =
-        a.sched.halo_first[it.s] < 0 ? -1 : a.sched.halo_first[it.s] + (item - a.sched.first_item[it.s]);
+    if (g.det) {
+      for (int64_t n = 0; n < K.size(); ++n) {
+        unpermute_difference(dk2_buf + n * DP, dk2b_buf + n * DP, g.D, DP, row_buf);
+        std::memcpy(dk2_buf + n * DP, row_buf, sizeof(T) * DP);
+      }
+    }
+    const int64_t local = item - a.sched.first_item[it.s];
+    const int64_t slot = a.sched.halo_first[it.s] < 0 ? -1 : a.sched.halo_first[it.s] + local;
     const int64_t s1 = g.b1.L + g.b1.R, s2 = g.b2.L + g.b2.R;
     T* hk1 = slot < 0 ? nullptr : a.halo_k1 + slot * s1 * DP;
     T* hv1 = slot < 0 ? nullptr : a.halo_v1 + slot * s1 * DP;

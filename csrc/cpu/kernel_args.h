@@ -126,7 +126,28 @@ struct BwdArgs {
   T *halo_k2, *halo_v2;  // [slots, b2.L + b2.R, DP]
 };
 
-// One instruction-set flavour of the kernels: its vector width (the padding unit) and the two
+// One decoding call (CONTRACT §7): query t of sequence b sits at position P = cache_seqlens[b] +
+// t, its causal windows are J(P) = [P - w1 + 1, P] and K(P) likewise with w2, clipped at 0, and
+// position p of the k1/v1 cache lives in slot p % C1 (k2/v2: p % C2). A work item is (b, kv
+// head, block of TB query rows, part c of the block's j range U = the union of its rows' J),
+// with every query head of the group inside: the j range is cut into `splits` parts so that a
+// few query rows still give every thread work (flash-decoding). Each item leaves, per query row
+// and head, the softmax state of its part, (m, l, sum of P v1 v2 unnormalised): rows
+// [B, Hq, Nq, splits] of part_ml (2 values) and part_acc (DP values), combined by the glue.
+template <typename T>
+struct DecodeArgs {
+  Geometry g;  // N = Nq query rows per sequence; causal bands
+  T scale;
+  int64_t Nq, C1, C2, TB, splits;
+  const int32_t* cache_seqlens;  // [B]
+  Input<T> q;                    // [B, Nq, Hq, D]
+  Input<T> k1, v1;               // [B, C1, Hkv, D]: row n of Input is slot n
+  Input<T> k2, v2;               // [B, C2, Hkv, D]
+  T *part_ml, *part_acc;
+  int64_t items() const { return g.B * g.Hkv * ((Nq + TB - 1) / TB) * splits; }
+};
+
+// One instruction-set flavour of the kernels: its vector width (the padding unit) and the
 // work-item loops. Each processes items [begin, end) and allocates its own scratch.
 template <typename T>
 struct KernelSet {
@@ -134,6 +155,7 @@ struct KernelSet {
   int64_t vector_width;
   void (*fwd)(const FwdArgs<T>& a, int64_t begin, int64_t end);
   void (*bwd)(const BwdArgs<T>& a, int64_t begin, int64_t end);
+  void (*decode)(const DecodeArgs<T>& a, int64_t begin, int64_t end);
 };
 
 // Null when the flavour was not compiled in (non-x86 targets, compilers without target pragmas).

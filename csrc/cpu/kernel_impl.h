@@ -391,22 +391,22 @@ void fwd_query(const Geometry& g, typename V::T scale, const typename V::T* q_ro
   *lse_lo = hi - hi == T(0) ? (st.m - hi) + ln_l : T(0);
 }
 
-// The key-side tiles of a work item whose windows reach rows J (k1, v1) and K (k2, v2), given
-// the k1 rows; the buffers are the item loop's scratch (empty where rows are read in place).
+// The key-side tiles of a work item whose windows reach rows J (k1, v1) and K (k2, v2), from
+// their rows: k1 transposed into k1t_buf, and for determinant logits k2 permuted into perm_buf
+// (2 K.size() rows).
 template <typename T>
-KeyTiles<T> key_tiles(const RowView<T>& k1, const Input<T>& k2, const Input<T>& v1, const Input<T>& v2,
-                      const Geometry& g, int64_t b, int64_t h, Range J, Range K, int64_t NPJ, T* k1t_buf, T* v1_buf,
-                      T* k2_buf, T* v2_buf, T* perm_buf) {
+KeyTiles<T> key_tiles(const Geometry& g, const RowView<T>& k1, const RowView<T>& v1, const RowView<T>& k2,
+                      const RowView<T>& v2, Range J, Range K, int64_t NPJ, T* k1t_buf, T* perm_buf) {
   KeyTiles<T> t;
   t.k1t = {k1t_buf, NPJ, J.lo};
   transpose_rows(k1, J, g.D, t.k1t);
-  t.v1 = copied_rows(v1, g, b, h, J, v1_buf);
-  t.k2 = input_rows(k2, g, b, h, K, k2_buf);
-  t.v2 = input_rows(v2, g, b, h, K, v2_buf);
+  t.v1 = v1;
+  t.k2 = k2;
+  t.v2 = v2;
   if (g.det) {
     T* ss = perm_buf + K.size() * g.DP;
     for (int64_t n = K.lo; n < K.hi; ++n) {
-      permute_row(t.k2.at(n), g.D, g.DP, perm_buf + (n - K.lo) * g.DP, ss + (n - K.lo) * g.DP);
+      permute_row(k2.at(n), g.D, g.DP, perm_buf + (n - K.lo) * g.DP, ss + (n - K.lo) * g.DP);
     }
     t.k2s = {perm_buf, g.DP, K.lo};
     t.k2ss = {ss, g.DP, K.lo};
@@ -438,8 +438,10 @@ void fwd_items(const FwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
   for (int64_t item = begin; item < end; ++item) {
     const Item it = decode_item(a.sched, g.Hkv, item);
     const Range J = window(it.rows.lo, it.rows.hi, g.b1, it.seq), K = window(it.rows.lo, it.rows.hi, g.b2, it.seq);
-    const KeyTiles<T> t = key_tiles(input_rows(a.k1, g, it.b, it.kvh, J, k1_buf), a.k2, a.v1, a.v2, g, it.b, it.kvh, J,
-                                    K, NPJ, k1t_buf, v1_buf, k2_buf, v2_buf, perm_buf);
+    const KeyTiles<T> t =
+        key_tiles(g, input_rows(a.k1, g, it.b, it.kvh, J, k1_buf), copied_rows(a.v1, g, it.b, it.kvh, J, v1_buf),
+                  input_rows(a.k2, g, it.b, it.kvh, K, k2_buf), input_rows(a.v2, g, it.b, it.kvh, K, v2_buf), J, K, NPJ,
+                  k1t_buf, perm_buf);
     for (int64_t h = it.kvh * group; h < (it.kvh + 1) * group; ++h) {
       const RowView<T> q = input_rows(a.q, g, it.b, h, it.rows, q_buf);
       const int64_t row0 = (it.b * g.Hq + h) * g.N;
@@ -622,7 +624,9 @@ void bwd_items(const BwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
     const Range J = window(it.rows.lo, it.rows.hi, g.b1, it.seq), K = window(it.rows.lo, it.rows.hi, g.b2, it.seq);
     BwdTiles<T> t;
     t.k1 = copied_rows(a.k1, g, it.b, it.kvh, J, k1_buf);
-    t.key = key_tiles(t.k1, a.k2, a.v1, a.v2, g, it.b, it.kvh, J, K, NPJ, k1t_buf, v1_buf, k2_buf, v2_buf, perm_buf);
+    t.key =
+        key_tiles(g, t.k1, copied_rows(a.v1, g, it.b, it.kvh, J, v1_buf), input_rows(a.k2, g, it.b, it.kvh, K, k2_buf),
+                  input_rows(a.v2, g, it.b, it.kvh, K, v2_buf), J, K, NPJ, k1t_buf, perm_buf);
     t.v1t = {v1t_buf, NPJ, J.lo};
     transpose_rows(t.key.v1, J, g.D, t.v1t);
     t.dk1 = dk1_buf;
@@ -669,6 +673,79 @@ void bwd_items(const BwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
     write_back(dv1_buf, J, it.rows, g.b1, DP, a.dv1, it.b, it.kvh, hv1);
     write_back(dk2_buf, K, it.rows, g.b2, DP, a.dk2, it.b, it.kvh, hk2);
     write_back(dv2_buf, K, it.rows, g.b2, DP, a.dv2, it.b, it.kvh, hv2);
+  }
+  delete[] buffer;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding (DecodeArgs).
+
+// Positions r of (b, h) of a ring-buffer cache of C slots (position p in slot p % C), copied in
+// position order into `scratch` (DP per row): one run of consecutive slots at a time.
+template <typename T>
+RowView<T> ring_rows(const Input<T>& in, const Geometry& g, int64_t b, int64_t h, Range r, int64_t C, T* scratch) {
+  for (int64_t p = r.lo; p < r.hi;) {
+    const int64_t slot = p % C, run = imin(r.hi - p, C - slot);
+    copied_rows(in, g, b, h, Range{slot, slot + run}, scratch + (p - r.lo) * g.DP);
+    p += run;
+  }
+  return {scratch, g.DP, r.lo};
+}
+
+template <class V>
+void decode_items(const DecodeArgs<typename V::T>& a, int64_t begin, int64_t end) {
+  using T = typename V::T;
+  const Geometry& g = a.g;
+  const int64_t DP = g.DP, group = g.Hq / g.Hkv, TB = a.TB;
+  const int64_t tblocks = (a.Nq + TB - 1) / TB;
+  // Rows of the widest j part and k range an item can have.
+  const int64_t RU = TB + g.b1.L, RJ = imin(RU, (RU + a.splits - 1) / a.splits), RK = TB + g.b2.L;
+  const int64_t NPJ = ceil_div(RJ, V::W) * V::W + V::W;
+  const int64_t elems = FwdWork<V>::elems(g) + g.D * NPJ + 2 * RJ * DP + 2 * RK * DP + (g.det ? 2 * RK * DP : 0) +
+                        (a.q.direct != nullptr ? 0 : TB * DP);
+  T* buffer = new T[elems];
+  Arena<T> arena{buffer};
+  const FwdWork<V> w(arena, g);
+  T *k1t_buf = arena.take(g.D * NPJ), *k1_buf = arena.take(RJ * DP), *v1_buf = arena.take(RJ * DP);
+  T *k2_buf = arena.take(RK * DP), *v2_buf = arena.take(RK * DP);
+  T* perm_buf = arena.take(g.det ? 2 * RK * DP : 0);
+  T* q_buf = arena.take(a.q.direct != nullptr ? 0 : TB * DP);
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t c = item % a.splits, tb = item / a.splits % tblocks;
+    const int64_t kvh = item / (a.splits * tblocks) % g.Hkv, b = item / (a.splits * tblocks * g.Hkv);
+    const Range rows{tb * TB, imin(a.Nq, (tb + 1) * TB)};
+    const int64_t L = a.cache_seqlens[b];
+    const Range seq{0, L + rows.hi};  // every position up to the last query's
+    const Range U = window(L + rows.lo, L + rows.hi, g.b1, seq), K = window(L + rows.lo, L + rows.hi, g.b2, seq);
+    const int64_t part = (U.size() + a.splits - 1) / a.splits;
+    const Range J{imin(U.hi, U.lo + c * part), imin(U.hi, U.lo + (c + 1) * part)};
+    KeyTiles<T> t;
+    if (J.size() > 0) {
+      t = key_tiles(g, ring_rows(a.k1, g, b, kvh, J, a.C1, k1_buf), ring_rows(a.v1, g, b, kvh, J, a.C1, v1_buf),
+                    ring_rows(a.k2, g, b, kvh, K, a.C2, k2_buf), ring_rows(a.v2, g, b, kvh, K, a.C2, v2_buf), J, K, NPJ,
+                    k1t_buf, perm_buf);
+    }
+    for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+      const RowView<T> q = input_rows(a.q, g, b, h, rows, q_buf);
+      for (int64_t i = rows.lo; i < rows.hi; ++i) {
+        const int64_t state = ((b * g.Hq + h) * a.Nq + i) * a.splits + c;
+        T* ml = a.part_ml + 2 * state;
+        T* acc = a.part_acc + state * DP;
+        const Range jr = window(L + i, L + i + 1, g.b1, seq), kr = window(L + i, L + i + 1, g.b2, seq);
+        const Range mine{jr.lo > J.lo ? jr.lo : J.lo, jr.hi < J.hi ? jr.hi : J.hi};
+        if (mine.size() <= 0) {  // no pair of this row in this part
+          ml[0] = -std::numeric_limits<T>::infinity();
+          ml[1] = T(0);
+          row_zero<V>(acc, DP);
+          continue;
+        }
+        scale_query<V>(g, a.scale, q.at(i), w.qs, w.qs_s, w.qs_ss);
+        const SoftmaxState<T> st = softmax_rows<V>(g, t, mine, kr, w);
+        ml[0] = st.m;
+        ml[1] = st.l;
+        std::memcpy(acc, w.acc, sizeof(T) * DP);
+      }
+    }
   }
   delete[] buffer;
 }

@@ -1,9 +1,10 @@
 """The C++ CPU kernels at large logits (issue 14, items 1 and 2), on every instruction-set flavour.
 
-The softmax rule of the kernels: exponents are formed in natural units by subtracting first
-(`2^((z - m) log2 e)`, never `fma(z, log2 e, -m log2 e)`, whose rounding of `m log2 e` goes
-straight into the exponent), and the backward's recomputed `P = 2^(min(z - lse, 0) log2 e)` is
-clamped at 1 with NaN kept. Before that rule the AVX2 kernels returned NaN at q = 1e10 and a dv1
+The softmax rule of the kernels (numerics of issue 14): exponents are formed in natural units by
+subtracting first (`2^((z - m) log2 e)`, never `fma(z, log2 e, -m log2 e)`, whose rounding of
+`m log2 e` goes straight into the exponent); the forward saves lse and its rounding residual
+lse_lo; the backward's recomputed `P = 2^(min((z - lse) - lse_lo, 0) log2 e)` is clamped at 1
+with NaN kept. Before that rule the AVX2 kernels returned NaN at q = 1e10 and a dv1
 of 1.015 at 1e6 where the answer is 1.
 """
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from simplicial_attn import _ext
+from simplicial_attn.problem import Problem
 
 from cases import Case, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
@@ -35,8 +37,9 @@ ISAS = _isas()
 
 
 def _run(q, k1, k2, v1, v2, dout, w1, w2, scale, causal=True):
-    out, lse = ops.fused_fwd(q, k1, k2, v1, v2, w1, w2, causal, scale)
-    return (out, lse, *ops.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale))
+    prob = Problem(w1, w2, causal, scale).fused_args()
+    out, lse, lse_lo = ops.fused_fwd(q, k1, k2, v1, v2, *prob)
+    return (out, lse, *ops.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -78,12 +81,13 @@ def test_large_offset_logits_match_oracle(isa, offset, poison, monkeypatch):
     dout = make_dout(CASE, seed=21)
     got = _run(*inputs, dout, CASE.w1, CASE.w2, 1.0)
     ref = (*oracle_fwd(*inputs, CASE.w1, CASE.w2, True, 1.0), *oracle_bwd(dout, *inputs, CASE.w1, CASE.w2, True, 1.0))
-    # lse itself is compared relative to its size (~offset), so it gets the float32 bound.
-    bounds = {"lse": 1e-6}
+    # The issue asks for 2e-3 up to 1e4; with lse_lo the kernels keep the CONTRACT's float32 bound
+    # (measured ~2e-7), which this holds. lse alone would miss it from ~1e3 (ulp(lse) / 2 enters
+    # every P of the row: 1.7e-5 at 1e3, 3e-4 at 1e4).
     for name, x, r in zip(NAMES, got, ref, strict=True):
         assert not x.isnan().any(), f"{name} has NaN at logit offset {offset:g}"
         err = rel_err(x, r)
-        assert err <= bounds.get(name, 2e-3), f"{name}: relative error {err:.2e} at logit offset {offset:g}"
+        assert err <= 1e-5, f"{name}: relative error {err:.2e} at logit offset {offset:g}"
 
 
 @pytest.mark.parametrize("isa", ISAS)

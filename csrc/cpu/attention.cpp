@@ -1,7 +1,9 @@
-// CPU implementation of simplicial_attn::fused_fwd / fused_bwd: argument checks, the choice of
-// kernel flavour, the work items (layout.h), the kernel run over them (kernel_impl.h) and, in
-// the backward, the fixed-order sum of the key/value halos (layout.h).
+// CPU implementation of simplicial_attn::fused_fwd / fused_bwd (csrc/ops.cpp): argument checks,
+// the sequences and work items of a call (layout.h), the kernel run over them (kernel_impl.h)
+// and, in the backward, the fixed-order sum of the key/value halos (layout.h).
 //
+// Batched calls have one sequence per batch; packed ones (CONTRACT §6) one per cu_seqlens
+// entry, every window clipped to its own sequence inside the kernels (no padding, no copies).
 // The kernels read float32 inputs with unit stride in D in place; other dtypes (bf16/fp16 run
 // the float32 kernels, float64 its own) and strides are converted row by row into per-thread
 // scratch as a work item needs them, O(N*H*D) work against the kernels' O(N*H*D*w1*w2).
@@ -9,12 +11,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "checks.h"
-#include "cpu_info.h"
+#include "dispatch.h"
 #include "kernel_args.h"
 #include "layout.h"
 #include "problem.h"
@@ -30,84 +32,15 @@ constexpr int64_t kMaxJTile = 128;
 // Work items a call should have at least (block_rows), for load balance.
 constexpr int64_t kMinItems = 16;
 
-enum class Isa { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
-
-Isa detected_isa() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const Isa isa = [] {
-    __builtin_cpu_init();
-    if (kernels_avx512_f32() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) {
-      return Isa::kAvx512;
-    }
-    if (kernels_avx2_f32() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
-    return Isa::kBase;
-  }();
-  return isa;
-#else
-  return Isa::kBase;
-#endif
-}
-
-// SIMPLICIAL_ATTN_CPU_ISA=base|avx2|avx512 caps the instruction set (the tests run every
-// flavour the CPU has; a user can rule one out). Read on every call so a test can switch it.
-Isa selected_isa() {
-  const Isa best = detected_isa();
-  const char* env = std::getenv("SIMPLICIAL_ATTN_CPU_ISA");
-  if (env == nullptr || *env == '\0') return best;
-  const std::string want(env);
-  Isa cap;
-  if (want == "base") {
-    cap = Isa::kBase;
-  } else if (want == "avx2") {
-    cap = Isa::kAvx2;
-  } else if (want == "avx512") {
-    cap = Isa::kAvx512;
-  } else {
-    TORCH_CHECK(false, "SIMPLICIAL_ATTN_CPU_ISA must be one of base, avx2, avx512 (or unset), got '", want, "'");
-  }
-  return cap < best ? cap : best;
-}
-
-const KernelSet<float>& float_kernels() {
-  switch (selected_isa()) {
-    case Isa::kAvx512:
-      return *kernels_avx512_f32();
-    case Isa::kAvx2:
-      return *kernels_avx2_f32();
-    default:
-      return *kernels_base_f32();
-  }
-}
-
-template <typename T>
-const KernelSet<T>& kernels_for();
-template <>
-const KernelSet<float>& kernels_for<float>() {
-  return float_kernels();
-}
-template <>
-const KernelSet<double>& kernels_for<double>() {
-  return *kernels_base_f64();
-}
-
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-void check_dtype(const at::Tensor& q) {
-  const auto dt = q.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble,
-              "q must have dtype float32, bfloat16, float16 or float64 on the CPU, got ", dt);
-}
-
-at::ScalarType lse_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 // Windows wider than the longest sequence behave like the widest useful one; clipping them
 // keeps the scratch sizes (BQ + w - 1 rows) meaningful for direct calls with huge windows.
-int64_t clip_window(int64_t w, int64_t N, bool causal) {
-  const int64_t full = causal ? N : 2 * N - 1;
-  return w < full ? w : full;
+int64_t clip_window(int64_t w, int64_t longest, bool causal) {
+  const int64_t full = causal ? longest : 2 * longest - 1;
+  return w < full ? w : (full > 1 ? full : 1);
 }
 
-Geometry make_geometry(const Dims& d, int64_t vector_width, int64_t w1, int64_t w2, bool causal) {
+Geometry make_geometry(const Dims& d, int64_t vector_width, int64_t w1, int64_t w2, bool causal, bool det,
+                       int64_t longest) {
   Geometry g;
   g.B = d.B;
   g.N = d.N;
@@ -115,14 +48,32 @@ Geometry make_geometry(const Dims& d, int64_t vector_width, int64_t w1, int64_t 
   g.Hkv = d.Hkv;
   g.D = d.D;
   g.DP = round_up(d.D, vector_width);
-  w1 = clip_window(w1, d.N, causal);
-  w2 = clip_window(w2, d.N, causal);
+  g.longest = longest;
   g.b1 = band(w1, causal);
   g.b2 = band(w2, causal);
   g.KT = w2 < kMaxKTile ? w2 : kMaxKTile;
   g.JT = round_up(w1 < kMaxJTile ? w1 : kMaxJTile, vector_width);
-  g.det = false;
+  g.det = det;
   return g;
+}
+
+// The sequences of a call: one per batch, or the packed ones of cu_seqlens (checked here too,
+// since the op can be called directly).
+SequenceTable sequences_of(const Dims& d, const Problem& p) {
+  if (!p.packed()) return SequenceTable::batched(d.B, d.N);
+  const int32_t* cu = p.cu_seqlens.data_ptr<int32_t>();
+  const int64_t S = p.num_seqs();
+  TORCH_CHECK(cu[0] == 0, "cu_seqlens must start at 0, got cu_seqlens[0] = ", cu[0]);
+  for (int64_t s = 0; s < S; ++s) {
+    TORCH_CHECK(cu[s + 1] >= cu[s], "cu_seqlens must be non-decreasing, got cu_seqlens[", s + 1, "] = ", cu[s + 1],
+                " < cu_seqlens[", s, "] = ", cu[s]);
+  }
+  TORCH_CHECK(cu[S] == d.N, "cu_seqlens must end at the number of rows T = ", d.N, ", got cu_seqlens[", S,
+              "] = ", cu[S]);
+  SequenceTable t = SequenceTable::packed(cu, S);
+  TORCH_CHECK(p.max_seqlen >= t.longest(), "max_seqlen must be >= every sequence length, got ", p.max_seqlen,
+              " for a sequence of ", t.longest());
+  return t;
 }
 
 // Queries per work item. The backward's halo (kernel_args.h) holds w1 - 1 rows per block, so
@@ -138,31 +89,69 @@ int64_t block_rows(const Geometry& g, const SequenceTable& seqs) {
   return bq;
 }
 
-template <typename T, typename S>
-std::tuple<at::Tensor, at::Tensor> run_fwd(const Dims& d, const at::Tensor& q, const at::Tensor& k1,
-                                           const at::Tensor& k2, const at::Tensor& v1, const at::Tensor& v2, int64_t w1,
-                                           int64_t w2, bool causal, double scale) {
-  const KernelSet<T>& ks = kernels_for<T>();
-  const Geometry g = make_geometry(d, ks.vector_width, w1, w2, causal);
-  SequenceTable seqs = SequenceTable::batched(g.B, g.N);
+// The kernels vectorise over the j window (w1) and cut the k window (w2) into tiles of 32
+// rows, so a narrow j window wastes vector lanes (w1 = 1 uses one of 16). The math is symmetric
+// in the pairs (k1, v1, w1) and (k2, v2, w2), except that the determinant changes sign, so when
+// w2 is the wider window the pairs are passed swapped (the gradients swapped back) and a
+// determinant's scale negated.
+struct Pairs {
+  const at::Tensor *k1, *k2, *v1, *v2;
+  int64_t w1, w2;
+  double scale;
+  bool swapped;
+};
+
+Pairs order_pairs(const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1, const at::Tensor& v2,
+                  const Problem& p, int64_t longest) {
+  const int64_t w1 = clip_window(p.w1, longest, p.causal), w2 = clip_window(p.w2, longest, p.causal);
+  if (w2 <= w1) return {&k1, &k2, &v1, &v2, w1, w2, p.scale, false};
+  const double scale = p.logits == Logits::kDeterminant ? -p.scale : p.scale;
+  return {&k2, &k1, &v2, &v1, w2, w1, scale, true};
+}
+
+// One fused call after its checks: sizes, sequences, ordered pairs and geometry.
+struct Call {
+  Dims d;
+  SequenceTable seqs;
+  Pairs pairs;
+  Geometry g;
+};
+
+Call plan_call(const Dims& d, const Problem& p, int64_t vector_width, const at::Tensor& k1, const at::Tensor& k2,
+               const at::Tensor& v1, const at::Tensor& v2) {
+  SequenceTable seqs = sequences_of(d, p);
+  const int64_t longest = seqs.longest();
+  const Pairs pairs = order_pairs(k1, k2, v1, v2, p, longest);
+  const Geometry g =
+      make_geometry(d, vector_width, pairs.w1, pairs.w2, p.causal, p.logits == Logits::kDeterminant, longest);
   seqs.plan(block_rows(g, seqs), g.Hkv);
+  return {d, std::move(seqs), pairs, g};
+}
+
+template <typename T, typename S>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_fwd(const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2,
+                                                       const at::Tensor& v1, const at::Tensor& v2, const Problem& p) {
+  const KernelSet<T>& ks = kernels_for<T>();
+  const Call c =
+      plan_call(Dims{q.size(0), q.size(1), q.size(2), k1.size(2), q.size(3)}, p, ks.vector_width, k1, k2, v1, v2);
+  const Geometry& g = c.g;
   const at::Tensor out = at::empty(q.sizes(), q.options());
   const at::Tensor lse = at::empty({g.B, g.Hq, g.N}, q.options().dtype(c10::CppTypeToScalarType<T>::value));
   const at::Tensor lse_lo = at::empty_like(lse);
   FwdArgs<T> a;
   a.g = g;
-  a.sched = seqs.schedule();
-  a.scale = static_cast<T>(scale);
+  a.sched = c.seqs.schedule();
+  a.scale = static_cast<T>(c.pairs.scale);
   a.q = make_input<T, S>(q, g.DP);
-  a.k1 = make_input<T, S>(k1, g.DP);
-  a.k2 = make_input<T, S>(k2, g.DP);
-  a.v1 = make_input<T, S>(v1, g.DP);
-  a.v2 = make_input<T, S>(v2, g.DP);
+  a.k1 = make_input<T, S>(*c.pairs.k1, g.DP);
+  a.k2 = make_input<T, S>(*c.pairs.k2, g.DP);
+  a.v1 = make_input<T, S>(*c.pairs.v1, g.DP);
+  a.v2 = make_input<T, S>(*c.pairs.v2, g.DP);
   a.out = make_output<T, S>(out, g.DP);
   a.lse = lse.data_ptr<T>();
   a.lse_lo = lse_lo.data_ptr<T>();
   at::parallel_for(0, a.sched.items(), 1, [&](int64_t begin, int64_t end) { ks.fwd(a, begin, end); });
-  return {out, lse};
+  return {out, lse, lse_lo};
 }
 
 // A key/value gradient's fp32 (float64) accumulator: the output itself when the kernels can
@@ -179,24 +168,23 @@ std::pair<Accum<T>, at::Tensor> accumulator(const at::Tensor& grad, const Geomet
 
 template <typename T, typename S>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_bwd(
-    const Dims& d, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2,
-    const at::Tensor& v1, const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, int64_t w1, int64_t w2,
-    bool causal, double scale) {
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1,
+    const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& lse_lo, const Problem& p) {
   const KernelSet<T>& ks = kernels_for<T>();
-  const Geometry g = make_geometry(d, ks.vector_width, w1, w2, causal);
-  SequenceTable seqs = SequenceTable::batched(g.B, g.N);
-  seqs.plan(block_rows(g, seqs), g.Hkv);
-  const at::Tensor lse_c = lse.contiguous();
-  const at::Tensor lse_lo = at::zeros_like(lse_c);
-  const at::Tensor dq = at::empty(q.sizes(), q.options()), dk1 = at::empty(k1.sizes(), k1.options()),
-                   dk2 = at::empty(k2.sizes(), k2.options()), dv1 = at::empty(v1.sizes(), v1.options()),
-                   dv2 = at::empty(v2.sizes(), v2.options());
+  const Call c =
+      plan_call(Dims{q.size(0), q.size(1), q.size(2), k1.size(2), q.size(3)}, p, ks.vector_width, k1, k2, v1, v2);
+  const Geometry& g = c.g;
+  const at::Tensor lse_c = lse.contiguous(), lse_lo_c = lse_lo.contiguous();
+  // Gradients in the kernels' pair order (swapped back on return).
+  const at::Tensor dq = at::empty(q.sizes(), q.options());
+  const at::Tensor dk1 = at::empty(c.pairs.k1->sizes(), q.options()), dk2 = at::empty(c.pairs.k2->sizes(), q.options()),
+                   dv1 = at::empty(c.pairs.v1->sizes(), q.options()), dv2 = at::empty(c.pairs.v2->sizes(), q.options());
   const auto [acc_k1, buf_k1] = accumulator<T, S>(dk1, g);
   const auto [acc_v1, buf_v1] = accumulator<T, S>(dv1, g);
   const auto [acc_k2, buf_k2] = accumulator<T, S>(dk2, g);
   const auto [acc_v2, buf_v2] = accumulator<T, S>(dv2, g);
   const auto opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
-  const int64_t slots = seqs.halo_slots();
+  const int64_t slots = c.seqs.halo_slots();
   const at::Tensor halo_k1 = at::empty({slots, g.b1.L + g.b1.R, g.DP}, opts),
                    halo_v1 = at::empty({slots, g.b1.L + g.b1.R, g.DP}, opts),
                    halo_k2 = at::empty({slots, g.b2.L + g.b2.R, g.DP}, opts),
@@ -204,17 +192,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_bwd(
 
   BwdArgs<T> a;
   a.g = g;
-  a.sched = seqs.schedule();
-  a.scale = static_cast<T>(scale);
+  a.sched = c.seqs.schedule();
+  a.scale = static_cast<T>(c.pairs.scale);
   a.q = make_input<T, S>(q, g.DP);
-  a.k1 = make_input<T, S>(k1, g.DP);
-  a.k2 = make_input<T, S>(k2, g.DP);
-  a.v1 = make_input<T, S>(v1, g.DP);
-  a.v2 = make_input<T, S>(v2, g.DP);
+  a.k1 = make_input<T, S>(*c.pairs.k1, g.DP);
+  a.k2 = make_input<T, S>(*c.pairs.k2, g.DP);
+  a.v1 = make_input<T, S>(*c.pairs.v1, g.DP);
+  a.v2 = make_input<T, S>(*c.pairs.v2, g.DP);
   a.dout = make_input<T, S>(dout, g.DP);
   a.out = make_input<T, S>(out, g.DP);
   a.lse = lse_c.data_ptr<T>();
-  a.lse_lo = lse_lo.data_ptr<T>();
+  a.lse_lo = lse_lo_c.data_ptr<T>();
   a.dq = make_output<T, S>(dq, g.DP);
   a.dk1 = acc_k1;
   a.dv1 = acc_v1;
@@ -233,100 +221,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_bwd(
       {acc_v2, a.halo_v2, g.b2, make_output<T, S>(dv2, g.DP), !buf_v2.defined()},
   };
   sum_halos(g, a.sched, jobs);
+  if (c.pairs.swapped) return {dq, dk2, dk1, dv2, dv1};
   return {dq, dk1, dk2, dv1, dv2};
 }
 
-// The kernels vectorise over the j window (w1) and cut the k window (w2) into tiles of 32
-// rows, so a narrow j window wastes vector lanes (w1 = 1 uses one of 16). The math is symmetric
-// in the pairs (k1, v1, w1) and (k2, v2, w2), so when w2 is the wider window the pairs are
-// passed swapped (and the gradients swapped back).
-bool wider_second_window(const Dims& d, int64_t w1, int64_t w2, bool causal) {
-  return clip_window(w2, d.N, causal) > clip_window(w1, d.N, causal);
-}
-
-template <typename T, typename S>
-std::tuple<at::Tensor, at::Tensor> fwd_pairs(const Dims& d, const at::Tensor& q, const at::Tensor& k1,
-                                             const at::Tensor& k2, const at::Tensor& v1, const at::Tensor& v2,
-                                             int64_t w1, int64_t w2, bool causal, double scale) {
-  if (wider_second_window(d, w1, w2, causal)) return run_fwd<T, S>(d, q, k2, k1, v2, v1, w2, w1, causal, scale);
-  return run_fwd<T, S>(d, q, k1, k2, v1, v2, w1, w2, causal, scale);
-}
-
-template <typename T, typename S>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_pairs(
-    const Dims& d, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2,
-    const at::Tensor& v1, const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, int64_t w1, int64_t w2,
-    bool causal, double scale) {
-  if (!wider_second_window(d, w1, w2, causal)) {
-    return run_bwd<T, S>(d, dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale);
-  }
-  const auto g = run_bwd<T, S>(d, dout, q, k2, k1, v2, v1, out, lse, w2, w1, causal, scale);
-  return {std::get<0>(g), std::get<2>(g), std::get<1>(g), std::get<4>(g), std::get<3>(g)};
-}
-
-// Each input dtype S runs with its compute type T: double for double, float otherwise.
-std::tuple<at::Tensor, at::Tensor> fused_fwd_cpu(const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2,
-                                                 const at::Tensor& v1, const at::Tensor& v2, int64_t w1, int64_t w2,
-                                                 bool causal, double scale) {
-  const Dims d = check_inputs(q, k1, k2, v1, v2, w1, w2);
-  check_dtype(q);
-  if (d.B == 0 || d.N == 0) {  // Python returns before calling; direct calls get empty results too
-    return {at::empty(q.sizes(), q.options()), at::empty({d.B, d.Hq, d.N}, q.options().dtype(lse_dtype(q)))};
-  }
-  switch (q.scalar_type()) {
-    case at::kDouble:
-      return fwd_pairs<double, double>(d, q, k1, k2, v1, v2, w1, w2, causal, scale);
-    case at::kBFloat16:
-      return fwd_pairs<float, c10::BFloat16>(d, q, k1, k2, v1, v2, w1, w2, causal, scale);
-    case at::kHalf:
-      return fwd_pairs<float, c10::Half>(d, q, k1, k2, v1, v2, w1, w2, causal, scale);
-    default:
-      return fwd_pairs<float, float>(d, q, k1, k2, v1, v2, w1, w2, causal, scale);
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd_cpu(
-    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1,
-    const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, int64_t w1, int64_t w2, bool causal,
-    double scale) {
-  const Dims d = check_inputs(q, k1, k2, v1, v2, w1, w2);
-  check_grad_inputs(d, q, dout, out, lse);
-  check_dtype(q);
-  if (d.B == 0 || d.N == 0) {
-    return {at::empty(q.sizes(), q.options()), at::empty(k1.sizes(), k1.options()), at::empty(k2.sizes(), k2.options()),
-            at::empty(v1.sizes(), v1.options()), at::empty(v2.sizes(), v2.options())};
-  }
-  switch (q.scalar_type()) {
-    case at::kDouble:
-      return bwd_pairs<double, double>(d, dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale);
-    case at::kBFloat16:
-      return bwd_pairs<float, c10::BFloat16>(d, dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale);
-    case at::kHalf:
-      return bwd_pairs<float, c10::Half>(d, dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale);
-    default:
-      return bwd_pairs<float, float>(d, dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale);
-  }
-}
-
 // The schema entry points (csrc/ops.cpp): one checked Problem per call.
-// TODO(interface): packed layouts, determinant logits, lse_lo and decoding are not in these
-// kernels yet; they fail with a clear error instead.
-void require_batched_trilinear(const Problem& p) {
-  TORCH_CHECK(!p.packed(), "the cpu backend does not implement packed sequences (cu_seqlens) yet");
-  TORCH_CHECK(p.logits == Logits::kTrilinear, "the cpu backend does not implement logits='determinant' yet");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q, const at::Tensor& k1,
                                                             const at::Tensor& k2, const at::Tensor& v1,
                                                             const at::Tensor& v2,
                                                             const std::optional<at::Tensor>& cu_seqlens,
                                                             int64_t max_seqlen, int64_t w1, int64_t w2, bool causal,
                                                             double scale, c10::string_view logits) {
-  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
+  const Dims d = check_inputs(q, k1, k2, v1, v2, w1, w2);
+  check_dtype(q);
   const Problem p = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
-  require_batched_trilinear(p);
-  auto [out, lse] = fused_fwd_cpu(q, k1, k2, v1, v2, p.w1, p.w2, p.causal, p.scale);
-  return {out, lse, at::zeros_like(lse)};
+  if (d.B == 0 || d.N == 0) {  // Python returns before calling; direct calls get empty results too
+    const at::Tensor lse = at::empty({d.B, d.Hq, d.N}, q.options().dtype(compute_dtype(q.scalar_type())));
+    return {at::empty(q.sizes(), q.options()), lse, at::empty_like(lse)};
+  }
+  return with_types(q.scalar_type(), [&]<typename T, typename S>() { return run_fwd<T, S>(q, k1, k2, v1, v2, p); });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd_op(
@@ -334,43 +247,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd
     const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& lse_lo,
     const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t w1, int64_t w2, bool causal, double scale,
     c10::string_view logits) {
-  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
+  const Dims d = check_inputs(q, k1, k2, v1, v2, w1, w2);
+  check_grad_inputs(d, q, dout, out, lse);
+  SA_CHECK_DEVICE(lse_lo, q.device());
+  SA_CHECK_DTYPE(lse_lo, lse.scalar_type());
+  SA_CHECK_SHAPE(lse_lo, d.B, d.Hq, d.N);
+  check_dtype(q);
   const Problem p = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
-  require_batched_trilinear(p);
-  SA_CHECK_SHAPE(lse_lo, q.size(0), q.size(2), q.size(1));
-  return fused_bwd_cpu(dout, q, k1, k2, v1, v2, out, lse, p.w1, p.w2, p.causal, p.scale);
-}
-
-std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at::Tensor& k1_cache,
-                                                   const at::Tensor& k2_cache, const at::Tensor& v1_cache,
-                                                   const at::Tensor& v2_cache, const at::Tensor& cache_seqlens,
-                                                   int64_t w1, int64_t w2, double scale, c10::string_view logits) {
-  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, Nq, Hq, D], got rank ", q.dim());
-  make_decode_problem(q, cache_seqlens, w1, w2, scale, logits);
-  (void)k1_cache, (void)k2_cache, (void)v1_cache, (void)v2_cache;
-  TORCH_CHECK(false, "the cpu backend does not implement decoding (fused_decode) yet");
-  return {};
+  if (d.B == 0 || d.N == 0) {
+    return {at::empty(q.sizes(), q.options()), at::empty(k1.sizes(), k1.options()), at::empty(k2.sizes(), k2.options()),
+            at::empty(v1.sizes(), v1.options()), at::empty(v2.sizes(), v2.options())};
+  }
+  return with_types(q.scalar_type(), [&]<typename T, typename S>() {
+    return run_bwd<T, S>(dout, q, k1, k2, v1, v2, out, lse, lse_lo, p);
+  });
 }
 
 }  // namespace
 
-const char* float_kernel_isa() { return float_kernels().isa; }
-
-const char* machine_isa() {
-  switch (detected_isa()) {
-    case Isa::kAvx512:
-      return "avx512";
-    case Isa::kAvx2:
-      return "avx2";
-    default:
-      return "base";
-  }
-}
-
 TORCH_LIBRARY_IMPL(simplicial_attn, CPU, m) {
   m.impl("fused_fwd", &fused_fwd_op);
   m.impl("fused_bwd", &fused_bwd_op);
-  m.impl("fused_decode", &fused_decode_op);
 }
 
 }  // namespace cpu

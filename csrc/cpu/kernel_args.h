@@ -43,10 +43,11 @@ inline Range window(int64_t i0, int64_t i1, Band b, Range seq) {
 // Sizes and windows of one call (windows already clipped to the longest sequence by the glue).
 struct Geometry {
   int64_t B, N, Hq, Hkv, D;
-  int64_t DP;      // padded head dim: rows the kernels read hold DP values, zero past D
-  Band b1, b2;     // bands of the k1/v1 (j) and k2/v2 (k) windows
-  int64_t KT, JT;  // tile of the k window and of the j window (JT a multiple of the vector width)
-  bool det;        // determinant logits (CONTRACT §8; D % 3 == 0) instead of trilinear ones
+  int64_t DP;       // padded head dim: rows the kernels read hold DP values, zero past D
+  int64_t longest;  // the longest sequence (N for a batched call; bounds the per-item scratch)
+  Band b1, b2;      // bands of the k1/v1 (j) and k2/v2 (k) windows
+  int64_t KT, JT;   // tile of the k window and of the j window (JT a multiple of the vector width)
+  bool det;         // determinant logits (CONTRACT §8; D % 3 == 0) instead of trilinear ones
 };
 
 // The sequences of a call and their work items. Sequence s is rows seq[s] of batch batch[s]

@@ -420,7 +420,7 @@ void fwd_items(const FwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
   using T = typename V::T;
   const Geometry& g = a.g;
   const int64_t BQ = a.sched.BQ, DP = g.DP, group = g.Hq / g.Hkv;
-  const int64_t RJ = imin(BQ + g.b1.L + g.b1.R, g.N), RK = imin(BQ + g.b2.L + g.b2.R, g.N);
+  const int64_t RJ = imin(BQ + g.b1.L + g.b1.R, g.longest), RK = imin(BQ + g.b2.L + g.b2.R, g.longest);
   const int64_t NPJ = ceil_div(RJ, V::W) * V::W + V::W;
   auto rows_if = [&](const Input<T>& in, int64_t n) { return in.direct != nullptr ? 0 : n * DP; };
   const int64_t perm = g.det ? 2 * RK * DP : 0;
@@ -597,7 +597,7 @@ void bwd_items(const BwdArgs<typename V::T>& a, int64_t begin, int64_t end) {
   using T = typename V::T;
   const Geometry& g = a.g;
   const int64_t BQ = a.sched.BQ, DP = g.DP, group = g.Hq / g.Hkv;
-  const int64_t RJ = imin(BQ + g.b1.L + g.b1.R, g.N), RK = imin(BQ + g.b2.L + g.b2.R, g.N);
+  const int64_t RJ = imin(BQ + g.b1.L + g.b1.R, g.longest), RK = imin(BQ + g.b2.L + g.b2.R, g.longest);
   const int64_t NPJ = ceil_div(RJ, V::W) * V::W + V::W;
   auto rows_if = [&](const Input<T>& in, int64_t n) { return in.direct != nullptr ? 0 : n * DP; };
   const int64_t dq_rows = a.dq.direct != nullptr ? 0 : BQ * DP;

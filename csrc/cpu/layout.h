@@ -94,6 +94,16 @@ class SequenceTable {
     return t;
   }
 
+  // Packed sequences (CONTRACT §6): sequence s is rows [cu[s], cu[s + 1]) of batch 0 (cu checked).
+  static SequenceTable packed(const int32_t* cu, int64_t S) {
+    SequenceTable t;
+    for (int64_t s = 0; s < S; ++s) {
+      t.batch_.push_back(0);
+      t.seq_.push_back({cu[s], cu[s + 1]});
+    }
+    return t;
+  }
+
   // Numbers the work items for blocks of BQ rows and `Hkv` kv heads per sequence.
   void plan(int64_t BQ, int64_t Hkv) {
     BQ_ = BQ;

@@ -158,16 +158,43 @@ def plot(result, path):
     return path
 
 
-def latest_results():
-    """The newest result file per device, from bench/results/*.json."""
+def latest_results(op="attention"):
+    """The newest bench/run.py result of `op` per device, from bench/results/*.json (sorted by name:
+    <device>[-<op>]-<date>); results without an "op" are attention sweeps."""
     newest = {}
     for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
         with open(path) as f:
             result = json.load(f)
         if "flop_convention" not in result:  # not a bench/run.py result (e.g. bench/softmax.py's)
             continue
+        if result.get("op", "attention") != op:
+            continue
         newest[result["environment"]["device_name"]] = (path, result)
     return [newest[k] for k in sorted(newest)]
+
+
+FEATURE_OPS = ("varlen", "decode", "determinant")
+
+
+def _feature_module(op):
+    from bench import decode, determinant, varlen
+
+    return {"varlen": varlen, "decode": decode, "determinant": determinant}[op]
+
+
+def feature_markdown(result):
+    """A --op varlen / decode / determinant result: where it ran, its ceiling, and its tables."""
+    env = result["environment"]
+    head = f"Device: **{env['device_name']}** ({env['cpu_model']}), {result['date']}; torch {env['torch']}.\n"
+    fma = result.get("fma_peak")
+    if fma:
+        head += (
+            "Vector-FMA peak measured in the same run: "
+            + ", ".join(f"{dt} {p['gflops']:.0f} GFLOP/s" for dt, p in fma.items())
+            + ".\n"
+        )
+    head += f"FLOPs: {result['flop_convention']}. Timing: {result['timing']}.\n\n"
+    return head + _feature_module(result["op"]).markdown(result)
 
 
 def readme_section():
@@ -182,6 +209,11 @@ def readme_section():
         png = os.path.splitext(rel)[0] + ".png"
         if os.path.exists(os.path.join(ROOT, png)):
             parts += [f"![{result['environment']['device_name']}]({png})", ""]
+    for op in FEATURE_OPS:
+        for path, result in latest_results(op):
+            rel = os.path.relpath(path, ROOT)
+            parts += [f"### {result['environment']['device_name']}: `--op {op}`", "", feature_markdown(result)]
+            parts += [f"Source: `{rel}`.", ""]
     if len(parts) == 2:
         parts += ["No committed results yet: run `python bench/run.py --quick`.", ""]
     parts.append(END)

@@ -3,6 +3,9 @@
     python bench/run.py --quick                       # default sweep (< 5 min CPU, < 2 min GPU)
     python bench/run.py --backend cpu reference --mode fwd bwd --N 1024 2048 --dtype float32
     python bench/run.py --op softmax --quick          # windowed_softmax GB/s (bench/softmax.py)
+    python bench/run.py --op varlen                   # packed vs padded vs per-sequence (bench/varlen.py)
+    python bench/run.py --op decode                   # a decode step vs recomputing (bench/decode.py)
+    python bench/run.py --op determinant              # determinant vs trilinear logits (bench/determinant.py)
 
 Every figure: median and spread over repeats (CUDA events on GPU, perf_counter on CPU, warm-up
 excluded, inputs rotated between repeats), TFLOP/s under the CONTRACT §2 convention, the
@@ -24,9 +27,24 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import cpu_peak, environment, flops, memory, providers, report, timing  # noqa: E402
+from bench import (  # noqa: E402
+    cpu_peak,
+    decode,
+    determinant,
+    environment,
+    flops,
+    memory,
+    providers,
+    report,
+    timing,
+    varlen,
+)
+from simplicial_attn import backends  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# --op NAME: a feature's benchmark module, each with measure(providers, device, dtype, repeats)
+# and markdown(result) (bench/varlen.py, bench/decode.py, bench/determinant.py).
+FEATURES = {"varlen": varlen, "decode": decode, "determinant": determinant}
 ROTATIONS = 3  # distinct input sets cycled through the repeats
 
 
@@ -128,7 +146,7 @@ def progress(done, total, label):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--op", choices=["attention", "scores", "softmax"], default="attention")
+    p.add_argument("--op", choices=["attention", "scores", "softmax", *FEATURES], default="attention")
     p.add_argument("--backend", nargs="+", help="providers to run (default: every available one)")
     p.add_argument("--mode", nargs="+", choices=["fwd", "bwd", "fwdbwd"], default=["fwd", "bwd", "fwdbwd"])
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES))
@@ -218,8 +236,50 @@ def scores_main(args):
     return 0
 
 
+def feature_providers(device, dtype, wanted=None):
+    """The package backends that can run on `device` here (not the Triton interpreter on a CPU)."""
+    names = []
+    for name in backends.BACKENDS:
+        if name == "triton" and device == "cpu":
+            continue
+        if not backends.get(name).not_supported_reasons(device, dtype) and (wanted is None or name in wanted):
+            names.append(name)
+    return names
+
+
+def feature_main(args):
+    """--op varlen | decode | determinant: one JSON + Markdown result under --out."""
+    module = FEATURES[args.op]
+    dtype = DTYPES[args.dtype[0]] if args.dtype else torch.float32
+    names = feature_providers(args.device, dtype, args.backend)
+    repeats = args.repeats or (30 if args.op == "decode" else 3)
+    env = environment.describe(args.device)
+    result = {
+        "op": args.op,
+        "date": datetime.date.today().isoformat(),
+        "environment": env,
+        "flop_convention": flops.CONVENTION,
+        "timing": "median over repeats; CUDA events on GPU, perf_counter on CPU; warm-up excluded",
+        **module.measure(names, args.device, dtype, repeats),
+    }
+    if args.device == "cpu":
+        result["fma_peak"] = cpu_peak.fma_peaks([dtype])
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, f"{environment.slug(env['device_name'])}-{args.op}-{result['date']}")
+    with open(base + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    text = report.feature_markdown(result)
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    print(text)
+    print(f"wrote {base}.json, {base}.md")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.op in FEATURES:
+        return feature_main(args)
     if args.op == "softmax":
         from bench import softmax  # windowed_softmax GB/s next to torch.softmax and a copy
 
@@ -261,6 +321,7 @@ def main(argv=None):
                 row["fraction_of_fma_peak"] = cpu_peak.fraction_of_fma_peak(row["tflops"] * 1e3, row["dtype"], fma)
     stamp = datetime.date.today().isoformat()
     result = {
+        "op": "attention",
         "date": stamp,
         "environment": env,
         "matmul_peak": peaks,

@@ -93,13 +93,17 @@ template <class V>
 void gemm(int64_t M, int64_t nvec, int64_t K, const typename V::T* A, int64_t ars, int64_t acs, const typename V::T* B,
           int64_t ldb, typename V::T* C, int64_t ldc, bool accumulate) {
   // Column panels outer: a K x (NV*W) panel of B stays in L1 while every row block uses it.
-  for (int64_t v0 = 0; v0 < nvec; v0 += V::NV) {
-    const int nv = static_cast<int>(imin(V::NV, nvec - v0));
+  for (int64_t v0 = 0; v0 < nvec;) {
+    int nv = static_cast<int>(imin(V::NV, nvec - v0));
+    // A last panel of one vector would have MR accumulator chains only, too few to hide the FMA
+    // latency (AVX2: 16 = 5 x 3 + 1 vectors of a 128-wide tile): the last NV + 1 split in two.
+    if (V::NV > 2 && nvec - v0 == V::NV + 1) nv = (V::NV + 1) / 2;
     for (int64_t r0 = 0; r0 < M; r0 += V::MR) {
       const int mr = static_cast<int>(imin(V::MR, M - r0));
       tile_cols<V, V::NV>(nv, mr, K, A + r0 * ars, ars, acs, B + v0 * V::W, ldb, C + r0 * ldc + v0 * V::W, ldc,
                           accumulate);
     }
+    v0 += nv;
   }
 }
 

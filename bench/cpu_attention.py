@@ -3,6 +3,7 @@
     python bench/cpu_attention.py                      # B=1 H=4 D=64 N=2048 w1=256 w2=32, causal
     python bench/cpu_attention.py --N 4096 --w1 512 --repeats 3 --dtypes fp32
     python bench/cpu_attention.py --memory             # peak extra memory of fwd+bwd, fresh process
+    python bench/cpu_attention.py --cpu-time           # CPU time, not wall clock: robust to other jobs
 
 GFLOP/s follow CONTRACT §2 (4*D forward, 14*D backward FLOPs per in-window (i, j, k) triple
 per query head, exact count). The ceiling is the machine's vector-FMA peak (bench/cpu_peak.py),
@@ -86,13 +87,37 @@ def make_problem(B, N, H, D, dtype, seed=0):
     return q, k1, k2, v1, v2, dout
 
 
+def _clock(cpu_time):
+    """Seconds of the call: wall clock, or with `cpu_time` the process's CPU time over the thread
+    count (the wall time the call would take with every thread running all the time: on a
+    shared machine, where other jobs time-slice the threads, it is the robust figure; threads
+    spinning at a barrier count as busy, so it errs low)."""
+    if not cpu_time:
+        return time.perf_counter
+    threads = torch.get_num_threads()
+    return lambda: time.process_time() / threads
+
+
 def measure_backend(
-    backend, B=1, N=2048, H=4, D=64, w1=256, w2=32, causal=True, dtype=torch.float32, repeats=5, warmup=1, mm_n=2048
+    backend,
+    B=1,
+    N=2048,
+    H=4,
+    D=64,
+    w1=256,
+    w2=32,
+    causal=True,
+    dtype=torch.float32,
+    repeats=5,
+    warmup=1,
+    mm_n=2048,
+    cpu_time=False,
 ):
     """Best-of-`repeats` seconds and GFLOP/s of fwd, bwd and fwd+bwd (the sum of the two) of
     `backend`, each as a fraction of the FMA peak of its ceiling dtype and of torch.mm in `dtype`
     (None where torch.mm is not native), all measured in the same rounds: each round runs the
-    FMA loop, torch.mm, fwd and bwd in turn."""
+    FMA loop, torch.mm, fwd and bwd in turn, timed by `_clock(cpu_time)`."""
+    clock = _clock(cpu_time)
     fwd, bwd = BACKENDS[backend]()
     q, k1, k2, v1, v2, dout = make_problem(B, N, H, D, dtype)
     args = (w1, w2, causal, D**-0.5)
@@ -110,18 +135,24 @@ def measure_backend(
         for fn in fns.values():
             fn()
     best = dict.fromkeys(fns, float("inf"))
+    # The FMA loop runs a fixed iteration count (about 50 ms), timed by the same clock.
+    probe = measure_fma_peak(ceiling, seconds=0.05, repeats=1)
+    iters = round(probe["flops"] / (2 * probe["lanes"] * probe["chains"] * probe["threads"]))
     peak = 0.0
     for _ in range(repeats):
-        peak = max(peak, measure_fma_peak(ceiling, seconds=0.05, repeats=1)["gflops"])
+        t0 = clock()
+        loop = measure_fma_peak(ceiling, repeats=1, iters=iters)
+        peak = max(peak, loop["flops"] / (clock() - t0) / 1e9)
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
+            best[name] = min(best[name], clock() - t0)
     best["fwdbwd"] = best["fwd"] + best["bwd"]
     mm_gflops = None if mm_reason else 2 * mm_n**3 / best["mm"] / 1e9
     result = {
         "backend": backend,
         "dtype": dtype_name(dtype),
+        "clock": "cpu time / threads" if cpu_time else "wall",
         "fma_peak": {"dtype": ceiling, "gflops": peak},
         "mm": {"gflops": mm_gflops, "not_native": mm_reason},
     }
@@ -207,6 +238,11 @@ def main(argv=None):
         "--reference-repeats", type=int, default=1, help="rounds for the (slow) reference, which gets no warm-up"
     )
     p.add_argument("--memory", action="store_true", help="peak extra RSS of fwd+bwd, in a fresh process")
+    p.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time by process CPU time / threads instead of the wall clock (for a machine other jobs load)",
+    )
     p.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -231,8 +267,8 @@ def main(argv=None):
     isa = os.environ.get("SIMPLICIAL_ATTN_CPU_ISA") or "best available"
     print(
         f"B={args.B} N={args.N} H={args.H} D={args.D} w1={args.w1} w2={args.w2} causal={causal} "
-        f"threads={torch.get_num_threads()} cpu={torch.backends.cpu.get_cpu_capability()} kernel isa={isa}  "
-        f"[{CONVENTION}]",
+        f"threads={torch.get_num_threads()} cpu={torch.backends.cpu.get_cpu_capability()} kernel isa={isa} "
+        f"clock={'cpu time / threads' if args.cpu_time else 'wall'}  [{CONVENTION}]",
         flush=True,
     )
     for name in args.backends.split(","):
@@ -240,7 +276,7 @@ def main(argv=None):
         reps, warmup = (args.reference_repeats, 0) if slow else (args.repeats, 1)
         for dt in args.dtypes.split(","):
             shape = (args.B, args.N, args.H, args.D, args.w1, args.w2, causal)
-            r = measure_backend(name, *shape, DTYPES[dt], repeats=reps, warmup=warmup)
+            r = measure_backend(name, *shape, DTYPES[dt], repeats=reps, warmup=warmup, cpu_time=args.cpu_time)
             _print_result(r)
 
 

@@ -29,13 +29,14 @@ def dtype_name(dtype):
     return str(dtype).replace("torch.", "") if isinstance(dtype, torch.dtype) else dtype
 
 
-def measure_fma_peak(dtype="float32", seconds=0.05, repeats=5):
-    """{"gflops", "seconds", "threads", "lanes", "chains", "isa", "dtype"}: best of `repeats`."""
+def measure_fma_peak(dtype="float32", seconds=0.05, repeats=5, iters=0):
+    """{"gflops", "flops", "seconds", "threads", "lanes", "chains", "isa", "dtype"}: best of `repeats`
+    runs of about `seconds` (or of `iters` iterations per thread when given; flops: of one run)."""
     from simplicial_attn import _ext
 
     if _ext._C is None or not hasattr(_ext._C, "cpu_fma_peak"):
         raise RuntimeError(f"the FMA peak loop needs the C++ extension ({_ext.build_info()})")
-    return dict(_ext._C.cpu_fma_peak(dtype_name(dtype), seconds, repeats))
+    return dict(_ext._C.cpu_fma_peak(dtype_name(dtype), seconds, repeats, iters))
 
 
 def fma_peaks(dtypes, seconds=0.05, repeats=5):

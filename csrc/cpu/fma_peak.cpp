@@ -99,32 +99,32 @@ double time_all_threads(const Loop& loop, int64_t threads, int64_t iters) {
   return s;
 }
 
-}  // namespace
-
-FmaPeak fma_peak(bool fp64, double seconds, int64_t repeats) {
-  const Loop loop = pick_loop(fp64);
-  const int64_t threads = at::get_num_threads();
-  // Calibrate on this thread alone (a parallel region's start-up would dominate short runs):
-  // grow the iteration count until one run lasts a tenth of the target, then scale to it.
-  int64_t iters = 1 << 10;
-  for (;;) {
+// Iterations per thread for one run of about `seconds`, calibrated on this thread alone (a
+// parallel region's start-up would dominate short runs): grown until a run lasts a tenth of
+// the target, then scaled to it.
+int64_t calibrate(const Loop& loop, double seconds) {
+  for (int64_t iters = 1 << 10;; iters *= 4) {
     const auto t0 = std::chrono::steady_clock::now();
     volatile double keep = loop.run(iters);
     (void)keep;
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (s >= seconds / 10) {
-      iters = static_cast<int64_t>(iters * (seconds / s)) + 1;
-      break;
-    }
-    iters *= 4;
+    if (s >= seconds / 10) return static_cast<int64_t>(iters * (seconds / s)) + 1;
   }
+}
+
+}  // namespace
+
+FmaPeak fma_peak(bool fp64, double seconds, int64_t repeats, int64_t iters) {
+  const Loop loop = pick_loop(fp64);
+  const int64_t threads = at::get_num_threads();
+  if (iters <= 0) iters = calibrate(loop, seconds);
   double best = 1e300;
   for (int64_t r = 0; r < (repeats < 1 ? 1 : repeats); ++r) {
     const double t = time_all_threads(loop, threads, iters);
     best = t < best ? t : best;
   }
   const double flops = 2.0 * loop.lanes * loop.chains * static_cast<double>(iters) * threads;
-  return FmaPeak{flops / best / 1e9, best, threads, loop.lanes, loop.chains, loop.isa};
+  return FmaPeak{flops / best / 1e9, flops, best, threads, loop.lanes, loop.chains, loop.isa};
 }
 
 }  // namespace cpu

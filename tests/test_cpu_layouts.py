@@ -140,9 +140,10 @@ def _decode_case(scenario, dtype):
     slots = (w1 + nq - 1, w2 + nq - 1, w1 + nq - 1, w2 + nq - 1)
     caches = [torch.full((B, c, Hkv, D), float("nan")) for c in slots]
     for b, L in enumerate(lengths):
-        for p in range(L + nq):
-            for cache, t in zip(caches, kv, strict=True):
-                cache[b, p % cache.shape[1]] = t[b, p]
+        for cache, t in zip(caches, kv, strict=True):
+            C = cache.shape[1]
+            last = torch.arange(max(0, L + nq - C), L + nq)  # the positions the ring still holds
+            cache[b, last % C] = t[b, last]
     new_q = torch.stack([q[b, L : L + nq] for b, L in enumerate(lengths)])
     ref_out, ref_lse = [], []
     for b, L in enumerate(lengths):

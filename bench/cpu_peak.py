@@ -12,6 +12,7 @@ and a fraction of that would mean nothing, so such a dtype is reported as "not n
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -39,10 +40,47 @@ def measure_fma_peak(dtype="float32", seconds=0.05, repeats=5, iters=0):
     return dict(_ext._C.cpu_fma_peak(dtype_name(dtype), seconds, repeats, iters))
 
 
-def fma_peaks(dtypes, seconds=0.05, repeats=5):
-    """The FMA peak of every ceiling dtype the given call dtypes need, keyed by ceiling dtype."""
+def fma_peaks(dtypes, seconds=0.05, repeats=5, cpu_time=False):
+    """The FMA peak of every ceiling dtype the given call dtypes need, keyed by ceiling dtype; with
+    `cpu_time`, each run timed like cpu_time_fn times a kernel."""
     wanted = sorted({CEILING_DTYPE[dtype_name(d)] for d in dtypes})
-    return {d: measure_fma_peak(d, seconds, repeats) for d in wanted}
+    return {
+        d: (_fma_peak_cpu_time(d, seconds, repeats) if cpu_time else measure_fma_peak(d, seconds, repeats))
+        for d in wanted
+    }
+
+
+def _fma_peak_cpu_time(dtype, seconds, repeats):
+    probe = measure_fma_peak(dtype, seconds, 1)
+    iters = round(probe["flops"] / (2 * probe["lanes"] * probe["chains"] * probe["threads"]))
+    best = max(
+        probe["flops"] / s
+        for s in cpu_time_fn(lambda: measure_fma_peak(dtype, repeats=1, iters=iters), warmup=0, repeats=repeats)
+    )
+    return dict(probe, gflops=best / 1e9, clock="cpu time / threads")
+
+
+def cpu_time_fn(fn, *, device="cpu", warmup=1, repeats=5, setup=None):
+    """bench.timing.time_fn's contract, timed by the process's CPU time over the thread count: the
+    wall time the call would take if every thread ran all the time. On a machine other jobs
+    share (this project's CI machine: other sessions' cgroups time-slice our threads, and the
+    wall-clock best-of figures there are off by factors of 2-4), it is the robust figure; threads
+    spinning at a barrier count as busy, so it errs low."""
+    if device != "cpu":
+        raise ValueError(f"CPU time measures CPU calls only, got device {device!r}")
+    threads = torch.get_num_threads()
+    for r in range(warmup):
+        if setup:
+            setup(r)
+        fn()
+    times = []
+    for r in range(repeats):
+        if setup:
+            setup(warmup + r)
+        t0 = time.process_time()
+        fn()
+        times.append((time.process_time() - t0) / threads)
+    return times
 
 
 def _cpu_flags():

@@ -42,11 +42,11 @@ def _case(ctx, device, dtype, seed=0):
     return q, caches, lens
 
 
-def _time(fn, device, repeats):
-    return timing.summarize(timing.time_fn(fn, device=device, warmup=2, repeats=repeats))
+def _time(fn, device, repeats, time_fn):
+    return timing.summarize(time_fn(fn, device=device, warmup=2, repeats=repeats))
 
 
-def measure(names, device, dtype, repeats):
+def measure(names, device, dtype, repeats, time_fn=timing.time_fn):
     s = SHAPE
     step_flops = 4 * s["D"] * s["Hq"] * s["w1"] * s["w2"] * s["B"]
     rows = []
@@ -62,8 +62,9 @@ def measure(names, device, dtype, repeats):
                     lambda: sa.two_simplicial_attention_with_kvcache(q, *caches, lens, w1=w1, w2=w2, backend=name),  # noqa: B023
                     device,
                     reps,
+                    time_fn,
                 )
-                kernel = _time(lambda: backend.decode(q, *caches, prob), device, reps)  # noqa: B023
+                kernel = _time(lambda: backend.decode(q, *caches, prob), device, reps, time_fn)  # noqa: B023
             row = {
                 "provider": name,
                 "context": ctx,
@@ -75,7 +76,7 @@ def measure(names, device, dtype, repeats):
                 "step_flops": step_flops,
             }
             if name not in SLOW or ctx <= RECOMPUTE_MAX_SLOW:
-                row.update(_recompute(name, ctx, device, dtype))
+                row.update(_recompute(name, ctx, device, dtype, time_fn))
                 row["recompute_over_step"] = row["recompute_s"] / row["step_s"]
             rows.append(row)
         rate = next(
@@ -88,7 +89,7 @@ def measure(names, device, dtype, repeats):
     return {"shape": SHAPE, "dtype": str(dtype).removeprefix("torch."), "rows": rows, "rate_context": RATE_CONTEXT}
 
 
-def _recompute(name, ctx, device, dtype):
+def _recompute(name, ctx, device, dtype, time_fn):
     s = SHAPE
     g = torch.Generator().manual_seed(1)
     q = torch.randn(s["B"], ctx, s["Hq"], s["D"], generator=g).to(device, dtype)
@@ -99,7 +100,7 @@ def _recompute(name, ctx, device, dtype):
         with torch.no_grad():
             return sa.two_simplicial_attention(q, *kv, s["w1"], s["w2"], backend=name)
 
-    t = timing.summarize(timing.time_fn(fwd, device=device, warmup=1 if ctx < 16384 else 0, repeats=reps))
+    t = timing.summarize(time_fn(fwd, device=device, warmup=1 if ctx < 16384 else 0, repeats=reps))
     count = flops.attention_flops(s["B"], ctx, s["Hq"], s["D"], s["w1"], s["w2"], True, "fwd")
     return {"recompute_s": t["median_s"], "recompute_gflops": count / t["median_s"] / 1e9}
 

@@ -26,7 +26,7 @@ def _inputs(device, dtype, seed=0):
     return [t.to(device, dtype) for t in (q, *kv, dout)]
 
 
-def measure(names, device, dtype, repeats):
+def measure(names, device, dtype, repeats, time_fn=timing.time_fn):
     s = SHAPE
     q, k1, k2, v1, v2, dout = _inputs(device, dtype)
     leaves = [t.requires_grad_(True) for t in (q, k1, k2, v1, v2)]
@@ -46,7 +46,7 @@ def measure(names, device, dtype, repeats):
             out = forward()
             steps = {"fwd": fwd, "bwd": lambda out=out: torch.autograd.grad(out, leaves, dout, retain_graph=True)}
             for mode, step in steps.items():
-                t = timing.summarize(timing.time_fn(step, device=device, warmup=1, repeats=reps))
+                t = timing.summarize(time_fn(step, device=device, warmup=1, repeats=reps))
                 count = flops.attention_flops(s["B"], s["N"], s["Hq"], s["D"], s["w1"], s["w2"], True, mode)
                 rows.append(
                     {"provider": name, "logits": logits, "mode": mode, **t, "flops": count,

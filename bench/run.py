@@ -110,7 +110,7 @@ def spec_flops(spec, provider):
     return flops.attention_flops(spec.B, spec.N, spec.Hq, spec.D, spec.w1, spec.w2, spec.causal, spec.mode)
 
 
-def measure(spec, provider, repeats, warmup):
+def measure(spec, provider, repeats, warmup, time_fn=timing.time_fn):
     """One provider on one spec: timing summary, TFLOP/s and peak memory (or a skip reason)."""
     reason = provider.unavailable(spec)
     if reason:
@@ -126,7 +126,7 @@ def measure(spec, provider, repeats, warmup):
         steps[0]()  # compile first, so the memory figure below is the kernel's, not the compiler's
     # The first warm-up run doubles as the peak-memory measurement (untimed either way).
     peak = memory.peak_memory_delta(lambda: steps[0](), spec.device)
-    times = timing.time_fn(
+    times = time_fn(
         lambda: current["step"](), device=spec.device, warmup=max(warmup - 1, 0), repeats=repeats, setup=rotate
     )
     summary = timing.summarize(times)
@@ -166,6 +166,11 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="CPU runs: time by process CPU time / threads (bench/cpu_peak.py: cpu_time_fn), for a shared machine",
+    )
     return p.parse_args(argv)
 
 
@@ -236,6 +241,18 @@ def scores_main(args):
     return 0
 
 
+def _time_fn(args):
+    if args.cpu_time and args.device != "cpu":
+        sys.exit("--cpu-time times CPU runs only")
+    return cpu_peak.cpu_time_fn if args.cpu_time else timing.time_fn
+
+
+def _clock_text(args):
+    if args.cpu_time:
+        return "process CPU time / threads on CPU (--cpu-time: robust to other jobs on a shared machine)"
+    return "CUDA events on GPU, perf_counter on CPU"
+
+
 def feature_providers(device, dtype, wanted=None):
     """The package backends that can run on `device` here (not the Triton interpreter on a CPU)."""
     names = []
@@ -254,16 +271,17 @@ def feature_main(args):
     names = feature_providers(args.device, dtype, args.backend)
     repeats = args.repeats or (30 if args.op == "decode" else 3)
     env = environment.describe(args.device)
+    time_fn = _time_fn(args)
     result = {
         "op": args.op,
         "date": datetime.date.today().isoformat(),
         "environment": env,
         "flop_convention": flops.CONVENTION,
-        "timing": "median over repeats; CUDA events on GPU, perf_counter on CPU; warm-up excluded",
-        **module.measure(names, args.device, dtype, repeats),
+        "timing": "median over repeats; " + _clock_text(args) + "; warm-up excluded",
+        **module.measure(names, args.device, dtype, repeats, time_fn=time_fn),
     }
     if args.device == "cpu":
-        result["fma_peak"] = cpu_peak.fma_peaks([dtype])
+        result["fma_peak"] = cpu_peak.fma_peaks([dtype], cpu_time=args.cpu_time)
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"{environment.slug(env['device_name'])}-{args.op}-{result['date']}")
     with open(base + ".json", "w") as f:
@@ -297,13 +315,14 @@ def main(argv=None):
     env = environment.describe(args.device)
     dtypes = sorted({s.dtype for s in specs}, key=str)
     peaks = {str(dt)[6:]: matmul_peak(args.device, dt) for dt in dtypes}
-    fma = cpu_peak.fma_peaks(dtypes) if args.device == "cpu" else None
+    fma = cpu_peak.fma_peaks(dtypes, cpu_time=args.cpu_time) if args.device == "cpu" else None
+    time_fn = _time_fn(args)
     rows = []
     total = len(specs) * len(chosen)
     for n, (spec, provider) in enumerate(((s, p) for s in specs for p in chosen), start=1):
         progress(n - 1, total, f"{provider.name} {spec.mode} {str(spec.dtype)[6:]} {spec.shape_label()}")
         limit = quick_limit(spec, provider, specs[0].dtype) if args.quick else None
-        result = {"skipped": limit} if limit else measure(spec, provider, repeats, args.warmup)
+        result = {"skipped": limit} if limit else measure(spec, provider, repeats, args.warmup, time_fn)
         row = {"provider": provider.name, "mode": spec.mode, "dtype": str(spec.dtype)[6:], "causal": spec.causal}
         row.update({k: getattr(spec, k) for k in ("B", "N", "Hq", "Hkv", "D", "w1", "w2")})
         if provider.name == "sdpa-causal":
@@ -315,7 +334,8 @@ def main(argv=None):
         rows.append(row)
     progress(total, total, "done")
     if fma:  # measured again at the end: the ceiling is the better of the two (the machine is shared)
-        fma = {name: max(r, fma[name], key=lambda x: x["gflops"]) for name, r in cpu_peak.fma_peaks(dtypes).items()}
+        again = cpu_peak.fma_peaks(dtypes, cpu_time=args.cpu_time)
+        fma = {name: max(r, fma[name], key=lambda x: x["gflops"]) for name, r in again.items()}
         for row in rows:
             if "tflops" in row:
                 row["fraction_of_fma_peak"] = cpu_peak.fraction_of_fma_peak(row["tflops"] * 1e3, row["dtype"], fma)
@@ -327,7 +347,7 @@ def main(argv=None):
         "matmul_peak": peaks,
         **({"fma_peak": fma} if fma else {}),
         "flop_convention": flops.CONVENTION,
-        "timing": "median over repeats; CUDA events on GPU, perf_counter on CPU; warm-up excluded; inputs rotated",
+        "timing": "median over repeats; " + _clock_text(args) + "; warm-up excluded; inputs rotated",
         "rows": rows,
     }
     os.makedirs(args.out, exist_ok=True)

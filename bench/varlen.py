@@ -79,7 +79,7 @@ def _layouts(backend, lengths, tensors, shape, mode):
     return steps
 
 
-def measure(backends, device, dtype, repeats, modes=("fwd", "fwdbwd")):
+def measure(backends, device, dtype, repeats, modes=("fwd", "fwdbwd"), time_fn=timing.time_fn):
     """Rows {provider, mode, layout, median_s, ..., gflops} and, per provider and mode, packed/sum."""
     shape = SHAPE
     lengths = LENGTHS
@@ -94,7 +94,7 @@ def measure(backends, device, dtype, repeats, modes=("fwd", "fwdbwd")):
             reps = 1 if backend in SLOW else repeats
             results = {}
             for layout, step in _layouts(backend, lengths, tensors, shape, mode).items():
-                stats = timing.summarize(timing.time_fn(step, device=device, warmup=1, repeats=reps))
+                stats = timing.summarize(time_fn(step, device=device, warmup=1, repeats=reps))
                 stats.update(provider=backend, mode=mode, layout=layout, flops=count)
                 stats["gflops"] = count / stats["median_s"] / 1e9
                 rows.append(stats)

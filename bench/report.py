@@ -22,6 +22,14 @@ def _fmt_rate(row):
     return f"{tflops * 1e3:.1f} GFLOP/s" if tflops < 1 else f"{tflops:.1f} TFLOP/s"
 
 
+def _fraction(row, key, missing):
+    """A row's fraction of a ceiling in percent; `missing` where it has none (a skipped row: "-")."""
+    if "skipped" in row:
+        return "-"
+    value = row.get(key)
+    return missing if value is None else f"{value * 100:.1f}%"
+
+
 def _rows_table(result, columns):
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in result["rows"]:
@@ -33,7 +41,8 @@ def _rows_table(result, columns):
             "median": "-" if "skipped" in row else f"{row['median_s'] * 1e3:.2f} ms",
             "spread": "-" if "skipped" in row else f"{row['spread'] * 100:.0f}%",
             "rate": _fmt_rate(row),
-            "of matmul": "-" if "skipped" in row else f"{row['fraction_of_matmul_peak'] * 100:.1f}%",
+            "of matmul": _fraction(row, "fraction_of_matmul_peak", "not native"),
+            "of FMA peak": _fraction(row, "fraction_of_fma_peak", "-"),
             "peak mem": "-" if "skipped" in row else f"{row['peak_extra_bytes'] / 2**20:.0f} MiB",
             "note": row.get("skipped", "") if "skipped" in row else "",
         }
@@ -41,16 +50,34 @@ def _rows_table(result, columns):
     return "\n".join(lines)
 
 
+def _ceilings(result):
+    """One line naming the ceilings the fractions refer to, as measured in the run."""
+    mm = []
+    for dt, p in result["matmul_peak"].items():
+        mm.append(f"{dt} not native" if p["tflops"] is None else f"{dt} {p['tflops'] * 1e3:.0f} GFLOP/s")
+    line = f"torch.mm in the call's dtype: {', '.join(mm)}."
+    fma = result.get("fma_peak")
+    if fma:
+        peaks = ", ".join(f"{dt} {p['gflops']:.0f} GFLOP/s" for dt, p in fma.items())
+        first = next(iter(fma.values()))
+        line = (
+            f"Ceilings measured in the same run: vector-FMA peak {peaks} ({first['isa']}, {first['threads']} threads; "
+            "bf16/fp16 calls run the float32 kernels, so their ceiling is the float32 peak); " + line
+        )
+    else:
+        line = "Matmul rate measured in the same run: " + line
+    return line + "\n"
+
+
 def _header(result):
     env = result["environment"]
-    peaks = ", ".join(f"{dt} {p['tflops'] * 1e3:.0f} GFLOP/s" for dt, p in result["matmul_peak"].items())
     versions = f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}"
     if env.get("driver"):
         versions += f", driver {env['driver']}"
     return (
         f"Device: **{env['device_name']}** ({env['cpu_model']}), {result['date']}; {versions}.\n"
-        f"Matmul rate measured in the same run (torch.mm): {peaks}.\n"
-        f"FLOPs: {result['flop_convention']}. Timing: {result['timing']}.\n"
+        + _ceilings(result)
+        + f"FLOPs: {result['flop_convention']}. Timing: {result['timing']}.\n"
         + (
             "Peak mem: on CPU, the growth of the process's peak RSS during one call; a lower bound, since "
             "memory freed by earlier calls is reused (0 = none beyond it; fresh-process figures: "
@@ -61,11 +88,19 @@ def _header(result):
     )
 
 
+def _columns(result, columns):
+    """`columns` with "of FMA peak" after "of matmul" for results that measured the FMA peak (CPU)."""
+    if "fma_peak" not in result:
+        return columns
+    at = columns.index("of matmul") + 1
+    return columns[:at] + ["of FMA peak"] + columns[at:]
+
+
 COLUMNS = ["provider", "mode", "dtype", "shape", "median", "spread", "rate", "of matmul", "peak mem", "note"]
 
 
 def markdown(result):
-    return "# Benchmark\n\n" + _header(result) + "\n" + _rows_table(result, COLUMNS) + "\n"
+    return "# Benchmark\n\n" + _header(result) + "\n" + _rows_table(result, _columns(result, COLUMNS)) + "\n"
 
 
 def console_table(result):
@@ -77,10 +112,12 @@ def console_table(result):
                 f"{row['provider']:>18} {row['mode']:>6} {row['dtype']:>8} {shape:<28} skipped: {row['skipped']}"
             )
         else:
+            fma = f"  {_fraction(row, 'fraction_of_fma_peak', '-'):>6} of FMA peak" if "fma_peak" in result else ""
+            mm = _fraction(row, "fraction_of_matmul_peak", "not native")
             out.append(
                 f"{row['provider']:>18} {row['mode']:>6} {row['dtype']:>8} {shape:<28} "
-                f"{row['median_s'] * 1e3:9.2f} ms  {_fmt_rate(row):>16}  "
-                f"{row['fraction_of_matmul_peak'] * 100:5.1f}% of mm  spread {row['spread'] * 100:3.0f}%"
+                f"{row['median_s'] * 1e3:9.2f} ms  {_fmt_rate(row):>16}{fma}  "
+                f"{mm:>10} of mm  spread {row['spread'] * 100:3.0f}%"
             )
     return "\n".join(out)
 
@@ -102,8 +139,12 @@ def plot(result, path):
             pts = sorted((r["N"], r["tflops"]) for r in rows if r["provider"] == provider)
             ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o", label=provider)
         peak = result["matmul_peak"].get(dtype)
-        if peak:
+        if peak and peak["tflops"] is not None:
             ax.axhline(peak["tflops"] * 1e3, color="gray", linestyle="--", linewidth=1, label=f"torch.mm {dtype}")
+        fma = result.get("fma_peak", {})
+        ceiling = fma.get("float64" if dtype == "float64" else "float32")
+        if ceiling:
+            ax.axhline(ceiling["gflops"], color="black", linestyle=":", linewidth=1, label="FMA peak")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("sequence length N")
         ax.set_ylabel("GFLOP/s (CONTRACT §2)")
@@ -117,16 +158,43 @@ def plot(result, path):
     return path
 
 
-def latest_results():
-    """The newest result file per device, from bench/results/*.json."""
+def latest_results(op="attention"):
+    """The newest bench/run.py result of `op` per device, from bench/results/*.json (sorted by name:
+    <device>[-<op>]-<date>); results without an "op" are attention sweeps."""
     newest = {}
     for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
         with open(path) as f:
             result = json.load(f)
         if "flop_convention" not in result:  # not a bench/run.py result (e.g. bench/softmax.py's)
             continue
+        if result.get("op", "attention") != op:
+            continue
         newest[result["environment"]["device_name"]] = (path, result)
     return [newest[k] for k in sorted(newest)]
+
+
+FEATURE_OPS = ("varlen", "decode", "determinant")
+
+
+def _feature_module(op):
+    from bench import decode, determinant, varlen
+
+    return {"varlen": varlen, "decode": decode, "determinant": determinant}[op]
+
+
+def feature_markdown(result):
+    """A --op varlen / decode / determinant result: where it ran, its ceiling, and its tables."""
+    env = result["environment"]
+    head = f"Device: **{env['device_name']}** ({env['cpu_model']}), {result['date']}; torch {env['torch']}.\n"
+    fma = result.get("fma_peak")
+    if fma:
+        head += (
+            "Vector-FMA peak measured in the same run: "
+            + ", ".join(f"{dt} {p['gflops']:.0f} GFLOP/s" for dt, p in fma.items())
+            + ".\n"
+        )
+    head += f"FLOPs: {result['flop_convention']}. Timing: {result['timing']}.\n\n"
+    return head + _feature_module(result["op"]).markdown(result)
 
 
 def readme_section():
@@ -135,12 +203,17 @@ def readme_section():
         rel = os.path.relpath(path, ROOT)
         parts += [f"### {result['environment']['device_name']}", "", _header(result)]
         parts += [f"Source: `{rel}`.", ""]
-        columns = ["provider", "mode", "dtype", "shape", "median", "rate", "of matmul", "peak mem"]
+        columns = _columns(result, ["provider", "mode", "dtype", "shape", "median", "rate", "of matmul", "peak mem"])
         result = dict(result, rows=[r for r in result["rows"] if "skipped" not in r])
         parts += [_rows_table(result, columns), ""]
         png = os.path.splitext(rel)[0] + ".png"
         if os.path.exists(os.path.join(ROOT, png)):
             parts += [f"![{result['environment']['device_name']}]({png})", ""]
+    for op in FEATURE_OPS:
+        for path, result in latest_results(op):
+            rel = os.path.relpath(path, ROOT)
+            parts += [f"### {result['environment']['device_name']}: `--op {op}`", "", feature_markdown(result)]
+            parts += [f"Source: `{rel}`.", ""]
     if len(parts) == 2:
         parts += ["No committed results yet: run `python bench/run.py --quick`.", ""]
     parts.append(END)

@@ -3,12 +3,17 @@
     python bench/run.py --quick                       # default sweep (< 5 min CPU, < 2 min GPU)
     python bench/run.py --backend cpu reference --mode fwd bwd --N 1024 2048 --dtype float32
     python bench/run.py --op softmax --quick          # windowed_softmax GB/s (bench/softmax.py)
+    python bench/run.py --op varlen                   # packed vs padded vs per-sequence (bench/varlen.py)
+    python bench/run.py --op decode                   # a decode step vs recomputing (bench/decode.py)
+    python bench/run.py --op determinant              # determinant vs trilinear logits (bench/determinant.py)
 
 Every figure: median and spread over repeats (CUDA events on GPU, perf_counter on CPU, warm-up
 excluded, inputs rotated between repeats), TFLOP/s under the CONTRACT §2 convention, the
-fraction of the device's matmul rate in the same dtype measured in the same run, and peak
-extra memory. Writes DIR/<device>-<date>.json (versions + every raw figure), a Markdown
-summary and a PNG plot (TFLOP/s vs N per provider) next to it.
+fraction of the device's matmul rate in the same dtype measured in the same run ("not native"
+where the CPU has no native matmul in that dtype), on CPU also the fraction of the machine's
+vector-FMA peak measured in the same run (bench/cpu_peak.py; float32 for bf16/fp16 calls, which
+run the float32 kernels), and peak extra memory. Writes DIR/<device>-<date>.json (versions +
+every raw figure), a Markdown summary and a PNG plot (TFLOP/s vs N per provider) next to it.
 """
 
 import argparse
@@ -22,9 +27,24 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import environment, flops, memory, providers, report, timing  # noqa: E402
+from bench import (  # noqa: E402
+    cpu_peak,
+    decode,
+    determinant,
+    environment,
+    flops,
+    memory,
+    providers,
+    report,
+    timing,
+    varlen,
+)
+from simplicial_attn import backends  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# --op NAME: a feature's benchmark module, each with measure(providers, device, dtype, repeats)
+# and markdown(result) (bench/varlen.py, bench/decode.py, bench/determinant.py).
+FEATURES = {"varlen": varlen, "decode": decode, "determinant": determinant}
 ROTATIONS = 3  # distinct input sets cycled through the repeats
 
 
@@ -90,7 +110,7 @@ def spec_flops(spec, provider):
     return flops.attention_flops(spec.B, spec.N, spec.Hq, spec.D, spec.w1, spec.w2, spec.causal, spec.mode)
 
 
-def measure(spec, provider, repeats, warmup):
+def measure(spec, provider, repeats, warmup, time_fn=timing.time_fn):
     """One provider on one spec: timing summary, TFLOP/s and peak memory (or a skip reason)."""
     reason = provider.unavailable(spec)
     if reason:
@@ -106,7 +126,7 @@ def measure(spec, provider, repeats, warmup):
         steps[0]()  # compile first, so the memory figure below is the kernel's, not the compiler's
     # The first warm-up run doubles as the peak-memory measurement (untimed either way).
     peak = memory.peak_memory_delta(lambda: steps[0](), spec.device)
-    times = timing.time_fn(
+    times = time_fn(
         lambda: current["step"](), device=spec.device, warmup=max(warmup - 1, 0), repeats=repeats, setup=rotate
     )
     summary = timing.summarize(times)
@@ -126,7 +146,7 @@ def progress(done, total, label):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--op", choices=["attention", "scores", "softmax"], default="attention")
+    p.add_argument("--op", choices=["attention", "scores", "softmax", *FEATURES], default="attention")
     p.add_argument("--backend", nargs="+", help="providers to run (default: every available one)")
     p.add_argument("--mode", nargs="+", choices=["fwd", "bwd", "fwdbwd"], default=["fwd", "bwd", "fwdbwd"])
     p.add_argument("--dtype", nargs="+", choices=list(DTYPES))
@@ -146,11 +166,23 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="CPU runs: time by process CPU time / threads (bench/cpu_peak.py: cpu_time_fn), for a shared machine",
+    )
     return p.parse_args(argv)
 
 
 def _window(text):
     return None if text.lower() == "none" else int(text)
+
+
+def matmul_peak(device, dtype):
+    """torch.mm's rate in `dtype` on `device`, or {"tflops": None, "not_native": why} where the CPU
+    has no native matmul in that dtype (its emulated rate would be no yardstick)."""
+    reason = cpu_peak.mm_not_native(dtype) if device == "cpu" else None
+    return {"tflops": None, "not_native": reason} if reason else environment.matmul_peak(device, dtype)
 
 
 def build_specs(args):
@@ -209,8 +241,63 @@ def scores_main(args):
     return 0
 
 
+def _time_fn(args):
+    if args.cpu_time and args.device != "cpu":
+        sys.exit("--cpu-time times CPU runs only")
+    return cpu_peak.cpu_time_fn if args.cpu_time else timing.time_fn
+
+
+def _clock_text(args):
+    if args.cpu_time:
+        return "process CPU time / threads on CPU (--cpu-time: robust to other jobs on a shared machine)"
+    return "CUDA events on GPU, perf_counter on CPU"
+
+
+def feature_providers(device, dtype, wanted=None):
+    """The package backends that can run on `device` here (not the Triton interpreter on a CPU)."""
+    names = []
+    for name in backends.BACKENDS:
+        if name == "triton" and device == "cpu":
+            continue
+        if not backends.get(name).not_supported_reasons(device, dtype) and (wanted is None or name in wanted):
+            names.append(name)
+    return names
+
+
+def feature_main(args):
+    """--op varlen | decode | determinant: one JSON + Markdown result under --out."""
+    module = FEATURES[args.op]
+    dtype = DTYPES[args.dtype[0]] if args.dtype else torch.float32
+    names = feature_providers(args.device, dtype, args.backend)
+    repeats = args.repeats or (30 if args.op == "decode" else 3)
+    env = environment.describe(args.device)
+    time_fn = _time_fn(args)
+    result = {
+        "op": args.op,
+        "date": datetime.date.today().isoformat(),
+        "environment": env,
+        "flop_convention": flops.CONVENTION,
+        "timing": "median over repeats; " + _clock_text(args) + "; warm-up excluded",
+        **module.measure(names, args.device, dtype, repeats, time_fn=time_fn),
+    }
+    if args.device == "cpu":
+        result["fma_peak"] = cpu_peak.fma_peaks([dtype], cpu_time=args.cpu_time)
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, f"{environment.slug(env['device_name'])}-{args.op}-{result['date']}")
+    with open(base + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    text = report.feature_markdown(result)
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    print(text)
+    print(f"wrote {base}.json, {base}.md")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.op in FEATURES:
+        return feature_main(args)
     if args.op == "softmax":
         from bench import softmax  # windowed_softmax GB/s next to torch.softmax and a copy
 
@@ -226,29 +313,41 @@ def main(argv=None):
     specs = build_specs(args)
     repeats = args.repeats or (10 if args.device == "cuda" else 3)
     env = environment.describe(args.device)
-    peaks = {str(dt)[6:]: environment.matmul_peak(args.device, dt) for dt in {s.dtype for s in specs}}
+    dtypes = sorted({s.dtype for s in specs}, key=str)
+    peaks = {str(dt)[6:]: matmul_peak(args.device, dt) for dt in dtypes}
+    fma = cpu_peak.fma_peaks(dtypes, cpu_time=args.cpu_time) if args.device == "cpu" else None
+    time_fn = _time_fn(args)
     rows = []
     total = len(specs) * len(chosen)
     for n, (spec, provider) in enumerate(((s, p) for s in specs for p in chosen), start=1):
         progress(n - 1, total, f"{provider.name} {spec.mode} {str(spec.dtype)[6:]} {spec.shape_label()}")
         limit = quick_limit(spec, provider, specs[0].dtype) if args.quick else None
-        result = {"skipped": limit} if limit else measure(spec, provider, repeats, args.warmup)
+        result = {"skipped": limit} if limit else measure(spec, provider, repeats, args.warmup, time_fn)
         row = {"provider": provider.name, "mode": spec.mode, "dtype": str(spec.dtype)[6:], "causal": spec.causal}
         row.update({k: getattr(spec, k) for k in ("B", "N", "Hq", "Hkv", "D", "w1", "w2")})
         if provider.name == "sdpa-causal":
             row["sdpa_N"] = spec.sdpa_N
         row.update(result)
         if "tflops" in result:
-            row["fraction_of_matmul_peak"] = result["tflops"] / peaks[row["dtype"]]["tflops"]
+            mm = peaks[row["dtype"]]["tflops"]
+            row["fraction_of_matmul_peak"] = None if mm is None else result["tflops"] / mm
         rows.append(row)
     progress(total, total, "done")
+    if fma:  # measured again at the end: the ceiling is the better of the two (the machine is shared)
+        again = cpu_peak.fma_peaks(dtypes, cpu_time=args.cpu_time)
+        fma = {name: max(r, fma[name], key=lambda x: x["gflops"]) for name, r in again.items()}
+        for row in rows:
+            if "tflops" in row:
+                row["fraction_of_fma_peak"] = cpu_peak.fraction_of_fma_peak(row["tflops"] * 1e3, row["dtype"], fma)
     stamp = datetime.date.today().isoformat()
     result = {
+        "op": "attention",
         "date": stamp,
         "environment": env,
         "matmul_peak": peaks,
+        **({"fma_peak": fma} if fma else {}),
         "flop_convention": flops.CONVENTION,
-        "timing": "median over repeats; CUDA events on GPU, perf_counter on CPU; warm-up excluded; inputs rotated",
+        "timing": "median over repeats; " + _clock_text(args) + "; warm-up excluded; inputs rotated",
         "rows": rows,
     }
     os.makedirs(args.out, exist_ok=True)

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cpu/cpu_info.h"
+#include "cpu/fma_peak.h"
 
 namespace {
 
@@ -52,9 +53,31 @@ pybind11::dict build_info() {
   return info;
 }
 
+pybind11::dict cpu_fma_peak(const std::string& dtype, double seconds, int64_t repeats, int64_t iters) {
+  TORCH_CHECK(dtype == "float32" || dtype == "float64", "cpu_fma_peak: dtype must be 'float32' or 'float64', got '",
+              dtype, "'");
+  TORCH_CHECK(seconds > 0 && repeats >= 1, "cpu_fma_peak: need seconds > 0 and repeats >= 1, got ", seconds, " and ",
+              repeats);
+  const auto p = simplicial_attn::cpu::fma_peak(dtype == "float64", seconds, repeats, iters);
+  pybind11::dict r;
+  r["dtype"] = dtype;
+  r["gflops"] = p.gflops;
+  r["flops"] = p.flops;
+  r["seconds"] = p.seconds;
+  r["threads"] = p.threads;
+  r["lanes"] = p.lanes;
+  r["chains"] = p.chains;
+  r["isa"] = std::string(p.isa);
+  return r;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "simplicial-attn compiled kernels (registered as torch.ops.simplicial_attn.*)";
   m.def("build_info", &build_info, "What this build of the extension holds");
+  m.def("cpu_fma_peak", &cpu_fma_peak, pybind11::arg("dtype") = "float32", pybind11::arg("seconds") = 0.05,
+        pybind11::arg("repeats") = 5, pybind11::arg("iters") = 0,
+        "This CPU's vector-FMA peak in GFLOP/s (all intra-op threads, best of `repeats` runs of ~`seconds`, or "
+        "of `iters` iterations per thread when given)");
 }

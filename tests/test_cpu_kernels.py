@@ -97,11 +97,14 @@ def test_parity_with_oracle(case, dtype, poison, monkeypatch):
         _check_against(got, ref, BOUNDS[dtype], f"{case.id} {dtype} isa={isa or 'default'}")
 
 
-# Windows wider than one tile of the kernel (j tile 128, k tile 32), several backward query
-# blocks, D padded to the vector width, GQA: the paths the small grid reaches only in part.
+# Windows wider than one tile of the kernel (j tile 128, k tile 32), several query blocks whose
+# halos reach more than one neighbour (both sides when centred), D padded to the vector width
+# (12: rows gathered and scattered even in float32), GQA: the paths the small grid reaches only
+# in part.
 MULTI_TILE = [
     Case(1, 150, 2, 1, 40, 140, 40, causal=True),
     Case(1, 150, 2, 1, 40, 200, 70, causal=False),
+    Case(2, 61, 4, 2, 12, 20, 9, causal=False),
 ]
 
 

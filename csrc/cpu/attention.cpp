@@ -1,21 +1,22 @@
-// CPU implementation of simplicial_attn::fused_fwd / fused_bwd: argument checks, the choice of
-// kernel flavour, and the three parallel phases of a call: pack the inputs (layout.h), run the
-// kernel over work items (kernel_impl.h), unpack the outputs and, in the backward, sum the
-// key/value partials in a fixed order (layout.h).
+// CPU implementation of simplicial_attn::fused_fwd / fused_bwd (csrc/ops.cpp): argument checks,
+// the sequences and work items of a call (layout.h), the kernel run over them (kernel_impl.h)
+// and, in the backward, the fixed-order sum of the key/value halos (layout.h).
 //
-// Inputs of any strides and of dtype float32/bfloat16/float16 are packed once into float32
-// (float64 stays float64), so the kernels accumulate in float32 and bf16/fp16 calls run the
-// float32 kernels at the same speed; packing costs O(N*H*D), the kernels O(N*H*D*w1*w2).
+// Batched calls have one sequence per batch; packed ones (CONTRACT §6) one per cu_seqlens
+// entry, every window clipped to its own sequence inside the kernels (no padding, no copies).
+// The kernels read float32 inputs with unit stride in D in place; other dtypes (bf16/fp16 run
+// the float32 kernels, float64 its own) and strides are converted row by row into per-thread
+// scratch as a work item needs them, O(N*H*D) work against the kernels' O(N*H*D*w1*w2).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "checks.h"
-#include "cpu_info.h"
+#include "dispatch.h"
 #include "kernel_args.h"
 #include "layout.h"
 #include "problem.h"
@@ -28,90 +29,18 @@ namespace {
 // 16 KiB in float32, so S and dP of the backward stay in L1 together.
 constexpr int64_t kMaxKTile = 32;
 constexpr int64_t kMaxJTile = 128;
-// Forward work item: queries per (b, h) block (scheduling granularity only).
-constexpr int64_t kFwdBlock = 32;
-// Backward: the partition into query blocks fixes the summation order of the key gradients,
-// so it must not depend on the thread count (bitwise-equal results with 1 or N threads).
-constexpr int64_t kBwdMinItems = 16;
+// Work items a call should have at least (block_rows), for load balance.
+constexpr int64_t kMinItems = 16;
 
-enum class Isa { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
-
-Isa detected_isa() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const Isa isa = [] {
-    __builtin_cpu_init();
-    if (kernels_avx512_f32() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) {
-      return Isa::kAvx512;
-    }
-    if (kernels_avx2_f32() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
-    return Isa::kBase;
-  }();
-  return isa;
-#else
-  return Isa::kBase;
-#endif
+// Windows wider than the longest sequence behave like the widest useful one; clipping them
+// keeps the scratch sizes (BQ + w - 1 rows) meaningful for direct calls with huge windows.
+int64_t clip_window(int64_t w, int64_t longest, bool causal) {
+  const int64_t full = causal ? longest : 2 * longest - 1;
+  return w < full ? w : (full > 1 ? full : 1);
 }
 
-// SIMPLICIAL_ATTN_CPU_ISA=base|avx2|avx512 caps the instruction set (the tests run every
-// flavour the CPU has; a user can rule one out). Read on every call so a test can switch it.
-Isa selected_isa() {
-  const Isa best = detected_isa();
-  const char* env = std::getenv("SIMPLICIAL_ATTN_CPU_ISA");
-  if (env == nullptr || *env == '\0') return best;
-  const std::string want(env);
-  Isa cap;
-  if (want == "base") {
-    cap = Isa::kBase;
-  } else if (want == "avx2") {
-    cap = Isa::kAvx2;
-  } else if (want == "avx512") {
-    cap = Isa::kAvx512;
-  } else {
-    TORCH_CHECK(false, "SIMPLICIAL_ATTN_CPU_ISA must be one of base, avx2, avx512 (or unset), got '", want, "'");
-  }
-  return cap < best ? cap : best;
-}
-
-const KernelSet<float>& float_kernels() {
-  switch (selected_isa()) {
-    case Isa::kAvx512:
-      return *kernels_avx512_f32();
-    case Isa::kAvx2:
-      return *kernels_avx2_f32();
-    default:
-      return *kernels_base_f32();
-  }
-}
-
-template <typename T>
-const KernelSet<T>& kernels_for();
-template <>
-const KernelSet<float>& kernels_for<float>() {
-  return float_kernels();
-}
-template <>
-const KernelSet<double>& kernels_for<double>() {
-  return *kernels_base_f64();
-}
-
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-void check_dtype(const at::Tensor& q) {
-  const auto dt = q.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf || dt == at::kDouble,
-              "q must have dtype float32, bfloat16, float16 or float64 on the CPU, got ", dt);
-}
-
-at::ScalarType lse_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
-// Windows wider than the sequence behave like the widest useful one; clipping them keeps the
-// scratch sizes below (BQ + w - 1 rows) meaningful for direct calls with huge windows.
-int64_t clip_window(int64_t w, int64_t N, bool causal) {
-  const int64_t full = causal ? N : 2 * N - 1;
-  return w < full ? w : full;
-}
-
-Geometry make_geometry(const Dims& d, int64_t vector_width, int64_t w1, int64_t w2, bool causal) {
+Geometry make_geometry(const Dims& d, int64_t vector_width, int64_t w1, int64_t w2, bool causal, bool det,
+                       int64_t longest) {
   Geometry g;
   g.B = d.B;
   g.N = d.N;
@@ -119,221 +48,198 @@ Geometry make_geometry(const Dims& d, int64_t vector_width, int64_t w1, int64_t 
   g.Hkv = d.Hkv;
   g.D = d.D;
   g.DP = round_up(d.D, vector_width);
-  g.NP = d.N + vector_width;
-  g.w1 = clip_window(w1, d.N, causal);
-  g.w2 = clip_window(w2, d.N, causal);
-  g.causal = causal;
-  g.KT = g.w2 < kMaxKTile ? g.w2 : kMaxKTile;
-  g.JT = round_up(g.w1 < kMaxJTile ? g.w1 : kMaxJTile, vector_width);
+  g.longest = longest;
+  g.b1 = band(w1, causal);
+  g.b2 = band(w2, causal);
+  g.KT = w2 < kMaxKTile ? w2 : kMaxKTile;
+  g.JT = round_up(w1 < kMaxJTile ? w1 : kMaxJTile, vector_width);
+  g.det = det;
   return g;
 }
 
-template <typename T, typename S>
-std::tuple<at::Tensor, at::Tensor> run_fwd(const Dims& d, const at::Tensor& q, const at::Tensor& k1,
-                                           const at::Tensor& k2, const at::Tensor& v1, const at::Tensor& v2, int64_t w1,
-                                           int64_t w2, bool causal, double scale) {
-  const KernelSet<T>& ks = kernels_for<T>();
-  const Geometry g = make_geometry(d, ks.vector_width, w1, w2, causal);
-  const auto opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
-  const auto q_rows = {g.B, g.Hq, g.N, g.DP}, kv_rows = {g.B, g.Hkv, g.N, g.DP}, kv_cols = {g.B, g.Hkv, g.D, g.NP};
-  const at::Tensor qp = at::empty(q_rows, opts), k1t = at::empty(kv_cols, opts), k2p = at::empty(kv_rows, opts),
-                   v1p = at::empty(kv_rows, opts), v2p = at::empty(kv_rows, opts), outp = at::empty(q_rows, opts);
-  at::Tensor lse = at::empty({g.B, g.Hq, g.N}, opts);
-  at::Tensor out = at::empty(q.sizes(), q.options());
-  Transfers<T, S> in(g);
-  in.pack_rows(q, qp.data_ptr<T>());
-  in.pack_cols(k1, k1t.data_ptr<T>());
-  in.pack_rows(k2, k2p.data_ptr<T>());
-  in.pack_rows(v1, v1p.data_ptr<T>());
-  in.pack_rows(v2, v2p.data_ptr<T>());
-  in.run();
-
-  FwdArgs<T> a;
-  a.g = g;
-  a.scale = static_cast<T>(scale);
-  a.BQ = kFwdBlock;
-  a.q = qp.data_ptr<T>();
-  a.k1t = k1t.data_ptr<T>();
-  a.k2 = k2p.data_ptr<T>();
-  a.v1 = v1p.data_ptr<T>();
-  a.v2 = v2p.data_ptr<T>();
-  a.out = outp.data_ptr<T>();
-  a.lse = lse.data_ptr<T>();
-  const int64_t items = g.B * g.Hq * ((g.N + a.BQ - 1) / a.BQ);
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) { ks.fwd(a, begin, end); });
-
-  Transfers<T, S> back(g);
-  back.unpack_rows(outp.data_ptr<T>(), out);
-  back.run();
-  return {out, lse};
+// The sequences of a call: one per batch, or the packed ones of cu_seqlens (checked here too,
+// since the op can be called directly).
+SequenceTable sequences_of(const Dims& d, const Problem& p) {
+  if (!p.packed()) return SequenceTable::batched(d.B, d.N);
+  const int32_t* cu = p.cu_seqlens.data_ptr<int32_t>();
+  const int64_t S = p.num_seqs();
+  TORCH_CHECK(cu[0] == 0, "cu_seqlens must start at 0, got cu_seqlens[0] = ", cu[0]);
+  for (int64_t s = 0; s < S; ++s) {
+    TORCH_CHECK(cu[s + 1] >= cu[s], "cu_seqlens must be non-decreasing, got cu_seqlens[", s + 1, "] = ", cu[s + 1],
+                " < cu_seqlens[", s, "] = ", cu[s]);
+  }
+  TORCH_CHECK(cu[S] == d.N, "cu_seqlens must end at the number of rows T = ", d.N, ", got cu_seqlens[", S,
+              "] = ", cu[S]);
+  SequenceTable t = SequenceTable::packed(cu, S);
+  TORCH_CHECK(p.max_seqlen >= t.longest(), "max_seqlen must be >= every sequence length, got ", p.max_seqlen,
+              " for a sequence of ", t.longest());
+  return t;
 }
 
-// Query block of the backward: at least ~w1/2 so the scratch (BQ + w1 - 1 rows per block)
-// stays within ~3x the gradient, smaller only to give kBwdMinItems items.
-int64_t backward_block(const Geometry& g) {
-  int64_t bq = round_up(g.w1 / 2 > 64 ? g.w1 / 2 : 64, 16);
-  auto items = [&](int64_t b) { return g.B * g.Hkv * ((g.N + b - 1) / b); };
-  while (bq > 16 && items(bq) < kBwdMinItems) bq = round_up(bq / 2, 16);
+// Queries per work item. The backward's halo (kernel_args.h) holds w1 - 1 rows per block, so
+// blocks of 2 (w1 - 1) keep it at half a gradient; smaller blocks only to give kMinItems items
+// (down to a quarter of w1: at most 4 gradients of halo). The partition fixes the summation
+// order of the key gradients, so it depends on the problem only, never on the thread count
+// (bitwise-equal results with 1 or N threads). The forward uses the same blocks: each item
+// transposes k1 once for BQ + w1 - 1 positions.
+int64_t block_rows(const Geometry& g, const SequenceTable& seqs) {
+  const int64_t width = g.b1.L + g.b1.R;
+  int64_t bq = round_up(2 * width > 64 ? 2 * width : 64, 16);
+  while (bq > 16 && bq / 2 >= width / 4 && seqs.items_for(bq, g.Hkv) < kMinItems) bq = round_up(bq / 2, 16);
   return bq;
-}
-
-template <typename T, typename S>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_bwd(
-    const Dims& d, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2,
-    const at::Tensor& v1, const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, int64_t w1, int64_t w2,
-    bool causal, double scale) {
-  const KernelSet<T>& ks = kernels_for<T>();
-  const Geometry g = make_geometry(d, ks.vector_width, w1, w2, causal);
-  const auto opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
-  const auto q_rows = {g.B, g.Hq, g.N, g.DP}, kv_rows = {g.B, g.Hkv, g.N, g.DP}, kv_cols = {g.B, g.Hkv, g.D, g.NP};
-  const at::Tensor qp = at::empty(q_rows, opts), dop = at::empty(q_rows, opts), k1p = at::empty(kv_rows, opts),
-                   k1t = at::empty(kv_cols, opts), k2p = at::empty(kv_rows, opts), v1p = at::empty(kv_rows, opts),
-                   v1t = at::empty(kv_cols, opts), v2p = at::empty(kv_rows, opts);
-  const at::Tensor delta = at::empty({g.B, g.Hq, g.N}, opts);
-  const at::Tensor lse_c = lse.contiguous();
-  Transfers<T, S> in(g);
-  in.pack_rows(q, qp.data_ptr<T>());
-  in.pack_rows(dout, dop.data_ptr<T>());
-  in.pack_rows(k1, k1p.data_ptr<T>());
-  in.pack_cols(k1, k1t.data_ptr<T>());
-  in.pack_rows(k2, k2p.data_ptr<T>());
-  in.pack_rows(v1, v1p.data_ptr<T>());
-  in.pack_cols(v1, v1t.data_ptr<T>());
-  in.pack_rows(v2, v2p.data_ptr<T>());
-  in.row_dots(dout, out, delta.data_ptr<T>());  // Delta, from the saved (rounded) output
-  in.run();
-
-  BwdArgs<T> a;
-  a.g = g;
-  a.scale = static_cast<T>(scale);
-  a.BQ = backward_block(g);
-  a.R1 = a.BQ + g.w1 - 1 < g.N ? a.BQ + g.w1 - 1 : g.N;
-  a.R2 = a.BQ + g.w2 - 1 < g.N ? a.BQ + g.w2 - 1 : g.N;
-  const int64_t items = g.B * g.Hkv * ((g.N + a.BQ - 1) / a.BQ);
-  const at::Tensor dqp = at::empty(q_rows, opts);
-  const at::Tensor dk1s = at::empty({items, a.R1, g.DP}, opts), dv1s = at::empty({items, a.R1, g.DP}, opts);
-  const at::Tensor dk2s = at::empty({items, a.R2, g.DP}, opts), dv2s = at::empty({items, a.R2, g.DP}, opts);
-  a.q = qp.data_ptr<T>();
-  a.k1 = k1p.data_ptr<T>();
-  a.k1t = k1t.data_ptr<T>();
-  a.k2 = k2p.data_ptr<T>();
-  a.v1 = v1p.data_ptr<T>();
-  a.v1t = v1t.data_ptr<T>();
-  a.v2 = v2p.data_ptr<T>();
-  a.dout = dop.data_ptr<T>();
-  a.lse = lse_c.data_ptr<T>();
-  a.delta = delta.data_ptr<T>();
-  a.dq = dqp.data_ptr<T>();
-  a.dk1s = dk1s.data_ptr<T>();
-  a.dv1s = dv1s.data_ptr<T>();
-  a.dk2s = dk2s.data_ptr<T>();
-  a.dv2s = dv2s.data_ptr<T>();
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) { ks.bwd(a, begin, end); });
-
-  at::Tensor dq = at::empty(q.sizes(), q.options()), dk1 = at::empty(k1.sizes(), k1.options()),
-             dk2 = at::empty(k2.sizes(), k2.options()), dv1 = at::empty(v1.sizes(), v1.options()),
-             dv2 = at::empty(v2.sizes(), v2.options());
-  Transfers<T, S> back(g);
-  back.unpack_rows(a.dq, dq);
-  back.reduce_rows(a.dk1s, g.w1, a.BQ, a.R1, dk1);
-  back.reduce_rows(a.dv1s, g.w1, a.BQ, a.R1, dv1);
-  back.reduce_rows(a.dk2s, g.w2, a.BQ, a.R2, dk2);
-  back.reduce_rows(a.dv2s, g.w2, a.BQ, a.R2, dv2);
-  back.run();
-  return {dq, dk1, dk2, dv1, dv2};
 }
 
 // The kernels vectorise over the j window (w1) and cut the k window (w2) into tiles of 32
 // rows, so a narrow j window wastes vector lanes (w1 = 1 uses one of 16). The math is symmetric
-// in the pairs (k1, v1, w1) and (k2, v2, w2), so when w2 is the wider window the pairs are
-// passed swapped (and the gradients swapped back).
-bool wider_second_window(const Dims& d, int64_t w1, int64_t w2, bool causal) {
-  return clip_window(w2, d.N, causal) > clip_window(w1, d.N, causal);
+// in the pairs (k1, v1, w1) and (k2, v2, w2), except that the determinant changes sign, so when
+// w2 is the wider window the pairs are passed swapped (the gradients swapped back) and a
+// determinant's scale negated.
+struct Pairs {
+  const at::Tensor *k1, *k2, *v1, *v2;
+  int64_t w1, w2;
+  double scale;
+  bool swapped;
+};
+
+Pairs order_pairs(const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1, const at::Tensor& v2,
+                  const Problem& p, int64_t longest) {
+  const int64_t w1 = clip_window(p.w1, longest, p.causal), w2 = clip_window(p.w2, longest, p.causal);
+  if (w2 <= w1) return {&k1, &k2, &v1, &v2, w1, w2, p.scale, false};
+  const double scale = p.logits == Logits::kDeterminant ? -p.scale : p.scale;
+  return {&k2, &k1, &v2, &v1, w2, w1, scale, true};
+}
+
+// One fused call after its checks: sizes, sequences, ordered pairs and geometry.
+struct Call {
+  Dims d;
+  SequenceTable seqs;
+  Pairs pairs;
+  Geometry g;
+};
+
+Call plan_call(const Dims& d, const Problem& p, int64_t vector_width, const at::Tensor& k1, const at::Tensor& k2,
+               const at::Tensor& v1, const at::Tensor& v2) {
+  SequenceTable seqs = sequences_of(d, p);
+  const int64_t longest = seqs.longest();
+  const Pairs pairs = order_pairs(k1, k2, v1, v2, p, longest);
+  const Geometry g =
+      make_geometry(d, vector_width, pairs.w1, pairs.w2, p.causal, p.logits == Logits::kDeterminant, longest);
+  seqs.plan(block_rows(g, seqs), g.Hkv);
+  return {d, std::move(seqs), pairs, g};
 }
 
 template <typename T, typename S>
-std::tuple<at::Tensor, at::Tensor> fwd_pairs(const Dims& d, const at::Tensor& q, const at::Tensor& k1,
-                                             const at::Tensor& k2, const at::Tensor& v1, const at::Tensor& v2,
-                                             int64_t w1, int64_t w2, bool causal, double scale) {
-  if (wider_second_window(d, w1, w2, causal)) return run_fwd<T, S>(d, q, k2, k1, v2, v1, w2, w1, causal, scale);
-  return run_fwd<T, S>(d, q, k1, k2, v1, v2, w1, w2, causal, scale);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_fwd(const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2,
+                                                       const at::Tensor& v1, const at::Tensor& v2, const Problem& p) {
+  const KernelSet<T>& ks = kernels_for<T>();
+  const Call c =
+      plan_call(Dims{q.size(0), q.size(1), q.size(2), k1.size(2), q.size(3)}, p, ks.vector_width, k1, k2, v1, v2);
+  const Geometry& g = c.g;
+  const at::Tensor out = at::empty(q.sizes(), q.options());
+  const at::Tensor lse = at::empty({g.B, g.Hq, g.N}, q.options().dtype(c10::CppTypeToScalarType<T>::value));
+  const at::Tensor lse_lo = at::empty_like(lse);
+  FwdArgs<T> a;
+  a.g = g;
+  a.sched = c.seqs.schedule();
+  a.scale = static_cast<T>(c.pairs.scale);
+  a.q = make_input<T, S>(q, g.DP);
+  a.k1 = make_input<T, S>(*c.pairs.k1, g.DP);
+  a.k2 = make_input<T, S>(*c.pairs.k2, g.DP);
+  a.v1 = make_input<T, S>(*c.pairs.v1, g.DP);
+  a.v2 = make_input<T, S>(*c.pairs.v2, g.DP);
+  a.out = make_output<T, S>(out, g.DP);
+  a.lse = lse.data_ptr<T>();
+  a.lse_lo = lse_lo.data_ptr<T>();
+  at::parallel_for(0, a.sched.items(), 1, [&](int64_t begin, int64_t end) { ks.fwd(a, begin, end); });
+  return {out, lse, lse_lo};
+}
+
+// A key/value gradient's fp32 (float64) accumulator: the output itself when the kernels can
+// write it in place, else a [B, N, Hkv, DP] buffer that the halo sum converts into it.
+template <typename T, typename S>
+std::pair<Accum<T>, at::Tensor> accumulator(const at::Tensor& grad, const Geometry& g) {
+  if (usable_in_place<T, S>(grad, g.DP)) {
+    return {Accum<T>{reinterpret_cast<T*>(grad.data_ptr<S>()), grad.stride(0), grad.stride(1), grad.stride(2)},
+            at::Tensor()};
+  }
+  at::Tensor buf = at::empty({g.B, g.N, g.Hkv, g.DP}, grad.options().dtype(c10::CppTypeToScalarType<T>::value));
+  return {Accum<T>{buf.data_ptr<T>(), buf.stride(0), buf.stride(1), buf.stride(2)}, buf};
 }
 
 template <typename T, typename S>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_pairs(
-    const Dims& d, const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2,
-    const at::Tensor& v1, const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, int64_t w1, int64_t w2,
-    bool causal, double scale) {
-  if (!wider_second_window(d, w1, w2, causal)) {
-    return run_bwd<T, S>(d, dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale);
-  }
-  const auto g = run_bwd<T, S>(d, dout, q, k2, k1, v2, v1, out, lse, w2, w1, causal, scale);
-  return {std::get<0>(g), std::get<2>(g), std::get<1>(g), std::get<4>(g), std::get<3>(g)};
-}
-
-// Each input dtype S runs with its compute type T: double for double, float otherwise.
-std::tuple<at::Tensor, at::Tensor> fused_fwd_cpu(const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2,
-                                                 const at::Tensor& v1, const at::Tensor& v2, int64_t w1, int64_t w2,
-                                                 bool causal, double scale) {
-  const Dims d = check_inputs(q, k1, k2, v1, v2, w1, w2);
-  check_dtype(q);
-  if (d.B == 0 || d.N == 0) {  // Python returns before calling; direct calls get empty results too
-    return {at::empty(q.sizes(), q.options()), at::empty({d.B, d.Hq, d.N}, q.options().dtype(lse_dtype(q)))};
-  }
-  switch (q.scalar_type()) {
-    case at::kDouble:
-      return fwd_pairs<double, double>(d, q, k1, k2, v1, v2, w1, w2, causal, scale);
-    case at::kBFloat16:
-      return fwd_pairs<float, c10::BFloat16>(d, q, k1, k2, v1, v2, w1, w2, causal, scale);
-    case at::kHalf:
-      return fwd_pairs<float, c10::Half>(d, q, k1, k2, v1, v2, w1, w2, causal, scale);
-    default:
-      return fwd_pairs<float, float>(d, q, k1, k2, v1, v2, w1, w2, causal, scale);
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1,
-    const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, int64_t w1, int64_t w2, bool causal,
-    double scale) {
-  const Dims d = check_inputs(q, k1, k2, v1, v2, w1, w2);
-  check_grad_inputs(d, q, dout, out, lse);
-  check_dtype(q);
-  if (d.B == 0 || d.N == 0) {
-    return {at::empty(q.sizes(), q.options()), at::empty(k1.sizes(), k1.options()), at::empty(k2.sizes(), k2.options()),
-            at::empty(v1.sizes(), v1.options()), at::empty(v2.sizes(), v2.options())};
-  }
-  switch (q.scalar_type()) {
-    case at::kDouble:
-      return bwd_pairs<double, double>(d, dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale);
-    case at::kBFloat16:
-      return bwd_pairs<float, c10::BFloat16>(d, dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale);
-    case at::kHalf:
-      return bwd_pairs<float, c10::Half>(d, dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale);
-    default:
-      return bwd_pairs<float, float>(d, dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale);
-  }
+    const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& lse_lo, const Problem& p) {
+  const KernelSet<T>& ks = kernels_for<T>();
+  const Call c =
+      plan_call(Dims{q.size(0), q.size(1), q.size(2), k1.size(2), q.size(3)}, p, ks.vector_width, k1, k2, v1, v2);
+  const Geometry& g = c.g;
+  const at::Tensor lse_c = lse.contiguous(), lse_lo_c = lse_lo.contiguous();
+  // Gradients in the kernels' pair order (swapped back on return).
+  const at::Tensor dq = at::empty(q.sizes(), q.options());
+  const at::Tensor dk1 = at::empty(c.pairs.k1->sizes(), q.options()), dk2 = at::empty(c.pairs.k2->sizes(), q.options()),
+                   dv1 = at::empty(c.pairs.v1->sizes(), q.options()), dv2 = at::empty(c.pairs.v2->sizes(), q.options());
+  const auto [acc_k1, buf_k1] = accumulator<T, S>(dk1, g);
+  const auto [acc_v1, buf_v1] = accumulator<T, S>(dv1, g);
+  const auto [acc_k2, buf_k2] = accumulator<T, S>(dk2, g);
+  const auto [acc_v2, buf_v2] = accumulator<T, S>(dv2, g);
+  const auto opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
+  const int64_t slots = c.seqs.halo_slots();
+  const at::Tensor halo_k1 = at::empty({slots, g.b1.L + g.b1.R, g.DP}, opts),
+                   halo_v1 = at::empty({slots, g.b1.L + g.b1.R, g.DP}, opts),
+                   halo_k2 = at::empty({slots, g.b2.L + g.b2.R, g.DP}, opts),
+                   halo_v2 = at::empty({slots, g.b2.L + g.b2.R, g.DP}, opts);
+
+  BwdArgs<T> a;
+  a.g = g;
+  a.sched = c.seqs.schedule();
+  a.scale = static_cast<T>(c.pairs.scale);
+  a.q = make_input<T, S>(q, g.DP);
+  a.k1 = make_input<T, S>(*c.pairs.k1, g.DP);
+  a.k2 = make_input<T, S>(*c.pairs.k2, g.DP);
+  a.v1 = make_input<T, S>(*c.pairs.v1, g.DP);
+  a.v2 = make_input<T, S>(*c.pairs.v2, g.DP);
+  a.dout = make_input<T, S>(dout, g.DP);
+  a.out = make_input<T, S>(out, g.DP);
+  a.lse = lse_c.data_ptr<T>();
+  a.lse_lo = lse_lo_c.data_ptr<T>();
+  a.dq = make_output<T, S>(dq, g.DP);
+  a.dk1 = acc_k1;
+  a.dv1 = acc_v1;
+  a.dk2 = acc_k2;
+  a.dv2 = acc_v2;
+  a.halo_k1 = halo_k1.data_ptr<T>();
+  a.halo_v1 = halo_v1.data_ptr<T>();
+  a.halo_k2 = halo_k2.data_ptr<T>();
+  a.halo_v2 = halo_v2.data_ptr<T>();
+  at::parallel_for(0, a.sched.items(), 1, [&](int64_t begin, int64_t end) { ks.bwd(a, begin, end); });
+
+  const std::vector<HaloJob<T>> jobs = {
+      {acc_k1, a.halo_k1, g.b1, make_output<T, S>(dk1, g.DP), !buf_k1.defined()},
+      {acc_v1, a.halo_v1, g.b1, make_output<T, S>(dv1, g.DP), !buf_v1.defined()},
+      {acc_k2, a.halo_k2, g.b2, make_output<T, S>(dk2, g.DP), !buf_k2.defined()},
+      {acc_v2, a.halo_v2, g.b2, make_output<T, S>(dv2, g.DP), !buf_v2.defined()},
+  };
+  sum_halos(g, a.sched, jobs);
+  if (c.pairs.swapped) return {dq, dk2, dk1, dv2, dv1};
+  return {dq, dk1, dk2, dv1, dv2};
 }
 
 // The schema entry points (csrc/ops.cpp): one checked Problem per call.
-// TODO(interface): packed layouts, determinant logits, lse_lo and decoding are not in these
-// kernels yet; they fail with a clear error instead.
-void require_batched_trilinear(const Problem& p) {
-  TORCH_CHECK(!p.packed(), "the cpu backend does not implement packed sequences (cu_seqlens) yet");
-  TORCH_CHECK(p.logits == Logits::kTrilinear, "the cpu backend does not implement logits='determinant' yet");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q, const at::Tensor& k1,
                                                             const at::Tensor& k2, const at::Tensor& v1,
                                                             const at::Tensor& v2,
                                                             const std::optional<at::Tensor>& cu_seqlens,
                                                             int64_t max_seqlen, int64_t w1, int64_t w2, bool causal,
                                                             double scale, c10::string_view logits) {
-  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
+  const Dims d = check_inputs(q, k1, k2, v1, v2, w1, w2);
+  check_dtype(q);
   const Problem p = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
-  require_batched_trilinear(p);
-  auto [out, lse] = fused_fwd_cpu(q, k1, k2, v1, v2, p.w1, p.w2, p.causal, p.scale);
-  return {out, lse, at::zeros_like(lse)};
+  if (d.B == 0 || d.N == 0) {  // Python returns before calling; direct calls get empty results too
+    const at::Tensor lse = at::empty({d.B, d.Hq, d.N}, q.options().dtype(compute_dtype(q.scalar_type())));
+    return {at::empty(q.sizes(), q.options()), lse, at::empty_like(lse)};
+  }
+  return with_types(q.scalar_type(), [&]<typename T, typename S>() { return run_fwd<T, S>(q, k1, k2, v1, v2, p); });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd_op(
@@ -341,32 +247,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd
     const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& lse_lo,
     const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t w1, int64_t w2, bool causal, double scale,
     c10::string_view logits) {
-  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
+  const Dims d = check_inputs(q, k1, k2, v1, v2, w1, w2);
+  check_grad_inputs(d, q, dout, out, lse);
+  SA_CHECK_DEVICE(lse_lo, q.device());
+  SA_CHECK_DTYPE(lse_lo, lse.scalar_type());
+  SA_CHECK_SHAPE(lse_lo, d.B, d.Hq, d.N);
+  check_dtype(q);
   const Problem p = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
-  require_batched_trilinear(p);
-  SA_CHECK_SHAPE(lse_lo, q.size(0), q.size(2), q.size(1));
-  return fused_bwd_cpu(dout, q, k1, k2, v1, v2, out, lse, p.w1, p.w2, p.causal, p.scale);
-}
-
-std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at::Tensor& k1_cache,
-                                                   const at::Tensor& k2_cache, const at::Tensor& v1_cache,
-                                                   const at::Tensor& v2_cache, const at::Tensor& cache_seqlens,
-                                                   int64_t w1, int64_t w2, double scale, c10::string_view logits) {
-  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, Nq, Hq, D], got rank ", q.dim());
-  make_decode_problem(q, cache_seqlens, w1, w2, scale, logits);
-  (void)k1_cache, (void)k2_cache, (void)v1_cache, (void)v2_cache;
-  TORCH_CHECK(false, "the cpu backend does not implement decoding (fused_decode) yet");
-  return {};
+  if (d.B == 0 || d.N == 0) {
+    return {at::empty(q.sizes(), q.options()), at::empty(k1.sizes(), k1.options()), at::empty(k2.sizes(), k2.options()),
+            at::empty(v1.sizes(), v1.options()), at::empty(v2.sizes(), v2.options())};
+  }
+  return with_types(q.scalar_type(), [&]<typename T, typename S>() {
+    return run_bwd<T, S>(dout, q, k1, k2, v1, v2, out, lse, lse_lo, p);
+  });
 }
 
 }  // namespace
 
-const char* float_kernel_isa() { return float_kernels().isa; }
-
 TORCH_LIBRARY_IMPL(simplicial_attn, CPU, m) {
   m.impl("fused_fwd", &fused_fwd_op);
   m.impl("fused_bwd", &fused_bwd_op);
-  m.impl("fused_decode", &fused_decode_op);
 }
 
 }  // namespace cpu

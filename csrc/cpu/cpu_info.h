@@ -9,5 +9,9 @@ namespace cpu {
 // float64 always runs the "base" flavour.
 const char* float_kernel_isa();
 
+// The best flavour this CPU and this build support, whatever SIMPLICIAL_ATTN_CPU_ISA says:
+// the machine's ceiling (fma_peak.h) is measured with it.
+const char* machine_isa();
+
 }  // namespace cpu
 }  // namespace simplicial_attn

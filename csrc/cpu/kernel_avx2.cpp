@@ -22,7 +22,7 @@ namespace cpu {
 
 const KernelSet<float>* kernels_avx2_f32() {
   using V = avx2::VecAvx2;
-  static const KernelSet<float> set{"avx2", V::W, &avx2::fwd_items<V>, &avx2::bwd_items<V>};
+  static const KernelSet<float> set{"avx2", V::W, &avx2::fwd_items<V>, &avx2::bwd_items<V>, &avx2::decode_items<V>};
   return &set;
 }
 

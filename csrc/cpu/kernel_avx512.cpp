@@ -22,7 +22,8 @@ namespace cpu {
 
 const KernelSet<float>* kernels_avx512_f32() {
   using V = avx512::VecAvx512;
-  static const KernelSet<float> set{"avx512", V::W, &avx512::fwd_items<V>, &avx512::bwd_items<V>};
+  static const KernelSet<float> set{"avx512", V::W, &avx512::fwd_items<V>, &avx512::bwd_items<V>,
+                                    &avx512::decode_items<V>};
   return &set;
 }
 

@@ -18,13 +18,13 @@ const KernelSet<float>* kernels_base_f32() {
 #else
   using V = base::VecScalar<float>;
 #endif
-  static const KernelSet<float> set{"base", V::W, &base::fwd_items<V>, &base::bwd_items<V>};
+  static const KernelSet<float> set{"base", V::W, &base::fwd_items<V>, &base::bwd_items<V>, &base::decode_items<V>};
   return &set;
 }
 
 const KernelSet<double>* kernels_base_f64() {
   using V = base::VecScalar<double>;
-  static const KernelSet<double> set{"base", V::W, &base::fwd_items<V>, &base::bwd_items<V>};
+  static const KernelSet<double> set{"base", V::W, &base::fwd_items<V>, &base::bwd_items<V>, &base::decode_items<V>};
   return &set;
 }
 

@@ -9,9 +9,9 @@
 // the cached row, as torch.softmax does. Other dtypes run a scalar loop in float (float64 in
 // float64).
 //
-// The scores kernels are plain loops over D (analysis-sized work, no speed target); the
-// backward gathers instead of scattering so the three gradients are computed in parallel
-// without atomics and in a fixed order.
+// The scores kernels are plain loops over D (analysis-sized work, no speed target), for both
+// logit forms; the backward gathers instead of scattering so the three gradients are computed
+// in parallel without atomics and in a fixed order.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -288,6 +288,7 @@ struct ScoresArgs {
   Dims d;
   WindowAxis ax1, ax2;
   acc_t scale;
+  bool det;  // determinant logits (CONTRACT §8)
 
   const acc_t* q_row(int64_t b, int64_t i, int64_t h) const { return q + ((b * d.N + i) * d.Hq + h) * d.D; }
   const acc_t* k_row(const acc_t* k, int64_t b, int64_t p, int64_t g) const {
@@ -311,6 +312,21 @@ SA_ALWAYS_INLINE void axpy(acc_t alpha, const acc_t* x, acc_t* y, int64_t n) {
   for (int64_t t = 0; t < n; ++t) y[t] += alpha * x[t];
 }
 
+// acc += a o b: the elementwise product for trilinear logits, the cross product of every
+// 3-channel chunk for determinant ones (det(q, k1, k2) = k2 . (q x k1), and its derivatives are
+// k1 x k2, k2 x q, q x k1: CONTRACT §8).
+template <typename acc_t>
+SA_ALWAYS_INLINE void add_product(const acc_t* a, const acc_t* b, acc_t* acc, int64_t n, bool det) {
+  if (!det) {
+    for (int64_t t = 0; t < n; ++t) acc[t] += a[t] * b[t];
+    return;
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t s1 = 3 * (t / 3) + (t + 1) % 3, s2 = 3 * (t / 3) + (t + 2) % 3;
+    acc[t] += a[s1] * b[s2] - a[s2] * b[s1];
+  }
+}
+
 template <typename acc_t>
 void scores_fwd_impl(const ScoresArgs<acc_t>& s, acc_t* out) {
   const Dims& d = s.d;
@@ -331,7 +347,8 @@ void scores_fwd_impl(const ScoresArgs<acc_t>& s, acc_t* out) {
           continue;
         }
         const acc_t* k1j = s.k_row(s.k1, b, j, g);
-        for (int64_t t = 0; t < D; ++t) qk1[t] = qi[t] * k1j[t];
+        std::fill(qk1.begin(), qk1.end(), acc_t(0));
+        add_product(qi, k1j, qk1.data(), D, s.det);
         for (int64_t c = 0; c < W2; ++c) {
           const int64_t k = s.ax2.start(i) + c;
           o[c] = s.inside(k) ? s.scale * dot(qk1.data(), s.k_row(s.k2, b, k, g), D) : neg_inf;
@@ -362,7 +379,7 @@ void scores_dq(const ScoresArgs<acc_t>& s, const acc_t* ds, acc_t* dq) {
           if (s.inside(k)) axpy(row[c], s.k_row(s.k2, b, k, g), r.data(), D);
         }
         const acc_t* k1j = s.k_row(s.k1, b, j, g);
-        for (int64_t t = 0; t < D; ++t) acc[t] += r[t] * k1j[t];
+        add_product(k1j, r.data(), acc.data(), D, s.det);
       }
       acc_t* o = dq + ((b * d.N + i) * d.Hq + h) * D;
       for (int64_t t = 0; t < D; ++t) o[t] = s.scale * acc[t];
@@ -399,7 +416,11 @@ void scores_dk(const ScoresArgs<acc_t>& s, const acc_t* ds, acc_t* dk, bool for_
             if (s.inside(pos)) axpy(slots[o * other_stride], s.k_row(other_keys, b, pos, g), r.data(), D);
           }
           const acc_t* qi = s.q_row(b, i, h);
-          for (int64_t t = 0; t < D; ++t) acc[t] += qi[t] * r[t];
+          if (for_k2) {
+            add_product(qi, r.data(), acc.data(), D, s.det);
+          } else {
+            add_product(r.data(), qi, acc.data(), D, s.det);
+          }
         }
       }
       acc_t* out = dk + ((b * d.N + p) * d.Hkv + g) * D;
@@ -412,19 +433,22 @@ at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDoubl
 
 at::Tensor scores_fwd(const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, std::optional<int64_t> w1,
                       std::optional<int64_t> w2, bool causal, double scale, c10::string_view logits) {
-  // TODO(interface): the determinant form is not in these kernels yet.
-  TORCH_CHECK(parse_logits(logits, q.size(-1)) == Logits::kTrilinear,
-              "the cpu scores kernels do not implement logits='determinant' yet");
   const Dims d = check_scores_inputs(q, k1, k2, w1, w2);
+  const bool det = parse_logits(logits, d.D) == Logits::kDeterminant;
   const WindowAxis ax1 = window_axis(w1, d.N, causal), ax2 = window_axis(w2, d.N, causal);
   const auto acc = acc_type(q.scalar_type());
   auto out = at::empty({d.B, d.Hq, d.N, ax1.size, ax2.size}, q.options().dtype(acc));
   if (out.numel() == 0) return out;
   const auto qa = q.to(acc).contiguous(), k1a = k1.to(acc).contiguous(), k2a = k2.to(acc).contiguous();
   AT_DISPATCH_FLOATING_TYPES(acc, "scores_fwd_cpu", [&] {
-    const ScoresArgs<scalar_t> s{
-        qa.const_data_ptr<scalar_t>(), k1a.const_data_ptr<scalar_t>(), k2a.const_data_ptr<scalar_t>(), d, ax1, ax2,
-        static_cast<scalar_t>(scale)};
+    const ScoresArgs<scalar_t> s{qa.const_data_ptr<scalar_t>(),
+                                 k1a.const_data_ptr<scalar_t>(),
+                                 k2a.const_data_ptr<scalar_t>(),
+                                 d,
+                                 ax1,
+                                 ax2,
+                                 static_cast<scalar_t>(scale),
+                                 det};
     scores_fwd_impl(s, out.mutable_data_ptr<scalar_t>());
   });
   return out;
@@ -434,9 +458,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scores_bwd(const at::Tensor& dsco
                                                           const at::Tensor& k1, const at::Tensor& k2,
                                                           std::optional<int64_t> w1, std::optional<int64_t> w2,
                                                           bool causal, double scale, c10::string_view logits) {
-  TORCH_CHECK(parse_logits(logits, q.size(-1)) == Logits::kTrilinear,
-              "the cpu scores kernels do not implement logits='determinant' yet");
   const Dims d = check_scores_inputs(q, k1, k2, w1, w2);
+  const bool det = parse_logits(logits, d.D) == Logits::kDeterminant;
   const WindowAxis ax1 = window_axis(w1, d.N, causal), ax2 = window_axis(w2, d.N, causal);
   check_dscores(dscores, q, d, ax1, ax2);
   const auto acc = acc_type(q.scalar_type());
@@ -445,9 +468,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scores_bwd(const at::Tensor& dsco
   if (d.B * d.N > 0) {
     const auto ds = dscores.to(acc).contiguous();
     AT_DISPATCH_FLOATING_TYPES(acc, "scores_bwd_cpu", [&] {
-      const ScoresArgs<scalar_t> s{
-          qa.const_data_ptr<scalar_t>(), k1a.const_data_ptr<scalar_t>(), k2a.const_data_ptr<scalar_t>(), d, ax1, ax2,
-          static_cast<scalar_t>(scale)};
+      const ScoresArgs<scalar_t> s{qa.const_data_ptr<scalar_t>(),
+                                   k1a.const_data_ptr<scalar_t>(),
+                                   k2a.const_data_ptr<scalar_t>(),
+                                   d,
+                                   ax1,
+                                   ax2,
+                                   static_cast<scalar_t>(scale),
+                                   det};
       const scalar_t* dsp = ds.const_data_ptr<scalar_t>();
       scores_dq(s, dsp, dq.mutable_data_ptr<scalar_t>());
       scores_dk(s, dsp, dk1.mutable_data_ptr<scalar_t>(), /*for_k2=*/false);

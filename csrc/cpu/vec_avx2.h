@@ -15,9 +15,10 @@ struct VecAvx2 {
   using T = float;
   using reg = __m256;
   static constexpr int W = 8;
-  // 6 x 2 accumulators + 2 B vectors + 1 broadcast fit the 16 ymm registers.
-  static constexpr int MR = 6;
-  static constexpr int NV = 2;
+  // 4 x 3 accumulators + 3 B vectors + 1 broadcast fit the 16 ymm registers; 4 rows divide the
+  // 32-row k tiles exactly (6 rows would leave a 2-row, latency-bound tile).
+  static constexpr int MR = 4;
+  static constexpr int NV = 3;
 
   static SA_INLINE reg zero() { return _mm256_setzero_ps(); }
   static SA_INLINE reg set1(T x) { return _mm256_set1_ps(x); }

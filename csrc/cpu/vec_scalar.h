@@ -28,6 +28,8 @@ struct VecScalar {
   static SA_INLINE reg mul(reg a, reg b) { return a * b; }
   static SA_INLINE reg fmadd(reg a, reg b, reg c) { return a * b + c; }
   static SA_INLINE reg max(reg a, reg b) { return a < b ? b : a; }
+  // min(x, c) that returns x when x is NaN (the comparison is false then).
+  static SA_INLINE reg min_keep_nan(reg x, reg c) { return x > c ? c : x; }
   static SA_INLINE T reduce_add(reg a) { return a; }
   static SA_INLINE T reduce_max(reg a) { return a; }
   // Lanes >= n take `fill`; with one lane n is always 1.

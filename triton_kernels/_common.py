@@ -1,4 +1,5 @@
-"""Pieces every Triton kernel of this package shares: the dot wrapper, window geometry, flags.
+"""Pieces every Triton kernel of this package shares: the dot wrapper, the softmax exponents
+(natural units, subtract first: issue 14), window geometry, flags.
 
 Window geometry. Every window is a band around the query position i:
 
@@ -10,14 +11,11 @@ clipped to [0, N). The kernels only see (L, R), so one code path serves both mod
 """
 
 import contextlib
-import math
 import os
 
 import torch
 import triton
 import triton.language as tl
-
-LOG2E = math.log2(math.e)
 
 # The opt-in for TF32 tensor cores on float32 inputs (CONTRACT §5: 2e-3 instead of 1e-5).
 TF32_ENV = "SIMPLICIAL_ATTN_ALLOW_TF32"
@@ -64,6 +62,22 @@ def mma(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def exp_shifted(x, m):
+    """exp(x - m) for a logit x and a running max m, both in natural units (issue 14): subtract
+    first, exact near the max, then scale to base 2. Never fma(x, log2e, -m * log2e): the
+    rounding of m * log2e would go straight into the exponent (1e-4 relative at |m| ~ 1e3)."""
+    return tl.exp2((x - m) * 1.4426950408889634)
+
+
+@triton.jit
+def recomputed_p(t):
+    """P = exp(t) of a backward's recomputed shifted logit t = z - lse (natural units, -inf
+    outside the window). A true P never exceeds 1, so t is clamped at 0: a recomputation that
+    rounds above the forward's can never overflow. A select, not tl.minimum, so NaN stays NaN."""
+    return tl.exp2(tl.where(t > 0, 0.0, t) * 1.4426950408889634)
 
 
 @triton.jit

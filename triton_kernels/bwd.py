@@ -15,7 +15,6 @@ import triton.language as tl
 
 from . import configs
 from ._common import (
-    LOG2E,
     arch_of,
     block_d,
     check_tensors,
@@ -84,7 +83,7 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale, *, head_packin
         *q.stride(), *k1.stride(), *k2.stride(), *v1.stride(), *v2.stride(), *dout.stride(),
         lse.stride(0), lse.stride(1),
     )  # fmt: skip
-    sizes = (N, group, D, L1, R1, L2, R2, scale, scale * LOG2E)
+    sizes = (N, group, D, L1, R1, L2, R2, scale)
     flags = dict(BLOCK_D=bd, INPUT_PRECISION=precision, UPCAST=upcast)
 
     with device_guard(q):

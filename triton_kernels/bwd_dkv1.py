@@ -5,7 +5,7 @@ the k2 window K(i) in BLOCK_K blocks, and then every query head h of the kv head
 the kv gradient is the sum over the group). Per (i, k-block, h), with rows j of the tile:
 
     bq   = q[i, h] * k2[k-block],  bo = dout[i, h] * v2[k-block]      [BLOCK_K, D]
-    P    = exp2(k1 @ bq^T * scale*log2(e) - lse[i]*log2(e))           [BLOCK_J, BLOCK_K]
+    P    = exp(min(k1 @ bq^T * scale - lse[i], 0))                    [BLOCK_J, BLOCK_K]
     dP   = v1 @ bo^T
     dk1 += (P * (dP - Delta[i])) @ bq                                 (times scale at the end)
     dv1 += P @ bo
@@ -20,7 +20,7 @@ Each program writes only its own rows: no atomics, deterministic.
 import triton
 import triton.language as tl
 
-from ._common import mma, row_block_ptrs
+from ._common import mma, recomputed_p, row_block_ptrs
 
 
 @triton.jit
@@ -35,7 +35,7 @@ def _two_simplicial_bwd_dkv1_kernel(
     stride_lb, stride_lh,
     stride_gb, stride_gn, stride_gh,
     N, GROUP, D, L1, R1, L2, R2,
-    scale, scale_log2,
+    scale,
     BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
@@ -89,12 +89,12 @@ def _two_simplicial_bwd_dkv1_kernel(
                 h64 = tl.cast(hh, tl.int64)
                 qi = tl.load(q_base + h64 * stride_qh + i64 * stride_qn + d * stride_qd, mask=d_ok, other=0.0)
                 doi = tl.load(do_base + h64 * stride_doh + i64 * stride_don + d * stride_dod, mask=d_ok, other=0.0)
-                lse2 = tl.load(LSE + row_base + h64 * stride_lh + i64) * 1.4426950408889634
+                lse = tl.load(LSE + row_base + h64 * stride_lh + i64)
                 delta = tl.load(DELTA + row_base + h64 * stride_lh + i64)
                 bq = (qi.to(tl.float32)[None, :] * k2b.to(tl.float32)).to(dt)
                 bo = (doi.to(tl.float32)[None, :] * v2b.to(tl.float32)).to(dt)
                 s = mma(k1t, tl.trans(bq), tl.zeros([BLOCK_J, BLOCK_K], tl.float32), INPUT_PRECISION, UPCAST)
-                p = tl.exp2(tl.where(in_win, s * scale_log2 - lse2, float("-inf")))
+                p = recomputed_p(tl.where(in_win, s * scale - lse, float("-inf")))
                 dp = mma(v1t, tl.trans(bo), tl.zeros([BLOCK_J, BLOCK_K], tl.float32), INPUT_PRECISION, UPCAST)
                 ds = p * (dp - delta)
                 dk1 = mma(ds.to(dt), bq, dk1, INPUT_PRECISION, UPCAST)

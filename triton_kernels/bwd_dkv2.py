@@ -7,7 +7,7 @@ so the query-side tiles are shifted loads and every row is inside its window. Pe
 with rows k of the tile:
 
     a    = k2 * q[k + t, h],  bo = v2 * dout[k + t, h]                 [BLOCK_K, D] once per t
-    P    = exp2(a @ k1[j-block]^T * scale*log2(e) - lse[k + t]*log2(e))
+    P    = exp(min(a @ k1[j-block]^T * scale - lse[k + t], 0))
     dP   = bo @ v1[j-block]^T
     x   += (P * (dP - Delta[k + t])) @ k1[j-block]
     y   += P @ v1[j-block]
@@ -21,7 +21,7 @@ group's query heads. Each program writes only its own rows: no atomics, determin
 import triton
 import triton.language as tl
 
-from ._common import j_window_mask, mma, row_block_ptrs
+from ._common import j_window_mask, mma, recomputed_p, row_block_ptrs
 
 
 @triton.jit
@@ -36,7 +36,7 @@ def _two_simplicial_bwd_dkv2_kernel(
     stride_lb, stride_lh,
     stride_gb, stride_gn, stride_gh,
     N, GROUP, D, L1, R1, L2, R2,
-    scale, scale_log2,
+    scale,
     BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
@@ -85,7 +85,7 @@ def _two_simplicial_bwd_dkv2_kernel(
             i_start = k0_64 + t
             qt = tl.load(q_base + i_start * stride_qn + q_offs, mask=id_mask, other=0.0)
             dot_ = tl.load(do_base + i_start * stride_don + do_offs, mask=id_mask, other=0.0)
-            lse2 = tl.load(LSE + row_base + i_start + kr, mask=i_ok, other=0.0) * 1.4426950408889634
+            lse = tl.load(LSE + row_base + i_start + kr, mask=i_ok, other=0.0)
             delta = tl.load(DELTA + row_base + i_start + kr, mask=i_ok, other=0.0)
             a = (k2t.to(tl.float32) * qt.to(tl.float32)).to(dt)
             bo = (v2t.to(tl.float32) * dot_.to(tl.float32)).to(dt)
@@ -102,7 +102,7 @@ def _two_simplicial_bwd_dkv2_kernel(
                 v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)
                 s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_K, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
                 in_win = j_window_mask(i_ok, ipos, j_ok, js, L1, R1)
-                p = tl.exp2(tl.where(in_win, s * scale_log2 - lse2[:, None], float("-inf")))
+                p = recomputed_p(tl.where(in_win, s * scale - lse[:, None], float("-inf")))
                 dp = mma(bo, tl.trans(v1b), tl.zeros([BLOCK_K, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
                 ds = p * (dp - delta[:, None])
                 x = mma(ds.to(dt), k1b, x, INPUT_PRECISION, UPCAST)

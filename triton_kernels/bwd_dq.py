@@ -5,7 +5,7 @@ the outer loop runs over the offset u = i - k, the inner loop over j-blocks. Wit
 dA = P * (dP - Delta) (CONTRACT §1):
 
     a   = q * k2[i - u],  b = dout * v2[i - u]          built once per u
-    P   = exp2(a @ k1^T * scale*log2(e) - lse*log2(e))   lse is natural log (fwd.py)
+    P   = exp(min(a @ k1^T * scale - lse, 0))             natural units, clamped (_common.recomputed_p)
     dP  = b @ v1^T
     x  += dA @ k1[j-block]
     dq += x * k2[i - u]                                   once per u; times scale at the end
@@ -16,7 +16,7 @@ Each program writes only its own rows: no atomics, deterministic.
 import triton
 import triton.language as tl
 
-from ._common import j_window_mask, mma, query_tile, query_tile_loops
+from ._common import j_window_mask, mma, query_tile, query_tile_loops, recomputed_p
 
 
 @triton.jit
@@ -31,7 +31,7 @@ def _two_simplicial_bwd_dq_kernel(
     stride_lb, stride_lh,
     stride_dqb, stride_dqn, stride_dqh,
     N, GROUP, D, L1, R1, L2, R2,
-    scale, scale_log2,
+    scale,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
@@ -58,7 +58,7 @@ def _two_simplicial_bwd_dq_kernel(
         + (rp[:, None] * stride_don + rh[:, None] * stride_doh + d[None, :] * stride_dod)
     )
     row_off = b * stride_lb + h0 * stride_lh + p0_64 + (rh * stride_lh + rp)
-    lse2 = tl.load(LSE + row_off, mask=row_ok, other=0.0) * 1.4426950408889634
+    lse = tl.load(LSE + row_off, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + row_off, mask=row_ok, other=0.0)
 
     k1_offs = jr[:, None] * stride_k1n + d[None, :] * stride_k1d
@@ -95,7 +95,7 @@ def _two_simplicial_bwd_dq_kernel(
             v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)
             s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
             in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
-            p = tl.exp2(tl.where(in_win, s * scale_log2 - lse2[:, None], float("-inf")))
+            p = recomputed_p(tl.where(in_win, s * scale - lse[:, None], float("-inf")))
             dp = mma(bo, tl.trans(v1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
             ds = p * (dp - delta[:, None])
             x = mma(ds.to(dt), k1b, x, INPUT_PRECISION, UPCAST)

@@ -19,9 +19,10 @@ k2/v2 position), the k2 row of every query row is a shifted tile, so per u
     acc  += y * v2[i - u]                 once per u
 
 and the inner loop over j-blocks is two plain tensor-core products on loaded tiles. An
-online softmax over the joint (j, k) window runs in float32 in base 2 (log2(e) is folded
-into the scale); `lse` is stored in NATURAL log (ln), float32, [B, Hq, N]: the backward turns
-it back into base 2 by multiplying with log2(e). Nothing else is saved.
+online softmax over the joint (j, k) window runs in float32 in NATURAL units (issue 14): the
+logits z = scale * s, the running max m and `lse` = m + ln(l) are all natural logs, and every
+exponent is exp2((z - m) * log2(e)), the subtraction first, so it stays exact near the max
+at any logit magnitude. `lse` is stored float32, [B, Hq, N]. Nothing else is saved.
 """
 
 import torch
@@ -30,11 +31,11 @@ import triton.language as tl
 
 from . import configs
 from ._common import (
-    LOG2E,
     arch_of,
     block_d,
     check_tensors,
     device_guard,
+    exp_shifted,
     head_block,
     input_precision,
     int32_tiles,
@@ -58,7 +59,7 @@ def _two_simplicial_fwd_kernel(
     stride_ob, stride_on, stride_oh,
     stride_lb, stride_lh,
     N, GROUP, D, L1, R1, L2, R2,
-    scale_log2,
+    scale,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
@@ -111,20 +112,20 @@ def _two_simplicial_fwd_kernel(
             k1b = tl.load(k1_base + j_start * stride_k1n + k1_offs, mask=jd_mask, other=0.0)
             v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)
             s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
-            s = s * scale_log2
+            s = s * scale
             in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
             s = tl.where(in_win, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             # A row with nothing in the window so far keeps m = -inf; subtracting 0 instead
             # keeps exp2 at 0 there rather than NaN.
             m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_sub)
-            p = tl.exp2(s - m_sub[:, None])
+            alpha = exp_shifted(m_i, m_sub)
+            p = exp_shifted(s, m_sub[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             y = mma(p.to(dt), v1b, y * alpha[:, None], INPUT_PRECISION, UPCAST)
             m_i = m_new
         # y is in the scale of the current max; acc still in that of m_start.
-        beta = tl.exp2(m_start - tl.where(m_i == float("-inf"), 0.0, m_i))
+        beta = exp_shifted(m_start, tl.where(m_i == float("-inf"), 0.0, m_i))
         v2u = tl.load(v2_base + k_start * stride_v2n + v2_offs, mask=kd_mask, other=0.0)
         acc = acc * beta[:, None] + y * v2u.to(tl.float32)
 
@@ -137,8 +138,7 @@ def _two_simplicial_fwd_kernel(
     o_offs = rp[:, None] * stride_on + rh[:, None] * stride_oh + d[None, :]
     o_base = OUT + b * stride_ob + h0 * stride_oh + p0_64 * stride_on
     tl.store(o_base + o_offs, out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    # Natural log: ln(sum) = (m + log2(l)) * ln(2).
-    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
+    lse = m_i + tl.log(l_i)
     tl.store(LSE + b * stride_lb + h0 * stride_lh + p0_64 + (rh * stride_lh + rp), lse, mask=row_ok)
 
 
@@ -175,7 +175,7 @@ def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale, *, head_packing=None, allow_tf
             out.stride(0), out.stride(1), out.stride(2),
             lse.stride(0), lse.stride(1),
             N, group, D, L1, R1, L2, R2,
-            scale * LOG2E,
+            scale,
             BLOCK_H=block_h, BLOCK_D=bd,
             INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
         )  # fmt: skip

@@ -1,0 +1,120 @@
+"""The softmax numerics rule (issue 14) in the Triton kernels: large finite logits.
+
+Logits whose every digit the kernels compute exactly (dyadic inputs, scale = 1): a common
+offset M (q[..., 0] = M against k1[..., 0] = k2[..., 0] = 1) plus an O(1) spread from small
+dyadic channels, coarsened to a multiple of ulp(M) where the dtype cannot resolve O(1) at M.
+The only error left is then the softmax handling, measured against the float64 oracle for out,
+lse and all five gradients. Through the interpreter on CPU, on the compiled kernels on a GPU.
+"""
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from cases import BOUNDS, Case, make_dout, make_inputs, rel_err
+from oracle import oracle_bwd, oracle_fwd
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+if importlib.util.find_spec("triton") is not None:
+    from simplicial_attn import triton_kernels as tk
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CASE = Case(1, 6, 2, 1, 16, 3, 2)
+OUTPUTS = ("out", "lse", "dq", "dk1", "dk2", "dv1", "dv2")
+# Largest offset per dtype: 1e30 where the dtype holds it, else a power of two whose k
+# gradients (~M) stay finite in float16.
+MAGNITUDES = {
+    torch.float32: (1.0, 8.0, 64.0, 1e3, 1e4, 1e6, 1e9, 1e30),
+    torch.bfloat16: (1.0, 64.0, 1e3, 1e4, 1e9, 1e30),
+    torch.float16: (1.0, 64.0, 1e3, 2.0**12),
+}
+
+
+def _exact_inputs(case, dtype, magnitude, seed=0):
+    """q, k1, k2, v1, v2 whose logits are M + spread exactly (see the module doc)."""
+    g = torch.Generator().manual_seed(seed)
+    m = 2.0 ** math.floor(math.log2(magnitude))
+    # q's spread channels hold {-1/4, -1/8, 1/8, 1/4} * unit, k1's and k2's {-1, -1/2, 1/2, 1}:
+    # every product is a multiple of unit / 32, which must be one of ulp(M) (in the float32
+    # accumulator) for M + spread to be exact.
+    unit = max(1.0, 32 * m * 2.0**-23)
+
+    def dyadic(shape):
+        return torch.tensor([-1.0, -0.5, 0.5, 1.0])[torch.randint(0, 4, shape, generator=g)]
+
+    q_shape, kv_shape = (case.B, case.N, case.Hq, case.D), (case.B, case.N, case.Hkv, case.D)
+    q = dyadic(q_shape) * unit / 4
+    k1, k2 = dyadic(kv_shape), dyadic(kv_shape)
+    q[..., 0], k1[..., 0], k2[..., 0] = m, 1.0, 1.0
+    v1, v2 = (torch.randn(kv_shape, generator=g) for _ in range(2))
+    return tuple(t.to(DEVICE, dtype) for t in (q, k1, k2, v1, v2))
+
+
+def _errors(case, dtype, magnitude, inputs=None):
+    inputs = _exact_inputs(case, dtype, magnitude) if inputs is None else inputs
+    dout = make_dout(case, dtype, DEVICE)
+    out, lse = tk.fwd(*inputs, case.w1, case.w2, case.causal, 1.0)
+    grads = tk.bwd(dout, *inputs, out, lse, case.w1, case.w2, case.causal, 1.0)
+    ref = oracle_fwd(*inputs, case.w1, case.w2, case.causal, 1.0)
+    ref += oracle_bwd(dout, *inputs, case.w1, case.w2, case.causal, 1.0)
+    errs, hidden = {}, {}
+    for name, x, r in zip(OUTPUTS, (out, lse, *grads), ref, strict=True):
+        x = x.detach().double().cpu()
+        r_in_dtype = r.to(torch.float32 if name == "lse" else dtype).double().cpu()
+        bad = ~torch.isfinite(x) & torch.isfinite(r_in_dtype)
+        if bad.any() or x.isnan().any():
+            hidden[name] = int(bad.sum()) + int(x.isnan().sum())
+        errs[name] = rel_err(x, r)
+    return errs, hidden
+
+
+@pytest.mark.parametrize("dtype", list(MAGNITUDES), ids=str)
+def test_large_logits_stay_accurate_and_finite(dtype, poison):
+    """Within CONTRACT §5 up to |logit| = 1e3 (float32: while the rounding of lse itself,
+    ulp(|lse|) / 2 in every P of the row, stays below the bound), within 2e-3 (float32) up to
+    1e4, finite and never NaN up to 1e30."""
+    report = {}
+    for magnitude in MAGNITUDES[dtype]:
+        errs, hidden = _errors(CASE, dtype, magnitude)
+        if magnitude <= 1e3 and (dtype != torch.float32 or magnitude * 2.0**-24 <= BOUNDS[dtype] / 4):
+            bound = BOUNDS[dtype]
+        elif dtype == torch.float32 and magnitude <= 1e4:
+            bound = 2e-3
+        else:
+            bound = math.inf
+        over = {k: f"{v:.2e}" for k, v in errs.items() if not v <= bound}
+        if over or hidden:
+            report[magnitude] = dict(over=over, bound=bound, non_finite=hidden)
+    assert not report, report
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_huge_inexact_logits_stay_finite(dtype, poison):
+    """Random inputs at |logit| ~ 1e10 .. 1e30: the backward's recomputed logits differ from
+    the forward's by rounding (ulp(1e10) = 1024 in float32), which without the clamp at 0 gave
+    P = exp(~1e3) = inf. Every output must be finite where the oracle is, and never NaN."""
+    case = Case(1, 9, 2, 2, 16, 4, 3)
+    report = {}
+    for magnitude in (1e10, 1e20, 1e30):
+        inputs = list(make_inputs(case, dtype, DEVICE))
+        inputs[0] = (inputs[0].float() * magnitude / 4).to(dtype)
+        _, hidden = _errors(case, dtype, magnitude, inputs)
+        if hidden:
+            report[magnitude] = hidden
+    assert not report, report
+
+
+def test_one_pair_at_logit_1e10_gives_its_value():
+    """w1 = w2 = 1: each query has one pair, weight exactly 1, so out = v1 * v2 = 1 and
+    dv1 = dv2 = dout, whatever the logit (the AVX2 kernel's NaN probe of issue 14)."""
+    q = torch.ones(1, 5, 1, 16, device=DEVICE)
+    q[..., 0] = 1e10
+    ones = torch.ones(1, 5, 1, 16, device=DEVICE)
+    out, lse = tk.fwd(q, ones, ones, ones, ones, 1, 1, True, 1.0)
+    grads = tk.bwd(torch.ones_like(out), q, ones, ones, ones, ones, out, lse, 1, 1, True, 1.0)
+    assert torch.equal(out, ones) and torch.allclose(lse, torch.full_like(lse, 1e10 + 15))
+    assert torch.equal(grads[3], ones) and torch.equal(grads[4], ones)
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads[:3])

@@ -56,13 +56,14 @@ def _delta_kernel(
     tl.store(DELTA + b * stride_lb + h * stride_lh + i.to(tl.int64), delta, mask=i < N)
 
 
-def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale, *, head_packing=None, allow_tf32=False):
+def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale, *, head_packing=None, allow_tf32=False, config=None):
     """(dq, dk1, dk2, dv1, dv2), each shaped and typed like its input, contiguous.
 
     Shapes as in `fwd`; `out` and `lse` are the forward's (lse natural log, float32). With GQA
-    a kv gradient sums over the query heads sharing the kv head. `head_packing` and
-    `allow_tf32` as in `fwd`.
+    a kv gradient sums over the query heads sharing the kv head. `head_packing`, `allow_tf32`
+    and `config` (keys "bwd_dq", "bwd_dkv1", "bwd_dkv2") as in `fwd`.
     """
+    forced = configs.forced_configs(config, ("bwd_dq", "bwd_dkv1", "bwd_dkv2"))
     check_tensors(q, k1, k2, v1, v2, dout, out)
     dout, q, k1, k2, v1, v2, out = (int32_tiles(t) for t in (dout, q, k1, k2, v1, v2, out))
     B, N, HQ, D = q.shape
@@ -92,20 +93,26 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale, *, head_packin
             BLOCK_N=DELTA_BLOCK_N, BLOCK_D=bd,
         )  # fmt: skip
 
-        block_h = head_block(group, head_packing, "bwd_dq", arch, bd, fp32)
-        dq_kernel = configs.autotuned("bwd_dq", _two_simplicial_bwd_dq_kernel, arch, bd, fp32, packed=block_h >= 64)
+        block_h = head_block(group, head_packing, "bwd_dq", arch, bd, fp32, forced.get("bwd_dq"))
+        dq_kernel = configs.autotuned(
+            "bwd_dq", _two_simplicial_bwd_dq_kernel, arch, bd, fp32, block_h >= 64, forced.get("bwd_dq")
+        )
         dq_kernel[lambda m: (triton.cdiv(N, m["BLOCK_M"] // block_h), HKV * triton.cdiv(group, block_h), B)](
             q, k1, k2, v1, v2, dout, lse, delta, dq, *common, dq.stride(0), dq.stride(1), dq.stride(2), *sizes,
             BLOCK_H=block_h, **flags,
         )  # fmt: skip
 
-        dkv1_kernel = configs.autotuned("bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32)
+        dkv1_kernel = configs.autotuned(
+            "bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32, forced=forced.get("bwd_dkv1")
+        )
         dkv1_kernel[lambda m: (triton.cdiv(N, m["BLOCK_J"]), HKV, B)](
             q, k1, k2, v1, v2, dout, lse, delta, dk1, dv1, *common, dk1.stride(0), dk1.stride(1), dk1.stride(2),
             *sizes, **flags,
         )  # fmt: skip
 
-        dkv2_kernel = configs.autotuned("bwd_dkv2", _two_simplicial_bwd_dkv2_kernel, arch, bd, fp32)
+        dkv2_kernel = configs.autotuned(
+            "bwd_dkv2", _two_simplicial_bwd_dkv2_kernel, arch, bd, fp32, forced=forced.get("bwd_dkv2")
+        )
         dkv2_kernel[lambda m: (triton.cdiv(N, m["BLOCK_K"]), HKV, B)](
             q, k1, k2, v1, v2, dout, lse, delta, dk2, dv2, *common, dk2.stride(0), dk2.stride(1), dk2.stride(2),
             *sizes, **flags,

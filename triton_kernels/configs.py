@@ -7,7 +7,9 @@ interpreting there is exactly one config: the interpreter cannot autotune betwee
 
 The lists are checked without a GPU by `bench/kernel_report.py --check` (registers,
 spills, shared memory, tensor-core instructions in the main loops), which compiles every
-entry for sm_80, sm_86 and sm_90.
+entry for sm_80, sm_86 and sm_90, and executed through the interpreter by
+tests/test_triton_configs.py: the launchers take `config={kernel: triton.Config}` to launch
+one kernel with one given config instead of autotuning.
 
 Tile names: fwd / bwd_dq tile rows (BLOCK_M, see fwd.py) and j-blocks (BLOCK_J); bwd_dkv1
 tiles k1 positions (BLOCK_J) and the k2 window of one query (BLOCK_K); bwd_dkv2 tiles k2
@@ -126,12 +128,33 @@ def arch_class(capability):
     return "sm80"
 
 
+def autotuned(kernel, fn, arch, bd, fp32, packed=False, forced=None):
+    """A `triton.autotune` wrapper of the jitted `fn` over the config list of (arch, bd, fp32,
+    packed), or over the one config `forced`; cached."""
+    chosen = [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed)
+    return _autotuner(kernel, fn, tuple(chosen))
+
+
 @functools.cache
-def autotuned(kernel, fn, arch, bd, fp32, packed=False):
-    """A `triton.autotune` wrapper of the jitted `fn` for one config list; cached."""
-    return triton.autotune(configs=configs(kernel, arch, bd, fp32, packed), key=AUTOTUNE_KEY[kernel])(fn)
+def _autotuner(kernel, fn, chosen):
+    return triton.autotune(configs=list(chosen), key=AUTOTUNE_KEY[kernel])(fn)
 
 
-def min_block(kernel, arch, bd, fp32, name):
-    """Smallest value of tile parameter `name` among the configs (bounds the head-pack size)."""
-    return min(c.kwargs[name] for c in configs(kernel, arch, bd, fp32, packed=True))
+def forced_configs(config, kernels):
+    """A launcher's `config` argument checked: None, or {kernel name: triton.Config} naming
+    only kernels among `kernels` (those the launcher runs)."""
+    config = {} if config is None else dict(config)
+    unknown = sorted(set(config) - set(kernels))
+    if unknown:
+        raise ValueError(f"config names kernels {unknown}; this launcher runs {', '.join(kernels)}")
+    bad = {k: type(v).__name__ for k, v in config.items() if not isinstance(v, triton.Config)}
+    if bad:
+        raise TypeError(f"config values must be triton.Config; got {bad}")
+    return config
+
+
+def min_block(kernel, arch, bd, fp32, name, forced=None):
+    """Smallest value of tile parameter `name` among the configs, or that of the one config
+    `forced` (bounds the head-pack size)."""
+    chosen = [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed=True)
+    return min(c.kwargs[name] for c in chosen)

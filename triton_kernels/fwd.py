@@ -142,14 +142,16 @@ def _two_simplicial_fwd_kernel(
     tl.store(LSE + b * stride_lb + h0 * stride_lh + p0_64 + (rh * stride_lh + rp), lse, mask=row_ok)
 
 
-def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale, *, head_packing=None, allow_tf32=False):
+def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale, *, head_packing=None, allow_tf32=False, config=None):
     """out [B, N, Hq, D] (q's dtype, contiguous) and lse [B, Hq, N] (float32, natural log).
 
     q is [B, N, Hq, D]; k1, k2, v1, v2 are [B, N, Hkv, D], any strides. w1, w2 are integer
     windows (already normalised by the caller). `head_packing` forces the GQA head-packed
     tiling on (True) or off (False); None picks it by shape. `allow_tf32` lets float32
-    inputs use TF32 tensor cores (so does SIMPLICIAL_ATTN_ALLOW_TF32=1).
+    inputs use TF32 tensor cores (so does SIMPLICIAL_ATTN_ALLOW_TF32=1). `config={"fwd": cfg}`
+    launches with the one triton.Config `cfg` instead of autotuning (tests, configs.py).
     """
+    forced = configs.forced_configs(config, ("fwd",)).get("fwd")
     check_tensors(q, k1, k2, v1, v2)
     q, k1, k2, v1, v2 = (int32_tiles(t) for t in (q, k1, k2, v1, v2))
     B, N, HQ, D = q.shape
@@ -162,8 +164,8 @@ def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale, *, head_packing=None, allow_tf
     bd = block_d(D)
     arch = arch_of(q.device)
     fp32 = q.dtype == torch.float32
-    block_h = head_block(group, head_packing, "fwd", arch, bd, fp32)
-    kernel = configs.autotuned("fwd", _two_simplicial_fwd_kernel, arch, bd, fp32, packed=block_h >= 64)
+    block_h = head_block(group, head_packing, "fwd", arch, bd, fp32, forced)
+    kernel = configs.autotuned("fwd", _two_simplicial_fwd_kernel, arch, bd, fp32, block_h >= 64, forced)
 
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_M"] // block_h), HKV * triton.cdiv(group, block_h), B)

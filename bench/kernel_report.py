@@ -3,12 +3,17 @@ sm_80, sm_86 and sm_90 on a machine without a GPU.
 
     python bench/kernel_report.py            # print the table
     python bench/kernel_report.py --check    # exit 1 on a spill, shared memory over the
-                                             # arch's per-block limit, or a main loop
-                                             # without tensor-core instructions
+                                             # arch's per-block limit, a main loop
+                                             # without tensor-core instructions, or an
+                                             # atomic instruction
 
 One row per kernel x config x arch (x tiling for the query-tiled kernels, x operand dtype):
-registers per thread, spill bytes (ptxas), shared memory per block, and the innermost loops
-of the PTX that hold tensor-core instructions (mma.sync on sm_80/86, wgmma on sm_90).
+registers per thread, spill bytes (ptxas), shared memory per block, PTX instructions, and the
+innermost loops of the PTX that hold tensor-core instructions (mma.sync on sm_80/86, wgmma on
+sm_90). The kernels are compiled as a GPU launch runs them, with the interpreter's path
+counters off (COUNTS = None, COUNT_PATHS = False: triton_kernels/paths.py); the fused kernels
+are atomic-free by design, so any atom / red instruction in their PTX (a counter hook that did
+not compile away, or a bug) is a problem.
 Each config is compiled at the largest head dim it is shipped for (configs.D_CLASSES), the
 worst case for registers and shared memory, with the H100 target's sizes (N = 16384,
 Hq = 64, Hkv = 1, w1 = 512, w2 = 32, contiguous) so specialisation matches a real launch.
@@ -41,6 +46,11 @@ PTR_F32 = {"LSE", "DELTA"}
 Q_LIKE = ("stride_q", "stride_o", "stride_do", "stride_dq")
 KV_LIKE = ("stride_k1", "stride_k2", "stride_v1", "stride_v2", "stride_g")
 TC_RE = re.compile(r"\b(mma\.sync|wgmma\.mma_async)\b")
+ATOMIC_RE = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:atom|red)\.", re.MULTILINE)
+# A PTX instruction line: an opcode (optionally predicated), not a directive, label or comment.
+INSTR_RE = re.compile(r"^\s+(?:@!?%p\d+\s+)?[a-z][\w.]*[\s;]", re.MULTILINE)
+# The path counters of the interpreter, off as on a GPU.
+NO_COUNTERS = dict(COUNTS=None, COUNT_PATHS=False)
 BLOCK_RE = re.compile(r"^(?:(\$L__BB\d+_\d+):|// %bb\.(\d+):)")
 
 
@@ -147,7 +157,8 @@ def _compile(job):
     regs = re.search(r"Used (\d+) registers", text)
     spill_st = re.search(r"(\d+) bytes spill stores", text)
     spill_ld = re.search(r"(\d+) bytes spill loads", text)
-    loops = _innermost_loops(k.asm["ptx"])
+    ptx = k.asm["ptx"]
+    loops = _innermost_loops(ptx)
     return dict(
         job,
         regs=int(regs.group(1)) if regs else -1,
@@ -155,7 +166,9 @@ def _compile(job):
         smem=k.metadata.shared,
         loops=len(loops),
         tc_loops=sum(tc for _, tc in loops),
-        mma="wgmma" if "wgmma.mma_async" in k.asm["ptx"] else "mma" if "mma.sync" in k.asm["ptx"] else "fma",
+        mma="wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "fma",
+        instrs=len(INSTR_RE.findall(ptx)),
+        atomics=len(ATOMIC_RE.findall(ptx)),
         seconds=seconds,
     )
 
@@ -168,7 +181,7 @@ def _jobs(archs):
         cc = configs.CAPABILITY[arch][0] * 10 + configs.CAPABILITY[arch][1]
         for dc in configs.D_CLASSES:
             for dtype in ("bf16", "fp32"):
-                precision = dict(INPUT_PRECISION="ieee", UPCAST=False, BLOCK_D=dc)
+                precision = dict(INPUT_PRECISION="ieee", UPCAST=False, BLOCK_D=dc, **NO_COUNTERS)
                 for kernel in configs.KERNELS:
                     tilings = {"": (False, 1)}
                     if kernel in ("fwd", "bwd_dq"):
@@ -185,7 +198,7 @@ def _jobs(archs):
                                     constexprs={**cfg.kwargs, **precision, **extra},
                                 )
                             )  # fmt: skip
-                delta = dict(BLOCK_N=32, BLOCK_D=dc)
+                delta = dict(BLOCK_N=32, BLOCK_D=dc, **NO_COUNTERS)
                 jobs.append(
                     dict(
                         arch=arch, cc=cc, kernel="bwd_delta", kernel_fn="bwd_delta", tiling="", dtype=dtype,
@@ -204,6 +217,8 @@ def _problems(row, smem_limit):
     needs_tc = row["dtype"] != "fp32" and row["kernel"] != "bwd_delta"
     if needs_tc and (row["loops"] == 0 or row["tc_loops"] < row["loops"]):
         out.append("main loop without tensor cores")
+    if row["atomics"]:
+        out.append(f"{row['atomics']} atomic instructions")
     return out
 
 
@@ -232,7 +247,7 @@ def main(argv=None):
             rows = list(pool.map(_compile, jobs))
 
     head = f"{'arch':5} {'kernel':9} {'tiling':5} {'dtype':5} {'D':>3} {'tiles':22} {'w':>2} {'st':>2} "
-    head += f"{'regs':>4} {'spill':>5} {'smem':>7} {'mma loops':>11}  problems"
+    head += f"{'regs':>4} {'spill':>5} {'smem':>7} {'instrs':>6} {'mma loops':>11}  problems"
     print(head)
     print("-" * len(head))
     failures = 0
@@ -242,8 +257,8 @@ def main(argv=None):
         tc = f"{r['tc_loops']}/{r['loops']} {r['mma']}"
         print(
             f"{r['arch']:5} {r['kernel']:9} {r['tiling']:5} {r['dtype']:5} {r['bd']:>3} {r['tiles']:22} "
-            f"{r['num_warps']:>2} {r['num_stages']:>2} {r['regs']:>4} {r['spill']:>5} {r['smem']:>7} {tc:>11}  "
-            + ("; ".join(problems) or "ok")
+            f"{r['num_warps']:>2} {r['num_stages']:>2} {r['regs']:>4} {r['spill']:>5} {r['smem']:>7} "
+            f"{r['instrs']:>6} {tc:>11}  " + ("; ".join(problems) or "ok")
         )
     elapsed = time.perf_counter() - t0
     print(

@@ -51,15 +51,33 @@ $L__BB0_4:                              // =>This Inner Loop Header: Depth=1
 """
 
 
-def test_loop_scan_flags_an_inner_loop_without_mma():
-    """The check is not vacuous: of two innermost loops, the FMA-only one is reported."""
+def _kernel_report():
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         import kernel_report
     finally:
         sys.path.pop(0)
+    return kernel_report
+
+
+def test_loop_scan_flags_an_inner_loop_without_mma():
+    """The check is not vacuous: of two innermost loops, the FMA-only one is reported."""
+    kernel_report = _kernel_report()
     assert kernel_report._innermost_loops(SYNTHETIC_PTX) == [("$L__BB0_2", True), ("$L__BB0_4", False)]
-    row = dict(arch="sm90", kernel="fwd", dtype="bf16", spill=0, smem=1024, loops=2, tc_loops=1)
+    row = dict(arch="sm90", kernel="fwd", dtype="bf16", spill=0, smem=1024, loops=2, tc_loops=1, atomics=0)
     assert kernel_report._problems(row, {"sm90": 232448}) == ["main loop without tensor cores"]
-    row.update(tc_loops=2, spill=8, smem=300000)
-    assert kernel_report._problems(row, {"sm90": 232448}) == ["spills 8 B", "smem 300000 > 232448"]
+    row.update(tc_loops=2, spill=8, smem=300000, atomics=2)
+    assert kernel_report._problems(row, {"sm90": 232448}) == [
+        "spills 8 B",
+        "smem 300000 > 232448",
+        "2 atomic instructions",
+    ]
+
+
+def test_ptx_scans_count_instructions_and_atomics():
+    """The counter hook compiles to red/atom instructions; the scan finds them, predicated or not."""
+    kernel_report = _kernel_report()
+    ptx = "\t.reg .b32 %r<4>;\n$L__BB0_1:\n\t@%p1 red.global.add.s32 [%rd1], %r1;\n"
+    ptx += "\tatom.global.add.u32 %r2, [%rd2], 1;\n\tadd.s32 %r3, %r1, %r2;\n\tret;\n// a comment\n"
+    assert len(kernel_report.ATOMIC_RE.findall(ptx)) == 2
+    assert len(kernel_report.INSTR_RE.findall(ptx)) == 4

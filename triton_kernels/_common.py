@@ -17,6 +17,18 @@ import torch
 import triton
 import triton.language as tl
 
+from . import paths
+
+P_LAST_TILE, P_D_TAIL, P_GQA, P_CAUSAL, P_CENTRED = paths.COMMON_SLOTS
+# fwd and bwd_dq share the query tile and its two loops (over u = i - k, then j-blocks):
+#   u_repeat / j_repeat   a second (third, ...) trip of the u / j loop
+#   k_outside            a row whose k = i - u lies outside [0, N) (k2/v2 rows zero-filled)
+#   j_tail / j_past_n     a j-block with rows past the tile's j range / past N (zero-filled)
+#   head_packed          BLOCK_H > 1;  head_tail: rows past the group's last head (masked)
+P_U_REPEAT, P_K_OUTSIDE, P_J_REPEAT, P_J_TAIL, P_J_PAST_N, P_HEAD_PACKED, P_HEAD_TAIL = paths.slots(
+    ("fwd", "bwd_dq"), "u_repeat", "k_outside", "j_repeat", "j_tail", "j_past_n", "head_packed", "head_tail"
+)
+
 # The opt-in for TF32 tensor cores on float32 inputs (CONTRACT §5: 2e-3 instead of 1e-5).
 TF32_ENV = "SIMPLICIAL_ATTN_ALLOW_TF32"
 
@@ -78,6 +90,16 @@ def recomputed_p(t):
     outside the window). A true P never exceeds 1, so t is clamped at 0: a recomputation that
     rounds above the forward's can never overflow. A select, not tl.minimum, so NaN stays NaN."""
     return tl.exp2(tl.where(t > 0, 0.0, t) * 1.4426950408889634)
+
+
+@triton.jit
+def count_common_paths(COUNTS, last_tile, D, GROUP, R1, R2, BLOCK_D: tl.constexpr):
+    """Counts paths.COMMON for one program (only called under `if COUNT_PATHS:`)."""
+    tl.atomic_add(COUNTS + P_LAST_TILE, tl.where(last_tile, 1, 0))
+    tl.atomic_add(COUNTS + P_D_TAIL, tl.where(D < BLOCK_D, 1, 0))
+    tl.atomic_add(COUNTS + P_GQA, tl.where(GROUP > 1, 1, 0))
+    tl.atomic_add(COUNTS + P_CAUSAL, tl.where((R1 == 0) & (R2 == 0), 1, 0))
+    tl.atomic_add(COUNTS + P_CENTRED, tl.where((R1 > 0) | (R2 > 0), 1, 0))
 
 
 @triton.jit

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import configs
+from . import configs, paths
 from ._common import (
     arch_of,
     block_d,
@@ -30,18 +30,23 @@ from .bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
 from .bwd_dq import _two_simplicial_bwd_dq_kernel
 
 DELTA_BLOCK_N = 32
+# last_tile: rows past N (masked, zero-filled); d_tail: channels past D (see paths.py).
+P_LAST_TILE, P_D_TAIL = paths.slots(("bwd_delta",), "last_tile", "d_tail", common=False)
 
 
 @triton.jit
 def _delta_kernel(
-    OUT, DOUT, DELTA,
+    OUT, DOUT, DELTA, COUNTS,
     stride_ob, stride_on, stride_oh, stride_od,
     stride_dob, stride_don, stride_doh, stride_dod,
     stride_lb, stride_lh,
     N, D,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
     """Delta = rowsum(dout * out) in float32: one read of each row, one write per row."""
+    if COUNT_PATHS:  # paths.py: interpreter only, never compiled
+        tl.atomic_add(COUNTS + P_LAST_TILE, tl.where((tl.program_id(0) + 1) * BLOCK_N > N, 1, 0))
+        tl.atomic_add(COUNTS + P_D_TAIL, tl.where(D < BLOCK_D, 1, 0))
     i = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -87,10 +92,11 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale, *, head_packin
     sizes = (N, group, D, L1, R1, L2, R2, scale)
     flags = dict(BLOCK_D=bd, INPUT_PRECISION=precision, UPCAST=upcast)
 
+    counts = {k: paths.buffer(k, q) for k in ("bwd_delta", "bwd_dq", "bwd_dkv1", "bwd_dkv2")}
     with device_guard(q):
         _delta_kernel[(triton.cdiv(N, DELTA_BLOCK_N), HQ, B)](
-            out, dout, delta, *out.stride(), *dout.stride(), delta.stride(0), delta.stride(1), N, D,
-            BLOCK_N=DELTA_BLOCK_N, BLOCK_D=bd,
+            out, dout, delta, counts["bwd_delta"], *out.stride(), *dout.stride(), delta.stride(0), delta.stride(1),
+            N, D, BLOCK_N=DELTA_BLOCK_N, BLOCK_D=bd, COUNT_PATHS=counts["bwd_delta"] is not None,
         )  # fmt: skip
 
         block_h = head_block(group, head_packing, "bwd_dq", arch, bd, fp32, forced.get("bwd_dq"))
@@ -98,23 +104,28 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale, *, head_packin
             "bwd_dq", _two_simplicial_bwd_dq_kernel, arch, bd, fp32, block_h >= 64, forced.get("bwd_dq")
         )
         dq_kernel[lambda m: (triton.cdiv(N, m["BLOCK_M"] // block_h), HKV * triton.cdiv(group, block_h), B)](
-            q, k1, k2, v1, v2, dout, lse, delta, dq, *common, dq.stride(0), dq.stride(1), dq.stride(2), *sizes,
-            BLOCK_H=block_h, **flags,
+            q, k1, k2, v1, v2, dout, lse, delta, dq, counts["bwd_dq"], *common,
+            dq.stride(0), dq.stride(1), dq.stride(2), *sizes,
+            BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dq"] is not None, **flags,
         )  # fmt: skip
 
         dkv1_kernel = configs.autotuned(
             "bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32, forced=forced.get("bwd_dkv1")
         )
         dkv1_kernel[lambda m: (triton.cdiv(N, m["BLOCK_J"]), HKV, B)](
-            q, k1, k2, v1, v2, dout, lse, delta, dk1, dv1, *common, dk1.stride(0), dk1.stride(1), dk1.stride(2),
-            *sizes, **flags,
+            q, k1, k2, v1, v2, dout, lse, delta, dk1, dv1, counts["bwd_dkv1"], *common,
+            dk1.stride(0), dk1.stride(1), dk1.stride(2), *sizes,
+            COUNT_PATHS=counts["bwd_dkv1"] is not None, **flags,
         )  # fmt: skip
 
         dkv2_kernel = configs.autotuned(
             "bwd_dkv2", _two_simplicial_bwd_dkv2_kernel, arch, bd, fp32, forced=forced.get("bwd_dkv2")
         )
         dkv2_kernel[lambda m: (triton.cdiv(N, m["BLOCK_K"]), HKV, B)](
-            q, k1, k2, v1, v2, dout, lse, delta, dk2, dv2, *common, dk2.stride(0), dk2.stride(1), dk2.stride(2),
-            *sizes, **flags,
+            q, k1, k2, v1, v2, dout, lse, delta, dk2, dv2, counts["bwd_dkv2"], *common,
+            dk2.stride(0), dk2.stride(1), dk2.stride(2), *sizes,
+            COUNT_PATHS=counts["bwd_dkv2"] is not None, **flags,
         )  # fmt: skip
+    for kernel, kernel_counts in counts.items():
+        paths.add(kernel, bd, kernel_counts)
     return dq, dk1, dk2, dv1, dv2

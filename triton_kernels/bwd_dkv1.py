@@ -20,12 +20,19 @@ Each program writes only its own rows: no atomics, deterministic.
 import triton
 import triton.language as tl
 
-from ._common import mma, recomputed_p, row_block_ptrs
+from . import paths
+from ._common import count_common_paths, mma, recomputed_p, row_block_ptrs
+
+#   i_repeat / k_repeat / h_repeat   a second trip of the loop over queries i / k-blocks / heads
+#   k_tail / k_past_n               a k-block with rows past K(i) / past N (zero-filled)
+P_I_REPEAT, P_K_REPEAT, P_K_TAIL, P_K_PAST_N, P_H_REPEAT = paths.slots(
+    ("bwd_dkv1",), "i_repeat", "k_repeat", "k_tail", "k_past_n", "h_repeat"
+)
 
 
 @triton.jit
 def _two_simplicial_bwd_dkv1_kernel(
-    Q, K1, K2, V1, V2, DOUT, LSE, DELTA, DK1, DV1,
+    Q, K1, K2, V1, V2, DOUT, LSE, DELTA, DK1, DV1, COUNTS,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_k1b, stride_k1n, stride_k1h, stride_k1d,
     stride_k2b, stride_k2n, stride_k2h, stride_k2d,
@@ -37,9 +44,11 @@ def _two_simplicial_bwd_dkv1_kernel(
     N, GROUP, D, L1, R1, L2, R2,
     scale,
     BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
     j0 = tl.program_id(0) * BLOCK_J
+    if COUNT_PATHS:  # paths.py: interpreter only, never compiled
+        count_common_paths(COUNTS, j0 + BLOCK_J > N, D, GROUP, R1, R2, BLOCK_D)
     dt = K1.dtype.element_ty
     # 64-bit scalar bases plus 32-bit in-tile offsets, as in fwd.py.
     g = tl.program_id(1).to(tl.int64)
@@ -78,7 +87,13 @@ def _two_simplicial_bwd_dkv1_kernel(
         row_in = j_ok & (js >= i - L1) & (js <= i + R1)
         k_lo = tl.maximum(i - L2, 0)
         k_hi = tl.minimum(i + R2, N - 1)
+        if COUNT_PATHS:
+            tl.atomic_add(COUNTS + P_I_REPEAT, tl.where(i > i_lo, 1, 0))
         for k0 in range(k_lo, k_hi + 1, BLOCK_K):
+            if COUNT_PATHS:
+                tl.atomic_add(COUNTS + P_K_REPEAT, tl.where(k0 > k_lo, 1, 0))
+                tl.atomic_add(COUNTS + P_K_TAIL, tl.where(k0 + BLOCK_K - 1 > k_hi, 1, 0))
+                tl.atomic_add(COUNTS + P_K_PAST_N, tl.where(k0 + BLOCK_K > N, 1, 0))
             k_ok = k0 + kr <= k_hi
             kd_mask = k_ok[:, None] & d_ok[None, :]
             k_start = tl.cast(k0, tl.int64)
@@ -86,6 +101,8 @@ def _two_simplicial_bwd_dkv1_kernel(
             v2b = tl.load(v2_base + k_start * stride_v2n + v2_offs, mask=kd_mask, other=0.0)
             in_win = row_in[:, None] & k_ok[None, :]
             for hh in range(GROUP):
+                if COUNT_PATHS:
+                    tl.atomic_add(COUNTS + P_H_REPEAT, tl.where(hh > 0, 1, 0))
                 h64 = tl.cast(hh, tl.int64)
                 qi = tl.load(q_base + h64 * stride_qh + i64 * stride_qn + d * stride_qd, mask=d_ok, other=0.0)
                 doi = tl.load(do_base + h64 * stride_doh + i64 * stride_don + d * stride_dod, mask=d_ok, other=0.0)

@@ -21,12 +21,20 @@ group's query heads. Each program writes only its own rows: no atomics, determin
 import triton
 import triton.language as tl
 
-from ._common import j_window_mask, mma, recomputed_p, row_block_ptrs
+from . import paths
+from ._common import count_common_paths, j_window_mask, mma, recomputed_p, row_block_ptrs
+
+#   h_repeat / t_repeat / j_repeat   a second trip of the loop over heads / offsets t / j-blocks
+#   i_outside                       a row whose query i = k + t lies outside [0, N) (zero-filled)
+#   j_tail / j_past_n               a j-block with rows past the union of J(i) / past N
+P_H_REPEAT, P_T_REPEAT, P_I_OUTSIDE, P_J_REPEAT, P_J_TAIL, P_J_PAST_N = paths.slots(
+    ("bwd_dkv2",), "h_repeat", "t_repeat", "i_outside", "j_repeat", "j_tail", "j_past_n"
+)
 
 
 @triton.jit
 def _two_simplicial_bwd_dkv2_kernel(
-    Q, K1, K2, V1, V2, DOUT, LSE, DELTA, DK2, DV2,
+    Q, K1, K2, V1, V2, DOUT, LSE, DELTA, DK2, DV2, COUNTS,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_k1b, stride_k1n, stride_k1h, stride_k1d,
     stride_k2b, stride_k2n, stride_k2h, stride_k2d,
@@ -38,9 +46,11 @@ def _two_simplicial_bwd_dkv2_kernel(
     N, GROUP, D, L1, R1, L2, R2,
     scale,
     BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
     k0 = tl.program_id(0) * BLOCK_K
+    if COUNT_PATHS:  # paths.py: interpreter only, never compiled
+        count_common_paths(COUNTS, k0 + BLOCK_K > N, D, GROUP, R1, R2, BLOCK_D)
     dt = K1.dtype.element_ty
     # 64-bit scalar bases plus 32-bit in-tile offsets, as in fwd.py.
     g = tl.program_id(1).to(tl.int64)
@@ -74,6 +84,8 @@ def _two_simplicial_bwd_dkv2_kernel(
     dk2 = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
     dv2 = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
     for hh in range(GROUP):
+        if COUNT_PATHS:
+            tl.atomic_add(COUNTS + P_H_REPEAT, tl.where(hh > 0, 1, 0))
         h64 = g * GROUP + tl.cast(hh, tl.int64)
         q_base = Q + b * stride_qb + h64 * stride_qh
         do_base = DOUT + b * stride_dob + h64 * stride_doh
@@ -82,6 +94,9 @@ def _two_simplicial_bwd_dkv2_kernel(
             ipos = ks + t
             i_ok = k_ok & (ipos >= 0) & (ipos < N)
             id_mask = i_ok[:, None] & d_ok[None, :]
+            if COUNT_PATHS:
+                tl.atomic_add(COUNTS + P_T_REPEAT, tl.where(t > t_lo, 1, 0))
+                tl.atomic_add(COUNTS + P_I_OUTSIDE, tl.sum(tl.where(k_ok & ~i_ok, 1, 0)))
             i_start = k0_64 + t
             qt = tl.load(q_base + i_start * stride_qn + q_offs, mask=id_mask, other=0.0)
             dot_ = tl.load(do_base + i_start * stride_don + do_offs, mask=id_mask, other=0.0)
@@ -97,6 +112,10 @@ def _two_simplicial_bwd_dkv2_kernel(
                 js = j0 + jr
                 j_ok = js <= j_hi
                 jd_mask = j_ok[:, None] & d_ok[None, :]
+                if COUNT_PATHS:
+                    tl.atomic_add(COUNTS + P_J_REPEAT, tl.where(j0 > j_lo, 1, 0))
+                    tl.atomic_add(COUNTS + P_J_TAIL, tl.where(j0 + BLOCK_J - 1 > j_hi, 1, 0))
+                    tl.atomic_add(COUNTS + P_J_PAST_N, tl.where(j0 + BLOCK_J > N, 1, 0))
                 j_start = tl.cast(j0, tl.int64)
                 k1b = tl.load(k1_base + j_start * stride_k1n + k1_offs, mask=jd_mask, other=0.0)
                 v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)

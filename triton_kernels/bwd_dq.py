@@ -16,12 +16,26 @@ Each program writes only its own rows: no atomics, deterministic.
 import triton
 import triton.language as tl
 
-from ._common import j_window_mask, mma, query_tile, query_tile_loops, recomputed_p
+from ._common import (
+    P_HEAD_PACKED,
+    P_HEAD_TAIL,
+    P_J_PAST_N,
+    P_J_REPEAT,
+    P_J_TAIL,
+    P_K_OUTSIDE,
+    P_U_REPEAT,
+    count_common_paths,
+    j_window_mask,
+    mma,
+    query_tile,
+    query_tile_loops,
+    recomputed_p,
+)
 
 
 @triton.jit
 def _two_simplicial_bwd_dq_kernel(
-    Q, K1, K2, V1, V2, DOUT, LSE, DELTA, DQ,
+    Q, K1, K2, V1, V2, DOUT, LSE, DELTA, DQ, COUNTS,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_k1b, stride_k1n, stride_k1h, stride_k1d,
     stride_k2b, stride_k2n, stride_k2h, stride_k2d,
@@ -33,10 +47,14 @@ def _two_simplicial_bwd_dq_kernel(
     N, GROUP, D, L1, R1, L2, R2,
     scale,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
     # 64-bit scalar bases plus 32-bit in-tile offsets, as in fwd.py.
     p0, g, b, h0, rp, rh, pos, row_ok = query_tile(N, GROUP, BLOCK_M, BLOCK_H)
+    if COUNT_PATHS:  # paths.py: interpreter only, never compiled
+        count_common_paths(COUNTS, p0 + BLOCK_M // BLOCK_H > N, D, GROUP, R1, R2, BLOCK_D)
+        tl.atomic_add(COUNTS + P_HEAD_PACKED, tl.where(BLOCK_H > 1, 1, 0))
+        tl.atomic_add(COUNTS + P_HEAD_TAIL, tl.sum(tl.where((pos < N) & ~row_ok, 1, 0)))
     dt = K1.dtype.element_ty
     p0_64 = p0.to(tl.int64)
     d = tl.arange(0, BLOCK_D)
@@ -77,6 +95,9 @@ def _two_simplicial_bwd_dq_kernel(
         kpos = pos - u
         k_ok = row_ok & (kpos >= 0) & (kpos < N)
         kd_mask = k_ok[:, None] & d_ok[None, :]
+        if COUNT_PATHS:
+            tl.atomic_add(COUNTS + P_U_REPEAT, tl.where(u > u_lo, 1, 0))
+            tl.atomic_add(COUNTS + P_K_OUTSIDE, tl.sum(tl.where(row_ok & ~k_ok, 1, 0)))
         k_start = p0_64 - u
         k2u = tl.load(k2_base + k_start * stride_k2n + k2_offs, mask=kd_mask, other=0.0)
         v2u = tl.load(v2_base + k_start * stride_v2n + v2_offs, mask=kd_mask, other=0.0)
@@ -90,6 +111,10 @@ def _two_simplicial_bwd_dq_kernel(
             js = j0 + jr
             j_ok = js <= j_hi
             jd_mask = j_ok[:, None] & d_ok[None, :]
+            if COUNT_PATHS:
+                tl.atomic_add(COUNTS + P_J_REPEAT, tl.where(j0 > j_lo, 1, 0))
+                tl.atomic_add(COUNTS + P_J_TAIL, tl.where(j0 + BLOCK_J - 1 > j_hi, 1, 0))
+                tl.atomic_add(COUNTS + P_J_PAST_N, tl.where(j0 + BLOCK_J > N, 1, 0))
             j_start = tl.cast(j0, tl.int64)
             k1b = tl.load(k1_base + j_start * stride_k1n + k1_offs, mask=jd_mask, other=0.0)
             v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)

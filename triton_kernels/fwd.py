@@ -29,11 +29,19 @@ import torch
 import triton
 import triton.language as tl
 
-from . import configs
+from . import configs, paths
 from ._common import (
+    P_HEAD_PACKED,
+    P_HEAD_TAIL,
+    P_J_PAST_N,
+    P_J_REPEAT,
+    P_J_TAIL,
+    P_K_OUTSIDE,
+    P_U_REPEAT,
     arch_of,
     block_d,
     check_tensors,
+    count_common_paths,
     device_guard,
     exp_shifted,
     head_block,
@@ -50,7 +58,7 @@ from ._common import (
 
 @triton.jit
 def _two_simplicial_fwd_kernel(
-    Q, K1, K2, V1, V2, OUT, LSE,
+    Q, K1, K2, V1, V2, OUT, LSE, COUNTS,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_k1b, stride_k1n, stride_k1h, stride_k1d,
     stride_k2b, stride_k2n, stride_k2h, stride_k2d,
@@ -61,11 +69,15 @@ def _two_simplicial_fwd_kernel(
     N, GROUP, D, L1, R1, L2, R2,
     scale,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
     # Addresses are a 64-bit scalar base (batch, head, first position of the tile) plus
     # 32-bit offsets inside the tile; the launcher guarantees those fit in int32.
     p0, g, b, h0, rp, rh, pos, row_ok = query_tile(N, GROUP, BLOCK_M, BLOCK_H)
+    if COUNT_PATHS:  # paths.py: interpreter only, never compiled
+        count_common_paths(COUNTS, p0 + BLOCK_M // BLOCK_H > N, D, GROUP, R1, R2, BLOCK_D)
+        tl.atomic_add(COUNTS + P_HEAD_PACKED, tl.where(BLOCK_H > 1, 1, 0))
+        tl.atomic_add(COUNTS + P_HEAD_TAIL, tl.sum(tl.where((pos < N) & ~row_ok, 1, 0)))
     dt = K1.dtype.element_ty
     p0_64 = p0.to(tl.int64)
     d = tl.arange(0, BLOCK_D)
@@ -97,6 +109,9 @@ def _two_simplicial_fwd_kernel(
         kpos = pos - u
         k_ok = row_ok & (kpos >= 0) & (kpos < N)
         kd_mask = k_ok[:, None] & d_ok[None, :]
+        if COUNT_PATHS:
+            tl.atomic_add(COUNTS + P_U_REPEAT, tl.where(u > u_lo, 1, 0))
+            tl.atomic_add(COUNTS + P_K_OUTSIDE, tl.sum(tl.where(row_ok & ~k_ok, 1, 0)))
         k_start = p0_64 - u
         k2u = tl.load(k2_base + k_start * stride_k2n + k2_offs, mask=kd_mask, other=0.0)
         # q is re-read (from cache) per u rather than held: registers go to the accumulators.
@@ -108,6 +123,10 @@ def _two_simplicial_fwd_kernel(
             js = j0 + jr
             j_ok = js <= j_hi
             jd_mask = j_ok[:, None] & d_ok[None, :]
+            if COUNT_PATHS:
+                tl.atomic_add(COUNTS + P_J_REPEAT, tl.where(j0 > j_lo, 1, 0))
+                tl.atomic_add(COUNTS + P_J_TAIL, tl.where(j0 + BLOCK_J - 1 > j_hi, 1, 0))
+                tl.atomic_add(COUNTS + P_J_PAST_N, tl.where(j0 + BLOCK_J > N, 1, 0))
             j_start = tl.cast(j0, tl.int64)
             k1b = tl.load(k1_base + j_start * stride_k1n + k1_offs, mask=jd_mask, other=0.0)
             v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)
@@ -170,9 +189,10 @@ def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale, *, head_packing=None, allow_tf
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_M"] // block_h), HKV * triton.cdiv(group, block_h), B)
 
+    counts = paths.buffer("fwd", q)
     with device_guard(q):
         kernel[grid](
-            q, k1, k2, v1, v2, out, lse,
+            q, k1, k2, v1, v2, out, lse, counts,
             *q.stride(), *k1.stride(), *k2.stride(), *v1.stride(), *v2.stride(),
             out.stride(0), out.stride(1), out.stride(2),
             lse.stride(0), lse.stride(1),
@@ -180,5 +200,7 @@ def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale, *, head_packing=None, allow_tf
             scale,
             BLOCK_H=block_h, BLOCK_D=bd,
             INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
+            COUNT_PATHS=counts is not None,
         )  # fmt: skip
+    paths.add("fwd", bd, counts)
     return out, lse

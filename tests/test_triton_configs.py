@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from simplicial_attn._windows import kernel_window
+from simplicial_attn.problem import Problem
 
 from cases import BOUNDS, Case, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
@@ -115,12 +116,14 @@ def test_shipped_config_matches_the_oracle(run, poison):
     dout = make_dout(case, dtype, DEVICE)
     w1, w2 = kernel_window(case.w1, case.N, case.causal), kernel_window(case.w2, case.N, case.causal)
     scale = case.D**-0.5
+    prob = Problem(w1, w2, case.causal, scale)
     fwd_cfg = {k: c for k, c in run.config.items() if k in FWD_KERNELS}
     bwd_cfg = {k: c for k, c in run.config.items() if k in BWD_KERNELS}
-    got = tk.fwd(*inputs, w1, w2, case.causal, scale, head_packing=extra, config=fwd_cfg)
+    out, lse, lse_lo = tk.fwd(*inputs, prob, head_packing=extra, config=fwd_cfg)
+    got = (out, lse)
     ref = oracle_fwd(*inputs, case.w1, case.w2, case.causal, scale)
     if bwd_cfg:  # a bucket of forward configs only (the head-packed extras) needs no backward
-        got += tk.bwd(dout, *inputs, *got, w1, w2, case.causal, scale, head_packing=extra, config=bwd_cfg)
+        got += tk.bwd(dout, *inputs, out, lse, lse_lo, prob, head_packing=extra, config=bwd_cfg)
         ref += oracle_bwd(dout, *inputs, case.w1, case.w2, case.causal, scale)
     errs = {n: rel_err(x, r) for n, x, r in zip(OUTPUTS, got, ref, strict=False)}
     assert all(v <= BOUNDS[dtype] for v in errs.values()), (case.id, dtype, errs)
@@ -129,7 +132,8 @@ def test_shipped_config_matches_the_oracle(run, poison):
 def test_a_forced_config_naming_an_unknown_kernel_is_refused():
     inputs = make_inputs(Case(1, 3, 1, 1, 16, 2, 2), torch.float32, DEVICE)
     cfg = configs.configs("fwd", configs.INTERP, 16)[0]
+    prob = Problem(2, 2, True, 0.25)
     with pytest.raises(ValueError, match=r"config names kernels \['bwd_dq'\]; this launcher runs fwd"):
-        tk.fwd(*inputs, 2, 2, True, 0.25, config={"bwd_dq": cfg})
+        tk.fwd(*inputs, prob, config={"bwd_dq": cfg})
     with pytest.raises(TypeError, match="config values must be triton.Config"):
-        tk.fwd(*inputs, 2, 2, True, 0.25, config={"fwd": {"BLOCK_M": 16}})
+        tk.fwd(*inputs, prob, config={"fwd": {"BLOCK_M": 16}})

@@ -13,6 +13,8 @@ import math
 import pytest
 import torch
 
+from simplicial_attn.problem import Problem
+
 from cases import BOUNDS, Case, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
@@ -56,8 +58,9 @@ def _exact_inputs(case, dtype, magnitude, seed=0):
 def _errors(case, dtype, magnitude, inputs=None):
     inputs = _exact_inputs(case, dtype, magnitude) if inputs is None else inputs
     dout = make_dout(case, dtype, DEVICE)
-    out, lse = tk.fwd(*inputs, case.w1, case.w2, case.causal, 1.0)
-    grads = tk.bwd(dout, *inputs, out, lse, case.w1, case.w2, case.causal, 1.0)
+    prob = Problem(case.w1, case.w2, case.causal, 1.0)
+    out, lse, lse_lo = tk.fwd(*inputs, prob)
+    grads = tk.bwd(dout, *inputs, out, lse, lse_lo, prob)
     ref = oracle_fwd(*inputs, case.w1, case.w2, case.causal, 1.0)
     ref += oracle_bwd(dout, *inputs, case.w1, case.w2, case.causal, 1.0)
     errs, hidden = {}, {}
@@ -113,8 +116,9 @@ def test_one_pair_at_logit_1e10_gives_its_value():
     q = torch.ones(1, 5, 1, 16, device=DEVICE)
     q[..., 0] = 1e10
     ones = torch.ones(1, 5, 1, 16, device=DEVICE)
-    out, lse = tk.fwd(q, ones, ones, ones, ones, 1, 1, True, 1.0)
-    grads = tk.bwd(torch.ones_like(out), q, ones, ones, ones, ones, out, lse, 1, 1, True, 1.0)
+    prob = Problem(1, 1, True, 1.0)
+    out, lse, lse_lo = tk.fwd(q, ones, ones, ones, ones, prob)
+    grads = tk.bwd(torch.ones_like(out), q, ones, ones, ones, ones, out, lse, lse_lo, prob)
     assert torch.equal(out, ones) and torch.allclose(lse, torch.full_like(lse, 1e10 + 15))
     assert torch.equal(grads[3], ones) and torch.equal(grads[4], ones)
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads[:3])

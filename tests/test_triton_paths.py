@@ -13,6 +13,8 @@ import importlib.util
 import pytest
 import torch
 
+from simplicial_attn.problem import Problem
+
 from cases import BOUNDS, Case, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
@@ -43,8 +45,9 @@ def _run_and_check(case, head_packing):
     inputs = make_inputs(case, torch.float32, "cpu")
     dout = make_dout(case, torch.float32, "cpu")
     scale = case.D**-0.5
-    got = tk.fwd(*inputs, case.w1, case.w2, case.causal, scale, head_packing=head_packing)
-    got += tk.bwd(dout, *inputs, *got, case.w1, case.w2, case.causal, scale, head_packing=head_packing)
+    prob = Problem(case.w1, case.w2, case.causal, scale)
+    out, lse, lse_lo = tk.fwd(*inputs, prob, head_packing=head_packing)
+    got = (out, lse, *tk.bwd(dout, *inputs, out, lse, lse_lo, prob, head_packing=head_packing))
     ref = oracle_fwd(*inputs, case.w1, case.w2, case.causal, scale)
     ref += oracle_bwd(dout, *inputs, case.w1, case.w2, case.causal, scale)
     errs = [rel_err(x, r) for x, r in zip(got, ref, strict=True)]

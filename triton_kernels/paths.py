@@ -23,11 +23,18 @@ import torch
 import triton.language as tl
 
 # The paths every fused kernel counts, in its first slots (_common.count_common_paths):
-#   last_tile  the program's tile reaches past N (its rows there masked, loads zero-filled)
-#   d_tail     D < BLOCK_D (channels past D masked, zero-filled)
-#   gqa        more than one query head per kv head
-#   causal     both windows end at the query (R1 = R2 = 0); centred: one reaches past it
-COMMON = ("last_tile", "d_tail", "gqa", "causal", "centred")
+#   last_tile     the program's tile reaches past its sequence's end (rows masked, zero-filled)
+#   d_tail        D < BLOCK_D (channels past D masked, zero-filled)
+#   gqa           more than one query head per kv head
+#   causal        both windows end at the query (R1 = R2 = 0); centred: one reaches past it
+#   packed        a tile of a packed sequence (cu_seqlens: per-row bounds from the kernel)
+#   packed_edge   the last tile of a packed sequence that ends exactly at a tile edge
+#   past_end      a program whose tile starts past its sequence's end (exits at once)
+#   empty_seq     a program of an empty packed sequence
+#   determinant   logits="determinant" (permuted-channel operands, cross products)
+COMMON = (
+    "last_tile", "d_tail", "gqa", "causal", "centred", "packed", "packed_edge", "past_end", "empty_seq", "determinant"
+)  # fmt: skip
 COMMON_SLOTS = tuple(tl.constexpr(i) for i in range(len(COMMON)))
 
 _NAMES = {}  # kernel name -> its path names, in slot order

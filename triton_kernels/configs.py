@@ -106,6 +106,25 @@ def _table32(dc):
     }
 
 
+# The decode kernel (decode.py) launches with one config, without autotuning: its grid and
+# scratch depend on the tiles. Few rows (Nq * Hq / Hkv), so BLOCK_M is tl.dot's minimum; the j
+# window is split across programs, BLOCK_J positions at least each. 8 warps: with 4, the
+# [BLOCK_J, D] pointer tiles of k1 / v1 alone take ~128 registers a thread. float32 is not
+# pipelined (num_stages = 1): its cp.async staging spills at every BLOCK_J tried.
+MAX_DECODE_SPLITS = 128
+_DECODE = {
+    INTERP: {"16": _c(4, 1, BLOCK_M=16, BLOCK_J=32), "32": _c(4, 1, BLOCK_M=16, BLOCK_J=32)},
+    128: {"16": _c(8, 2, BLOCK_M=16, BLOCK_J=64), "32": _c(8, 1, BLOCK_M=16, BLOCK_J=16)},
+    256: {"16": _c(8, 2, BLOCK_M=16, BLOCK_J=32), "32": _c(8, 1, BLOCK_M=16, BLOCK_J=16)},
+}
+
+
+def decode_config(arch, bd, fp32):
+    """The one launch config of the decode kernel for arch class `arch` (or INTERP), padded
+    head dim bd and float32 (True) or 16-bit operands (the same on every GPU arch)."""
+    return _DECODE[INTERP if arch == INTERP else d_class(bd)]["32" if fp32 else "16"]
+
+
 def configs(kernel, arch, bd, fp32=False, packed=False):
     """The config list of `kernel` for arch class `arch` (or INTERP), padded head dim bd,
     float32 (True) or 16-bit (False) operands, and (fwd / bwd_dq) head-packed tiles or not."""

@@ -259,7 +259,7 @@ def arch_of(device):
     return configs.arch_class(torch.cuda.get_device_capability(device))
 
 
-def head_block(group, head_packing, kernel, arch, bd, fp32, forced=None):
+def head_block(group, head_packing, kernel, arch, bd, fp32, forced=None, det=False):
     """Heads per tile for fwd / bwd_dq: 1 (sequence tiling) or the group's heads, padded to a
     power of two and capped by the smallest BLOCK_M of the configs (or of the one config
     `forced`). `head_packing=None` packs when the group has >= 16 query heads per kv head
@@ -270,7 +270,7 @@ def head_block(group, head_packing, kernel, arch, bd, fp32, forced=None):
         head_packing = group >= 16
     if not head_packing:
         return 1
-    return min(triton.next_power_of_2(group), configs.min_block(kernel, arch, bd, fp32, "BLOCK_M", forced))
+    return min(triton.next_power_of_2(group), configs.min_block(kernel, arch, bd, fp32, "BLOCK_M", forced, det))
 
 
 def device_guard(t):

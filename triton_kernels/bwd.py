@@ -93,8 +93,9 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, a
         *seqs.strides(dout), *seqs.strides(lse)[:2],
     )  # fmt: skip
     sizes = (seqs.n, group, D, L1, R1, L2, R2, prob.scale)
+    det = prob.logits == "determinant"
     flags = dict(
-        BLOCK_D=bd, VARLEN=seqs.packed, DET=prob.logits == "determinant",
+        BLOCK_D=bd, VARLEN=seqs.packed, DET=det,
         INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
     )  # fmt: skip
 
@@ -106,9 +107,9 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, a
             N, D, BLOCK_N=DELTA_BLOCK_N, BLOCK_D=bd, COUNT_PATHS=counts["bwd_delta"] is not None,
         )  # fmt: skip
 
-        block_h = head_block(group, head_packing, "bwd_dq", arch, bd, fp32, forced.get("bwd_dq"))
+        block_h = head_block(group, head_packing, "bwd_dq", arch, bd, fp32, forced.get("bwd_dq"), det)
         dq_kernel = configs.autotuned(
-            "bwd_dq", _two_simplicial_bwd_dq_kernel, arch, bd, fp32, block_h >= 64, forced.get("bwd_dq")
+            "bwd_dq", _two_simplicial_bwd_dq_kernel, arch, bd, fp32, block_h >= 64, forced.get("bwd_dq"), det
         )
         n_hblk = triton.cdiv(group, block_h)
         dq_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_M"] // block_h), HKV * n_hblk, seqs.count)](
@@ -119,7 +120,7 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, a
         )  # fmt: skip
 
         dkv1_kernel = configs.autotuned(
-            "bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32, forced=forced.get("bwd_dkv1")
+            "bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32, forced=forced.get("bwd_dkv1"), det=det
         )
         dkv1_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_J"]), HKV, seqs.count)](
             q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dk1, dv1, seqs.cu_seqlens, counts["bwd_dkv1"], *common,
@@ -128,7 +129,7 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, a
         )  # fmt: skip
 
         dkv2_kernel = configs.autotuned(
-            "bwd_dkv2", _two_simplicial_bwd_dkv2_kernel, arch, bd, fp32, forced=forced.get("bwd_dkv2")
+            "bwd_dkv2", _two_simplicial_bwd_dkv2_kernel, arch, bd, fp32, forced=forced.get("bwd_dkv2"), det=det
         )
         dkv2_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_K"]), HKV, seqs.count)](
             q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dk2, dv2, seqs.cu_seqlens, counts["bwd_dkv2"], *common,

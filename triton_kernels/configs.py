@@ -27,11 +27,12 @@ CAPABILITY = {"sm80": (8, 0), "sm86": (8, 6), "sm90": (9, 0)}
 INTERP = "interpreter"
 
 KERNELS = ("fwd", "bwd_dq", "bwd_dkv1", "bwd_dkv2")
+# Never a length, a sequence count or T: a new packing must not re-tune (or recompile).
 AUTOTUNE_KEY = {
-    "fwd": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H"],
-    "bwd_dq": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H"],
-    "bwd_dkv1": ["D", "L1", "R1", "L2", "R2", "GROUP"],
-    "bwd_dkv2": ["D", "L1", "R1", "L2", "R2", "GROUP"],
+    "fwd": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
+    "bwd_dq": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
+    "bwd_dkv1": ["D", "L1", "R1", "L2", "R2", "GROUP", "VARLEN"],
+    "bwd_dkv2": ["D", "L1", "R1", "L2", "R2", "GROUP", "VARLEN"],
 }
 
 
@@ -106,6 +107,47 @@ def _table32(dc):
     }
 
 
+def _table_det(arch, dc, fp32):
+    """Determinant logits (logits="determinant"): the chunkwise cross products permute
+    register tiles (tl.gather) and hold up to two more [BLOCK, D] tiles, so the trilinear tiles
+    spill; these are the largest that do not at D <= 128 (bench/kernel_report.py, sm_80/86/90,
+    triton 3.6 and 3.8). At D <= 256 only the forward fits; the three backward kernels spill
+    at every tile tried (DET_SPILL_BUDGET). The forward's tiles differ per arch: sm_86 spills
+    at BLOCK_M = 64 with either BLOCK_J."""
+    if dc >= 256:
+        return {
+            "fwd": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
+            "bwd_dq": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_K=16)],
+            "bwd_dkv2": [_c(8, 1, BLOCK_K=16, BLOCK_J=16)],
+        }
+    if fp32:
+        return {
+            "fwd": [_c(4, 1, BLOCK_M=16, BLOCK_J=16)],
+            "bwd_dq": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_K=16)],
+            "bwd_dkv2": [_c(8, 1, BLOCK_K=16, BLOCK_J=16)],
+        }
+    st = {"sm80": 3, "sm86": 2, "sm90": 3}[arch]
+    fwd_tiles = {"sm80": dict(BLOCK_M=64, BLOCK_J=16), "sm86": dict(BLOCK_M=32, BLOCK_J=32)}
+    fwd_tiles["sm90"] = dict(BLOCK_M=64, BLOCK_J=32)
+    return {
+        "fwd": [_c(8, st, **fwd_tiles[arch])],
+        "bwd_dq": [_c(8, st, BLOCK_M=32, BLOCK_J=32)],
+        "bwd_dkv1": [_c(8, st, BLOCK_J=64 if arch == "sm90" else 32, BLOCK_K=16)],
+        "bwd_dkv2": [_c(8, st, BLOCK_K=16, BLOCK_J=32)],
+    }
+
+
+# Spills bench/kernel_report.py --check accepts, bytes per thread (ptxas; the largest over
+# sm_80/86/90, 16-bit and float32, triton 3.6 and 3.8, rounded up to 64): determinant logits
+# at D class 256, where no tile of these kernels fits in 255 registers (the trilinear tiles
+# already hold 200-255 there; the cross products add two [BLOCK, D] tiles and the tl.gather
+# permutations), and the decode kernel there on sm_86 only. Any other spill, or a larger one,
+# fails the check. Correct, slower: a restructuring that splits D would remove them.
+DET_SPILL_BUDGET = {"bwd_dq": 768, "bwd_dkv1": 1728, "bwd_dkv2": 1280, "decode": 4608}
+
+
 # The decode kernel (decode.py) launches with one config, without autotuning: its grid and
 # scratch depend on the tiles. Few rows (Nq * Hq / Hkv), so BLOCK_M is tl.dot's minimum; the j
 # window is split across programs, BLOCK_J positions at least each. 8 warps: with 4, the
@@ -125,11 +167,14 @@ def decode_config(arch, bd, fp32):
     return _DECODE[INTERP if arch == INTERP else d_class(bd)]["32" if fp32 else "16"]
 
 
-def configs(kernel, arch, bd, fp32=False, packed=False):
+def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
     """The config list of `kernel` for arch class `arch` (or INTERP), padded head dim bd,
-    float32 (True) or 16-bit (False) operands, and (fwd / bwd_dq) head-packed tiles or not."""
+    float32 (True) or 16-bit (False) operands, (fwd / bwd_dq) head-packed tiles or not, and
+    determinant (True) or trilinear logits."""
     if arch == INTERP:
         return _INTERP[kernel]
+    if det:
+        return _table_det(arch, d_class(bd), fp32)[kernel]
     table = _table32(d_class(bd)) if fp32 else _table16(arch, d_class(bd))
     extra = []
     if packed and kernel == "fwd" and not fp32 and d_class(bd) <= 128 and arch in ("sm80", "sm90"):
@@ -151,10 +196,10 @@ def arch_class(capability):
     return "sm80"
 
 
-def autotuned(kernel, fn, arch, bd, fp32, packed=False, forced=None):
+def autotuned(kernel, fn, arch, bd, fp32, packed=False, forced=None, det=False):
     """A `triton.autotune` wrapper of the jitted `fn` over the config list of (arch, bd, fp32,
-    packed), or over the one config `forced`; cached."""
-    chosen = [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed)
+    packed, det), or over the one config `forced`; cached."""
+    chosen = [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed, det)
     return _autotuner(kernel, fn, tuple(chosen))
 
 
@@ -176,8 +221,8 @@ def forced_configs(config, kernels):
     return config
 
 
-def min_block(kernel, arch, bd, fp32, name, forced=None):
+def min_block(kernel, arch, bd, fp32, name, forced=None, det=False):
     """Smallest value of tile parameter `name` among the configs, or that of the one config
     `forced` (bounds the head-pack size)."""
-    chosen = [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed=True)
+    chosen = [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed=True, det=det)
     return min(c.kwargs[name] for c in chosen)

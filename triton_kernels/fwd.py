@@ -221,8 +221,9 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
     bd = block_d(D)
     arch = arch_of(q.device)
     fp32 = q.dtype == torch.float32
-    block_h = head_block(group, head_packing, "fwd", arch, bd, fp32, forced)
-    kernel = configs.autotuned("fwd", _two_simplicial_fwd_kernel, arch, bd, fp32, block_h >= 64, forced)
+    det = prob.logits == "determinant"
+    block_h = head_block(group, head_packing, "fwd", arch, bd, fp32, forced, det)
+    kernel = configs.autotuned("fwd", _two_simplicial_fwd_kernel, arch, bd, fp32, block_h >= 64, forced, det)
 
     def grid(meta):
         return (triton.cdiv(seqs.max_len, meta["BLOCK_M"] // block_h), HKV * triton.cdiv(group, block_h), seqs.count)
@@ -236,7 +237,7 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
             *seqs.strides(lse)[:2],
             seqs.n, group, D, L1, R1, L2, R2,
             prob.scale,
-            BLOCK_H=block_h, BLOCK_D=bd, VARLEN=seqs.packed, DET=prob.logits == "determinant",
+            BLOCK_H=block_h, BLOCK_D=bd, VARLEN=seqs.packed, DET=det,
             INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
             COUNT_PATHS=counts is not None,
         )  # fmt: skip

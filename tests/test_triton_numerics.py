@@ -1,10 +1,12 @@
-"""The softmax numerics rule (issue 14) in the Triton kernels: large finite logits.
+"""The softmax numerics rule (issue 14) in the Triton kernels: large finite logits, the parts
+tests/test_large_logits.py (every backend, float32 and bfloat16 through the interpreter) does
+not run here: float16, and inexact logits at 1e10 .. 1e30.
 
-Logits whose every digit the kernels compute exactly (dyadic inputs, scale = 1): a common
-offset M (q[..., 0] = M against k1[..., 0] = k2[..., 0] = 1) plus an O(1) spread from small
-dyadic channels, coarsened to a multiple of ulp(M) where the dtype cannot resolve O(1) at M.
-The only error left is then the softmax handling, measured against the float64 oracle for out,
-lse and all five gradients. Through the interpreter on CPU, on the compiled kernels on a GPU.
+Exact logits (dyadic inputs, scale = 1): a common offset M (q[..., 0] = M against k1[..., 0] =
+k2[..., 0] = 1) plus an O(1) spread from small dyadic channels, coarsened to a multiple of
+ulp(M) where float32 cannot resolve O(1) at M. The only error left is then the softmax
+handling, measured against the float64 oracle for out, lse and all five gradients. Through
+the interpreter on CPU, on the compiled kernels on a GPU.
 """
 
 import importlib.util
@@ -28,11 +30,8 @@ CASE = Case(1, 6, 2, 1, 16, 3, 2)
 OUTPUTS = ("out", "lse", "dq", "dk1", "dk2", "dv1", "dv2")
 # Largest offset per dtype: 1e30 where the dtype holds it, else a power of two whose k
 # gradients (~M) stay finite in float16.
-MAGNITUDES = {
-    torch.float32: (1.0, 8.0, 64.0, 1e3, 1e4, 1e6, 1e9, 1e30),
-    torch.bfloat16: (1.0, 64.0, 1e3, 1e4, 1e9, 1e30),
-    torch.float16: (1.0, 64.0, 1e3, 2.0**12),
-}
+# float16 inputs hold at most 65504 and its k gradients grow like M: up to 2^12.
+FP16_MAGNITUDES = (1.0, 2.0**6, 2.0**10, 2.0**12)
 
 
 def _exact_inputs(case, dtype, magnitude, seed=0):
@@ -74,20 +73,12 @@ def _errors(case, dtype, magnitude, inputs=None):
     return errs, hidden
 
 
-@pytest.mark.parametrize("dtype", list(MAGNITUDES), ids=str)
-def test_large_logits_stay_accurate_and_finite(dtype, poison):
-    """Within CONTRACT §5 up to |logit| = 1e3 (float32: while the rounding of lse itself,
-    ulp(|lse|) / 2 in every P of the row, stays below the bound), within 2e-3 (float32) up to
-    1e4, finite and never NaN up to 1e30."""
+def test_float16_large_logits_stay_accurate_and_finite(poison):
+    """Within CONTRACT §5 up to |logit| = 2^10, finite and never NaN beyond."""
     report = {}
-    for magnitude in MAGNITUDES[dtype]:
-        errs, hidden = _errors(CASE, dtype, magnitude)
-        if magnitude <= 1e3 and (dtype != torch.float32 or magnitude * 2.0**-24 <= BOUNDS[dtype] / 4):
-            bound = BOUNDS[dtype]
-        elif dtype == torch.float32 and magnitude <= 1e4:
-            bound = 2e-3
-        else:
-            bound = math.inf
+    for magnitude in FP16_MAGNITUDES:
+        errs, hidden = _errors(CASE, torch.float16, magnitude)
+        bound = BOUNDS[torch.float16] if magnitude <= 2.0**10 else math.inf
         over = {k: f"{v:.2e}" for k, v in errs.items() if not v <= bound}
         if over or hidden:
             report[magnitude] = dict(over=over, bound=bound, non_finite=hidden)
@@ -108,17 +99,3 @@ def test_huge_inexact_logits_stay_finite(dtype, poison):
         if hidden:
             report[magnitude] = hidden
     assert not report, report
-
-
-def test_one_pair_at_logit_1e10_gives_its_value():
-    """w1 = w2 = 1: each query has one pair, weight exactly 1, so out = v1 * v2 = 1 and
-    dv1 = dv2 = dout, whatever the logit (the AVX2 kernel's NaN probe of issue 14)."""
-    q = torch.ones(1, 5, 1, 16, device=DEVICE)
-    q[..., 0] = 1e10
-    ones = torch.ones(1, 5, 1, 16, device=DEVICE)
-    prob = Problem(1, 1, True, 1.0)
-    out, lse, lse_lo = tk.fwd(q, ones, ones, ones, ones, prob)
-    grads = tk.bwd(torch.ones_like(out), q, ones, ones, ones, ones, out, lse, lse_lo, prob)
-    assert torch.equal(out, ones) and torch.allclose(lse, torch.full_like(lse, 1e10 + 15))
-    assert torch.equal(grads[3], ones) and torch.equal(grads[4], ones)
-    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads[:3])

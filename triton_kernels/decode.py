@@ -222,14 +222,16 @@ def _num_splits(q, windows_len, block_j, programs_per_split, num_splits):
     return max(1, min(chunks, triton.cdiv(target, programs_per_split), configs.MAX_DECODE_SPLITS))
 
 
-def decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob, *, allow_tf32=False, num_splits=None):
+def decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob, *, allow_tf32=False, num_splits=None, config=None):
     """(out, lse): out [B, Nq, Hq, D] in q's dtype, lse [B, Hq, Nq] float32 (natural log).
 
     q [B, Nq, Hq, D]; k1_cache, v1_cache [B, C1, Hkv, D]; k2_cache, v2_cache [B, C2, Hkv, D],
     any strides, already holding the new tokens; prob.cache_seqlens int32 [B] (CONTRACT §7);
     prob.w1, prob.w2 integer causal windows. `num_splits` fixes the number of j-window splits
     (tests); by default it follows the shapes and the device (see _num_splits).
+    `config={"decode": cfg}` launches with the triton.Config `cfg` instead of the shipped one.
     """
+    forced = configs.forced_configs(config, ("decode",)).get("decode")
     check_tensors(q, k1_cache, k2_cache, v1_cache, v2_cache)
     B, NQ, HQ, D = q.shape
     C1, HKV = k1_cache.shape[1], k1_cache.shape[2]
@@ -241,7 +243,7 @@ def decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob, *, allow_tf32=False,
         return out, lse
     L1, L2 = prob.w1 - 1, prob.w2 - 1
     bd = block_d(D)
-    cfg = configs.decode_config(arch_of(q.device), bd, q.dtype == torch.float32)
+    cfg = forced or configs.decode_config(arch_of(q.device), bd, q.dtype == torch.float32)
     block_m, block_j = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_J"]
     n_rb = triton.cdiv(NQ * group, block_m)
     # A row block spans at most (BLOCK_M - 1) // GROUP + 2 positions: its union j window.

@@ -1,13 +1,14 @@
 """The Triton kernels under another triton release (issue 13: the lent GPU machines run triton
 3.6.0, our pin is 3.8.0): compile every kernel and shipped config ahead of time for sm_90 and
 sm_80 (bench/kernel_report.py --check: no spills, shared memory within the arch's limit,
-tensor cores in every 16-bit main loop, no atomics), then run the interpreter on a small grid
-against the float64 oracle (the path-coverage, numerics and all-configs tests and the bf16
-grid of tests/test_triton.py).
+tensor cores in every 16-bit main loop, no atomics; every variant: trilinear, determinant,
+packed, decode), then run the interpreter on a small grid against the float64 oracle: the
+path-coverage, numerics and all-configs tests, the bf16 grid of tests/test_triton.py and the
+triton cases of the varlen, determinant, decoding and large-logit API tests.
 
     python3 -m venv /work/venvs/triton36
     /work/venvs/triton36/bin/pip install torch==2.13.0 triton==3.6.0 "numpy<2.4" pytest
-    /work/venvs/triton36/bin/python scripts/triton_compat.py            # ~8 min on 2 cores
+    /work/venvs/triton36/bin/python scripts/triton_compat.py            # ~15 min on 2 cores
 
 Run it with the second environment's Python; it needs only torch, triton, numpy and pytest
 there. This package is not installed in that environment: the script builds a view of it in a
@@ -32,6 +33,12 @@ INTERPRETED = [
     "tests/test_triton_numerics.py",
     "tests/test_triton_configs.py",
     "tests/test_triton.py::test_grid_bf16_head_packed",
+    "tests/test_varlen.py",
+    "tests/test_determinant.py",
+    "tests/test_kvcache.py",
+    "tests/test_large_logits.py",
+    "-k",
+    "triton",
 ]
 
 

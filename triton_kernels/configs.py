@@ -1,13 +1,16 @@
 """Launch configurations per GPU architecture, and the autotuners built from them.
 
-Each tiled kernel has a short list of `triton.Config`s per architecture class and padded
-head dim; on a GPU `triton.autotune` picks among them, keyed on D, the window bands, the
-GQA ratio and the tiling (the autotuner adds the tensors' dtypes to the key itself). When
-interpreting there is exactly one config: the interpreter cannot autotune between two.
+Each tiled kernel has a short list of `triton.Config`s per architecture class, padded head
+dim, operand table (16-bit or float32) and logits form (trilinear, or the smaller tiles of
+determinant logits); on a GPU `triton.autotune` picks among them, keyed on D, the window
+bands, the GQA ratio, the tiling and the layout (never a length: the autotuner adds the
+tensors' dtypes to the key itself). The decode kernel has one config per D class and table,
+without autotuning. When interpreting there is exactly one config: the interpreter cannot
+autotune between two.
 
 The lists are checked without a GPU by `bench/kernel_report.py --check` (registers,
-spills, shared memory, tensor-core instructions in the main loops), which compiles every
-entry for sm_80, sm_86 and sm_90, and executed through the interpreter by
+spills, shared memory, tensor-core instructions in the main loops, no atomics), which
+compiles every entry for sm_80, sm_86 and sm_90, and executed through the interpreter by
 tests/test_triton_configs.py: the launchers take `config={kernel: triton.Config}` to launch
 one kernel with one given config instead of autotuning.
 

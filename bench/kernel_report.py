@@ -2,13 +2,22 @@
 sm_80, sm_86 and sm_90 on a machine without a GPU.
 
     python bench/kernel_report.py            # print the table
+    python bench/kernel_report.py --quick    # CI: the determinant / packed variants on sm_90 only
     python bench/kernel_report.py --check    # exit 1 on a spill, shared memory over the
-                                             # arch's per-block limit, or a main loop
-                                             # without tensor-core instructions
+                                             # arch's per-block limit, a main loop
+                                             # without tensor-core instructions, or an
+                                             # atomic instruction
 
-One row per kernel x config x arch (x tiling for the query-tiled kernels, x operand dtype):
-registers per thread, spill bytes (ptxas), shared memory per block, and the innermost loops
-of the PTX that hold tensor-core instructions (mma.sync on sm_80/86, wgmma on sm_90).
+One row per kernel x config x arch (x tiling for the query-tiled kernels, x operand dtype, x
+variant: "base" is trilinear logits on a batched layout, "det+var" determinant logits on a
+packed (cu_seqlens) layout, the two together the most registers a fused kernel needs; the
+decode kernel in "base" and "det"):
+registers per thread, spill bytes (ptxas), shared memory per block, PTX instructions, and the
+innermost loops of the PTX that hold tensor-core instructions (mma.sync on sm_80/86, wgmma on
+sm_90). The kernels are compiled as a GPU launch runs them, with the interpreter's path
+counters off (COUNTS = None, COUNT_PATHS = False: triton_kernels/paths.py); the fused kernels
+are atomic-free by design, so any atom / red instruction in their PTX (a counter hook that did
+not compile away, or a bug) is a problem.
 Each config is compiled at the largest head dim it is shipped for (configs.D_CLASSES), the
 worst case for registers and shared memory, with the H100 target's sizes (N = 16384,
 Hq = 64, Hkv = 1, w1 = 512, w2 = 32, contiguous) so specialisation matches a real launch.
@@ -37,10 +46,20 @@ import tempfile
 import time
 
 TARGET = dict(B=2, N=16384, HQ=64, HKV=1, W1=512, W2=32)
-PTR_F32 = {"LSE", "DELTA"}
+# A decode step of the same model: one new token, caches of w1 + 1 and w2 + 1 slots.
+DECODE = dict(NQ=1, C1=1024, C2=64, SPLIT_J=64, N_SPLITS=8)
+PTR_F32 = {"LSE", "LSE_LO", "DELTA", "M_PART", "L_PART", "ACC_PART"}
+PTR_I32 = {"CU_SEQLENS", "CACHE_SEQLENS"}
 Q_LIKE = ("stride_q", "stride_o", "stride_do", "stride_dq")
 KV_LIKE = ("stride_k1", "stride_k2", "stride_v1", "stride_v2", "stride_g")
 TC_RE = re.compile(r"\b(mma\.sync|wgmma\.mma_async)\b")
+ATOMIC_RE = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:atom|red)\.", re.MULTILINE)
+# A PTX instruction line: an opcode (optionally predicated), not a directive, label or comment.
+INSTR_RE = re.compile(r"^\s+(?:@!?%p\d+\s+)?[a-z][\w.]*[\s;]", re.MULTILINE)
+# The path counters of the interpreter, off as on a GPU.
+NO_COUNTERS = dict(COUNTS=None, COUNT_PATHS=False)
+# Compiled variants of the fused kernels: trilinear and batched, determinant and packed.
+VARIANTS = {"base": dict(VARLEN=False, DET=False, CU_SEQLENS=None), "det+var": dict(VARLEN=True, DET=True)}
 BLOCK_RE = re.compile(r"^(?:(\$L__BB\d+_\d+):|// %bb\.(\d+):)")
 
 
@@ -49,6 +68,7 @@ def _kernels():
     from simplicial_attn.triton_kernels.bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
     from simplicial_attn.triton_kernels.bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
     from simplicial_attn.triton_kernels.bwd_dq import _two_simplicial_bwd_dq_kernel
+    from simplicial_attn.triton_kernels.decode import _decode_combine_kernel, _decode_split_kernel
     from simplicial_attn.triton_kernels.fwd import _two_simplicial_fwd_kernel
 
     return {
@@ -57,6 +77,8 @@ def _kernels():
         "bwd_dkv1": _two_simplicial_bwd_dkv1_kernel,
         "bwd_dkv2": _two_simplicial_bwd_dkv2_kernel,
         "bwd_delta": _delta_kernel,
+        "decode": _decode_split_kernel,
+        "decode_combine": _decode_combine_kernel,
     }
 
 
@@ -65,14 +87,16 @@ def _int_args(bd):
     q = dict(zip("bnhd", (n * hq * bd, hq * bd, bd, 1), strict=True))
     kv = dict(zip("bnhd", (n * hkv * bd, hkv * bd, bd, 1), strict=True))
     ints = dict(N=n, GROUP=hq // hkv, D=bd, L1=TARGET["W1"] - 1, R1=0, L2=TARGET["W2"] - 1, R2=0)
-    ints.update(stride_lb=hq * n, stride_lh=n)
+    ints.update(stride_lb=hq * n, stride_lh=n, HQ=hq, **DECODE)
     return ints, q, kv
 
 
 def _signature(fn, dtype, bd, constexprs):
     """(signature, constexprs, attrs) as a launch with the target sizes would specialise them:
-    ints equal to 1 become constants, ints and pointers divisible by 16 get that hint."""
+    ints equal to 1 become constants, ints and pointers divisible by 16 get that hint (not the
+    kernel's do_not_specialize arguments)."""
     ints, q, kv = _int_args(bd)
+    plain = set(getattr(fn, "do_not_specialize", ()) or ())
     sig, consts, attrs = {}, {}, {}
     for idx, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -88,10 +112,12 @@ def _signature(fn, dtype, bd, constexprs):
             sig[name] = "fp32"
             continue
         else:  # a pointer
-            sig[name] = "*fp32" if name in PTR_F32 else f"*{dtype}"
+            sig[name] = "*fp32" if name in PTR_F32 else "*i32" if name in PTR_I32 else f"*{dtype}"
             attrs[(idx,)] = [["tt.divisibility", 16]]
             continue
-        if value == 1:
+        if name in plain:
+            sig[name] = "i32"
+        elif value == 1:
             sig[name], consts[name] = "constexpr", 1
         else:
             sig[name] = "i32"
@@ -147,7 +173,8 @@ def _compile(job):
     regs = re.search(r"Used (\d+) registers", text)
     spill_st = re.search(r"(\d+) bytes spill stores", text)
     spill_ld = re.search(r"(\d+) bytes spill loads", text)
-    loops = _innermost_loops(k.asm["ptx"])
+    ptx = k.asm["ptx"]
+    loops = _innermost_loops(ptx)
     return dict(
         job,
         regs=int(regs.group(1)) if regs else -1,
@@ -155,7 +182,9 @@ def _compile(job):
         smem=k.metadata.shared,
         loops=len(loops),
         tc_loops=sum(tc for _, tc in loops),
-        mma="wgmma" if "wgmma.mma_async" in k.asm["ptx"] else "mma" if "mma.sync" in k.asm["ptx"] else "fma",
+        mma="wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "fma",
+        instrs=len(INSTR_RE.findall(ptx)),
+        atomics=len(ATOMIC_RE.findall(ptx)),
         seconds=seconds,
     )
 
@@ -163,47 +192,66 @@ def _compile(job):
 def _jobs(archs):
     from simplicial_attn.triton_kernels import configs
 
+    def job(arch, kernel, tiling, variant, dtype, dc, cfg, constexprs):
+        return dict(
+            arch=arch, cc=configs.CAPABILITY[arch][0] * 10 + configs.CAPABILITY[arch][1], kernel=kernel,
+            kernel_fn=kernel, tiling=tiling, variant=variant, dtype=dtype, bd=dc, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
+            tiles=" ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items())),
+            constexprs={**cfg.kwargs, **constexprs},
+        )  # fmt: skip
+
     jobs = []
     for arch in archs:
-        cc = configs.CAPABILITY[arch][0] * 10 + configs.CAPABILITY[arch][1]
         for dc in configs.D_CLASSES:
             for dtype in ("bf16", "fp32"):
-                precision = dict(INPUT_PRECISION="ieee", UPCAST=False, BLOCK_D=dc)
-                for kernel in configs.KERNELS:
-                    tilings = {"": (False, 1)}
-                    if kernel in ("fwd", "bwd_dq"):
-                        tilings = {"seq": (False, 1), "pack": (True, TARGET["HQ"] // TARGET["HKV"])}
-                    for tiling, (packed, heads) in tilings.items():
-                        for cfg in configs.configs(kernel, arch, dc, fp32=dtype == "fp32", packed=packed):
-                            extra = {"BLOCK_H": min(heads, cfg.kwargs["BLOCK_M"])} if tiling else {}
-                            jobs.append(
-                                dict(
-                                    arch=arch, cc=cc, kernel=kernel, kernel_fn=kernel, tiling=tiling,
-                                    dtype=dtype, bd=dc, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                                    maxnreg=cfg.maxnreg,
-                                    tiles=" ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items())),
-                                    constexprs={**cfg.kwargs, **precision, **extra},
-                                )
-                            )  # fmt: skip
-                delta = dict(BLOCK_N=32, BLOCK_D=dc)
-                jobs.append(
-                    dict(
-                        arch=arch, cc=cc, kernel="bwd_delta", kernel_fn="bwd_delta", tiling="", dtype=dtype,
-                        bd=dc, num_warps=4, num_stages=1, maxnreg=None, tiles="BLOCK_N=32", constexprs=delta,
-                    )
-                )  # fmt: skip
+                fp32 = dtype == "fp32"
+                precision = dict(INPUT_PRECISION="ieee", UPCAST=False, BLOCK_D=dc, **NO_COUNTERS)
+                for variant, flags in VARIANTS.items():
+                    for kernel in configs.KERNELS:
+                        tilings = {"": (False, 1)}
+                        if kernel in ("fwd", "bwd_dq"):
+                            tilings = {"seq": (False, 1), "pack": (True, TARGET["HQ"] // TARGET["HKV"])}
+                        for tiling, (packed, heads) in tilings.items():
+                            for cfg in configs.configs(kernel, arch, dc, fp32=fp32, packed=packed, det=flags["DET"]):
+                                extra = {"BLOCK_H": min(heads, cfg.kwargs["BLOCK_M"])} if tiling else {}
+                                jobs.append(job(arch, kernel, tiling, variant, dtype, dc, cfg,
+                                                {**precision, **flags, **extra}))  # fmt: skip
+                    cfg = configs.decode_config(arch, dc, fp32)
+                    jobs.append(job(arch, "decode", "", variant.split("+")[0], dtype, dc, cfg,
+                                    {**precision, "DET": flags["DET"]}))  # fmt: skip
+                plain = dict(BLOCK_D=dc, **NO_COUNTERS)
+                jobs.append(job(arch, "bwd_delta", "", "base", dtype, dc, triton_config(dict(BLOCK_N=32), 4), plain))
+                combine = triton_config(dict(BLOCK_S=16), 4)
+                jobs.append(job(arch, "decode_combine", "", "base", dtype, dc, combine, plain))
     return jobs
 
 
-def _problems(row, smem_limit):
+def triton_config(tiles, num_warps):
+    import triton
+
+    return triton.Config(tiles, num_warps=num_warps, num_stages=1)
+
+
+def spill_allowed(row, budget):
+    """Spill bytes accepted for `row`: configs.DET_SPILL_BUDGET's, for determinant variants at
+    D class 256 only; 0 anywhere else."""
+    return budget.get(row["kernel"], 0) if row.get("variant", "").startswith("det") and row["bd"] == 256 else 0
+
+
+def _problems(row, smem_limit, spill_budget=None):
     out = []
-    if row["spill"] != 0:
-        out.append(f"spills {row['spill']} B" if row["spill"] > 0 else "no ptxas log")
+    if row["spill"] < 0:
+        out.append("no ptxas log")
+    elif row["spill"] > spill_allowed(row, spill_budget or {}):
+        out.append(f"spills {row['spill']} B")
     if row["smem"] > smem_limit[row["arch"]]:
         out.append(f"smem {row['smem']} > {smem_limit[row['arch']]}")
-    needs_tc = row["dtype"] != "fp32" and row["kernel"] != "bwd_delta"
+    needs_tc = row["dtype"] != "fp32" and row["kernel"] not in ("bwd_delta", "decode_combine")
     if needs_tc and (row["loops"] == 0 or row["tc_loops"] < row["loops"]):
         out.append("main loop without tensor cores")
+    if row["atomics"]:
+        out.append(f"{row['atomics']} atomic instructions")
     return out
 
 
@@ -212,6 +260,11 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true", help="exit 1 on spills, smem over limit, loops without MMA")
     parser.add_argument("--arch", default="sm80,sm86,sm90", help="comma-separated subset of sm80,sm86,sm90")
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles")
+    parser.add_argument("--kernels", default="", help="comma-separated kernel names to compile (default: all)")
+    parser.add_argument("--variants", default="", help="comma-separated variants (base, det+var, det) (default: all)")
+    parser.add_argument(
+        "--quick", action="store_true", help="the determinant / packed variants on sm_90 only (CI; ~half the compiles)"
+    )
     args = parser.parse_args(argv)
 
     # Before triton is imported (here and in the forked workers): compile, do not interpret,
@@ -227,23 +280,32 @@ def main(argv=None):
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="simplicial-kernel-report-") as cache:
         os.environ["TRITON_CACHE_DIR"] = cache
-        jobs = _jobs(archs)
+        jobs = [
+            j
+            for j in _jobs(archs)
+            if (not args.kernels or j["kernel"] in args.kernels.split(","))
+            and (not args.variants or j["variant"] in args.variants.split(","))
+            and (not args.quick or j["variant"] == "base" or j["arch"] == "sm90")
+        ]
         with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             rows = list(pool.map(_compile, jobs))
 
-    head = f"{'arch':5} {'kernel':9} {'tiling':5} {'dtype':5} {'D':>3} {'tiles':22} {'w':>2} {'st':>2} "
-    head += f"{'regs':>4} {'spill':>5} {'smem':>7} {'mma loops':>11}  problems"
+    head = f"{'arch':5} {'kernel':14} {'tiling':5} {'var':7} {'dtype':5} {'D':>3} {'tiles':22} {'w':>2} {'st':>2} "
+    head += f"{'regs':>4} {'spill':>5} {'smem':>7} {'instrs':>6} {'mma loops':>11}  problems"
     print(head)
     print("-" * len(head))
     failures = 0
     for r in rows:
-        problems = _problems(r, configs.SMEM_LIMIT)
+        problems = _problems(r, configs.SMEM_LIMIT, configs.DET_SPILL_BUDGET)
         failures += bool(problems)
+        if not problems and r["spill"] > 0:
+            problems = [f"ok: spill within configs.DET_SPILL_BUDGET ({spill_allowed(r, configs.DET_SPILL_BUDGET)} B)"]
         tc = f"{r['tc_loops']}/{r['loops']} {r['mma']}"
         print(
-            f"{r['arch']:5} {r['kernel']:9} {r['tiling']:5} {r['dtype']:5} {r['bd']:>3} {r['tiles']:22} "
-            f"{r['num_warps']:>2} {r['num_stages']:>2} {r['regs']:>4} {r['spill']:>5} {r['smem']:>7} {tc:>11}  "
-            + ("; ".join(problems) or "ok")
+            f"{r['arch']:5} {r['kernel']:14} {r['tiling']:5} {r['variant']:7} {r['dtype']:5} {r['bd']:>3} "
+            f"{r['tiles']:22} "
+            f"{r['num_warps']:>2} {r['num_stages']:>2} {r['regs']:>4} {r['spill']:>5} {r['smem']:>7} "
+            f"{r['instrs']:>6} {tc:>11}  " + ("; ".join(problems) or "ok")
         )
     elapsed = time.perf_counter() - t0
     print(

@@ -1,6 +1,8 @@
-"""bench/kernel_report.py --check: every shipped Triton kernel config compiles for sm_80, sm_86
-and sm_90 without spills, within each arch's shared memory, with tensor-core instructions in
-its main loops. No GPU needed (ahead-of-time compilation); ~30 s on 2 idle cores.
+"""bench/kernel_report.py --check --quick: every shipped Triton kernel config compiles for sm_80,
+sm_86 and sm_90 without spills (beyond configs.DET_SPILL_BUDGET), within each arch's shared
+memory, with tensor-core instructions in its main loops and no atomics; the determinant /
+packed variants on sm_90 only (the full report, without --quick, compiles them for every
+arch). No GPU needed (ahead-of-time compilation).
 
 The report runs in a subprocess with TRITON_INTERPRET removed from its environment: this
 test process has the interpreter switched on (conftest), and compiling needs it off.
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 def test_kernel_report_check_passes():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "kernel_report.py"), "--check"],
+        [sys.executable, str(ROOT / "bench" / "kernel_report.py"), "--check", "--quick"],
         env=env,
         capture_output=True,
         text=True,
@@ -32,7 +34,12 @@ def test_kernel_report_check_passes():
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("sm80", "sm86", "sm90"))]
     for arch in ("sm80", "sm86", "sm90"):
         kernels = {line.split()[1] for line in rows if line.startswith(arch)}
-        assert kernels == {"fwd", "bwd_dq", "bwd_dkv1", "bwd_dkv2", "bwd_delta"}, (arch, kernels)
+        assert kernels == {"fwd", "bwd_dq", "bwd_dkv1", "bwd_dkv2", "bwd_delta", "decode", "decode_combine"}, (
+            arch,
+            kernels,
+        )
+        variants = {line.split()[3] for line in rows if line.startswith(arch) and " fwd " in line}
+        assert variants == ({"base", "det+var"} if arch == "sm90" else {"base"}), (arch, variants)
     assert any("wgmma" in line for line in rows if line.startswith("sm90 ") and " fwd " in line)
 
 
@@ -51,15 +58,45 @@ $L__BB0_4:                              // =>This Inner Loop Header: Depth=1
 """
 
 
-def test_loop_scan_flags_an_inner_loop_without_mma():
-    """The check is not vacuous: of two innermost loops, the FMA-only one is reported."""
+def _kernel_report():
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         import kernel_report
     finally:
         sys.path.pop(0)
+    return kernel_report
+
+
+def test_loop_scan_flags_an_inner_loop_without_mma():
+    """The check is not vacuous: of two innermost loops, the FMA-only one is reported."""
+    kernel_report = _kernel_report()
     assert kernel_report._innermost_loops(SYNTHETIC_PTX) == [("$L__BB0_2", True), ("$L__BB0_4", False)]
-    row = dict(arch="sm90", kernel="fwd", dtype="bf16", spill=0, smem=1024, loops=2, tc_loops=1)
+    row = dict(arch="sm90", kernel="fwd", dtype="bf16", spill=0, smem=1024, loops=2, tc_loops=1, atomics=0)
     assert kernel_report._problems(row, {"sm90": 232448}) == ["main loop without tensor cores"]
-    row.update(tc_loops=2, spill=8, smem=300000)
-    assert kernel_report._problems(row, {"sm90": 232448}) == ["spills 8 B", "smem 300000 > 232448"]
+    row.update(tc_loops=2, spill=8, smem=300000, atomics=2)
+    assert kernel_report._problems(row, {"sm90": 232448}) == [
+        "spills 8 B",
+        "smem 300000 > 232448",
+        "2 atomic instructions",
+    ]
+
+
+def test_spill_budget_covers_only_determinant_variants_at_d256():
+    """configs.DET_SPILL_BUDGET excuses the determinant backward at D class 256 up to its
+    bytes, nothing else: the same spill at D 128, in the trilinear variant or past the budget fails."""
+    kernel_report = _kernel_report()
+    budget = {"bwd_dkv1": 1000}
+    row = dict(arch="sm90", kernel="bwd_dkv1", variant="det+var", bd=256, dtype="bf16", spill=900, smem=0)
+    row.update(loops=1, tc_loops=1, atomics=0)
+    assert kernel_report._problems(row, {"sm90": 232448}, budget) == []
+    for change in (dict(spill=1001), dict(bd=128), dict(variant="base"), dict(kernel="fwd")):
+        assert kernel_report._problems({**row, **change}, {"sm90": 232448}, budget) != [], change
+
+
+def test_ptx_scans_count_instructions_and_atomics():
+    """The counter hook compiles to red/atom instructions; the scan finds them, predicated or not."""
+    kernel_report = _kernel_report()
+    ptx = "\t.reg .b32 %r<4>;\n$L__BB0_1:\n\t@%p1 red.global.add.s32 [%rd1], %r1;\n"
+    ptx += "\tatom.global.add.u32 %r2, [%rd2], 1;\n\tadd.s32 %r3, %r1, %r2;\n\tret;\n// a comment\n"
+    assert len(kernel_report.ATOMIC_RE.findall(ptx)) == 2
+    assert len(kernel_report.INSTR_RE.findall(ptx)) == 4

@@ -6,16 +6,16 @@
     dk2, dv2            one program per tile of k2/v2 positions        (bwd_dkv2.py)
 
 Every gradient element is written by exactly one program, with a fixed summation order, so
-the backward is deterministic. `lse` must be the forward's: natural log, float32, [B, Hq, N].
+the backward is deterministic. `lse` and `lse_lo` must be the forward's: natural log, float32,
+[B, Hq, N]; every kernel recomputes P as exp(min((z - lse) - lse_lo, 0)) (_common.recomputed_p).
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from . import configs
+from . import configs, paths
 from ._common import (
-    LOG2E,
     arch_of,
     block_d,
     check_tensors,
@@ -24,7 +24,7 @@ from ._common import (
     input_precision,
     int32_tiles,
     is_interpreting,
-    require_implemented,
+    layout,
     window_bounds,
 )
 from .bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
@@ -32,18 +32,23 @@ from .bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
 from .bwd_dq import _two_simplicial_bwd_dq_kernel
 
 DELTA_BLOCK_N = 32
+# last_tile: rows past N (masked, zero-filled); d_tail: channels past D (see paths.py).
+P_LAST_TILE, P_D_TAIL = paths.slots(("bwd_delta",), "last_tile", "d_tail", common=False)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "stride_lh"])
 def _delta_kernel(
-    OUT, DOUT, DELTA,
+    OUT, DOUT, DELTA, COUNTS,
     stride_ob, stride_on, stride_oh, stride_od,
     stride_dob, stride_don, stride_doh, stride_dod,
     stride_lb, stride_lh,
     N, D,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
     """Delta = rowsum(dout * out) in float32: one read of each row, one write per row."""
+    if COUNT_PATHS:  # paths.py: interpreter only, never compiled
+        tl.atomic_add(COUNTS + P_LAST_TILE, tl.where((tl.program_id(0) + 1) * BLOCK_N > N, 1, 0))
+        tl.atomic_add(COUNTS + P_D_TAIL, tl.where(D < BLOCK_D, 1, 0))
     i = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
@@ -58,60 +63,79 @@ def _delta_kernel(
     tl.store(DELTA + b * stride_lb + h * stride_lh + i.to(tl.int64), delta, mask=i < N)
 
 
-def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, allow_tf32=False):
+def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, allow_tf32=False, config=None):
     """(dq, dk1, dk2, dv1, dv2), each shaped and typed like its input, contiguous.
 
-    Shapes as in `fwd`; `out`, `lse` and `lse_lo` are the forward's (lse natural log, float32).
-    With GQA a kv gradient sums over the query heads sharing the kv head. `prob`,
-    `head_packing` and `allow_tf32` as in `fwd`.
+    Shapes and `prob` as in `fwd`; `out`, `lse` and `lse_lo` are the forward's. With GQA a kv
+    gradient sums over the query heads sharing the kv head. `head_packing`, `allow_tf32` and
+    `config` (keys "bwd_dq", "bwd_dkv1", "bwd_dkv2") as in `fwd`.
     """
-    require_implemented(prob)
-    w1, w2, causal, scale = prob.w1, prob.w2, prob.causal, prob.scale
+    forced = configs.forced_configs(config, ("bwd_dq", "bwd_dkv1", "bwd_dkv2"))
     check_tensors(q, k1, k2, v1, v2, dout, out)
+    seqs = layout(q, prob)
     dout, q, k1, k2, v1, v2, out = (int32_tiles(t) for t in (dout, q, k1, k2, v1, v2, out))
     B, N, HQ, D = q.shape
     HKV = k1.shape[2]
     group = HQ // HKV
-    lse = lse.contiguous()
+    lse, lse_lo = lse.contiguous(), lse_lo.contiguous()
     delta = torch.empty_like(lse)
     dq = torch.empty((B, N, HQ, D), dtype=q.dtype, device=q.device)
     dk1, dk2, dv1, dv2 = (torch.empty((B, N, HKV, D), dtype=k1.dtype, device=q.device) for _ in range(4))
-    L1, R1 = window_bounds(w1, causal)
-    L2, R2 = window_bounds(w2, causal)
+    if dq.numel() == 0 or dk1.numel() == 0:
+        return dq.zero_(), dk1.zero_(), dk2.zero_(), dv1.zero_(), dv2.zero_()
+    L1, R1 = window_bounds(prob.w1, prob.causal)
+    L2, R2 = window_bounds(prob.w2, prob.causal)
     bd = block_d(D)
     arch = arch_of(q.device)
     fp32 = q.dtype == torch.float32
-    precision = input_precision(q.dtype, allow_tf32)
-    upcast = is_interpreting()
     common = (
-        *q.stride(), *k1.stride(), *k2.stride(), *v1.stride(), *v2.stride(), *dout.stride(),
-        lse.stride(0), lse.stride(1),
+        *seqs.strides(q), *seqs.strides(k1), *seqs.strides(k2), *seqs.strides(v1), *seqs.strides(v2),
+        *seqs.strides(dout), *seqs.strides(lse)[:2],
     )  # fmt: skip
-    sizes = (N, group, D, L1, R1, L2, R2, scale, scale * LOG2E)
-    flags = dict(BLOCK_D=bd, INPUT_PRECISION=precision, UPCAST=upcast)
+    sizes = (seqs.n, group, D, L1, R1, L2, R2, prob.scale)
+    det = prob.logits == "determinant"
+    flags = dict(
+        BLOCK_D=bd, VARLEN=seqs.packed, DET=det,
+        INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
+    )  # fmt: skip
 
+    counts = {k: paths.buffer(k, q) for k in ("bwd_delta", "bwd_dq", "bwd_dkv1", "bwd_dkv2")}
     with device_guard(q):
+        # Delta is per row: a packed layout is one batch of all T rows.
         _delta_kernel[(triton.cdiv(N, DELTA_BLOCK_N), HQ, B)](
-            out, dout, delta, *out.stride(), *dout.stride(), delta.stride(0), delta.stride(1), N, D,
-            BLOCK_N=DELTA_BLOCK_N, BLOCK_D=bd,
+            out, dout, delta, counts["bwd_delta"], *seqs.strides(out), *seqs.strides(dout), *seqs.strides(delta)[:2],
+            N, D, BLOCK_N=DELTA_BLOCK_N, BLOCK_D=bd, COUNT_PATHS=counts["bwd_delta"] is not None,
         )  # fmt: skip
 
-        block_h = head_block(group, head_packing, "bwd_dq", arch, bd, fp32)
-        dq_kernel = configs.autotuned("bwd_dq", _two_simplicial_bwd_dq_kernel, arch, bd, fp32, packed=block_h >= 64)
-        dq_kernel[lambda m: (triton.cdiv(N, m["BLOCK_M"] // block_h), HKV * triton.cdiv(group, block_h), B)](
-            q, k1, k2, v1, v2, dout, lse, delta, dq, *common, dq.stride(0), dq.stride(1), dq.stride(2), *sizes,
-            BLOCK_H=block_h, **flags,
+        block_h = head_block(group, head_packing, "bwd_dq", arch, bd, fp32, forced.get("bwd_dq"), det)
+        dq_kernel = configs.autotuned(
+            "bwd_dq", _two_simplicial_bwd_dq_kernel, arch, bd, fp32, block_h >= 64, forced.get("bwd_dq"), det
+        )
+        n_hblk = triton.cdiv(group, block_h)
+        dq_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_M"] // block_h), HKV * n_hblk, seqs.count)](
+
+            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dq, seqs.cu_seqlens, counts["bwd_dq"], *common,
+            *seqs.strides(dq)[:3], *sizes,
+            BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dq"] is not None, **flags,
         )  # fmt: skip
 
-        dkv1_kernel = configs.autotuned("bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32)
-        dkv1_kernel[lambda m: (triton.cdiv(N, m["BLOCK_J"]), HKV, B)](
-            q, k1, k2, v1, v2, dout, lse, delta, dk1, dv1, *common, dk1.stride(0), dk1.stride(1), dk1.stride(2),
-            *sizes, **flags,
+        dkv1_kernel = configs.autotuned(
+            "bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32, forced=forced.get("bwd_dkv1"), det=det
+        )
+        dkv1_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_J"]), HKV, seqs.count)](
+            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dk1, dv1, seqs.cu_seqlens, counts["bwd_dkv1"], *common,
+            *seqs.strides(dk1)[:3], *sizes,
+            COUNT_PATHS=counts["bwd_dkv1"] is not None, **flags,
         )  # fmt: skip
 
-        dkv2_kernel = configs.autotuned("bwd_dkv2", _two_simplicial_bwd_dkv2_kernel, arch, bd, fp32)
-        dkv2_kernel[lambda m: (triton.cdiv(N, m["BLOCK_K"]), HKV, B)](
-            q, k1, k2, v1, v2, dout, lse, delta, dk2, dv2, *common, dk2.stride(0), dk2.stride(1), dk2.stride(2),
-            *sizes, **flags,
+        dkv2_kernel = configs.autotuned(
+            "bwd_dkv2", _two_simplicial_bwd_dkv2_kernel, arch, bd, fp32, forced=forced.get("bwd_dkv2"), det=det
+        )
+        dkv2_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_K"]), HKV, seqs.count)](
+            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dk2, dv2, seqs.cu_seqlens, counts["bwd_dkv2"], *common,
+            *seqs.strides(dk2)[:3], *sizes,
+            COUNT_PATHS=counts["bwd_dkv2"] is not None, **flags,
         )  # fmt: skip
+    for kernel, kernel_counts in counts.items():
+        paths.add(kernel, bd, kernel_counts)
     return dq, dk1, dk2, dv1, dv2

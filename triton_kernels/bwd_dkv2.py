@@ -7,7 +7,7 @@ so the query-side tiles are shifted loads and every row is inside its window. Pe
 with rows k of the tile:
 
     a    = k2 * q[k + t, h],  bo = v2 * dout[k + t, h]                 [BLOCK_K, D] once per t
-    P    = exp2(a @ k1[j-block]^T * scale*log2(e) - lse[k + t]*log2(e))
+    P    = exp(min((a @ k1[j-block]^T * scale - lse[k + t]) - lse_lo[k + t], 0))
     dP   = bo @ v1[j-block]^T
     x   += (P * (dP - Delta[k + t])) @ k1[j-block]
     y   += P @ v1[j-block]
@@ -15,18 +15,38 @@ with rows k of the tile:
 
 The j-blocks cover the union of J(k + t) over the tile, (w1 + BLOCK_K - 1) positions for w1.
 The inner loop is four tensor-core products on loaded tiles. GQA: the loop over h sums the
-group's query heads. Each program writes only its own rows: no atomics, deterministic.
+group's query heads. Determinant logits: a = k2 x q[k + t, h] per chunk (the forward's
+operand; the tile's k2 held at its two permuted channel orders) and dk2 += q[k + t, h] x x (x's
+channels permuted in registers once per t). Packed sequences as in fwd.py. Each program
+writes only its own rows: no atomics, deterministic.
 """
 
 import triton
 import triton.language as tl
 
-from ._common import j_window_mask, mma, row_block_ptrs
+from . import paths
+from ._common import (
+    channels_at,
+    chunk_shifts,
+    count_common_paths,
+    j_window_mask,
+    mma,
+    recomputed_p,
+    row_block_ptrs,
+    sequence_span,
+)
+
+#   h_repeat / t_repeat / j_repeat   a second trip of the loop over heads / offsets t / j-blocks
+#   i_outside                       a row whose query i = k + t lies outside [0, N) (zero-filled)
+#   j_tail / j_past_n               a j-block with rows past the union of J(i) / past N
+P_H_REPEAT, P_T_REPEAT, P_I_OUTSIDE, P_J_REPEAT, P_J_TAIL, P_J_PAST_N = paths.slots(
+    ("bwd_dkv2",), "h_repeat", "t_repeat", "i_outside", "j_repeat", "j_tail", "j_past_n"
+)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_lh"])
 def _two_simplicial_bwd_dkv2_kernel(
-    Q, K1, K2, V1, V2, DOUT, LSE, DELTA, DK2, DV2,
+    Q, K1, K2, V1, V2, DOUT, LSE, LSE_LO, DELTA, DK2, DV2, CU_SEQLENS, COUNTS,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_k1b, stride_k1n, stride_k1h, stride_k1d,
     stride_k2b, stride_k2n, stride_k2h, stride_k2d,
@@ -36,26 +56,36 @@ def _two_simplicial_bwd_dkv2_kernel(
     stride_lb, stride_lh,
     stride_gb, stride_gn, stride_gh,
     N, GROUP, D, L1, R1, L2, R2,
-    scale, scale_log2,
+    scale,
     BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    VARLEN: tl.constexpr, DET: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
+    # 64-bit scalar bases plus 32-bit in-tile offsets, sequence-relative positions, as in fwd.py.
+    start, n = sequence_span(CU_SEQLENS, N, VARLEN)
     k0 = tl.program_id(0) * BLOCK_K
+    if COUNT_PATHS:  # paths.py: interpreter only, never compiled
+        count_common_paths(COUNTS, k0, n, D, GROUP, R1, R2, BLOCK_K, BLOCK_D, VARLEN, DET)
+    if VARLEN:  # a batched grid has no tile past its sequence
+        if k0 >= n:
+            return
     dt = K1.dtype.element_ty
-    # 64-bit scalar bases plus 32-bit in-tile offsets, as in fwd.py.
     g = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    k0_64 = tl.cast(k0, tl.int64)
+    r0 = tl.cast(k0, tl.int64) + start  # the tile's first row
 
     kr = tl.arange(0, BLOCK_K)
     ks = k0 + kr
-    k_ok = ks < N
+    k_ok = ks < n
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
     jr = tl.arange(0, BLOCK_J)
     kd_mask = k_ok[:, None] & d_ok[None, :]
-    k2_ptrs = row_block_ptrs(K2, b, g, k0_64, stride_k2b, stride_k2n, stride_k2h, stride_k2d, kr, d)
-    v2_ptrs = row_block_ptrs(V2, b, g, k0_64, stride_v2b, stride_v2n, stride_v2h, stride_v2d, kr, d)
+    k2_ptrs = row_block_ptrs(K2, b, g, r0, stride_k2b, stride_k2n, stride_k2h, stride_k2d, kr, d)
+    v2_ptrs = row_block_ptrs(V2, b, g, r0, stride_v2b, stride_v2n, stride_v2h, stride_v2d, kr, d)
+    if DET:
+        sh1, sh2 = chunk_shifts(d, D)
+        q_sh1, q_sh2 = (sh1 * stride_qd)[None, :], (sh2 * stride_qd)[None, :]
     k2t = tl.load(k2_ptrs, mask=kd_mask, other=0.0)
     v2t = tl.load(v2_ptrs, mask=kd_mask, other=0.0)
 
@@ -63,53 +93,75 @@ def _two_simplicial_bwd_dkv2_kernel(
     do_offs = kr[:, None] * stride_don + d[None, :] * stride_dod
     k1_offs = jr[:, None] * stride_k1n + d[None, :] * stride_k1d
     v1_offs = jr[:, None] * stride_v1n + d[None, :] * stride_v1d
-    k1_base = K1 + b * stride_k1b + g * stride_k1h
-    v1_base = V1 + b * stride_v1b + g * stride_v1h
+    k1_base = K1 + b * stride_k1b + g * stride_k1h + start * stride_k1n
+    v1_base = V1 + b * stride_v1b + g * stride_v1h + start * stride_v1n
 
-    # k is in K(i) = [i - L2, i + R2]  <=>  t = i - k is in [-R2, L2]; keep some i in [0, N).
-    k_last = tl.minimum(k0 + BLOCK_K - 1, N - 1)
+    # k is in K(i) = [i - L2, i + R2]  <=>  t = i - k is in [-R2, L2]; keep some i in [0, n).
+    k_last = tl.minimum(k0 + BLOCK_K - 1, n - 1)
     t_lo = tl.maximum(-R2, -k_last)
-    t_hi = tl.minimum(L2, N - 1 - k0)
+    t_hi = tl.minimum(L2, n - 1 - k0)
 
     dk2 = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
     dv2 = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
     for hh in range(GROUP):
+        if COUNT_PATHS:
+            tl.atomic_add(COUNTS + P_H_REPEAT, tl.where(hh > 0, 1, 0))
         h64 = g * GROUP + tl.cast(hh, tl.int64)
         q_base = Q + b * stride_qb + h64 * stride_qh
         do_base = DOUT + b * stride_dob + h64 * stride_doh
         row_base = b * stride_lb + h64 * stride_lh
         for t in range(t_lo, t_hi + 1):
             ipos = ks + t
-            i_ok = k_ok & (ipos >= 0) & (ipos < N)
+            i_ok = k_ok & (ipos >= 0) & (ipos < n)
             id_mask = i_ok[:, None] & d_ok[None, :]
-            i_start = k0_64 + t
-            qt = tl.load(q_base + i_start * stride_qn + q_offs, mask=id_mask, other=0.0)
+            if COUNT_PATHS:
+                tl.atomic_add(COUNTS + P_T_REPEAT, tl.where(t > t_lo, 1, 0))
+                tl.atomic_add(COUNTS + P_I_OUTSIDE, tl.sum(tl.where(k_ok & ~i_ok, 1, 0)))
+            i_start = r0 + t
+            q_ptrs = q_base + i_start * stride_qn + q_offs
             dot_ = tl.load(do_base + i_start * stride_don + do_offs, mask=id_mask, other=0.0)
-            lse2 = tl.load(LSE + row_base + i_start + kr, mask=i_ok, other=0.0) * 1.4426950408889634
+            lse = tl.load(LSE + row_base + i_start + kr, mask=i_ok, other=0.0)
+            lse_lo = tl.load(LSE_LO + row_base + i_start + kr, mask=i_ok, other=0.0)
             delta = tl.load(DELTA + row_base + i_start + kr, mask=i_ok, other=0.0)
-            a = (k2t.to(tl.float32) * qt.to(tl.float32)).to(dt)
+            if DET:  # a = k2 x q per chunk, the forward's operand
+                qt_1 = tl.load(q_ptrs + q_sh1, mask=id_mask, other=0.0).to(tl.float32)
+                qt_2 = tl.load(q_ptrs + q_sh2, mask=id_mask, other=0.0).to(tl.float32)
+                k2t_1, k2t_2 = channels_at(k2t, d, sh1).to(tl.float32), channels_at(k2t, d, sh2).to(tl.float32)
+                a = (k2t_1 * qt_2 - k2t_2 * qt_1).to(dt)
+            else:
+                qt = tl.load(q_ptrs, mask=id_mask, other=0.0)
+                a = (k2t.to(tl.float32) * qt.to(tl.float32)).to(dt)
             bo = (v2t.to(tl.float32) * dot_.to(tl.float32)).to(dt)
             j_lo = tl.maximum(k0 + t - L1, 0)
-            j_hi = tl.minimum(k_last + t + R1, N - 1)
+            j_hi = tl.minimum(k_last + t + R1, n - 1)
             x = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
             y = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
             for j0 in range(j_lo, j_hi + 1, BLOCK_J):
                 js = j0 + jr
                 j_ok = js <= j_hi
                 jd_mask = j_ok[:, None] & d_ok[None, :]
+                if COUNT_PATHS:
+                    tl.atomic_add(COUNTS + P_J_REPEAT, tl.where(j0 > j_lo, 1, 0))
+                    tl.atomic_add(COUNTS + P_J_TAIL, tl.where(j0 + BLOCK_J - 1 > j_hi, 1, 0))
+                    tl.atomic_add(COUNTS + P_J_PAST_N, tl.where(j0 + BLOCK_J > n, 1, 0))
                 j_start = tl.cast(j0, tl.int64)
                 k1b = tl.load(k1_base + j_start * stride_k1n + k1_offs, mask=jd_mask, other=0.0)
                 v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)
                 s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_K, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
                 in_win = j_window_mask(i_ok, ipos, j_ok, js, L1, R1)
-                p = tl.exp2(tl.where(in_win, s * scale_log2 - lse2[:, None], float("-inf")))
+                # The select forms z = fl(s * scale) as the forward does (no fused multiply-add).
+                z = tl.where(in_win, s * scale, 0.0)
+                p = recomputed_p(tl.where(in_win, (z - lse[:, None]) - lse_lo[:, None], float("-inf")))
                 dp = mma(bo, tl.trans(v1b), tl.zeros([BLOCK_K, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
                 ds = p * (dp - delta[:, None])
                 x = mma(ds.to(dt), k1b, x, INPUT_PRECISION, UPCAST)
                 y = mma(p.to(dt), v1b, y, INPUT_PRECISION, UPCAST)
-            dk2 += x * qt.to(tl.float32)
+            if DET:  # dk2 += q x x per chunk
+                dk2 += qt_1 * channels_at(x, d, sh2) - qt_2 * channels_at(x, d, sh1)
+            else:
+                dk2 += x * qt.to(tl.float32)
             dv2 += y * dot_.to(tl.float32)
 
-    out_offs = b * stride_gb + g * stride_gh + k0_64 * stride_gn + (kr[:, None] * stride_gn + d[None, :])
+    out_offs = b * stride_gb + g * stride_gh + r0 * stride_gn + (kr[:, None] * stride_gn + d[None, :])
     tl.store(DK2 + out_offs, (dk2 * scale).to(DK2.dtype.element_ty), mask=kd_mask)
     tl.store(DV2 + out_offs, dv2.to(DV2.dtype.element_ty), mask=kd_mask)

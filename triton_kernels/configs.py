@@ -1,13 +1,18 @@
 """Launch configurations per GPU architecture, and the autotuners built from them.
 
-Each tiled kernel has a short list of `triton.Config`s per architecture class and padded
-head dim; on a GPU `triton.autotune` picks among them, keyed on D, the window bands, the
-GQA ratio and the tiling (the autotuner adds the tensors' dtypes to the key itself). When
-interpreting there is exactly one config: the interpreter cannot autotune between two.
+Each tiled kernel has a short list of `triton.Config`s per architecture class, padded head
+dim, operand table (16-bit or float32) and logits form (trilinear, or the smaller tiles of
+determinant logits); on a GPU `triton.autotune` picks among them, keyed on D, the window
+bands, the GQA ratio, the tiling and the layout (never a length: the autotuner adds the
+tensors' dtypes to the key itself). The decode kernel has one config per D class and table,
+without autotuning. When interpreting there is exactly one config: the interpreter cannot
+autotune between two.
 
 The lists are checked without a GPU by `bench/kernel_report.py --check` (registers,
-spills, shared memory, tensor-core instructions in the main loops), which compiles every
-entry for sm_80, sm_86 and sm_90.
+spills, shared memory, tensor-core instructions in the main loops, no atomics), which
+compiles every entry for sm_80, sm_86 and sm_90, and executed through the interpreter by
+tests/test_triton_configs.py: the launchers take `config={kernel: triton.Config}` to launch
+one kernel with one given config instead of autotuning.
 
 Tile names: fwd / bwd_dq tile rows (BLOCK_M, see fwd.py) and j-blocks (BLOCK_J); bwd_dkv1
 tiles k1 positions (BLOCK_J) and the k2 window of one query (BLOCK_K); bwd_dkv2 tiles k2
@@ -25,11 +30,12 @@ CAPABILITY = {"sm80": (8, 0), "sm86": (8, 6), "sm90": (9, 0)}
 INTERP = "interpreter"
 
 KERNELS = ("fwd", "bwd_dq", "bwd_dkv1", "bwd_dkv2")
+# Never a length, a sequence count or T: a new packing must not re-tune (or recompile).
 AUTOTUNE_KEY = {
-    "fwd": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H"],
-    "bwd_dq": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H"],
-    "bwd_dkv1": ["D", "L1", "R1", "L2", "R2", "GROUP"],
-    "bwd_dkv2": ["D", "L1", "R1", "L2", "R2", "GROUP"],
+    "fwd": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
+    "bwd_dq": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
+    "bwd_dkv1": ["D", "L1", "R1", "L2", "R2", "GROUP", "VARLEN"],
+    "bwd_dkv2": ["D", "L1", "R1", "L2", "R2", "GROUP", "VARLEN"],
 }
 
 
@@ -64,7 +70,10 @@ def _table16(arch, dc):
     [BLOCK_M, D] float32 accumulators plus the [BLOCK_M, BLOCK_J] logits, past 255 registers
     with 4 warps at BLOCK_M = 64, so they use 8 warps. bwd_dkv2 holds four [BLOCK_K, D]
     accumulators, so BLOCK_K = 32. Head-packed tiles want BLOCK_M = 64 (64 heads at one
-    position, a whole wgmma M). Every entry is free of spills per bench/kernel_report.py."""
+    position, a whole wgmma M). On sm_80, fwd and bwd_dq take BLOCK_J = 16: at 32 their
+    sequence tiles reach 255 registers and triton 3.6 spills 12-24 B (3.8 does not); the
+    extra cost is one more rescale of the [BLOCK_M, D] partial sum per 16 j instead of 32.
+    Every entry is free of spills per bench/kernel_report.py, under triton 3.6 and 3.8."""
     st = {"sm80": 3, "sm86": 2, "sm90": 3}[arch]
     if dc >= 256:
         return {
@@ -80,9 +89,10 @@ def _table16(arch, dc):
             "bwd_dkv1": [_c(8, st, BLOCK_J=64, BLOCK_K=16)],
             "bwd_dkv2": [_c(8, st, BLOCK_K=32, BLOCK_J=32)],
         }
+    bj = 16 if arch == "sm80" else 32
     return {
-        "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=32)],
-        "bwd_dq": [_c(8, st, BLOCK_M=64, BLOCK_J=32)],
+        "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=bj)],
+        "bwd_dq": [_c(8, st, BLOCK_M=64, BLOCK_J=bj)],
         "bwd_dkv1": [_c(4, st, BLOCK_J=32, BLOCK_K=32)],
         "bwd_dkv2": [_c(8, st, BLOCK_K=32, BLOCK_J=32)],
     }
@@ -100,11 +110,74 @@ def _table32(dc):
     }
 
 
-def configs(kernel, arch, bd, fp32=False, packed=False):
+def _table_det(arch, dc, fp32):
+    """Determinant logits (logits="determinant"): the chunkwise cross products permute
+    register tiles (tl.gather) and hold up to two more [BLOCK, D] tiles, so the trilinear tiles
+    spill; these are the largest that do not at D <= 128 (bench/kernel_report.py, sm_80/86/90,
+    triton 3.6 and 3.8). At D <= 256 only the forward fits; the three backward kernels spill
+    at every tile tried (DET_SPILL_BUDGET). The forward's tiles differ per arch: sm_86 spills
+    at BLOCK_M = 64 with either BLOCK_J."""
+    if dc >= 256:
+        return {
+            "fwd": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
+            "bwd_dq": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_K=16)],
+            "bwd_dkv2": [_c(8, 1, BLOCK_K=16, BLOCK_J=16)],
+        }
+    if fp32:
+        return {
+            "fwd": [_c(4, 1, BLOCK_M=16, BLOCK_J=16)],
+            "bwd_dq": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_K=16)],
+            "bwd_dkv2": [_c(8, 1, BLOCK_K=16, BLOCK_J=16)],
+        }
+    st = {"sm80": 3, "sm86": 2, "sm90": 3}[arch]
+    fwd_tiles = {"sm80": dict(BLOCK_M=64, BLOCK_J=16), "sm86": dict(BLOCK_M=32, BLOCK_J=32)}
+    fwd_tiles["sm90"] = dict(BLOCK_M=64, BLOCK_J=32)
+    return {
+        "fwd": [_c(8, st, **fwd_tiles[arch])],
+        "bwd_dq": [_c(8, st, BLOCK_M=32, BLOCK_J=32)],
+        "bwd_dkv1": [_c(8, st, BLOCK_J=64 if arch == "sm90" else 32, BLOCK_K=16)],
+        "bwd_dkv2": [_c(8, st, BLOCK_K=16, BLOCK_J=32)],
+    }
+
+
+# Spills bench/kernel_report.py --check accepts, bytes per thread (ptxas; the largest over
+# sm_80/86/90, 16-bit and float32, triton 3.6 and 3.8, rounded up to 64): determinant logits
+# at D class 256, where no tile of these kernels fits in 255 registers (the trilinear tiles
+# already hold 200-255 there; the cross products add two [BLOCK, D] tiles and the tl.gather
+# permutations), and the decode kernel there on sm_86 only. Any other spill, or a larger one,
+# fails the check. Correct, slower: a restructuring that splits D would remove them.
+DET_SPILL_BUDGET = {"bwd_dq": 768, "bwd_dkv1": 1728, "bwd_dkv2": 1280, "decode": 4608}
+
+
+# The decode kernel (decode.py) launches with one config, without autotuning: its grid and
+# scratch depend on the tiles. Few rows (Nq * Hq / Hkv), so BLOCK_M is tl.dot's minimum; the j
+# window is split across programs, BLOCK_J positions at least each. 8 warps: with 4, the
+# [BLOCK_J, D] pointer tiles of k1 / v1 alone take ~128 registers a thread. float32 is not
+# pipelined (num_stages = 1): its cp.async staging spills at every BLOCK_J tried.
+MAX_DECODE_SPLITS = 128
+_DECODE = {
+    INTERP: {"16": _c(4, 1, BLOCK_M=16, BLOCK_J=32), "32": _c(4, 1, BLOCK_M=16, BLOCK_J=32)},
+    128: {"16": _c(8, 2, BLOCK_M=16, BLOCK_J=64), "32": _c(8, 1, BLOCK_M=16, BLOCK_J=16)},
+    256: {"16": _c(8, 2, BLOCK_M=16, BLOCK_J=32), "32": _c(8, 1, BLOCK_M=16, BLOCK_J=16)},
+}
+
+
+def decode_config(arch, bd, fp32):
+    """The one launch config of the decode kernel for arch class `arch` (or INTERP), padded
+    head dim bd and float32 (True) or 16-bit operands (the same on every GPU arch)."""
+    return _DECODE[INTERP if arch == INTERP else d_class(bd)]["32" if fp32 else "16"]
+
+
+def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
     """The config list of `kernel` for arch class `arch` (or INTERP), padded head dim bd,
-    float32 (True) or 16-bit (False) operands, and (fwd / bwd_dq) head-packed tiles or not."""
+    float32 (True) or 16-bit (False) operands, (fwd / bwd_dq) head-packed tiles or not, and
+    determinant (True) or trilinear logits."""
     if arch == INTERP:
         return _INTERP[kernel]
+    if det:
+        return _table_det(arch, d_class(bd), fp32)[kernel]
     table = _table32(d_class(bd)) if fp32 else _table16(arch, d_class(bd))
     extra = []
     if packed and kernel == "fwd" and not fp32 and d_class(bd) <= 128 and arch in ("sm80", "sm90"):
@@ -126,12 +199,33 @@ def arch_class(capability):
     return "sm80"
 
 
+def autotuned(kernel, fn, arch, bd, fp32, packed=False, forced=None, det=False):
+    """A `triton.autotune` wrapper of the jitted `fn` over the config list of (arch, bd, fp32,
+    packed, det), or over the one config `forced`; cached."""
+    chosen = [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed, det)
+    return _autotuner(kernel, fn, tuple(chosen))
+
+
 @functools.cache
-def autotuned(kernel, fn, arch, bd, fp32, packed=False):
-    """A `triton.autotune` wrapper of the jitted `fn` for one config list; cached."""
-    return triton.autotune(configs=configs(kernel, arch, bd, fp32, packed), key=AUTOTUNE_KEY[kernel])(fn)
+def _autotuner(kernel, fn, chosen):
+    return triton.autotune(configs=list(chosen), key=AUTOTUNE_KEY[kernel])(fn)
 
 
-def min_block(kernel, arch, bd, fp32, name):
-    """Smallest value of tile parameter `name` among the configs (bounds the head-pack size)."""
-    return min(c.kwargs[name] for c in configs(kernel, arch, bd, fp32, packed=True))
+def forced_configs(config, kernels):
+    """A launcher's `config` argument checked: None, or {kernel name: triton.Config} naming
+    only kernels among `kernels` (those the launcher runs)."""
+    config = {} if config is None else dict(config)
+    unknown = sorted(set(config) - set(kernels))
+    if unknown:
+        raise ValueError(f"config names kernels {unknown}; this launcher runs {', '.join(kernels)}")
+    bad = {k: type(v).__name__ for k, v in config.items() if not isinstance(v, triton.Config)}
+    if bad:
+        raise TypeError(f"config values must be triton.Config; got {bad}")
+    return config
+
+
+def min_block(kernel, arch, bd, fp32, name, forced=None, det=False):
+    """Smallest value of tile parameter `name` among the configs, or that of the one config
+    `forced` (bounds the head-pack size)."""
+    chosen = [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed=True, det=det)
+    return min(c.kwargs[name] for c in chosen)

@@ -3,12 +3,14 @@ r"""Triton kernels of the unfused path: trilinear scores (fwd, bwd) and the wind
 Same interface as the reference (simplicial_attn/scores_reference.py, which also holds the
 layout and window table):
 
-    scores_fwd(q, k1, k2, w1, w2, causal, scale) -> scores [B, Hq, N, W1, W2] float32
-    scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale) -> (dq, dk1, dk2)
+    scores_fwd(q, k1, k2, w1, w2, causal, scale, logits) -> scores [B, Hq, N, W1, W2] float32
+    scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale, logits) -> (dq, dk1, dk2)
     softmax_fwd(scores) -> probs            softmax_bwd(dprobs, probs) -> dscores
 
 Scores: one program per (query, tile of BLOCK_A slots of the k1 window, head); it forms
-q * k1[j] once and multiplies it against k2 tiles of the k2 window. The logits are float32
+q * k1[j] once (logits="determinant": the chunkwise cross product q x k1[j], from loads at
+permuted channels, since det(q, k1, k2) = k2 . (q x k1)) and multiplies it against k2 tiles of
+the k2 window. The logits are float32
 IEEE dots whatever the input dtype (an analysis tool: TF32 / fp16 products would perturb the
 weights it exists to show). The backward runs the same tiles and adds the key and query
 gradients with float32 atomics (several queries' windows share every key).
@@ -27,6 +29,8 @@ import triton
 import triton.language as tl
 
 from simplicial_attn.scores_reference import compute_dtype, window_axis
+
+from ._common import channels_at, chunk_shifts
 
 # Longest row one softmax program keeps in registers: 16 K floats over 16 warps is 32 per
 # thread (~90 registers); the backward holds two arrays (probs and their gradient), so half.
@@ -48,7 +52,7 @@ def _scores_fwd_kernel(
     stride_k2b, stride_k2n, stride_k2h, stride_k2d,
     N, HQ, GROUP, D, W1, W2, SLIDE1, LO1, SLIDE2, LO2, N_ATILES,
     scale,
-    BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, DET: tl.constexpr,
 ):  # fmt: skip
     """S[b, h, i, a, c] for one query i, slots a0 .. a0 + BLOCK_A - 1, every c."""
     i = tl.program_id(0) // N_ATILES
@@ -62,13 +66,19 @@ def _scores_fwd_kernel(
 
     j = SLIDE1 * i - LO1 + a
     j_ok = (a < W1) & (j >= 0) & (j < N)
-    q = tl.load(Q + b * stride_qb + i64 * stride_qn + h * stride_qh + d * stride_qd, mask=d_ok, other=0.0)
-    k1 = tl.load(
-        K1 + b * stride_k1b + g * stride_k1h + j.to(tl.int64)[:, None] * stride_k1n + d[None, :] * stride_k1d,
-        mask=j_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
-    qk1 = k1.to(tl.float32) * q.to(tl.float32)[None, :]
+    q_ptrs = Q + b * stride_qb + i64 * stride_qn + h * stride_qh + d * stride_qd
+    k1_ptrs = K1 + b * stride_k1b + g * stride_k1h + j.to(tl.int64)[:, None] * stride_k1n + d[None, :] * stride_k1d
+    jd_ok = j_ok[:, None] & d_ok[None, :]
+    if DET:  # q x k1 per chunk (_common.chunk_shifts)
+        sh1, sh2 = chunk_shifts(d, D)
+        q1 = tl.load(q_ptrs + sh1 * stride_qd, mask=d_ok, other=0.0).to(tl.float32)
+        q2 = tl.load(q_ptrs + sh2 * stride_qd, mask=d_ok, other=0.0).to(tl.float32)
+        k1_1 = tl.load(k1_ptrs + (sh1 * stride_k1d)[None, :], mask=jd_ok, other=0.0).to(tl.float32)
+        k1_2 = tl.load(k1_ptrs + (sh2 * stride_k1d)[None, :], mask=jd_ok, other=0.0).to(tl.float32)
+        qk1 = q1[None, :] * k1_2 - q2[None, :] * k1_1
+    else:
+        q = tl.load(q_ptrs, mask=d_ok, other=0.0)
+        qk1 = tl.load(k1_ptrs, mask=jd_ok, other=0.0).to(tl.float32) * q.to(tl.float32)[None, :]
     s_row = S + ((b * HQ + h) * N + i64) * W1 * W2 + a.to(tl.int64)[:, None] * W2
     for c0 in range(0, W2, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
@@ -92,12 +102,15 @@ def _scores_bwd_kernel(
     stride_k2b, stride_k2n, stride_k2h, stride_k2d,
     N, HQ, HKV, GROUP, D, W1, W2, SLIDE1, LO1, SLIDE2, LO2, N_ATILES,
     scale,
-    BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_A: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, DET: tl.constexpr,
 ):  # fmt: skip
     """The tile of _scores_fwd_kernel, backwards: adds its share of dq[i], dk1[j], dk2[k].
 
     DS is contiguous [B, HQ, N, W1, W2]; DQ [B, N, HQ, D] and DK1 / DK2 [B, N, HKV, D] are
     contiguous float32 accumulators. Slots outside the sequence are never loaded from DS.
+    With r = sum_c dS[a, c] k2[k_c] and the forward's operand qk1 (q * k1, or q x k1):
+    dk2 += dS^T @ qk1; trilinear dk1 += r * q, dq += sum_a r * k1; determinant dk1 += r x q,
+    dq += sum_a k1 x r (CONTRACT §8), all times scale.
     """
     i = tl.program_id(0) // N_ATILES
     a = (tl.program_id(0) % N_ATILES) * BLOCK_A + tl.arange(0, BLOCK_A)
@@ -111,13 +124,19 @@ def _scores_bwd_kernel(
     j = SLIDE1 * i - LO1 + a
     j_ok = (a < W1) & (j >= 0) & (j < N)
     jd_ok = j_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * stride_qb + i64 * stride_qn + h * stride_qh + d * stride_qd, mask=d_ok, other=0.0)
-    q = q.to(tl.float32)
-    k1 = tl.load(
-        K1 + b * stride_k1b + g * stride_k1h + j.to(tl.int64)[:, None] * stride_k1n + d[None, :] * stride_k1d,
-        mask=jd_ok,
-        other=0.0,
-    ).to(tl.float32)
+    q_ptrs = Q + b * stride_qb + i64 * stride_qn + h * stride_qh + d * stride_qd
+    k1_ptrs = K1 + b * stride_k1b + g * stride_k1h + j.to(tl.int64)[:, None] * stride_k1n + d[None, :] * stride_k1d
+    if DET:
+        sh1, sh2 = chunk_shifts(d, D)
+        q1 = tl.load(q_ptrs + sh1 * stride_qd, mask=d_ok, other=0.0).to(tl.float32)
+        q2 = tl.load(q_ptrs + sh2 * stride_qd, mask=d_ok, other=0.0).to(tl.float32)
+        k1_1 = tl.load(k1_ptrs + (sh1 * stride_k1d)[None, :], mask=jd_ok, other=0.0).to(tl.float32)
+        k1_2 = tl.load(k1_ptrs + (sh2 * stride_k1d)[None, :], mask=jd_ok, other=0.0).to(tl.float32)
+        qk1 = q1[None, :] * k1_2 - q2[None, :] * k1_1
+    else:
+        q = tl.load(q_ptrs, mask=d_ok, other=0.0).to(tl.float32)
+        k1 = tl.load(k1_ptrs, mask=jd_ok, other=0.0).to(tl.float32)
+        qk1 = k1 * q[None, :]
     ds_row = DS + ((b * HQ + h) * N + i64) * W1 * W2 + a.to(tl.int64)[:, None] * W2
     r = tl.zeros([BLOCK_A, BLOCK_D], tl.float32)  # sum_c dS[a, c] k2[k_c]
     for c0 in range(0, W2, BLOCK_C):
@@ -131,11 +150,18 @@ def _scores_bwd_kernel(
         ).to(tl.float32)
         ds = tl.load(ds_row + c[None, :], mask=j_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
         r = tl.dot(ds, k2, r, input_precision="ieee")
-        u = tl.dot(tl.trans(ds), k1, input_precision="ieee")  # sum_a dS[a, c] k1[j_a]
-        tl.atomic_add(DK2 + ((b * N + k64) * HKV + g) * D + d[None, :], u * q[None, :] * scale, mask=kd_ok)
+        u = tl.dot(tl.trans(ds), qk1, input_precision="ieee")  # sum_a dS[a, c] qk1[a]
+        tl.atomic_add(DK2 + ((b * N + k64) * HKV + g) * D + d[None, :], u * scale, mask=kd_ok)
+    if DET:
+        r1, r2 = channels_at(r, d, sh1), channels_at(r, d, sh2)
+        dk1 = r1 * q2[None, :] - r2 * q1[None, :]
+        dq = tl.sum(k1_1 * r2 - k1_2 * r1, 0)
+    else:
+        dk1 = r * q[None, :]
+        dq = tl.sum(r * k1, 0)
     j64 = j.to(tl.int64)[:, None]
-    tl.atomic_add(DK1 + ((b * N + j64) * HKV + g) * D + d[None, :], r * q[None, :] * scale, mask=jd_ok)
-    tl.atomic_add(DQ + ((b * N + i64) * HQ + h) * D + d, tl.sum(r * k1, 0) * scale, mask=d_ok)
+    tl.atomic_add(DK1 + ((b * N + j64) * HKV + g) * D + d[None, :], dk1 * scale, mask=jd_ok)
+    tl.atomic_add(DQ + ((b * N + i64) * HQ + h) * D + d, dq * scale, mask=d_ok)
 
 
 @triton.jit
@@ -251,15 +277,8 @@ def _score_tiles(q, w1, w2, causal, backward):
     return ax1, ax2, n_atiles, (N * n_atiles, B * HQ), meta
 
 
-def _require_trilinear(logits):
-    # TODO(interface): the determinant form is not in these kernels yet.
-    if logits != "trilinear":
-        raise NotImplementedError("the triton scores kernels do not implement logits='determinant' yet")
-
-
 def scores_fwd(q, k1, k2, w1, w2, causal, scale, logits="trilinear"):
     """Scores [B, Hq, N, W1, W2] float32 (see the module doc); inputs of any strides."""
-    _require_trilinear(logits)
     _check(q, k1, k2)
     B, N, HQ, D = q.shape
     ax1, ax2, n_atiles, grid, meta = _score_tiles(q, w1, w2, causal, backward=False)
@@ -270,14 +289,13 @@ def scores_fwd(q, k1, k2, w1, w2, causal, scale, logits="trilinear"):
             *q.stride(), *k1.stride(), *k2.stride(),
             N, HQ, HQ // k1.shape[2], D, ax1.size, ax2.size, ax1.slide, ax1.lo, ax2.slide, ax2.lo, n_atiles,
             scale,
-            **meta,
+            DET=logits == "determinant", **meta,
         )  # fmt: skip
     return out
 
 
 def scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale, logits="trilinear"):
     """(dq, dk1, dk2) of sum(dscores * scores), typed like the inputs; masked slots ignored."""
-    _require_trilinear(logits)
     _check(q, k1, k2)
     B, N, HQ, D = q.shape
     HKV = k1.shape[2]
@@ -291,7 +309,7 @@ def scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale, logits="trilinear"):
             *q.stride(), *k1.stride(), *k2.stride(),
             N, HQ, HKV, HQ // HKV, D, ax1.size, ax2.size, ax1.slide, ax1.lo, ax2.slide, ax2.lo, n_atiles,
             scale,
-            **meta,
+            DET=logits == "determinant", **meta,
         )  # fmt: skip
     return dq.to(q.dtype), dk1.to(k1.dtype), dk2.to(k2.dtype)
 

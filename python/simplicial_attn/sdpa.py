@@ -78,16 +78,41 @@ class DotProductCache:
         return out.transpose(1, 2)
 
 
-def _packed_mask(cu_seqlens, total, causal, window):
-    """[T, T] bool: row i sees column j iff both are in one sequence and (causal) j <= i, within the window."""
-    seq = torch.searchsorted(cu_seqlens.to(torch.int64)[1:], torch.arange(total, device=cu_seqlens.device), right=True)
-    i = torch.arange(total, device=cu_seqlens.device)
-    mask = seq[:, None] == seq[None, :]
-    if causal:
-        mask &= i[None, :] <= i[:, None]
-    if window is not None:
-        mask &= i[:, None] - i[None, :] < window
-    return mask
+def _packed_sdpa(q, k, v, cu_seqlens, max_seqlen, causal, window, enable_gqa):
+    """SDPA over packed sequences q [T, Hq, D], k, v [T, Hkv, D] -> [T, Hq, D], each sequence alone.
+
+    The sequences are gathered into a padded [S, L] batch (L = the longest) rather than attended
+    as one [T, T] block-diagonal mask: S * L^2 instead of T^2 work (16x less for 16 sequences of
+    equal length). Padded slots read one extra all-zero row, so no gradient reaches a real token
+    through them; a padded query sees every key (finite, and its output is dropped); a real query
+    never sees a padded key (masked, or after it in causal order).
+    """
+    T, device = q.shape[0], q.device
+    cu = cu_seqlens.to(torch.int64)
+    lengths = cu[1:] - cu[:-1]
+    S = lengths.numel()
+    L = max(1, int(lengths.max()) if max_seqlen is None else int(max_seqlen))
+    t = torch.arange(L, device=device)
+    valid = t[None, :] < lengths[:, None]  # [S, L]
+    rows = torch.where(valid, cu[:-1, None] + t[None, :], T)  # row T: the zero row appended below
+
+    def gather(x):
+        return torch.cat([x, x.new_zeros(1, *x.shape[1:])])[rows].transpose(1, 2)  # [S, H, L, D]
+
+    mask = None
+    if window is not None or not causal:
+        mask = valid[:, None, :] | ~valid[:, :, None]  # [S, Lq, Lk]: real keys; padded queries see all
+        offset = t[:, None] - t[None, :]
+        if causal:
+            mask = mask & (offset >= 0)
+        if window is not None:
+            mask = mask & (offset < window)
+        mask = mask[:, None]
+    out = F.scaled_dot_product_attention(
+        gather(q), gather(k), gather(v), attn_mask=mask, is_causal=causal and mask is None, enable_gqa=enable_gqa
+    ).transpose(1, 2)  # [S, L, Hq, D]
+    seq = torch.searchsorted(cu[1:], torch.arange(T, device=device), right=True)
+    return out.flatten(0, 1)[seq * L + torch.arange(T, device=device) - cu[seq]]
 
 
 class DotProductAttention(nn.Module):
@@ -98,8 +123,9 @@ class DotProductAttention(nn.Module):
     q/k norm, and an optional trailing `window` (key j visible to query i iff i - window < j <= i).
 
     forward(x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None): the layouts of
-    `TwoSimplicialAttention.forward`; packed sequences use a block-diagonal mask (O(T^2) memory:
-    this is the baseline of the examples, not a varlen kernel).
+    `TwoSimplicialAttention.forward`; packed sequences run as one padded batch of the sequences
+    (S * L^2 work for S sequences of at most L tokens: the baseline of the examples, not a varlen
+    kernel).
     """
 
     def __init__(
@@ -162,20 +188,22 @@ class DotProductAttention(nn.Module):
         if cache is not None:
             out = cache.attend(q, k, v)
         else:
-            unbatched = x.dim() == 2
-            if unbatched:
-                q, k, v = q[None], k[None], v[None]
-            mask = None
+            gqa = self.num_kv_heads != self.num_heads
             if cu_seqlens is not None:
-                mask = _packed_mask(cu_seqlens, x.shape[0], self.causal, self.window)
-            elif self.window is not None:
-                i = torch.arange(x.shape[-2], device=x.device)
-                offset = i[:, None] - i[None, :]
-                mask = (offset >= 0) & (offset < self.window)
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-                is_causal=self.causal and mask is None, enable_gqa=self.num_kv_heads != self.num_heads,
-            ).transpose(1, 2)  # fmt: skip
-            if unbatched:
-                out = out[0]
+                out = _packed_sdpa(q, k, v, cu_seqlens, max_seqlen, self.causal, self.window, gqa)
+            else:
+                unbatched = x.dim() == 2
+                if unbatched:
+                    q, k, v = q[None], k[None], v[None]
+                mask = None
+                if self.window is not None:
+                    i = torch.arange(x.shape[-2], device=x.device)
+                    offset = i[:, None] - i[None, :]
+                    mask = (offset >= 0) & (offset < self.window)
+                out = F.scaled_dot_product_attention(
+                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                    is_causal=self.causal and mask is None, enable_gqa=gqa,
+                ).transpose(1, 2)  # fmt: skip
+                if unbatched:
+                    out = out[0]
         return self.dropout(self.out_proj(out.flatten(-2)))

@@ -90,8 +90,8 @@ def _packed_sdpa(q, k, v, cu_seqlens, max_seqlen, causal, window, enable_gqa):
     T, device = q.shape[0], q.device
     cu = cu_seqlens.to(torch.int64)
     lengths = cu[1:] - cu[:-1]
-    S = lengths.numel()
-    L = max(1, int(lengths.max()) if max_seqlen is None else int(max_seqlen))
+    longest = int(lengths.max()) if max_seqlen is None and lengths.numel() else (max_seqlen or 0)
+    L = max(1, int(longest))
     t = torch.arange(L, device=device)
     valid = t[None, :] < lengths[:, None]  # [S, L]
     rows = torch.where(valid, cu[:-1, None] + t[None, :], T)  # row T: the zero row appended below

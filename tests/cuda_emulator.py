@@ -1,13 +1,19 @@
 """Runs the CUDA C++ kernels of csrc/cuda on the CPU emulator (csrc/cuda/emulator/).
 
 The emulator executes the kernels' own code (same launchers, same index arithmetic, same
-fragment layouts) with each CTA's threads as fibers, and fails loudly on an out-of-bounds
-global access, a shared-memory race or uninitialised read, a barrier not every thread reaches,
-or an output element written by two threads. `build()` compiles the driver once per source
-state (cached by a hash of csrc/cuda under the system temp dir); `fwd` / `bwd` mirror the
-kernel-level interface of the backends.
+fragment layouts) with each CTA's threads as fibers, and fails loudly on an out-of-bounds or
+misaligned access, a shared-memory race or uninitialised read, a barrier or warp collective not
+every thread reaches from the same call site, or an output element written by two threads.
+`build()` compiles the driver once per source state (cached by a hash of csrc/cuda under the
+system temp dir); `fwd` / `bwd` mirror the kernel-level interface of the backends.
+
+Every run shuffles the order of CTAs and threads with a seed derived from the call (and from
+SIMPLICIAL_ATTN_EMU_SEED, default 1); a failure names it. `fast_math=True` emulates nvcc
+--use_fast_math (flush-to-zero, MUFU exp2/log2 at their worst-case error), the GPU build's flags.
+Each run adds the SA_PATH counts the driver reports to PATH_COUNTS.
 """
 
+import collections
 import functools
 import hashlib
 import os
@@ -16,6 +22,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import zlib
 
 import torch
 
@@ -23,6 +30,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CUDA_SRC = ROOT / "csrc" / "cuda"
 CUDA_INCLUDE = pathlib.Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
 DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+# {(kernel, padded head dim, path name): visits} over every run of this process; a kernel that
+# ran without any marked path visited has its (kernel, head dim, "-") key at 0.
+PATH_COUNTS = collections.Counter()
 
 
 def unavailable_reason():
@@ -45,6 +55,8 @@ DRIVER_UNITS = ("fwd_fp16.cu", "fwd_bf16.cu", "bwd_fp16.cu", "bwd_bf16.cu", "fp3
 def _source_hash():
     h = hashlib.sha256()
     for p in sorted(CUDA_SRC.rglob("*")):
+        if p.parent.name == "sass":  # the SASS probes (tests/test_cuda_static.py) are not in the driver
+            continue
         if p.is_file() and (p.suffix in (".h", ".cuh", ".cc") or p.name in DRIVER_UNITS):
             h.update(str(p.relative_to(CUDA_SRC)).encode())
             h.update(p.read_bytes())
@@ -84,7 +96,22 @@ def _write_tensor(f, t):
     f.write(raw.numpy().tobytes())
 
 
-def _run(op, header, scale, tensors, outputs):
+def _options(header, scale, fast_math):
+    """Driver options: the shuffle seed (from the call, so each case runs its own order) and fast-math."""
+    base = int(os.environ.get("SIMPLICIAL_ATTN_EMU_SEED", "1"))
+    seed = zlib.crc32(struct.pack(f"<{len(header)}qd", *header, scale), base) or 1
+    return ["--seed", str(seed)] + (["--fast-math"] if fast_math else [])
+
+
+def _record_paths(stderr):
+    for line in stderr.splitlines():
+        if line.startswith("path "):
+            _, kernel, head_dim, rest = line.split(" ", 3)
+            name, count = rest.rsplit(" ", 1)
+            PATH_COUNTS[(kernel, int(head_dim), name)] += int(count)
+
+
+def _run(op, header, scale, tensors, outputs, fast_math=False):
     """Runs the driver; returns the output tensors read back (shapes and dtypes from `outputs`)."""
     with tempfile.TemporaryDirectory() as d:
         fin, fout = pathlib.Path(d) / "in.bin", pathlib.Path(d) / "out.bin"
@@ -93,9 +120,11 @@ def _run(op, header, scale, tensors, outputs):
             f.write(struct.pack("<d", scale))
             for t in tensors:
                 _write_tensor(f, t)
-        proc = subprocess.run([str(build()), op, str(fin), str(fout)], capture_output=True, text=True)
+        cmd = [str(build()), *_options(header, scale, fast_math), op, str(fin), str(fout)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"emulated {op} failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
+        _record_paths(proc.stderr)
         data = fout.read_bytes()
     results, pos = [], 0
     for shape, dtype in outputs:
@@ -111,15 +140,20 @@ def _header(q, k1, w1, w2, causal):
     return [DTYPE_CODE[q.dtype], B, N, Hq, k1.shape[2], D, w1, w2, int(causal)]
 
 
-def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale):
+def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale, *, fast_math=False):
     """(out, lse) from the emulated CUDA forward. Windows are kernel windows (ints), CPU tensors."""
     B, N, Hq, D = q.shape
     outs = [((B, N, Hq, D), q.dtype), ((B, Hq, N), torch.float32)]
-    return tuple(_run("fwd", _header(q, k1, w1, w2, causal), scale, [q, k1, k2, v1, v2], outs))
+    return tuple(_run("fwd", _header(q, k1, w1, w2, causal), scale, [q, k1, k2, v1, v2], outs, fast_math))
 
 
-def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale):
+def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale, *, fast_math=False):
     """(dq, dk1, dk2, dv1, dv2) from the emulated CUDA backward."""
     outs = [(q.shape, q.dtype)] + [(k1.shape, q.dtype)] * 4
     tensors = [dout, q, k1, k2, v1, v2, out, lse.contiguous()]
-    return tuple(_run("bwd", _header(q, k1, w1, w2, causal), scale, tensors, outs))
+    return tuple(_run("bwd", _header(q, k1, w1, w2, causal), scale, tensors, outs, fast_math))
+
+
+def selftest(name, *options):
+    """Runs `emu [options] selftest NAME` (csrc/cuda/emulator/selftest.h): the CompletedProcess."""
+    return subprocess.run([str(build()), *options, "selftest", name], capture_output=True, text=True)

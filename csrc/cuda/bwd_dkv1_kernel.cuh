@@ -63,8 +63,10 @@ dkv1_kernel(const Dkv1KernelParams p) {
   // grid.z = output columns [col0, col0 + DO).
   const int b = block_x() / p.pos_tiles, g = block_y();
   const int N = p.N, D = p.D, col0 = block_z() * DO;
+  SA_PATH(col0 > 0, "output: second column half");
   const int L1 = p.band1.left, R1 = p.band1.right, L2 = p.band2.left, R2 = p.band2.right;
   const int j0 = (block_x() % p.pos_tiles) * BM, j_last = imin(j0 + BM - 1, N - 1);
+  SA_PATH(j0 + BM > N, "tile: last partial position tile");
   // Queries i whose k1 window holds some j of the tile: i - L1 <= j <= i + R1.
   const int i_lo = imax(0, j0 - R1), i_hi = imin(N - 1, j_last + L1);
   const int n_iblocks = ceil_div(i_hi - i_lo + 1, BI);
@@ -142,6 +144,9 @@ dkv1_kernel(const Dkv1KernelParams p) {
       const int i0 = i_lo + ib * BI;
       for (int c = 0; c < n_chunks; ++c) {
         const int c_lo = u_lo + c * CU, c_hi = imin(c_lo + CU - 1, u_hi);
+        SA_PATH(hh > 0 && ib == 0 && c == 0, "loop: next query head");
+        SA_PATH(ib > 0 && c == 0, "loop: next query block");
+        SA_PATH(c > 0, "loop: next u chunk");
         if (c == 0) load_query_block(h, i0);
         load_region(i0, c_lo, c_hi);
         cp_async_commit();
@@ -187,6 +192,9 @@ dkv1_kernel(const Dkv1KernelParams p) {
             for (int i = 0; i < 4; ++i) {
               const int h2 = i >> 1, col = nt * 8 + frag_col(i), qi = i0 + col, k = qi - u, j = my_j[h2];
               const bool in = j < N && qi <= i_hi && j >= qi - L1 && j <= qi + R1 && k >= 0 && k < N;
+              SA_PATH(j < N && qi > i_hi, "mask: query past the last block row");
+              SA_PATH(j < N && qi <= i_hi && (j < qi - L1 || j > qi + R1), "mask: j outside the window");
+              SA_PATH(j < N && qi <= i_hi && (k < 0 || k >= N), "mask: k outside the sequence");
               s[nt][i] = in ? fast_exp2(s[nt][i] * p.scale_log2 - sload(slse + col)) : 0.f;
               dp[nt][i] = s[nt][i] * (dp[nt][i] - sload(sdel + col));
             }

@@ -60,8 +60,10 @@ dkv2_kernel(const Dkv2KernelParams p) {
   // grid.z = output columns [col0, col0 + DO).
   const int b = block_x() / p.pos_tiles, g = block_y();
   const int N = p.N, D = p.D, col0 = block_z() * DO;
+  SA_PATH(col0 > 0, "output: second column half");
   const int L1 = p.band1.left, R1 = p.band1.right, L2 = p.band2.left, R2 = p.band2.right;
   const int k0 = (block_x() % p.pos_tiles) * BM, k_last = imin(k0 + BM - 1, N - 1);
+  SA_PATH(k0 + BM > N, "tile: last partial position tile");
   // Offsets u = i - k in the k2 band with some i = k + u in [0, N).
   const int u_lo = imax(-R2, -k_last), u_hi = imin(L2, N - 1 - k0);
   const int n_chunks = ceil_div(u_hi - u_lo + 1, CU);
@@ -159,12 +161,16 @@ dkv2_kernel(const Dkv2KernelParams p) {
   int it = 0;
   for (Step s{0, 0, 0}; s.hh < p.group; s = next(s), ++it) {
     const int stage = it % Cfg::kStages;
+    SA_PATH(s.jb > 0, "pipeline: next j block");
     if (s.jb == 0) {
+      SA_PATH(s.c > 0, "pipeline: next u chunk");
+      SA_PATH(s.hh > 0 && s.c == 0, "loop: next query head");
       load_region(s);
       cp_async_commit();
     }
     const Step n = next(s);
     if (n.hh < p.group) {
+      SA_PATH(true, "pipeline: prefetch");
       load_kv1(n, (it + 1) % Cfg::kStages);
       cp_async_commit();
       cp_async_wait<1>();
@@ -190,6 +196,7 @@ dkv2_kernel(const Dkv2KernelParams p) {
         lse2[h] = sload(slse + rr);
         delta[h] = sload(sdel + rr);
         ok[h] = my_ok[h] && i >= 0 && i < N;
+        SA_PATH(my_ok[h] && !ok[h], "mask: query outside the sequence");
         jmin[h] = imax(0, i - L1);
         jmax[h] = imin(N - 1, i + R1);
       }
@@ -206,6 +213,7 @@ dkv2_kernel(const Dkv2KernelParams p) {
         for (int i = 0; i < 4; ++i) {
           const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
           const bool in = ok[h] && j >= jmin[h] && j <= jmax[h];
+          SA_PATH(ok[h] && !in, "mask: j outside the window");
           s_[nt][i] = in ? fast_exp2(s_[nt][i] * p.scale_log2 - lse2[h]) : 0.f;
           dp[nt][i] = s_[nt][i] * (dp[nt][i] - delta[h]);
         }

@@ -53,6 +53,7 @@ dq_kernel(const DqKernelParams p) {
   const int b = qt.b, g = qt.g, positions = qt.positions;
   const RowTile rt = qt.rt;
   const int N = p.N, D = p.D, col0 = block_z() * DO;
+  SA_PATH(col0 > 0, "output: second column half");
   const int L1 = p.band1.left, R1 = p.band1.right;
   const int p0 = rt.p0, u_lo = qt.u_lo, u_hi = qt.u_hi, j_lo = qt.j_lo, j_hi = qt.j_hi;
   const int n_jblocks = ceil_div(j_hi - j_lo + 1, BJ);
@@ -130,11 +131,14 @@ dq_kernel(const DqKernelParams p) {
   cp_async_commit();
   for (int it = 0; it < n_iters; ++it) {
     const int c = it / n_jblocks, stage = it % Cfg::kStages;
+    SA_PATH(it % n_jblocks != 0, "pipeline: next j block");
     if (it % n_jblocks == 0) {
+      SA_PATH(c > 0, "pipeline: next u chunk");
       load_region(c);
       cp_async_commit();
     }
     if (it + 1 < n_iters) {
+      SA_PATH(true, "pipeline: prefetch");
       load_kv1(it + 1, (it + 1) % Cfg::kStages);
       cp_async_commit();
       cp_async_wait<1>();
@@ -154,6 +158,7 @@ dq_kernel(const DqKernelParams p) {
         const int k = my_pos[h] - u;
         k2_h[h] = sk2.row(k - region_base);
         ok[h] = my_ok[h] && k >= 0 && k < N;
+        SA_PATH(my_ok[h] && !ok[h], "mask: k outside the sequence");
       }
 
       // S = (q ⊙ k2) @ k1_blk^T and dP = (dout ⊙ v2) @ v1_blk^T.
@@ -168,6 +173,7 @@ dq_kernel(const DqKernelParams p) {
         for (int i = 0; i < 4; ++i) {
           const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
           const bool in = ok[h] && j >= jmin[h] && j <= jmax[h];
+          SA_PATH(ok[h] && !in, "mask: j outside the window");
           const float prob = in ? fast_exp2(s[nt][i] * p.scale_log2 - lse2[h]) : 0.f;
           dp[nt][i] = prob * (dp[nt][i] - delta[h]);
         }

@@ -74,6 +74,7 @@ fwd_kernel(const FwdKernelParams p) {
   const int b = qt.b, g = qt.g, positions = qt.positions;
   const RowTile rt = qt.rt;
   const int N = p.N, D = p.D, col0 = block_z() * DO;
+  SA_PATH(col0 > 0, "output: second column half");
   const int L1 = p.band1.left, R1 = p.band1.right;
   const int p0 = rt.p0, u_lo = qt.u_lo, u_hi = qt.u_hi, j_lo = qt.j_lo, j_hi = qt.j_hi;
   const int n_jblocks = ceil_div(j_hi - j_lo + 1, BJ);
@@ -153,11 +154,14 @@ fwd_kernel(const FwdKernelParams p) {
   cp_async_commit();
   for (int it = 0; it < n_iters; ++it) {
     const int c = it / n_jblocks, stage = it % Cfg::kStages;
+    SA_PATH(it % n_jblocks != 0, "pipeline: next j block");
     if (it % n_jblocks == 0) {
+      SA_PATH(c > 0, "pipeline: next u chunk");
       load_region(c);
       cp_async_commit();
     }
     if (it + 1 < n_iters) {
+      SA_PATH(true, "pipeline: prefetch");
       load_kv1(it + 1, (it + 1) % Cfg::kStages);
       cp_async_commit();
       cp_async_wait<1>();  // all groups but the prefetch just issued are complete
@@ -178,6 +182,7 @@ fwd_kernel(const FwdKernelParams p) {
         const int k = my_pos[h] - u;
         v2_h[h] = sv2.row(k - region_base);
         ok[h] = my_ok[h] && k >= 0 && k < N;
+        SA_PATH(my_ok[h] && !ok[h], "mask: k outside the sequence");
       }
 
       // S = (q ⊙ k2[pos - u]) @ k1_block^T
@@ -206,6 +211,7 @@ fwd_kernel(const FwdKernelParams p) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
+          SA_PATH(ok[h] && (j < jmin[h] || j > jmax[h]), "mask: j outside the window");
           s[nt][i] = (ok[h] && j >= jmin[h] && j <= jmax[h]) ? s[nt][i] * p.scale_log2 : kNegInf;
           row_max[h] = fmaxf(row_max[h], s[nt][i]);
         }

@@ -72,7 +72,7 @@ void launch_bwd_tc(const BwdArgs& args, cudaStream_t stream) {
     p.pos_tiles = static_cast<int>(ceil_div64(N, Cfg::kRows / heads));
     const Grid grid{static_cast<int64_t>(p.pos_tiles) * B, static_cast<int64_t>(a.dims.Hkv) * p.head_blocks,
                     DP / Cfg::kOutCols};
-    launch_kernel("dq_kernel", &dq_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
+    launch_kernel("dq_kernel", DP, &dq_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
   }
   {
     using Cfg = Dkv1Config<DP>;
@@ -82,7 +82,7 @@ void launch_bwd_tc(const BwdArgs& args, cudaStream_t stream) {
     p.dv1 = a.dv1;
     p.pos_tiles = static_cast<int>(ceil_div64(N, Cfg::kRows));
     const Grid grid{static_cast<int64_t>(p.pos_tiles) * B, a.dims.Hkv, DP / Cfg::kOutCols};
-    launch_kernel("dkv1_kernel", &dkv1_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
+    launch_kernel("dkv1_kernel", DP, &dkv1_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
   }
   {
     using Cfg = Dkv2Config<DP>;
@@ -92,7 +92,7 @@ void launch_bwd_tc(const BwdArgs& args, cudaStream_t stream) {
     p.dv2 = a.dv2;
     p.pos_tiles = static_cast<int>(ceil_div64(N, Cfg::kRows));
     const Grid grid{static_cast<int64_t>(p.pos_tiles) * B, a.dims.Hkv, DP / Cfg::kOutCols};
-    launch_kernel("dkv2_kernel", &dkv2_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
+    launch_kernel("dkv2_kernel", DP, &dkv2_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
   }
 }
 

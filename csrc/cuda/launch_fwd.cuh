@@ -34,7 +34,7 @@ void launch_fwd_tc(const FwdArgs& a, cudaStream_t stream) {
   for (const TensorRef* t : {&a.q, &a.k1, &a.k2, &a.v1, &a.v2}) p.vec = p.vec && rows_16b_aligned(*t, sizeof(T));
   const Grid grid{static_cast<int64_t>(p.pos_tiles) * a.dims.B, static_cast<int64_t>(a.dims.Hkv) * p.head_blocks,
                   DP / Cfg::kOutCols};
-  launch_kernel("fwd_kernel", &fwd_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
+  launch_kernel("fwd_kernel", DP, &fwd_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
 }
 
 template <class T>

@@ -37,8 +37,8 @@ void launch_fwd_simt(const FwdArgs& a, cudaStream_t stream) {
   p.out = a.out;
   p.lse = a.lse;
   const int64_t rows = static_cast<int64_t>(a.dims.B) * a.dims.Hq * a.dims.N;
-  launch_kernel("fwd_simt_kernel", &fwd_simt_kernel<Cfg>, Grid{ceil_div64(rows, Cfg::kWarps), 1, 1}, Cfg::kThreads, 0,
-                stream, p);
+  launch_kernel("fwd_simt_kernel", DP, &fwd_simt_kernel<Cfg>, Grid{ceil_div64(rows, Cfg::kWarps), 1, 1}, Cfg::kThreads,
+                0, stream, p);
 }
 
 inline void run_fwd_simt(const FwdArgs& a, cudaStream_t stream) {
@@ -61,20 +61,20 @@ void launch_bwd_simt(const BwdArgs& a, cudaStream_t stream) {
   p.dq = a.dq;
   const int64_t q_rows = static_cast<int64_t>(a.dims.B) * a.dims.Hq * a.dims.N;
   const int64_t kv_rows = static_cast<int64_t>(a.dims.B) * a.dims.Hkv * a.dims.N;
-  launch_kernel("dq_simt_kernel", &dq_simt_kernel<Cfg>, Grid{ceil_div64(q_rows, Cfg::kWarps), 1, 1}, Cfg::kThreads, 0,
-                stream, p);
+  launch_kernel("dq_simt_kernel", DP, &dq_simt_kernel<Cfg>, Grid{ceil_div64(q_rows, Cfg::kWarps), 1, 1}, Cfg::kThreads,
+                0, stream, p);
   p.dk = a.dk1;
   p.dv = a.dv1;
-  launch_kernel("dkv_simt_kernel", &dkv_simt_kernel<Cfg>, Grid{ceil_div64(kv_rows, Cfg::kWarps), 1, 1}, Cfg::kThreads,
-                0, stream, p);
+  launch_kernel("dkv_simt_kernel", DP, &dkv_simt_kernel<Cfg>, Grid{ceil_div64(kv_rows, Cfg::kWarps), 1, 1},
+                Cfg::kThreads, 0, stream, p);
   // dk2, dv2: the same kernel with the two keys' roles exchanged (the math is symmetric).
   std::swap(p.k1, p.k2);
   std::swap(p.v1, p.v2);
   std::swap(p.band1, p.band2);
   p.dk = a.dk2;
   p.dv = a.dv2;
-  launch_kernel("dkv_simt_kernel", &dkv_simt_kernel<Cfg>, Grid{ceil_div64(kv_rows, Cfg::kWarps), 1, 1}, Cfg::kThreads,
-                0, stream, p);
+  launch_kernel("dkv_simt_kernel", DP, &dkv_simt_kernel<Cfg>, Grid{ceil_div64(kv_rows, Cfg::kWarps), 1, 1},
+                Cfg::kThreads, 0, stream, p);
 }
 
 inline void run_bwd_simt(const BwdArgs& a, cudaStream_t stream) {

@@ -40,6 +40,7 @@ SA_DEV void load_vec(float (&v)[K], const float* row, int D) {
 #pragma unroll
   for (int t = 0; t < K; ++t) {
     const int d = lane_id() + 32 * t;
+    SA_PATH(d >= D, "lanes past D");
     v[t] = d < D ? gload(row + d) : 0.f;
   }
 }
@@ -55,11 +56,11 @@ SA_DEV void store_vec(float* row, const float (&v)[K], float scale, int D) {
 
 // sum_d x[d] * y[d] over the warp.
 template <int K>
-SA_DEV float warp_dot(const float (&x)[K], const float (&y)[K]) {
+SA_DEV float warp_dot(const float (&x)[K], const float (&y)[K] SA_SITE_ARG) {
   float s = 0.f;
 #pragma unroll
   for (int t = 0; t < K; ++t) s += x[t] * y[t];
-  return warp_sum(s);
+  return warp_sum(s SA_SITE_NEXT);
 }
 
 template <int K>
@@ -79,6 +80,7 @@ SA_DEV WarpRow warp_row(int H, int N, int B) {
   const int64_t row = static_cast<int64_t>(block_x()) * kWarps + warp_id();
   WarpRow r;
   r.ok = row < static_cast<int64_t>(B) * H * N;
+  SA_PATH(!r.ok, "tail: warps past the last row");
   r.i = static_cast<int>(row % N);
   r.h = static_cast<int>((row / N) % H);
   r.b = static_cast<int>(row / (static_cast<int64_t>(N) * H));
@@ -91,6 +93,7 @@ fwd_simt_kernel(const SimtParams p) {
   constexpr int K = Cfg::kPerLane;
   const WarpRow wr = warp_row<Cfg::kWarps>(p.Hq, p.N, p.B);
   if (!wr.ok) return;  // whole warp: no barrier or collective follows for it
+  SA_PATH(p.group > 1, "tile: GQA group > 1");
   const int b = wr.b, h = wr.h, i = wr.i, g = h / p.group, N = p.N, D = p.D;
   const int jlo = imax(0, i - p.band1.left), jhi = imin(N - 1, i + p.band1.right);
   const int klo = imax(0, i - p.band2.left), khi = imin(N - 1, i + p.band2.right);
@@ -106,6 +109,7 @@ fwd_simt_kernel(const SimtParams p) {
     for (int k = klo; k <= khi; ++k) {
       load_vec(k2, row_ptr<float>(p.k2, b, k, g), D);
       const float s = warp_dot(a, k2) * p.scale_log2;
+      SA_PATH(s > m && l > 0.f, "softmax: new running max");
       if (s > m) {  // new running max: rescale what was summed so far
         const float alpha = fast_exp2(m - s);
         l *= alpha;
@@ -128,6 +132,7 @@ dq_simt_kernel(const SimtParams p) {
   constexpr int K = Cfg::kPerLane;
   const WarpRow wr = warp_row<Cfg::kWarps>(p.Hq, p.N, p.B);
   if (!wr.ok) return;
+  SA_PATH(p.group > 1, "tile: GQA group > 1");
   const int b = wr.b, h = wr.h, i = wr.i, g = h / p.group, N = p.N, D = p.D;
   const int jlo = imax(0, i - p.band1.left), jhi = imin(N - 1, i + p.band1.right);
   const int klo = imax(0, i - p.band2.left), khi = imin(N - 1, i + p.band2.right);
@@ -170,6 +175,7 @@ dkv_simt_kernel(const SimtParams p) {
   for (int t = 0; t < K; ++t) dk[t] = dv[t] = 0.f;
   for (int hh = 0; hh < p.group; ++hh) {
     const int h = g * p.group + hh;
+    SA_PATH(hh > 0, "loop: next query head");
     for (int i = ilo; i <= ihi; ++i) {
       const int64_t stat = (static_cast<int64_t>(b) * p.Hq + h) * N + i;
       const float lse2 = gload(p.lse + stat) * kLog2e, delta = gload(p.delta + stat);

@@ -48,6 +48,10 @@ SA_DEV QueryTile query_tile(const Params& p) {
   t.u_hi = imin(p.band2.left, t.p_last);
   t.j_lo = imax(0, t.rt.p0 - p.band1.left);
   t.j_hi = imin(p.N - 1, t.p_last + p.band1.right);
+  SA_PATH(p.log2_heads > 0, "tile: head packing");
+  SA_PATH(t.rt.head0 + heads > p.group, "tile: partial head block");
+  SA_PATH(t.rt.p0 + t.positions > p.N, "tile: last partial position tile");
+  SA_PATH(p.group > 1, "tile: GQA group > 1");
   return t;
 }
 
@@ -96,18 +100,24 @@ SA_DEV T* row_ptr(const MutTensorRef& t, int b, int n, int h) {
 // zero-filling cp.async.
 template <int kThreads, class T, int DP, class RowSrc>
 SA_DEV void load_tile(const Tile<T, DP>& dst, int nrows, int D, bool vec, const void* any_row, const RowSrc& src) {
+  SA_PATH(vec, "load: cp.async 16 B");
+  SA_PATH(!vec, "load: scalar");
   if (vec) {
     constexpr int kChunks = DP / 8;  // 16-byte chunks per row
     for (int idx = thread_id(); idx < nrows * kChunks; idx += kThreads) {
       const int r = idx / kChunks, c = (idx % kChunks) * 8;
       const T* row = src(r);
       const bool valid = row != nullptr && c < D;
+      SA_PATH(row == nullptr, "load: zero row");
+      SA_PATH(row != nullptr && c >= D, "load: zero columns");
       cp_async_16(dst.row(r) + c, valid ? static_cast<const void*>(row + c) : any_row, valid);
     }
   } else {
     for (int idx = thread_id(); idx < nrows * DP; idx += kThreads) {
       const int r = idx / DP, c = idx % DP;
       const T* row = src(r);
+      SA_PATH(row == nullptr, "load: zero row");
+      SA_PATH(row != nullptr && c >= D, "load: zero columns");
       const T v = (row != nullptr && c < D) ? gload(row + c) : Elem<T>::from_float(0.f);
       sstore(dst.row(r) + c, v);
     }
@@ -125,18 +135,18 @@ SA_DEV int frag_col(int i) { return 2 * (lane_id() & 3) + (i & 1); }
 // A-row (lane % 16). Lanes 0-15 address column c0, lanes 16-31 column c0 + 8, so ldmatrix matrix
 // 0..3 = (rows 0-7, cols c0), (rows 8-15, c0), (rows 0-7, c0+8), (rows 8-15, c0+8): the A registers.
 template <class T>
-SA_DEV void ldsm_a(uint32_t (&a)[4], const T* my_row, int c0) {
-  ldmatrix_x4<false>(a, my_row + c0 + (lane_id() >> 4) * 8);
+SA_DEV void ldsm_a(uint32_t (&a)[4], const T* my_row, int c0 SA_SITE_ARG) {
+  ldmatrix_x4<false>(a, my_row + c0 + (lane_id() >> 4) * 8 SA_SITE_NEXT);
 }
 
 // B operands of two n-tiles (n0..n0+7 -> b0, n0+8..n0+15 -> b1) over k in [k0, k0 + 16), from a
 // tile stored n-major (row = n, column = k: e.g. k1[j][d] for S = A k1^T). Matrices: (n 0-7, k0),
 // (n 0-7, k0+8), (n 8-15, k0), (n 8-15, k0+8) = b0[0], b0[1], b1[0], b1[1].
 template <class T, int DP>
-SA_DEV void ldsm_b_nmajor(uint32_t (&b0)[2], uint32_t (&b1)[2], const Tile<T, DP>& t, int n0, int k0) {
+SA_DEV void ldsm_b_nmajor(uint32_t (&b0)[2], uint32_t (&b1)[2], const Tile<T, DP>& t, int n0, int k0 SA_SITE_ARG) {
   const int l = lane_id();
   uint32_t r[4];
-  ldmatrix_x4<false>(r, t.row(n0 + (l & 7) + ((l >> 4) << 3)) + k0 + ((l >> 3) & 1) * 8);
+  ldmatrix_x4<false>(r, t.row(n0 + (l & 7) + ((l >> 4) << 3)) + k0 + ((l >> 3) & 1) * 8 SA_SITE_NEXT);
   b0[0] = r[0];
   b0[1] = r[1];
   b1[0] = r[2];
@@ -147,10 +157,10 @@ SA_DEV void ldsm_b_nmajor(uint32_t (&b0)[2], uint32_t (&b1)[2], const Tile<T, DP
 // tile stored k-major (row = k, column = n: e.g. v1[j][d] for P @ v1), transposed by ldmatrix.
 // Matrices: (k 0-7, n0), (k 8-15, n0), (k 0-7, n0+8), (k 8-15, n0+8) = b0[0], b0[1], b1[0], b1[1].
 template <class T, int DP>
-SA_DEV void ldsm_b_kmajor(uint32_t (&b0)[2], uint32_t (&b1)[2], const Tile<T, DP>& t, int k0, int n0) {
+SA_DEV void ldsm_b_kmajor(uint32_t (&b0)[2], uint32_t (&b1)[2], const Tile<T, DP>& t, int k0, int n0 SA_SITE_ARG) {
   const int l = lane_id();
   uint32_t r[4];
-  ldmatrix_x4<true>(r, t.row(k0 + (l & 7) + ((l >> 3) & 1) * 8) + n0 + (l >> 4) * 8);
+  ldmatrix_x4<true>(r, t.row(k0 + (l & 7) + ((l >> 3) & 1) * 8) + n0 + (l >> 4) * 8 SA_SITE_NEXT);
   b0[0] = r[0];
   b0[1] = r[1];
   b1[0] = r[2];
@@ -171,10 +181,10 @@ SA_DEV void c_to_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4])
 // The A operand (16 x 16, columns [c0, c0 + 16)) of the element-wise product x ⊙ y of two row
 // sets: lane passes the shared rows holding row (lane % 16) of x and of y (y may be a shifted row).
 template <class T>
-SA_DEV void ldsm_a_product(uint32_t (&a)[4], const T* x_row, const T* y_row, int c0) {
+SA_DEV void ldsm_a_product(uint32_t (&a)[4], const T* x_row, const T* y_row, int c0 SA_SITE_ARG) {
   uint32_t xa[4], ya[4];
-  ldsm_a(xa, x_row, c0);
-  ldsm_a(ya, y_row, c0);
+  ldsm_a(xa, x_row, c0 SA_SITE_NEXT);
+  ldsm_a(ya, y_row, c0 SA_SITE_NEXT);
 #pragma unroll
   for (int i = 0; i < 4; ++i) a[i] = mul_pairs<T>(xa[i], ya[i]);
 }
@@ -185,7 +195,7 @@ SA_DEV void ldsm_a_product(uint32_t (&a)[4], const T* x_row, const T* y_row, int
 // Each lane passes the shared rows holding row (lane % 16) of x, y, e and f (see ldsm_a_product).
 template <class T, int DP, int BJ>
 SA_DEV void logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], const T* x_row, const T* y_row, const T* e_row,
-                          const T* f_row, const Tile<T, DP>& k1, const Tile<T, DP>& v1) {
+                          const T* f_row, const Tile<T, DP>& k1, const Tile<T, DP>& v1 SA_SITE_ARG) {
 #pragma unroll
   for (int nt = 0; nt < BJ / 8; ++nt)
 #pragma unroll
@@ -193,17 +203,17 @@ SA_DEV void logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], const T
 #pragma unroll 2
   for (int kt = 0; kt < DP / 16; ++kt) {
     uint32_t a[4], e[4];
-    ldsm_a_product<T>(a, x_row, y_row, kt * 16);
-    ldsm_a_product<T>(e, e_row, f_row, kt * 16);
+    ldsm_a_product<T>(a, x_row, y_row, kt * 16 SA_SITE_NEXT);
+    ldsm_a_product<T>(e, e_row, f_row, kt * 16 SA_SITE_NEXT);
 #pragma unroll
     for (int nt = 0; nt < BJ / 8; nt += 2) {
       uint32_t b0[2], b1[2];
-      ldsm_b_nmajor(b0, b1, k1, nt * 8, kt * 16);
-      mma_acc<T>(s[nt], a, b0);
-      mma_acc<T>(s[nt + 1], a, b1);
-      ldsm_b_nmajor(b0, b1, v1, nt * 8, kt * 16);
-      mma_acc<T>(dp[nt], e, b0);
-      mma_acc<T>(dp[nt + 1], e, b1);
+      ldsm_b_nmajor(b0, b1, k1, nt * 8, kt * 16 SA_SITE_NEXT);
+      mma_acc<T>(s[nt], a, b0 SA_SITE_NEXT);
+      mma_acc<T>(s[nt + 1], a, b1 SA_SITE_NEXT);
+      ldsm_b_nmajor(b0, b1, v1, nt * 8, kt * 16 SA_SITE_NEXT);
+      mma_acc<T>(dp[nt], e, b0 SA_SITE_NEXT);
+      mma_acc<T>(dp[nt + 1], e, b1 SA_SITE_NEXT);
     }
   }
 }

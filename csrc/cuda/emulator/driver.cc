@@ -3,8 +3,14 @@
 // memory access checked. Built and driven by tests/test_cuda_emulated.py:
 //
 //   g++ -std=c++20 -O1 -DSA_EMULATE -I/usr/local/cuda/include csrc/cuda/emulator/driver.cc -o emu
-//   emu fwd|bwd IN OUT
+//   emu [--seed S] [--fast-math] fwd|bwd IN OUT
+//   emu [--seed S] selftest NAME   (a planted fault the emulator must report: selftest.h)
 //   emu configs          (prints the tile configs: kernel head_dim threads smem_bytes)
+//
+// --seed S shuffles the order of CTAs and of threads within a CTA (default 1); --fast-math
+// emulates the arithmetic of nvcc --use_fast_math (emulator.h). On success stderr ends with the
+// SA_PATH counts, one line "path KERNEL HEAD_DIM NAME COUNT" per path (COUNT 0 and NAME "-" for a
+// launch without marked paths), then "emulator: ok".
 //
 // IN:  int64 header[16] = {dtype (0 fp16, 1 bf16, 2 fp32), B, N, Hq, Hkv, D, w1, w2, causal},
 //      float64 scale, then each input tensor (fwd: q k1 k2 v1 v2; bwd: dout q k1 k2 v1 v2 out lse)
@@ -28,6 +34,7 @@
 #include "../fwd_bf16.cu"
 #include "../fwd_fp16.cu"
 #include "../kernels.h"
+#include "selftest.h"
 
 namespace {
 
@@ -90,22 +97,50 @@ void print_configs() {
   print_config<Dkv2Config<DP>>("dkv2_kernel");
 }
 
+void print_path_counts() {
+  for (const auto& [label, paths] : sa_emu::ctx().path_counts) {
+    const size_t slash = label.rfind('/');
+    const std::string kernel = label.substr(0, slash), head_dim = label.substr(slash + 1);
+    if (paths.empty()) fprintf(stderr, "path %s %s - 0\n", kernel.c_str(), head_dim.c_str());
+    for (const auto& [name, count] : paths)
+      fprintf(stderr, "path %s %s %s %lld\n", kernel.c_str(), head_dim.c_str(), name.c_str(), count);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc == 2 && std::string(argv[1]) == "configs") {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  uint64_t seed = 1;
+  bool fast_math = false;
+  while (!args.empty() && args[0].rfind("--", 0) == 0) {
+    if (args[0] == "--seed" && args.size() > 1) {
+      seed = std::stoull(args[1]);
+      args.erase(args.begin(), args.begin() + 2);
+    } else if (args[0] == "--fast-math") {
+      fast_math = true;
+      args.erase(args.begin());
+    } else {
+      fprintf(stderr, "unknown option %s\n", args[0].c_str());
+      return 2;
+    }
+  }
+  sa_emu::set_seed(seed);
+  sa_emu::set_fast_math(fast_math);
+  if (args.size() == 1 && args[0] == "configs") {
     print_configs<64>();
     print_configs<128>();
     print_configs<256>();
     return 0;
   }
-  if (argc != 4) {
-    fprintf(stderr, "usage: %s fwd|bwd IN OUT\n", argv[0]);
+  if (args.size() == 2 && args[0] == "selftest") return run_selftest(args[1]);
+  if (args.size() != 3) {
+    fprintf(stderr, "usage: %s [--seed S] [--fast-math] fwd|bwd IN OUT | selftest NAME | configs\n", argv[0]);
     return 2;
   }
-  const std::string op = argv[1];
-  FILE* fin = fopen(argv[2], "rb");
-  if (!fin) sa_emu::fail("cannot open %s", argv[2]);
+  const std::string op = args[0];
+  FILE* fin = fopen(args[1].c_str(), "rb");
+  if (!fin) sa_emu::fail("cannot open %s", args[1].c_str());
   Reader r{fin};
   int64_t h[16];
   for (auto& v : h) v = r.get<int64_t>();
@@ -120,8 +155,8 @@ int main(int argc, char** argv) {
   const size_t kv_elems = static_cast<size_t>(d.B) * d.N * d.Hkv * d.D;
   const size_t stat_elems = static_cast<size_t>(d.B) * d.Hq * d.N;
 
-  FILE* fout = fopen(argv[3], "wb");
-  if (!fout) sa_emu::fail("cannot open %s", argv[3]);
+  FILE* fout = fopen(args[2].c_str(), "wb");
+  if (!fout) sa_emu::fail("cannot open %s", args[2].c_str());
   if (op == "fwd") {
     Input q = read_tensor(r, "q", eb), k1 = read_tensor(r, "k1", eb), k2 = read_tensor(r, "k2", eb);
     Input v1 = read_tensor(r, "v1", eb), v2 = read_tensor(r, "v2", eb);
@@ -173,6 +208,7 @@ int main(int argc, char** argv) {
   }
   fclose(fout);
   fclose(fin);
+  print_path_counts();
   fprintf(stderr, "emulator: ok, %lld warp collectives\n", static_cast<long long>(sa_emu::ctx().collectives));
   return 0;
 }

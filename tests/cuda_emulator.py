@@ -52,8 +52,13 @@ def unavailable_reason():
 DRIVER_UNITS = ("fwd_fp16.cu", "fwd_bf16.cu", "bwd_fp16.cu", "bwd_bf16.cu", "fp32.cu")
 
 
+# nvcc contracts a * b + c into one fma wherever it can (-fmad=true, its default): so does the
+# emulator, so a kernel that relies on an uncontracted product fails here as on the GPU.
+COMPILE_FLAGS = ("-O2", "-mfma", "-ffp-contract=fast")
+
+
 def _source_hash():
-    h = hashlib.sha256()
+    h = hashlib.sha256(" ".join(COMPILE_FLAGS).encode())
     for p in sorted(CUDA_SRC.rglob("*")):
         if p.parent.name == "sass":  # the SASS probes (tests/test_cuda_static.py) are not in the driver
             continue
@@ -71,7 +76,7 @@ def build():
     exe = out_dir / f"emu-{_source_hash()}"
     if not exe.exists():
         tmp = exe.with_suffix(f".tmp{os.getpid()}")
-        cmd = ["g++", "-std=c++20", "-O1", "-DSA_EMULATE", f"-I{CUDA_INCLUDE}"]
+        cmd = ["g++", "-std=c++20", *COMPILE_FLAGS, "-DSA_EMULATE", f"-I{CUDA_INCLUDE}"]
         cmd += [str(CUDA_SRC / "emulator" / "driver.cc"), "-o", str(tmp)]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
         tmp.rename(exe)

@@ -5,7 +5,7 @@
 //
 // turn every term into a plain tensor-core product over the query block:
 //
-//     S^T  = k1_tile @ aq^T      P^T = exp2(S^T * scale * log2 e - lse[i] * log2 e)
+//     S^T  = k1_tile @ aq^T      P^T = exp(scale * S^T - lse[i])   (numerics.cuh)
 //     dP^T = v1_tile @ bdo^T     dA^T = P^T * (dP^T - Delta[i])
 //     acc_k += dA^T @ aq          dk1 = scale * acc_k
 //     acc_v += P^T  @ bdo         dv1 = acc_v
@@ -19,6 +19,7 @@
 // products must be rebuilt for every u anyway, which dominates.
 #pragma once
 
+#include "numerics.cuh"
 #include "tile.cuh"
 
 namespace simplicial_attn::cuda {
@@ -47,7 +48,7 @@ struct Dkv1KernelParams {
   const float* delta;  // [B, Hq, N]
   int N, Hq, group, D;
   Band band1, band2;
-  float scale, scale_log2;
+  float scale;
   int pos_tiles;  // ceil(N / kRows)
   bool vec;
 };
@@ -91,7 +92,7 @@ dkv1_kernel(const Dkv1KernelParams p) {
   const TileT sv2{carver.take<T>(Cfg::kRegionRows * TileT::kLd)};
   const TileT saq{carver.take<T>(BI * TileT::kLd)};
   const TileT sbdo{carver.take<T>(BI * TileT::kLd)};
-  float* const slse = carver.take<float>(BI);  // lse * log2(e) of the block's queries
+  float* const slse = carver.take<float>(BI);  // lse of the block's queries
   float* const sdel = carver.take<float>(BI);  // Delta of the block's queries
 
   auto key_rows = [=](const TensorRef& t) {
@@ -106,7 +107,7 @@ dkv1_kernel(const Dkv1KernelParams p) {
     for (int r = thread_id(); r < BI; r += kThreads) {
       const int64_t stat = (static_cast<int64_t>(b) * p.Hq + h) * N + i0 + r;
       const bool in = i0 + r <= i_hi;
-      sstore(slse + r, in ? gload(p.lse + stat) * kLog2e : 0.f);
+      sstore(slse + r, in ? gload(p.lse + stat) : 0.f);
       sstore(sdel + r, in ? gload(p.delta + stat) : 0.f);
     }
   };
@@ -195,7 +196,7 @@ dkv1_kernel(const Dkv1KernelParams p) {
               SA_PATH(j < N && qi > i_hi, "mask: query past the last block row");
               SA_PATH(j < N && qi <= i_hi && (j < qi - L1 || j > qi + R1), "mask: j outside the window");
               SA_PATH(j < N && qi <= i_hi && (k < 0 || k >= N), "mask: k outside the sequence");
-              s[nt][i] = in ? fast_exp2(s[nt][i] * p.scale_log2 - sload(slse + col)) : 0.f;
+              s[nt][i] = in ? prob_from_lse(logit(s[nt][i], p.scale), sload(slse + col)) : 0.f;
               dp[nt][i] = s[nt][i] * (dp[nt][i] - sload(sdel + col));
             }
           }

@@ -2,7 +2,7 @@
 // u = i - k, the query of row k at offset u is i = k + u: a shifted row, exactly as k2 is for the
 // forward's query rows. For each query head h of g's group, each u and each k1/v1 block:
 //
-//     S   = (k2[k] ⊙ q[k + u]) @ k1_blk^T        P  = exp2(S * scale * log2 e - lse[k + u] * log2 e)
+//     S   = (k2[k] ⊙ q[k + u]) @ k1_blk^T        P  = exp(scale * S - lse[k + u])   (numerics.cuh)
 //     dP  = (v2[k] ⊙ dout[k + u]) @ v1_blk^T     dA = P * (dP - Delta[k + u])
 //     acc_k += (dA @ k1_blk) ⊙ q[k + u]           dk2 = scale * acc_k
 //     acc_v += (P  @ v1_blk) ⊙ dout[k + u]        dv2 = acc_v
@@ -15,6 +15,7 @@
 // [k0 + u_lo, k_last + u_hi] of the chunk, then k1/v1 blocks through 2 stages, then u.
 #pragma once
 
+#include "numerics.cuh"
 #include "tile.cuh"
 
 namespace simplicial_attn::cuda {
@@ -44,7 +45,7 @@ struct Dkv2KernelParams {
   const float* delta;  // [B, Hq, N]
   int N, Hq, group, D;
   Band band1, band2;
-  float scale, scale_log2;
+  float scale;
   int pos_tiles;  // ceil(N / kRows)
   bool vec;
 };
@@ -86,7 +87,7 @@ dkv2_kernel(const Dkv2KernelParams p) {
   const TileT sdo{carver.take<T>(Cfg::kRegionRows * TileT::kLd)};
   T* const k1_stages = carver.take<T>(Cfg::kStages * BJ * TileT::kLd);
   T* const v1_stages = carver.take<T>(Cfg::kStages * BJ * TileT::kLd);
-  float* const slse = carver.take<float>(Cfg::kRegionRows);  // lse * log2(e) of the region's queries
+  float* const slse = carver.take<float>(Cfg::kRegionRows);  // lse of the region's queries
   float* const sdel = carver.take<float>(Cfg::kRegionRows);  // Delta of the region's queries
   auto sk1 = [&](int stage) { return TileT{k1_stages + stage * BJ * TileT::kLd}; };
   auto sv1 = [&](int stage) { return TileT{v1_stages + stage * BJ * TileT::kLd}; };
@@ -124,7 +125,7 @@ dkv2_kernel(const Dkv2KernelParams p) {
       const int i = base + r;
       const int64_t stat = (static_cast<int64_t>(b) * p.Hq + h) * N + i;
       const bool in = i >= 0 && i < N;
-      sstore(slse + r, in ? gload(p.lse + stat) * kLog2e : 0.f);
+      sstore(slse + r, in ? gload(p.lse + stat) : 0.f);
       sstore(sdel + r, in ? gload(p.delta + stat) : 0.f);
     }
   };
@@ -187,13 +188,13 @@ dkv2_kernel(const Dkv2KernelParams p) {
       const T* do_h[2];
       bool ok[2];
       int jmin[2], jmax[2];
-      float lse2[2], delta[2];
+      float lse[2], delta[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int rr = my_row[h] + shift, i = k0 + my_row[h] + u;
         q_h[h] = sq.row(rr);
         do_h[h] = sdo.row(rr);
-        lse2[h] = sload(slse + rr);
+        lse[h] = sload(slse + rr);
         delta[h] = sload(sdel + rr);
         ok[h] = my_ok[h] && i >= 0 && i < N;
         SA_PATH(my_ok[h] && !ok[h], "mask: query outside the sequence");
@@ -214,7 +215,7 @@ dkv2_kernel(const Dkv2KernelParams p) {
           const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
           const bool in = ok[h] && j >= jmin[h] && j <= jmax[h];
           SA_PATH(ok[h] && !in, "mask: j outside the window");
-          s_[nt][i] = in ? fast_exp2(s_[nt][i] * p.scale_log2 - lse2[h]) : 0.f;
+          s_[nt][i] = in ? prob_from_lse(logit(s_[nt][i], p.scale), lse[h]) : 0.f;
           dp[nt][i] = s_[nt][i] * (dp[nt][i] - delta[h]);
         }
       }

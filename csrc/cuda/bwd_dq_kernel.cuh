@@ -2,13 +2,14 @@
 // (position, head) pairs of one kv head, offsets u = i - k outer in chunks, k1/v1 blocks streamed
 // through 2 stages), with P recomputed from the saved lse instead of an online softmax:
 //
-//     S   = (q ⊙ k2[i - u]) @ k1_blk^T        P  = exp2(S * scale * log2 e - lse * log2 e)
+//     S   = (q ⊙ k2[i - u]) @ k1_blk^T        P  = exp(scale * S - lse)   (numerics.cuh)
 //     dP  = (dout ⊙ v2[i - u]) @ v1_blk^T     dA = P * (dP - Delta[i])
 //     acc += (dA @ k1_blk) ⊙ k2[i - u]         dq = scale * acc
 //
 // The CTA owns its dq rows outright: no atomics, deterministic.
 #pragma once
 
+#include "numerics.cuh"
 #include "tile.cuh"
 
 namespace simplicial_attn::cuda {
@@ -36,7 +37,7 @@ struct DqKernelParams {
   const float* delta;  // [B, Hq, N]
   int N, Hq, group, D;
   Band band1, band2;
-  float scale, scale_log2;
+  float scale;
   int log2_heads, head_blocks, pos_tiles;  // as in FwdKernelParams
   bool vec;
 };
@@ -101,12 +102,12 @@ dq_kernel(const DqKernelParams p) {
     load_tile<kThreads>(sv1(stage), BJ, D, p.vec, p.v1.ptr, src(p.v1));
   };
 
-  // ---- This lane's two rows: window of j, lse (base 2) and Delta.
+  // ---- This lane's two rows: window of j, lse and Delta.
   const int warp_row0 = 16 * warp_id(), g4 = lane_id() >> 2;
   const int a_row = warp_row0 + (lane_id() & 15);
   int my_pos[2], jmin[2], jmax[2];
   bool my_ok[2];
-  float lse2[2], delta[2];
+  float lse[2], delta[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = warp_row0 + g4 + 8 * h;
@@ -115,7 +116,7 @@ dq_kernel(const DqKernelParams p) {
     jmin[h] = imax(0, my_pos[h] - L1);
     jmax[h] = imin(N - 1, my_pos[h] + R1);
     const int64_t stat = (static_cast<int64_t>(b) * p.Hq + g * p.group + rt.head(r)) * N + my_pos[h];
-    lse2[h] = my_ok[h] ? gload(p.lse + stat) * kLog2e : 0.f;
+    lse[h] = my_ok[h] ? gload(p.lse + stat) : 0.f;
     delta[h] = my_ok[h] ? gload(p.delta + stat) : 0.f;
   }
 
@@ -174,7 +175,7 @@ dq_kernel(const DqKernelParams p) {
           const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
           const bool in = ok[h] && j >= jmin[h] && j <= jmax[h];
           SA_PATH(ok[h] && !in, "mask: j outside the window");
-          const float prob = in ? fast_exp2(s[nt][i] * p.scale_log2 - lse2[h]) : 0.f;
+          const float prob = in ? prob_from_lse(logit(s[nt][i], p.scale), lse[h]) : 0.f;
           dp[nt][i] = prob * (dp[nt][i] - delta[h]);
         }
       }

@@ -158,6 +158,19 @@ SA_DEV float fast_log2(float x) {
 #endif
 }
 
+// a * b rounded once, never contracted with a following add into an fma (nvcc fuses a plain
+// a * b - c under -fmad=true, its default, and so does the emulator's build): the softmax needs
+// the rounded logit (numerics.cuh).
+SA_DEV float mul_rn(float a, float b) {
+#ifdef SA_EMULATE
+  float r = a * b;
+  asm("" : "+x"(r));  // an opaque value: the host compiler cannot fuse it into an fma either
+  return r;
+#else
+  return __fmul_rn(a, b);
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // Memory. Global accesses go through gload / gstore, shared accesses through sload / sstore (or
 // the collective ldmatrix and cp.async), so the emulator sees and checks each of them.

@@ -9,11 +9,11 @@
 // every query row is a row of one shifted tile, so for each u and each block of k1/v1 positions j
 //
 //     S   = (q ⊙ k2[i - u]) @ k1[j-block]^T             [rows, BJ]  two tensor-core products
-//     P   = online softmax of S over the joint (j, k) window, fp32, base 2
+//     P   = online softmax of scale * S over the joint (j, k) window, fp32 (numerics.cuh)
 //     acc = acc * rescale + (P @ v1[j-block]) ⊙ v2[i - u]
 //
-// out = acc / l and lse = (m + log2 l) * ln 2 (NATURAL log, float32 [B, Hq, N]). For D > 128 the
-// output columns are split over grid.z (see FwdConfig::kOutCols).
+// out = acc / l and lse = m + ln l (natural log, float32 [B, Hq, N]). For D > 128 the output
+// columns are split over grid.z (see FwdConfig::kOutCols).
 //
 // Loop order: u-chunks of kChunkU offsets (outer), j-blocks of kBlockJ positions, u (inner). A
 // u-chunk needs k2/v2 rows [p0 - u_hi, p_last - u_lo] (a "region", kRows + kChunkU - 1 rows at
@@ -25,6 +25,7 @@
 // all their softmax state, so no row statistics are shared between warps.
 #pragma once
 
+#include "numerics.cuh"
 #include "tile.cuh"
 
 namespace simplicial_attn::cuda {
@@ -53,11 +54,11 @@ struct FwdKernelParams {
   float* lse;  // contiguous [B, Hq, N]
   int N, Hq, group, D;
   Band band1, band2;  // windows of j (k1/v1) and k (k2/v2)
-  float scale_log2;   // scale * log2(e): the softmax runs in base 2
-  int log2_heads;     // a tile holds 1 << log2_heads query heads (1: sequence tiling)
-  int head_blocks;    // tiles along the heads of one group: ceil(group / heads)
-  int pos_tiles;      // tiles along the sequence: ceil(N / positions per tile)
-  bool vec;           // 16-byte cp.async loads allowed (D % 8 == 0, aligned rows)
+  float scale;
+  int log2_heads;   // a tile holds 1 << log2_heads query heads (1: sequence tiling)
+  int head_blocks;  // tiles along the heads of one group: ceil(group / heads)
+  int pos_tiles;    // tiles along the sequence: ceil(N / positions per tile)
+  bool vec;         // 16-byte cp.async loads allowed (D % 8 == 0, aligned rows)
 };
 
 template <class T, class Cfg>
@@ -141,8 +142,8 @@ fwd_kernel(const FwdKernelParams p) {
   // The lane's ldmatrix row for A operands: row (lane % 16) of the warp's 16.
   const int a_row = warp_row0 + (lane_id() & 15);
 
-  float m[2] = {kNegInf, kNegInf};  // running max of the base-2 logits
-  float l[2] = {0.f, 0.f};          // running sum of exp2(logit - m)
+  float m[2] = {kNegInf, kNegInf};  // running max of the logits (natural units)
+  float l[2] = {0.f, 0.f};          // running sum of exp(logit - m)
   float acc[DO / 8][4];
 #pragma unroll
   for (int nt = 0; nt < DO / 8; ++nt)
@@ -204,7 +205,7 @@ fwd_kernel(const FwdKernelParams p) {
         }
       }
 
-      // Mask to the (j, k) window, scale to base 2, online softmax update.
+      // Mask to the (j, k) window, scale to logits, online softmax update.
       float row_max[2] = {kNegInf, kNegInf};
 #pragma unroll
       for (int nt = 0; nt < BJ / 8; ++nt) {
@@ -212,7 +213,7 @@ fwd_kernel(const FwdKernelParams p) {
         for (int i = 0; i < 4; ++i) {
           const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
           SA_PATH(ok[h] && (j < jmin[h] || j > jmax[h]), "mask: j outside the window");
-          s[nt][i] = (ok[h] && j >= jmin[h] && j <= jmax[h]) ? s[nt][i] * p.scale_log2 : kNegInf;
+          s[nt][i] = (ok[h] && j >= jmin[h] && j <= jmax[h]) ? logit(s[nt][i], p.scale) : kNegInf;
           row_max[h] = fmaxf(row_max[h], s[nt][i]);
         }
       }
@@ -223,7 +224,7 @@ fwd_kernel(const FwdKernelParams p) {
         // A row with nothing in its window so far keeps m = -inf; subtracting 0 instead keeps
         // exp2 at 0 there rather than NaN (-inf - -inf).
         m_use[h] = m_new == kNegInf ? 0.f : m_new;
-        alpha[h] = fast_exp2(m[h] - m_use[h]);
+        alpha[h] = exp_shifted(m[h], m_use[h]);
         m[h] = m_new;
       }
       float row_sum[2] = {0.f, 0.f};
@@ -231,7 +232,7 @@ fwd_kernel(const FwdKernelParams p) {
       for (int nt = 0; nt < BJ / 8; ++nt) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          s[nt][i] = fast_exp2(s[nt][i] - m_use[i >> 1]);
+          s[nt][i] = exp_shifted(s[nt][i], m_use[i >> 1]);
           row_sum[i >> 1] += s[nt][i];
         }
       }
@@ -280,7 +281,7 @@ fwd_kernel(const FwdKernelParams p) {
     inv_l[h] = l[h] > 0.f ? 1.f / l[h] : 0.f;
     if (my_ok[h] && (lane_id() & 3) == 0 && col0 == 0) {
       const int64_t head = static_cast<int64_t>(g) * p.group + rt.head(r);
-      gstore(p.lse + (static_cast<int64_t>(b) * p.Hq + head) * N + my_pos[h], (m[h] + fast_log2(l[h])) * kLn2);
+      gstore(p.lse + (static_cast<int64_t>(b) * p.Hq + head) * N + my_pos[h], row_lse(m[h], l[h]));
     }
   }
   store_acc_rows<T>(acc, out_row, inv_l, col0, D);

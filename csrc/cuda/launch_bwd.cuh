@@ -50,7 +50,6 @@ void set_common(Params& p, const BwdArgs& a, int group, bool vec) {
   p.band1 = a.band1;
   p.band2 = a.band2;
   p.scale = a.scale;
-  p.scale_log2 = a.scale * 1.4426950408889634f;
   p.vec = vec;
 }
 

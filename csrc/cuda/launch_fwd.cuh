@@ -25,7 +25,7 @@ void launch_fwd_tc(const FwdArgs& a, cudaStream_t stream) {
   p.Hq = a.dims.Hq;
   p.group = a.dims.Hq / a.dims.Hkv;
   p.D = a.dims.D;
-  p.scale_log2 = a.scale * 1.4426950408889634f;
+  p.scale = a.scale;
   const int heads = heads_per_tile(p.group, Cfg::kRows);
   p.log2_heads = log2_floor(heads);
   p.head_blocks = static_cast<int>(ceil_div64(p.group, heads));

@@ -21,7 +21,6 @@ inline SimtParams simt_params(const Dims& d, const Band& band1, const Band& band
   p.band1 = band1;
   p.band2 = band2;
   p.scale = scale;
-  p.scale_log2 = scale * 1.4426950408889634f;
   return p;
 }
 

@@ -13,6 +13,7 @@
 // bits), so the branches below are warp-uniform. There is no shared memory and no barrier.
 #pragma once
 
+#include "numerics.cuh"
 #include "tile.cuh"
 
 namespace simplicial_attn::cuda {
@@ -31,7 +32,7 @@ struct SimtParams {
   const float* delta;            // [B, Hq, N]
   int B, N, Hq, Hkv, group, D;
   Band band1, band2;
-  float scale, scale_log2;
+  float scale;
 };
 
 // One D-vector of a warp: lane holds elements d = lane + 32 t, t < K (zero for d >= D).
@@ -108,22 +109,22 @@ fwd_simt_kernel(const SimtParams p) {
     mul_vec(a, q, k1);
     for (int k = klo; k <= khi; ++k) {
       load_vec(k2, row_ptr<float>(p.k2, b, k, g), D);
-      const float s = warp_dot(a, k2) * p.scale_log2;
+      const float s = logit(warp_dot(a, k2), p.scale);
       SA_PATH(s > m && l > 0.f, "softmax: new running max");
       if (s > m) {  // new running max: rescale what was summed so far
-        const float alpha = fast_exp2(m - s);
+        const float alpha = exp_shifted(m, s);
         l *= alpha;
         for (int t = 0; t < K; ++t) acc[t] *= alpha;
         m = s;
       }
-      const float w = fast_exp2(s - m);
+      const float w = exp_shifted(s, m);
       l += w;
       load_vec(v2, row_ptr<float>(p.v2, b, k, g), D);
       for (int t = 0; t < K; ++t) acc[t] += w * v1[t] * v2[t];
     }
   }
   store_vec(row_ptr<float>(p.out, b, i, h), acc, 1.f / l, D);
-  if (lane_id() == 0) gstore(p.lse + (static_cast<int64_t>(b) * p.Hq + h) * N + i, (m + fast_log2(l)) * kLn2);
+  if (lane_id() == 0) gstore(p.lse + (static_cast<int64_t>(b) * p.Hq + h) * N + i, row_lse(m, l));
 }
 
 template <class Cfg>
@@ -137,7 +138,7 @@ dq_simt_kernel(const SimtParams p) {
   const int jlo = imax(0, i - p.band1.left), jhi = imin(N - 1, i + p.band1.right);
   const int klo = imax(0, i - p.band2.left), khi = imin(N - 1, i + p.band2.right);
   const int64_t stat = (static_cast<int64_t>(b) * p.Hq + h) * N + i;
-  const float lse2 = gload(p.lse + stat) * kLog2e, delta = gload(p.delta + stat);
+  const float lse = gload(p.lse + stat), delta = gload(p.delta + stat);
 
   float q[K], dout[K], k1[K], v1[K], k2[K], v2[K], a[K], e[K], dq[K];
   load_vec(q, row_ptr<float>(p.q, b, i, h), D);
@@ -151,7 +152,7 @@ dq_simt_kernel(const SimtParams p) {
     for (int k = klo; k <= khi; ++k) {
       load_vec(k2, row_ptr<float>(p.k2, b, k, g), D);
       load_vec(v2, row_ptr<float>(p.v2, b, k, g), D);
-      const float prob = fast_exp2(warp_dot(a, k2) * p.scale_log2 - lse2);
+      const float prob = prob_from_lse(logit(warp_dot(a, k2), p.scale), lse);
       const float ds = prob * (warp_dot(e, v2) - delta);
       for (int t = 0; t < K; ++t) dq[t] += ds * k1[t] * k2[t];
     }
@@ -178,7 +179,7 @@ dkv_simt_kernel(const SimtParams p) {
     SA_PATH(hh > 0, "loop: next query head");
     for (int i = ilo; i <= ihi; ++i) {
       const int64_t stat = (static_cast<int64_t>(b) * p.Hq + h) * N + i;
-      const float lse2 = gload(p.lse + stat) * kLog2e, delta = gload(p.delta + stat);
+      const float lse = gload(p.lse + stat), delta = gload(p.delta + stat);
       load_vec(q, row_ptr<float>(p.q, b, i, h), D);
       load_vec(dout, row_ptr<float>(p.dout, b, i, h), D);
       mul_vec(a, q, k1);
@@ -187,7 +188,7 @@ dkv_simt_kernel(const SimtParams p) {
       for (int k = klo; k <= khi; ++k) {
         load_vec(k2, row_ptr<float>(p.k2, b, k, g), D);
         load_vec(v2, row_ptr<float>(p.v2, b, k, g), D);
-        const float prob = fast_exp2(warp_dot(a, k2) * p.scale_log2 - lse2);
+        const float prob = prob_from_lse(logit(warp_dot(a, k2), p.scale), lse);
         const float ds = prob * (warp_dot(e, v2) - delta);
         for (int t = 0; t < K; ++t) {
           dk[t] += ds * q[t] * k2[t];

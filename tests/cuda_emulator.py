@@ -70,7 +70,7 @@ def _source_hash():
 
 @functools.cache
 def build():
-    """Path of the compiled driver (compiled at most once per source state, ~1 min on 2 cores)."""
+    """Path of the compiled driver (compiled at most once per source state, ~25 s on 2 cores)."""
     out_dir = pathlib.Path(tempfile.gettempdir()) / "simplicial_attn_emulator"
     out_dir.mkdir(exist_ok=True)
     exe = out_dir / f"emu-{_source_hash()}"

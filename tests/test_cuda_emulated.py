@@ -13,7 +13,7 @@ iteration, zero-filled tails, head packing, the last partial tile, GQA, split ou
 vector and scalar loads, ...); test_every_marked_path_is_visited fails if a marked path of a
 kernel is never run at a padded head dim (64, 128, 256) by the cases below.
 
-Runtime on 2 cores: ~10 s to compile the emulator once (cached per source state), then
+Runtime on 2 cores: ~25 s to compile the emulator once (cached per source state), then
 ~0.2-8 s per case and dtype; about 2 minutes in all. SIMPLICIAL_ATTN_EMULATE_FULL=1 adds the
 whole shared case grid (~4 more minutes).
 """

@@ -45,17 +45,32 @@ def measure_mm_gflops(n=2048, repeats=5, dtype=torch.float32):
     return 2 * n**3 / _best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
 
 
-def _cpu_kernels():
-    import simplicial_attn  # noqa: F401  (loads the extension and registers the ops)
+def _kernel_pair(fwd, bwd):
+    """fwd(q, k1, k2, v1, v2, w1, w2, causal, scale) -> (out, saved) and bwd(dout, q, k1, k2, v1, v2,
+    out, saved, w1, w2, causal, scale) -> grads, around a backend's Problem-taking functions."""
+    from simplicial_attn.problem import Problem
 
-    ops = torch.ops.simplicial_attn
-    return ops.fused_fwd, ops.fused_bwd
+    def forward(q, k1, k2, v1, v2, *args):
+        out, lse, lse_lo = fwd(q, k1, k2, v1, v2, Problem(*args))
+        return out, (lse, lse_lo)
+
+    def backward(dout, q, k1, k2, v1, v2, out, saved, *args):
+        return bwd(dout, q, k1, k2, v1, v2, out, *saved, Problem(*args))
+
+    return forward, backward
+
+
+def _cpu_kernels():
+    from simplicial_attn import backends
+
+    cpu = backends.get("cpu")
+    return _kernel_pair(cpu.fwd, cpu.bwd)
 
 
 def _reference_kernels():
     from simplicial_attn import reference
 
-    return reference.fwd, reference.bwd
+    return _kernel_pair(reference.fwd, reference.bwd)
 
 
 BACKENDS = {"cpu": _cpu_kernels, "reference": _reference_kernels}

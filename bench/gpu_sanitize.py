@@ -33,14 +33,16 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 def run(cases):
     import simplicial_attn  # noqa: F401  (registers torch.ops.simplicial_attn)
+    from simplicial_attn.problem import Problem
 
     g = torch.Generator(device="cuda").manual_seed(0)
     for dtype, (B, N, Hq, Hkv, D, w1, w2, causal) in cases:
         q = torch.randn(B, N, Hq, D, device="cuda", dtype=dtype, generator=g)
         k1, k2, v1, v2 = (torch.randn(B, N, Hkv, D, device="cuda", dtype=dtype, generator=g) for _ in range(4))
         dout = torch.randn_like(q)
-        out, lse = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, w1, w2, causal, D**-0.5)
-        grads = torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, D**-0.5)
+        prob = Problem(w1, w2, causal, D**-0.5).fused_args()
+        out, lse, lse_lo = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob)
+        grads = torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob)
         torch.cuda.synchronize()
         if not all(torch.isfinite(t).all() for t in (out, lse, *grads)):
             sys.exit(f"non-finite result for {dtype} {(B, N, Hq, Hkv, D, w1, w2, causal)}")

@@ -10,6 +10,7 @@ import torch
 import simplicial_attn as sa
 from simplicial_attn import backends, reference
 from simplicial_attn._windows import kernel_window
+from simplicial_attn.problem import Problem
 
 # Memory the naive dense einsum may use for its (i, j, k) cube before we skip it.
 DENSE_LIMIT_BYTES = 3 << 30
@@ -84,16 +85,17 @@ class CompiledReferenceProvider(Provider):
         # The reference's fwd/bwd are explicit functions: no autograd graph to build.
         q, k1, k2, v1, v2, dout = (t.detach() for t in inputs)
         n, d = q.shape[1], q.shape[3]
-        args = (kernel_window(spec.w1, n, spec.causal), kernel_window(spec.w2, n, spec.causal), spec.causal, d**-0.5)
+        w1, w2 = kernel_window(spec.w1, n, spec.causal), kernel_window(spec.w2, n, spec.causal)
+        prob = Problem(w1, w2, spec.causal, d**-0.5)
         if spec.mode == "fwd":
-            return lambda: self._fwd(q, k1, k2, v1, v2, *args)
-        out, lse = self._fwd(q, k1, k2, v1, v2, *args)
+            return lambda: self._fwd(q, k1, k2, v1, v2, prob)
+        out, lse, lse_lo = self._fwd(q, k1, k2, v1, v2, prob)
         if spec.mode == "bwd":
-            return lambda: self._bwd(dout, q, k1, k2, v1, v2, out, lse, *args)
+            return lambda: self._bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob)
 
         def fwdbwd():
-            o, l_ = self._fwd(q, k1, k2, v1, v2, *args)
-            return self._bwd(dout, q, k1, k2, v1, v2, o, l_, *args)
+            o, l_, lo = self._fwd(q, k1, k2, v1, v2, prob)
+            return self._bwd(dout, q, k1, k2, v1, v2, o, l_, lo, prob)
 
         return fwdbwd
 

@@ -3,19 +3,29 @@
 //   csrc/cpu/   TORCH_LIBRARY_IMPL(simplicial_attn, CPU, m)
 //   csrc/cuda/  TORCH_LIBRARY_IMPL(simplicial_attn, CUDA, m)
 //
-// Window arguments are already normalised by Python: w1, w2 >= 1 and at most N (causal) or
-// 2N - 1 (non-causal), so "unbounded" is just a window that covers the sequence.
+// The trailing arguments describe the problem (csrc/include/problem.h turns them into one
+// `Problem`): optional packed layout (cu_seqlens, max_seqlen; q is then [1, T, Hq, D]), kernel
+// windows already normalised by Python (w1, w2 >= 1, at most the longest sequence (causal) or
+// twice it minus one (centred), so "unbounded" is just a window that covers it), window mode,
+// scale and logit form ("trilinear" or "determinant").
 #include <torch/library.h>
 
 TORCH_LIBRARY(simplicial_attn, m) {
-  // Returns (out [B, N, Hq, D] in q's dtype, lse [B, Hq, N] natural log, float32; float64
-  // for float64 inputs).
+  // Returns (out [B, N, Hq, D] in q's dtype, lse [B, Hq, N] natural log, lse_lo [B, Hq, N]: the
+  // rounding residual of lse, so lse + lse_lo carries the log-sum-exp to twice the precision);
+  // lse and lse_lo are float32 (float64 for float64 inputs).
   m.def(
-      "fused_fwd(Tensor q, Tensor k1, Tensor k2, Tensor v1, Tensor v2, int w1, int w2, "
-      "bool causal, float scale) -> (Tensor, Tensor)");
+      "fused_fwd(Tensor q, Tensor k1, Tensor k2, Tensor v1, Tensor v2, Tensor? cu_seqlens, int max_seqlen, "
+      "int w1, int w2, bool causal, float scale, str logits) -> (Tensor, Tensor, Tensor)");
   // Returns (dq, dk1, dk2, dv1, dv2), each shaped and typed like its input.
   m.def(
-      "fused_bwd(Tensor dout, Tensor q, Tensor k1, Tensor k2, Tensor v1, Tensor v2, "
-      "Tensor out, Tensor lse, int w1, int w2, bool causal, float scale) "
+      "fused_bwd(Tensor dout, Tensor q, Tensor k1, Tensor k2, Tensor v1, Tensor v2, Tensor out, Tensor lse, "
+      "Tensor lse_lo, Tensor? cu_seqlens, int max_seqlen, int w1, int w2, bool causal, float scale, str logits) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Decoding against ring caches (CONTRACT §7; the caches already hold the new tokens): q
+  // [B, Nq, Hq, D], k1/v1 caches [B, C1, Hkv, D], k2/v2 caches [B, C2, Hkv, D], cache_seqlens
+  // int32 [B]. Returns (out [B, Nq, Hq, D], lse [B, Hq, Nq]).
+  m.def(
+      "fused_decode(Tensor q, Tensor k1_cache, Tensor k2_cache, Tensor v1_cache, Tensor v2_cache, "
+      "Tensor cache_seqlens, int w1, int w2, float scale, str logits) -> (Tensor, Tensor)");
 }

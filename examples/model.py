@@ -7,11 +7,18 @@ the default here. `simplicial_every=0` gives a plain (all-SDPA) transformer, and
 
 Shared by match3.py and train_code.py, which also use `count_parameters` and
 `mlp_hidden_for_budget` to give the two models they compare the same parameter count.
+
+The decoder takes a batch [B, N] or packed token streams [T] with cu_seqlens (documents of
+different lengths in one row, no window across them), and generates with rolling caches:
+`generate` prefills each prompt into per-layer caches (ring buffers for the 2-simplicial layers
+and for windowed SDPA layers, a linear cache for full-causal SDPA layers), then samples token by
+token; each step costs the same however long the generation gets.
 """
 
 import math
 import time
 
+import torch
 from torch import nn
 
 from simplicial_attn.layer import SimplicialTransformerBlock
@@ -29,7 +36,11 @@ class Decoder(nn.Module):
             kv heads keep their five-way projection near an SDPA layer's size.
         w1, w2: windows of the 2-simplicial layers; window: trailing window of the SDPA layers
             (None: full causal).
-        rope, qk_norm, mlp_hidden: as in `SimplicialTransformerBlock`.
+        rope, qk_norm, mlp_hidden, logits: as in `SimplicialTransformerBlock` (logits: of the
+            2-simplicial layers).
+        simplicial_rope: RoPE of the 2-simplicial layers if it should differ from `rope` (False:
+            none; the SDPA layers keep `rope`).
+        simplicial_head_dim: head dim of the 2-simplicial layers (default dim // num_heads).
         num_outputs: head width, default vocab_size (a language model).
     """
 
@@ -50,6 +61,9 @@ class Decoder(nn.Module):
         mlp_hidden=None,
         num_outputs=None,
         backend="auto",
+        logits="trilinear",
+        simplicial_rope=None,
+        simplicial_head_dim=None,
     ):
         super().__init__()
         num_outputs = vocab_size if num_outputs is None else num_outputs
@@ -62,14 +76,16 @@ class Decoder(nn.Module):
                 dim,
                 num_heads,
                 kv_heads,
+                head_dim=simplicial_head_dim if simplicial else None,
                 simplicial=simplicial,
                 w1=w1,
                 w2=w2,
                 window=window,
-                rope=rope,
+                rope=rope if not simplicial or simplicial_rope is None else simplicial_rope,
                 qk_norm=qk_norm,
                 mlp_hidden=mlp_hidden,
                 backend=backend,
+                logits=logits,
             )
             # GPT-2's residual scaling: each block's output projections start 1/sqrt(2 depth) smaller,
             # so the residual stream's variance does not grow with depth at init.
@@ -87,11 +103,69 @@ class Decoder(nn.Module):
         """'S' for a 2-simplicial block, 'A' for an SDPA block, in order (e.g. 'AAAS')."""
         return "".join("S" if b.simplicial else "A" for b in self.blocks)
 
-    def forward(self, tokens):
+    def forward(self, tokens, *, cu_seqlens=None, max_seqlen=None, caches=None):
+        """tokens [B, N] -> logits [B, N, num_outputs]; packed tokens [T] with cu_seqlens -> [T, ...];
+        with `caches` (from `new_caches`) tokens [B, n] are the next n of B sequences being generated."""
         x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            cache = None if caches is None else caches[i]
+            x = block(x, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, cache=cache)
         return self.head(self.norm(x))
+
+    def new_caches(self, batch_size, max_length, max_chunk=1):
+        """One cache per block for `batch_size` sequences of up to `max_length` tokens, fed at most
+        `max_chunk` tokens per call: ring buffers where a window bounds what a layer reads."""
+        return [b.new_cache(batch_size, max_chunk=max_chunk, max_length=max_length) for b in self.blocks]
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, generator=None, prefill_chunk=256):
+        """Continues each prompt by `max_new_tokens` sampled tokens.
+
+        Args:
+            prompt_ids: [B, P] int64, or a list of 1-D int64 tensors of different lengths (>= 1).
+            temperature: 0 -> greedy; else sample from softmax(logits / temperature).
+            top_k: sample among the k most likely tokens only (None: all).
+            generator: a torch.Generator for reproducible sampling.
+            prefill_chunk: prompt tokens per prefill call (bounds the caches' ring sizes).
+        Returns a list of 1-D tensors: prompt + continuation per sequence.
+        """
+        prompts = list(prompt_ids) if not isinstance(prompt_ids, torch.Tensor) else list(prompt_ids.unbind(0))
+        if not prompts or any(p.dim() != 1 or p.numel() < 1 for p in prompts):
+            raise ValueError("prompt_ids must be [B, P] or a list of non-empty 1-D token tensors")
+        was_training = self.training
+        self.eval()
+        device = self.embed.weight.device
+        longest = max(p.numel() for p in prompts)
+        chunk = max(1, min(prefill_chunk, longest))
+        caches = self.new_caches(len(prompts), longest + max_new_tokens, max_chunk=chunk)
+        last = []
+        for b, prompt in enumerate(prompts):  # prefill one sequence at a time: lengths differ
+            views = [c.narrow(b, 1) for c in caches]
+            for s in range(0, prompt.numel(), chunk):
+                logits = self(prompt[None, s : s + chunk].to(device), caches=views)
+            last.append(logits[0, -1])
+        outputs = [[p.to(device)] for p in prompts]
+        logits = torch.stack(last)
+        for step in range(max_new_tokens):
+            token = sample(logits, temperature, top_k, generator)
+            for b in range(len(prompts)):
+                outputs[b].append(token[b : b + 1])
+            if step + 1 < max_new_tokens:
+                logits = self(token[:, None], caches=caches)[:, -1]
+        self.train(was_training)
+        return [torch.cat(parts) for parts in outputs]
+
+
+def sample(logits, temperature=1.0, top_k=None, generator=None):
+    """One token per row of logits [B, V]: greedy at temperature 0, else a (top-k) softmax sample."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 def lr_at(step, args):

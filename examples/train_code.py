@@ -6,6 +6,12 @@ is 0 (about a tenth of the files; the same split on every machine with the same 
 validation text is code the model never saw. Characters are bytes (vocabulary 256; the
 sources are almost all ASCII).
 
+Training batches are PACKED: each is `batch` segments of up to `seq_len + 1` characters, every
+segment cut from ONE file (a file shorter than that gives a shorter segment), concatenated into
+one stream with cu_seqlens (sa.two_simplicial_attention_varlen; the SDPA layers use the same
+boundaries as a block-diagonal mask). No window ever reaches from one file into another, and
+short files cost only their own characters, never padding.
+
 Two models of equal parameter count (the baseline's MLP width is adjusted to match):
     standard:   `depth` SDPA layers
     simplicial: the same, with every `simplicial_every`-th layer 2-simplicial (Roy et al.
@@ -20,10 +26,14 @@ time, so the minimum is the cleaner cost estimate).
 
     python examples/train_code.py                   # the documented run (a few minutes per model)
     python examples/train_code.py --tiny --steps 3  # smoke test
+    python examples/train_code.py --generate        # then: a completion of a Python prompt from the
+                                                    # trained 2-simplicial model (rolling caches) and
+                                                    # its top-5 next characters after the prompt
 Writes train_code.json and train_code.png to --out (default docs/results).
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -56,24 +66,39 @@ def stdlib_sources(max_files=None):
 
 
 def encode(files):
-    """One uint8 stream of the files' bytes, a newline between files."""
-    data = b"\n".join(f.read_bytes() for f in files)
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+    """Each file's bytes as an int64 tensor (files of fewer than 2 characters are dropped)."""
+    streams = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8).long() for f in files]
+    return [s for s in streams if len(s) >= 2]
 
 
-def random_windows(stream, batch, seq_len, generator):
-    """`batch` random windows: inputs [batch, seq_len] and next-character targets."""
-    starts = torch.randint(0, len(stream) - seq_len - 1, (batch,), generator=generator)
-    idx = starts[:, None] + torch.arange(seq_len + 1)
-    windows = stream[idx]
-    return windows[:, :-1], windows[:, 1:]
+def pack(segments):
+    """Segments of L_s + 1 characters -> (inputs [T], next-character targets [T], cu_seqlens [S + 1])."""
+    lengths = [len(seg) - 1 for seg in segments]
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    return torch.cat([seg[:-1] for seg in segments]), torch.cat([seg[1:] for seg in segments]), cu
 
 
-def fixed_windows(stream, count, seq_len, batch):
-    """`count` evenly spaced windows over the whole stream, in batches."""
-    starts = torch.linspace(0, len(stream) - seq_len - 2, count).long()
-    windows = stream[starts[:, None] + torch.arange(seq_len + 1)]
-    return [(w[:, :-1], w[:, 1:]) for w in windows.split(batch)]
+def random_packed_batch(files, batch, seq_len, generator):
+    """`batch` segments of up to seq_len + 1 characters, each from one random file, packed."""
+    weights = torch.tensor([float(len(f)) for f in files])  # files drawn by size: every character alike
+    segments = []
+    for i in torch.multinomial(weights, batch, replacement=True, generator=generator).tolist():
+        n = min(seq_len + 1, len(files[i]))
+        start = torch.randint(0, len(files[i]) - n + 1, (1,), generator=generator).item()
+        segments.append(files[i][start : start + n])
+    return pack(segments)
+
+
+def fixed_packed_batches(files, count, seq_len, batch):
+    """`count` segments spread evenly over the files' characters (each inside one file), in packed batches."""
+    offsets = list(itertools.accumulate(len(f) for f in files))
+    segments = []
+    for t in torch.linspace(0, offsets[-1] - 1, count).long().tolist():
+        i = next(k for k, end in enumerate(offsets) if t < end)
+        n = min(seq_len + 1, len(files[i]))
+        start = min(t - (offsets[i] - len(files[i])), len(files[i]) - n)
+        segments.append(files[i][start : start + n])
+    return [pack(segments[s : s + batch]) for s in range(0, count, batch)]
 
 
 def build_models(args, seed=0):
@@ -106,8 +131,8 @@ def build_models(args, seed=0):
 def validation_loss(model, batches):
     model.eval()
     total = count = 0.0
-    for x, y in batches:
-        total += F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum").item()
+    for x, y, cu in batches:
+        total += F.cross_entropy(model(x, cu_seqlens=cu), y, reduction="sum").item()
         count += y.numel()
     model.train()
     return total / count
@@ -120,8 +145,8 @@ def make_optimizer(model, args):
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
 
 
-def train_step(model, opt, x, y):
-    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+def train_step(model, opt, x, y, cu):
+    loss = F.cross_entropy(model(x, cu_seqlens=cu), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -129,7 +154,7 @@ def train_step(model, opt, x, y):
     return loss.item()
 
 
-def train(label, model, train_stream, valid_batches, args, seed):
+def train(label, model, train_files, valid_batches, args, seed):
     gen = torch.Generator().manual_seed(seed + 1000)  # the same batches for both models of a seed
     opt = make_optimizer(model, args)
     # Step 0 is the untrained model (no training loss yet).
@@ -139,9 +164,9 @@ def train(label, model, train_stream, valid_batches, args, seed):
     for step in range(args.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
-        x, y = random_windows(train_stream, args.batch, args.seq_len, gen)
+        x, y, cu = random_packed_batch(train_files, args.batch, args.seq_len, gen)
         start = time.perf_counter()
-        loss = train_step(model, opt, x, y)
+        loss = train_step(model, opt, x, y, cu)
         step_seconds.append(time.perf_counter() - start)
         running = loss if running is None else 0.9 * running + 0.1 * loss
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
@@ -214,6 +239,11 @@ def parse_args(argv=None):
     p.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT, help="folder for train_code.json / .png")
     p.add_argument("--tiny", action="store_true", help="tiny sizes for a smoke test")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (matplotlib not needed)")
+    p.add_argument("--generate", type=int, nargs="?", const=300, default=0, metavar="N",
+                   help="after training, print N characters (default 300) generated from --prompt")  # fmt: skip
+    p.add_argument("--prompt", default="def read_config(path):\n    ", help="the prompt of --generate")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=20)
     args = p.parse_args(argv)
     if args.tiny:
         args.dim, args.depth, args.heads, args.simplicial_every, args.simplicial_kv_heads = 16, 2, 2, 2, 1
@@ -226,12 +256,14 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     split = stdlib_sources(args.max_files)
-    train_stream, valid_stream = encode(split["train"]), encode(split["valid"])
+    train_files, valid_files = encode(split["train"]), encode(split["valid"])
+    train_chars, valid_chars = sum(map(len, train_files)), sum(map(len, valid_files))
     print(
         f"stdlib sources in {pathlib.Path(os.__file__).resolve().parent}: {len(split['train'])} train files "
-        f"({len(train_stream):,} chars), {len(split['valid'])} validation files ({len(valid_stream):,} chars)"
+        f"({train_chars:,} chars), {len(split['valid'])} validation files ({valid_chars:,} chars); batches pack "
+        f"{args.batch} segments of <= {args.seq_len} characters, each inside one file (no window across files)"
     )
-    valid_batches = fixed_windows(valid_stream, args.eval_windows, args.seq_len, args.batch)
+    valid_batches = fixed_packed_batches(valid_files, args.eval_windows, args.seq_len, args.batch)
     from simplicial_attn import backends
 
     results = {
@@ -240,8 +272,9 @@ def main(argv=None):
         "data": {
             "train_files": len(split["train"]),
             "valid_files": [f.name for f in split["valid"]],
-            "train_chars": len(train_stream),
-            "valid_chars": len(valid_stream),
+            "train_chars": train_chars,
+            "valid_chars": valid_chars,
+            "batches": "packed: segments inside one file each (cu_seqlens)",
         },
         "op_backend": backends.select(args.backend, "cpu", torch.float32),
         "torch_threads": torch.get_num_threads(),
@@ -258,10 +291,12 @@ def main(argv=None):
             "mlp_hidden": model.blocks[0].mlp.up.out_features,
             "seeds": {},
         }
+    trained = {}
     for seed in args.seeds:
         for name, model in zip(("standard", "simplicial"), build_models(args, seed), strict=True):
-            curve = train(f"{name:>10} seed {seed}", model, train_stream, valid_batches, args, seed)
+            curve = train(f"{name:>10} seed {seed}", model, train_files, valid_batches, args, seed)
             results["models"][name]["seeds"][str(seed)] = curve
+            trained.setdefault(name, model)
     for name, run in results["models"].items():
         finals = [c["valid_loss"][-1] for c in run["seeds"].values()]
         run["final_valid_loss"] = finals
@@ -279,7 +314,31 @@ def main(argv=None):
     if not args.no_plot:
         plot(results, args.out / "train_code.png")
     print(f"wrote {args.out / 'train_code.json'}" + ("" if args.no_plot else f" and {args.out / 'train_code.png'}"))
+    if args.generate:
+        results["generation"] = show_generation(trained["simplicial"], args)
     return results
+
+
+def show_generation(model, args):
+    """Prints the top-5 next characters after the prompt and a sampled completion (rolling caches)."""
+    prompt = torch.tensor(list(args.prompt.encode()), dtype=torch.long)
+    model.eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(prompt[None])[0, -1].float(), -1)
+    top = probs.topk(5)
+    shown = ", ".join(
+        f"{bytes([int(i)])!r}: {p:.3f}" for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    )
+    print(f"prompt {args.prompt!r}\ntop-5 next characters: {shown}")
+    gen = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    (tokens,) = model.generate([prompt], args.generate, temperature=args.temperature, top_k=args.top_k, generator=gen)
+    seconds = time.perf_counter() - start
+    text = bytes(tokens.tolist()).decode("utf-8", errors="replace")
+    print(f"completion ({args.generate} characters, temperature {args.temperature}, top_k {args.top_k}, "
+          f"{args.generate / seconds:.0f} characters/s with the caches):\n{text}")  # fmt: skip
+    return {"prompt": args.prompt, "top5": dict(zip(map(int, top.indices), map(float, top.values), strict=True)),
+            "completion": text}  # fmt: skip
 
 
 if __name__ == "__main__":

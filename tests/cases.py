@@ -1,6 +1,7 @@
 """The shared case grid, input factory and error measure for every backend's parity tests."""
 
 import dataclasses
+import itertools
 
 import torch
 
@@ -86,3 +87,49 @@ CASES_FULL = _grid()
 # A cheaper subset for slow paths (the Triton interpreter): still covers B > 1, D = 128,
 # w2 > 32, Hkv > 1, GQA 8, w = 1, None, both window modes.
 CASES_SMALL = [CASES_FULL[i] for i in (1, 3, 4, 5, 7, 9, 12)]
+
+
+# ---- backends under test (the public entry points, parametrized) ------------------------------
+
+HAS_GPU = torch.cuda.is_available()
+
+
+def _backend_skip(name):
+    """Why `name` cannot run here (None: it can). Imported late: the package reads TRITON_INTERPRET."""
+    import importlib.util
+
+    from simplicial_attn import _ext
+
+    if name == "cpu" and not _ext.has_kernel("cpu"):
+        return "the C++ CPU kernels are not built (simplicial_attn._C has no CPU fused_fwd)"
+    if name == "triton" and importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    return None
+
+
+def backend_params(names=("reference", "cpu", "triton", "cuda")):
+    """pytest params over backends: "cuda" needs a GPU (marked gpu); "triton" runs through the
+    interpreter on CPU tensors without one; "cpu" needs the built extension."""
+    import pytest
+
+    params = []
+    for name in names:
+        marks = [pytest.mark.gpu] if name == "cuda" else []
+        reason = _backend_skip(name)
+        if reason:
+            marks.append(pytest.mark.skip(reason=reason))
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+def device_of(backend):
+    return "cuda" if backend == "cuda" or (backend == "triton" and HAS_GPU) else "cpu"
+
+
+def make_packed(lengths, Hq, Hkv, D, dtype=torch.float32, device="cpu", seed=0, requires_grad=False):
+    """Packed q [T, Hq, D], k1, k2, v1, v2 [T, Hkv, D] (fresh random values) and cu_seqlens int32."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    T = sum(lengths)
+    tensors = [torch.randn(T, h, D, generator=g).to(device=device, dtype=dtype) for h in (Hq, Hkv, Hkv, Hkv, Hkv)]
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)
+    return tuple(t.requires_grad_(requires_grad) for t in tensors), cu

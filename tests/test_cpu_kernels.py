@@ -11,6 +11,7 @@ import torch
 
 from simplicial_attn import _ext
 from simplicial_attn._windows import kernel_window
+from simplicial_attn.problem import Problem
 
 from cases import BOUNDS, CASES_FULL, Case, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
@@ -47,8 +48,9 @@ def _call(case, q, k1, k2, v1, v2, dout, scale=None):
     """fused_fwd then fused_bwd on the given tensors; returns (out, lse, grads)."""
     w1, w2 = _windows(case)
     scale = case.D**-0.5 if scale is None else scale
-    out, lse = ops.fused_fwd(q, k1, k2, v1, v2, w1, w2, case.causal, scale)
-    grads = ops.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, case.causal, scale)
+    prob = Problem(w1, w2, case.causal, scale).fused_args()
+    out, lse, lse_lo = ops.fused_fwd(q, k1, k2, v1, v2, *prob)
+    grads = ops.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob)
     return out, lse, grads
 
 
@@ -133,9 +135,9 @@ def test_custom_scale_and_large_logits(dtype, poison):
 class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k1, k2, v1, v2, w1, w2, causal, scale):
-        out, lse = ops.fused_fwd(q, k1, k2, v1, v2, w1, w2, causal, scale)
-        ctx.save_for_backward(q, k1, k2, v1, v2, out, lse)
-        ctx.args = (w1, w2, causal, scale)
+        ctx.args = Problem(w1, w2, causal, scale).fused_args()
+        out, lse, lse_lo = ops.fused_fwd(q, k1, k2, v1, v2, *ctx.args)
+        ctx.save_for_backward(q, k1, k2, v1, v2, out, lse, lse_lo)
         return out
 
     @staticmethod
@@ -189,9 +191,10 @@ def test_any_strides_give_identical_results():
     assert not any(v.is_contiguous() for v in views)
     w1, w2 = _windows(case)
     scale = case.D**-0.5
-    out, lse = ops.fused_fwd(*views, w1, w2, case.causal, scale)
+    prob = Problem(w1, w2, case.causal, scale).fused_args()
+    out, lse, lse_lo = ops.fused_fwd(*views, *prob)
     lse_t = lse.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
-    grads = ops.fused_bwd(strided(dout), *views, strided(out), lse_t, w1, w2, case.causal, scale)
+    grads = ops.fused_bwd(strided(dout), *views, strided(out), lse_t, lse_lo, *prob)
     for name, a, b in zip(NAMES, (out, lse, *grads), (expected[0], expected[1], *expected[2]), strict=True):
         assert torch.equal(a, b), f"{name} depends on the input strides"
 
@@ -203,7 +206,7 @@ def test_nan_propagates_to_the_rows_that_see_it(isa, monkeypatch):
     q, k1, k2, v1, v2 = make_inputs(case, torch.float32, seed=11)
     q[0, 5, 1, 3] = float("nan")
     w1, w2 = _windows(case)
-    out, lse = ops.fused_fwd(q, k1, k2, v1, v2, w1, w2, True, 0.25)
+    out, lse, _ = ops.fused_fwd(q, k1, k2, v1, v2, *Problem(w1, w2, True, 0.25).fused_args())
     assert out[0, 5, 1].isnan().all() and lse[0, 1, 5].isnan()
     rest = torch.ones_like(out, dtype=torch.bool)
     rest[0, 5, 1] = False
@@ -229,21 +232,22 @@ def _good(dtype=torch.float32):
 )
 def test_fwd_argument_errors(mutate, w, pattern):
     with pytest.raises(RuntimeError, match=pattern):
-        ops.fused_fwd(*mutate(_good()), *w, True, 0.25)
+        ops.fused_fwd(*mutate(_good()), None, 0, *w, True, 0.25, "trilinear")
 
 
 def test_bwd_argument_errors():
     q, k1, k2, v1, v2 = _good()
-    out, lse = ops.fused_fwd(q, k1, k2, v1, v2, 4, 4, True, 0.25)
+    prob = Problem(4, 4, True, 0.25).fused_args()
+    out, lse, lse_lo = ops.fused_fwd(q, k1, k2, v1, v2, *prob)
     with pytest.raises(RuntimeError, match="lse must have dtype"):
-        ops.fused_bwd(out, q, k1, k2, v1, v2, out, lse.double(), 4, 4, True, 0.25)
+        ops.fused_bwd(out, q, k1, k2, v1, v2, out, lse.double(), lse_lo, *prob)
     with pytest.raises(RuntimeError, match="lse must have shape"):
-        ops.fused_bwd(out, q, k1, k2, v1, v2, out, lse[:, :, :5], 4, 4, True, 0.25)
+        ops.fused_bwd(out, q, k1, k2, v1, v2, out, lse[:, :, :5], lse_lo, *prob)
     with pytest.raises(RuntimeError, match="dout must have shape"):
-        ops.fused_bwd(out[:, :5], q, k1, k2, v1, v2, out, lse, 4, 4, True, 0.25)
+        ops.fused_bwd(out[:, :5], q, k1, k2, v1, v2, out, lse, lse_lo, *prob)
 
 
 def test_bad_isa_variable_is_an_error(monkeypatch):
     monkeypatch.setenv(ISA_ENV, "sse9")
     with pytest.raises(RuntimeError, match="SIMPLICIAL_ATTN_CPU_ISA must be one of"):
-        ops.fused_fwd(*_good(), 4, 4, True, 0.25)
+        ops.fused_fwd(*_good(), *Problem(4, 4, True, 0.25).fused_args())

@@ -14,6 +14,7 @@ import torch
 import simplicial_attn as sa
 from simplicial_attn import _ext, reference
 from simplicial_attn._windows import kernel_window
+from simplicial_attn.problem import Problem
 
 from cases import BOUNDS, CASES_FULL, Case, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
@@ -50,9 +51,9 @@ def _kernel_windows(case):
 
 
 def _cuda_fwd_bwd(case, q, k1, k2, v1, v2, dout, scale):
-    w1, w2 = _kernel_windows(case)
-    out, lse = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, w1, w2, case.causal, scale)
-    grads = torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, case.causal, scale)
+    prob = Problem(*_kernel_windows(case), case.causal, scale).fused_args()
+    out, lse, lse_lo = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob)
+    grads = torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob)
     return out, lse, grads
 
 
@@ -89,10 +90,11 @@ def test_realistic_vs_reference(case, dtype, poison):
     out, lse, grads = _cuda_fwd_bwd(case, q, k1, k2, v1, v2, dout, scale)
     # The reference computes in float32 from the same low-precision inputs: its own error is far
     # below the bound, so the bound applies to the difference.
-    ref_out, ref_lse = reference.fwd(q, k1, k2, v1, v2, w1, w2, case.causal, scale)
+    prob = Problem(w1, w2, case.causal, scale)
+    ref_out, ref_lse, ref_lse_lo = reference.fwd(q, k1, k2, v1, v2, prob)
     _assert_close("out", out, ref_out, BOUNDS[dtype])
     _assert_close("lse", lse, ref_lse, BOUNDS[dtype])
-    refs = reference.bwd(dout, q, k1, k2, v1, v2, ref_out, ref_lse, w1, w2, case.causal, scale)
+    refs = reference.bwd(dout, q, k1, k2, v1, v2, ref_out, ref_lse, ref_lse_lo, prob)
     for name, g, r in zip(GRADS, grads, refs, strict=True):
         _assert_close(name, g, r, BOUNDS[dtype])
 
@@ -109,8 +111,9 @@ def test_realistic_vs_triton(case, poison):
     w1, w2 = _kernel_windows(case)
     scale = case.D**-0.5
     out, lse, grads = _cuda_fwd_bwd(case, q, k1, k2, v1, v2, dout, scale)
-    t_out, t_lse = triton_kernels.fwd(q, k1, k2, v1, v2, w1, w2, case.causal, scale)
-    t_grads = triton_kernels.bwd(dout, q, k1, k2, v1, v2, t_out, t_lse, w1, w2, case.causal, scale)
+    prob = Problem(w1, w2, case.causal, scale)
+    t_out, t_lse, t_lse_lo = triton_kernels.fwd(q, k1, k2, v1, v2, prob)
+    t_grads = triton_kernels.bwd(dout, q, k1, k2, v1, v2, t_out, t_lse, t_lse_lo, prob)
     # Both carry bf16 rounding of their own: allow the sum of the two bounds.
     bound = 2 * BOUNDS[dtype]
     _assert_close("out", out, t_out, bound)
@@ -199,8 +202,9 @@ def test_offsets_beyond_2_31():
     k1, k2, v1, v2 = (torch.randn(B, N, Hkv, D, device="cuda", dtype=torch.float16, generator=g) for _ in range(4))
     dout = torch.randn(B, N, Hq, D, device="cuda", dtype=torch.float16, generator=g)
     assert q.numel() > 2**31
-    out, lse = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, w1, w2, True, D**-0.5)
-    grads = torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, True, D**-0.5)
+    prob = Problem(w1, w2, True, D**-0.5).fused_args()
+    out, lse, lse_lo = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob)
+    grads = torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob)
     S = 32  # tail positions given to the oracle; rows >= N - S + 8 see only tail positions
     tail = [t[:, N - S :] for t in (q, k1, k2, v1, v2)]
     ref_out, _ = oracle_fwd(*tail, w1, w2, True, D**-0.5)
@@ -216,7 +220,7 @@ def test_rejects_float64_and_empty_is_empty():
     case = Case(1, 8, 2, 1, 16, 4, 4)
     q, k1, k2, v1, v2 = make_inputs(case, torch.float64, "cuda")
     with pytest.raises(RuntimeError, match="float64"):
-        torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, 4, 4, True, 0.25)
+        torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *Problem(4, 4, True, 0.25).fused_args())
     empty = [t[:, :0].float() for t in (q, k1, k2, v1, v2)]
-    out, lse = torch.ops.simplicial_attn.fused_fwd(*empty, 1, 1, True, 0.25)
+    out, lse, _ = torch.ops.simplicial_attn.fused_fwd(*empty, *Problem(1, 1, True, 0.25).fused_args())
     assert out.shape == (1, 0, 2, 16) and lse.shape == (1, 2, 0)

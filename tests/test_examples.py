@@ -79,8 +79,12 @@ def test_match3_smoke(tmp_path):
     assert (tmp_path / "match3.png").exists() == HAS_MATPLOTLIB
 
 
-def test_train_code_smoke(tmp_path):
-    train_code.main(_smoke_argv(tmp_path) + ["--max-files", "6", "--seeds", "0", "1"])
+def test_train_code_smoke(tmp_path, capsys):
+    results = train_code.main(_smoke_argv(tmp_path) + ["--max-files", "6", "--seeds", "0", "1", "--generate", "20"])
+    shown = capsys.readouterr().out
+    assert "no window across files" in shown and "top-5 next characters" in shown
+    generation = results["generation"]
+    assert generation["completion"].startswith(generation["prompt"]) and len(generation["top5"]) == 5
     saved = json.loads((tmp_path / "train_code.json").read_text())
     for run in saved["models"].values():
         assert run["seeds"].keys() == {"0", "1"} and run["step_seconds_min"] > 0
@@ -89,3 +93,47 @@ def test_train_code_smoke(tmp_path):
             assert all(0 < v < 20 for v in curve["valid_loss"])
     assert saved["models"]["simplicial"]["layers"] == "AS"
     assert (tmp_path / "train_code.png").exists() == HAS_MATPLOTLIB
+
+
+@pytest.mark.parametrize("every", [2, 1])
+def test_generate_equals_recomputing_without_a_cache(every):
+    """Greedy generation with the rolling caches (2-simplicial rings, a windowed and a full-causal
+    SDPA cache) picks the same tokens as re-running the whole sequence every step, for prompts of
+    different lengths, far past the ring sizes."""
+    torch.manual_seed(0)
+    for window in (None, 5):
+        model = Decoder(vocab_size=13, dim=24, depth=2, num_heads=2, simplicial_every=every, w1=4, w2=3,
+                        window=window, backend="reference").eval()  # fmt: skip
+        prompts = [torch.randint(0, 13, (n,)) for n in (3, 7)]
+        outs = model.generate(prompts, max_new_tokens=12, temperature=0)
+        for prompt, out in zip(prompts, outs, strict=True):
+            seq = prompt.clone()
+            with torch.no_grad():
+                for _ in range(12):
+                    seq = torch.cat([seq, model(seq[None])[0, -1].argmax()[None]])
+            assert torch.equal(out, seq)
+
+
+def test_packed_batches_stay_inside_files():
+    files = [torch.arange(5) + 100 * i for i in range(1, 4)]
+    x, y, cu = train_code.random_packed_batch(files, 6, 8, torch.Generator().manual_seed(0))
+    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+        assert len(set((x[s:e] // 100).tolist()) | set((y[s:e] // 100).tolist())) == 1  # one file per segment
+        assert torch.equal(y[s : e - 1], x[s + 1 : e])
+
+
+def test_positional_experiment_smoke(tmp_path):
+    """examples/positional.py: three 2-simplicial variants (and the SDPA yardstick on code) at equal
+    budgets, two seeds, a winner per task."""
+    import positional
+
+    argv = ["--tiny", "--steps", "2", "--seeds", "0", "1", "--backend", "reference", "--out", str(tmp_path)]
+    results = positional.main(argv + ([] if HAS_MATPLOTLIB else ["--no-plot"]))
+    assert set(results["match3"]) == set(positional.VARIANTS)
+    assert set(results["code"]) == {"SDPA only (yardstick)", *positional.VARIANTS}
+    for task in ("match3", "code"):
+        budgets = [e["parameters"] for e in results[task].values()]
+        assert max(budgets) - min(budgets) <= 0.01 * max(budgets), budgets
+        assert all(e["seeds"].keys() == {"0", "1"} for e in results[task].values())
+        assert results[f"{task}_winner"] in positional.VARIANTS
+    assert json.loads((tmp_path / "positional.json").read_text())["code_winner"] == results["code_winner"]

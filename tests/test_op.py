@@ -23,11 +23,12 @@ def small_inputs(dtype=torch.float32, requires_grad=False, case=SMALL):
 @pytest.mark.parametrize("causal", [True, False])
 def test_opcheck(backend, causal):
     q, k1, k2, v1, v2 = small_inputs(requires_grad=True)
-    torch.library.opcheck(_ops.attention, (q, k1, k2, v1, v2, 3, 4, causal, 0.25, backend))
-    out, lse = _ops.attention(q, k1, k2, v1, v2, 3, 4, causal, 0.25, backend)
+    prob = (None, 0, 3, 4, causal, 0.25, "trilinear", backend)
+    torch.library.opcheck(_ops.attention, (q, k1, k2, v1, v2, *prob))
+    out, lse, lse_lo = _ops.attention(q, k1, k2, v1, v2, *prob)
     dout = torch.randn_like(out)
-    args = (dout, q.detach(), k1.detach(), k2.detach(), v1.detach(), v2.detach(), out.detach(), lse)
-    torch.library.opcheck(_ops.attention_backward, (*args, 3, 4, causal, 0.25, backend))
+    args = (dout, q.detach(), k1.detach(), k2.detach(), v1.detach(), v2.detach(), out.detach(), lse, lse_lo)
+    torch.library.opcheck(_ops.attention_backward, (*args, *prob))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -154,6 +155,10 @@ def test_not_supported_reasons_per_backend():
     assert any("got float64" in r for r in cuda)
     if not _ext.extension_loaded():
         assert any("not built" in r for r in cpu)
+
+
+def test_backend_names_are_the_registry():
+    assert set(backends.NAMES) == {"auto", *backends.BACKENDS}
 
 
 def test_build_info_says_what_is_there():

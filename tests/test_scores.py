@@ -327,7 +327,7 @@ OPCHECK_CASE = Case(2, 5, 4, 2, 16, 3, 2)
 def test_opcheck_custom_ops(backend):
     q, k1, k2, _, _ = make_inputs(OPCHECK_CASE, torch.float32, requires_grad=True)
     for w1, w2, causal in ((3, 2, True), (None, 2, False)):
-        args = (q, k1, k2, w1, w2, causal, 0.3, backend)
+        args = (q, k1, k2, w1, w2, causal, 0.3, "trilinear", backend)
         torch.library.opcheck(scores_mod._scores_op, args)
         s = scores_mod._scores_op(*args)
         ds = torch.where(torch.isfinite(s), torch.randn_like(s), 0)
@@ -342,9 +342,9 @@ def test_opcheck_custom_ops(backend):
 def test_opcheck_cpp_schemas():
     q, k1, k2, _, _ = make_inputs(OPCHECK_CASE, torch.float32)
     ops = torch.ops.simplicial_attn
-    torch.library.opcheck(ops.scores_fwd.default, (q, k1, k2, 3, None, True, 0.3))
-    s = ops.scores_fwd(q, k1, k2, 3, None, True, 0.3)
-    torch.library.opcheck(ops.scores_bwd.default, (torch.randn_like(s), q, k1, k2, 3, None, True, 0.3))
+    torch.library.opcheck(ops.scores_fwd.default, (q, k1, k2, 3, None, True, 0.3, "trilinear"))
+    s = ops.scores_fwd(q, k1, k2, 3, None, True, 0.3, "trilinear")
+    torch.library.opcheck(ops.scores_bwd.default, (torch.randn_like(s), q, k1, k2, 3, None, True, 0.3, "trilinear"))
     torch.library.opcheck(ops.softmax_fwd.default, (s,))
     torch.library.opcheck(ops.softmax_bwd.default, (torch.randn_like(s), ops.softmax_fwd(s)))
 
@@ -352,7 +352,7 @@ def test_opcheck_cpp_schemas():
 @pytest.mark.skipif(not (HAS_GPU or _available("triton")), reason="triton missing or not interpreting")
 def test_opcheck_triton():
     q, k1, k2, _, _ = make_inputs(Case(1, 3, 2, 1, 16, 2, 2), torch.float32, device_of("triton"), requires_grad=True)
-    args = (q, k1, k2, 2, 2, True, 0.3, "triton")
+    args = (q, k1, k2, 2, 2, True, 0.3, "trilinear", "triton")
     torch.library.opcheck(scores_mod._scores_op, args, test_utils=("test_schema", "test_faketensor"))
     s = scores_mod._scores_op(*args).detach().requires_grad_()
     torch.library.opcheck(scores_mod._softmax_op, (s, "triton"), test_utils=("test_schema", "test_faketensor"))
@@ -421,11 +421,13 @@ def test_cpp_errors_name_the_argument():
     q, k1, k2, _, _ = make_inputs(Case(1, 3, 2, 1, 16, 2, 2), torch.float32)
     ops = torch.ops.simplicial_attn
     with pytest.raises(RuntimeError, match="w1 must be >= 1"):
-        ops.scores_fwd(q, k1, k2, 0, 2, True, 1.0)
+        ops.scores_fwd(q, k1, k2, 0, 2, True, 1.0, "trilinear")
     with pytest.raises(RuntimeError, match="k2 must have shape"):
-        ops.scores_fwd(q, k1, k2[:, :2], 2, 2, True, 1.0)
+        ops.scores_fwd(q, k1, k2[:, :2], 2, 2, True, 1.0, "trilinear")
     with pytest.raises(RuntimeError, match="dscores must have shape"):
-        ops.scores_bwd(torch.zeros(1, 2, 3, 2, 3), q, k1, k2, 2, 2, True, 1.0)
+        ops.scores_bwd(torch.zeros(1, 2, 3, 2, 3), q, k1, k2, 2, 2, True, 1.0, "trilinear")
+    with pytest.raises(RuntimeError, match="logits must be 'trilinear' or 'determinant'"):
+        ops.scores_fwd(q, k1, k2, 2, 2, True, 1.0, "cubic")
     with pytest.raises(RuntimeError, match="scores must have rank >= 2"):
         ops.softmax_fwd(torch.zeros(3))
     with pytest.raises(RuntimeError, match="dprobs must have probs' shape"):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from simplicial_attn._windows import kernel_window
+from simplicial_attn.problem import Problem
 
 from cases import BOUNDS, CASES_FULL, CASES_SMALL, Case, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
@@ -40,8 +41,9 @@ def _run(case, dtype, head_packing, inputs=None, dout=None):
     dout = make_dout(case, dtype, DEVICE) if dout is None else dout
     w1, w2 = _windows(case)
     scale = case.D**-0.5
-    out, lse = tk.fwd(q, k1, k2, v1, v2, w1, w2, case.causal, scale, head_packing=head_packing)
-    grads = tk.bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, case.causal, scale, head_packing=head_packing)
+    prob = Problem(w1, w2, case.causal, scale)
+    out, lse, lse_lo = tk.fwd(q, k1, k2, v1, v2, prob, head_packing=head_packing)
+    grads = tk.bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, head_packing=head_packing)
     return out, lse, grads, (q, k1, k2, v1, v2), dout
 
 
@@ -136,9 +138,10 @@ def test_non_contiguous_inputs(poison):
     _check(case, torch.float32, head_packing=False, inputs=inputs, dout=dout.to(DEVICE))
 
     w1, w2 = _windows(case)
-    out, lse = tk.fwd(*inputs, w1, w2, True, D**-0.5)
+    prob = Problem(w1, w2, True, D**-0.5)
+    out, lse, lse_lo = tk.fwd(*inputs, prob)
     out_strided = torch.empty(B, Hq, N, D, device=DEVICE).transpose(1, 2).copy_(out)
-    grads = tk.bwd(dout.to(DEVICE), *inputs, out_strided, lse, w1, w2, True, D**-0.5)
+    grads = tk.bwd(dout.to(DEVICE), *inputs, out_strided, lse, lse_lo, prob)
     errs = _errors(case, out, lse, grads, inputs, dout)
     assert all(v <= BOUNDS[torch.float32] for v in errs.values()), errs
 
@@ -151,7 +154,9 @@ def test_lse_is_natural_log_and_the_backward_reads_it_so(poison):
     _, ref_lse = oracle_fwd(*inputs, case.w1, case.w2, case.causal, case.D**-0.5)
     assert rel_err(lse, ref_lse) <= BOUNDS[torch.float32]
     w1, w2 = _windows(case)
-    wrong = tk.bwd(dout, *inputs, out, lse * math.log2(math.e), w1, w2, True, case.D**-0.5)
+    wrong = tk.bwd(
+        dout, *inputs, out, lse * math.log2(math.e), torch.zeros_like(lse), Problem(w1, w2, True, case.D**-0.5)
+    )
     errs = _errors(case, out, lse, wrong, inputs, dout)
     assert all(errs[name] > 0.1 for name in GRADS), errs
 
@@ -171,7 +176,7 @@ def test_large_finite_logits_do_not_overflow(poison):
 def test_float64_is_refused_with_a_clear_error():
     q, k1, k2, v1, v2 = make_inputs(Case(1, 3, 1, 1, 16, 2, 2), torch.float64, DEVICE)
     with pytest.raises(TypeError, match="float16, bfloat16 and float32; got torch.float64"):
-        tk.fwd(q, k1, k2, v1, v2, 2, 2, True, 0.25)
+        tk.fwd(q, k1, k2, v1, v2, Problem(2, 2, True, 0.25))
 
 
 def test_tf32_only_when_asked(monkeypatch):
@@ -241,8 +246,9 @@ def test_gpu_realistic_sizes_match_the_reference_fp32(case, dtype, poison):
     scale = case.D**-0.5
     out, lse, grads, _, _ = _run(case, dtype, None, inputs, dout)
     ref_in = [t.float() for t in inputs]
-    ref_out, ref_lse = reference.fwd(*ref_in, w1, w2, case.causal, scale)
-    ref_grads = reference.bwd(dout.float(), *ref_in, ref_out, ref_lse, w1, w2, case.causal, scale)
+    prob = Problem(w1, w2, case.causal, scale)
+    ref_out, ref_lse, ref_lse_lo = reference.fwd(*ref_in, prob)
+    ref_grads = reference.bwd(dout.float(), *ref_in, ref_out, ref_lse, ref_lse_lo, prob)
     errs = {"out": rel_err(out, ref_out), "lse": rel_err(lse, ref_lse)}
     errs.update({n: rel_err(g, r) for n, g, r in zip(GRADS, grads, ref_grads, strict=True)})
     assert all(v <= BOUNDS[dtype] for v in errs.values()), errs

@@ -140,9 +140,60 @@ def test_cpp_checks_name_the_argument():
     if not _ext.has_kernel("cpu"):
         pytest.skip("the C++ CPU kernels are not built (simplicial_attn._C has no CPU fused_fwd)")
     q, k1, k2, v1, v2 = inputs()
+    fwd = torch.ops.simplicial_attn.fused_fwd
     with pytest.raises(RuntimeError, match=r"v1 must have shape \[2, 5, 2, 8\], got \[2, 5, 2, 7\]"):
-        torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1[..., :7], v2, 3, 2, True, 0.5)
+        fwd(q, k1, k2, v1[..., :7], v2, None, 0, 3, 2, True, 0.5, "trilinear")
     with pytest.raises(RuntimeError, match=r"w2 must be >= 1, got 0"):
-        torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, 3, 0, True, 0.5)
+        fwd(q, k1, k2, v1, v2, None, 0, 3, 0, True, 0.5, "trilinear")
     with pytest.raises(RuntimeError, match=r"k2 must have dtype Double like q, got Float"):
-        torch.ops.simplicial_attn.fused_fwd(q.double(), k1.double(), k2, v1.double(), v2.double(), 3, 2, True, 0.5)
+        fwd(q.double(), k1.double(), k2, v1.double(), v2.double(), None, 0, 3, 2, True, 0.5, "trilinear")
+    with pytest.raises(RuntimeError, match=r"logits must be 'trilinear' or 'determinant', got 'volume'"):
+        fwd(q, k1, k2, v1, v2, None, 0, 3, 2, True, 0.5, "volume")
+    with pytest.raises(RuntimeError, match=r"cu_seqlens must have dtype int32 or int64, got Float"):
+        fwd(*(t[:1] for t in (q, k1, k2, v1, v2)), torch.zeros(2), 5, 3, 2, True, 0.5, "trilinear")
+
+
+def test_zero_query_heads():
+    args = inputs()
+    args[0] = args[0][:, :, :0]
+    expect(ValueError, args, r"q and k1 must have at least one head, got Hq = 0, Hkv = 2")
+
+
+def _op_backends():
+    from simplicial_attn import _ext
+
+    return ["reference"] + (["cpu"] if _ext.has_kernel("cpu") else [])
+
+
+@pytest.mark.parametrize("backend", _op_backends())
+def test_op_called_directly_checks_its_arguments(backend):
+    """torch.ops.simplicial_attn.attention is public too: the same rules, never zeros or -inf."""
+    op = torch.ops.simplicial_attn.attention
+    args = inputs()
+    with pytest.raises(ValueError, match=r"w1 must be an int >= 1 or None, got 0"):
+        op(*args, None, 0, 0, 2, True, 0.5, "trilinear", backend)
+    with pytest.raises(ValueError, match=r"backend must be one of auto, cuda, triton, cpu, reference; got 'bogus'"):
+        op(*args, None, 0, 3, 2, True, 0.5, "trilinear", "bogus")
+    with pytest.raises(ValueError, match=r"backend must be a concrete backend for the op"):
+        op(*args, None, 0, 3, 2, True, 0.5, "trilinear", "auto")
+    with pytest.raises(ValueError, match=r"q and k1 must have at least one head, got Hq = 0"):
+        op(args[0][:, :, :0], *args[1:], None, 0, 3, 2, True, 0.5, "trilinear", backend)
+    with pytest.raises(ValueError, match=r"scale must be finite, got inf"):
+        op(*args, None, 0, 3, 2, True, float("inf"), "trilinear", backend)
+
+
+def test_bogus_backend_is_a_value_error():
+    expect(
+        ValueError, inputs(), r"backend must be one of auto, cuda, triton, cpu, reference; got 'bogus'", backend="bogus"
+    )
+
+
+def test_forward_mode_ad_says_it_is_not_supported():
+    args = inputs()
+    tangents = tuple(torch.ones_like(t) for t in args)
+    with pytest.raises(NotImplementedError, match=r"no forward-mode AD \(torch.func.jvp"):
+        torch.func.jvp(lambda *x: call(x, backend="reference"), tuple(args), tangents)
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="no forward-mode AD"):
+        call([fwAD.make_dual(args[0], tangents[0]), *args[1:]], backend="reference")

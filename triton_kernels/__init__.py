@@ -1,7 +1,9 @@
-"""Triton backend of simplicial-attn: `fwd` and `bwd` with the package's fixed interface.
+"""Triton backend of simplicial-attn: `fwd`, `bwd` and `decode` with the package's backend interface
+(simplicial_attn/backends.py; `prob` is the call's Problem, simplicial_attn/problem.py).
 
-    fwd(q, k1, k2, v1, v2, w1, w2, causal, scale) -> (out, lse)
-    bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale) -> (dq, dk1, dk2, dv1, dv2)
+    fwd(q, k1, k2, v1, v2, prob) -> (out, lse, lse_lo)
+    bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob) -> (dq, dk1, dk2, dv1, dv2)
+    decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob) -> (out, lse)
 
 Kernels: fwd.py (forward), bwd.py (Delta preprocess and launcher), bwd_dq.py, bwd_dkv1.py,
 bwd_dkv2.py (the three atomic-free gradient kernels); configs.py holds the per-arch launch
@@ -14,4 +16,10 @@ from ._common import is_interpreting
 from .bwd import bwd
 from .fwd import fwd
 
-__all__ = ["bwd", "fwd", "is_interpreting"]
+
+def decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob):
+    # TODO(interface): the decode kernel.
+    raise NotImplementedError("the triton backend does not implement decoding yet")
+
+
+__all__ = ["bwd", "decode", "fwd", "is_interpreting"]

@@ -115,6 +115,14 @@ def row_block_ptrs(X, b, g, start, stride_b, stride_n, stride_h, stride_d, r, d)
     return X + b * stride_b + g * stride_h + start * stride_n + (r[:, None] * stride_n + d[None, :] * stride_d)
 
 
+def require_implemented(prob):
+    # TODO(interface): packed layouts and determinant logits are not in these kernels yet.
+    if prob.cu_seqlens is not None:
+        raise NotImplementedError("the triton backend does not implement packed sequences (cu_seqlens) yet")
+    if prob.logits != "trilinear":
+        raise NotImplementedError("the triton backend does not implement logits='determinant' yet")
+
+
 def check_tensors(*tensors):
     """What this backend cannot run, as a clear error (the API validates shapes before us)."""
     dtype = tensors[0].dtype

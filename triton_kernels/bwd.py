@@ -24,6 +24,7 @@ from ._common import (
     input_precision,
     int32_tiles,
     is_interpreting,
+    require_implemented,
     window_bounds,
 )
 from .bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
@@ -57,13 +58,15 @@ def _delta_kernel(
     tl.store(DELTA + b * stride_lb + h * stride_lh + i.to(tl.int64), delta, mask=i < N)
 
 
-def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale, *, head_packing=None, allow_tf32=False):
+def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, allow_tf32=False):
     """(dq, dk1, dk2, dv1, dv2), each shaped and typed like its input, contiguous.
 
-    Shapes as in `fwd`; `out` and `lse` are the forward's (lse natural log, float32). With GQA
-    a kv gradient sums over the query heads sharing the kv head. `head_packing` and
-    `allow_tf32` as in `fwd`.
+    Shapes as in `fwd`; `out`, `lse` and `lse_lo` are the forward's (lse natural log, float32).
+    With GQA a kv gradient sums over the query heads sharing the kv head. `prob`,
+    `head_packing` and `allow_tf32` as in `fwd`.
     """
+    require_implemented(prob)
+    w1, w2, causal, scale = prob.w1, prob.w2, prob.causal, prob.scale
     check_tensors(q, k1, k2, v1, v2, dout, out)
     dout, q, k1, k2, v1, v2, out = (int32_tiles(t) for t in (dout, q, k1, k2, v1, v2, out))
     B, N, HQ, D = q.shape

@@ -43,6 +43,7 @@ from ._common import (
     mma,
     query_tile,
     query_tile_loops,
+    require_implemented,
     window_bounds,
 )
 
@@ -142,14 +143,17 @@ def _two_simplicial_fwd_kernel(
     tl.store(LSE + b * stride_lb + h0 * stride_lh + p0_64 + (rh * stride_lh + rp), lse, mask=row_ok)
 
 
-def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale, *, head_packing=None, allow_tf32=False):
-    """out [B, N, Hq, D] (q's dtype, contiguous) and lse [B, Hq, N] (float32, natural log).
+def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False):
+    """out [B, N, Hq, D] (q's dtype, contiguous), lse and lse_lo [B, Hq, N] (float32, natural log).
 
-    q is [B, N, Hq, D]; k1, k2, v1, v2 are [B, N, Hkv, D], any strides. w1, w2 are integer
-    windows (already normalised by the caller). `head_packing` forces the GQA head-packed
-    tiling on (True) or off (False); None picks it by shape. `allow_tf32` lets float32
-    inputs use TF32 tensor cores (so does SIMPLICIAL_ATTN_ALLOW_TF32=1).
+    q is [B, N, Hq, D]; k1, k2, v1, v2 are [B, N, Hkv, D], any strides. `prob` is the call's
+    Problem (simplicial_attn/problem.py: integer windows already normalised, causal, scale,
+    logits, layout). `head_packing` forces the GQA head-packed tiling on (True) or off (False);
+    None picks it by shape. `allow_tf32` lets float32 inputs use TF32 tensor cores (so does
+    SIMPLICIAL_ATTN_ALLOW_TF32=1).
     """
+    require_implemented(prob)
+    w1, w2, causal, scale = prob.w1, prob.w2, prob.causal, prob.scale
     check_tensors(q, k1, k2, v1, v2)
     q, k1, k2, v1, v2 = (int32_tiles(t) for t in (q, k1, k2, v1, v2))
     B, N, HQ, D = q.shape
@@ -179,4 +183,4 @@ def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale, *, head_packing=None, allow_tf
             BLOCK_H=block_h, BLOCK_D=bd,
             INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
         )  # fmt: skip
-    return out, lse
+    return out, lse, torch.zeros_like(lse)

@@ -251,8 +251,15 @@ def _score_tiles(q, w1, w2, causal, backward):
     return ax1, ax2, n_atiles, (N * n_atiles, B * HQ), meta
 
 
-def scores_fwd(q, k1, k2, w1, w2, causal, scale):
+def _require_trilinear(logits):
+    # TODO(interface): the determinant form is not in these kernels yet.
+    if logits != "trilinear":
+        raise NotImplementedError("the triton scores kernels do not implement logits='determinant' yet")
+
+
+def scores_fwd(q, k1, k2, w1, w2, causal, scale, logits="trilinear"):
     """Scores [B, Hq, N, W1, W2] float32 (see the module doc); inputs of any strides."""
+    _require_trilinear(logits)
     _check(q, k1, k2)
     B, N, HQ, D = q.shape
     ax1, ax2, n_atiles, grid, meta = _score_tiles(q, w1, w2, causal, backward=False)
@@ -268,8 +275,9 @@ def scores_fwd(q, k1, k2, w1, w2, causal, scale):
     return out
 
 
-def scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale):
+def scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale, logits="trilinear"):
     """(dq, dk1, dk2) of sum(dscores * scores), typed like the inputs; masked slots ignored."""
+    _require_trilinear(logits)
     _check(q, k1, k2)
     B, N, HQ, D = q.shape
     HKV = k1.shape[2]

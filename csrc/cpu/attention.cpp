@@ -18,6 +18,7 @@
 #include "cpu_info.h"
 #include "kernel_args.h"
 #include "layout.h"
+#include "problem.h"
 
 namespace simplicial_attn {
 namespace cpu {
@@ -314,13 +315,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd
   }
 }
 
+// The schema entry points (csrc/ops.cpp): one checked Problem per call.
+// TODO(interface): packed layouts, determinant logits, lse_lo and decoding are not in these
+// kernels yet; they fail with a clear error instead.
+void require_batched_trilinear(const Problem& p) {
+  TORCH_CHECK(!p.packed(), "the cpu backend does not implement packed sequences (cu_seqlens) yet");
+  TORCH_CHECK(p.logits == Logits::kTrilinear, "the cpu backend does not implement logits='determinant' yet");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q, const at::Tensor& k1,
+                                                            const at::Tensor& k2, const at::Tensor& v1,
+                                                            const at::Tensor& v2,
+                                                            const std::optional<at::Tensor>& cu_seqlens,
+                                                            int64_t max_seqlen, int64_t w1, int64_t w2, bool causal,
+                                                            double scale, c10::string_view logits) {
+  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
+  const Problem p = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
+  require_batched_trilinear(p);
+  auto [out, lse] = fused_fwd_cpu(q, k1, k2, v1, v2, p.w1, p.w2, p.causal, p.scale);
+  return {out, lse, at::zeros_like(lse)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd_op(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1,
+    const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& lse_lo,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t w1, int64_t w2, bool causal, double scale,
+    c10::string_view logits) {
+  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
+  const Problem p = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
+  require_batched_trilinear(p);
+  SA_CHECK_SHAPE(lse_lo, q.size(0), q.size(2), q.size(1));
+  return fused_bwd_cpu(dout, q, k1, k2, v1, v2, out, lse, p.w1, p.w2, p.causal, p.scale);
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at::Tensor& k1_cache,
+                                                   const at::Tensor& k2_cache, const at::Tensor& v1_cache,
+                                                   const at::Tensor& v2_cache, const at::Tensor& cache_seqlens,
+                                                   int64_t w1, int64_t w2, double scale, c10::string_view logits) {
+  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, Nq, Hq, D], got rank ", q.dim());
+  make_decode_problem(q, cache_seqlens, w1, w2, scale, logits);
+  (void)k1_cache, (void)k2_cache, (void)v1_cache, (void)v2_cache;
+  TORCH_CHECK(false, "the cpu backend does not implement decoding (fused_decode) yet");
+  return {};
+}
+
 }  // namespace
 
 const char* float_kernel_isa() { return float_kernels().isa; }
 
 TORCH_LIBRARY_IMPL(simplicial_attn, CPU, m) {
-  m.impl("fused_fwd", &fused_fwd_cpu);
-  m.impl("fused_bwd", &fused_bwd_cpu);
+  m.impl("fused_fwd", &fused_fwd_op);
+  m.impl("fused_bwd", &fused_bwd_op);
+  m.impl("fused_decode", &fused_decode_op);
 }
 
 }  // namespace cpu

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "problem.h"
 #include "scores_common.h"
 
 namespace simplicial_attn {
@@ -410,7 +411,10 @@ void scores_dk(const ScoresArgs<acc_t>& s, const acc_t* ds, acc_t* dk, bool for_
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 at::Tensor scores_fwd(const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, std::optional<int64_t> w1,
-                      std::optional<int64_t> w2, bool causal, double scale) {
+                      std::optional<int64_t> w2, bool causal, double scale, c10::string_view logits) {
+  // TODO(interface): the determinant form is not in these kernels yet.
+  TORCH_CHECK(parse_logits(logits, q.size(-1)) == Logits::kTrilinear,
+              "the cpu scores kernels do not implement logits='determinant' yet");
   const Dims d = check_scores_inputs(q, k1, k2, w1, w2);
   const WindowAxis ax1 = window_axis(w1, d.N, causal), ax2 = window_axis(w2, d.N, causal);
   const auto acc = acc_type(q.scalar_type());
@@ -429,7 +433,9 @@ at::Tensor scores_fwd(const at::Tensor& q, const at::Tensor& k1, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scores_bwd(const at::Tensor& dscores, const at::Tensor& q,
                                                           const at::Tensor& k1, const at::Tensor& k2,
                                                           std::optional<int64_t> w1, std::optional<int64_t> w2,
-                                                          bool causal, double scale) {
+                                                          bool causal, double scale, c10::string_view logits) {
+  TORCH_CHECK(parse_logits(logits, q.size(-1)) == Logits::kTrilinear,
+              "the cpu scores kernels do not implement logits='determinant' yet");
   const Dims d = check_scores_inputs(q, k1, k2, w1, w2);
   const WindowAxis ax1 = window_axis(w1, d.N, causal), ax2 = window_axis(w2, d.N, causal);
   check_dscores(dscores, q, d, ax1, ax2);

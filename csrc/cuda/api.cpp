@@ -8,6 +8,7 @@
 // others pass their strides to the kernels (64-bit offsets).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -16,6 +17,7 @@
 
 #include "checks.h"
 #include "kernels.h"
+#include "problem.h"
 
 namespace simplicial_attn {
 namespace {
@@ -125,10 +127,55 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd
   return {dq, dk1, dk2, dv1, dv2};
 }
 
+// The schema entry points (csrc/ops.cpp): one checked Problem per call.
+// TODO(interface): packed layouts, determinant logits, lse_lo and decoding are not in these
+// kernels yet; they fail with a clear error instead.
+void require_batched_trilinear(const Problem& p) {
+  TORCH_CHECK(!p.packed(), "the cuda backend does not implement packed sequences (cu_seqlens) yet");
+  TORCH_CHECK(p.logits == Logits::kTrilinear, "the cuda backend does not implement logits='determinant' yet");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q, const at::Tensor& k1,
+                                                            const at::Tensor& k2, const at::Tensor& v1,
+                                                            const at::Tensor& v2,
+                                                            const std::optional<at::Tensor>& cu_seqlens,
+                                                            int64_t max_seqlen, int64_t w1, int64_t w2, bool causal,
+                                                            double scale, c10::string_view logits) {
+  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
+  const Problem p = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
+  require_batched_trilinear(p);
+  auto [out, lse] = fused_fwd_cuda(q, k1, k2, v1, v2, p.w1, p.w2, p.causal, p.scale);
+  return {out, lse, at::zeros_like(lse)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd_op(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1,
+    const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& lse_lo,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t w1, int64_t w2, bool causal, double scale,
+    c10::string_view logits) {
+  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
+  const Problem p = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
+  require_batched_trilinear(p);
+  SA_CHECK_SHAPE(lse_lo, q.size(0), q.size(2), q.size(1));
+  return fused_bwd_cuda(dout, q, k1, k2, v1, v2, out, lse, p.w1, p.w2, p.causal, p.scale);
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at::Tensor& k1_cache,
+                                                   const at::Tensor& k2_cache, const at::Tensor& v1_cache,
+                                                   const at::Tensor& v2_cache, const at::Tensor& cache_seqlens,
+                                                   int64_t w1, int64_t w2, double scale, c10::string_view logits) {
+  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, Nq, Hq, D], got rank ", q.dim());
+  make_decode_problem(q, cache_seqlens, w1, w2, scale, logits);
+  (void)k1_cache, (void)k2_cache, (void)v1_cache, (void)v2_cache;
+  TORCH_CHECK(false, "the cuda backend does not implement decoding (fused_decode) yet");
+  return {};
+}
+
 }  // namespace
 }  // namespace simplicial_attn
 
 TORCH_LIBRARY_IMPL(simplicial_attn, CUDA, m) {
-  m.impl("fused_fwd", &simplicial_attn::fused_fwd_cuda);
-  m.impl("fused_bwd", &simplicial_attn::fused_bwd_cuda);
+  m.impl("fused_fwd", &simplicial_attn::fused_fwd_op);
+  m.impl("fused_bwd", &simplicial_attn::fused_bwd_op);
+  m.impl("fused_decode", &simplicial_attn::fused_decode_op);
 }

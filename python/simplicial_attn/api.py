@@ -5,7 +5,19 @@ from ._windows import kernel_window
 
 
 def two_simplicial_attention(
-    q, k1, k2, v1, v2, w1=512, w2=32, *, causal=True, scale=None, return_lse=False, backend="auto"
+    q,
+    k1,
+    k2,
+    v1,
+    v2,
+    w1=512,
+    w2=32,
+    *,
+    causal=True,
+    scale=None,
+    logits="trilinear",
+    return_lse=False,
+    backend="auto",
 ):
     r"""2-simplicial (trilinear) sliding-window attention.
 
@@ -26,6 +38,9 @@ def two_simplicial_attention(
         w1, w2: window sizes (int >= 1) or None.
         causal: the paper's trailing windows (True) or centred windows (False).
         scale: logit scale, default headdim ** -0.5.
+        logits: "trilinear" (above) or "determinant": per chunk of 3 channels, the determinant
+            of the 3x3 matrix [q_i; k1_j; k2_k] (Roy et al. 2025, §5; CONTRACT §8), invariant
+            under one rotation of all three chunks; needs headdim % 3 == 0.
         return_lse: also return lse (batch_size, nheads_q, seqlen), the natural-log
             normaliser, float32 (float64 for float64 inputs); not differentiable.
         backend: "auto", "cuda", "triton", "cpu" or "reference". "auto" picks the fastest
@@ -34,6 +49,7 @@ def two_simplicial_attention(
 
     Returns:
         out (batch_size, seqlen, nheads_q, headdim) in q's dtype, or (out, lse).
+    Differentiable in all five inputs (reverse mode; forward-mode AD raises NotImplementedError).
     """
     _validate.check_tensors(q, k1, k2, v1, v2)
     _validate.check_window("w1", w1)
@@ -41,10 +57,11 @@ def two_simplicial_attention(
     _validate.check_flag("causal", causal)
     _validate.check_flag("return_lse", return_lse)
     _validate.check_scale(scale)
+    _validate.check_logits(logits, q.shape[3])
+    _validate.check_no_forward_ad(q, k1, k2, v1, v2)
     n, d = q.shape[1], q.shape[3]
     name = backends.select(backend, q.device.type, q.dtype)
     scale = d**-0.5 if scale is None else float(scale)
-    out, lse = _ops.attention(
-        q, k1, k2, v1, v2, kernel_window(w1, n, causal), kernel_window(w2, n, causal), causal, scale, name
-    )
+    w1, w2 = kernel_window(w1, n, causal), kernel_window(w2, n, causal)
+    out, lse, _ = _ops.attention(q, k1, k2, v1, v2, None, 0, w1, w2, causal, scale, logits, name)
     return (out, lse) if return_lse else out

@@ -1,14 +1,23 @@
 """Backend choice, in one place.
 
-Every backend implements the same two functions (see reference.py for the spec):
+Every backend implements the same three functions (reference.py is the spec); `prob` is the
+call's `Problem` (problem.py: windows, causal, scale, logits form, sequence layout, cache):
 
-    fwd(q, k1, k2, v1, v2, w1, w2, causal, scale) -> (out, lse)
-    bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale) -> (dq, dk1, dk2, dv1, dv2)
+    fwd(q, k1, k2, v1, v2, prob) -> (out, lse, lse_lo)
+    bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob) -> (dq, dk1, dk2, dv1, dv2)
+    decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob) -> (out, lse)
 
-and answers `not_supported_reasons(...)` with a list of plain sentences (empty: it can serve
-the call). `"auto"` takes the first backend of `AUTO_ORDER[device type]` that can serve; an
-explicit backend that cannot serve raises `BackendNotSupported` with its reasons, never a
-silent fallback. `SIMPLICIAL_ATTN_BACKEND` overrides `"auto"` (and only `"auto"`).
+    batched   q [B, N, Hq, D], k1..v2 [B, N, Hkv, D]; lse, lse_lo [B, Hq, N]
+    packed    prob.cu_seqlens: q [1, T, Hq, D], k1..v2 [1, T, Hkv, D]; lse, lse_lo [1, Hq, T]
+    decode    q [B, Nq, Hq, D]; k1/v1 caches [B, C1, Hkv, D], k2/v2 caches [B, C2, Hkv, D], already
+              holding the new tokens; prob.cache_seqlens [B]; out like q, lse [B, Hq, Nq]
+
+lse is the natural-log normaliser and lse_lo its rounding residual (README "Numerics"), both in the
+compute dtype (float32; float64 for float64 inputs). Each backend answers
+`not_supported_reasons(...)` with a list of plain sentences (empty: it can serve the call).
+`"auto"` takes the first backend of `AUTO_ORDER[device type]` that can serve; an explicit
+backend that cannot serve raises `BackendNotSupported` with its reasons, never a silent
+fallback. `SIMPLICIAL_ATTN_BACKEND` overrides `"auto"` (and only `"auto"`).
 
 What a backend can serve is decided from plain values (device type, dtype, sizes), and the
 expensive facts (is the extension built, is triton importable) are read once at import, so
@@ -21,7 +30,7 @@ import sys
 
 import torch
 
-from . import _ext, reference
+from . import _ext, _validate, reference
 
 ENV_VAR = "SIMPLICIAL_ATTN_BACKEND"
 
@@ -49,10 +58,13 @@ class Backend:
     def not_supported_reasons(self, device_type, dtype):
         raise NotImplementedError
 
-    def fwd(self, q, k1, k2, v1, v2, w1, w2, causal, scale):
+    def fwd(self, q, k1, k2, v1, v2, prob):
         raise NotImplementedError
 
-    def bwd(self, dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale):
+    def bwd(self, dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob):
+        raise NotImplementedError
+
+    def decode(self, q, k1_cache, k2_cache, v1_cache, v2_cache, prob):
         raise NotImplementedError
 
 
@@ -69,6 +81,9 @@ class ReferenceBackend(Backend):
 
     def bwd(self, *args):
         return reference.bwd(*args)
+
+    def decode(self, *args):
+        return reference.decode(*args)
 
 
 class _ExtensionBackend(Backend):
@@ -98,11 +113,14 @@ class _ExtensionBackend(Backend):
     def _has_kernel(self):
         raise NotImplementedError
 
-    def fwd(self, *args):
-        return torch.ops.simplicial_attn.fused_fwd(*args)
+    def fwd(self, q, k1, k2, v1, v2, prob):
+        return torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob.fused_args())
 
-    def bwd(self, *args):
-        return torch.ops.simplicial_attn.fused_bwd(*args)
+    def bwd(self, dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob):
+        return torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob.fused_args())
+
+    def decode(self, q, k1_cache, k2_cache, v1_cache, v2_cache, prob):
+        return torch.ops.simplicial_attn.fused_decode(q, k1_cache, k2_cache, v1_cache, v2_cache, *prob.decode_args())
 
 
 class CpuBackend(_ExtensionBackend):
@@ -153,6 +171,11 @@ class TritonBackend(Backend):
 
         return triton_kernels.bwd(*args)
 
+    def decode(self, *args):
+        from . import triton_kernels
+
+        return triton_kernels.decode(*args)
+
 
 def _triton_interpreting():
     """Whether the Triton kernels run through the interpreter. Triton reads TRITON_INTERPRET
@@ -164,7 +187,7 @@ def _triton_interpreting():
 
 
 BACKENDS = {b.name: b for b in (CudaBackend(), TritonBackend(), CpuBackend(), ReferenceBackend())}
-NAMES = ("auto", *BACKENDS)
+NAMES = _validate.BACKEND_NAMES  # "auto" and every key of BACKENDS (tests/test_op.py holds them equal)
 
 
 def get(name):
@@ -181,10 +204,7 @@ def select(requested, device_type, dtype, reasons=_reasons):
 
     `reasons(name, device_type, dtype)` says why a backend cannot serve; ops other than the
     fused attention (scores.py) pass their own."""
-    if not isinstance(requested, str):
-        raise TypeError(f"backend must be a str, one of {', '.join(NAMES)}; got {type(requested).__name__}")
-    if requested not in NAMES:
-        raise ValueError(f"backend must be one of {', '.join(NAMES)}; got {requested!r}")
+    _validate.check_backend_name(requested)
     if requested == "auto":
         override = os.environ.get(ENV_VAR, "auto")
         if override not in NAMES:

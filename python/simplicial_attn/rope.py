@@ -90,3 +90,39 @@ class TiedRotary:
         k1 = torch.cat((rotate_pairs(k1[..., :h], cos, sin), k1[..., h:].repeat_interleave(2, dim=-1)), -1)
         k2 = torch.cat((k2[..., : h // 2].repeat_interleave(2, dim=-1), rotate_pairs(k2[..., h // 2 :], cos, sin)), -1)
         return q, k1, k2
+
+
+class ChunkRotary:
+    r"""Rotary embedding for the determinant logits (CONTRACT §8): exact relative positions.
+
+    The determinant logit sums det[q^(m); k1^(m); k2^(m)] over 3-channel chunks m. Rotate every
+    chunk of a token at position p about the chunk's third axis by the angle p * theta_m:
+
+        channels      3m          3m+1         3m+2
+        rotated       cos x - sin y, sin x + cos y, z        (angle p * theta_m)
+
+    R_p is in SO(3) and R_{a+b} = R_a R_b, so det(R_i q, R_j k1, R_k k2) = det(q, R_{j-i} k1, R_{k-i} k2):
+    every logit depends on positions only through j - i and k - i, and shifting all positions
+    leaves the output unchanged (tested). Unlike `TiedRotary`, nothing is tied: k1 and k2 keep
+    all D channels. Needs head_dim % 3 == 0 (the determinant does anyway).
+    """
+
+    def __init__(self, head_dim, base):
+        if head_dim % 3 != 0:
+            raise ValueError(f"the chunk rotary needs head_dim divisible by 3 (determinant logits), got {head_dim}")
+        self.head_dim = head_dim
+        self.base = base
+        self.chunks = head_dim // 3
+        self.key_dim = head_dim  # k1 and k2 are projected to the full head dim
+
+    def rotate(self, x, positions):
+        """x [..., N, H, D] (or [T, H, D]) rotated chunk-wise at positions [N] / [B, N] / [T]."""
+        angles = positions.to(torch.float32)[..., None] * inv_frequencies(self.chunks, self.base, positions.device)
+        cos, sin = angles.cos()[..., None, :], angles.sin()[..., None, :]  # broadcast over heads
+        c = x.float().unflatten(-1, (self.chunks, 3))
+        a, b, z = c[..., 0], c[..., 1], c[..., 2]
+        return torch.stack((a * cos - b * sin, a * sin + b * cos, z), dim=-1).flatten(-2).to(x.dtype)
+
+    def expand_and_rotate(self, q, k1, k2, positions):
+        """q, k1, k2 rotated at their tokens' positions (same interface as TiedRotary)."""
+        return tuple(self.rotate(t, positions) for t in (q, k1, k2))

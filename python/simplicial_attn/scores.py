@@ -67,6 +67,17 @@ def _kernels(name):
 # ---- custom ops ---------------------------------------------------------------------------
 
 
+def _check_op_args(q, k1, k2, w1, w2, causal, scale, logits, backend):
+    """A direct op call gets the public functions' checks too (None windows are allowed here)."""
+    _validate.check_tensors(q, k1, k2, k1, k2)
+    _validate.check_window("w1", w1)
+    _validate.check_window("w2", w2)
+    _validate.check_flag("causal", causal)
+    _validate.check_scale(scale)
+    _validate.check_logits(logits, q.shape[3])
+    _validate.check_concrete_backend(backend)
+
+
 def _empty_grads(q, k1, k2):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k1, k2))
 
@@ -80,15 +91,17 @@ def _scores_op(
     w2: int | None,
     causal: bool,
     scale: float,
+    logits: str,
     backend: str,
 ) -> torch.Tensor:
+    _check_op_args(q, k1, k2, w1, w2, causal, scale, logits, backend)
     if q.shape[0] == 0 or q.shape[1] == 0:  # B == 0 or N == 0: nothing to launch
         return q.new_empty(reference.scores_shape(q, k1, w1, w2, causal), dtype=reference.compute_dtype(q.dtype))
-    return _kernels(backend).scores_fwd(q, k1, k2, w1, w2, causal, scale)
+    return _kernels(backend).scores_fwd(q, k1, k2, w1, w2, causal, scale, logits)
 
 
 @_scores_op.register_fake
-def _(q, k1, k2, w1, w2, causal, scale, backend):
+def _(q, k1, k2, w1, w2, causal, scale, logits, backend):
     return q.new_empty(reference.scores_shape(q, k1, w1, w2, causal), dtype=reference.compute_dtype(q.dtype))
 
 
@@ -102,15 +115,17 @@ def _scores_backward_op(
     w2: int | None,
     causal: bool,
     scale: float,
+    logits: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_op_args(q, k1, k2, w1, w2, causal, scale, logits, backend)
     if q.shape[0] == 0 or q.shape[1] == 0:
         return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k1, k2))
-    return _kernels(backend).scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale)
+    return _kernels(backend).scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale, logits)
 
 
 @_scores_backward_op.register_fake
-def _(dscores, q, k1, k2, w1, w2, causal, scale, backend):
+def _(dscores, q, k1, k2, w1, w2, causal, scale, logits, backend):
     return _empty_grads(q, k1, k2)
 
 
@@ -123,7 +138,7 @@ def _scores_setup_context(ctx, inputs, output):
 def _scores_backward(ctx, dscores):
     q, k1, k2 = ctx.saved_tensors
     grads = _scores_backward_op(dscores, q, k1, k2, *ctx.args)
-    return (*grads, None, None, None, None, None)
+    return (*grads, None, None, None, None, None, None)
 
 
 _scores_op.register_autograd(_scores_backward, setup_context=_scores_setup_context)
@@ -169,11 +184,11 @@ _softmax_op.register_autograd(_softmax_backward, setup_context=_softmax_setup_co
 if _ext.extension_loaded() and hasattr(torch.ops.simplicial_attn, "scores_fwd"):
 
     @torch.library.register_fake("simplicial_attn::scores_fwd")
-    def _(q, k1, k2, w1, w2, causal, scale):
+    def _(q, k1, k2, w1, w2, causal, scale, logits):
         return q.new_empty(reference.scores_shape(q, k1, w1, w2, causal), dtype=reference.compute_dtype(q.dtype))
 
     @torch.library.register_fake("simplicial_attn::scores_bwd")
-    def _(dscores, q, k1, k2, w1, w2, causal, scale):
+    def _(dscores, q, k1, k2, w1, w2, causal, scale, logits):
         return _empty_grads(q, k1, k2)
 
     @torch.library.register_fake("simplicial_attn::softmax_fwd")
@@ -188,8 +203,9 @@ if _ext.extension_loaded() and hasattr(torch.ops.simplicial_attn, "scores_fwd"):
 # ---- public functions -----------------------------------------------------------------------
 
 
-def trilinear_scores(q, k1, k2, w1, w2, *, causal=True, scale=None, backend="auto"):
-    """The windowed trilinear logits A = scale * sum_d q[i,d] k1[j,d] k2[k,d] of every window slot.
+def trilinear_scores(q, k1, k2, w1, w2, *, causal=True, scale=None, logits="trilinear", backend="auto"):
+    """The windowed logits A = scale * sum_d q[i,d] k1[j,d] k2[k,d] of every window slot (or, with
+    logits="determinant", the determinant form of CONTRACT §8).
 
     Args:
         q: (batch_size, seqlen, nheads_q, headdim).
@@ -198,6 +214,7 @@ def trilinear_scores(q, k1, k2, w1, w2, *, causal=True, scale=None, backend="aut
         w1, w2: window sizes (int >= 1) or None (unbounded: W = seqlen).
         causal: trailing windows (True) or centred windows (False).
         scale: default headdim ** -0.5.
+        logits: "trilinear" or "determinant" (headdim % 3 == 0), as in `two_simplicial_attention`.
         backend: "auto", "cuda", "triton", "cpu" or "reference".
 
     Returns:
@@ -211,9 +228,12 @@ def trilinear_scores(q, k1, k2, w1, w2, *, causal=True, scale=None, backend="aut
     _validate.check_window("w2", w2)
     _validate.check_flag("causal", causal)
     _validate.check_scale(scale)
+    _validate.check_logits(logits, q.shape[3])
+    _validate.check_no_forward_ad(q, k1, k2)
     name = select_backend(backend, q.device.type, q.dtype)
     scale = q.shape[3] ** -0.5 if scale is None else float(scale)
-    return _scores_op(q, k1, k2, None if w1 is None else int(w1), None if w2 is None else int(w2), causal, scale, name)
+    w1, w2 = (None if w is None else int(w) for w in (w1, w2))
+    return _scores_op(q, k1, k2, w1, w2, causal, scale, logits, name)
 
 
 def windowed_softmax(scores, *, backend="auto"):
@@ -238,11 +258,11 @@ def windowed_softmax(scores, *, backend="auto"):
     return _softmax_op(scores, name)
 
 
-def attention_weights(q, k1, k2, w1, w2, *, causal=True, scale=None, backend="auto"):
+def attention_weights(q, k1, k2, w1, w2, *, causal=True, scale=None, logits="trilinear", backend="auto"):
     """`windowed_softmax(trilinear_scores(...))`: the attention weights P [B, Hq, N, W1, W2].
 
     Contracting them with v1 and v2 over the windows gives `two_simplicial_attention`'s output
     (module doc). Arguments as in `trilinear_scores`.
     """
-    scores = trilinear_scores(q, k1, k2, w1, w2, causal=causal, scale=scale, backend=backend)
+    scores = trilinear_scores(q, k1, k2, w1, w2, causal=causal, scale=scale, logits=logits, backend=backend)
     return windowed_softmax(scores, backend=backend)

@@ -18,11 +18,13 @@ its position falls outside [0, N). The C++ twin of this table is csrc/include/sc
 
 The functions mirror the kernels' interface (see scores.py):
 
-    scores_fwd(q, k1, k2, w1, w2, causal, scale) -> scores [B, Hq, N, W1, W2]
-    scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale) -> (dq, dk1, dk2)
+    scores_fwd(q, k1, k2, w1, w2, causal, scale, logits) -> scores [B, Hq, N, W1, W2]
+    scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale, logits) -> (dq, dk1, dk2)
     softmax_fwd(scores) -> probs                 (softmax over the last two dims jointly)
     softmax_bwd(dprobs, probs) -> dscores
 
+`logits` is "trilinear" or "determinant": the same signed sum of channel-permuted trilinear
+forms as the fused reference (reference.logit_terms, CONTRACT §8), term by term.
 Scores are float32 (float64 for float64 inputs). Work runs in query blocks so temporaries stay
 near CHUNK_ELEMENTS elements besides the scores themselves.
 """
@@ -30,6 +32,8 @@ near CHUNK_ELEMENTS elements besides the scores themselves.
 import dataclasses
 
 import torch
+
+from .reference import _permute, _unpermute, logit_terms
 
 CHUNK_ELEMENTS = 1 << 22
 
@@ -83,8 +87,8 @@ def _scatter_add(dst, pos, valid, src):
     dst.index_add_(1, pos.clamp(0, dst.shape[1] - 1).flatten(), src.reshape(B, BQ * W, Hkv, D))
 
 
-def _query_blocks(B, N, Hq, D, W1, W2):
-    per_query = B * Hq * max(W1 * max(W2, D), 1)
+def _query_blocks(B, N, Hq, D, W1, W2, terms=1):
+    per_query = B * Hq * max(W1 * max(W2, D), 1) * terms
     bq = max(1, min(N, CHUNK_ELEMENTS // per_query))
     for s in range(0, N, bq):
         yield s, min(s + bq, N)
@@ -104,9 +108,9 @@ class _Block:
         # [1, BQ, 1, 1, W1, W2]: both positions inside the sequence
         self.mask = (self.jvalid[:, :, None] & self.kvalid[:, None, :])[None, :, None, None]
 
-    def qk1(self):
-        """q[i] * k1[j] for every slot j: [B, BQ, Hkv, G, W1, D]."""
-        return self.qb[:, :, :, :, None, :] * self.K1[:, :, :, None]
+    def qk1(self, p1=None):
+        """q[i] * k1[j] (channels of k1 permuted by p1) for every slot j: [B, BQ, Hkv, G, W1, D]."""
+        return self.qb[:, :, :, :, None, :] * _permute(self.K1, p1)[:, :, :, None]
 
 
 def _to_heads(x):
@@ -121,24 +125,29 @@ def _from_heads(x, Hkv):
     return x.reshape(B, Hkv, Hq // Hkv, BQ, W1, W2).permute(0, 3, 1, 2, 4, 5)
 
 
-def scores_fwd(q, k1, k2, w1, w2, causal, scale):
-    """A[b, h, i, a, c] = scale * sum_d q[i, d] k1[j0(i) + a, d] k2[k0(i) + c, d], -inf off the sequence."""
+def scores_fwd(q, k1, k2, w1, w2, causal, scale, logits="trilinear"):
+    """A[b, h, i, a, c] = scale * sum_d q[i, d] k1[j0(i) + a, d] k2[k0(i) + c, d] (trilinear; the
+    determinant form per CONTRACT §8), -inf off the sequence."""
     B, N, Hq, D = q.shape
     Hkv = k1.shape[2]
     ct = compute_dtype(q.dtype)
     ax1, ax2 = window_axis(w1, N, causal), window_axis(w2, N, causal)
     q, k1, k2 = (t.to(ct) for t in (q, k1, k2))
+    terms = logit_terms(logits, D, q.device)
     out = torch.empty((B, Hq, N, ax1.size, ax2.size), dtype=ct, device=q.device)
-    for s, e in _query_blocks(B, N, Hq, D, ax1.size, ax2.size):
+    for s, e in _query_blocks(B, N, Hq, D, ax1.size, ax2.size, len(terms)):
         blk = _Block(q, k1, k2, ax1, ax2, s, e)
-        qk1 = blk.qk1()
-        G, W1 = qk1.shape[3], qk1.shape[4]
-        logits = (qk1.reshape(B, e - s, Hkv, G * W1, D) @ blk.K2.transpose(-1, -2)).view(B, e - s, Hkv, G, W1, -1)
-        out[:, :, s:e] = _to_heads(torch.where(blk.mask, scale * logits, float("-inf")))
+        total = 0
+        for sign, p1, p2 in terms:
+            qk1 = blk.qk1(p1)
+            G, W1 = qk1.shape[3], qk1.shape[4]
+            k2t = _permute(blk.K2, p2).transpose(-1, -2)
+            total = total + sign * (qk1.reshape(B, e - s, Hkv, G * W1, D) @ k2t).view(B, e - s, Hkv, G, W1, -1)
+        out[:, :, s:e] = _to_heads(torch.where(blk.mask, scale * total, float("-inf")))
     return out
 
 
-def scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale):
+def scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale, logits="trilinear"):
     """Gradients of sum(dscores * A) with respect to q, k1, k2 (masked slots carry none)."""
     B, N, Hq, D = q.shape
     Hkv = k1.shape[2]
@@ -146,19 +155,22 @@ def scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale):
     ct = compute_dtype(in_dtype)
     ax1, ax2 = window_axis(w1, N, causal), window_axis(w2, N, causal)
     q, k1, k2 = (t.to(ct) for t in (q, k1, k2))
+    terms = logit_terms(logits, D, q.device)
     dq = torch.zeros_like(q)
     dk1, dk2 = torch.zeros_like(k1), torch.zeros_like(k2)
-    for s, e in _query_blocks(B, N, Hq, D, ax1.size, ax2.size):
+    for s, e in _query_blocks(B, N, Hq, D, ax1.size, ax2.size, len(terms)):
         blk = _Block(q, k1, k2, ax1, ax2, s, e)
         # where, not multiply: a masked slot's incoming gradient may be anything (even NaN)
         ds = torch.where(blk.mask, _from_heads(dscores[:, :, s:e].to(ct), Hkv), 0)  # [B,BQ,Hkv,G,W1,W2]
         G, W1, W2 = ds.shape[3:]
         ds_rows = ds.reshape(B, e - s, Hkv, G * W1, W2)
-        ds_k2 = (ds_rows @ blk.K2).view(B, e - s, Hkv, G, W1, D)  # sum_c dS[a, c] k2[k_c]
-        dq[:, s:e] = scale * (ds_k2 * blk.K1[:, :, :, None]).sum(4).reshape(B, e - s, Hq, D)
-        _scatter_add(dk1, blk.j, blk.jvalid, scale * (ds_k2 * blk.qb[:, :, :, :, None]).sum(3))
-        qk1 = blk.qk1().reshape(B, e - s, Hkv, G * W1, D)
-        _scatter_add(dk2, blk.k, blk.kvalid, scale * (ds_rows.transpose(-1, -2) @ qk1))
+        for sign, p1, p2 in terms:  # the derivatives of sign * sum_d q[d] k1[p1[d]] k2[p2[d]]
+            f = sign * scale
+            ds_k2 = (ds_rows @ _permute(blk.K2, p2)).view(B, e - s, Hkv, G, W1, D)  # sum_c dS[a, c] k2[k_c]
+            dq[:, s:e] += f * (ds_k2 * _permute(blk.K1, p1)[:, :, :, None]).sum(4).reshape(B, e - s, Hq, D)
+            _scatter_add(dk1, blk.j, blk.jvalid, _unpermute(f * (ds_k2 * blk.qb[:, :, :, :, None]).sum(3), p1))
+            qk1 = blk.qk1(p1).reshape(B, e - s, Hkv, G * W1, D)
+            _scatter_add(dk2, blk.k, blk.kvalid, _unpermute(f * (ds_rows.transpose(-1, -2) @ qk1), p2))
     return dq.to(in_dtype), dk1.to(in_dtype), dk2.to(in_dtype)
 
 

@@ -1,0 +1,188 @@
+r"""Decoding with a rolling cache (CONTRACT §7): the entry point and the per-layer cache object.
+
+A query at position P needs k1/v1 at (P - w1, P] and k2/v2 at (P - w2, P] only, so each cache is a
+ring buffer: position p lives in slot p % C. With C1 >= w1 + Nq - 1 and C2 >= w2 + Nq - 1 slots
+(Nq new tokens per call) a generation of any length runs in constant memory.
+
+    ring of C = 6 slots, w = 4, after 9 tokens (positions 0..8):
+    slot      0 1 2 3 4 5
+    position  6 7 8 3 4 5        the next token (position 9) overwrites slot 3 (position 3),
+                                 which no window of position 9 (6..9) needs
+
+A cache at least as long as the sequence is the linear special case (and the only one a
+`None` window allows).
+"""
+
+import torch
+
+from . import _ops, _validate, backends
+
+
+def two_simplicial_attention_with_kvcache(
+    q,
+    k1_cache,
+    k2_cache,
+    v1_cache,
+    v2_cache,
+    cache_seqlens,
+    k1=None,
+    k2=None,
+    v1=None,
+    v2=None,
+    w1=512,
+    w2=32,
+    *,
+    scale=None,
+    logits="trilinear",
+    return_lse=False,
+    backend="auto",
+):
+    """Attention of Nq new tokens against ring-buffer caches, as flash-attn's `flash_attn_with_kvcache`.
+
+    Causal windows only. The new tokens of sequence b sit at positions L_b .. L_b + Nq - 1,
+    L_b = cache_seqlens[b]. Given k1 .. v2, they are first written into their slots (in place:
+    position p to slot p % C), then every new token attends; the result equals rows
+    L_b .. L_b + Nq - 1 of `two_simplicial_attention` over the whole sequence so far.
+    cache_seqlens is not advanced (the caller owns it; `SimplicialCache` does it for you).
+
+    Args:
+        q: (batch_size, nq, nheads_q, headdim): the new tokens' queries.
+        k1_cache, v1_cache: (batch_size, c1, nheads_kv, headdim); k2_cache, v2_cache:
+            (batch_size, c2, nheads_kv, headdim). q's dtype and device.
+        cache_seqlens: int32 (batch_size,): tokens of each sequence already in the cache.
+        k1, k2, v1, v2: (batch_size, nq, nheads_kv, headdim) or None (already in the cache).
+        w1, w2: windows (int >= 1) or None (the whole sequence: needs a linear cache).
+            A ring needs c1 >= w1 + nq - 1 and c2 >= w2 + nq - 1 slots; a smaller cache is
+            accepted only while no sequence has wrapped around it.
+        scale, logits, backend: as in `two_simplicial_attention`.
+        return_lse: also return lse (batch_size, nheads_q, nq), float32 natural log.
+
+    Returns:
+        out (batch_size, nq, nheads_q, headdim) in q's dtype, or (out, lse). Not differentiable.
+    """
+    _validate.check_cache(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, (k1, k2, v1, v2), w1, w2)
+    _validate.check_scale(scale)
+    _validate.check_flag("return_lse", return_lse)
+    _validate.check_logits(logits, q.shape[3])
+    name = backends.select(backend, q.device.type, q.dtype)
+    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+    with torch.no_grad():  # inference: no autograd graph (a mutating op has no gradient formula)
+        out, lse = _ops.attention_with_kvcache(
+            q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, k1, k2, v1, v2, w1, w2, scale, logits, name
+        )
+    return (out, lse) if return_lse else out
+
+
+class SimplicialCache:
+    """The rolling caches of one 2-simplicial attention layer for a batch of sequences.
+
+    k1/v1 rings of `w1 + max_chunk - 1` slots and k2/v2 rings of `w2 + max_chunk - 1` slots, so any
+    call with up to `max_chunk` new tokens (a decode step: 1; a prompt chunk: more) is served; a
+    `None` window needs `max_length` (a linear cache of that many slots). `lengths` (int32 [B],
+    on the cache's device) counts each sequence's tokens; `attend` advances it.
+
+        cache = SimplicialCache(batch_size=2, num_kv_heads=2, head_dim=64, w1=512, w2=32, max_chunk=128)
+        out = cache.attend(q, k1, k2, v1, v2)          # [B, Nq, Hq, D], Nq <= 128; lengths += Nq
+
+    Memory: 2 * (C1 + C2) * B * Hkv * D elements, whatever the generated length.
+    """
+
+    def __init__(
+        self,
+        batch_size,
+        num_kv_heads,
+        head_dim,
+        w1=512,
+        w2=32,
+        *,
+        max_chunk=1,
+        max_length=None,
+        dtype=torch.float32,
+        device=None,
+    ):
+        for name, value in (("batch_size", batch_size), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        _validate.check_window("w1", w1)
+        _validate.check_window("w2", w2)
+        _validate.check_window("max_chunk", max_chunk)
+        if max_length is not None:
+            _validate.check_window("max_length", max_length)
+        if (w1 is None or w2 is None) and max_length is None:
+            raise ValueError(
+                "a None window reads the whole sequence: pass max_length (a linear cache of that many slots)"
+            )
+        if dtype not in _validate.FLOAT_DTYPES:
+            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        self.w1, self.w2, self.max_chunk = w1, w2, max_chunk
+
+        def ring(w):
+            slots = max_length if w is None else w + max_chunk - 1
+            return slots if max_length is None else min(slots, max_length)
+
+        self.c1, self.c2 = ring(w1), ring(w2)
+        shape1 = (batch_size, self.c1, num_kv_heads, head_dim)
+        shape2 = (batch_size, self.c2, num_kv_heads, head_dim)
+        self.k1 = torch.zeros(shape1, dtype=dtype, device=device)
+        self.v1 = torch.zeros(shape1, dtype=dtype, device=device)
+        self.k2 = torch.zeros(shape2, dtype=dtype, device=device)
+        self.v2 = torch.zeros(shape2, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
+
+    @property
+    def batch_size(self):
+        return self.k1.shape[0]
+
+    def positions(self, n):
+        """The absolute positions [B, n] of the next n tokens of every sequence (for RoPE)."""
+        return self.lengths.long()[:, None] + torch.arange(n, device=self.lengths.device)
+
+    def attend(self, q, k1, k2, v1, v2, *, scale=None, logits="trilinear", backend="auto", return_lse=False):
+        """Writes the new tokens' k1 .. v2 ([B, Nq, Hkv, D]), attends with q ([B, Nq, Hq, D]) and
+        advances `lengths` by Nq. Returns out [B, Nq, Hq, D] (and lse with return_lse)."""
+        if q.dim() == 4 and q.shape[1] > self.max_chunk:
+            raise ValueError(f"q has Nq = {q.shape[1]} new tokens, more than this cache's max_chunk = {self.max_chunk}")
+        result = two_simplicial_attention_with_kvcache(
+            q, self.k1, self.k2, self.v1, self.v2, self.lengths, k1, k2, v1, v2, self.w1, self.w2,
+            scale=scale, logits=logits, return_lse=return_lse, backend=backend,
+        )  # fmt: skip
+        self.lengths += q.shape[1]
+        return result
+
+    @property
+    def dtype(self):
+        return self.k1.dtype
+
+    def narrow(self, start, length):
+        """A cache of sequences start .. start + length - 1 that shares this one's storage, so a
+        batch's prompts of different lengths can be prefilled one at a time."""
+        view = object.__new__(SimplicialCache)
+        view.w1, view.w2, view.max_chunk, view.c1, view.c2 = self.w1, self.w2, self.max_chunk, self.c1, self.c2
+        for name in ("k1", "k2", "v1", "v2", "lengths"):
+            setattr(view, name, getattr(self, name).narrow(0, start, length))
+        return view
+
+    def clone(self):
+        """An independent copy (the same slots and lengths in new storage)."""
+        copy = self.narrow(0, self.batch_size)
+        for name in ("k1", "k2", "v1", "v2", "lengths"):
+            setattr(copy, name, getattr(self, name).clone())
+        return copy
+
+    def reorder(self, index):
+        """Keeps sequences `index` (a [B'] long tensor) in that order (beam search, dropping finished rows)."""
+        for name in ("k1", "k2", "v1", "v2", "lengths"):
+            setattr(self, name, getattr(self, name).index_select(0, index.to(self.lengths.device)))
+
+    def reset(self):
+        """Empties every sequence (lengths to 0); the slots are overwritten as tokens arrive."""
+        self.lengths.zero_()
+
+    def nbytes(self):
+        return sum(t.numel() * t.element_size() for t in (self.k1, self.k2, self.v1, self.v2))
+
+    def __repr__(self):
+        return (
+            f"SimplicialCache(batch_size={self.batch_size}, w1={self.w1}, w2={self.w2}, slots=({self.c1}, {self.c2}), "
+            f"max_chunk={self.max_chunk}, dtype={self.k1.dtype}, {self.nbytes() / 2**20:.2f} MiB)"
+        )

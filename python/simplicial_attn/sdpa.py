@@ -1,0 +1,181 @@
+r"""Standard (SDPA) attention with the conventions of the 2-simplicial layer, and its cache.
+
+The blocks of a model that are not 2-simplicial use `DotProductAttention`; for generation each
+keeps a `DotProductCache`: a ring of `window + max_chunk - 1` slots for a trailing window (key j
+visible to query i iff i - window < j <= i), or a linear cache of `max_length` slots for full
+causal attention. Keys are cached after RoPE (at their absolute positions), as usual.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _modules, _validate
+from .rope import check_rope, rotary_tables, rotate_pairs
+
+
+class DotProductCache:
+    """Keys and values of one SDPA layer for B sequences being generated: ring slots (position p
+    in slot p % C) and `lengths` (int32 [B]); `attend` writes the new tokens and advances."""
+
+    def __init__(
+        self, batch_size, num_kv_heads, head_dim, window=None, *, max_chunk=1, max_length=None, dtype=None, device=None
+    ):
+        _modules.check_window_arg("window", window)
+        _modules.check_positive_int("max_chunk", max_chunk)
+        if window is None and max_length is None:
+            raise ValueError("full causal attention reads every position: pass max_length (a linear cache)")
+        slots = max_length if window is None else window + max_chunk - 1
+        if max_length is not None:
+            slots = min(slots, max_length)
+        self.window, self.max_chunk = window, max_chunk
+        shape = (batch_size, slots, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.int32, device=device)
+
+    @property
+    def dtype(self):
+        return self.k.dtype
+
+    def positions(self, n):
+        return self.lengths.long()[:, None] + torch.arange(n, device=self.lengths.device)
+
+    def narrow(self, start, length):
+        """A cache of sequences start .. start + length - 1 sharing this one's storage (prefill one
+        sequence of a batch at a time)."""
+        view = object.__new__(DotProductCache)
+        view.window, view.max_chunk = self.window, self.max_chunk
+        view.k, view.v, view.lengths = (t.narrow(0, start, length) for t in (self.k, self.v, self.lengths))
+        return view
+
+    def attend(self, q, k, v):
+        """q [B, Nq, Hq, D], k, v [B, Nq, Hkv, D] (RoPE applied) -> out [B, Nq, Hq, D]; lengths += Nq."""
+        B, Nq = q.shape[:2]
+        C = self.k.shape[1]
+        need = Nq if self.window is None else self.window + Nq - 1
+        if need > C:
+            raise ValueError(f"{Nq} new tokens need a cache of >= {need} slots, this one has {C}")
+        L = self.lengths.long()
+        if self.window is None and _validate.values_readable(L) and int(L.max()) + Nq > C:
+            raise ValueError(f"the linear cache of {C} slots cannot hold {int(L.max())} + {Nq} tokens (max_length)")
+        rows = torch.arange(B, device=q.device)[:, None]
+        pos = L[:, None] + torch.arange(Nq, device=q.device)  # [B, Nq] absolute positions of the new tokens
+        self.k[rows, pos % C] = k.to(self.k.dtype)
+        self.v[rows, pos % C] = v.to(self.v.dtype)
+        # The position each slot holds now: the last p <= end with p % C == slot (negative: empty).
+        end = L + Nq - 1
+        slot = torch.arange(C, device=q.device)
+        held = end[:, None] - (end[:, None] - slot) % C  # [B, C]
+        visible = (held[:, None, :] >= 0) & (held[:, None, :] <= pos[:, :, None])  # [B, Nq, C]
+        if self.window is not None:
+            visible &= pos[:, :, None] - held[:, None, :] < self.window
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), self.k.transpose(1, 2).to(q.dtype), self.v.transpose(1, 2).to(q.dtype),
+            attn_mask=visible[:, None], enable_gqa=q.shape[2] != k.shape[2],
+        )  # fmt: skip
+        self.lengths += Nq
+        return out.transpose(1, 2)
+
+
+def _packed_mask(cu_seqlens, total, causal, window):
+    """[T, T] bool: row i sees column j iff both are in one sequence and (causal) j <= i, within the window."""
+    seq = torch.searchsorted(cu_seqlens.to(torch.int64)[1:], torch.arange(total, device=cu_seqlens.device), right=True)
+    i = torch.arange(total, device=cu_seqlens.device)
+    mask = seq[:, None] == seq[None, :]
+    if causal:
+        mask &= i[None, :] <= i[:, None]
+    if window is not None:
+        mask &= i[:, None] - i[None, :] < window
+    return mask
+
+
+class DotProductAttention(nn.Module):
+    """Standard (SDPA) attention with the same conventions, for blocks that are not 2-simplicial.
+
+    Fused q/k/v projection (Hq*D + 2*Hkv*D outputs, GQA through SDPA's enable_gqa, no expansion),
+    optional standard RoPE on q and k (plain dot products are rotation invariant), optional RMS
+    q/k norm, and an optional trailing `window` (key j visible to query i iff i - window < j <= i).
+
+    forward(x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None): the layouts of
+    `TwoSimplicialAttention.forward`; packed sequences use a block-diagonal mask (O(T^2) memory:
+    this is the baseline of the examples, not a varlen kernel).
+    """
+
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        num_kv_heads=None,
+        head_dim=None,
+        causal=True,
+        window=None,
+        rope=None,
+        qk_norm=False,
+        bias=False,
+        dropout=0.0,
+        norm_eps=1e-6,
+    ):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = _modules.head_sizes(dim, num_heads, num_kv_heads, head_dim)
+        _modules.check_dropout(dropout)
+        if window is not None:
+            _modules.check_positive_int("window", window)
+            if not causal:
+                raise ValueError("window needs causal=True (a trailing window)")
+        self.dim, self.causal, self.window = dim, causal, window
+        self.rope_base = check_rope(rope)
+        if self.rope_base is not None and self.head_dim % 2 != 0:
+            raise ValueError(f"rope needs an even head_dim, got head_dim={self.head_dim}")
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        self.split_sizes = (hq * d, hkv * d, hkv * d)
+        self.in_proj = nn.Linear(dim, sum(self.split_sizes), bias=bias)
+        self.q_norm = _modules.qk_norm(qk_norm, d, norm_eps)
+        self.k_norm = _modules.qk_norm(qk_norm, d, norm_eps)
+        self.out_proj = nn.Linear(hq * d, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        _modules.init_projections(self.in_proj, self.out_proj)
+
+    def new_cache(self, batch_size, *, max_chunk=1, max_length=None, dtype=None, device=None):
+        """A DotProductCache for this layer (causal only)."""
+        if not self.causal:
+            raise ValueError("a cache serves causal attention; this layer has causal=False")
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        device = self.in_proj.weight.device if device is None else device
+        return DotProductCache(batch_size, self.num_kv_heads, self.head_dim, self.window, max_chunk=max_chunk,
+                               max_length=max_length, dtype=dtype, device=device)  # fmt: skip
+
+    def forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None):
+        positions = _modules.positions_for(x, self.dim, positions, cu_seqlens, cache)
+        q, k, v = self.in_proj(x).split(self.split_sizes, dim=-1)
+        q = self.q_norm(q.unflatten(-1, (self.num_heads, -1)))
+        k = self.k_norm(k.unflatten(-1, (self.num_kv_heads, -1)))
+        v = v.unflatten(-1, (self.num_kv_heads, -1))
+        if self.rope_base is not None:
+            cos, sin = rotary_tables(positions, self.head_dim // 2, self.rope_base)
+            q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
+        dtype = _modules.op_dtype(v) if cache is None else cache.dtype
+        q, k, v = (t.to(dtype) for t in (q, k, v))
+        if cache is not None:
+            out = cache.attend(q, k, v)
+        else:
+            unbatched = x.dim() == 2
+            if unbatched:
+                q, k, v = q[None], k[None], v[None]
+            mask = None
+            if cu_seqlens is not None:
+                mask = _packed_mask(cu_seqlens, x.shape[0], self.causal, self.window)
+            elif self.window is not None:
+                i = torch.arange(x.shape[-2], device=x.device)
+                offset = i[:, None] - i[None, :]
+                mask = (offset >= 0) & (offset < self.window)
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                is_causal=self.causal and mask is None, enable_gqa=self.num_kv_heads != self.num_heads,
+            ).transpose(1, 2)  # fmt: skip
+            if unbatched:
+                out = out[0]
+        return self.dropout(self.out_proj(out.flatten(-2)))

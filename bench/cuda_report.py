@@ -31,6 +31,9 @@ _FUNC_RE = re.compile(r"_ZN15simplicial_attn4cuda\d+(?P<name>\w+?_kernel)I(?P<ta
 _DTYPES = {"6__half": "fp16", "13__nv_bfloat16": "bf16", "f": "fp32"}
 TENSOR_CORE_KERNELS = ("fwd_kernel", "dq_kernel", "dkv1_kernel", "dkv2_kernel")
 SIMT_KERNELS = ("fwd_simt_kernel", "dq_simt_kernel", "dkv_simt_kernel")
+DECODE_KERNELS = ("decode_split_kernel", "decode_combine_kernel")  # every dtype, fp32 math on CUDA cores
+# Kernels instantiated per logit form (a bool template argument): variant "det" for the determinant.
+VARIANT_KERNELS = ("dq_kernel", "dkv2_kernel")
 HEAD_DIMS = (64, 128, 256)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "csrc" / "cuda" / "sass" / "golden_counts.json"
@@ -69,14 +72,16 @@ def extension_path():
 
 
 def parse_function(mangled):
-    """(kernel, dtype, head_dim) of a mangled simplicial_attn::cuda kernel name, or None."""
+    """(kernel, dtype, head_dim, variant) of a mangled simplicial_attn::cuda kernel name, or None;
+    variant is "det" for the determinant instantiation of a VARIANT_KERNELS kernel, else ""."""
     m = _FUNC_RE.search(mangled)
     if not m:
         return None
     targs = m.group("targs")
     dtype = next((d for prefix, d in _DTYPES.items() if targs.startswith(prefix)), "fp32")
     hd = re.search(r"ILi(\d+)E", targs)
-    return m.group("name"), dtype, int(hd.group(1)) if hd else None
+    variant = "det" if re.search(r"ELb1E", targs) else ""
+    return m.group("name"), dtype, int(hd.group(1)) if hd else None, variant
 
 
 def _cuobjdump(tool, binary, *args):
@@ -165,11 +170,12 @@ def rows(binary=None, with_smem=True):
         parsed = parse_function(func)
         if parsed is None:
             continue
-        kernel, dtype, head_dim = parsed
+        kernel, dtype, head_dim, variant = parsed
         table.append(
             {
                 "arch": arch,
                 "kernel": kernel,
+                "variant": variant,
                 "dtype": dtype,
                 "head_dim": head_dim,
                 "regs": res.get("REG", 0),
@@ -183,8 +189,9 @@ def rows(binary=None, with_smem=True):
 
 
 def row_key(r):
-    """The golden table's key of a row: arch/kernel/dtype/head_dim."""
-    return f"{r['arch']}/{r['kernel']}/{r['dtype']}/{r['head_dim'] or '-'}"
+    """The golden table's key of a row: arch/kernel[:variant]/dtype/head_dim."""
+    kernel = f"{r['kernel']}:{r['variant']}" if r["variant"] else r["kernel"]
+    return f"{r['arch']}/{kernel}/{r['dtype']}/{r['head_dim'] or '-'}"
 
 
 def golden_table(table, cuda_version):
@@ -209,7 +216,7 @@ def golden_diff(table, golden):
 
 
 def markdown(table):
-    cols = ["arch", "kernel", "dtype", "head_dim", "regs", "stack", "local", *SASS_COUNTS, "smem"]
+    cols = ["arch", "kernel", "variant", "dtype", "head_dim", "regs", "stack", "local", *SASS_COUNTS, "smem"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in table:
         lines.append("| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |")

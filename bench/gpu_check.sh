@@ -9,7 +9,8 @@
 # Stages, each under its own time budget (seconds), in order of value:
 #   facts       nvidia-smi, versions, device properties
 #   build       the extension for sm_90 (MAX_JOBS=16)
-#   cuda-tests  the CUDA C++ kernels against the float64 oracle (tests marked gpu, not slow)
+#   cuda-tests  the CUDA C++ kernels against the float64 oracle and the API's cuda cases (varlen,
+#               determinant, decoding, large logits, non-finite inputs; tests marked gpu, not slow)
 #   sanitize    compute-sanitizer memcheck and racecheck on bench/gpu_sanitize.py
 #   gpu-tests   every other test marked gpu (Triton compiled, the API on CUDA, ...)
 #   cuda-slow   the realistic sizes and the > 2^31-element offsets (tests marked gpu and slow)
@@ -52,9 +53,13 @@ ROWS="$WORK/stages.tsv" # one line per stage run so far: name, status, seconds, 
 export PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 
-# The pytest selections (--dry-run collects each).
-CUDA_TESTS="tests/test_cuda_kernels.py -m 'gpu and not slow'"
-GPU_TESTS="tests -m 'gpu and not slow' --ignore=tests/test_cuda_kernels.py"
+# The pytest selections (--dry-run collects each). cuda-tests: the CUDA C++ kernels' own tests and
+# the cuda cases of the API tests (packed sequences, determinant logits, decoding, large logits,
+# non-finite inputs); gpu-tests: every other GPU test.
+CUDA_FILES="tests/test_cuda_kernels.py tests/test_varlen.py tests/test_determinant.py tests/test_kvcache.py"
+CUDA_FILES="$CUDA_FILES tests/test_large_logits.py tests/test_non_finite.py"
+CUDA_TESTS="$CUDA_FILES -m 'gpu and not slow' -k cuda"
+GPU_TESTS="tests -m 'gpu and not slow' -k 'not cuda'"
 SLOW_TESTS="tests -m 'gpu and slow'"
 # The issue's target shape, both GPU backends (bench/run.py measures the bf16 matmul rate in the same run).
 BENCH="--backend cuda triton --mode fwd bwd --dtype bfloat16 --B 2 --N 8192 --Hq 64 --Hkv 1 --D 128 --w1 512 --w2 32"

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from simplicial_attn._windows import kernel_window
+from simplicial_attn.problem import Problem
 
 from cases import BOUNDS, CASES_FULL, CASES_SMALL, Case, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
@@ -41,7 +42,7 @@ SPECIAL = [
     (Case(1, 5, 32, 2, 24, 3, 2), DTYPES),  # head packing (16 query heads per kv head), D % 8 == 0
     (Case(1, 6, 17, 1, 20, 4, 6, causal=False), DTYPES),  # head packing, odd group: a partial head block; scalar loads
     (Case(1, 9, 1, 1, 200, 5, 4), DTYPES),  # D = 200: padded to 256, output columns split over 2 CTAs
-    (Case(1, 97, 2, 1, 64, 40, 20), DTYPES),  # several k1/v1 blocks and offset chunks: the cp.async pipeline
+    (Case(1, 97, 2, 1, 64, 40, 20), HALF),  # several k1/v1 blocks and offset chunks: the cp.async pipeline
     # The pipeline, several query blocks and u chunks, GQA and zero-filled columns at 128 and 256.
     (Case(1, 70, 2, 1, 120, 40, 20), [torch.float16]),
     (Case(1, 40, 2, 1, 248, 20, 12), [torch.float16]),
@@ -53,13 +54,14 @@ SPECIAL = [
     (Case(1, 7, 2, 1, 196, 4, 3), [torch.float32]),
 ]
 FULL = os.environ.get("SIMPLICIAL_ATTN_EMULATE_FULL", "0") == "1"
-RUNS = [(c, dt) for c, dts in SPECIAL for dt in dts]
-RUNS += [(c, dt) for c in (CASES_FULL if FULL else CASES_SMALL) for dt in DTYPES]
-_DONE = set()  # the RUNS test_fwd_bwd_match_oracle has run in this process (their paths are counted)
+PAIRS = [(c, dt) for c, dts in SPECIAL for dt in dts]
+PAIRS += [(c, dt) for c in (CASES_FULL if FULL else CASES_SMALL) for dt in DTYPES]
 
 
-def _windows(case):
-    return kernel_window(case.w1, case.N, case.causal), kernel_window(case.w2, case.N, case.causal)
+def _problem(case, scale=None, logits="trilinear"):
+    """The kernel-level Problem of a batched case (kernel windows, default scale D ** -0.5)."""
+    w1, w2 = kernel_window(case.w1, case.N, case.causal), kernel_window(case.w2, case.N, case.causal)
+    return Problem(w1, w2, case.causal, case.D**-0.5 if scale is None else scale, logits)
 
 
 def _check(name, got, ref, dtype):
@@ -71,14 +73,13 @@ def _check(name, got, ref, dtype):
 def _run_and_check(case, dtype, fast_math=False):
     q, k1, k2, v1, v2 = make_inputs(case, dtype)
     dout = make_dout(case, dtype)
-    w1, w2 = _windows(case)
-    scale = case.D**-0.5
-    out, lse = emu.fwd(q, k1, k2, v1, v2, w1, w2, case.causal, scale, fast_math=fast_math)
-    ref_out, ref_lse = oracle_fwd(q, k1, k2, v1, v2, case.w1, case.w2, case.causal, scale)
+    prob = _problem(case)
+    out, lse, lse_lo = emu.fused_fwd(q, k1, k2, v1, v2, prob, fast_math=fast_math)
+    ref_out, ref_lse = oracle_fwd(q, k1, k2, v1, v2, case.w1, case.w2, case.causal, prob.scale)
     _check("out", out, ref_out, dtype)
     _check("lse", lse, ref_lse, dtype)
-    grads = emu.bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, case.causal, scale, fast_math=fast_math)
-    refs = oracle_bwd(dout, q, k1, k2, v1, v2, case.w1, case.w2, case.causal, scale)
+    grads = emu.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, fast_math=fast_math)
+    refs = oracle_bwd(dout, q, k1, k2, v1, v2, case.w1, case.w2, case.causal, prob.scale)
     for name, g, r in zip(("dq", "dk1", "dk2", "dv1", "dv2"), grads, refs, strict=True):
         _check(name, g, r, dtype)
 
@@ -87,10 +88,13 @@ def _dtype_id(dtype):
     return str(dtype).removeprefix("torch.")
 
 
-@pytest.mark.parametrize(("case", "dtype"), RUNS, ids=[f"{c.id}-{_dtype_id(dt)}" for c, dt in RUNS])
-def test_fwd_bwd_match_oracle(case, dtype):
-    _run_and_check(case, dtype)
-    _DONE.add((case, dtype))
+# Every run by its record name (tests/test_cuda_paths.py reads the paths they visit): (function, arguments...).
+RUNS = {f"batched-{c.id}-{_dtype_id(dt)}": (_run_and_check, c, dt) for c, dt in PAIRS}
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_fwd_bwd_match_oracle(name):
+    emu.record_run(name, *RUNS[name])
 
 
 # The emulated --use_fast_math arithmetic of the GPU build (flush-to-zero, MUFU exp2 / log2 at
@@ -119,13 +123,13 @@ def test_strided_inputs(dtype):
 
     views = [restride(t) for t in (q, k1, k2, v1, v2)]
     assert not views[0].is_contiguous()
-    w1, w2 = _windows(case)
-    out, lse = emu.fwd(*views, w1, w2, case.causal, 0.3)
+    prob = _problem(case, 0.3)
+    out, lse, lse_lo = emu.fused_fwd(*views, prob)
     ref_out, ref_lse = oracle_fwd(q, k1, k2, v1, v2, case.w1, case.w2, case.causal, 0.3)
     _check("out", out, ref_out, dtype)
     _check("lse", lse, ref_lse, dtype)
     dout = make_dout(case, dtype)
-    grads = emu.bwd(restride(dout), *views, restride(out), lse, w1, w2, case.causal, 0.3)
+    grads = emu.fused_bwd(restride(dout), *views, restride(out), lse, lse_lo, prob)
     refs = oracle_bwd(dout, q, k1, k2, v1, v2, case.w1, case.w2, case.causal, 0.3)
     for name, g, r in zip(("dq", "dk1", "dk2", "dv1", "dv2"), grads, refs, strict=True):
         _check(name, g, r, dtype)
@@ -135,73 +139,12 @@ def test_lse_is_natural_log():
     """lse is ln(sum exp(logits)): one row by hand."""
     case = Case(1, 3, 1, 1, 16, 2, 2)
     q, k1, k2, v1, v2 = make_inputs(case, torch.float32)
-    _, lse = emu.fwd(q, k1, k2, v1, v2, 2, 2, True, 0.5)
+    _, lse, _ = emu.fused_fwd(q, k1, k2, v1, v2, Problem(2, 2, True, 0.5))
     i = 2
     logits = [
         0.5 * (q[0, i, 0] * k1[0, j, 0] * k2[0, k, 0]).sum().double() for j in (1, 2) for k in (1, 2)
     ]  # causal w = 2: j, k in {1, 2}
     assert abs(lse[0, 0, i].item() - torch.logsumexp(torch.stack(logits), 0).item()) < 1e-5
-
-
-# ------------------------------------------------------------------------------------------------
-# Coverage: every path a kernel marks with SA_PATH(cond, "name") is visited by RUNS.
-
-LOADS = {"load: cp.async 16 B", "load: scalar", "load: zero row", "load: zero columns"}
-PIPELINE = {"pipeline: prefetch", "pipeline: next j block", "pipeline: next u chunk"}
-QUERY_TILE = {"tile: head packing", "tile: partial head block", "tile: last partial position tile"}
-QUERY_TILE |= {"tile: GQA group > 1"}
-MASKS = {"mask: j outside the window", "mask: k outside the sequence"}
-SPLIT = "output: second column half"
-SIMT = {"lanes past D", "tail: warps past the last row"}
-# kernel -> {path: the padded head dims it exists at}; head dim 0 labels the delta kernel.
-ALL = (64, 128, 256)
-EXPECTED_PATHS = {
-    "fwd_kernel": {**dict.fromkeys(LOADS | PIPELINE | QUERY_TILE | MASKS, ALL), SPLIT: (256,)},
-    "dq_kernel": {**dict.fromkeys(LOADS | PIPELINE | QUERY_TILE | MASKS, ALL), SPLIT: (256,)},
-    "dkv1_kernel": {
-        **dict.fromkeys(LOADS | MASKS, ALL),
-        **dict.fromkeys(["tile: last partial position tile", "mask: query past the last block row"], ALL),
-        **dict.fromkeys(["loop: next query head", "loop: next query block", "loop: next u chunk"], ALL),
-        SPLIT: (128, 256),
-    },
-    "dkv2_kernel": {
-        **dict.fromkeys(LOADS | PIPELINE, ALL),
-        **dict.fromkeys(["tile: last partial position tile", "loop: next query head"], ALL),
-        **dict.fromkeys(["mask: j outside the window", "mask: query outside the sequence"], ALL),
-        SPLIT: (128, 256),
-    },
-    "fwd_simt_kernel": dict.fromkeys(SIMT | {"softmax: new running max", "tile: GQA group > 1"}, ALL),
-    "dq_simt_kernel": dict.fromkeys(SIMT | {"tile: GQA group > 1"}, ALL),
-    "dkv_simt_kernel": dict.fromkeys(SIMT | {"loop: next query head"}, ALL),
-    "delta_kernel": dict.fromkeys(SIMT | {"several elements per lane"}, (0,)),
-}
-_MARKER = re.compile(r'SA_PATH\([^;]*?,\s*"([^"]+)"\)', re.S)
-
-
-def test_expected_paths_match_the_markers():
-    """The table above names exactly the paths the sources mark: a new marker must be added here."""
-    marked = {m for f in emu.CUDA_SRC.glob("*.cuh") for m in _MARKER.findall(f.read_text())}
-    listed = {name for paths in EXPECTED_PATHS.values() for name in paths}
-    assert marked == listed, f"marked only: {sorted(marked - listed)}; listed only: {sorted(listed - marked)}"
-
-
-def test_every_marked_path_is_visited():
-    for case, dtype in RUNS:  # the ones test_fwd_bwd_match_oracle has not run in this process
-        if (case, dtype) not in _DONE:
-            _run_and_check(case, dtype)
-            _DONE.add((case, dtype))
-    seen = {(k, hd, name) for (k, hd, name), n in emu.PATH_COUNTS.items() if n > 0}
-    launched = {(k, hd) for (k, hd, _) in emu.PATH_COUNTS}
-    missing, unexpected = [], []
-    for kernel, paths in EXPECTED_PATHS.items():
-        for name, head_dims in paths.items():
-            missing += [f"{kernel}/{hd}: {name}" for hd in head_dims if (kernel, hd, name) not in seen]
-    for kernel, hd, name in seen:
-        if hd not in EXPECTED_PATHS.get(kernel, {}).get(name, ()):
-            unexpected.append(f"{kernel}/{hd}: {name}")
-    assert not missing, f"marked paths never run (add a case that reaches them): {missing}"
-    assert not unexpected, f"paths run that the table does not list: {sorted(unexpected)}"
-    assert launched >= {(k, hd) for k, paths in EXPECTED_PATHS.items() for hds in paths.values() for hd in hds}
 
 
 # ------------------------------------------------------------------------------------------------

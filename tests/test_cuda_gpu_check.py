@@ -33,5 +33,5 @@ def test_dry_run_plans_every_stage_within_one_call(tmp_path):
     files = {"summary.json", "bench.json"} | {s["log"] for s in summary["stages"]}
     assert len(files) <= MAX_FILES, sorted(files)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"], "a dry run writes only the plan"
-    for selection in ("test_cuda_kernels.py -m 'gpu and not slow'", "-m 'gpu and slow'"):
+    for selection in ("-m 'gpu and not slow' -k cuda", "-m 'gpu and not slow' -k 'not cuda'", "-m 'gpu and slow'"):
         assert f"{selection}' collects" in proc.stdout, proc.stdout

@@ -92,7 +92,8 @@ def compile_probes(arch, out_dir, source=PROBES):
     """{probe name: [instruction, ...]} of `source` compiled for `arch` (e.g. "sm_80")."""
     cubin = pathlib.Path(out_dir) / f"probes_{arch}.cubin"
     cmd = [_nvcc(), "-x", "cu", *NVCC_FLAGS, f"-arch={arch}", "-cubin", f"-I{ROOT / 'csrc' / 'cuda'}", "-o", str(cubin)]
-    subprocess.run([*cmd, str(source)], check=True, capture_output=True, text=True)
+    done = subprocess.run([*cmd, str(source)], capture_output=True, text=True)
+    assert done.returncode == 0, f"nvcc failed on {source} for {arch}:\n{done.stderr}"
     listing = subprocess.run([cuda_report.find_cuobjdump(), "-sass", str(cubin)], check=True, capture_output=True)
     return {func: ins for (_, func), ins in cuda_report.parse_sass(listing.stdout.decode()).items()}
 
@@ -154,13 +155,15 @@ def archs():
 
 
 def test_every_instantiation_is_built(table, archs):
-    have = {(r["arch"], r["kernel"], r["dtype"], r["head_dim"]) for r in table}
+    have = {(r["arch"], r["kernel"], r["variant"], r["dtype"], r["head_dim"]) for r in table}
     want = set()
     for arch in archs:
         for hd in cuda_report.HEAD_DIMS:
-            want |= {(arch, k, dt, hd) for k in cuda_report.TENSOR_CORE_KERNELS for dt in ("fp16", "bf16")}
-            want |= {(arch, k, "fp32", hd) for k in cuda_report.SIMT_KERNELS}
-        want |= {(arch, "delta_kernel", dt, None) for dt in ("fp16", "bf16", "fp32")}
+            want |= {(arch, k, "", dt, hd) for k in cuda_report.TENSOR_CORE_KERNELS for dt in ("fp16", "bf16")}
+            want |= {(arch, k, "det", dt, hd) for k in cuda_report.VARIANT_KERNELS for dt in ("fp16", "bf16")}
+            want |= {(arch, k, "", "fp32", hd) for k in cuda_report.SIMT_KERNELS}
+            want |= {(arch, k, "", dt, hd) for k in cuda_report.DECODE_KERNELS for dt in ("fp16", "bf16", "fp32")}
+        want |= {(arch, "delta_kernel", "", dt, None) for dt in ("fp16", "bf16", "fp32")}
     missing = sorted(want - have, key=str)
     assert not missing, f"kernel instantiations missing from the build: {missing}"
 
@@ -178,7 +181,8 @@ def test_tensor_cores_in_fp16_bf16_kernels(table):
 
 
 def test_fp32_kernels_stay_ieee(table):
-    simt = [r for r in table if r["kernel"] in cuda_report.SIMT_KERNELS]
+    """The fp32 SIMT kernels and the decode kernels (fp32 math for every dtype) use no tensor cores."""
+    simt = [r for r in table if r["kernel"] in cuda_report.SIMT_KERNELS + cuda_report.DECODE_KERNELS]
     assert simt
     with_mma = [r for r in simt if r["hmma"]]
     assert not with_mma, "fp32 kernels with tensor-core instructions:\n" + cuda_report.markdown(with_mma)

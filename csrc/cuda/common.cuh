@@ -158,6 +158,15 @@ SA_DEV float fast_log2(float x) {
 #endif
 }
 
+// x is neither infinite nor NaN (no finite-math assumption under --use_fast_math).
+SA_DEV bool is_finite(float x) {
+#ifdef SA_EMULATE
+  return std::isfinite(x);
+#else
+  return isfinite(x);
+#endif
+}
+
 // a * b rounded once, never contracted with a following add into an fma (nvcc fuses a plain
 // a * b - c under -fmad=true, its default, and so does the emulator's build): the softmax needs
 // the rounded logit (numerics.cuh).

@@ -15,42 +15,87 @@ SA_DEV int ceil_div(int a, int b) { return (a + b - 1) / b; }
 SA_DEV int imin(int a, int b) { return a < b ? a : b; }
 SA_DEV int imax(int a, int b) { return a > b ? a : b; }
 
-// Row r of a (position, head) tile: position p0 + (r >> log2_heads), head (of the kv group)
-// head0 + (r & (heads - 1)).
-struct RowTile {
-  int p0, head0, log2_heads, group, N;
-  SA_DEV int pos(int r) const { return p0 + (r >> log2_heads); }
-  SA_DEV int head(int r) const { return head0 + (r & ((1 << log2_heads) - 1)); }
-  SA_DEV bool valid(int r) const { return pos(r) < N && head(r) < group; }
+// ------------------------------------------------------------------------------------------------
+// Sequences (ProblemDesc in params.h). Kernels index positions 0 .. len - 1 within a sequence; its
+// rows in the tensors are row0 + position of batch element `batch`.
+
+struct SeqSpan {
+  int batch, row0, len;
 };
 
-// The query tile of a fwd / dq CTA and the bounds of its loop. grid.x = (batch, position tile),
-// grid.y = (kv head, head block); the tile's positions are [rt.p0, p_last]. Visited: offsets u in
-// [u_lo, u_hi] (some k = i - u in [0, N) and in the k2 band) and k1/v1 positions j in [j_lo, j_hi]
-// (the union of the rows' windows), inclusive.
+// Sequence s: batched, batch element s with all N rows; packed, rows [cu[s], cu[s+1]) of batch
+// element 0, clamped to [0, N) so that not even a bad cu_seqlens sends a kernel outside its
+// tensors (the public functions reject one before any launch).
+SA_DEV SeqSpan seq_span(const ProblemDesc& prob, int N, int s) {
+  if (prob.cu_seqlens == nullptr) return SeqSpan{s, 0, N};
+  SA_PATH(true, "varlen: packed layout");
+  const int lo = imin(imax(gload(prob.cu_seqlens + s), 0), N);
+  const int hi = imin(imax(gload(prob.cu_seqlens + s + 1), lo), N);
+  SA_PATH(hi == lo, "varlen: empty sequence");
+  return SeqSpan{0, lo, hi - lo};
+}
+
+// The sequence holding row n of batch element b (kernels with one warp per row). Packed: the s
+// with cu[s] <= n < cu[s+1], by bisection over cu (it never stops at an empty sequence).
+SA_DEV SeqSpan seq_of_row(const ProblemDesc& prob, int N, int b, int n) {
+  if (prob.cu_seqlens == nullptr) return SeqSpan{b, 0, N};
+  int lo = 0, hi = prob.num_seqs;  // cu[lo] <= n < cu[hi]
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (gload(prob.cu_seqlens + mid) <= n)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return seq_span(prob, N, lo);
+}
+
+// Index of (sequence position pos, head h) in a contiguous [B, H, N] statistics tensor (lse, ...).
+SA_DEV int64_t stat_index(const SeqSpan& s, int H, int N, int h, int pos) {
+  return (static_cast<int64_t>(s.batch) * H + h) * N + s.row0 + pos;
+}
+
+// Row r of a (position, head) tile: position p0 + (r >> log2_heads), head (of the kv group)
+// head0 + (r & (heads - 1)); `len` is the sequence's length.
+struct RowTile {
+  int p0, head0, log2_heads, group, len;
+  SA_DEV int pos(int r) const { return p0 + (r >> log2_heads); }
+  SA_DEV int head(int r) const { return head0 + (r & ((1 << log2_heads) - 1)); }
+  SA_DEV bool valid(int r) const { return pos(r) < len && head(r) < group; }
+};
+
+// The query tile of a fwd / dq CTA and the bounds of its loop. grid.x = (sequence, position
+// tile), grid.y = (kv head, head block); the tile's positions are [rt.p0, p_last] of sequence
+// `seq` (a tile past its end has none: past_end()). Visited: offsets u in [u_lo, u_hi] (some
+// k = i - u in [0, len) and in the k2 band) and k1/v1 positions j in [j_lo, j_hi] (the union of
+// the rows' windows, clipped to the sequence), inclusive.
 struct QueryTile {
-  int b, g, positions;
+  SeqSpan seq;
+  int g, positions;
   RowTile rt;
   int p_last, u_lo, u_hi, j_lo, j_hi;
+  SA_DEV bool past_end() const { return rt.p0 >= seq.len; }
 };
 
 template <int BM, class Params>
 SA_DEV QueryTile query_tile(const Params& p) {
   QueryTile t;
   const int heads = 1 << p.log2_heads;
-  t.b = block_x() / p.pos_tiles;
+  t.seq = seq_span(p.prob, p.N, block_x() / p.pos_tiles);
+  const int len = t.seq.len;
   t.g = block_y() / p.head_blocks;
   t.positions = BM >> p.log2_heads;
   t.rt =
-      RowTile{(block_x() % p.pos_tiles) * t.positions, (block_y() % p.head_blocks) * heads, p.log2_heads, p.group, p.N};
-  t.p_last = imin(t.rt.p0 + t.positions - 1, p.N - 1);
-  t.u_lo = imax(-p.band2.right, t.rt.p0 - (p.N - 1));
-  t.u_hi = imin(p.band2.left, t.p_last);
-  t.j_lo = imax(0, t.rt.p0 - p.band1.left);
-  t.j_hi = imin(p.N - 1, t.p_last + p.band1.right);
+      RowTile{(block_x() % p.pos_tiles) * t.positions, (block_y() % p.head_blocks) * heads, p.log2_heads, p.group, len};
+  t.p_last = imin(t.rt.p0 + t.positions - 1, len - 1);
+  t.u_lo = imax(-p.prob.band2.right, t.rt.p0 - (len - 1));
+  t.u_hi = imin(p.prob.band2.left, t.p_last);
+  t.j_lo = imax(0, t.rt.p0 - p.prob.band1.left);
+  t.j_hi = imin(len - 1, t.p_last + p.prob.band1.right);
+  SA_PATH(t.past_end(), "tile: past the sequence's end");
   SA_PATH(p.log2_heads > 0, "tile: head packing");
   SA_PATH(t.rt.head0 + heads > p.group, "tile: partial head block");
-  SA_PATH(t.rt.p0 + t.positions > p.N, "tile: last partial position tile");
+  SA_PATH(!t.past_end() && t.rt.p0 + t.positions > len, "tile: last partial position tile");
   SA_PATH(p.group > 1, "tile: GQA group > 1");
   return t;
 }
@@ -89,6 +134,15 @@ SA_DEV const T* row_ptr(const TensorRef& t, int b, int n, int h) {
 template <class T>
 SA_DEV T* row_ptr(const MutTensorRef& t, int b, int n, int h) {
   return static_cast<T*>(t.ptr) + (b * t.sb + n * t.sn + h * t.sh);
+}
+// The row of position `pos` of sequence `s`, head h.
+template <class T>
+SA_DEV const T* row_ptr(const TensorRef& t, const SeqSpan& s, int pos, int h) {
+  return row_ptr<T>(t, s.batch, s.row0 + pos, h);
+}
+template <class T>
+SA_DEV T* row_ptr(const MutTensorRef& t, const SeqSpan& s, int pos, int h) {
+  return row_ptr<T>(t, s.batch, s.row0 + pos, h);
 }
 
 // Fills rows [0, nrows) of `dst`: row r is a copy of the global row `src(r)` (a `const T*`, or
@@ -189,12 +243,113 @@ SA_DEV void ldsm_a_product(uint32_t (&a)[4], const T* x_row, const T* y_row, int
   for (int i = 0; i < 4; ++i) a[i] = mul_pairs<T>(xa[i], ya[i]);
 }
 
+// ------------------------------------------------------------------------------------------------
+// Determinant logits (CONTRACT §8). Per 3-channel chunk det(q, k1, k2) = k1 · (k2 × q), so the
+// kernels replace the element-wise a = q ⊙ k2 of the trilinear form by the chunkwise cross product
+// a = k2 × q (the same GEMM depth: it is O(D) per (query, k) pair, like q ⊙ k2), and the dq / dk2
+// epilogues by cross products with M = dA @ k1 (interface.md):
+//   dq += scale * (M × k2),  dk2 += scale * (q × M),  dk1 += scale * dA^T (k2 × q).
+
+// The next channel of d's chunk, cyclically (s(d) of CONTRACT §8), and the one after (s(s(d))).
+SA_DEV int chunk_next(int d) { return d + (d % 3 == 2 ? -2 : 1); }
+SA_DEV int chunk_prev(int d) { return d + (d % 3 == 0 ? 2 : -1); }
+
+// (x × y)[d] = x[s(d)] y[s(s(d))] - x[s(s(d))] y[s(d)] of two 16-bit rows in shared memory, in fp32
+// (products of 16-bit values are exact there); 0 for a channel d >= D (no chunk reaches those).
+template <class T>
+SA_DEV float cross_at(const T* x, const T* y, int d, int D) {
+  if (d >= D) return 0.f;
+  const int a = chunk_next(d), b = chunk_prev(d);
+  return Elem<T>::to_float(sload(x + a)) * Elem<T>::to_float(sload(y + b)) -
+         Elem<T>::to_float(sload(x + b)) * Elem<T>::to_float(sload(y + a));
+}
+
+// The A operand (16 x 16, columns [c0, c0 + 16)) of a = k2 × q, each element rounded once to T: the
+// determinant's replacement of ldsm_a_product. Lane (g, t) passes the shared rows of its two
+// fragment rows g and g + 8 (k2_rows[h], q_rows[h]); register i is (row h = i & 1, columns
+// c0 + 2t + 8 (i >> 1) + {0, 1}) as in common.cuh. Scalar shared loads: a chunk's channels lie in
+// other lanes' ldmatrix fragments.
+template <class T>
+SA_DEV void cross_a(uint32_t (&a)[4], const T* const* k2_rows, const T* const* q_rows, int c0, int D) {
+  const int c = c0 + 2 * (lane_id() & 3);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int h = i & 1, cc = c + 8 * (i >> 1);
+    a[i] = Elem<T>::pack(cross_at(k2_rows[h], q_rows[h], cc, D), cross_at(k2_rows[h], q_rows[h], cc + 1, D));
+  }
+}
+
+// 8 channels [c, c + 8) of k2 × q, rounded as cross_a rounds them, to a 16-byte shared row slot.
+template <class T>
+SA_DEV void store_cross8(T* dst, const T* k2, const T* q, int c, int D) {
+  uint32_t w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) w[i] = Elem<T>::pack(cross_at(k2, q, c + 2 * i, D), cross_at(k2, q, c + 2 * i + 1, D));
+  sstore(reinterpret_cast<uint4*>(dst), uint4{w[0], w[1], w[2], w[3]});
+}
+
+// The fp32 shared tile through which the determinant epilogues read M = dA @ k1 at the other
+// channels of a chunk (they lie in other lanes' C fragments): rows of the CTA, columns
+// [m_lo, m_lo + kWidth) of M. A CTA owning output columns [col0, col0 + DO) of DP needs M on
+// [col0 - 2, col0 + DO + 2): it computes whole 16-column groups, one more on each side of a split.
+template <int DO, int DP>
+struct CrossTile {
+  static constexpr int kWidth = DO < DP ? DO + 32 : DO;
+  float* base;
+  int m_lo, m_hi;  // the 16-column groups of M this CTA computes
+  SA_DEV CrossTile(float* b, int col0) : base(b), m_lo(imax(0, col0 - 16)), m_hi(imin(DP, col0 + DO + 16)) {}
+  SA_DEV float* at(int r, int c) const { return base + r * kWidth + (c - m_lo); }
+};
+
+// M = dA @ k1 (da: the A fragments of dA over the stage's BJ positions, k1: the stage, k-major) for
+// this warp's 16 rows and the CrossTile's columns, stored to the tile. Callers put a cta_sync
+// between this and the reads, and another before the tile is written again.
+template <class T, int DP, int BJ, int DO>
+SA_DEV void store_m(const CrossTile<DO, DP>& t, int warp_row0, const uint32_t (&da)[BJ / 16][4],
+                    const Tile<T, DP>& k1 SA_SITE_ARG) {
+  for (int c16 = t.m_lo; c16 < t.m_hi; c16 += 16) {
+    float t0[4] = {0.f, 0.f, 0.f, 0.f}, t1[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int kk = 0; kk < BJ / 16; ++kk) {
+      uint32_t b0[2], b1[2];
+      ldsm_b_kmajor(b0, b1, k1, kk * 16, c16 SA_SITE_NEXT);
+      mma_acc<T>(t0, da[kk], b0 SA_SITE_NEXT);
+      mma_acc<T>(t1, da[kk], b1 SA_SITE_NEXT);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      sstore(t.at(warp_row0 + frag_row(i), c16 + frag_col(i)), t0[i]);
+      sstore(t.at(warp_row0 + frag_row(i), c16 + 8 + frag_col(i)), t1[i]);
+    }
+  }
+}
+
+// The shared rows a lane's A operand of the logit product S = A @ k1^T comes from: trilinear,
+// A = q ⊙ k2 from its ldmatrix rows (row lane % 16 of the warp's 16); determinant, A = k2 × q from
+// its two fragment rows g and g + 8 (cross_a).
+template <class T>
+struct LogitRows {
+  bool det;
+  int D;
+  const T* q_row;  // ldmatrix rows
+  const T* k2_row;
+  const T* const* q_frag;  // fragment rows [2]
+  const T* const* k2_frag;
+  // The A operand over columns [c0, c0 + 16).
+  SA_DEV void a_operand(uint32_t (&a)[4], int c0 SA_SITE_ARG) const {
+    if (det)
+      cross_a<T>(a, k2_frag, q_frag, c0, D);
+    else
+      ldsm_a_product<T>(a, q_row, k2_row, c0 SA_SITE_NEXT);
+  }
+};
+
 // The two products the dq and dk2/dv2 kernels start each (u, j-block) step with, for one warp's 16
 // rows and the BJ k1/v1 positions of the stage, over all DP channels:
-//   s = (x ⊙ y) @ k1^T    dp = (e ⊙ f) @ v1^T
-// Each lane passes the shared rows holding row (lane % 16) of x, y, e and f (see ldsm_a_product).
+//   s = A @ k1^T (A of `logit`: q ⊙ k2 or k2 × q)    dp = (e ⊙ f) @ v1^T
+// Each lane passes the shared rows holding row (lane % 16) of e and f (see ldsm_a_product).
 template <class T, int DP, int BJ>
-SA_DEV void logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], const T* x_row, const T* y_row, const T* e_row,
+SA_DEV void logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], const LogitRows<T>& logit, const T* e_row,
                           const T* f_row, const Tile<T, DP>& k1, const Tile<T, DP>& v1 SA_SITE_ARG) {
 #pragma unroll
   for (int nt = 0; nt < BJ / 8; ++nt)
@@ -203,7 +358,7 @@ SA_DEV void logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], const T
 #pragma unroll 2
   for (int kt = 0; kt < DP / 16; ++kt) {
     uint32_t a[4], e[4];
-    ldsm_a_product<T>(a, x_row, y_row, kt * 16 SA_SITE_NEXT);
+    logit.a_operand(a, kt * 16 SA_SITE_NEXT);
     ldsm_a_product<T>(e, e_row, f_row, kt * 16 SA_SITE_NEXT);
 #pragma unroll
     for (int nt = 0; nt < BJ / 8; nt += 2) {

@@ -87,5 +87,5 @@ extern "C" __global__ void probe_logit(const float* in, float* out) {
 
 // The backward's clamp t > 0 ? 0 : t must stay a select: FMNMX would drop a NaN t.
 extern "C" __global__ void probe_prob_from_lse(const float* in, float* out) {
-  out[threadIdx.x] = prob_from_lse(in[threadIdx.x], in[32]);
+  out[threadIdx.x] = prob_from_lse(in[threadIdx.x], in[32], in[33]);
 }

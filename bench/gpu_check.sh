@@ -59,7 +59,10 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16
 CUDA_FILES="tests/test_cuda_kernels.py tests/test_varlen.py tests/test_determinant.py tests/test_kvcache.py"
 CUDA_FILES="$CUDA_FILES tests/test_large_logits.py tests/test_non_finite.py"
 CUDA_TESTS="$CUDA_FILES -m 'gpu and not slow' -k cuda"
-GPU_TESTS="tests -m 'gpu and not slow' -k 'not cuda'"
+CUDA_MODULES="test_cuda_kernels.py or test_varlen.py or test_determinant.py or test_kvcache.py"
+CUDA_MODULES="$CUDA_MODULES or test_large_logits.py or test_non_finite.py"
+GPU_TESTS="tests -m 'gpu and not slow' -k 'not (cuda and ($CUDA_MODULES))'"
+ALL_FAST_GPU="tests -m 'gpu and not slow'" # what cuda-tests and gpu-tests split between them
 SLOW_TESTS="tests -m 'gpu and slow'"
 # The issue's target shape, both GPU backends (bench/run.py measures the bf16 matmul rate in the same run).
 BENCH="--backend cuda triton --mode fwd bwd --dtype bfloat16 --B 2 --N 8192 --Hq 64 --Hkv 1 --D 128 --w1 512 --w2 32"
@@ -150,6 +153,15 @@ if [ "$DRY" = 1 ]; then
     }
     echo "dry run: '$sel' collects $n tests"
   done
+  # cuda-tests and gpu-tests split the fast GPU tests: each test in exactly one of them.
+  ids() { eval "$PY -m pytest --collect-only -q -p no:cacheprovider $1" 2> /dev/null | grep '::' | sort; }
+  split=$( (ids "$CUDA_TESTS" && ids "$GPU_TESTS") | sort)
+  [ "$split" == "$(ids "$ALL_FAST_GPU")" ] || {
+    echo "dry run: cuda-tests and gpu-tests do not split '$ALL_FAST_GPU' (a test in neither or in both):" >&2
+    diff <(echo "$split") <(ids "$ALL_FAST_GPU") | head -20 >&2
+    exit 1
+  }
+  echo "dry run: cuda-tests and gpu-tests split the $(echo "$split" | wc -l) fast GPU tests"
 fi
 
 stage facts 15 facts.txt 0 "nvidia-smi; $PY -c \"import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda); print(torch.cuda.get_device_properties(0))\"; nvcc --version | tail -1"

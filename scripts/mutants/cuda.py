@@ -2,9 +2,11 @@
 
 Each one must be caught without a GPU: the device-branch ones (inline PTX the emulator never
 compiles) by the SASS probes of tests/test_cuda_static.py (~5 s of nvcc), the others by the
-emulator (tests/test_cuda_emulated.py, tests/test_cuda_large_logits.py, tests/test_non_finite.py;
-~25 s to rebuild the emulator for the mutated source, then the selection). `cheap` marks the ones
-CI runs (tests/test_mutants.py): the probe mutants and one emulator mutant, ~60 s together.
+emulator (tests/test_cuda_emulated.py, tests/test_cuda_emulated_features.py for packed sequences,
+determinant logits and decoding, tests/test_cuda_large_logits.py, tests/test_non_finite.py;
+~30-40 s to rebuild the emulator for the mutated source, then the selection). `cheap` marks the
+ones CI runs (tests/test_mutants.py): the probe mutants and one emulator mutant, ~60 s together;
+each further emulator mutant would add a whole driver rebuild, so the part-B ones are not cheap.
 """
 
 EMU = "tests/test_cuda_emulated.py"
@@ -208,6 +210,22 @@ MUTANTS = [
         why="the first row of a packed sequence is attributed to the sequence before it (SIMT kernels)",
     ),
     dict(
+        name="cuda-varlen-stats-ignore-the-row-offset",
+        path="csrc/cuda/tile.cuh",
+        old="  return (static_cast<int64_t>(s.batch) * H + h) * N + s.row0 + pos;",
+        new="  return (static_cast<int64_t>(s.batch) * H + h) * N + pos;",
+        tests=[FEATURES, "-k", "varlen and D40"],
+        why="lse / lse_lo / Delta of a packed sequence read and written at the first sequence's rows",
+    ),
+    dict(
+        name="cuda-simt-varlen-window-past-the-sequence-end",
+        path="csrc/cuda/simt_kernels.cuh",
+        old="  return Span{imax(0, i - band.left), imin(len - 1, i + band.right)};",
+        new="  return Span{imax(0, i - band.left), imin(len, i + band.right)};",
+        tests=[FEATURES, "-k", "varlen and L0_5_1_9"],
+        why="the packed row bound off by one: a centred window takes the next sequence's first row (SIMT kernels)",
+    ),
+    dict(
         name="cuda-det-cross-product-sign",
         path="csrc/cuda/tile.cuh",
         old="  const int a = chunk_next(d), b = chunk_prev(d);",
@@ -254,6 +272,30 @@ MUTANTS = [
         new="    load_key<T>(k1, row_ptr<T>(p.k1, r.b, j, g), D, det);",
         tests=[FEATURES, "-k", "decode and D48 and trilinear"],
         why="decoding reads position j from slot j instead of j % C1: wrong (or outside the cache) once it wraps",
+    ),
+    dict(
+        name="cuda-decode-ignores-the-query-offset",
+        path="csrc/cuda/decode_kernel.cuh",
+        old="  r.pos = gload(p.cache_seqlens + r.b) + r.t;",
+        new="  r.pos = gload(p.cache_seqlens + r.b);",
+        tests=[FEATURES, "-k", "decode and nq3"],
+        why="every new token of a chunk (Nq > 1) decoded at the first one's position",
+    ),
+    dict(
+        name="cuda-decode-k-window-of-w1",
+        path="csrc/cuda/decode_kernel.cuh",
+        old="const int k_lo = imax(0, r.pos - p.w2 + 1), k_hi = r.pos;",
+        new="const int k_lo = imax(0, r.pos - p.w1 + 1), k_hi = r.pos;",
+        tests=[FEATURES, "-k", "decode and D48 and trilinear"],
+        why="decoding takes the k2/v2 window as long as the k1/v1 one (w1 != w2), from stale ring slots",
+    ),
+    dict(
+        name="cuda-decode-det-sign",
+        path="csrc/cuda/decode_kernel.cuh",
+        old="(perm == 1 ? chunk_next(d) : chunk_prev(d))",
+        new="(perm == 1 ? chunk_prev(d) : chunk_next(d))",
+        tests=[FEATURES, "-k", "decode and D48 and determinant"],
+        why="the decode kernel's determinant with its cross product reversed: every logit negated",
     ),
     dict(
         name="cuda-decode-splits-overlap",

@@ -145,8 +145,16 @@ if [ "$DRY" = 1 ]; then
     echo "dry run: bench/gpu_sanitize.py --list failed" >&2
     exit 1
   }
-  for sel in "$CUDA_TESTS" "$GPU_TESTS" "$SLOW_TESTS"; do
-    n=$(eval "$PY -m pytest --collect-only -q -p no:cacheprovider $sel" 2> /dev/null | grep -c '::')
+  ids() { eval "$PY -m pytest --collect-only -q -p no:cacheprovider $1" 2> /dev/null | grep '::' | sort; }
+  # The four collections run side by side (each imports the whole test suite).
+  ids "$CUDA_TESTS" > "$WORK/ids.cuda" &
+  ids "$GPU_TESTS" > "$WORK/ids.gpu" &
+  ids "$SLOW_TESTS" > "$WORK/ids.slow" &
+  ids "$ALL_FAST_GPU" > "$WORK/ids.all" &
+  wait
+  for pair in "cuda:$CUDA_TESTS" "gpu:$GPU_TESTS" "slow:$SLOW_TESTS"; do
+    sel=${pair#*:}
+    n=$(wc -l < "$WORK/ids.${pair%%:*}")
     [ "$n" -gt 0 ] || {
       echo "dry run: pytest selection '$sel' collects nothing" >&2
       exit 1
@@ -154,11 +162,10 @@ if [ "$DRY" = 1 ]; then
     echo "dry run: '$sel' collects $n tests"
   done
   # cuda-tests and gpu-tests split the fast GPU tests: each test in exactly one of them.
-  ids() { eval "$PY -m pytest --collect-only -q -p no:cacheprovider $1" 2> /dev/null | grep '::' | sort; }
-  split=$( (ids "$CUDA_TESTS" && ids "$GPU_TESTS") | sort)
-  [ "$split" == "$(ids "$ALL_FAST_GPU")" ] || {
+  split=$(sort "$WORK/ids.cuda" "$WORK/ids.gpu")
+  [ "$split" == "$(cat "$WORK/ids.all")" ] || {
     echo "dry run: cuda-tests and gpu-tests do not split '$ALL_FAST_GPU' (a test in neither or in both):" >&2
-    diff <(echo "$split") <(ids "$ALL_FAST_GPU") | head -20 >&2
+    diff <(echo "$split") "$WORK/ids.all" | head -20 >&2
     exit 1
   }
   echo "dry run: cuda-tests and gpu-tests split the $(echo "$split" | wc -l) fast GPU tests"

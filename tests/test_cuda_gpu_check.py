@@ -5,7 +5,7 @@ collects tests, the cuda-tests and gpu-tests stages split the fast GPU tests bet
 bench/gpu_sanitize.py lists its cases, the files exist) and writes the plan to summary.json.
 Asserted: the stages come in their order of value, they fit one device call (a command may run
 10 minutes; the plan keeps a minute of it spare) and the files they write fit what the device
-tool brings back (8). Runtime: ~30 s (six pytest collections).
+tool brings back (8). Runtime: ~30-40 s (four pytest collections).
 """
 
 import json

@@ -228,6 +228,21 @@ def test_rejects_float64_and_empty_is_empty():
     assert out.shape == (1, 0, 2, 16) and lse.shape == (1, 2, 0)
 
 
+def test_varlen_max_seqlen_is_only_a_hint():
+    """max_seqlen larger than the packing (even than T) changes nothing: CONTRACT §6 asks only that
+    it bound every length."""
+    lengths, D = [5, 0, 12], 16
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k1, k2, v1, v2 = (torch.randn(1, sum(lengths), h, D, generator=g).cuda() for h in (2, 1, 1, 1, 1))
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
+    outs = []
+    for hint in (12, 100, 1 << 40):
+        prob = Problem(4, 3, True, D**-0.5, cu_seqlens=cu, max_seqlen=hint)
+        outs.append(torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob.fused_args()))
+    for out, lse, lse_lo in outs[1:]:
+        assert torch.equal(out, outs[0][0]) and torch.equal(lse, outs[0][1]) and torch.equal(lse_lo, outs[0][2])
+
+
 # ---- packed sequences, determinant logits and decoding at realistic sizes, against the reference
 
 

@@ -69,12 +69,14 @@ cuda::ProblemDesc problem_desc(const Problem& p, const Dims& d) {
   r.scale = static_cast<float>(p.scale);
   r.determinant = p.logits == Logits::kDeterminant;
   if (p.packed()) {
-    TORCH_CHECK(p.max_seqlen >= (d.N > 0 ? 1 : 0) && p.max_seqlen <= d.N, "max_seqlen must be in [1, T] = [1, ", d.N,
-                "] for packed inputs of T = ", d.N, " tokens, got ", p.max_seqlen);
+    // A hint at least every length (the public function checks that against cu_seqlens): any larger
+    // value is allowed, and none needs more tiles than T rows fill.
+    TORCH_CHECK(p.max_seqlen >= 1 || d.N == 0, "max_seqlen must be >= every sequence length (>= 1 for T = ", d.N,
+                " tokens), got ", p.max_seqlen);
     TORCH_CHECK(p.num_seqs() < (int64_t{1} << 30), "too many packed sequences for the CUDA kernels: ", p.num_seqs());
     r.cu_seqlens = p.cu_seqlens.const_data_ptr<int>();
     r.num_seqs = static_cast<int>(p.num_seqs());
-    r.max_seqlen = static_cast<int>(p.max_seqlen);
+    r.max_seqlen = static_cast<int>(std::min<int64_t>(p.max_seqlen, d.N));
   } else {
     r.cu_seqlens = nullptr;
     r.num_seqs = static_cast<int>(d.B);

@@ -1,17 +1,24 @@
 """Static report of the CUDA C++ kernels in the built extension: per kernel instantiation and arch,
-registers, stack / local memory (spills), tensor-core instruction count, dynamic shared memory.
+registers, stack / local memory (spills), SASS instruction counts (tensor-core HMMA, ldmatrix plain
+and transposed, barriers, cp.async LDGSTS and its DEPBAR waits), dynamic shared memory.
 
 No GPU needed: it reads the cubins inside simplicial_attn/_C*.so with `cuobjdump`
-(--dump-resource-usage and -sass). tests/test_cuda_static.py asserts on the same rows.
+(--dump-resource-usage and -sass). tests/test_cuda_static.py asserts on the same rows, and compares
+the instruction counts with the golden table csrc/cuda/sass/golden_counts.json, so a change in what
+a kernel compiles to (a barrier dropped, ldmatrix .trans swapped, ...) shows up as a failing test
+and, once intended, as a reviewed diff of that file.
 
-    python bench/cuda_report.py            # markdown table of the installed extension
-    python bench/cuda_report.py PATH.so    # another build
+    python bench/cuda_report.py                   # markdown table of the installed extension
+    python bench/cuda_report.py PATH.so           # another build
+    python bench/cuda_report.py --write-golden    # regenerate the golden counts from this build
 
 `rows()` returns the table as dicts so a combined report (bench/kernel_report.py) can merge it.
 Shared memory is dynamic, so cuobjdump cannot see it; the column comes from the kernel configs,
 printed by the emulator driver (`emu configs`, see tests/cuda_emulator.py) when it can be built.
 """
 
+import argparse
+import json
 import os
 import pathlib
 import re
@@ -24,7 +31,23 @@ _FUNC_RE = re.compile(r"_ZN15simplicial_attn4cuda\d+(?P<name>\w+?_kernel)I(?P<ta
 _DTYPES = {"6__half": "fp16", "13__nv_bfloat16": "bf16", "f": "fp32"}
 TENSOR_CORE_KERNELS = ("fwd_kernel", "dq_kernel", "dkv1_kernel", "dkv2_kernel")
 SIMT_KERNELS = ("fwd_simt_kernel", "dq_simt_kernel", "dkv_simt_kernel")
+DECODE_KERNELS = ("decode_split_kernel", "decode_combine_kernel")  # every dtype, fp32 math on CUDA cores
+# Kernels instantiated per logit form (a bool template argument): variant "det" for the determinant.
+VARIANT_KERNELS = ("dq_kernel", "dkv2_kernel")
 HEAD_DIMS = (64, 128, 256)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "csrc" / "cuda" / "sass" / "golden_counts.json"
+# SASS instruction counts per kernel: column -> the opcode pattern it counts (at an instruction's
+# start, after the optional predicate).
+SASS_COUNTS = {
+    "hmma": r"HMMA\.",
+    "ldsm": r"LDSM\.16\.M88\.",
+    "ldsm_t": r"LDSM\.16\.MT88\.",
+    "bar": r"BAR\.SYNC",
+    "ldgsts": r"LDGSTS\.",
+    "depbar": r"DEPBAR\.",
+}
+_INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?(?P<ins>[A-Z][A-Z0-9_.]*[^;]*);")
 
 
 def find_cuobjdump():
@@ -49,14 +72,16 @@ def extension_path():
 
 
 def parse_function(mangled):
-    """(kernel, dtype, head_dim) of a mangled simplicial_attn::cuda kernel name, or None."""
+    """(kernel, dtype, head_dim, variant) of a mangled simplicial_attn::cuda kernel name, or None;
+    variant is "det" for the determinant instantiation of a VARIANT_KERNELS kernel, else ""."""
     m = _FUNC_RE.search(mangled)
     if not m:
         return None
     targs = m.group("targs")
     dtype = next((d for prefix, d in _DTYPES.items() if targs.startswith(prefix)), "fp32")
     hd = re.search(r"ILi(\d+)E", targs)
-    return m.group("name"), dtype, int(hd.group(1)) if hd else None
+    variant = "det" if re.search(r"ELb1E", targs) else ""
+    return m.group("name"), dtype, int(hd.group(1)) if hd else None, variant
 
 
 def _cuobjdump(tool, binary, *args):
@@ -86,24 +111,35 @@ def resource_usage(tool, binary):
     return out
 
 
-def mma_counts(tool, binary):
-    """{(arch, mangled): number of HMMA instructions} from the SASS."""
-    counts, arch, func = {}, None, None
-    for line in _cuobjdump(tool, binary, "-sass").splitlines():
+def parse_sass(text):
+    """{(arch, function): [instruction, ...]} of a cuobjdump -sass listing, in program order; an
+    instruction is its opcode and operands ("LDSM.16.MT88.4 R4, [R0]"), without a predicate."""
+    functions, arch, func = {}, None, None
+    for line in text.splitlines():
         s = line.strip()
         if s.startswith("arch = "):
             arch = s.split("=")[1].strip()
         elif s.startswith("Function : "):
             func = s[len("Function : ") :]
-            counts[(arch, func)] = 0
-        elif func and "HMMA" in s:
-            counts[(arch, func)] += 1
-    return counts
+            functions[(arch, func)] = []
+        elif func and (m := _INSTRUCTION.match(line)):
+            functions[(arch, func)].append(m.group("ins").strip())
+    return functions
+
+
+def count_opcodes(instructions):
+    """{column: count} of SASS_COUNTS over one function's instructions."""
+    return {col: sum(1 for ins in instructions if re.match(pat, ins)) for col, pat in SASS_COUNTS.items()}
+
+
+def sass_counts(tool, binary):
+    """{(arch, mangled): {column: count}} from the SASS of `binary`."""
+    return {key: count_opcodes(ops) for key, ops in parse_sass(_cuobjdump(tool, binary, "-sass")).items()}
 
 
 def smem_bytes():
     """{(kernel, head_dim): dynamic shared memory bytes} from the emulator driver, {} if it cannot run."""
-    tests = pathlib.Path(__file__).resolve().parents[1] / "tests"
+    tests = ROOT / "tests"
     sys.path.insert(0, str(tests))
     try:
         import cuda_emulator
@@ -119,39 +155,68 @@ def smem_bytes():
 
 def rows(binary=None, with_smem=True):
     """One dict per (arch, kernel instantiation) of simplicial_attn::cuda in `binary` (default: the
-    installed extension): arch, kernel, dtype, head_dim, regs, stack, local, hmma, smem."""
+    installed extension): arch, kernel, dtype, head_dim, regs, stack, local, the SASS_COUNTS
+    columns (hmma, ldsm, ...), smem."""
     tool = find_cuobjdump()
     if tool is None:
         raise FileNotFoundError("cuobjdump not found (set CUDA_HOME, or install triton which ships one)")
     binary = binary or extension_path()
     if binary is None:
         raise FileNotFoundError("simplicial_attn._C is not built")
-    usage, mma = resource_usage(tool, binary), mma_counts(tool, binary)
+    usage, counts = resource_usage(tool, binary), sass_counts(tool, binary)
     smem = smem_bytes() if with_smem else {}
     table = []
     for (arch, func), res in sorted(usage.items()):
         parsed = parse_function(func)
         if parsed is None:
             continue
-        kernel, dtype, head_dim = parsed
+        kernel, dtype, head_dim, variant = parsed
         table.append(
             {
                 "arch": arch,
                 "kernel": kernel,
+                "variant": variant,
                 "dtype": dtype,
                 "head_dim": head_dim,
                 "regs": res.get("REG", 0),
                 "stack": res.get("STACK", 0),
                 "local": res.get("LOCAL", 0),
-                "hmma": mma.get((arch, func), 0),
+                **counts.get((arch, func), dict.fromkeys(SASS_COUNTS, 0)),
                 "smem": smem.get((kernel, head_dim)),
             }
         )
     return table
 
 
+def row_key(r):
+    """The golden table's key of a row: arch/kernel[:variant]/dtype/head_dim."""
+    kernel = f"{r['kernel']}:{r['variant']}" if r["variant"] else r["kernel"]
+    return f"{r['arch']}/{kernel}/{r['dtype']}/{r['head_dim'] or '-'}"
+
+
+def golden_table(table, cuda_version):
+    """The golden counts of `table` (see GOLDEN), as written to the JSON file."""
+    counts = {row_key(r): {c: r[c] for c in SASS_COUNTS} for r in sorted(table, key=row_key)}
+    return {"cuda_version": cuda_version, "counts": counts}
+
+
+def golden_diff(table, golden):
+    """Lines describing every difference between `table`'s counts and the golden ones (empty: equal),
+    over the archs `table` was built for (a GPU machine builds sm_90 only)."""
+    archs = {r["arch"] for r in table}
+    want = {k: v for k, v in golden["counts"].items() if k.split("/")[0] in archs}
+    have = golden_table(table, golden["cuda_version"])["counts"]
+    lines = [f"{k}: missing from this build" for k in sorted(want.keys() - have.keys())]
+    lines += [f"{k}: not in the golden table" for k in sorted(have.keys() - want.keys())]
+    for k in sorted(want.keys() & have.keys()):
+        changed = [f"{c} {want[k][c]} -> {have[k][c]}" for c in SASS_COUNTS if want[k].get(c) != have[k][c]]
+        if changed:
+            lines.append(f"{k}: " + ", ".join(changed))
+    return lines
+
+
 def markdown(table):
-    cols = ["arch", "kernel", "dtype", "head_dim", "regs", "stack", "local", "hmma", "smem"]
+    cols = ["arch", "kernel", "variant", "dtype", "head_dim", "regs", "stack", "local", *SASS_COUNTS, "smem"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in table:
         lines.append("| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |")
@@ -159,11 +224,20 @@ def markdown(table):
 
 
 def main(argv):
-    table = rows(pathlib.Path(argv[1]) if len(argv) > 1 else None)
+    parser = argparse.ArgumentParser(description="Static report of the CUDA C++ kernels (no GPU needed).")
+    parser.add_argument("binary", nargs="?", type=pathlib.Path, help="the extension .so (default: the installed one)")
+    parser.add_argument("--write-golden", action="store_true", help=f"write the SASS counts to {GOLDEN}")
+    args = parser.parse_args(argv)
+    table = rows(args.binary)
     print(markdown(table))
     spills = [r for r in table if r["stack"] or r["local"]]
     print(f"\n{len(table)} kernel instantiations, {len(spills)} with stack/local memory (spills)")
+    if args.write_golden:
+        from simplicial_attn import _ext
+
+        GOLDEN.write_text(json.dumps(golden_table(table, _ext.build_info()["cuda_version"]), indent=1) + "\n")
+        print(f"wrote {GOLDEN}")
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main(sys.argv[1:])

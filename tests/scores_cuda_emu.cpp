@@ -13,8 +13,9 @@
 // tensors in DIR/<name>.bin (raw float32); outputs are written to DIR/<name>.bin.
 //   softmax_fwd rows m               x -> y
 //   softmax_bwd rows m               dp, p -> ds
-//   scores_fwd  B N Hq Hkv D  size1 slide1 lo1  size2 slide2 lo2  scale     q, k1, k2 -> s
-//   scores_bwd  (same args)                                       ds, q, k1, k2 -> dq, dk1, dk2
+//   scores_fwd  B N Hq Hkv D  size1 slide1 lo1  size2 slide2 lo2  scale det     q, k1, k2 -> s
+//   scores_bwd  (same args)                                           ds, q, k1, k2 -> dq, dk1, dk2
+//   (det: 1 for determinant logits, 0 for trilinear)
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -155,12 +156,13 @@ int main(int argc, char** argv) {
   cs::ScoreSizes d{};
   sa::WindowAxis ax1{}, ax2{};
   float scale;
+  int det;
   args >> d.B >> d.N >> d.Hq >> d.Hkv >> d.D >> ax1.size >> ax1.slide >> ax1.lo >> ax2.size >> ax2.slide >> ax2.lo >>
-      scale;
+      scale >> det;
   const size_t nq = d.B * d.N * d.Hq * d.D, nk = d.B * d.N * d.Hkv * d.D;
   const size_t ns = d.B * d.Hq * d.N * ax1.size * ax2.size;
   const auto q = read(dir, "q", nq), k1 = read(dir, "k1", nk), k2 = read(dir, "k2", nk);
-  const cs::ScoresArgs<float> s{q.data(), k1.data(), k2.data(), d, ax1, ax2, scale};
+  const cs::ScoresArgs<float> s{q.data(), k1.data(), k2.data(), d, ax1, ax2, scale, det != 0};
   if (op == "scores_fwd") {
     auto out = poisoned(ns);
     const int64_t n_atiles = (ax1.size + cs::kTile - 1) / cs::kTile;

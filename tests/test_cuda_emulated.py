@@ -2,23 +2,31 @@
 
 No GPU is needed: tests/cuda_emulator.py compiles csrc/cuda with -DSA_EMULATE, which runs the
 kernels' own code (launchers, index arithmetic, mma/ldmatrix fragment layouts, cp.async
-pipeline, barriers) with each CTA's threads as fibers and fails on any out-of-bounds access,
-shared-memory race, uninitialised shared read, barrier mismatch or doubly-written output. So a
-pass here means the kernels compute the CONTRACT and are memory-safe for these shapes; it says
-nothing about speed or hardware rounding (tests/test_cuda_kernels.py runs them on a GPU).
+pipeline, barriers) with each CTA's threads as fibers in a seeded shuffled order and fails on
+any out-of-bounds or misaligned access, shared-memory race, uninitialised shared read, barrier
+or collective mismatch or doubly-written output. So a pass here means the kernels compute the
+CONTRACT and are memory-safe for these shapes; it says nothing about speed or hardware rounding
+(tests/test_cuda_kernels.py runs them on a GPU).
 
-Runtime on 2 cores: ~60 s to compile the emulator once (cached per source state), then
-~1-4 s per case and dtype. The default selection takes about 2 minutes in all;
-SIMPLICIAL_ATTN_EMULATE_FULL=1 adds the whole shared case grid (~4 more minutes).
+Coverage you can see: the kernels mark their runtime paths with SA_PATH (more than one pipeline
+iteration, zero-filled tails, head packing, the last partial tile, GQA, split output columns,
+vector and scalar loads, ...); test_every_marked_path_is_visited fails if a marked path of a
+kernel is never run at a padded head dim (64, 128, 256) by the cases below.
+
+Runtime on 2 cores: ~25 s to compile the emulator once (cached per source state), then
+~0.2-8 s per case and dtype; about 2 minutes in all. SIMPLICIAL_ATTN_EMULATE_FULL=1 adds the
+whole shared case grid (~4 more minutes).
 """
 
 import os
+import re
 
 import cuda_emulator as emu
 import pytest
 import torch
 
 from simplicial_attn._windows import kernel_window
+from simplicial_attn.problem import Problem
 
 from cases import BOUNDS, CASES_FULL, CASES_SMALL, Case, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
@@ -26,20 +34,34 @@ from oracle import oracle_bwd, oracle_fwd
 pytestmark = pytest.mark.skipif(emu.unavailable_reason() is not None, reason=f"{emu.unavailable_reason()}")
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+HALF = [torch.float16, torch.bfloat16]  # tensor-core kernels; float32 runs the SIMT kernels
 
-# Beyond the shared grid: the paths the kernels choose at runtime.
+# Beyond the shared grid: the paths the kernels choose at runtime, each case with the dtypes it
+# runs in (the tensor-core paths are the same for fp16 and bf16; the slow ones run in one).
 SPECIAL = [
-    Case(1, 5, 32, 2, 24, 3, 2),  # head packing (16 query heads per kv head), D % 8 == 0
-    Case(1, 6, 17, 1, 20, 4, 6, causal=False),  # head packing, odd group, D % 8 != 0: scalar loads
-    Case(1, 9, 1, 1, 200, 5, 4),  # D = 200: padded to 256, output columns split over 2 CTAs
-    Case(1, 97, 2, 1, 64, 40, 20),  # several k1/v1 blocks and offset chunks: the cp.async pipeline
+    (Case(1, 5, 32, 2, 24, 3, 2), DTYPES),  # head packing (16 query heads per kv head), D % 8 == 0
+    (Case(1, 6, 17, 1, 20, 4, 6, causal=False), DTYPES),  # head packing, odd group: a partial head block; scalar loads
+    (Case(1, 9, 1, 1, 200, 5, 4), DTYPES),  # D = 200: padded to 256, output columns split over 2 CTAs
+    (Case(1, 97, 2, 1, 64, 40, 20), HALF),  # several k1/v1 blocks and offset chunks: the cp.async pipeline
+    # The pipeline, several query blocks and u chunks, GQA and zero-filled columns at 128 and 256.
+    (Case(1, 70, 2, 1, 120, 40, 20), [torch.float16]),
+    (Case(1, 40, 2, 1, 248, 20, 12), [torch.float16]),
+    # Head packing with a partial head block and scalar loads at 128 and 256.
+    (Case(1, 3, 17, 1, 100, 3, 2), HALF),
+    (Case(1, 3, 17, 1, 196, 3, 2, causal=False), HALF),
+    # The SIMT kernels at 128 and 256: GQA, warps past the last row, lanes past D.
+    (Case(1, 9, 3, 1, 100, 5, 3), [torch.float32]),
+    (Case(1, 7, 2, 1, 196, 4, 3), [torch.float32]),
 ]
 FULL = os.environ.get("SIMPLICIAL_ATTN_EMULATE_FULL", "0") == "1"
-CASES = SPECIAL + (CASES_FULL if FULL else CASES_SMALL)
+PAIRS = [(c, dt) for c, dts in SPECIAL for dt in dts]
+PAIRS += [(c, dt) for c in (CASES_FULL if FULL else CASES_SMALL) for dt in DTYPES]
 
 
-def _windows(case):
-    return kernel_window(case.w1, case.N, case.causal), kernel_window(case.w2, case.N, case.causal)
+def _problem(case, scale=None, logits="trilinear"):
+    """The kernel-level Problem of a batched case (kernel windows, default scale D ** -0.5)."""
+    w1, w2 = kernel_window(case.w1, case.N, case.causal), kernel_window(case.w2, case.N, case.causal)
+    return Problem(w1, w2, case.causal, case.D**-0.5 if scale is None else scale, logits)
 
 
 def _check(name, got, ref, dtype):
@@ -48,21 +70,42 @@ def _check(name, got, ref, dtype):
     assert err <= BOUNDS[dtype], f"{name}: relative error {err:.2e} > {BOUNDS[dtype]:.0e}"
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_fwd_bwd_match_oracle(case, dtype):
+def _run_and_check(case, dtype, fast_math=False):
     q, k1, k2, v1, v2 = make_inputs(case, dtype)
     dout = make_dout(case, dtype)
-    w1, w2 = _windows(case)
-    scale = case.D**-0.5
-    out, lse = emu.fwd(q, k1, k2, v1, v2, w1, w2, case.causal, scale)
-    ref_out, ref_lse = oracle_fwd(q, k1, k2, v1, v2, case.w1, case.w2, case.causal, scale)
+    prob = _problem(case)
+    out, lse, lse_lo = emu.fused_fwd(q, k1, k2, v1, v2, prob, fast_math=fast_math)
+    ref_out, ref_lse = oracle_fwd(q, k1, k2, v1, v2, case.w1, case.w2, case.causal, prob.scale)
     _check("out", out, ref_out, dtype)
     _check("lse", lse, ref_lse, dtype)
-    grads = emu.bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, case.causal, scale)
-    refs = oracle_bwd(dout, q, k1, k2, v1, v2, case.w1, case.w2, case.causal, scale)
+    grads = emu.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, fast_math=fast_math)
+    refs = oracle_bwd(dout, q, k1, k2, v1, v2, case.w1, case.w2, case.causal, prob.scale)
     for name, g, r in zip(("dq", "dk1", "dk2", "dv1", "dv2"), grads, refs, strict=True):
         _check(name, g, r, dtype)
+
+
+def _dtype_id(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+# Every run by its record name (tests/test_cuda_paths.py reads the paths they visit): (function, arguments...).
+RUNS = {f"batched-{c.id}-{_dtype_id(dt)}": (_run_and_check, c, dt) for c, dt in PAIRS}
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_fwd_bwd_match_oracle(name):
+    emu.record_run(name, *RUNS[name])
+
+
+# The emulated --use_fast_math arithmetic of the GPU build (flush-to-zero, MUFU exp2 / log2 at
+# their worst-case error) keeps every bound: a case per padded head dim, w2 > 32, GQA, centred.
+FAST_MATH = [Case(1, 33, 8, 8, 16, 5, 40), Case(2, 20, 4, 2, 128, 6, 3), Case(1, 9, 2, 1, 200, 5, 4, causal=False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("case", FAST_MATH, ids=lambda c: c.id)
+def test_fast_math_keeps_the_bounds(case, dtype):
+    _run_and_check(case, dtype, fast_math=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=lambda d: str(d).removeprefix("torch."))
@@ -80,13 +123,13 @@ def test_strided_inputs(dtype):
 
     views = [restride(t) for t in (q, k1, k2, v1, v2)]
     assert not views[0].is_contiguous()
-    w1, w2 = _windows(case)
-    out, lse = emu.fwd(*views, w1, w2, case.causal, 0.3)
+    prob = _problem(case, 0.3)
+    out, lse, lse_lo = emu.fused_fwd(*views, prob)
     ref_out, ref_lse = oracle_fwd(q, k1, k2, v1, v2, case.w1, case.w2, case.causal, 0.3)
     _check("out", out, ref_out, dtype)
     _check("lse", lse, ref_lse, dtype)
     dout = make_dout(case, dtype)
-    grads = emu.bwd(restride(dout), *views, restride(out), lse, w1, w2, case.causal, 0.3)
+    grads = emu.fused_bwd(restride(dout), *views, restride(out), lse, lse_lo, prob)
     refs = oracle_bwd(dout, q, k1, k2, v1, v2, case.w1, case.w2, case.causal, 0.3)
     for name, g, r in zip(("dq", "dk1", "dk2", "dv1", "dv2"), grads, refs, strict=True):
         _check(name, g, r, dtype)
@@ -96,9 +139,62 @@ def test_lse_is_natural_log():
     """lse is ln(sum exp(logits)): one row by hand."""
     case = Case(1, 3, 1, 1, 16, 2, 2)
     q, k1, k2, v1, v2 = make_inputs(case, torch.float32)
-    _, lse = emu.fwd(q, k1, k2, v1, v2, 2, 2, True, 0.5)
+    _, lse, _ = emu.fused_fwd(q, k1, k2, v1, v2, Problem(2, 2, True, 0.5))
     i = 2
     logits = [
         0.5 * (q[0, i, 0] * k1[0, j, 0] * k2[0, k, 0]).sum().double() for j in (1, 2) for k in (1, 2)
     ]  # causal w = 2: j, k in {1, 2}
     assert abs(lse[0, 0, i].item() - torch.logsumexp(torch.stack(logits), 0).item()) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------
+# The emulator's own checks: planted faults it must report (csrc/cuda/emulator/selftest.h).
+
+FAULTS = {
+    "misaligned-global": r"global read of 8 bytes .* not naturally aligned",
+    "misaligned-shared": r"shared read of 16 bytes .* not naturally aligned",
+    "helper-divergence": r"warp collective \(kind \d+ at selftest\.h:\d+ > tile\.cuh:\d+\) while other lanes are in",
+    "barrier-divergence": r"__syncthreads at selftest\.h:\d+ while other threads wait at selftest\.h:\d+",
+    "shared-race": r"race: shared read",
+    "early-cp-async-read": r"while a cp\.async into it is in flight",
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_emulator_reports_planted_fault(fault):
+    proc = emu.selftest(fault)
+    assert proc.returncode == 3, f"{fault}: not reported (exit {proc.returncode}): {proc.stdout}{proc.stderr}"
+    assert re.search(FAULTS[fault], proc.stderr), proc.stderr
+
+
+def test_emulator_shuffles_blocks_and_threads_by_seed():
+    def order(seed):
+        out = emu.selftest("order", "--seed", str(seed)).stdout.splitlines()
+        return [line.split()[1:] for line in out]
+
+    first, again, other = order(3), order(3), order(4)
+    assert first == again, "the same seed must give the same order"
+    assert first != other, "different seeds must give different orders"
+    blocks, threads = first
+    assert blocks != sorted(blocks, key=int) and threads != sorted(threads, key=int)
+
+
+def test_emulator_fast_math_special_functions():
+    """Fast-math exp2 / log2 are within their worst-case error of the exact ones and flush
+    subnormals; exact mode is exact."""
+
+    def values(*options):
+        out = emu.selftest("special-functions", *options).stdout.split("\n")
+        return [(f, float(x), float(y)) for f, x, y in (line.split() for line in out if line)]
+
+    for (f, x, exact), (_, _, fast) in zip(values(), values("--fast-math"), strict=True):
+        ref = 2.0**x if f == "exp2" else torch.tensor(x).double().log2().item()
+        if f == "exp2" and ref < 2.0**-126:  # a subnormal result (or argument) flushes
+            assert fast == 0.0 or x == 0.0 or abs(fast - 1.0) <= 2**-22, (f, x, fast)
+            continue
+        if f == "log2" and x < 2.0**-126:
+            assert fast == float("-inf"), (f, x, fast)
+            continue
+        assert abs(exact - ref) <= abs(ref) * 2**-23, (f, x, exact, ref)
+        tol = abs(ref) * 2**-21 if f == "exp2" else 2**-21 + abs(ref) * 2**-23  # + the float result's rounding
+        assert abs(fast - ref) <= tol, (f, x, fast, ref)

@@ -8,6 +8,8 @@ Outputs are poisoned (NaN) before every call. Runtime on an H100: ~1-2 minutes, 
 dense float64 oracle and the reference backend at the realistic sizes.
 """
 
+import itertools
+
 import pytest
 import torch
 
@@ -224,3 +226,82 @@ def test_rejects_float64_and_empty_is_empty():
     empty = [t[:, :0].float() for t in (q, k1, k2, v1, v2)]
     out, lse, _ = torch.ops.simplicial_attn.fused_fwd(*empty, *Problem(1, 1, True, 0.25).fused_args())
     assert out.shape == (1, 0, 2, 16) and lse.shape == (1, 2, 0)
+
+
+def test_varlen_max_seqlen_is_only_a_hint():
+    """max_seqlen larger than the packing (even than T) changes nothing: CONTRACT §6 asks only that
+    it bound every length."""
+    lengths, D = [5, 0, 12], 16
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k1, k2, v1, v2 = (torch.randn(1, sum(lengths), h, D, generator=g).cuda() for h in (2, 1, 1, 1, 1))
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
+    outs = []
+    for hint in (12, 100, 1 << 40):
+        prob = Problem(4, 3, True, D**-0.5, cu_seqlens=cu, max_seqlen=hint)
+        outs.append(torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob.fused_args()))
+    for out, lse, lse_lo in outs[1:]:
+        assert torch.equal(out, outs[0][0]) and torch.equal(lse, outs[0][1]) and torch.equal(lse_lo, outs[0][2])
+
+
+# ---- packed sequences, determinant logits and decoding at realistic sizes, against the reference
+
+
+def _realistic_check(got, ref, dtype, names):
+    for name, g, r in zip(names, got, ref, strict=True):
+        _assert_close(name, g, r, BOUNDS[dtype])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.bfloat16, torch.float32], ids=lambda d: str(d).removeprefix("torch.")
+)
+def test_realistic_varlen_vs_reference(dtype, poison):
+    """A realistic packing (empty, length-1 and long sequences) through the kernel ops against the
+    reference backend's packed implementation."""
+    lengths, Hq, Hkv, D, w1, w2 = [700, 0, 1, 64, 1500, 333], 8, 2, 64, 256, 32
+    g = torch.Generator(device="cpu").manual_seed(0)
+    T = sum(lengths)
+    q, k1, k2, v1, v2, dout = (
+        torch.randn(1, T, h, D, generator=g).to("cuda", dtype) for h in (Hq, Hkv, Hkv, Hkv, Hkv, Hq)
+    )
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
+    prob = Problem(w1, w2, True, D**-0.5, cu_seqlens=cu, max_seqlen=max(lengths))
+    out, lse, lse_lo = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob.fused_args())
+    grads = torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob.fused_args())
+    r_out, r_lse, r_lse_lo = reference.fwd(q, k1, k2, v1, v2, prob)
+    refs = reference.bwd(dout, q, k1, k2, v1, v2, r_out, r_lse, r_lse_lo, prob)
+    _realistic_check((out, lse, *grads), (r_out, r_lse, *refs), dtype, ("out", "lse", *GRADS))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.bfloat16, torch.float32], ids=lambda d: str(d).removeprefix("torch.")
+)
+def test_realistic_determinant_vs_reference(dtype, poison):
+    case = Case(2, 1000, 8, 2, 96, 256, 48)
+    q, k1, k2, v1, v2 = make_inputs(case, dtype, "cuda")
+    dout = make_dout(case, dtype, "cuda")
+    prob = Problem(case.w1, case.w2, True, case.D**-0.5, "determinant")
+    out, lse, lse_lo = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob.fused_args())
+    grads = torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob.fused_args())
+    r_out, r_lse, r_lse_lo = reference.fwd(q, k1, k2, v1, v2, prob)
+    refs = reference.bwd(dout, q, k1, k2, v1, v2, r_out, r_lse, r_lse_lo, prob)
+    _realistic_check((out, lse, *grads), (r_out, r_lse, *refs), dtype, ("out", "lse", *GRADS))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nq", [1, 4])
+@pytest.mark.parametrize("logits", ["trilinear", "determinant"])
+def test_realistic_decode_vs_reference(nq, logits, poison):
+    """Decoding at w1 = 512 (32 splits) against rings that have wrapped, for sequences of different
+    lengths, against the reference backend's decode."""
+    B, Hq, Hkv, D, w1, w2, dtype = 4, 8, 2, 96, 512, 32, torch.bfloat16
+    g = torch.Generator(device="cpu").manual_seed(0)
+    c1, c2 = w1 + nq - 1, w2 + nq - 1
+    caches = [torch.randn(B, c, Hkv, D, generator=g).to("cuda", dtype) for c in (c1, c2, c1, c2)]
+    q = torch.randn(B, nq, Hq, D, generator=g).to("cuda", dtype)
+    lengths = torch.tensor([0, 77, 600, 5000], dtype=torch.int32, device="cuda")
+    prob = Problem(w1, w2, True, D**-0.5, logits, cache_seqlens=lengths)
+    out, lse = torch.ops.simplicial_attn.fused_decode(q, *caches, *prob.decode_args())
+    r_out, r_lse = reference.decode(q, *caches, prob)
+    _realistic_check((out, lse), (r_out, r_lse), dtype, ("out", "lse"))

@@ -11,12 +11,12 @@ Runtime: ~5 s to build the emulator once per source state (cached), then ~1 s pe
 
 import functools
 import hashlib
-import os
 import pathlib
 import shutil
 import subprocess
 import tempfile
 
+import cuda_emulator as emu
 import numpy as np
 import pytest
 import torch
@@ -40,15 +40,10 @@ def emulator():
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:16]
     out_dir = pathlib.Path(tempfile.gettempdir()) / "simplicial_attn_scores_emulator"
     out_dir.mkdir(exist_ok=True)
-    exe = out_dir / f"emu-{digest}"
-    if not exe.exists():
-        tmp = exe.with_suffix(f".tmp{os.getpid()}")
-        cmd = ["g++", "-std=c++20", "-O1", "-g", "-pthread", "-fsanitize=address,undefined"]
-        cmd += ["-fno-sanitize-recover=all", "-Wno-unknown-pragmas"]
-        cmd += [f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc' / 'cuda'}", str(SOURCES[0]), "-o", str(tmp)]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-        tmp.rename(exe)
-    return exe
+    cmd = ["g++", "-std=c++20", "-O1", "-g", "-pthread", "-fsanitize=address,undefined"]
+    cmd += ["-fno-sanitize-recover=all", "-Wno-unknown-pragmas"]
+    cmd += [f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc' / 'cuda'}", str(SOURCES[0]), "-o"]
+    return emu.compile_once(out_dir / f"emu-{digest}", cmd)
 
 
 def run(op, args, inputs, outputs, workdir):
@@ -90,23 +85,27 @@ def test_emulated_softmax(rows, w1, w2, tmp_path):
 
 
 SCORE_CASES = [
-    Case(2, 9, 4, 2, 40, 40, 5),  # two k1-slot tiles (W1 = 40 > N too), two head-dim chunks, GQA, B > 1
-    Case(1, 11, 2, 1, 16, None, 37, causal=False),  # absolute k1 axis, two k2-slot tiles
-    Case(1, 7, 3, 1, 64, 3, None),  # causal unbounded k2 axis, odd group size
+    (Case(2, 9, 4, 2, 40, 40, 5), "trilinear"),  # two k1-slot tiles (W1 = 40 > N too), two head-dim chunks, GQA
+    (Case(1, 11, 2, 1, 16, None, 37, causal=False), "trilinear"),  # absolute k1 axis, two k2-slot tiles
+    (Case(1, 7, 3, 1, 64, 3, None), "trilinear"),  # causal unbounded k2 axis, odd group size
+    # determinant logits (CONTRACT §8): chunks across the 32-column staging (D = 48), GQA, both modes
+    (Case(1, 9, 2, 1, 48, 9, 5), "determinant"),
+    (Case(1, 7, 3, 1, 12, 3, None, causal=False), "determinant"),
 ]
 
 
-@pytest.mark.parametrize("case", SCORE_CASES, ids=lambda c: c.id)
-def test_emulated_scores(case, tmp_path):
+@pytest.mark.parametrize(("case", "logits"), SCORE_CASES, ids=[f"{c.id}-{lg}" for c, lg in SCORE_CASES])
+def test_emulated_scores(case, logits, tmp_path):
     q, k1, k2, _, _ = make_inputs(case, torch.float32)
     B, N, Hq, D = q.shape
     ax1, ax2 = ref.window_axis(case.w1, N, case.causal), ref.window_axis(case.w2, N, case.causal)
     scale = D**-0.5
-    args = (B, N, Hq, case.Hkv, D, ax1.size, ax1.slide, ax1.lo, ax2.size, ax2.slide, ax2.lo, repr(scale))
+    det = int(logits == "determinant")
+    args = (B, N, Hq, case.Hkv, D, ax1.size, ax1.slide, ax1.lo, ax2.size, ax2.slide, ax2.lo, repr(scale), det)
     shape = (B, Hq, N, ax1.size, ax2.size)
     tensors = {"q": q, "k1": k1, "k2": k2}
     s = run("scores_fwd", args, tensors, {"s": shape}, tmp_path)["s"]
-    expected = ref.scores_fwd(q.double(), k1.double(), k2.double(), case.w1, case.w2, case.causal, scale)
+    expected = ref.scores_fwd(q.double(), k1.double(), k2.double(), case.w1, case.w2, case.causal, scale, logits)
     finite = torch.isfinite(expected)
     assert torch.equal(torch.isfinite(s), finite)
     assert rel_err(s[finite], expected[finite]) <= BOUNDS[torch.float32]
@@ -115,6 +114,8 @@ def test_emulated_scores(case, tmp_path):
     ds = torch.where(finite, ds, float("nan"))  # masked slots must never be read
     outs = {"dq": q.shape, "dk1": k1.shape, "dk2": k2.shape}
     grads = run("scores_bwd", args, {"ds": ds, **tensors}, outs, tmp_path)
-    ref_grads = ref.scores_bwd(ds.double(), q.double(), k1.double(), k2.double(), case.w1, case.w2, case.causal, scale)
+    ref_grads = ref.scores_bwd(
+        ds.double(), q.double(), k1.double(), k2.double(), case.w1, case.w2, case.causal, scale, logits
+    )
     for (name, g), r in zip(grads.items(), ref_grads, strict=True):
         assert rel_err(g, r) <= BOUNDS[torch.float32], f"{name}: {rel_err(g, r):.3g}"

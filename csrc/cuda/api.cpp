@@ -1,19 +1,22 @@
 // The CUDA kernels as dispatcher ops: TORCH_LIBRARY_IMPL(simplicial_attn, CUDA) for the schemas of
-// csrc/ops.cpp. Argument checks (csrc/include/checks.h), device guard, the caller's current stream,
-// output allocation, then the per-dtype entry points of kernels.h. No host synchronisation: the
-// kernels are only enqueued.
+// csrc/ops.cpp. Argument checks (csrc/include/checks.h), one checked Problem per call
+// (csrc/include/problem.h) turned into the kernels' ProblemDesc (params.h), device guard, the
+// caller's current stream, output allocation, then the per-dtype entry points of kernels.h. No host
+// synchronisation: the kernels are only enqueued (a decode step can be captured in a CUDA graph).
 //
-// Shapes: q, out, dout [B, N, Hq, D]; k1, k2, v1, v2 [B, N, Hkv, D]; lse [B, Hq, N] float32,
-// natural log. Any strides: a tensor whose last dim is not unit-stride is made contiguous, the
-// others pass their strides to the kernels (64-bit offsets).
+// Shapes: q, out, dout [B, N, Hq, D]; k1, k2, v1, v2 [B, N, Hkv, D]; lse, lse_lo [B, Hq, N] float32
+// (packed layout: B = 1, N = T). Decoding: q [B, Nq, Hq, D], k1/v1 caches [B, C1, Hkv, D], k2/v2
+// caches [B, C2, Hkv, D]. Any strides: a tensor whose last dim is not unit-stride is made
+// contiguous, the others pass their strides to the kernels (64-bit offsets).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
+#include <utility>
 
 #include "checks.h"
 #include "kernels.h"
@@ -55,22 +58,56 @@ cuda::Dims kernel_dims(const Dims& d) {
           static_cast<int>(d.D)};
 }
 
-std::tuple<at::Tensor, at::Tensor> fused_fwd_cuda(const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2,
-                                                  const at::Tensor& v1, const at::Tensor& v2, int64_t w1, int64_t w2,
-                                                  bool causal, double scale) {
-  const Dims d = check_inputs(q, k1, k2, v1, v2, w1, w2);
+// The kernels' view of the problem. Packed: B == 1 and N == T (make_problem checked B); cu_seqlens
+// is trusted to be what the public function validated (0 = cu[0] <= ... <= cu[S] = T, CONTRACT §6:
+// reading it here would synchronise), but the kernels clamp it to [0, T) and max_seqlen to what
+// they visit, so even a bad one cannot make them read or write outside the tensors.
+cuda::ProblemDesc problem_desc(const Problem& p, const Dims& d) {
+  cuda::ProblemDesc r{};
+  r.band1 = cuda::make_band(p.w1, d.N, p.causal);
+  r.band2 = cuda::make_band(p.w2, d.N, p.causal);
+  r.scale = static_cast<float>(p.scale);
+  r.determinant = p.logits == Logits::kDeterminant;
+  if (p.packed()) {
+    // A hint at least every length (the public function checks that against cu_seqlens): any larger
+    // value is allowed, and none needs more tiles than T rows fill.
+    TORCH_CHECK(p.max_seqlen >= 1 || d.N == 0, "max_seqlen must be >= every sequence length (>= 1 for T = ", d.N,
+                " tokens), got ", p.max_seqlen);
+    TORCH_CHECK(p.num_seqs() < (int64_t{1} << 30), "too many packed sequences for the CUDA kernels: ", p.num_seqs());
+    r.cu_seqlens = p.cu_seqlens.const_data_ptr<int>();
+    r.num_seqs = static_cast<int>(p.num_seqs());
+    r.max_seqlen = static_cast<int>(std::min<int64_t>(p.max_seqlen, d.N));
+  } else {
+    r.cu_seqlens = nullptr;
+    r.num_seqs = static_cast<int>(d.B);
+    r.max_seqlen = static_cast<int>(d.N);
+  }
+  return r;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q, const at::Tensor& k1,
+                                                            const at::Tensor& k2, const at::Tensor& v1,
+                                                            const at::Tensor& v2,
+                                                            const std::optional<at::Tensor>& cu_seqlens,
+                                                            int64_t max_seqlen, int64_t w1, int64_t w2, bool causal,
+                                                            double scale, c10::string_view logits) {
+  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
+  const Problem prob = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
+  const Dims d = check_inputs(q, k1, k2, v1, v2, prob.w1, prob.w2);
   check_cuda(q, d);
   const cuda::DType dtype = kernel_dtype(q);
   const c10::cuda::CUDAGuard guard(q.device());
   at::Tensor out = at::empty({d.B, d.N, d.Hq, d.D}, q.options());
   at::Tensor lse = at::empty({d.B, d.Hq, d.N}, q.options().dtype(at::kFloat));
-  if (out.numel() == 0) return {out, lse};
+  at::Tensor lse_lo = at::empty({d.B, d.Hq, d.N}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0) return {out, lse, lse_lo};
 
   const at::Tensor qc = unit_stride_d(q), k1c = unit_stride_d(k1), k2c = unit_stride_d(k2);
   const at::Tensor v1c = unit_stride_d(v1), v2c = unit_stride_d(v2);
   cuda::FwdArgs args{};
   args.dtype = dtype;
   args.dims = kernel_dims(d);
+  args.prob = problem_desc(prob, d);
   args.q = ref(qc);
   args.k1 = ref(k1c);
   args.k2 = ref(k2c);
@@ -78,19 +115,23 @@ std::tuple<at::Tensor, at::Tensor> fused_fwd_cuda(const at::Tensor& q, const at:
   args.v2 = ref(v2c);
   args.out = mut_ref(out);
   args.lse = lse.mutable_data_ptr<float>();
-  args.band1 = cuda::make_band(w1, d.N, causal);
-  args.band2 = cuda::make_band(w2, d.N, causal);
-  args.scale = static_cast<float>(scale);
+  args.lse_lo = lse_lo.mutable_data_ptr<float>();
   cuda::run_fwd(args, c10::cuda::getCurrentCUDAStream());
-  return {out, lse};
+  return {out, lse, lse_lo};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd_op(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1,
-    const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, int64_t w1, int64_t w2, bool causal,
-    double scale) {
-  const Dims d = check_inputs(q, k1, k2, v1, v2, w1, w2);
+    const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& lse_lo,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t w1, int64_t w2, bool causal, double scale,
+    c10::string_view logits) {
+  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
+  const Problem prob = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
+  const Dims d = check_inputs(q, k1, k2, v1, v2, prob.w1, prob.w2);
   check_grad_inputs(d, q, dout, out, lse);
+  SA_CHECK_DEVICE(lse_lo, q.device());
+  SA_CHECK_DTYPE(lse_lo, lse.scalar_type());
+  SA_CHECK_SHAPE(lse_lo, d.B, d.Hq, d.N);
   check_cuda(q, d);
   const cuda::DType dtype = kernel_dtype(q);
   const c10::cuda::CUDAGuard guard(q.device());
@@ -101,11 +142,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd
 
   const at::Tensor doc = unit_stride_d(dout), qc = unit_stride_d(q), k1c = unit_stride_d(k1);
   const at::Tensor k2c = unit_stride_d(k2), v1c = unit_stride_d(v1), v2c = unit_stride_d(v2);
-  const at::Tensor outc = unit_stride_d(out), lsec = lse.contiguous();
+  const at::Tensor outc = unit_stride_d(out), lsec = lse.contiguous(), lse_loc = lse_lo.contiguous();
   at::Tensor delta = at::empty({d.B, d.Hq, d.N}, q.options().dtype(at::kFloat));
   cuda::BwdArgs args{};
   args.dtype = dtype;
   args.dims = kernel_dims(d);
+  args.prob = problem_desc(prob, d);
   args.dout = ref(doc);
   args.q = ref(qc);
   args.k1 = ref(k1c);
@@ -114,50 +156,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd
   args.v2 = ref(v2c);
   args.out = ref(outc);
   args.lse = lsec.const_data_ptr<float>();
+  args.lse_lo = lse_loc.const_data_ptr<float>();
   args.dq = mut_ref(dq);
   args.dk1 = mut_ref(dk1);
   args.dk2 = mut_ref(dk2);
   args.dv1 = mut_ref(dv1);
   args.dv2 = mut_ref(dv2);
   args.delta = delta.mutable_data_ptr<float>();
-  args.band1 = cuda::make_band(w1, d.N, causal);
-  args.band2 = cuda::make_band(w2, d.N, causal);
-  args.scale = static_cast<float>(scale);
   cuda::run_bwd(args, c10::cuda::getCurrentCUDAStream());
   return {dq, dk1, dk2, dv1, dv2};
 }
 
-// The schema entry points (csrc/ops.cpp): one checked Problem per call.
-// TODO(interface): packed layouts, determinant logits, lse_lo and decoding are not in these
-// kernels yet; they fail with a clear error instead.
-void require_batched_trilinear(const Problem& p) {
-  TORCH_CHECK(!p.packed(), "the cuda backend does not implement packed sequences (cu_seqlens) yet");
-  TORCH_CHECK(p.logits == Logits::kTrilinear, "the cuda backend does not implement logits='determinant' yet");
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q, const at::Tensor& k1,
-                                                            const at::Tensor& k2, const at::Tensor& v1,
-                                                            const at::Tensor& v2,
-                                                            const std::optional<at::Tensor>& cu_seqlens,
-                                                            int64_t max_seqlen, int64_t w1, int64_t w2, bool causal,
-                                                            double scale, c10::string_view logits) {
-  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
-  const Problem p = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
-  require_batched_trilinear(p);
-  auto [out, lse] = fused_fwd_cuda(q, k1, k2, v1, v2, p.w1, p.w2, p.causal, p.scale);
-  return {out, lse, at::zeros_like(lse)};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd_op(
-    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1,
-    const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& lse_lo,
-    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t w1, int64_t w2, bool causal, double scale,
-    c10::string_view logits) {
-  TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
-  const Problem p = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
-  require_batched_trilinear(p);
-  SA_CHECK_SHAPE(lse_lo, q.size(0), q.size(2), q.size(1));
-  return fused_bwd_cuda(dout, q, k1, k2, v1, v2, out, lse, p.w1, p.w2, p.causal, p.scale);
+// A cache [B, C, Hkv, D] of q's batch, dtype and device, with C >= 1 slots.
+void check_cache(const at::Tensor& c, const char* name, const at::Tensor& q, int64_t hkv) {
+  TORCH_CHECK(c.dim() == 4, name, " must have rank 4 [B, C, Hkv, D], got rank ", c.dim());
+  SA_CHECK_DEVICE(c, q.device());
+  SA_CHECK_DTYPE(c, q.scalar_type());
+  TORCH_CHECK(c.size(0) == q.size(0) && c.size(2) == hkv && c.size(3) == q.size(3) && c.size(1) >= 1, name,
+              " must have shape [B, C, Hkv, D] = [", q.size(0), ", C >= 1, ", hkv, ", ", q.size(3), "], got ",
+              c.sizes());
+  TORCH_CHECK(c.size(1) < (int64_t{1} << 30), name, " has too many slots for the CUDA kernels: ", c.size(1));
 }
 
 std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at::Tensor& k1_cache,
@@ -165,10 +183,54 @@ std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at
                                                    const at::Tensor& v2_cache, const at::Tensor& cache_seqlens,
                                                    int64_t w1, int64_t w2, double scale, c10::string_view logits) {
   TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, Nq, Hq, D], got rank ", q.dim());
-  make_decode_problem(q, cache_seqlens, w1, w2, scale, logits);
-  (void)k1_cache, (void)k2_cache, (void)v1_cache, (void)v2_cache;
-  TORCH_CHECK(false, "the cuda backend does not implement decoding (fused_decode) yet");
-  return {};
+  const Problem prob = make_decode_problem(q, cache_seqlens, w1, w2, scale, logits);
+  TORCH_CHECK(k1_cache.dim() == 4, "k1_cache must have rank 4 [B, C1, Hkv, D], got rank ", k1_cache.dim());
+  const int64_t B = q.size(0), Nq = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k1_cache.size(2);
+  for (const auto& [c, name] : {std::pair{&k1_cache, "k1_cache"}, std::pair{&k2_cache, "k2_cache"},
+                                std::pair{&v1_cache, "v1_cache"}, std::pair{&v2_cache, "v2_cache"}})
+    check_cache(*c, name, q, Hkv);
+  TORCH_CHECK(v1_cache.size(1) == k1_cache.size(1), "v1_cache must have k1_cache's ", k1_cache.size(1), " slots, got ",
+              v1_cache.size(1));
+  TORCH_CHECK(v2_cache.size(1) == k2_cache.size(1), "v2_cache must have k2_cache's ", k2_cache.size(1), " slots, got ",
+              v2_cache.size(1));
+  TORCH_CHECK(Hkv >= 1 && Hq % Hkv == 0, "Hq (", Hq, ") must be a multiple of Hkv (", Hkv, ")");
+  TORCH_CHECK(D >= 1 && D <= 256, "head dim D must be in 1..256, got ", D);
+  TORCH_CHECK(q.is_cuda(), "q must be a CUDA tensor for the CUDA kernels, got a tensor on ", q.device());
+  TORCH_CHECK(B * Nq * Hq < (int64_t{1} << 31) / cuda::kDecodeMaxSplits, "too many query rows for one decode launch");
+  const cuda::DType dtype = kernel_dtype(q);
+  const c10::cuda::CUDAGuard guard(q.device());
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  at::Tensor lse = at::empty({B, Hq, Nq}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0) return {out, lse};
+
+  const int splits = cuda::decode_splits(prob.w1);
+  at::Tensor workspace = at::empty({cuda::decode_workspace_floats(B * Nq * Hq, splits, D)}, lse.options());
+  const at::Tensor qc = unit_stride_d(q), k1c = unit_stride_d(k1_cache), k2c = unit_stride_d(k2_cache);
+  const at::Tensor v1c = unit_stride_d(v1_cache), v2c = unit_stride_d(v2_cache);
+  cuda::DecodeArgs args{};
+  args.dtype = dtype;
+  args.B = static_cast<int>(B);
+  args.Nq = static_cast<int>(Nq);
+  args.Hq = static_cast<int>(Hq);
+  args.Hkv = static_cast<int>(Hkv);
+  args.D = static_cast<int>(D);
+  args.C1 = static_cast<int>(k1_cache.size(1));
+  args.C2 = static_cast<int>(k2_cache.size(1));
+  args.w1 = static_cast<int>(std::min<int64_t>(prob.w1, int64_t{1} << 30));
+  args.w2 = static_cast<int>(std::min<int64_t>(prob.w2, int64_t{1} << 30));
+  args.scale = static_cast<float>(prob.scale);
+  args.determinant = prob.logits == Logits::kDeterminant;
+  args.cache_seqlens = prob.cache_seqlens.const_data_ptr<int>();
+  args.q = ref(qc);
+  args.k1 = ref(k1c);
+  args.k2 = ref(k2c);
+  args.v1 = ref(v1c);
+  args.v2 = ref(v2c);
+  args.out = mut_ref(out);
+  args.lse = lse.mutable_data_ptr<float>();
+  args.workspace = workspace.mutable_data_ptr<float>();
+  cuda::run_decode(args, c10::cuda::getCurrentCUDAStream());
+  return {out, lse};
 }
 
 }  // namespace

@@ -1,16 +1,19 @@
 // Backward, dk1 and dv1: per tile of k1/v1 positions j of one kv head g. For a query block of
 // positions i and an offset u = i - k (k = i - u, the k2/v2 position), the products
 //
-//     aq[i]  = q[i] ⊙ k2[i - u]          bdo[i] = dout[i] ⊙ v2[i - u]          (built in shared memory)
+//     aq[i]  = q[i] ⊙ k2[i - u]          bdo[i] = dout[i] ⊙ v2[i - u]          (built in shared memory;
+//                                          determinant logits: aq[i] = k2[i - u] × q[i] per chunk)
 //
 // turn every term into a plain tensor-core product over the query block:
 //
-//     S^T  = k1_tile @ aq^T      P^T = exp2(S^T * scale * log2 e - lse[i] * log2 e)
+//     S^T  = k1_tile @ aq^T      P^T = exp(scale * S^T - lse[i] - lse_lo[i])   (numerics.cuh)
 //     dP^T = v1_tile @ bdo^T     dA^T = P^T * (dP^T - Delta[i])
 //     acc_k += dA^T @ aq          dk1 = scale * acc_k
 //     acc_v += P^T  @ bdo         dv1 = acc_v
 //
 // GQA: the query heads of the group are a loop inside the CTA (no atomics; the CTA owns its rows).
+// Packed sequences: grid.x runs over (sequence, tile of j positions); a tile past its sequence's
+// end exits at once.
 // The host swaps (k1, v1) and (k2, v2) when w2 > w1, so u runs over the smaller window and the
 // query blocks over the larger one.
 //
@@ -19,6 +22,7 @@
 // products must be rebuilt for every u anyway, which dominates.
 #pragma once
 
+#include "numerics.cuh"
 #include "tile.cuh"
 
 namespace simplicial_attn::cuda {
@@ -36,19 +40,19 @@ struct Dkv1Config {
   static constexpr int kOutCols = DP <= 64 ? DP : 64;
   static constexpr int kRowBytes = (DP + 8) * 2;
   static constexpr int kSmemBytes =
-      kRowBytes * (2 * kRows + 2 * kBlockI + 2 * kRegionRows + 2 * kBlockI) + 2 * ((kBlockI * 4 + 15) / 16 * 16);
+      kRowBytes * (2 * kRows + 2 * kBlockI + 2 * kRegionRows + 2 * kBlockI) + 3 * ((kBlockI * 4 + 15) / 16 * 16);
   static_assert(kSmemBytes <= kSmemLimit, "dk1/dv1 tiles exceed the shared memory of an sm_86 block");
 };
 
 struct Dkv1KernelParams {
   TensorRef q, dout, k1, k2, v1, v2;
   MutTensorRef dk1, dv1;
-  const float* lse;    // [B, Hq, N], natural log
-  const float* delta;  // [B, Hq, N]
+  const float* lse;     // [B, Hq, N], natural log
+  const float* lse_lo;  // [B, Hq, N]
+  const float* delta;   // [B, Hq, N]
   int N, Hq, group, D;
-  Band band1, band2;
-  float scale, scale_log2;
-  int pos_tiles;  // ceil(N / kRows)
+  ProblemDesc prob;
+  int pos_tiles;  // ceil(max sequence length / kRows)
   bool vec;
 };
 
@@ -59,12 +63,19 @@ dkv1_kernel(const Dkv1KernelParams p) {
   constexpr int kThreads = Cfg::kThreads;
   using TileT = Tile<T, DP>;
 
-  // ---- The CTA's tile: grid.x = (batch, tile of j positions [j0, j0 + BM)), grid.y = kv head,
+  // ---- The CTA's tile: grid.x = (sequence, tile of j positions [j0, j0 + BM)), grid.y = kv head,
   // grid.z = output columns [col0, col0 + DO).
-  const int b = block_x() / p.pos_tiles, g = block_y();
-  const int N = p.N, D = p.D, col0 = block_z() * DO;
-  const int L1 = p.band1.left, R1 = p.band1.right, L2 = p.band2.left, R2 = p.band2.right;
+  const SeqSpan seq = seq_span(p.prob, p.N, block_x() / p.pos_tiles);
+  const int g = block_y();
+  const int N = seq.len, D = p.D, col0 = block_z() * DO;
   const int j0 = (block_x() % p.pos_tiles) * BM, j_last = imin(j0 + BM - 1, N - 1);
+  SA_PATH(j0 >= N, "tile: past the sequence's end");
+  if (j0 >= N) return;  // the whole CTA, before any barrier
+  const bool det = p.prob.determinant;
+  SA_PATH(col0 > 0, "output: second column half");
+  SA_PATH(det, "logits: determinant");
+  const int L1 = p.prob.band1.left, R1 = p.prob.band1.right, L2 = p.prob.band2.left, R2 = p.prob.band2.right;
+  SA_PATH(j0 + BM > N, "tile: last partial position tile");
   // Queries i whose k1 window holds some j of the tile: i - L1 <= j <= i + R1.
   const int i_lo = imax(0, j0 - R1), i_hi = imin(N - 1, j_last + L1);
   const int n_iblocks = ceil_div(i_hi - i_lo + 1, BI);
@@ -89,22 +100,24 @@ dkv1_kernel(const Dkv1KernelParams p) {
   const TileT sv2{carver.take<T>(Cfg::kRegionRows * TileT::kLd)};
   const TileT saq{carver.take<T>(BI * TileT::kLd)};
   const TileT sbdo{carver.take<T>(BI * TileT::kLd)};
-  float* const slse = carver.take<float>(BI);  // lse * log2(e) of the block's queries
-  float* const sdel = carver.take<float>(BI);  // Delta of the block's queries
+  float* const slse = carver.take<float>(BI);     // lse of the block's queries
+  float* const slse_lo = carver.take<float>(BI);  // lse_lo of the block's queries
+  float* const sdel = carver.take<float>(BI);     // Delta of the block's queries
 
   auto key_rows = [=](const TensorRef& t) {
-    return [=](int r) -> const T* { return j0 + r < N ? row_ptr<T>(t, b, j0 + r, g) : nullptr; };
+    return [=](int r) -> const T* { return j0 + r < N ? row_ptr<T>(t, seq, j0 + r, g) : nullptr; };
   };
   auto load_query_block = [&](int h, int i0) {
     auto src = [=](const TensorRef& t) {
-      return [=](int r) -> const T* { return i0 + r <= i_hi ? row_ptr<T>(t, b, i0 + r, h) : nullptr; };
+      return [=](int r) -> const T* { return i0 + r <= i_hi ? row_ptr<T>(t, seq, i0 + r, h) : nullptr; };
     };
     load_tile<kThreads>(sq, BI, D, p.vec, p.q.ptr, src(p.q));
     load_tile<kThreads>(sdo, BI, D, p.vec, p.dout.ptr, src(p.dout));
     for (int r = thread_id(); r < BI; r += kThreads) {
-      const int64_t stat = (static_cast<int64_t>(b) * p.Hq + h) * N + i0 + r;
       const bool in = i0 + r <= i_hi;
-      sstore(slse + r, in ? gload(p.lse + stat) * kLog2e : 0.f);
+      const int64_t stat = in ? stat_index(seq, p.Hq, p.N, h, i0 + r) : 0;
+      sstore(slse + r, in ? gload(p.lse + stat) : 0.f);
+      sstore(slse_lo + r, in ? gload(p.lse_lo + stat) : 0.f);
       sstore(sdel + r, in ? gload(p.delta + stat) : 0.f);
     }
   };
@@ -114,7 +127,7 @@ dkv1_kernel(const Dkv1KernelParams p) {
     auto src = [=](const TensorRef& t) {
       return [=](int r) -> const T* {
         const int k = base + r;
-        return (k >= 0 && k < N) ? row_ptr<T>(t, b, k, g) : nullptr;
+        return (k >= 0 && k < N) ? row_ptr<T>(t, seq, k, g) : nullptr;
       };
     };
     load_tile<kThreads>(sk2, rows, D, p.vec, p.k2.ptr, src(p.k2));
@@ -142,6 +155,9 @@ dkv1_kernel(const Dkv1KernelParams p) {
       const int i0 = i_lo + ib * BI;
       for (int c = 0; c < n_chunks; ++c) {
         const int c_lo = u_lo + c * CU, c_hi = imin(c_lo + CU - 1, u_hi);
+        SA_PATH(hh > 0 && ib == 0 && c == 0, "loop: next query head");
+        SA_PATH(ib > 0 && c == 0, "loop: next query block");
+        SA_PATH(c > 0, "loop: next u chunk");
         if (c == 0) load_query_block(h, i0);
         load_region(i0, c_lo, c_hi);
         cp_async_commit();
@@ -152,7 +168,10 @@ dkv1_kernel(const Dkv1KernelParams p) {
           // Products of query row r with k2/v2 at k = i0 + r - u: region row r + (c_hi - u).
           for (int idx = thread_id(); idx < BI * (DP / 8); idx += kThreads) {
             const int r = idx / (DP / 8), col = (idx % (DP / 8)) * 8;
-            store_product8(saq.row(r) + col, sq.row(r) + col, sk2.row(r + c_hi - u) + col);
+            if (det)
+              store_cross8(saq.row(r) + col, sk2.row(r + c_hi - u), sq.row(r), col, D);
+            else
+              store_product8(saq.row(r) + col, sq.row(r) + col, sk2.row(r + c_hi - u) + col);
             store_product8(sbdo.row(r) + col, sdo.row(r) + col, sv2.row(r + c_hi - u) + col);
           }
           cta_sync();  // [P]: the products are visible
@@ -187,7 +206,11 @@ dkv1_kernel(const Dkv1KernelParams p) {
             for (int i = 0; i < 4; ++i) {
               const int h2 = i >> 1, col = nt * 8 + frag_col(i), qi = i0 + col, k = qi - u, j = my_j[h2];
               const bool in = j < N && qi <= i_hi && j >= qi - L1 && j <= qi + R1 && k >= 0 && k < N;
-              s[nt][i] = in ? fast_exp2(s[nt][i] * p.scale_log2 - sload(slse + col)) : 0.f;
+              SA_PATH(j < N && qi > i_hi, "mask: query past the last block row");
+              SA_PATH(j < N && qi <= i_hi && (j < qi - L1 || j > qi + R1), "mask: j outside the window");
+              SA_PATH(j < N && qi <= i_hi && (k < 0 || k >= N), "mask: k outside the sequence");
+              s[nt][i] =
+                  in ? prob_from_lse(logit(s[nt][i], p.prob.scale), sload(slse + col), sload(slse_lo + col)) : 0.f;
               dp[nt][i] = s[nt][i] * (dp[nt][i] - sload(sdel + col));
             }
           }
@@ -220,10 +243,10 @@ dkv1_kernel(const Dkv1KernelParams p) {
   T* dv_row[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    dk_row[h] = my_j[h] < N ? row_ptr<T>(p.dk1, b, my_j[h], g) : nullptr;
-    dv_row[h] = my_j[h] < N ? row_ptr<T>(p.dv1, b, my_j[h], g) : nullptr;
+    dk_row[h] = my_j[h] < N ? row_ptr<T>(p.dk1, seq, my_j[h], g) : nullptr;
+    dv_row[h] = my_j[h] < N ? row_ptr<T>(p.dv1, seq, my_j[h], g) : nullptr;
   }
-  const float scale_k[2] = {p.scale, p.scale}, one[2] = {1.f, 1.f};
+  const float scale_k[2] = {p.prob.scale, p.prob.scale}, one[2] = {1.f, 1.f};
   store_acc_rows<T>(acc_k, dk_row, scale_k, col0, D);
   store_acc_rows<T>(acc_v, dv_row, one, col0, D);
 }

@@ -29,15 +29,32 @@
 #include "emulator/emulator.h"
 #define SA_DEV inline
 #define SA_GLOBAL(threads) void
-// Emulator builds pass the caller's line to collectives, so lanes meeting at different calls are
-// reported. SA_LINE_ARG follows other parameters, SA_LINE_ONLY stands alone.
-#define SA_LINE_ARG , const std::source_location& loc = std::source_location::current()
-#define SA_LINE_ONLY const std::source_location& loc = std::source_location::current()
+// Emulator builds pass every collective its call site (sa_emu::Site: the chain of source
+// locations from the kernel down), so lanes meeting at different calls are reported even when
+// both go through one helper. A function with a collective inside takes SA_SITE_ARG (after other
+// parameters) or SA_SITE_ONLY (alone) and passes SA_SITE_NEXT / SA_SITE_NEXT_ONLY on to what it
+// calls. Device builds see none of it.
+#define SA_SITE_ARG , sa_emu::Site site = std::source_location::current()
+#define SA_SITE_ONLY sa_emu::Site site = std::source_location::current()
+#define SA_SITE_NEXT , site.then(std::source_location::current())
+#define SA_SITE_NEXT_ONLY site.then(std::source_location::current())
+// Marks a code path for the emulator's coverage counts (tests/test_cuda_emulated.py fails if a
+// marked path of a shipped kernel is never run); device builds compile it to nothing, the
+// condition included.
+#define SA_PATH(cond, name)           \
+  do {                                \
+    if (cond) sa_emu::path_hit(name); \
+  } while (0)
 #else
 #define SA_DEV __device__ __forceinline__
 #define SA_GLOBAL(threads) __global__ void __launch_bounds__(threads, 1)
-#define SA_LINE_ARG
-#define SA_LINE_ONLY
+#define SA_SITE_ARG
+#define SA_SITE_ONLY
+#define SA_SITE_NEXT
+#define SA_SITE_NEXT_ONLY
+#define SA_PATH(cond, name) \
+  do {                      \
+  } while (0)
 #endif
 
 namespace simplicial_attn::cuda {
@@ -81,19 +98,19 @@ SA_DEV int block_z() {
 }
 
 // __syncthreads: every thread of the CTA must reach the same call.
-SA_DEV void cta_sync(SA_LINE_ONLY) {
+SA_DEV void cta_sync(SA_SITE_ONLY) {
 #ifdef SA_EMULATE
-  sa_emu::cta_sync(static_cast<int>(loc.line()));
+  sa_emu::cta_sync(site);
 #else
   __syncthreads();
 #endif
 }
 
 // The sum of `v` over the 4 lanes of a quad (lanes 4g .. 4g+3), which share a fragment row.
-SA_DEV float quad_sum(float v SA_LINE_ARG) {
+SA_DEV float quad_sum(float v SA_SITE_ARG) {
 #ifdef SA_EMULATE
-  v += sa_emu::shfl_xor(v, 1, static_cast<int>(loc.line()));
-  v += sa_emu::shfl_xor(v, 2, static_cast<int>(loc.line()) + 100000);
+  v += sa_emu::shfl_xor(v, 1, SA_SITE_NEXT_ONLY);
+  v += sa_emu::shfl_xor(v, 2, SA_SITE_NEXT_ONLY);
 #else
   v += __shfl_xor_sync(0xffffffffu, v, 1);
   v += __shfl_xor_sync(0xffffffffu, v, 2);
@@ -101,10 +118,10 @@ SA_DEV float quad_sum(float v SA_LINE_ARG) {
   return v;
 }
 
-SA_DEV float quad_max(float v SA_LINE_ARG) {
+SA_DEV float quad_max(float v SA_SITE_ARG) {
 #ifdef SA_EMULATE
-  v = std::fmax(v, sa_emu::shfl_xor(v, 1, static_cast<int>(loc.line())));
-  v = std::fmax(v, sa_emu::shfl_xor(v, 2, static_cast<int>(loc.line()) + 100000));
+  v = std::fmax(v, sa_emu::shfl_xor(v, 1, SA_SITE_NEXT_ONLY));
+  v = std::fmax(v, sa_emu::shfl_xor(v, 2, SA_SITE_NEXT_ONLY));
 #else
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -113,11 +130,11 @@ SA_DEV float quad_max(float v SA_LINE_ARG) {
 }
 
 // The sum of `v` over the warp; the butterfly gives every lane the same bits (a + b == b + a).
-SA_DEV float warp_sum(float v SA_LINE_ARG) {
+SA_DEV float warp_sum(float v SA_SITE_ARG) {
 #pragma unroll
   for (int mask = 16; mask >= 1; mask >>= 1) {
 #ifdef SA_EMULATE
-    v += sa_emu::shfl_xor(v, mask, static_cast<int>(loc.line()) + 100000 * mask);
+    v += sa_emu::shfl_xor(v, mask, SA_SITE_NEXT_ONLY);
 #else
     v += __shfl_xor_sync(0xffffffffu, v, mask);
 #endif
@@ -127,7 +144,7 @@ SA_DEV float warp_sum(float v SA_LINE_ARG) {
 
 SA_DEV float fast_exp2(float x) {
 #ifdef SA_EMULATE
-  return std::exp2(x);
+  return sa_emu::exp2f_emu(x);
 #else
   return exp2f(x);  // ex2.approx under --use_fast_math: exp2(-inf) = 0
 #endif
@@ -135,9 +152,31 @@ SA_DEV float fast_exp2(float x) {
 
 SA_DEV float fast_log2(float x) {
 #ifdef SA_EMULATE
-  return std::log2(x);
+  return sa_emu::log2f_emu(x);
 #else
   return log2f(x);
+#endif
+}
+
+// x is neither infinite nor NaN (no finite-math assumption under --use_fast_math).
+SA_DEV bool is_finite(float x) {
+#ifdef SA_EMULATE
+  return std::isfinite(x);
+#else
+  return isfinite(x);
+#endif
+}
+
+// a * b rounded once, never contracted with a following add into an fma (nvcc fuses a plain
+// a * b - c under -fmad=true, its default, and so does the emulator's build): the softmax needs
+// the rounded logit (numerics.cuh).
+SA_DEV float mul_rn(float a, float b) {
+#ifdef SA_EMULATE
+  float r = a * b;
+  asm("" : "+x"(r));  // an opaque value: the host compiler cannot fuse it into an fma either
+  return r;
+#else
+  return __fmul_rn(a, b);
 #endif
 }
 
@@ -226,9 +265,9 @@ SA_DEV void cp_async_wait() {
 // matrix i in the mma fragment layout: (row l/4, cols 2(l%4)+{0,1}), or with kTrans the
 // transposed pair (rows 2(l%4)+{0,1}, col l/4).
 template <bool kTrans>
-SA_DEV void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr SA_LINE_ARG) {
+SA_DEV void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr SA_SITE_ARG) {
 #ifdef SA_EMULATE
-  sa_emu::ldmatrix_x4(r, row_addr, kTrans, static_cast<int>(loc.line()));
+  sa_emu::ldmatrix_x4(r, row_addr, kTrans, site);
 #else
   if constexpr (kTrans) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -301,9 +340,9 @@ SA_DEV uint32_t mul_pairs(uint32_t x, uint32_t y) {
 
 // d = a @ b + c on tensor cores, fp32 accumulation (fragment layouts: see the top of this file).
 template <class T>
-SA_DEV void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4] SA_LINE_ARG) {
+SA_DEV void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4] SA_SITE_ARG) {
 #ifdef SA_EMULATE
-  sa_emu::mma_16816(d, a, b, c, Elem<T>::kBf16, static_cast<int>(loc.line()));
+  sa_emu::mma_16816(d, a, b, c, Elem<T>::kBf16, site);
 #else
   if constexpr (Elem<T>::kBf16) {
     asm volatile(
@@ -323,12 +362,8 @@ SA_DEV void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)
 
 // In-place accumulate: c += a @ b.
 template <class T>
-SA_DEV void mma_acc(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2] SA_LINE_ARG) {
-#ifdef SA_EMULATE
-  mma_16816<T>(c, a, b, c, loc);
-#else
-  mma_16816<T>(c, a, b, c);
-#endif
+SA_DEV void mma_acc(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2] SA_SITE_ARG) {
+  mma_16816<T>(c, a, b, c SA_SITE_NEXT);
 }
 
 }  // namespace simplicial_attn::cuda

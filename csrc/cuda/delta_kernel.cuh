@@ -18,12 +18,15 @@ template <class T>
 SA_GLOBAL(32 * kDeltaWarps)
 delta_kernel(const DeltaParams p) {
   const int64_t row = static_cast<int64_t>(block_x()) * kDeltaWarps + warp_id();  // (b, h, i), i fastest
-  if (row >= static_cast<int64_t>(p.B) * p.Hq * p.N) return;                      // whole warp; no barrier follows
+  SA_PATH(row >= static_cast<int64_t>(p.B) * p.Hq * p.N, "tail: warps past the last row");
+  if (row >= static_cast<int64_t>(p.B) * p.Hq * p.N) return;  // whole warp; no barrier follows
   const int i = static_cast<int>(row % p.N);
   const int h = static_cast<int>((row / p.N) % p.Hq);
   const int b = static_cast<int>(row / (static_cast<int64_t>(p.N) * p.Hq));
   const T* dout = row_ptr<T>(p.dout, b, i, h);
   const T* out = row_ptr<T>(p.out, b, i, h);
+  SA_PATH(lane_id() >= p.D, "lanes past D");
+  SA_PATH(lane_id() + 32 < p.D, "several elements per lane");
   float s = 0.f;
   for (int d = lane_id(); d < p.D; d += 32) s += Elem<T>::to_float(gload(dout + d)) * Elem<T>::to_float(gload(out + d));
   s = warp_sum(s);

@@ -9,11 +9,14 @@
 // every query row is a row of one shifted tile, so for each u and each block of k1/v1 positions j
 //
 //     S   = (q ⊙ k2[i - u]) @ k1[j-block]^T             [rows, BJ]  two tensor-core products
-//     P   = online softmax of S over the joint (j, k) window, fp32, base 2
+//           (determinant logits: k2[i - u] × q per 3-channel chunk instead of q ⊙ k2, tile.cuh)
+//     P   = online softmax of scale * S over the joint (j, k) window, fp32 (numerics.cuh)
 //     acc = acc * rescale + (P @ v1[j-block]) ⊙ v2[i - u]
 //
-// out = acc / l and lse = (m + log2 l) * ln 2 (NATURAL log, float32 [B, Hq, N]). For D > 128 the
-// output columns are split over grid.z (see FwdConfig::kOutCols).
+// out = acc / l, lse = m + ln l (natural log, float32 [B, Hq, N]) and its residual lse_lo
+// (numerics.cuh). For D > 128 the output columns are split over grid.z (see FwdConfig::kOutCols).
+// Packed sequences: grid.x runs over (sequence, position tile); positions are the sequence's own,
+// windows end at its boundaries, and a tile past its end exits at once.
 //
 // Loop order: u-chunks of kChunkU offsets (outer), j-blocks of kBlockJ positions, u (inner). A
 // u-chunk needs k2/v2 rows [p0 - u_hi, p_last - u_lo] (a "region", kRows + kChunkU - 1 rows at
@@ -25,6 +28,7 @@
 // all their softmax state, so no row statistics are shared between warps.
 #pragma once
 
+#include "numerics.cuh"
 #include "tile.cuh"
 
 namespace simplicial_attn::cuda {
@@ -50,14 +54,14 @@ struct FwdConfig {
 struct FwdKernelParams {
   TensorRef q, k1, k2, v1, v2;
   MutTensorRef out;
-  float* lse;  // contiguous [B, Hq, N]
+  float* lse;     // contiguous [B, Hq, N]
+  float* lse_lo;  // contiguous [B, Hq, N]
   int N, Hq, group, D;
-  Band band1, band2;  // windows of j (k1/v1) and k (k2/v2)
-  float scale_log2;   // scale * log2(e): the softmax runs in base 2
-  int log2_heads;     // a tile holds 1 << log2_heads query heads (1: sequence tiling)
-  int head_blocks;    // tiles along the heads of one group: ceil(group / heads)
-  int pos_tiles;      // tiles along the sequence: ceil(N / positions per tile)
-  bool vec;           // 16-byte cp.async loads allowed (D % 8 == 0, aligned rows)
+  ProblemDesc prob;  // windows, scale, logits, sequence layout (params.h)
+  int log2_heads;    // a tile holds 1 << log2_heads query heads (1: sequence tiling)
+  int head_blocks;   // tiles along the heads of one group: ceil(group / heads)
+  int pos_tiles;     // tiles along a sequence: ceil(max length / positions per tile)
+  bool vec;          // 16-byte cp.async loads allowed (D % 8 == 0, aligned rows)
 };
 
 template <class T, class Cfg>
@@ -71,10 +75,15 @@ fwd_kernel(const FwdKernelParams p) {
   // ---- The CTA's tile (positions, heads, loop bounds: QueryTile in tile.cuh); grid.z = output
   // columns [col0, col0 + DO).
   const QueryTile qt = query_tile<BM>(p);
-  const int b = qt.b, g = qt.g, positions = qt.positions;
+  if (qt.past_end()) return;  // the whole CTA, before any barrier
+  const SeqSpan seq = qt.seq;
+  const int g = qt.g, positions = qt.positions;
   const RowTile rt = qt.rt;
-  const int N = p.N, D = p.D, col0 = block_z() * DO;
-  const int L1 = p.band1.left, R1 = p.band1.right;
+  const int N = seq.len, D = p.D, col0 = block_z() * DO;
+  const bool det = p.prob.determinant;
+  SA_PATH(col0 > 0, "output: second column half");
+  SA_PATH(det, "logits: determinant");
+  const int L1 = p.prob.band1.left, R1 = p.prob.band1.right;
   const int p0 = rt.p0, u_lo = qt.u_lo, u_hi = qt.u_hi, j_lo = qt.j_lo, j_hi = qt.j_hi;
   const int n_jblocks = ceil_div(j_hi - j_lo + 1, BJ);
   const int n_iters = n_jblocks * ceil_div(u_hi - u_lo + 1, CU);
@@ -98,7 +107,7 @@ fwd_kernel(const FwdKernelParams p) {
   const int kv_head = g;
   auto load_q = [&] {
     load_tile<kThreads>(sq, BM, D, p.vec, p.q.ptr, [&](int r) -> const T* {
-      return rt.valid(r) ? row_ptr<T>(p.q, b, rt.pos(r), g * p.group + rt.head(r)) : nullptr;
+      return rt.valid(r) ? row_ptr<T>(p.q, seq, rt.pos(r), g * p.group + rt.head(r)) : nullptr;
     });
   };
   // Chunk c covers offsets [u_lo + c * CU, min(u_lo + c * CU + CU - 1, u_hi)]; its region holds
@@ -110,7 +119,7 @@ fwd_kernel(const FwdKernelParams p) {
     auto src = [=](const TensorRef& t) {
       return [=](int r) -> const T* {
         const int k = base + r;
-        return (k >= 0 && k < N) ? row_ptr<T>(t, b, k, kv_head) : nullptr;
+        return (k >= 0 && k < N) ? row_ptr<T>(t, seq, k, kv_head) : nullptr;
       };
     };
     load_tile<kThreads>(sk2, rows, D, p.vec, p.k2.ptr, src(p.k2));
@@ -119,7 +128,7 @@ fwd_kernel(const FwdKernelParams p) {
   auto load_kv1 = [&](int it, int stage) {
     const int j0 = j_lo + (it % n_jblocks) * BJ;
     auto src = [=](const TensorRef& t) {
-      return [=](int r) -> const T* { return j0 + r <= j_hi ? row_ptr<T>(t, b, j0 + r, kv_head) : nullptr; };
+      return [=](int r) -> const T* { return j0 + r <= j_hi ? row_ptr<T>(t, seq, j0 + r, kv_head) : nullptr; };
     };
     load_tile<kThreads>(sk1(stage), BJ, D, p.vec, p.k1.ptr, src(p.k1));
     load_tile<kThreads>(sv1(stage), BJ, D, p.vec, p.v1.ptr, src(p.v1));
@@ -137,11 +146,13 @@ fwd_kernel(const FwdKernelParams p) {
     jmin[h] = imax(0, my_pos[h] - L1);
     jmax[h] = imin(N - 1, my_pos[h] + R1);
   }
-  // The lane's ldmatrix row for A operands: row (lane % 16) of the warp's 16.
+  // The lane's ldmatrix row for A operands: row (lane % 16) of the warp's 16; the q rows of its
+  // two fragment rows (the determinant's A operand reads those).
   const int a_row = warp_row0 + (lane_id() & 15);
+  const T* const q_h[2] = {sq.row(warp_row0 + g4), sq.row(warp_row0 + g4 + 8)};
 
-  float m[2] = {kNegInf, kNegInf};  // running max of the base-2 logits
-  float l[2] = {0.f, 0.f};          // running sum of exp2(logit - m)
+  float m[2] = {kNegInf, kNegInf};  // running max of the logits (natural units)
+  float l[2] = {0.f, 0.f};          // running sum of exp(logit - m)
   float acc[DO / 8][4];
 #pragma unroll
   for (int nt = 0; nt < DO / 8; ++nt)
@@ -153,11 +164,14 @@ fwd_kernel(const FwdKernelParams p) {
   cp_async_commit();
   for (int it = 0; it < n_iters; ++it) {
     const int c = it / n_jblocks, stage = it % Cfg::kStages;
+    SA_PATH(it % n_jblocks != 0, "pipeline: next j block");
     if (it % n_jblocks == 0) {
+      SA_PATH(c > 0, "pipeline: next u chunk");
       load_region(c);
       cp_async_commit();
     }
     if (it + 1 < n_iters) {
+      SA_PATH(true, "pipeline: prefetch");
       load_kv1(it + 1, (it + 1) % Cfg::kStages);
       cp_async_commit();
       cp_async_wait<1>();  // all groups but the prefetch just issued are complete
@@ -172,15 +186,19 @@ fwd_kernel(const FwdKernelParams p) {
       // Region rows of k = pos - u for the lane's A row and its two fragment rows.
       const T* k2_a = sk2.row(rt.pos(a_row) - u - region_base);
       const T* v2_h[2];
+      const T* k2_h[2];
       bool ok[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int k = my_pos[h] - u;
         v2_h[h] = sv2.row(k - region_base);
+        k2_h[h] = sk2.row(k - region_base);
         ok[h] = my_ok[h] && k >= 0 && k < N;
+        SA_PATH(my_ok[h] && !ok[h], "mask: k outside the sequence");
       }
 
-      // S = (q ⊙ k2[pos - u]) @ k1_block^T
+      // S = (q ⊙ k2[pos - u]) @ k1_block^T, or (k2[pos - u] × q) @ k1_block^T
+      const LogitRows<T> lr{det, D, sq.row(a_row), k2_a, q_h, k2_h};
       float s[BJ / 8][4];
 #pragma unroll
       for (int nt = 0; nt < BJ / 8; ++nt)
@@ -189,7 +207,7 @@ fwd_kernel(const FwdKernelParams p) {
 #pragma unroll 2
       for (int kt = 0; kt < DP / 16; ++kt) {
         uint32_t a[4];
-        ldsm_a_product<T>(a, sq.row(a_row), k2_a, kt * 16);
+        lr.a_operand(a, kt * 16);
 #pragma unroll
         for (int nt = 0; nt < BJ / 8; nt += 2) {
           uint32_t b0[2], b1[2];
@@ -199,14 +217,15 @@ fwd_kernel(const FwdKernelParams p) {
         }
       }
 
-      // Mask to the (j, k) window, scale to base 2, online softmax update.
+      // Mask to the (j, k) window, scale to logits, online softmax update.
       float row_max[2] = {kNegInf, kNegInf};
 #pragma unroll
       for (int nt = 0; nt < BJ / 8; ++nt) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
-          s[nt][i] = (ok[h] && j >= jmin[h] && j <= jmax[h]) ? s[nt][i] * p.scale_log2 : kNegInf;
+          SA_PATH(ok[h] && (j < jmin[h] || j > jmax[h]), "mask: j outside the window");
+          s[nt][i] = (ok[h] && j >= jmin[h] && j <= jmax[h]) ? logit(s[nt][i], p.prob.scale) : kNegInf;
           row_max[h] = fmaxf(row_max[h], s[nt][i]);
         }
       }
@@ -217,7 +236,7 @@ fwd_kernel(const FwdKernelParams p) {
         // A row with nothing in its window so far keeps m = -inf; subtracting 0 instead keeps
         // exp2 at 0 there rather than NaN (-inf - -inf).
         m_use[h] = m_new == kNegInf ? 0.f : m_new;
-        alpha[h] = fast_exp2(m[h] - m_use[h]);
+        alpha[h] = exp_shifted(m[h], m_use[h]);
         m[h] = m_new;
       }
       float row_sum[2] = {0.f, 0.f};
@@ -225,7 +244,7 @@ fwd_kernel(const FwdKernelParams p) {
       for (int nt = 0; nt < BJ / 8; ++nt) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          s[nt][i] = fast_exp2(s[nt][i] - m_use[i >> 1]);
+          s[nt][i] = exp_shifted(s[nt][i], m_use[i >> 1]);
           row_sum[i >> 1] += s[nt][i];
         }
       }
@@ -264,17 +283,19 @@ fwd_kernel(const FwdKernelParams p) {
     cta_sync();  // B2: every warp is done with this stage and (if the chunk ends) the region
   }
 
-  // ---- Epilogue: out = acc / l; lse in natural log, written by lane 0 of each quad.
+  // ---- Epilogue: out = acc / l; lse (natural log) and lse_lo, written by lane 0 of each quad.
   T* out_row[2];
   float inv_l[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int r = warp_row0 + g4 + 8 * h;
-    out_row[h] = my_ok[h] ? row_ptr<T>(p.out, b, my_pos[h], g * p.group + rt.head(r)) : nullptr;
+    const int r = warp_row0 + g4 + 8 * h, head = g * p.group + rt.head(r);
+    out_row[h] = my_ok[h] ? row_ptr<T>(p.out, seq, my_pos[h], head) : nullptr;
     inv_l[h] = l[h] > 0.f ? 1.f / l[h] : 0.f;
     if (my_ok[h] && (lane_id() & 3) == 0 && col0 == 0) {
-      const int64_t head = static_cast<int64_t>(g) * p.group + rt.head(r);
-      gstore(p.lse + (static_cast<int64_t>(b) * p.Hq + head) * N + my_pos[h], (m[h] + fast_log2(l[h])) * kLn2);
+      const RowLse rl = row_lse(m[h], l[h]);
+      const int64_t stat = stat_index(seq, p.Hq, p.N, head, my_pos[h]);
+      gstore(p.lse + stat, rl.lse);
+      gstore(p.lse_lo + stat, rl.lo);
     }
   }
   store_acc_rows<T>(acc, out_row, inv_l, col0, D);

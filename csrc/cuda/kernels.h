@@ -16,6 +16,7 @@ void run_fwd_fp32(const FwdArgs& args, cudaStream_t stream);
 void run_bwd_fp16(const BwdArgs& args, cudaStream_t stream);
 void run_bwd_bf16(const BwdArgs& args, cudaStream_t stream);
 void run_bwd_fp32(const BwdArgs& args, cudaStream_t stream);
+void run_decode(const DecodeArgs& args, cudaStream_t stream);  // every dtype (decode.cu)
 
 inline void run_fwd(const FwdArgs& args, cudaStream_t stream) {
   switch (args.dtype) {

@@ -27,18 +27,22 @@ struct Grid {
 
 // Launches `kernel<<<grid, threads, smem_bytes, stream>>>(params)`. Kernels that use more than the
 // default 48 KiB of dynamic shared memory opt in first (a host-side attribute, no synchronisation).
+// `name` and `head_dim` (the padded head dim of the instantiation, 0 for none) label the launch in
+// the emulator's reports.
 template <class Params>
-void launch_kernel(const char* name, void (*kernel)(Params), Grid grid, int threads, int smem_bytes,
+void launch_kernel(const char* name, int head_dim, void (*kernel)(Params), Grid grid, int threads, int smem_bytes,
                    cudaStream_t stream, const Params& params) {
   SA_HOST_CHECK(grid.x >= 1 && grid.x <= INT32_MAX && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 && grid.z <= 65535,
                 "simplicial_attn: problem too large for one launch of ", name, " (grid ", grid.x, " x ", grid.y, " x ",
                 grid.z, ")");
 #ifdef SA_EMULATE
   (void)stream;
-  sa_emu::launch(name, sa_emu::Dim3{static_cast<int>(grid.x), static_cast<int>(grid.y), static_cast<int>(grid.z)},
+  sa_emu::launch(name, head_dim,
+                 sa_emu::Dim3{static_cast<int>(grid.x), static_cast<int>(grid.y), static_cast<int>(grid.z)},
                  sa_emu::Dim3{threads, 1, 1}, smem_bytes, [&] { kernel(params); });
 #else
   (void)name;
+  (void)head_dim;
   if (smem_bytes > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
   }

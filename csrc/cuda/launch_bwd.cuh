@@ -20,14 +20,14 @@
 namespace simplicial_attn::cuda {
 
 // The backward with (k1, v1, dk1, dv1, w1) and (k2, v2, dk2, dv2, w2) exchanged when w2 > w1 (see
-// keys_swapped): the same math, with the offset loops over the smaller window.
+// keys_swapped): the same math (with_keys_swapped), with the offset loops over the smaller window.
 inline BwdArgs with_smaller_window_second(BwdArgs a) {
-  if (keys_swapped(a.band1, a.band2)) {
+  if (keys_swapped(a.prob.band1, a.prob.band2)) {
     std::swap(a.k1, a.k2);
     std::swap(a.v1, a.v2);
     std::swap(a.dk1, a.dk2);
     std::swap(a.dv1, a.dv2);
-    std::swap(a.band1, a.band2);
+    a.prob = with_keys_swapped(a.prob);
   }
   return a;
 }
@@ -42,22 +42,20 @@ void set_common(Params& p, const BwdArgs& a, int group, bool vec) {
   p.v1 = a.v1;
   p.v2 = a.v2;
   p.lse = a.lse;
+  p.lse_lo = a.lse_lo;
   p.delta = a.delta;
   p.N = a.dims.N;
   p.Hq = a.dims.Hq;
   p.group = group;
   p.D = a.dims.D;
-  p.band1 = a.band1;
-  p.band2 = a.band2;
-  p.scale = a.scale;
-  p.scale_log2 = a.scale * 1.4426950408889634f;
+  p.prob = a.prob;
   p.vec = vec;
 }
 
 template <class T, int DP>
 void launch_bwd_tc(const BwdArgs& args, cudaStream_t stream) {
   const BwdArgs a = with_smaller_window_second(args);
-  const int group = a.dims.Hq / a.dims.Hkv, B = a.dims.B, N = a.dims.N;
+  const int group = a.dims.Hq / a.dims.Hkv, seqs = a.prob.num_seqs, len = a.prob.max_seqlen;
   bool vec = a.dims.D % 8 == 0;
   for (const TensorRef* t : {&a.dout, &a.q, &a.k1, &a.k2, &a.v1, &a.v2}) vec = vec && rows_16b_aligned(*t, sizeof(T));
   launch_delta<T>(a, stream);
@@ -69,10 +67,13 @@ void launch_bwd_tc(const BwdArgs& args, cudaStream_t stream) {
     const int heads = heads_per_tile(group, Cfg::kRows);
     p.log2_heads = log2_floor(heads);
     p.head_blocks = static_cast<int>(ceil_div64(group, heads));
-    p.pos_tiles = static_cast<int>(ceil_div64(N, Cfg::kRows / heads));
-    const Grid grid{static_cast<int64_t>(p.pos_tiles) * B, static_cast<int64_t>(a.dims.Hkv) * p.head_blocks,
+    p.pos_tiles = static_cast<int>(ceil_div64(len, Cfg::kRows / heads));
+    const Grid grid{static_cast<int64_t>(p.pos_tiles) * seqs, static_cast<int64_t>(a.dims.Hkv) * p.head_blocks,
                     DP / Cfg::kOutCols};
-    launch_kernel("dq_kernel", &dq_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
+    if (a.prob.determinant)
+      launch_kernel("dq_kernel", DP, &dq_kernel<T, Cfg, true>, grid, Cfg::kThreads, Cfg::kSmemBytesDet, stream, p);
+    else
+      launch_kernel("dq_kernel", DP, &dq_kernel<T, Cfg, false>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
   }
   {
     using Cfg = Dkv1Config<DP>;
@@ -80,9 +81,9 @@ void launch_bwd_tc(const BwdArgs& args, cudaStream_t stream) {
     set_common(p, a, group, vec);
     p.dk1 = a.dk1;
     p.dv1 = a.dv1;
-    p.pos_tiles = static_cast<int>(ceil_div64(N, Cfg::kRows));
-    const Grid grid{static_cast<int64_t>(p.pos_tiles) * B, a.dims.Hkv, DP / Cfg::kOutCols};
-    launch_kernel("dkv1_kernel", &dkv1_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
+    p.pos_tiles = static_cast<int>(ceil_div64(len, Cfg::kRows));
+    const Grid grid{static_cast<int64_t>(p.pos_tiles) * seqs, a.dims.Hkv, DP / Cfg::kOutCols};
+    launch_kernel("dkv1_kernel", DP, &dkv1_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
   }
   {
     using Cfg = Dkv2Config<DP>;
@@ -90,9 +91,12 @@ void launch_bwd_tc(const BwdArgs& args, cudaStream_t stream) {
     set_common(p, a, group, vec);
     p.dk2 = a.dk2;
     p.dv2 = a.dv2;
-    p.pos_tiles = static_cast<int>(ceil_div64(N, Cfg::kRows));
-    const Grid grid{static_cast<int64_t>(p.pos_tiles) * B, a.dims.Hkv, DP / Cfg::kOutCols};
-    launch_kernel("dkv2_kernel", &dkv2_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
+    p.pos_tiles = static_cast<int>(ceil_div64(len, Cfg::kRows));
+    const Grid grid{static_cast<int64_t>(p.pos_tiles) * seqs, a.dims.Hkv, DP / Cfg::kOutCols};
+    if (a.prob.determinant)
+      launch_kernel("dkv2_kernel", DP, &dkv2_kernel<T, Cfg, true>, grid, Cfg::kThreads, Cfg::kSmemBytesDet, stream, p);
+    else
+      launch_kernel("dkv2_kernel", DP, &dkv2_kernel<T, Cfg, false>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
   }
 }
 

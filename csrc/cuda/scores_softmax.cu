@@ -90,9 +90,7 @@ at::Tensor softmax_bwd(const at::Tensor& dprobs, const at::Tensor& probs) {
 
 at::Tensor scores_fwd(const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, std::optional<int64_t> w1,
                       std::optional<int64_t> w2, bool causal, double scale, c10::string_view logits) {
-  // TODO(interface): the determinant form is not in these kernels yet.
-  TORCH_CHECK(parse_logits(logits, q.size(-1)) == Logits::kTrilinear,
-              "the cuda scores kernels do not implement logits='determinant' yet");
+  const bool det = parse_logits(logits, q.size(-1)) == Logits::kDeterminant;
   const Dims d = check_scores_inputs(q, k1, k2, w1, w2);
   const WindowAxis ax1 = window_axis(w1, d.N, causal), ax2 = window_axis(w2, d.N, causal);
   const c10::cuda::CUDAGuard guard(q.device());
@@ -109,7 +107,8 @@ at::Tensor scores_fwd(const at::Tensor& q, const at::Tensor& k1, const at::Tenso
                                  ScoreSizes{d.B, d.N, d.Hq, d.Hkv, d.D},
                                  ax1,
                                  ax2,
-                                 static_cast<float>(scale)};
+                                 static_cast<float>(scale),
+                                 det};
     scores_fwd_kernel<scalar_t>
         <<<grid, kScoreThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(s, out.mutable_data_ptr<float>(), n_atiles);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -121,8 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scores_bwd(const at::Tensor& dsco
                                                           const at::Tensor& k1, const at::Tensor& k2,
                                                           std::optional<int64_t> w1, std::optional<int64_t> w2,
                                                           bool causal, double scale, c10::string_view logits) {
-  TORCH_CHECK(parse_logits(logits, q.size(-1)) == Logits::kTrilinear,
-              "the cuda scores kernels do not implement logits='determinant' yet");
+  const bool det = parse_logits(logits, q.size(-1)) == Logits::kDeterminant;
   const Dims d = check_scores_inputs(q, k1, k2, w1, w2);
   const WindowAxis ax1 = window_axis(w1, d.N, causal), ax2 = window_axis(w2, d.N, causal);
   check_dscores(dscores, q, d, ax1, ax2);
@@ -141,7 +139,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scores_bwd(const at::Tensor& dsco
                                  ScoreSizes{d.B, d.N, d.Hq, d.Hkv, d.D},
                                  ax1,
                                  ax2,
-                                 static_cast<float>(scale)};
+                                 static_cast<float>(scale),
+                                 det};
     const float* dsp = ds.const_data_ptr<float>();
     scores_dq_kernel<scalar_t>
         <<<static_cast<unsigned int>(d.B * d.Hq * d.N), threads, 0, stream>>>(s, dsp, dq.mutable_data_ptr<scalar_t>());

@@ -8,11 +8,13 @@
 // before the first reduction; the max subtraction, exp, sum and scaling run on the registers.
 // Longer rows take a block kernel that reads the row twice (online max and sum, then output).
 //
-// Scores: one block per (query, 32-slot tile of the k1 window, head) forms q * k1[j] for its 32
-// slots in shared memory and multiplies it against 32-slot tiles of the k2 window (4 logits
-// per thread). The backward gathers, one block per output row (dq per query, dk1 / dk2 per key
-// position) with threads over the head dim, so every gradient has one writer and a fixed
-// summation order. These are analysis kernels with no speed target: plain float32 FMAs.
+// Scores: one block per (query, 32-slot tile of the k1 window, head) forms q * k1[j] (determinant
+// logits, CONTRACT §8: the chunkwise cross product q × k1[j], since det(q, k1, k2) = k2 · (q × k1))
+// for its 32 slots in shared memory and multiplies it against 32-slot tiles of the k2 window
+// (4 logits per thread). The backward gathers, one block per output row (dq per query, dk1 / dk2
+// per key position) with threads over the head dim, so every gradient has one writer and a fixed
+// summation order; the determinant's gradients are cross products with the same sums taken at the
+// chunk's other channels. These are analysis kernels with no speed target: plain float32 FMAs.
 //
 // Only CUDA built-ins that tests/scores_cuda_emu.cpp also provides are used here (threadIdx,
 // blockIdx, __syncthreads, __shfl_xor_sync, __shared__, __expf, fmaf, fmaxf), so the emulator
@@ -183,6 +185,10 @@ struct ScoreSizes {
   int64_t B, N, Hq, Hkv, D;
 };
 
+// The next channel of t's 3-channel chunk, cyclically (s(t) of CONTRACT §8), and the one after.
+__device__ __forceinline__ int64_t chunk_next(int64_t t) { return t + (t % 3 == 2 ? -2 : 1); }
+__device__ __forceinline__ int64_t chunk_prev(int64_t t) { return t + (t % 3 == 0 ? 2 : -1); }
+
 template <typename T>
 struct ScoresArgs {
   const T* q;
@@ -191,6 +197,7 @@ struct ScoresArgs {
   ScoreSizes d;
   WindowAxis ax1, ax2;
   float scale;
+  bool determinant;
 
   __device__ float qv(int64_t b, int64_t i, int64_t h, int64_t t) const {
     return static_cast<float>(q[((b * d.N + i) * d.Hq + h) * d.D + t]);
@@ -225,7 +232,15 @@ __global__ void scores_fwd_kernel(ScoresArgs<T> s, float* __restrict__ out, int6
         const int row = e / kChunkD, col = e % kChunkD;
         const int64_t t = d0 + col, j = ax1.start(i) + a0 + row, k = ax2.start(i) + c0 + row;
         const bool t_ok = t < d.D;
-        qk1_s[row][col] = t_ok && a0 + row < W1 && s.inside(j) ? s.qv(b, i, h, t) * s.kv(s.k1, b, j, g, t) : 0.f;
+        float qk1 = 0.f;
+        if (t_ok && a0 + row < W1 && s.inside(j)) {
+          // q ⊙ k1, or (q × k1)[t] = q[s(t)] k1[s(s(t))] - q[s(s(t))] k1[s(t)]
+          const int64_t t1 = chunk_next(t), t2 = chunk_prev(t);
+          qk1 = s.determinant
+                    ? s.qv(b, i, h, t1) * s.kv(s.k1, b, j, g, t2) - s.qv(b, i, h, t2) * s.kv(s.k1, b, j, g, t1)
+                    : s.qv(b, i, h, t) * s.kv(s.k1, b, j, g, t);
+        }
+        qk1_s[row][col] = qk1;
         k2_s[row][col] = t_ok && c0 + row < W2 && s.inside(k) ? s.kv(s.k2, b, k, g, t) : 0.f;
       }
       __syncthreads();
@@ -246,7 +261,8 @@ __global__ void scores_fwd_kernel(ScoresArgs<T> s, float* __restrict__ out, int6
   }
 }
 
-// dq[i] = scale sum_{a,c} dS[i,a,c] k1[j_a] k2[k_c]; one block per (b, h, i), thread t = column.
+// dq[i] = scale sum_{a,c} dS[i,a,c] k1[j_a] k2[k_c] (determinant: k1[j_a] × k2[k_c]); one block per
+// (b, h, i), thread t = column.
 template <typename T>
 __global__ void scores_dq_kernel(ScoresArgs<T> s, const float* __restrict__ ds, T* __restrict__ dq) {
   const ScoreSizes d = s.d;
@@ -255,24 +271,33 @@ __global__ void scores_dq_kernel(ScoresArgs<T> s, const float* __restrict__ ds, 
   const int64_t t = threadIdx.x;
   if (t >= d.D) return;
   const int64_t W1 = s.ax1.size, W2 = s.ax2.size;
+  // Determinant: (k1 × k2)[t] = k1[t1] k2[t2] - k1[t2] k2[t1], t1 = s(t), t2 = s(s(t)); the
+  // trilinear form is its t1 = t2 = t term alone.
+  const bool det = s.determinant;
+  const int64_t t1 = det ? chunk_next(t) : t, t2 = det ? chunk_prev(t) : t;
   float acc = 0.f;
   for (int64_t a = 0; a < W1; ++a) {
     const int64_t j = s.ax1.start(i) + a;
     if (!s.inside(j)) continue;
     const float* row = ds + (item * W1 + a) * W2;
-    float r = 0.f;
+    float r1 = 0.f, r2 = 0.f;  // sum_c dS k2[k_c] at t2, and at t1
     for (int64_t c = 0; c < W2; ++c) {
       const int64_t k = s.ax2.start(i) + c;
-      if (s.inside(k)) r = fmaf(row[c], s.kv(s.k2, b, k, g, t), r);
+      if (s.inside(k)) {
+        r1 = fmaf(row[c], s.kv(s.k2, b, k, g, t2), r1);
+        if (det) r2 = fmaf(row[c], s.kv(s.k2, b, k, g, t1), r2);
+      }
     }
-    acc = fmaf(r, s.kv(s.k1, b, j, g, t), acc);
+    acc = fmaf(r1, s.kv(s.k1, b, j, g, t1), acc);
+    if (det) acc = fmaf(-r2, s.kv(s.k1, b, j, g, t2), acc);
   }
   dq[((b * d.N + i) * d.Hq + h) * d.D + t] = static_cast<T>(s.scale * acc);
 }
 
 // dk1[p] (FOR_K2 = false) or dk2[p] (true): the sum over the query heads of kv head g and the
-// queries whose window holds p of q[i] * (dS slice against the other key window). One block
-// per (b, g, p), thread t = column.
+// queries whose window holds p of q[i] * (dS slice against the other key window); determinant:
+// dk1 = dS (k2 × q), dk2 = dS (q × k1), i.e. sign * (K × q) with K the other key and sign -1 for
+// dk2. One block per (b, g, p), thread t = column.
 template <typename T, bool FOR_K2>
 __global__ void scores_dk_kernel(ScoresArgs<T> s, const float* __restrict__ ds, T* __restrict__ dk) {
   const ScoreSizes d = s.d;
@@ -287,19 +312,27 @@ __global__ void scores_dk_kernel(ScoresArgs<T> s, const float* __restrict__ ds, 
   const int64_t other_stride = FOR_K2 ? W2 : 1, own_stride = FOR_K2 ? 1 : W2;
   int64_t i_first, i_last;
   own.queries_holding(p, d.N, &i_first, &i_last);
+  // Determinant: (K × q)[t] = K[t1] q[t2] - K[t2] q[t1]; the trilinear form is its t1 = t2 = t term.
+  const bool det = s.determinant;
+  const int64_t t1 = det ? chunk_next(t) : t, t2 = det ? chunk_prev(t) : t;
   float acc = 0.f;
   for (int64_t h = g * G; h < (g + 1) * G; ++h) {
     for (int64_t i = i_first; i < i_last; ++i) {
       const float* slots = ds + ((b * d.Hq + h) * d.N + i) * W1 * W2 + (p - own.start(i)) * own_stride;
-      float r = 0.f;
+      float r1 = 0.f, r2 = 0.f;  // sum_o dS K[pos_o] at t1, and at t2
       for (int64_t o = 0; o < other.size; ++o) {
         const int64_t pos = other.start(i) + o;
-        if (s.inside(pos)) r = fmaf(slots[o * other_stride], s.kv(other_keys, b, pos, g, t), r);
+        if (s.inside(pos)) {
+          r1 = fmaf(slots[o * other_stride], s.kv(other_keys, b, pos, g, t1), r1);
+          if (det) r2 = fmaf(slots[o * other_stride], s.kv(other_keys, b, pos, g, t2), r2);
+        }
       }
-      acc = fmaf(s.qv(b, i, h, t), r, acc);
+      acc = fmaf(s.qv(b, i, h, t2), r1, acc);
+      if (det) acc = fmaf(-s.qv(b, i, h, t1), r2, acc);
     }
   }
-  dk[((b * d.N + p) * d.Hkv + g) * d.D + t] = static_cast<T>(s.scale * acc);
+  const float sign = det && FOR_K2 ? -1.f : 1.f;
+  dk[((b * d.N + p) * d.Hkv + g) * d.D + t] = static_cast<T>(sign * s.scale * acc);
 }
 
 // Threads of the backward kernels' blocks: one per head-dim column, whole warps.

@@ -4,17 +4,27 @@
 // What it models:
 //   * a CTA is `blockDim.x` threads run as cooperative fibers on one OS thread; they switch only at
 //     __syncthreads and at warp collectives (shfl, ldmatrix, mma), which wait for all 32 lanes;
+//   * CTAs run one after another and the ready threads of a CTA in turn, both in an order shuffled
+//     by the launch seed (set_seed), so no result may depend on either order;
 //   * mma.m16n8k16 and ldmatrix.x4 with the register layouts of the PTX ISA (section 9.7.14.5.8
 //     "Matrix Fragments for mma.m16n8k16" and 9.7.14.5.15 "ldmatrix"), products exact, sums in fp32;
-//   * cp.async as a copy that lands when the issuing thread waits for its group.
+//   * cp.async as a copy that lands when the issuing thread waits for its group;
+//   * optionally (set_fast_math) the arithmetic of nvcc --use_fast_math, which the GPU build uses:
+//     subnormals flushed to zero (MXCSR FTZ/DAZ in every fiber) and exp2 / log2 as the MUFU
+//     approximations (ex2.approx.ftz, lg2.approx.ftz), each off by its worst-case error (2 ulp
+//     relative, 2^-22 absolute) with a sign that varies with the argument.
 // What it checks (each failure prints what, where, and exits with status 3):
 //   * every global access lies inside a buffer the driver registered; read-only buffers are not
 //     written; no output element is written by two different threads (ownership: no atomics);
+//   * every global and shared access is naturally aligned (a 16-byte vector on 16 bytes, ...);
 //   * shared memory: reads of bytes never written, reads or writes of bytes with a cp.async in
 //     flight, and races: two threads touching the same byte between two barriers where one writes;
 //   * every thread of a CTA reaches the same __syncthreads, every lane of a warp the same collective
-//     (a mismatch or an early exit is reported as a deadlock);
+//     (a mismatch or an early exit is reported as a deadlock). A call is identified by its Site:
+//     the chain of call sites from the kernel down to the primitive, so two calls of one helper
+//     from different kernel lines are different collectives;
 //   * ldmatrix / cp.async addresses are 16-byte aligned and inside shared memory.
+// It counts the code paths a kernel marks with SA_PATH (path_counts), per kernel and head dim.
 // What it does not model: timing, occupancy, register limits, memory-model subtleties beyond
 // "visible after the next barrier", hardware rounding inside the tensor core.
 #pragma once
@@ -22,20 +32,66 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <xmmintrin.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
+#include <random>
 #include <source_location>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace sa_emu {
 
 struct Dim3 {
   int x = 1, y = 1, z = 1;
+};
+
+// Where a collective is called: the chain of source locations from the kernel's call down to the
+// primitive (outermost first). Helpers take a Site and pass `site.then(here)` on (SA_SITE_* in
+// common.cuh), so the chain names the kernel line even when the primitive sits in a helper.
+struct Site {
+  static constexpr int kDepth = 6;
+  const char* file[kDepth] = {};
+  int line[kDepth] = {};
+  int depth = 0;
+  uint64_t id = 1469598103934665603ull;
+  Site(const std::source_location& loc = std::source_location::current()) { push(loc); }  // NOLINT: implicit
+  Site then(const std::source_location& loc) const {
+    Site s = *this;
+    s.push(loc);
+    return s;
+  }
+  bool operator==(const Site& o) const { return id == o.id; }
+  std::string str() const {
+    std::string out;
+    for (int i = 0; i < depth; ++i) {
+      const char* base = strrchr(file[i], '/');
+      out += (i ? " > " : "") + std::string(base ? base + 1 : file[i]) + ":" + std::to_string(line[i]);
+    }
+    return out;
+  }
+
+ private:
+  // The driver is one translation unit, so a file's name is one string literal: its address names it.
+  void push(const std::source_location& loc) {
+    id = (id ^ reinterpret_cast<uintptr_t>(loc.file_name())) * 1099511628211ull;
+    id = (id ^ loc.line()) * 1099511628211ull;
+    if (depth < kDepth) {
+      file[depth] = loc.file_name();
+      line[depth] = static_cast<int>(loc.line());
+      ++depth;
+    }
+  }
 };
 
 struct Context;
@@ -107,7 +163,7 @@ struct Fiber {
 // One lane's inputs to a warp collective.
 struct Slot {
   int kind = 0;
-  int line = 0;
+  Site site;
   uint32_t u[6] = {};
   const char* ptr = nullptr;
   float f = 0.f;
@@ -115,7 +171,8 @@ struct Slot {
 
 struct WarpState {
   int arrived = 0;
-  int kind = 0, line = 0;
+  int kind = 0;
+  Site site;
   unsigned gen = 0;
   Slot slots[2][32];
 };
@@ -149,13 +206,23 @@ struct Context {
   std::vector<WarpState> warps;
   void* sched_sp = nullptr;
   Fiber* cur = nullptr;
-  int bar_arrived = 0, bar_line = 0;
+  int bar_arrived = 0;
+  Site bar_site;
   int epoch = 0;
   std::function<void()> body;
   // global memory
   std::vector<Buffer> buffers;
   size_t max_smem = 101376;  // the smallest opt-in limit of the target archs (sm_86: 99 KiB)
   long long collectives = 0;
+  // options (set by the driver before the first launch)
+  uint64_t seed = 1;
+  std::mt19937_64 rng{1};
+  bool fast_math = false;
+  // SA_PATH counts: path_counts[label][path name], label = "kernel/head_dim"; during a launch they
+  // go to launch_paths, keyed by the name's address (a hot-loop marker costs one hash lookup).
+  std::string label;
+  std::map<std::string, std::map<std::string, long long>> path_counts;
+  std::unordered_map<const char*, long long> launch_paths;
 };
 
 inline Context& ctx() {
@@ -166,10 +233,27 @@ inline Context& ctx() {
 inline std::string where() {
   Context* c = current_context();
   if (!c || c->kernel.empty()) return "host";
-  char buf[256];
-  snprintf(buf, sizeof(buf), "kernel %s, block (%d,%d,%d), thread %d", c->kernel.c_str(), c->block_idx.x,
-           c->block_idx.y, c->block_idx.z, c->cur ? c->cur->tid : -1);
+  char buf[320];
+  snprintf(buf, sizeof(buf), "kernel %s, block (%d,%d,%d), thread %d, seed %llu", c->kernel.c_str(), c->block_idx.x,
+           c->block_idx.y, c->block_idx.z, c->cur ? c->cur->tid : -1, static_cast<unsigned long long>(c->seed));
   return buf;
+}
+
+// Options, set once by the driver before the first launch.
+inline void set_seed(uint64_t seed) {
+  ctx().seed = seed;
+  ctx().rng.seed(seed);
+}
+// FTZ/DAZ for the calling thread and every fiber started after it (they inherit its MXCSR).
+inline void set_fast_math(bool on) {
+  ctx().fast_math = on;
+  if (on) _mm_setcsr(_mm_getcsr() | 0x8040);
+}
+
+// Natural alignment: an access of `bytes` (a power of two up to 16) starts on a multiple of it.
+inline void check_aligned(const void* p, size_t bytes, const char* what) {
+  if (bytes <= 16 && (bytes & (bytes - 1)) == 0 && reinterpret_cast<uintptr_t>(p) % bytes != 0)
+    fail("%s of %zu bytes at %p is not naturally aligned (%zu-byte boundary)", what, bytes, p, bytes);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -187,9 +271,13 @@ inline Buffer& find_buffer(const void* p, size_t bytes, const char* what) {
   fail("global %s of %zu bytes at %p lies outside every tensor", what, bytes, p);
 }
 
-inline void global_read(const void* p, size_t bytes) { find_buffer(p, bytes, "read"); }
+inline void global_read(const void* p, size_t bytes) {
+  check_aligned(p, bytes, "global read");
+  find_buffer(p, bytes, "read");
+}
 
 inline void global_write(const void* p, size_t bytes) {
+  check_aligned(p, bytes, "global write");
   Buffer& b = find_buffer(p, bytes, "write");
   if (!b.writable) fail("global write into read-only tensor %s", b.name.c_str());
   Context& c = ctx();
@@ -219,6 +307,7 @@ inline size_t smem_offset(const void* p, size_t bytes, const char* what) {
 
 inline void smem_read(const void* p, size_t bytes) {
   Context& c = ctx();
+  check_aligned(p, bytes, "shared read");
   const size_t off = smem_offset(p, bytes, "read");
   const int16_t me = static_cast<int16_t>(c.cur->tid);
   for (size_t i = off; i < off + bytes; ++i) {
@@ -257,6 +346,7 @@ inline void smem_mark_written(size_t off, size_t bytes) {
 }
 
 inline void smem_write(void* p, size_t bytes) {
+  check_aligned(p, bytes, "shared write");
   const size_t off = smem_offset(p, bytes, "write");
   smem_check_write(off, bytes);
   smem_mark_written(off, bytes);
@@ -299,13 +389,16 @@ inline void run_cta(Context& c) {
   c.warps.assign((n + 31) / 32, WarpState{});
   c.bar_arrived = 0;
   c.epoch = 0;
+  std::vector<int> order(n);
   for (int t = 0; t < n; ++t) {
     c.fibers[t].tid = t;
+    order[t] = t;
     init_fiber_stack(c.fibers[t], c.stacks[t]);
   }
   for (;;) {
     bool ran = false, all_done = true;
-    for (int t = 0; t < n; ++t) {
+    std::shuffle(order.begin(), order.end(), c.rng);  // each round runs the ready threads in a new order
+    for (const int t : order) {
       Fiber& f = c.fibers[t];
       if (f.state != FiberState::kDone) all_done = false;
       if (f.state != FiberState::kReady) continue;
@@ -330,8 +423,10 @@ inline void run_cta(Context& c) {
   }
 }
 
-// Runs `body` once per thread of every CTA of the grid, CTAs one after another.
-inline void launch(const char* kernel, Dim3 grid, Dim3 block, size_t smem_bytes, std::function<void()> body) {
+// Runs `body` once per thread of every CTA of the grid, CTAs one after another in a shuffled order.
+// `head_dim` (0: none) labels the launch's SA_PATH counts.
+inline void launch(const char* kernel, int head_dim, Dim3 grid, Dim3 block, size_t smem_bytes,
+                   std::function<void()> body) {
   Context& c = ctx();
   if (block.y != 1 || block.z != 1 || block.x < 1 || block.x > 1024) fail("block must be (1..1024, 1, 1)");
   if (grid.x < 1 || grid.y < 1 || grid.z < 1 || grid.y > 65535 || grid.z > 65535)
@@ -339,6 +434,8 @@ inline void launch(const char* kernel, Dim3 grid, Dim3 block, size_t smem_bytes,
   if (smem_bytes > c.max_smem)
     fail("kernel %s asks for %zu bytes of shared memory (limit %zu)", kernel, smem_bytes, c.max_smem);
   c.kernel = kernel;
+  c.label = std::string(kernel) + "/" + std::to_string(head_dim);
+  c.path_counts[c.label];  // a launch with no marked path still shows up
   c.launch_id++;
   c.grid = grid;
   c.block = block;
@@ -348,14 +445,22 @@ inline void launch(const char* kernel, Dim3 grid, Dim3 block, size_t smem_bytes,
   if (static_cast<int>(c.stacks.size()) < block.x) c.stacks.resize(block.x);
   for (auto& s : c.stacks)
     if (s.size() < (1u << 18)) s.assign(1u << 18, 0);
+  std::vector<Dim3> blocks;
   for (int z = 0; z < grid.z; ++z)
     for (int y = 0; y < grid.y; ++y)
-      for (int x = 0; x < grid.x; ++x) {
-        c.block_idx = {x, y, z};
-        run_cta(c);
-      }
+      for (int x = 0; x < grid.x; ++x) blocks.push_back({x, y, z});
+  std::shuffle(blocks.begin(), blocks.end(), c.rng);
+  c.launch_paths.clear();
+  for (const Dim3& b : blocks) {
+    c.block_idx = b;
+    run_cta(c);
+  }
+  for (const auto& [name, count] : c.launch_paths) c.path_counts[c.label][name] += count;
   c.kernel.clear();
 }
+
+// SA_PATH: one more visit of the marked path `name` (a string literal) in the current launch.
+inline void path_hit(const char* name) { ctx().launch_paths[name]++; }
 
 // ------------------------------------------------------------------------------------------------
 // Thread identity and the CTA barrier.
@@ -364,12 +469,12 @@ inline Dim3 block_idx() { return ctx().block_idx; }
 inline Dim3 grid_dim() { return ctx().grid; }
 inline char* dynamic_smem() { return ctx().smem.data(); }
 
-inline void cta_sync(int line) {
+inline void cta_sync(const Site& site) {
   Context& c = ctx();
   if (c.bar_arrived == 0)
-    c.bar_line = line;
-  else if (c.bar_line != line)
-    fail("__syncthreads at line %d while other threads wait at line %d", line, c.bar_line);
+    c.bar_site = site;
+  else if (!(c.bar_site == site))
+    fail("__syncthreads at %s while other threads wait at %s", site.str().c_str(), c.bar_site.str().c_str());
   if (++c.bar_arrived == c.block.x) {
     c.bar_arrived = 0;
     c.epoch++;
@@ -390,10 +495,10 @@ inline const Slot* warp_collective(const Slot& mine) {
   const int set = w.gen & 1;
   if (w.arrived == 0) {
     w.kind = mine.kind;
-    w.line = mine.line;
-  } else if (w.kind != mine.kind || w.line != mine.line) {
-    fail("warp collective (kind %d, line %d) while other lanes are in (kind %d, line %d)", mine.kind, mine.line, w.kind,
-         w.line);
+    w.site = mine.site;
+  } else if (w.kind != mine.kind || !(w.site == mine.site)) {
+    fail("warp collective (kind %d at %s) while other lanes are in (kind %d at %s)", mine.kind, mine.site.str().c_str(),
+         w.kind, w.site.str().c_str());
   }
   w.slots[set][lane] = mine;
   if (++w.arrived == 32) {
@@ -412,10 +517,10 @@ inline const Slot* warp_collective(const Slot& mine) {
 
 enum CollectiveKind { kShfl = 1, kLdsm, kLdsmTrans, kMmaF16, kMmaBf16 };
 
-inline float shfl_xor(float v, int mask, int line) {
+inline float shfl_xor(float v, int mask, const Site& site) {
   Slot s;
   s.kind = kShfl;
-  s.line = line;
+  s.site = site;
   s.f = v;
   const Slot* all = warp_collective(s);
   return all[(ctx().cur->tid & 31) ^ mask].f;
@@ -431,10 +536,10 @@ inline uint16_t read_u16(const char* p) {
 // ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane l gives the address of row (l % 8) of
 // matrix (l / 8). Without .trans lane l receives, of each matrix i, the elements (row l/4, cols
 // 2(l%4), 2(l%4)+1); with .trans the elements (rows 2(l%4), 2(l%4)+1, col l/4). Low half first.
-inline void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr, bool trans, int line) {
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr, bool trans, const Site& site) {
   Slot s;
   s.kind = trans ? kLdsmTrans : kLdsm;
-  s.line = line;
+  s.site = site;
   s.ptr = static_cast<const char*>(row_addr);
   smem_offset(s.ptr, 16, "ldmatrix row");
   if (reinterpret_cast<uintptr_t>(s.ptr) % 16 != 0) fail("ldmatrix row address not 16-byte aligned");
@@ -472,10 +577,10 @@ inline float half_bits_to_float(uint16_t bits, bool bf16) {
 //   B (16x8):  b[i]: rows (k) 2t, 2t+1 (+8 for i = 1), col (n) g
 //   C/D (16x8 fp32): c[i]: row g (+8 for i >= 2), col 2t + (i & 1)
 inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4], bool bf16,
-                      int line) {
+                      const Site& site) {
   Slot s;
   s.kind = bf16 ? kMmaBf16 : kMmaF16;
-  s.line = line;
+  s.site = site;
   for (int i = 0; i < 4; ++i) s.u[i] = a[i];
   s.u[4] = b[0];
   s.u[5] = b[1];
@@ -497,6 +602,40 @@ inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)
     for (int k = 0; k < 16; ++k) acc += a_at(row, k) * b_at(k, col);
     d[i] = acc;
   }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The special functions. Exact (libm) by default; in fast-math mode the MUFU approximations that
+// nvcc --use_fast_math emits, at their documented worst-case error: ex2.approx.ftz.f32 within
+// 2 ulp (relative 2^-22), lg2.approx.ftz.f32 within 2^-22 absolute; subnormal arguments and
+// results flushed to zero. The error's sign and size (1 or 2 units) vary with the argument's
+// bits, so errors do not all cancel or all add. Exact cases stay exact (the hardware reduces the
+// argument to an integer part, which goes into the exponent, and a fraction interpolated from a
+// table that starts at exactly 1): exp2 of an integer, log2 of a power of two.
+inline float flush(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.f, x) : x; }
+
+inline double approx_error(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  u *= 2654435761u;  // Knuth's multiplicative hash
+  const double units = (u >> 31) ? 2.0 : 1.0;
+  return ((u >> 30) & 1 ? units : -units) * std::ldexp(1.0, -23);
+}
+
+inline float exp2f_emu(float x) {
+  if (!ctx().fast_math) return std::exp2(x);
+  x = flush(x);
+  const double exact = std::exp2(static_cast<double>(x));
+  if (!std::isfinite(exact) || exact == 0.0 || x == std::trunc(x)) return flush(static_cast<float>(exact));
+  return flush(static_cast<float>(exact * (1.0 + approx_error(x))));
+}
+
+inline float log2f_emu(float x) {
+  if (!ctx().fast_math) return std::log2(x);
+  x = flush(x);
+  const double exact = std::log2(static_cast<double>(x));
+  if (!std::isfinite(exact) || exact == std::trunc(exact)) return static_cast<float>(exact);
+  return static_cast<float>(exact + approx_error(x));
 }
 
 // cp.async.cg.shared.global 16 bytes, zero-filled when !valid (src-size 0).

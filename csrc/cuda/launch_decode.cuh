@@ -1,0 +1,48 @@
+// Launchers of the decode kernels (decode_kernel.cuh), included by decode.cu.
+#pragma once
+
+#include "decode_kernel.cuh"
+#include "launch.cuh"
+#include "static_switch.h"
+
+namespace simplicial_attn::cuda {
+
+template <class T, int DP>
+void launch_decode(const DecodeArgs& a, cudaStream_t stream) {
+  using Cfg = DecodeConfig<DP>;
+  DecodeParams p;
+  p.q = a.q;
+  p.k1 = a.k1;
+  p.k2 = a.k2;
+  p.v1 = a.v1;
+  p.v2 = a.v2;
+  p.out = a.out;
+  p.lse = a.lse;
+  p.cache_seqlens = a.cache_seqlens;
+  p.B = a.B;
+  p.Nq = a.Nq;
+  p.Hq = a.Hq;
+  p.group = a.Hq / a.Hkv;
+  p.D = a.D;
+  p.C1 = a.C1;
+  p.C2 = a.C2;
+  p.w1 = a.w1;
+  p.w2 = a.w2;
+  p.splits = decode_splits(a.w1);
+  p.scale = a.scale;
+  p.determinant = a.determinant;
+  const int64_t rows = static_cast<int64_t>(a.B) * a.Nq * a.Hq;
+  p.partial_acc = a.workspace;
+  p.partial_ml = a.workspace + rows * p.splits * a.D;
+  launch_kernel("decode_split_kernel", DP, &decode_split_kernel<T, Cfg>,
+                Grid{ceil_div64(rows * p.splits, Cfg::kWarps), 1, 1}, Cfg::kThreads, 0, stream, p);
+  launch_kernel("decode_combine_kernel", DP, &decode_combine_kernel<T, Cfg>, Grid{ceil_div64(rows, Cfg::kWarps), 1, 1},
+                Cfg::kThreads, 0, stream, p);
+}
+
+template <class T>
+void run_decode_t(const DecodeArgs& a, cudaStream_t stream) {
+  HEADDIM_SWITCH(a.D, kHeadDim, [&] { launch_decode<T, kHeadDim>(a, stream); });
+}
+
+}  // namespace simplicial_attn::cuda

@@ -71,6 +71,9 @@ def test_sdpa_packed_gradients_equal_each_sequence_alone(options):
     alone = torch.autograd.grad(y, [x_alone, *layer.parameters()], dy)
     for got, want in zip(packed, alone, strict=True):
         assert rel_err(got, want) <= 1e-12
+    for cu_empty in ([0], [0, 0, 0]):  # packings of no tokens at all
+        empty = layer(x[:0], cu_seqlens=torch.tensor(cu_empty, dtype=torch.int32))
+        assert empty.shape == (0, 48)
 
 
 @pytest.mark.parametrize("name", LAYERS)

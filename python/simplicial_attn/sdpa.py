@@ -83,21 +83,23 @@ def _packed_sdpa(q, k, v, cu_seqlens, max_seqlen, causal, window, enable_gqa):
 
     The sequences are gathered into a padded [S, L] batch (L = the longest) rather than attended
     as one [T, T] block-diagonal mask: S * L^2 instead of T^2 work (16x less for 16 sequences of
-    equal length). Padded slots read one extra all-zero row, so no gradient reaches a real token
-    through them; a padded query sees every key (finite, and its output is dropped); a real query
-    never sees a padded key (masked, or after it in causal order).
+    equal length). A padded slot reads row 0 (no copy of the inputs): a real query never sees a
+    padded key (masked, or after it in causal order), and a padded query sees every key (finite)
+    while its output is dropped, so its output gradient is zero and nothing flows back through it.
     """
     T, device = q.shape[0], q.device
+    if T == 0:  # only empty sequences: nothing to attend (and no row 0 to read)
+        return q
     cu = cu_seqlens.to(torch.int64)
     lengths = cu[1:] - cu[:-1]
     longest = int(lengths.max()) if max_seqlen is None and lengths.numel() else (max_seqlen or 0)
     L = max(1, int(longest))
     t = torch.arange(L, device=device)
     valid = t[None, :] < lengths[:, None]  # [S, L]
-    rows = torch.where(valid, cu[:-1, None] + t[None, :], T)  # row T: the zero row appended below
+    rows = torch.where(valid, cu[:-1, None] + t[None, :], 0)
 
     def gather(x):
-        return torch.cat([x, x.new_zeros(1, *x.shape[1:])])[rows].transpose(1, 2)  # [S, H, L, D]
+        return x[rows].transpose(1, 2)  # [S, H, L, D]
 
     mask = None
     if window is not None or not causal:
@@ -111,8 +113,9 @@ def _packed_sdpa(q, k, v, cu_seqlens, max_seqlen, causal, window, enable_gqa):
     out = F.scaled_dot_product_attention(
         gather(q), gather(k), gather(v), attn_mask=mask, is_causal=causal and mask is None, enable_gqa=enable_gqa
     ).transpose(1, 2)  # [S, L, Hq, D]
-    seq = torch.searchsorted(cu[1:], torch.arange(T, device=device), right=True)
-    return out.flatten(0, 1)[seq * L + torch.arange(T, device=device) - cu[seq]]
+    token = torch.arange(T, device=device)
+    seq = torch.searchsorted(cu[1:], token, right=True)
+    return out.flatten(0, 1)[seq * L + token - cu[seq]]
 
 
 class DotProductAttention(nn.Module):

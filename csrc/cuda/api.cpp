@@ -62,10 +62,15 @@ cuda::Dims kernel_dims(const Dims& d) {
 // is trusted to be what the public function validated (0 = cu[0] <= ... <= cu[S] = T, CONTRACT §6:
 // reading it here would synchronise), but the kernels clamp it to [0, T) and max_seqlen to what
 // they visit, so even a bad one cannot make them read or write outside the tensors.
+// The bands are clipped below N (< 2^30, check_cuda; decoding: 2^30, as cache positions are
+// int32), which keeps the kernels' 32-bit positions from overflowing for a direct call's huge band.
 cuda::ProblemDesc problem_desc(const Problem& p, const Dims& d) {
   cuda::ProblemDesc r{};
-  r.band1 = cuda::make_band(p.w1, d.N, p.causal);
-  r.band2 = cuda::make_band(p.w2, d.N, p.causal);
+  const int64_t span = p.decoding() ? int64_t{1} << 30 : d.N;
+  for (const auto& [band, out] : {std::pair{&p.band1, &r.band1}, std::pair{&p.band2, &r.band2}}) {
+    const Band c = band->clipped(span);
+    *out = {static_cast<int>(c.left), static_cast<int>(c.right)};
+  }
   r.scale = static_cast<float>(p.scale);
   r.determinant = p.logits == Logits::kDeterminant;
   if (p.packed()) {
@@ -85,15 +90,13 @@ cuda::ProblemDesc problem_desc(const Problem& p, const Dims& d) {
   return r;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q, const at::Tensor& k1,
-                                                            const at::Tensor& k2, const at::Tensor& v1,
-                                                            const at::Tensor& v2,
-                                                            const std::optional<at::Tensor>& cu_seqlens,
-                                                            int64_t max_seqlen, int64_t w1, int64_t w2, bool causal,
-                                                            double scale, c10::string_view logits) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(
+    const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1, const at::Tensor& v2,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t left1, int64_t right1, int64_t left2,
+    int64_t right2, double scale, c10::string_view logits) {
   TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
-  const Problem prob = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
-  const Dims d = check_inputs(q, k1, k2, v1, v2, prob.w1, prob.w2);
+  const Problem prob = make_problem(q, cu_seqlens, max_seqlen, left1, right1, left2, right2, scale, logits);
+  const Dims d = check_inputs(q, k1, k2, v1, v2);
   check_cuda(q, d);
   const cuda::DType dtype = kernel_dtype(q);
   const c10::cuda::CUDAGuard guard(q.device());
@@ -123,11 +126,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd_op(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1,
     const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& lse_lo,
-    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t w1, int64_t w2, bool causal, double scale,
-    c10::string_view logits) {
+    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t left1, int64_t right1, int64_t left2,
+    int64_t right2, double scale, c10::string_view logits) {
   TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
-  const Problem prob = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
-  const Dims d = check_inputs(q, k1, k2, v1, v2, prob.w1, prob.w2);
+  const Problem prob = make_problem(q, cu_seqlens, max_seqlen, left1, right1, left2, right2, scale, logits);
+  const Dims d = check_inputs(q, k1, k2, v1, v2);
   check_grad_inputs(d, q, dout, out, lse);
   SA_CHECK_DEVICE(lse_lo, q.device());
   SA_CHECK_DTYPE(lse_lo, lse.scalar_type());
@@ -181,9 +184,10 @@ void check_cache(const at::Tensor& c, const char* name, const at::Tensor& q, int
 std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at::Tensor& k1_cache,
                                                    const at::Tensor& k2_cache, const at::Tensor& v1_cache,
                                                    const at::Tensor& v2_cache, const at::Tensor& cache_seqlens,
-                                                   int64_t w1, int64_t w2, double scale, c10::string_view logits) {
+                                                   int64_t left1, int64_t right1, int64_t left2, int64_t right2,
+                                                   double scale, c10::string_view logits) {
   TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, Nq, Hq, D], got rank ", q.dim());
-  const Problem prob = make_decode_problem(q, cache_seqlens, w1, w2, scale, logits);
+  const Problem prob = make_decode_problem(q, cache_seqlens, left1, right1, left2, right2, scale, logits);
   TORCH_CHECK(k1_cache.dim() == 4, "k1_cache must have rank 4 [B, C1, Hkv, D], got rank ", k1_cache.dim());
   const int64_t B = q.size(0), Nq = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k1_cache.size(2);
   for (const auto& [c, name] : {std::pair{&k1_cache, "k1_cache"}, std::pair{&k2_cache, "k2_cache"},
@@ -203,7 +207,8 @@ std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at
   at::Tensor lse = at::empty({B, Hq, Nq}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};
 
-  const int splits = cuda::decode_splits(prob.w1);
+  const cuda::ProblemDesc desc = problem_desc(prob, Dims{B, Nq, Hq, Hkv, D});
+  const int splits = cuda::decode_splits(desc.band1);
   at::Tensor workspace = at::empty({cuda::decode_workspace_floats(B * Nq * Hq, splits, D)}, lse.options());
   const at::Tensor qc = unit_stride_d(q), k1c = unit_stride_d(k1_cache), k2c = unit_stride_d(k2_cache);
   const at::Tensor v1c = unit_stride_d(v1_cache), v2c = unit_stride_d(v2_cache);
@@ -216,10 +221,7 @@ std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at
   args.D = static_cast<int>(D);
   args.C1 = static_cast<int>(k1_cache.size(1));
   args.C2 = static_cast<int>(k2_cache.size(1));
-  args.w1 = static_cast<int>(std::min<int64_t>(prob.w1, int64_t{1} << 30));
-  args.w2 = static_cast<int>(std::min<int64_t>(prob.w2, int64_t{1} << 30));
-  args.scale = static_cast<float>(prob.scale);
-  args.determinant = prob.logits == Logits::kDeterminant;
+  args.prob = desc;
   args.cache_seqlens = prob.cache_seqlens.const_data_ptr<int>();
   args.q = ref(qc);
   args.k1 = ref(k1c);

@@ -34,9 +34,8 @@ struct DecodeParams {
   const int* cache_seqlens;  // [B]
   float* partial_acc;        // [rows, splits, D]
   float* partial_ml;         // [rows, splits, 2]: m, l
-  int B, Nq, Hq, group, D, C1, C2, w1, w2, splits;
-  float scale;
-  bool determinant;
+  int B, Nq, Hq, group, D, C1, C2, splits;
+  ProblemDesc prob;  // causal bands: j in [P - band1.left, P], k in [P - band2.left, P]
 };
 
 // One D-vector of a warp from a row of T (lane holds d = lane + 32 t), optionally at the permuted
@@ -87,14 +86,15 @@ decode_split_kernel(const DecodeParams p) {
   const int split = static_cast<int>(item % p.splits);
   const DecodeRow r = decode_row(p, row);
   const int g = r.h / p.group, D = p.D;
-  const bool det = p.determinant;
+  const bool det = p.prob.determinant;
   SA_PATH(det, "logits: determinant");
   SA_PATH(p.group > 1, "tile: GQA group > 1");
   SA_PATH(p.splits > 1, "decode: several splits");
-  // This split's positions j (the window [pos - w1 + 1, pos] cut into splits, those >= 0) and k.
-  const int per = (p.w1 + p.splits - 1) / p.splits, first = r.pos - p.w1 + 1;
+  // This split's positions j (the window [pos - left1, pos] cut into splits, those >= 0) and k.
+  const int w1 = p.prob.band1.left + 1;
+  const int per = (w1 + p.splits - 1) / p.splits, first = r.pos - p.prob.band1.left;
   const int j_lo = imax(0, first + split * per), j_hi = imin(r.pos, first + (split + 1) * per - 1);
-  const int k_lo = imax(0, r.pos - p.w2 + 1), k_hi = r.pos;
+  const int k_lo = imax(0, r.pos - p.prob.band2.left), k_hi = r.pos;
   SA_PATH(j_lo > j_hi, "decode: split before the sequence's start");
   SA_PATH(j_hi >= p.C1 || k_hi >= p.C2, "decode: the ring wraps");
 
@@ -109,7 +109,7 @@ decode_split_kernel(const DecodeParams p) {
     const Logit<K> qk1(q, k1, det);
     for (int k = k_lo; k <= k_hi; ++k) {
       load_key<T>(k2, row_ptr<T>(p.k2, r.b, k % p.C2, g), D, det);
-      const float s = logit(qk1.with(k2), p.scale);
+      const float s = logit(qk1.with(k2), p.prob.scale);
       if (s > m) {  // new running max: rescale what was summed so far
         const float alpha = exp_shifted(m, s);
         l *= alpha;

@@ -284,8 +284,8 @@ MUTANTS = [
     dict(
         name="cuda-decode-k-window-of-w1",
         path="csrc/cuda/decode_kernel.cuh",
-        old="const int k_lo = imax(0, r.pos - p.w2 + 1), k_hi = r.pos;",
-        new="const int k_lo = imax(0, r.pos - p.w1 + 1), k_hi = r.pos;",
+        old="const int k_lo = imax(0, r.pos - p.prob.band2.left), k_hi = r.pos;",
+        new="const int k_lo = imax(0, r.pos - p.prob.band1.left), k_hi = r.pos;",
         tests=[FEATURES, "-k", "decode and D48 and trilinear"],
         why="decoding takes the k2/v2 window as long as the k1/v1 one (w1 != w2), from stale ring slots",
     ),

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from simplicial_attn.scores_reference import compute_dtype, window_axis
+from simplicial_attn.problem import compute_dtype, window_axis
 
 from ._common import channels_at, chunk_shifts
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _validate
+from . import _validate, backends
 
 
 def check_positive_int(name, value):
@@ -53,7 +53,7 @@ def check_window_arg(name, w):
 
 def check_backend_arg(backend):
     try:
-        _validate.check_backend_name(backend)
+        backends.check_name(backend)
     except TypeError as exc:
         raise ValueError(str(exc)) from None
 

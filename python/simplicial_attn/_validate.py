@@ -1,8 +1,8 @@
 """Input rules of CONTRACT §4, §6, §7 and §8. Each error names the argument, what was expected and
 what was given.
 
-Type problems raise TypeError, value problems ValueError. Which backend can serve a dtype
-or device is the registry's business (backends.py), not this module's. Rules that read tensor
+Type problems raise TypeError, value problems ValueError. Backend names, and which backend can
+serve a dtype or device, are the registry's business (backends.py), not this module's. Rules that read tensor
 values (cu_seqlens, cache_seqlens) cost a device-to-host copy on a GPU; they are skipped while
 a CUDA graph is being captured, where no copy is possible.
 """
@@ -12,11 +12,11 @@ import numbers
 
 import torch
 
+from . import backends
 from .problem import LOGITS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_HEAD_DIM = 256
-BACKEND_NAMES = ("auto", "cuda", "triton", "cpu", "reference")
 
 
 def _dtype_name(dtype):
@@ -59,16 +59,9 @@ def check_call(tensors, w1, w2, causal, scale, logits, packed=False, return_lse=
     check_no_forward_ad(*tensors)
 
 
-def check_backend_name(backend):
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, one of {', '.join(BACKEND_NAMES)}; got {type(backend).__name__}")
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {backend!r}")
-
-
 def check_concrete_backend(backend):
     """The ops take the backend the public functions resolved: a name, not "auto"."""
-    check_backend_name(backend)
+    backends.check_name(backend)
     if backend == "auto":
         raise ValueError("backend must be a concrete backend for the op (cuda, triton, cpu or reference), got 'auto'")
 

@@ -30,7 +30,7 @@ import sys
 
 import torch
 
-from . import _ext, _validate, reference
+from . import _ext, reference
 
 ENV_VAR = "SIMPLICIAL_ATTN_BACKEND"
 
@@ -187,7 +187,15 @@ def _triton_interpreting():
 
 
 BACKENDS = {b.name: b for b in (CudaBackend(), TritonBackend(), CpuBackend(), ReferenceBackend())}
-NAMES = _validate.BACKEND_NAMES  # "auto" and every key of BACKENDS (tests/test_op.py holds them equal)
+NAMES = ("auto", "cuda", "triton", "cpu", "reference")  # "auto" and every key of BACKENDS (tests/test_op.py)
+
+
+def check_name(backend):
+    """A backend argument: one of NAMES (TypeError for a non-str, ValueError for an unknown name)."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {', '.join(NAMES)}; got {type(backend).__name__}")
+    if backend not in NAMES:
+        raise ValueError(f"backend must be one of {', '.join(NAMES)}; got {backend!r}")
 
 
 def get(name):
@@ -204,7 +212,7 @@ def select(requested, device_type, dtype, reasons=_reasons):
 
     `reasons(name, device_type, dtype)` says why a backend cannot serve; ops other than the
     fused attention (scores.py) pass their own."""
-    _validate.check_backend_name(requested)
+    check_name(requested)
     if requested == "auto":
         override = os.environ.get(ENV_VAR, "auto")
         if override not in NAMES:

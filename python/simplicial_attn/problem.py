@@ -29,6 +29,12 @@ import torch
 LOGITS = ("trilinear", "determinant")
 
 
+def compute_dtype(dtype):
+    """Accumulation dtype for inputs of `dtype`, which is also the dtype of lse and of the scores
+    (CONTRACT §1: float32; float64 for float64 inputs so gradcheck stays sharp)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class Band(NamedTuple):
     """The key window of query i on one axis: positions [i - left, i + right] (clipped to the
     sequence), `left + right + 1` wide."""
@@ -62,6 +68,30 @@ def window_band(w, causal, longest=None):
         w = max(2 * longest - 1, 1)
     band = Band(w - 1, 0) if causal else Band(w // 2, w - 1 - w // 2)
     return band if longest is None else band.clipped(longest)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowAxis:
+    """One window axis of the unfused scores [B, Hq, N, W1, W2] (backends/scores_reference.py):
+    `size` slots, slot a of query i is position start(i) + a."""
+
+    size: int
+    slide: int  # 1: the window moves with the query; 0: fixed (absolute positions)
+    lo: int
+
+    def start(self, i):
+        return self.slide * i - self.lo
+
+
+def window_axis(w, n, causal):
+    """The scores' axis of user window `w` (int >= 1 or None) for sequence length n: the window's
+    band, a slot per position (unclipped: an int window keeps w slots even past the sequence),
+    except that a centred unbounded window is the sequence itself (size n, absolute positions;
+    csrc/include/scores_window.h is the C++ twin)."""
+    if w is None and not causal:
+        return WindowAxis(n, 0, 0)
+    band = window_band(w, causal, n if w is None else None)
+    return WindowAxis(band.width, 1, band.left)
 
 
 @dataclasses.dataclass(frozen=True)

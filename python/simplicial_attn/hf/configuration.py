@@ -8,7 +8,7 @@ The field names of the shared part are Llama's (`vocab_size`, `hidden_size`, `nu
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .. import _validate
+from .. import _validate, backends
 
 _POSITIVE_FIELDS = (
     "vocab_size",
@@ -118,7 +118,7 @@ class SimplicialConfig(PreTrainedConfig):
         _validate.check_window("w1", self.w1)
         _validate.check_window("w2", self.w2)
         for name, check in (
-            ("simplicial_backend", lambda: _validate.check_backend_name(self.simplicial_backend)),
+            ("simplicial_backend", lambda: backends.check_name(self.simplicial_backend)),
             ("simplicial_logits", lambda: _validate.check_logits(self.simplicial_logits, self.head_dim)),
         ):
             try:

@@ -19,8 +19,8 @@ pytest.importorskip("transformers", minversion="5", reason="needs transformers >
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, Trainer, TrainingArguments  # noqa: E402
 
 import simplicial_attn.hf as sh  # noqa: E402
-from simplicial_attn.layer import TwoSimplicialAttention  # noqa: E402
-from simplicial_attn.sdpa import DotProductAttention  # noqa: E402
+from simplicial_attn.nn.layer import TwoSimplicialAttention  # noqa: E402
+from simplicial_attn.nn.sdpa import DotProductAttention  # noqa: E402
 
 # The package's q/k norm computes in float32 whatever the model dtype; torch warns once per float64 call.
 

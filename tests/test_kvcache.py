@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import _ops
+from simplicial_attn.ops import library
 
 from cases import BOUNDS, backend_params, device_of, rel_err
 from oracle import oracle_decode
@@ -176,7 +176,7 @@ def test_opcheck_and_compile(backend):
     q, caches, lengths = _cache_args(Nq=2)
     new = [torch.randn(2, 2, 2, 8) for _ in range(4)]
     torch.library.opcheck(
-        _ops.attention_with_kvcache, (q, *caches, lengths, *new, 4, 3, 0.5, "trilinear", backend),
+        library.attention_with_kvcache, (q, *caches, lengths, *new, 4, 3, 0.5, "trilinear", backend),
         test_utils=("test_schema", "test_faketensor"),
     )  # fmt: skip
     torch._dynamo.reset()

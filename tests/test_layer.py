@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from simplicial_attn import layer as layer_module
-from simplicial_attn.layer import DotProductAttention, SimplicialTransformerBlock, TwoSimplicialAttention
-from simplicial_attn.rope import rotary_tables, rotate_pairs
+from simplicial_attn.nn import layer as layer_module
+from simplicial_attn.nn.layer import DotProductAttention, SimplicialTransformerBlock, TwoSimplicialAttention
+from simplicial_attn.nn.rope import rotary_tables, rotate_pairs
 
 from cases import BOUNDS, rel_err
 from oracle import oracle_fwd

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from simplicial_attn import scores_reference as ref
+from simplicial_attn.backends import scores_reference as ref
 from simplicial_attn.problem import window_axis
 
 from cases import BOUNDS, Case, make_inputs, rel_err

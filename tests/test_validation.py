@@ -135,9 +135,9 @@ def test_empty_batch_or_sequence(B, N, monkeypatch):
 
 def test_cpp_checks_name_the_argument():
     """Direct torch.ops calls (libtorch users) get TORCH_CHECK messages, not out-of-bounds reads."""
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    if not _ext.has_kernel("cpu"):
+    if not extension.has_kernel("cpu"):
         pytest.skip("the C++ CPU kernels are not built (simplicial_attn._C has no CPU fused_fwd)")
     q, k1, k2, v1, v2 = inputs()
     fwd = torch.ops.simplicial_attn.fused_fwd
@@ -160,9 +160,9 @@ def test_zero_query_heads():
 
 
 def _op_backends():
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    return ["reference"] + (["cpu"] if _ext.has_kernel("cpu") else [])
+    return ["reference"] + (["cpu"] if extension.has_kernel("cpu") else [])
 
 
 @pytest.mark.parametrize("backend", _op_backends())

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import _ops
+from simplicial_attn.ops import library
 
 from cases import BOUNDS, backend_params, device_of, make_packed, rel_err
 from oracle import oracle_varlen_bwd, oracle_varlen_fwd
@@ -171,7 +171,7 @@ def test_opcheck(backend):
     (q, k1, k2, v1, v2), cu = make_packed([3, 0, 5], 4, 2, 16, requires_grad=True)
     args = [t[None] for t in (q, k1, k2, v1, v2)]
     prob = (cu, 5, 2, 0, 1, 0, 0.25, "trilinear", backend)  # causal w1 = 3, w2 = 2
-    torch.library.opcheck(_ops.attention, (*args, *prob))
+    torch.library.opcheck(library.attention, (*args, *prob))
 
 
 @pytest.mark.parametrize("backend", backend_params(("reference", "cpu")))

@@ -8,7 +8,8 @@ The field names of the shared part are Llama's (`vocab_size`, `hidden_size`, `nu
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .. import _validate, backends
+from .. import backends
+from ..ops import checks
 
 _POSITIVE_FIELDS = (
     "vocab_size",
@@ -115,11 +116,11 @@ class SimplicialConfig(PreTrainedConfig):
             raise ValueError(f"rope_theta must be > 1 or None (no rotary), got {self.rope_theta}")
         if self.rope_theta is not None and self.head_dim % 2:
             raise ValueError(f"rotary embeddings need an even head_dim, got {self.head_dim} (or set rope_theta=None)")
-        _validate.check_window("w1", self.w1)
-        _validate.check_window("w2", self.w2)
+        checks.check_window("w1", self.w1)
+        checks.check_window("w2", self.w2)
         for name, check in (
             ("simplicial_backend", lambda: backends.check_name(self.simplicial_backend)),
-            ("simplicial_logits", lambda: _validate.check_logits(self.simplicial_logits, self.head_dim)),
+            ("simplicial_logits", lambda: checks.check_logits(self.simplicial_logits, self.head_dim)),
         ):
             try:
                 check()

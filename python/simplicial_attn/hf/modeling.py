@@ -26,8 +26,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
 
-from ..layer import TwoSimplicialAttention
-from ..sdpa import DotProductAttention
+from ..nn.layer import TwoSimplicialAttention
+from ..nn.sdpa import DotProductAttention
 from . import padding
 from .cache import SimplicialModelCache
 from .configuration import SimplicialConfig

@@ -11,8 +11,9 @@ kernels): nothing is padded to `max_seqlen` and no sequence is copied out.
 
 import torch
 
-from . import _ops, _validate, backends
-from .problem import window_band
+from .. import backends
+from ..problem import window_band
+from . import checks, library
 
 
 def two_simplicial_attention_varlen(
@@ -52,13 +53,13 @@ def two_simplicial_attention_varlen(
         out (total_tokens, nheads_q, headdim) in q's dtype, or (out, lse). Differentiable in q,
         k1, k2, v1, v2.
     """
-    _validate.check_call((q, k1, k2, v1, v2), w1, w2, causal, scale, logits, packed=True, return_lse=return_lse)
+    checks.check_call((q, k1, k2, v1, v2), w1, w2, causal, scale, logits, packed=True, return_lse=return_lse)
     cu_seqlens, max_seqlen = _packing(cu_seqlens, q, max_seqlen)
     name = backends.select(backend, q.device.type, q.dtype)
     scale = q.shape[2] ** -0.5 if scale is None else float(scale)
     band1, band2 = window_band(w1, causal, max_seqlen), window_band(w2, causal, max_seqlen)
     packed = (t.unsqueeze(0) for t in (q, k1, k2, v1, v2))  # [1, T, H, D]: the batched layout with B = 1
-    out, lse, _ = _ops.attention(*packed, cu_seqlens, max_seqlen, *band1, *band2, scale, logits, name)
+    out, lse, _ = library.attention(*packed, cu_seqlens, max_seqlen, *band1, *band2, scale, logits, name)
     return (out[0], lse[0]) if return_lse else out[0]
 
 
@@ -66,10 +67,10 @@ def _packing(cu_seqlens, q, max_seqlen):
     """cu_seqlens and max_seqlen for the op, which checks both against each other. A missing
     max_seqlen is computed from cu_seqlens; under torch.compile, where values cannot be read while
     tracing, it becomes T (a valid bound: the grids then cover T rows per sequence, most empty)."""
-    _validate.check_cu_seqlens_tensor(cu_seqlens, q.device)
+    checks.check_cu_seqlens_tensor(cu_seqlens, q.device)
     if max_seqlen is not None:
-        _validate.check_max_seqlen(max_seqlen)
+        checks.check_max_seqlen(max_seqlen)
         return cu_seqlens, int(max_seqlen)
-    if torch.compiler.is_compiling() or not _validate.values_readable(cu_seqlens):
+    if torch.compiler.is_compiling() or not checks.values_readable(cu_seqlens):
         return cu_seqlens, q.shape[0]
     return cu_seqlens, max(0, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())) if cu_seqlens.numel() > 1 else 0

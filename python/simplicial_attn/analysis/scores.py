@@ -29,15 +29,17 @@ triton_kernels/scores_softmax.py, and the reference scores_reference.py.
 
 import torch
 
-from . import _ext, _validate, backends
-from . import scores_reference as reference
+from .. import backends
+from ..backends import extension
+from ..backends import scores_reference as reference
+from ..ops import checks
 
 # The C++ schemas (csrc/ops_scores.cpp); a backend "cpu"/"cuda" needs all four on its device.
 _CPP_OPS = ("scores_fwd", "scores_bwd", "softmax_fwd", "softmax_bwd")
 
 
 # Read once at import, like backends.py, so tracing under torch.compile asks nothing of C++.
-_HAS_KERNELS = {"cpu": _ext.has_kernel("cpu", _CPP_OPS), "cuda": _ext.has_kernel("cuda", _CPP_OPS)}
+_HAS_KERNELS = {"cpu": extension.has_kernel("cpu", _CPP_OPS), "cuda": extension.has_kernel("cuda", _CPP_OPS)}
 
 
 def not_supported_reasons(name, device_type, dtype):
@@ -58,7 +60,7 @@ def _kernels(name):
     if name in ("cpu", "cuda"):
         return torch.ops.simplicial_attn
     if name == "triton":
-        from .triton_kernels import scores_softmax
+        from ..triton_kernels import scores_softmax
 
         return scores_softmax
     return reference
@@ -70,8 +72,8 @@ def _kernels(name):
 def _check_op_args(q, k1, k2, w1, w2, causal, scale, logits, backend):
     """A direct op call gets the public functions' checks too (None windows are allowed here);
     check_call also checks v1 and v2: the keys passed again stand in for them."""
-    _validate.check_call((q, k1, k2, k1, k2), w1, w2, causal, scale, logits)
-    _validate.check_concrete_backend(backend)
+    checks.check_call((q, k1, k2, k1, k2), w1, w2, causal, scale, logits)
+    checks.check_concrete_backend(backend)
 
 
 def _empty_grads(q, k1, k2):
@@ -177,7 +179,7 @@ def _softmax_backward(ctx, dprobs):
 _softmax_op.register_autograd(_softmax_backward, setup_context=_softmax_setup_context)
 
 
-if _ext.extension_loaded() and hasattr(torch.ops.simplicial_attn, "scores_fwd"):
+if extension.extension_loaded() and hasattr(torch.ops.simplicial_attn, "scores_fwd"):
 
     @torch.library.register_fake("simplicial_attn::scores_fwd")
     def _(q, k1, k2, w1, w2, causal, scale, logits):
@@ -219,7 +221,7 @@ def trilinear_scores(q, k1, k2, w1, w2, *, causal=True, scale=None, logits="tril
         position lies outside the sequence. Differentiable in q, k1, k2.
     """
     # check_call also checks v1 and v2; the keys passed again stand in for them.
-    _validate.check_call((q, k1, k2, k1, k2), w1, w2, causal, scale, logits)
+    checks.check_call((q, k1, k2, k1, k2), w1, w2, causal, scale, logits)
     name = select_backend(backend, q.device.type, q.dtype)
     scale = q.shape[3] ** -0.5 if scale is None else float(scale)
     w1, w2 = (None if w is None else int(w) for w in (w1, w2))
@@ -239,7 +241,7 @@ def windowed_softmax(scores, *, backend="auto"):
     """
     if not isinstance(scores, torch.Tensor):
         raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
-    if scores.dtype not in _validate.FLOAT_DTYPES:
+    if scores.dtype not in checks.FLOAT_DTYPES:
         got = str(scores.dtype).removeprefix("torch.")
         raise TypeError(f"scores must have dtype float16, bfloat16, float32 or float64, got {got}")
     if scores.dim() < 2:

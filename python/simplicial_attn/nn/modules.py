@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _validate, backends
+from .. import backends
+from ..ops import checks
 
 
 def check_positive_int(name, value):
@@ -46,7 +47,7 @@ def check_dropout(dropout):
 def check_window_arg(name, w):
     """A window (int >= 1 or None), checked when the module is built, not at its first forward."""
     try:
-        _validate.check_window(name, w)
+        checks.check_window(name, w)
     except TypeError as exc:
         raise ValueError(str(exc)) from None
 
@@ -84,7 +85,7 @@ def positions_for(x, dim, positions, cu_seqlens, cache):
         if x.dim() != 2:
             raise ValueError(f"with cu_seqlens, x must be packed [T, dim], got shape {tuple(x.shape)}")
         if positions is None:
-            _validate.check_cu_seqlens_tensor(cu_seqlens, x.device)
+            checks.check_cu_seqlens_tensor(cu_seqlens, x.device)
             return packed_positions(cu_seqlens, x.shape[0])
     N = x.shape[-2]
     if positions is None:

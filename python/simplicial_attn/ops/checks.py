@@ -12,8 +12,8 @@ import numbers
 
 import torch
 
-from . import backends
-from .problem import LOGITS
+from .. import backends
+from ..problem import LOGITS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_HEAD_DIM = 256

@@ -36,7 +36,7 @@ scatters key gradients back with index_add_.
 
 import torch
 
-from .problem import compute_dtype
+from ..problem import compute_dtype
 
 # Elements per chunk temporary: 2^22 fp32 is 16 MiB, so a handful of live temporaries stays
 # far below the 1 GiB bound of issue 2 at B=1, N=4096, H=4, D=64, w1=512, w2=32.

@@ -31,7 +31,7 @@ near CHUNK_ELEMENTS elements besides the scores themselves.
 
 import torch
 
-from .problem import compute_dtype, window_axis
+from ..problem import compute_dtype, window_axis
 from .reference import _permute, _unpermute, logit_terms
 
 CHUNK_ELEMENTS = 1 << 22

@@ -24,8 +24,10 @@ they exist whether or not the C++ extension was built; the C++ kernels are the s
 
 import torch
 
-from . import _ext, _validate, backends, reference
-from .problem import Band, Problem, window_band
+from .. import backends
+from ..backends import extension, reference
+from ..problem import Band, Problem, window_band
+from . import checks
 
 
 def _empty_outputs(q):
@@ -41,7 +43,7 @@ def _empty_grads(q, k1, k2, v1, v2):
 def _problem(q, cu_seqlens, max_seqlen, left1, right1, left2, right2, scale, logits, backend):
     """The checked Problem of a direct op call (the public functions have checked the tensors)."""
     bands = (left1, right1, left2, right2)
-    cu_seqlens = _validate.check_op_args(q, cu_seqlens, max_seqlen, bands, scale, logits, backend)
+    cu_seqlens = checks.check_op_args(q, cu_seqlens, max_seqlen, bands, scale, logits, backend)
     return Problem(Band(left1, right1), Band(left2, right2), scale, logits, cu_seqlens, max_seqlen)
 
 
@@ -62,7 +64,7 @@ def attention(
     logits: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _validate.check_tensors(q, k1, k2, v1, v2)
+    checks.check_tensors(q, k1, k2, v1, v2)
     prob = _problem(q, cu_seqlens, max_seqlen, left1, right1, left2, right2, scale, logits, backend)
     if q.shape[0] == 0 or q.shape[1] == 0:  # B == 0 or N == 0: nothing to launch
         return _empty_outputs(q)
@@ -95,7 +97,7 @@ def attention_backward(
     logits: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    _validate.check_tensors(q, k1, k2, v1, v2)
+    checks.check_tensors(q, k1, k2, v1, v2)
     prob = _problem(q, cu_seqlens, max_seqlen, left1, right1, left2, right2, scale, logits, backend)
     if q.shape[0] == 0 or q.shape[1] == 0:
         return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k1, k2, v1, v2))
@@ -165,13 +167,13 @@ def attention_with_kvcache(
     logits: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _validate.check_cache(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, (k1, k2, v1, v2), w1, w2)
+    checks.check_cache(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, (k1, k2, v1, v2), w1, w2)
     rings = (k1_cache.shape[1], k2_cache.shape[1])
-    _validate.check_cache_lengths(cache_seqlens, q.shape[1], (w1, w2), rings)
+    checks.check_cache_lengths(cache_seqlens, q.shape[1], (w1, w2), rings)
     # Kernel bands: None reaches every position a linear cache holds; a window never needs more
     # than the ring's slots (check_cache_lengths made sure nothing it needs was overwritten).
     band1, band2 = (window_band(w, True, ring) for w, ring in zip((w1, w2), rings, strict=True))
-    _validate.check_op_args(q, None, 0, (*band1, *band2), scale, logits, backend)
+    checks.check_op_args(q, None, 0, (*band1, *band2), scale, logits, backend)
     B, Nq, Hq, _ = q.shape
     if k1 is not None:
         # Position L_b + t goes to slot (L_b + t) % C, before any query reads the cache.
@@ -191,7 +193,7 @@ def _(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, k1, k2, v1, v2, 
     return torch.empty_like(q), q.new_empty((B, Hq, Nq), dtype=reference.compute_dtype(q.dtype))
 
 
-if _ext.extension_loaded():
+if extension.extension_loaded():
 
     @torch.library.register_fake("simplicial_attn::fused_fwd")
     def _(q, k1, k2, v1, v2, cu_seqlens, max_seqlen, *problem):

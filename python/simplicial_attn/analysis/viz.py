@@ -15,8 +15,8 @@ import math
 
 import torch
 
-from ._validate import check_flag, check_tensors, check_window
-from .problem import window_band
+from ..ops.checks import check_flag, check_tensors, check_window
+from ..problem import window_band
 from .scores import attention_weights
 
 

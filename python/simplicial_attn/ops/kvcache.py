@@ -15,7 +15,8 @@ A cache at least as long as the sequence is the linear special case (and the onl
 
 import torch
 
-from . import _ops, _validate, backends
+from .. import backends
+from . import checks, library
 
 
 def two_simplicial_attention_with_kvcache(
@@ -60,14 +61,14 @@ def two_simplicial_attention_with_kvcache(
     Returns:
         out (batch_size, nq, nheads_q, headdim) in q's dtype, or (out, lse). Not differentiable.
     """
-    _validate.check_cache(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, (k1, k2, v1, v2), w1, w2)
-    _validate.check_scale(scale)
-    _validate.check_flag("return_lse", return_lse)
-    _validate.check_logits(logits, q.shape[3])
+    checks.check_cache(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, (k1, k2, v1, v2), w1, w2)
+    checks.check_scale(scale)
+    checks.check_flag("return_lse", return_lse)
+    checks.check_logits(logits, q.shape[3])
     name = backends.select(backend, q.device.type, q.dtype)
     scale = q.shape[3] ** -0.5 if scale is None else float(scale)
     with torch.no_grad():  # inference: no autograd graph (a mutating op has no gradient formula)
-        out, lse = _ops.attention_with_kvcache(
+        out, lse = library.attention_with_kvcache(
             q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, k1, k2, v1, v2, w1, w2, scale, logits, name
         )
     return (out, lse) if return_lse else out
@@ -103,16 +104,16 @@ class SimplicialCache:
         for name, value in (("batch_size", batch_size), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        _validate.check_window("w1", w1)
-        _validate.check_window("w2", w2)
-        _validate.check_window("max_chunk", max_chunk)
+        checks.check_window("w1", w1)
+        checks.check_window("w2", w2)
+        checks.check_window("max_chunk", max_chunk)
         if max_length is not None:
-            _validate.check_window("max_length", max_length)
+            checks.check_window("max_length", max_length)
         if (w1 is None or w2 is None) and max_length is None:
             raise ValueError(
                 "a None window reads the whole sequence: pass max_length (a linear cache of that many slots)"
             )
-        if dtype not in _validate.FLOAT_DTYPES:
+        if dtype not in checks.FLOAT_DTYPES:
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
         self.w1, self.w2, self.max_chunk = w1, w2, max_chunk
 

@@ -30,7 +30,7 @@ import sys
 
 import torch
 
-from . import _ext, reference
+from . import extension, reference
 
 ENV_VAR = "SIMPLICIAL_ATTN_BACKEND"
 
@@ -43,8 +43,8 @@ AUTO_ORDER = {
 DEFAULT_ORDER = ("reference",)
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
-_HAS_CPU_KERNEL = _ext.has_kernel("cpu")
-_HAS_CUDA_KERNEL = _ext.has_kernel("cuda")
+_HAS_CPU_KERNEL = extension.has_kernel("cpu")
+_HAS_CUDA_KERNEL = extension.has_kernel("cuda")
 _GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -99,8 +99,10 @@ class _ExtensionBackend(Backend):
         """The reasons for C++ kernels of this device, given whether the build has those of the
         ops in question (`ops` names them in the message; the fused op when empty)."""
         reasons = []
-        if not _ext.extension_loaded():
-            reasons.append(f"the C++ extension simplicial_attn._C is not built ({_ext.build_info()['import_error']})")
+        if not extension.extension_loaded():
+            reasons.append(
+                f"the C++ extension simplicial_attn._C is not built ({extension.build_info()['import_error']})"
+            )
         elif not has_kernels:
             reasons.append(f"this build of simplicial_attn._C has no {self.device_type.upper()} kernels{ops}")
         if device_type != self.device_type:
@@ -162,17 +164,17 @@ class TritonBackend(Backend):
         return reasons
 
     def fwd(self, *args):
-        from . import triton_kernels
+        from .. import triton_kernels
 
         return triton_kernels.fwd(*args)
 
     def bwd(self, *args):
-        from . import triton_kernels
+        from .. import triton_kernels
 
         return triton_kernels.bwd(*args)
 
     def decode(self, *args):
-        from . import triton_kernels
+        from .. import triton_kernels
 
         return triton_kernels.decode(*args)
 

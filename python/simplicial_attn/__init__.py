@@ -9,10 +9,11 @@ from .analysis.scores import attention_weights, trilinear_scores, windowed_softm
 from .analysis.viz import attention_summary, plot_attention
 from .backends import BackendNotSupported
 from .backends.extension import build_info
+from .nn.cache import SimplicialCache
 from .nn.layer import SimplicialTransformerBlock, TwoSimplicialAttention
 from .ops import library  # noqa: F401  (registers the torch.library ops)
 from .ops.attention import two_simplicial_attention
-from .ops.kvcache import SimplicialCache, two_simplicial_attention_with_kvcache
+from .ops.kvcache import two_simplicial_attention_with_kvcache
 from .ops.varlen import two_simplicial_attention_varlen
 
 __version__ = "0.1.0"

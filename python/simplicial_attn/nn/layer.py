@@ -15,9 +15,9 @@ from torch import nn
 
 from ..ops import checks
 from ..ops.attention import two_simplicial_attention
-from ..ops.kvcache import SimplicialCache
 from ..ops.varlen import two_simplicial_attention_varlen
 from . import modules
+from .cache import SimplicialCache
 from .rope import ChunkRotary, TiedRotary, check_rope
 from .sdpa import DotProductAttention
 

@@ -86,11 +86,7 @@ def two_simplicial_attention_cp(
     Returns:
         out (batch_size, seqlen_local, nheads_q, headdim): this rank's queries.
     """
-    checks.check_tensors(q, k1, k2, v1, v2)
-    checks.check_window("w1", w1)
-    checks.check_window("w2", w2)
-    checks.check_flag("causal", causal)
-    checks.check_scale(scale)
+    checks.check_call((q, k1, k2, v1, v2), w1, w2, causal, scale, "trilinear")
     backend = backends.select(backend, q.device.type, q.dtype)
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("two_simplicial_attention_cp needs torch.distributed initialised (init_process_group)")

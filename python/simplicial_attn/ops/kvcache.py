@@ -16,7 +16,6 @@ A cache at least as long as the sequence is the linear special case (and the onl
 
 import torch
 
-from .. import backends
 from . import checks, library
 
 
@@ -62,14 +61,12 @@ def two_simplicial_attention_with_kvcache(
     Returns:
         out (batch_size, nq, nheads_q, headdim) in q's dtype, or (out, lse). Not differentiable.
     """
-    checks.check_cache(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, (k1, k2, v1, v2), w1, w2)
-    checks.check_scale(scale)
+    tensors = (q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens)
+    checks.check_cache_types(tensors, (k1, k2, v1, v2), w1, w2, scale, logits, backend)
     checks.check_flag("return_lse", return_lse)
-    checks.check_logits(logits, q.shape[3])
-    name = backends.select(backend, q.device.type, q.dtype)
-    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+    w1, w2, scale = checks.op_window(w1), checks.op_window(w2), checks.op_scale(scale)
     with torch.no_grad():  # inference: no autograd graph (a mutating op has no gradient formula)
         out, lse = library.attention_with_kvcache(
-            q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, k1, k2, v1, v2, w1, w2, scale, logits, name
+            q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, k1, k2, v1, v2, w1, w2, scale, logits, backend
         )
     return (out, lse) if return_lse else out

@@ -298,6 +298,32 @@ def check_cache(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, new, w
             raise ValueError(f"k{idx}_cache must have at least one slot, got C{idx} = {ring}")
 
 
+def check_cache_memory(caches, writing):
+    """CONTRACT §7: the call writes the new tokens into the caches in place, so a cache that is
+    expanded (a zero stride on a dim of size > 1: one slot aliases others) or that shares its
+    storage with another cache would silently lose tokens. `caches` maps names to the four caches;
+    `writing` says whether new tokens are given. Reads storage addresses: not for fake tensors."""
+    if writing:
+        for name, t in caches.items():
+            dims = [d for d, (n, st) in enumerate(zip(t.shape, t.stride(), strict=True)) if st == 0 and n > 1]
+            if dims:
+                raise ValueError(
+                    f"{name} is expanded (stride 0 on dim {dims[0]} of size {t.shape[dims[0]]}): the new tokens "
+                    f"written into it would land in every slot that shares the memory; pass a cache with memory "
+                    f"of its own (e.g. {name}.clone())"
+                )
+    seen = {}
+    for name, t in caches.items():
+        if t.numel() == 0:
+            continue
+        other = seen.setdefault(t.untyped_storage().data_ptr(), name)
+        if other != name:
+            raise ValueError(
+                f"{name} shares its storage with {other} (the same tensor, or views of one tensor): each of "
+                "k1_cache, k2_cache, v1_cache, v2_cache needs storage of its own"
+            )
+
+
 def check_cache_lengths(cache_seqlens, nq, windows, rings):
     """A cache serves a call when, per window w and ring size C (CONTRACT §7), either C >= w + Nq - 1
     (a ring: no query reads a slot the new tokens overwrote) or no position ever wrapped

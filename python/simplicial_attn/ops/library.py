@@ -173,6 +173,8 @@ def attention_with_kvcache(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     checks.check_cache(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, (k1, k2, v1, v2), w1, w2)
+    caches = {"k1_cache": k1_cache, "k2_cache": k2_cache, "v1_cache": v1_cache, "v2_cache": v2_cache}
+    checks.check_cache_memory(caches, writing=k1 is not None)
     rings = (k1_cache.shape[1], k2_cache.shape[1])
     checks.check_cache_lengths(cache_seqlens, q.shape[1], (w1, w2), rings)
     checks.check_scale(scale)

@@ -153,6 +153,7 @@ class TwoSimplicialAttention(nn.Module):
             )
 
     def forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None):
+        modules.check_input(x, self.out_proj.weight)
         if cache is not None:
             self._check_cache(cache)
         positions = modules.positions_for(x, self.dim, positions, cu_seqlens, cache)

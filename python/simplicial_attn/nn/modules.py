@@ -59,6 +59,23 @@ def check_backend_arg(backend):
         raise ValueError(str(exc)) from None
 
 
+def check_input(x, weight):
+    """x as the layer's projections take it: a tensor of the layer's dtype (that of `weight`, one of
+    its parameters), or under autocast any dtype autocast casts (float16, bfloat16, float32).
+    Checked here, so the error names x instead of surfacing from nn.Linear."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == weight.dtype:
+        return
+    if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        return
+    name = str(weight.dtype).removeprefix("torch.")
+    raise TypeError(
+        f"x must have the layer's dtype {name} (under autocast: float16, bfloat16 or float32), "
+        f"got {str(x.dtype).removeprefix('torch.')}"
+    )
+
+
 def packed_positions(cu_seqlens, total):
     """Positions [T] that restart at 0 at every sequence of cu_seqlens (on its device, no sync)."""
     rows = torch.arange(total, device=cu_seqlens.device)

@@ -179,6 +179,7 @@ class DotProductAttention(nn.Module):
                                max_length=max_length, dtype=dtype, device=device)  # fmt: skip
 
     def forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None):
+        modules.check_input(x, self.out_proj.weight)
         positions = modules.positions_for(x, self.dim, positions, cu_seqlens, cache)
         q, k, v = self.in_proj(x).split(self.split_sizes, dim=-1)
         q = self.q_norm(q.unflatten(-1, (self.num_heads, -1)))

@@ -1,9 +1,9 @@
-r"""A call's problem description: one small object from the public functions to every backend.
+r"""A call's problem description: one small object from the ops to every backend (floor 0 of the package).
 
-The public functions (api.py, varlen.py, kvcache.py) check their arguments, turn the user's
-windows into bands (`window_band`, the one place that does), resolve the default scale and
-build one `Problem`; the op (_ops.py) hands it to the backend, whose kernels read what they need
-from it. A new feature adds a field here, not an argument to a dozen signatures.
+The torch.library ops (ops/library.py) check a call, turn the user's windows into bands
+(`window_band`, the one place that does), resolve the default scale and build one `Problem`,
+which they hand to the backend, whose kernels read what they need from it. A new feature adds a
+field here (and to csrc/include/problem.h), not an argument to a dozen signatures.
 
 A window is a band of positions around its query, per key axis (k1/v1 the j axis, k2/v2 the k
 axis): query i sees [i - left, i + right], clipped to its sequence.
@@ -13,7 +13,7 @@ axis): query i sees [i - left, i + right], clipped to its sequence.
                [# # # #]                             [# # # #]
                        ^ i                               ^ i
 
-Layouts (see backends.py for the shapes each backend function takes):
+Layouts (see backends/__init__.py for the shapes each backend function takes):
 
     batched   q [B, N, Hq, D]                 cu_seqlens None, cache_seqlens None
     packed    q [1, T, Hq, D]                 cu_seqlens [S + 1]: sequence s is rows [cu[s], cu[s+1])

@@ -39,7 +39,7 @@ from ..problem import compute_dtype
 _CPP_OPS = ("scores_fwd", "scores_bwd", "softmax_fwd", "softmax_bwd")
 
 
-# Read once at import, like backends.py, so tracing under torch.compile asks nothing of C++.
+# Read once at import, like the backend registry, so tracing under torch.compile asks nothing of C++.
 _HAS_KERNELS = {"cpu": extension.has_kernel("cpu", _CPP_OPS), "cuda": extension.has_kernel("cuda", _CPP_OPS)}
 
 

@@ -151,7 +151,9 @@ def test_lse_is_natural_log():
 FAULTS = {
     "misaligned-global": r"global read of 8 bytes .* not naturally aligned",
     "misaligned-shared": r"shared read of 16 bytes .* not naturally aligned",
-    "helper-divergence": r"warp collective \(kind \d+ at selftest\.h:\d+ > tile\.cuh:\d+\) while other lanes are in",
+    "helper-divergence": (
+        r"warp collective \(kind \d+ at selftest\.h:\d+ > fragments\.cuh:\d+\) while other lanes are in"
+    ),
     "barrier-divergence": r"__syncthreads at selftest\.h:\d+ while other threads wait at selftest\.h:\d+",
     "shared-race": r"race: shared read",
     "early-cp-async-read": r"while a cp\.async into it is in flight",

@@ -53,6 +53,28 @@ at::Tensor unit_stride_d(const at::Tensor& t) { return t.stride(3) == 1 ? t : t.
 cuda::TensorRef ref(const at::Tensor& t) { return {t.const_data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
 cuda::MutTensorRef mut_ref(at::Tensor& t) { return {t.mutable_data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
 
+// The five inputs of a call (q, k1, k2, v1, v2; the caches when decoding) with a unit stride on D:
+// a copy where a tensor lacks one, alive until the kernels are enqueued. pass_to gives their refs to
+// the kernels' arguments.
+struct Inputs {
+  at::Tensor q, k1, k2, v1, v2;
+  Inputs(const at::Tensor& q_, const at::Tensor& k1_, const at::Tensor& k2_, const at::Tensor& v1_,
+         const at::Tensor& v2_)
+      : q(unit_stride_d(q_)),
+        k1(unit_stride_d(k1_)),
+        k2(unit_stride_d(k2_)),
+        v1(unit_stride_d(v1_)),
+        v2(unit_stride_d(v2_)) {}
+  template <class Args>
+  void pass_to(Args& a) const {
+    a.q = ref(q);
+    a.k1 = ref(k1);
+    a.k2 = ref(k2);
+    a.v1 = ref(v1);
+    a.v2 = ref(v2);
+  }
+};
+
 cuda::Dims kernel_dims(const Dims& d) {
   return {static_cast<int>(d.B), static_cast<int>(d.N), static_cast<int>(d.Hq), static_cast<int>(d.Hkv),
           static_cast<int>(d.D)};
@@ -90,6 +112,16 @@ cuda::ProblemDesc problem_desc(const Problem& p, const Dims& d) {
   return r;
 }
 
+// The fields every fwd / bwd call's arguments start with.
+template <class Args>
+Args call_args(cuda::DType dtype, const Problem& prob, const Dims& d) {
+  Args a{};
+  a.dtype = dtype;
+  a.dims = kernel_dims(d);
+  a.prob = problem_desc(prob, d);
+  return a;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(
     const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1, const at::Tensor& v2,
     const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t left1, int64_t right1, int64_t left2,
@@ -105,17 +137,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(
   at::Tensor lse_lo = at::empty({d.B, d.Hq, d.N}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse, lse_lo};
 
-  const at::Tensor qc = unit_stride_d(q), k1c = unit_stride_d(k1), k2c = unit_stride_d(k2);
-  const at::Tensor v1c = unit_stride_d(v1), v2c = unit_stride_d(v2);
-  cuda::FwdArgs args{};
-  args.dtype = dtype;
-  args.dims = kernel_dims(d);
-  args.prob = problem_desc(prob, d);
-  args.q = ref(qc);
-  args.k1 = ref(k1c);
-  args.k2 = ref(k2c);
-  args.v1 = ref(v1c);
-  args.v2 = ref(v2c);
+  const Inputs in(q, k1, k2, v1, v2);
+  auto args = call_args<cuda::FwdArgs>(dtype, prob, d);
+  in.pass_to(args);
   args.out = mut_ref(out);
   args.lse = lse.mutable_data_ptr<float>();
   args.lse_lo = lse_lo.mutable_data_ptr<float>();
@@ -143,20 +167,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd
   at::Tensor dv1 = at::empty(v1.sizes(), v1.options()), dv2 = at::empty(v2.sizes(), v2.options());
   if (dq.numel() == 0) return {dq, dk1, dk2, dv1, dv2};
 
-  const at::Tensor doc = unit_stride_d(dout), qc = unit_stride_d(q), k1c = unit_stride_d(k1);
-  const at::Tensor k2c = unit_stride_d(k2), v1c = unit_stride_d(v1), v2c = unit_stride_d(v2);
-  const at::Tensor outc = unit_stride_d(out), lsec = lse.contiguous(), lse_loc = lse_lo.contiguous();
+  const Inputs in(q, k1, k2, v1, v2);
+  const at::Tensor doc = unit_stride_d(dout), outc = unit_stride_d(out);
+  const at::Tensor lsec = lse.contiguous(), lse_loc = lse_lo.contiguous();
   at::Tensor delta = at::empty({d.B, d.Hq, d.N}, q.options().dtype(at::kFloat));
-  cuda::BwdArgs args{};
-  args.dtype = dtype;
-  args.dims = kernel_dims(d);
-  args.prob = problem_desc(prob, d);
+  auto args = call_args<cuda::BwdArgs>(dtype, prob, d);
+  in.pass_to(args);
   args.dout = ref(doc);
-  args.q = ref(qc);
-  args.k1 = ref(k1c);
-  args.k2 = ref(k2c);
-  args.v1 = ref(v1c);
-  args.v2 = ref(v2c);
   args.out = ref(outc);
   args.lse = lsec.const_data_ptr<float>();
   args.lse_lo = lse_loc.const_data_ptr<float>();
@@ -210,8 +227,7 @@ std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at
   const cuda::ProblemDesc desc = problem_desc(prob, Dims{B, Nq, Hq, Hkv, D});
   const int splits = cuda::decode_splits(desc.band1);
   at::Tensor workspace = at::empty({cuda::decode_workspace_floats(B * Nq * Hq, splits, D)}, lse.options());
-  const at::Tensor qc = unit_stride_d(q), k1c = unit_stride_d(k1_cache), k2c = unit_stride_d(k2_cache);
-  const at::Tensor v1c = unit_stride_d(v1_cache), v2c = unit_stride_d(v2_cache);
+  const Inputs in(q, k1_cache, k2_cache, v1_cache, v2_cache);
   cuda::DecodeArgs args{};
   args.dtype = dtype;
   args.B = static_cast<int>(B);
@@ -223,11 +239,7 @@ std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at
   args.C2 = static_cast<int>(k2_cache.size(1));
   args.prob = desc;
   args.cache_seqlens = prob.cache_seqlens.const_data_ptr<int>();
-  args.q = ref(qc);
-  args.k1 = ref(k1c);
-  args.k2 = ref(k2c);
-  args.v1 = ref(v1c);
-  args.v2 = ref(v2c);
+  in.pass_to(args);
   args.out = mut_ref(out);
   args.lse = lse.mutable_data_ptr<float>();
   args.workspace = workspace.mutable_data_ptr<float>();

@@ -11,11 +11,7 @@ template <class T, int DP>
 void launch_decode(const DecodeArgs& a, cudaStream_t stream) {
   using Cfg = DecodeConfig<DP>;
   DecodeParams p;
-  p.q = a.q;
-  p.k1 = a.k1;
-  p.k2 = a.k2;
-  p.v1 = a.v1;
-  p.v2 = a.v2;
+  set_inputs(p, a);
   p.out = a.out;
   p.lse = a.lse;
   p.cache_seqlens = a.cache_seqlens;

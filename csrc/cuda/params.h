@@ -56,6 +56,31 @@ inline ProblemDesc with_keys_swapped(ProblemDesc p) {
   return p;
 }
 
+// The kernels' parameters: the fields every tensor-core kernel starts with (its inputs, with the
+// keys already exchanged when the second window is the wider: launch.cuh), then what the query
+// tiles (fwd, dq) and the backward kernels add. Each kernel's parameter struct derives from these.
+struct TileParams {
+  TensorRef q, k1, k2, v1, v2;
+  int N, Hq, group, D;
+  ProblemDesc prob;
+  int pos_tiles;  // tiles along a sequence: ceil(max length / positions per tile)
+  bool vec;       // 16-byte cp.async loads allowed (D % 8 == 0, aligned rows)
+};
+
+// Tiles of (position, query head) rows (fwd, dq; query_tile.cuh).
+struct QueryTileParams : TileParams {
+  int log2_heads;   // a tile holds 1 << log2_heads query heads (1: sequence tiling)
+  int head_blocks;  // tiles along the heads of one group: ceil(group / heads)
+};
+
+// What the backward kernels read besides the inputs.
+struct GradInputs {
+  TensorRef dout;
+  const float* lse;     // [B, Hq, N], natural log
+  const float* lse_lo;  // [B, Hq, N]
+  const float* delta;   // [B, Hq, N]
+};
+
 // fwd(q, k1, k2, v1, v2) -> out (q's dtype), lse and lse_lo (float32 [B, Hq, N]): lse the natural
 // log-sum-exp, lse_lo its rounding residual (numerics.cuh).
 struct FwdArgs {

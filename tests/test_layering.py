@@ -236,6 +236,38 @@ def _resolves(ref, path, files, folders):
     return True  # another project's path (flash-attention's hopper/flash.h, ...): not checked
 
 
+_MODULE_REF = re.compile(r"(?<![\w.])(simplicial_attn(?:\.\w+)+)")
+
+
+def _top_level_names(path):
+    names = set()
+    for node in ast.parse((ROOT / path).read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def _module_ref_resolves(dotted, files):
+    """A dotted name under the package: each part a submodule of the one before, until one is a
+    name that module defines or imports (the rest, attributes of that name, are not checked)."""
+    parts = dotted.split(".")
+    module = _module_file(parts[0], files)
+    for i in range(1, len(parts)):
+        prefix = ".".join(parts[: i + 1])
+        sub = COMPILED.get(prefix) or _module_file(prefix, files)
+        if sub is None:
+            return module is not None and parts[i] in _top_level_names(module)
+        if sub not in files:
+            return True  # the compiled extension
+        module = sub
+    return True
+
+
 def _dangling():
     paths = _project_files()
     files = set(paths)
@@ -250,6 +282,8 @@ def _dangling():
                 f"{path}:{line}: {m[1]}" for m in _FILE_REF.finditer(text) if not _resolves(m[1], path, files, folders)
             ]
             out += [f"{path}:{line}: {m[1]} (a document)" for m in _DOC_REF.finditer(text) if m[1] not in stems]
+            mods = _MODULE_REF.finditer(text)
+            out += [f"{path}:{line}: {m[1]} (a module)" for m in mods if not _module_ref_resolves(m[1], files)]
     return out
 
 
@@ -263,6 +297,10 @@ def test_the_reference_scan_finds_a_missing_file():
     assert not _resolves("csrc/include/missing.h", "README.md", files, folders)
     assert _resolves("hopper/flash.h", "README.md", files, folders)
     assert _DOC_REF.findall("see RELEASE-NOTES and AVX-512") == ["RELEASE-NOTES"]
+    package = set(_python_files())
+    assert _module_ref_resolves("simplicial_attn.nn.layer.TwoSimplicialAttention.forward", package)
+    assert _module_ref_resolves("simplicial_attn.two_simplicial_attention", package)
+    assert not _module_ref_resolves("simplicial_attn.nn.no_such_module", package)
 
 
 def test_no_dangling_reference_to_a_project_file():

@@ -3,7 +3,7 @@ r"""SimplicialModel / SimplicialForCausalLM: a Llama-style decoder with 2-simpli
     embed_tokens -> layers -> norm (-> lm_head)
     layer: h = x + attn(RMSNorm(x));  out = h + SwiGLU(RMSNorm(h))
     attn:  `simplicial_attn.TwoSimplicialAttention` in every `simplicial_every`-th layer,
-           `simplicial_attn.sdpa.DotProductAttention` (scaled_dot_product_attention) in the others
+           `simplicial_attn.nn.sdpa.DotProductAttention` (scaled_dot_product_attention) in the others
 
 Three ways through the layers, one result:
 

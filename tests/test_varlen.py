@@ -175,13 +175,13 @@ def test_max_seqlen_is_a_hint_not_the_work(max_seqlen, causal, backend, monkeypa
     cls = type(backends.get(backend))
     real_fwd = cls.fwd
     monkeypatch.setattr(cls, "fwd", lambda self, *a: seen.append(a[-1]) or real_fwd(self, *a))
-    kw = dict(w1=None, w2=2, causal=causal, backend=backend)
+    kw = dict(w1=2, w2=None, causal=causal, backend=backend)
     ref = sa.two_simplicial_attention_varlen(q, k1, k2, v1, v2, cu, **kw)
     got = sa.two_simplicial_attention_varlen(q, k1, k2, v1, v2, cu, max_seqlen, **kw)
     assert torch.equal(got, ref)
     prob = seen[-1]
     assert prob.max_seqlen == 4
-    assert (prob.band1, prob.band2) == (window_band(None, causal, 4), window_band(2, causal, 4))
+    assert (prob.band1, prob.band2) == (window_band(2, causal, 4), window_band(None, causal, 4))
 
 
 def test_empty_packing():

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from simplicial_attn import layer as layer_module
-from simplicial_attn.layer import DotProductAttention, SimplicialTransformerBlock, TwoSimplicialAttention
-from simplicial_attn.rope import rotary_tables, rotate_pairs
+from simplicial_attn.nn import layer as layer_module
+from simplicial_attn.nn.layer import DotProductAttention, SimplicialTransformerBlock, TwoSimplicialAttention
+from simplicial_attn.nn.rope import rotary_tables, rotate_pairs
 
 from cases import BOUNDS, rel_err
 from oracle import oracle_fwd
@@ -319,3 +319,15 @@ def test_bad_positions():
     for bad in (torch.arange(5.0), torch.arange(6), torch.zeros(3, 5, dtype=torch.long)):
         with pytest.raises(ValueError, match=r"positions must be an integer tensor of shape \[N\] = \[5\]"):
             layer(x, bad)
+
+
+@pytest.mark.parametrize("cls", [TwoSimplicialAttention, DotProductAttention])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+def test_input_of_another_dtype_names_x(cls, dtype):
+    """A float64 or int64 x for a float32 layer: a TypeError naming x, not nn.Linear's dtype error."""
+    layer = cls(dim=16, num_heads=2)
+    x = torch.randn(1, 5, 16).to(dtype)
+    with pytest.raises(TypeError, match=r"x must have the layer's dtype float32 .*got " + str(dtype)[6:]):
+        layer(x)
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got list"):
+        layer([[0.0] * 16])

@@ -40,8 +40,9 @@ overlaps only the assembly of ext (copying the local rows), in forward and in ba
 import torch
 import torch.distributed as dist
 
-from . import _validate, api, backends
+from . import backends
 from ._cp_comm import STATS, CommStats, HaloExchange, HaloPlan, Piece
+from .ops import attention, checks
 
 __all__ = ["CommStats", "comm_stats", "halo_plan", "two_simplicial_attention_cp"]
 
@@ -85,11 +86,7 @@ def two_simplicial_attention_cp(
     Returns:
         out (batch_size, seqlen_local, nheads_q, headdim): this rank's queries.
     """
-    _validate.check_tensors(q, k1, k2, v1, v2)
-    _validate.check_window("w1", w1)
-    _validate.check_window("w2", w2)
-    _validate.check_flag("causal", causal)
-    _validate.check_scale(scale)
+    checks.check_call((q, k1, k2, v1, v2), w1, w2, causal, scale, "trilinear")
     backend = backends.select(backend, q.device.type, q.dtype)
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("two_simplicial_attention_cp needs torch.distributed initialised (init_process_group)")
@@ -99,14 +96,18 @@ def two_simplicial_attention_cp(
         raise ValueError("group: this process is not a member of the group it passed")
     scale = q.shape[3] ** -0.5 if scale is None else float(scale)
     if dist.get_world_size(group) == 1:
-        return api.two_simplicial_attention(q, k1, k2, v1, v2, w1, w2, causal=causal, scale=scale, backend=backend)
+        return attention.two_simplicial_attention(
+            q, k1, k2, v1, v2, w1, w2, causal=causal, scale=scale, backend=backend
+        )
 
     offsets = _gather_layout(q, k1, w1, w2, causal, scale, group)
     plan = halo_plan(offsets, rank, w1, w2, causal)
     k1x, v1x, k2x, v2x = HaloExchange.apply(plan, group, k1, v1, k2, v2)
     B, n, Hq, D = q.shape
     qx = torch.cat([q.new_zeros(B, plan.before, Hq, D), q, q.new_zeros(B, plan.after, Hq, D)], dim=1)
-    out = api.two_simplicial_attention(qx, k1x, k2x, v1x, v2x, w1, w2, causal=causal, scale=scale, backend=backend)
+    out = attention.two_simplicial_attention(
+        qx, k1x, k2x, v1x, v2x, w1, w2, causal=causal, scale=scale, backend=backend
+    )
     return out[:, plan.before : plan.before + n].contiguous()
 
 

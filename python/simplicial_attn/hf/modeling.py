@@ -3,7 +3,7 @@ r"""SimplicialModel / SimplicialForCausalLM: a Llama-style decoder with 2-simpli
     embed_tokens -> layers -> norm (-> lm_head)
     layer: h = x + attn(RMSNorm(x));  out = h + SwiGLU(RMSNorm(h))
     attn:  `simplicial_attn.TwoSimplicialAttention` in every `simplicial_every`-th layer,
-           `simplicial_attn.sdpa.DotProductAttention` (scaled_dot_product_attention) in the others
+           `simplicial_attn.nn.sdpa.DotProductAttention` (scaled_dot_product_attention) in the others
 
 Three ways through the layers, one result:
 
@@ -26,8 +26,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
 
-from ..layer import TwoSimplicialAttention
-from ..sdpa import DotProductAttention
+from ..nn.layer import TwoSimplicialAttention
+from ..nn.sdpa import DotProductAttention
 from . import padding
 from .cache import SimplicialModelCache
 from .configuration import SimplicialConfig

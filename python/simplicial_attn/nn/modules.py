@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _validate
+from .. import backends
+from ..ops import checks
 
 
 def check_positive_int(name, value):
@@ -46,16 +47,33 @@ def check_dropout(dropout):
 def check_window_arg(name, w):
     """A window (int >= 1 or None), checked when the module is built, not at its first forward."""
     try:
-        _validate.check_window(name, w)
+        checks.check_window(name, w)
     except TypeError as exc:
         raise ValueError(str(exc)) from None
 
 
 def check_backend_arg(backend):
     try:
-        _validate.check_backend_name(backend)
+        backends.check_name(backend)
     except TypeError as exc:
         raise ValueError(str(exc)) from None
+
+
+def check_input(x, weight):
+    """x as the layer's projections take it: a tensor of the layer's dtype (that of `weight`, one of
+    its parameters), or under autocast any dtype autocast casts (float16, bfloat16, float32).
+    Checked here, so the error names x instead of surfacing from nn.Linear."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == weight.dtype:
+        return
+    if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        return
+    name = str(weight.dtype).removeprefix("torch.")
+    raise TypeError(
+        f"x must have the layer's dtype {name} (under autocast: float16, bfloat16 or float32), "
+        f"got {str(x.dtype).removeprefix('torch.')}"
+    )
 
 
 def packed_positions(cu_seqlens, total):
@@ -84,7 +102,7 @@ def positions_for(x, dim, positions, cu_seqlens, cache):
         if x.dim() != 2:
             raise ValueError(f"with cu_seqlens, x must be packed [T, dim], got shape {tuple(x.shape)}")
         if positions is None:
-            _validate.check_cu_seqlens_tensor(cu_seqlens, x.device)
+            checks.check_cu_seqlens_tensor(cu_seqlens, x.device)
             return packed_positions(cu_seqlens, x.shape[0])
     N = x.shape[-2]
     if positions is None:

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _modules, _validate
+from ..ops import checks
+from . import modules
 from .rope import check_rope, rotary_tables, rotate_pairs
 
 
@@ -21,8 +22,8 @@ class DotProductCache:
     def __init__(
         self, batch_size, num_kv_heads, head_dim, window=None, *, max_chunk=1, max_length=None, dtype=None, device=None
     ):
-        _modules.check_window_arg("window", window)
-        _modules.check_positive_int("max_chunk", max_chunk)
+        modules.check_window_arg("window", window)
+        modules.check_positive_int("max_chunk", max_chunk)
         if window is None and max_length is None:
             raise ValueError("full causal attention reads every position: pass max_length (a linear cache)")
         slots = max_length if window is None else window + max_chunk - 1
@@ -57,7 +58,7 @@ class DotProductCache:
         if need > C:
             raise ValueError(f"{Nq} new tokens need a cache of >= {need} slots, this one has {C}")
         L = self.lengths.long()
-        if self.window is None and _validate.values_readable(L) and int(L.max()) + Nq > C:
+        if self.window is None and checks.values_readable(L) and int(L.max()) + Nq > C:
             raise ValueError(f"the linear cache of {C} slots cannot hold {int(L.max())} + {Nq} tokens (max_length)")
         rows = torch.arange(B, device=q.device)[:, None]
         pos = L[:, None] + torch.arange(Nq, device=q.device)  # [B, Nq] absolute positions of the new tokens
@@ -146,10 +147,10 @@ class DotProductAttention(nn.Module):
         norm_eps=1e-6,
     ):
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = _modules.head_sizes(dim, num_heads, num_kv_heads, head_dim)
-        _modules.check_dropout(dropout)
+        self.num_heads, self.num_kv_heads, self.head_dim = modules.head_sizes(dim, num_heads, num_kv_heads, head_dim)
+        modules.check_dropout(dropout)
         if window is not None:
-            _modules.check_positive_int("window", window)
+            modules.check_positive_int("window", window)
             if not causal:
                 raise ValueError("window needs causal=True (a trailing window)")
         self.dim, self.causal, self.window = dim, causal, window
@@ -159,14 +160,14 @@ class DotProductAttention(nn.Module):
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         self.split_sizes = (hq * d, hkv * d, hkv * d)
         self.in_proj = nn.Linear(dim, sum(self.split_sizes), bias=bias)
-        self.q_norm = _modules.qk_norm(qk_norm, d, norm_eps)
-        self.k_norm = _modules.qk_norm(qk_norm, d, norm_eps)
+        self.q_norm = modules.qk_norm(qk_norm, d, norm_eps)
+        self.k_norm = modules.qk_norm(qk_norm, d, norm_eps)
         self.out_proj = nn.Linear(hq * d, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
 
     def reset_parameters(self):
-        _modules.init_projections(self.in_proj, self.out_proj)
+        modules.init_projections(self.in_proj, self.out_proj)
 
     def new_cache(self, batch_size, *, max_chunk=1, max_length=None, dtype=None, device=None):
         """A DotProductCache for this layer (causal only)."""
@@ -178,7 +179,8 @@ class DotProductAttention(nn.Module):
                                max_length=max_length, dtype=dtype, device=device)  # fmt: skip
 
     def forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None):
-        positions = _modules.positions_for(x, self.dim, positions, cu_seqlens, cache)
+        modules.check_input(x, self.out_proj.weight)
+        positions = modules.positions_for(x, self.dim, positions, cu_seqlens, cache)
         q, k, v = self.in_proj(x).split(self.split_sizes, dim=-1)
         q = self.q_norm(q.unflatten(-1, (self.num_heads, -1)))
         k = self.k_norm(k.unflatten(-1, (self.num_kv_heads, -1)))
@@ -186,7 +188,7 @@ class DotProductAttention(nn.Module):
         if self.rope_base is not None:
             cos, sin = rotary_tables(positions, self.head_dim // 2, self.rope_base)
             q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
-        dtype = _modules.op_dtype(v) if cache is None else cache.dtype
+        dtype = modules.op_dtype(v) if cache is None else cache.dtype
         q, k, v = (t.to(dtype) for t in (q, k, v))
         if cache is not None:
             out = cache.attend(q, k, v)

@@ -13,12 +13,13 @@ y = block(x)                                  # x + attn(norm(x)), then + mlp(no
 import torch.nn.functional as F
 from torch import nn
 
-from . import _modules, _validate
-from .api import two_simplicial_attention
-from .kvcache import SimplicialCache
+from ..ops import checks
+from ..ops.attention import two_simplicial_attention
+from ..ops.varlen import two_simplicial_attention_varlen
+from . import modules
+from .cache import SimplicialCache
 from .rope import ChunkRotary, TiedRotary, check_rope
 from .sdpa import DotProductAttention
-from .varlen import two_simplicial_attention_varlen
 
 __all__ = ["DotProductAttention", "MLP", "SimplicialTransformerBlock", "TwoSimplicialAttention"]
 
@@ -87,15 +88,15 @@ class TwoSimplicialAttention(nn.Module):
         logits="trilinear",
     ):
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = _modules.head_sizes(dim, num_heads, num_kv_heads, head_dim)
-        _modules.check_dropout(dropout)
-        _modules.check_window_arg("w1", w1)
-        _modules.check_window_arg("w2", w2)
+        self.num_heads, self.num_kv_heads, self.head_dim = modules.head_sizes(dim, num_heads, num_kv_heads, head_dim)
+        modules.check_dropout(dropout)
+        modules.check_window_arg("w1", w1)
+        modules.check_window_arg("w2", w2)
         if not isinstance(causal, bool):
             raise ValueError(f"causal must be a bool, got {type(causal).__name__} {causal!r}")
-        _modules.check_backend_arg(backend)
+        modules.check_backend_arg(backend)
         try:
-            _validate.check_logits(logits, self.head_dim)
+            checks.check_logits(logits, self.head_dim)
         except TypeError as exc:
             raise ValueError(str(exc)) from None
         self.dim, self.w1, self.w2, self.causal, self.backend, self.logits = dim, w1, w2, causal, backend, logits
@@ -106,21 +107,21 @@ class TwoSimplicialAttention(nn.Module):
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         self.split_sizes = (hq * d, hkv * key_dim, hkv * key_dim, hkv * d, hkv * d)
         self.in_proj = nn.Linear(dim, sum(self.split_sizes), bias=bias)
-        self.q_norm = _modules.qk_norm(qk_norm, d, norm_eps)
-        self.k1_norm = _modules.qk_norm(qk_norm, key_dim, norm_eps)
-        self.k2_norm = _modules.qk_norm(qk_norm, key_dim, norm_eps)
+        self.q_norm = modules.qk_norm(qk_norm, d, norm_eps)
+        self.k1_norm = modules.qk_norm(qk_norm, key_dim, norm_eps)
+        self.k2_norm = modules.qk_norm(qk_norm, key_dim, norm_eps)
         self.out_proj = nn.Linear(hq * d, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
 
     def reset_parameters(self):
-        _modules.init_projections(self.in_proj, self.out_proj)
+        modules.init_projections(self.in_proj, self.out_proj)
 
     def project(self, x, positions=None):
         """The op's five inputs from x [..., dim]: q [..., Hq, D]; k1, k2, v1, v2 [..., Hkv, D]
         (views of one projection), RoPE applied at `positions` (see forward; default 0 .. N-1)."""
         if positions is None:
-            positions = _modules.positions_for(x, self.dim, None, None, None)
+            positions = modules.positions_for(x, self.dim, None, None, None)
         q, k1, k2, v1, v2 = self.in_proj(x).split(self.split_sizes, dim=-1)
         q = self.q_norm(q.unflatten(-1, (self.num_heads, -1)))
         k1 = self.k1_norm(k1.unflatten(-1, (self.num_kv_heads, -1)))
@@ -128,7 +129,7 @@ class TwoSimplicialAttention(nn.Module):
         v1, v2 = (v.unflatten(-1, (self.num_kv_heads, -1)) for v in (v1, v2))
         if self.rotary is not None:
             q, k1, k2 = self.rotary.expand_and_rotate(q, k1, k2, positions)
-        dtype = _modules.op_dtype(v1)
+        dtype = modules.op_dtype(v1)
         return tuple(t.to(dtype) for t in (q, k1, k2, v1, v2))
 
     def new_cache(self, batch_size, *, max_chunk=1, max_length=None, dtype=None, device=None):
@@ -152,9 +153,10 @@ class TwoSimplicialAttention(nn.Module):
             )
 
     def forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None):
+        modules.check_input(x, self.out_proj.weight)
         if cache is not None:
             self._check_cache(cache)
-        positions = _modules.positions_for(x, self.dim, positions, cu_seqlens, cache)
+        positions = modules.positions_for(x, self.dim, positions, cu_seqlens, cache)
         q, k1, k2, v1, v2 = self.project(x, positions)
         options = dict(logits=self.logits, backend=self.backend)
         if cache is not None:
@@ -184,7 +186,7 @@ class MLP(nn.Module):
 
     def __init__(self, dim, hidden, bias=False, dropout=0.0):
         super().__init__()
-        _modules.check_positive_int("hidden", hidden)
+        modules.check_positive_int("hidden", hidden)
         self.up = nn.Linear(dim, hidden, bias=bias)
         self.down = nn.Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)

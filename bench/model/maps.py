@@ -54,7 +54,7 @@ def _stats_bytes(s, count):
 
 def _query_tiles(s, positions):
     """Per query tile of `positions` positions: (u trips, j_lo, j_hi) as query_tile_loops /
-    QueryTile compute them (tile.cuh, triton_kernels/_common.py)."""
+    QueryTile compute them (csrc/cuda/query_tile.cuh and the Triton query-tile prologue)."""
     L1, R1, L2, R2 = s.bands
     p0 = np.arange(0, s.N, positions, dtype=np.int64)
     p_last = np.minimum(p0 + positions - 1, s.N - 1)

@@ -15,7 +15,7 @@ scaled by the same measured fraction (0.79) is assumed.
 
 import dataclasses
 
-# Measured 8192^3 bf16 torch.mm on this project's lent H100 / H200 (KINDS.md): 769-798 TFLOP/s.
+# Measured 8192^3 bf16 torch.mm on this project's lent H100 / H200 (/work/.library/device/KINDS.md): 769-798 TFLOP/s.
 MEASURED_MATMUL = {"H100 SXM": 798.0, "H200": 788.0}
 MEASURED_SOURCE = "8192^3 bf16 matmul on the lent H100 / H200, /work/.library/device/KINDS.md (769-798 TFLOP/s)"
 # The fraction of spec a well-tuned matmul reaches, for GPUs without a measurement here.

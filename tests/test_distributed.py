@@ -1,4 +1,4 @@
-"""Context parallelism (simplicial_attn.distributed) against the single-process op.
+"""Context parallelism (simplicial_attn.parallel) against the single-process op.
 
 One launch per world size (2, 3, 4 fresh processes, gloo, FileStore rendezvous in a tmp dir:
 no ports; every wait bounded); each group runs every case and writes its chunks of the
@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 import simplicial_attn as sa
 from simplicial_attn import backends
-from simplicial_attn.distributed import comm_stats, two_simplicial_attention_cp
+from simplicial_attn.parallel import comm_stats, two_simplicial_attention_cp
 
 from cases import BOUNDS, Case, make_dout, make_inputs, rel_err
 

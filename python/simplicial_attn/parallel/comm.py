@@ -29,7 +29,7 @@ class CommStats:
     halo_received: int = 0
     grad_sent: int = 0  # halo gradients sent back to their owners in backward
     grad_received: int = 0
-    layout_gathers: int = 0  # all_gathers of the chunk layout (one per call; see distributed.py)
+    layout_gathers: int = 0  # all_gathers of the chunk layout (one per call; see context.py)
 
     def reset(self):
         for field in dataclasses.fields(self):

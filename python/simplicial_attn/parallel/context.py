@@ -1,7 +1,7 @@
 r"""Context parallelism: 2-simplicial attention over a sequence split across ranks.
 
     import torch.distributed as dist
-    from simplicial_attn.distributed import two_simplicial_attention_cp
+    from simplicial_attn.parallel import two_simplicial_attention_cp
 
     # rank r of `group` holds positions [offset_r, offset_r + N_r) of every input
     out = two_simplicial_attention_cp(q, k1, k2, v1, v2, w1=512, w2=32, group=group)
@@ -12,7 +12,7 @@ does. Each rank:
 
   1. all_gathers the chunk layout (its N_local and its call's shapes and settings, so a
      mismatch between ranks is a clear error, not a hang or a wrong answer);
-  2. exchanges halos point to point (_cp_comm.HaloExchange) and builds
+  2. exchanges halos point to point (comm.HaloExchange) and builds
 
          ext = [ halo before | local chunk | halo after ]
 
@@ -40,8 +40,8 @@ overlaps only the assembly of ext (copying the local rows), in forward and in ba
 import torch
 import torch.distributed as dist
 
-from . import _validate, api, backends
-from ._cp_comm import STATS, CommStats, HaloExchange, HaloPlan, Piece
+from .. import _validate, api, backends
+from .comm import STATS, CommStats, HaloExchange, HaloPlan, Piece
 
 __all__ = ["CommStats", "comm_stats", "halo_plan", "two_simplicial_attention_cp"]
 

@@ -189,8 +189,11 @@ class DotProductAttention(nn.Module):
         return DotProductCache(batch_size, self.local_kv_heads, self.head_dim, self.window, max_chunk=max_chunk,
                                max_length=max_length, dtype=dtype, device=device)  # fmt: skip
 
-    def forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None):
-        positions = _modules.positions_for(x, self.dim, positions, cu_seqlens, cache)
+    def project(self, x, positions=None):
+        """q [..., Hq, D], k, v [..., Hkv, D] from x [..., dim], RoPE applied at `positions` (default
+        0 .. N-1), in the autocast dtype if any. Under tensor parallelism: this rank's heads."""
+        if positions is None:
+            positions = _modules.positions_for(x, self.dim, None, None, None)
         d = self.head_dim
         q = self.q_norm(self.q_proj(x).unflatten(-1, (-1, d)))
         k = self.k_norm(self.k_proj(x).unflatten(-1, (-1, d)))
@@ -198,10 +201,14 @@ class DotProductAttention(nn.Module):
         if self.rope_base is not None:
             cos, sin = rotary_tables(positions, self.head_dim // 2, self.rope_base)
             q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
-        dtype = _modules.op_dtype(v) if cache is None else cache.dtype
-        q, k, v = (t.to(dtype) for t in (q, k, v))
+        dtype = _modules.op_dtype(v)
+        return tuple(t.to(dtype) for t in (q, k, v))
+
+    def forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None):
+        positions = _modules.positions_for(x, self.dim, positions, cu_seqlens, cache)
+        q, k, v = self.project(x, positions)
         if cache is not None:
-            out = cache.attend(q, k, v)
+            out = cache.attend(*(t.to(cache.dtype) for t in (q, k, v)))
         else:
             gqa = k.shape[-2] != q.shape[-2]
             if cu_seqlens is not None:

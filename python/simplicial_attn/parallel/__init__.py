@@ -1,10 +1,31 @@
-"""Parallelism on PyTorch's own distributed stack.
+"""Parallelism on PyTorch's own distributed stack: one device mesh, FSDP2, tensor and context parallelism.
 
     from simplicial_attn.parallel import two_simplicial_attention_cp   # context parallelism (context.py)
 
-context.py: the sequence split across ranks, a halo exchange (comm.py) per call.
+context.py   the sequence split across ranks: a halo exchange (comm.py) per attention call
+tensor.py    tensor parallelism by heads: DTensor sharding rules for the ops (registered on import)
+             and ColwiseParallel / RowwiseParallel plans for the layers
 """
 
-from .context import CommStats, comm_stats, halo_plan, two_simplicial_attention_cp
+from . import tensor  # noqa: F401  (registers the DTensor sharding rules of the ops)
+from .context import (
+    ChunkLayout,
+    CommStats,
+    chunk_layout,
+    comm_stats,
+    dot_product_attention_cp,
+    halo_plan,
+    simplicial_reaches,
+    two_simplicial_attention_cp,
+)
 
-__all__ = ["CommStats", "comm_stats", "halo_plan", "two_simplicial_attention_cp"]
+__all__ = [
+    "ChunkLayout",
+    "CommStats",
+    "chunk_layout",
+    "comm_stats",
+    "dot_product_attention_cp",
+    "halo_plan",
+    "simplicial_reaches",
+    "two_simplicial_attention_cp",
+]

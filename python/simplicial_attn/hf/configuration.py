@@ -58,11 +58,15 @@ class SimplicialConfig(PreTrainedConfig):
     # vocabulary-sharded); the per-head q/k norms see a rank's heads only, so their gains' gradients
     # are summed across the ranks. The layers read their head counts off the projections' outputs.
     base_model_tp_plan = {
-        **{f"layers.*.self_attn.{name}": "colwise" for name in ("q_proj", "k_proj", "v_proj", "k1_proj", "k2_proj",
-                                                                 "v1_proj", "v2_proj")},  # fmt: skip
+        **{
+            f"layers.*.self_attn.{name}": "colwise"
+            for name in ("q_proj", "k_proj", "v_proj", "k1_proj", "k2_proj", "v1_proj", "v2_proj")
+        },  # fmt: skip
         "layers.*.self_attn.out_proj": "rowwise",
-        **{f"layers.*.self_attn.{name}": "replicated_with_grad_allreduce" for name in ("q_norm", "k_norm", "k1_norm",
-                                                                                      "k2_norm")},  # fmt: skip
+        **{
+            f"layers.*.self_attn.{name}": "replicated_with_grad_allreduce"
+            for name in ("q_norm", "k_norm", "k1_norm", "k2_norm")
+        },  # fmt: skip
         "layers.*.mlp.gate_proj": "colwise",
         "layers.*.mlp.up_proj": "colwise",
         "layers.*.mlp.down_proj": "rowwise",

@@ -43,7 +43,9 @@ def context_parallel(model, group):
         module.forward = types.MethodType(forward, module)
         found = True
     if not found:
-        raise ValueError(f"context_parallel: {type(model).__name__} holds no TwoSimplicialAttention or DotProductAttention")
+        raise ValueError(
+            f"context_parallel: {type(model).__name__} holds no TwoSimplicialAttention or DotProductAttention layer"
+        )
     return model
 
 
@@ -89,7 +91,8 @@ def _simplicial_forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=
 def _dot_product_forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None):
     if _unbatched(x, cu_seqlens):
         return _dot_product_forward(self, x[None], positions, cache=cache)[0]
-    layout, positions = _layout(self, x, positions, cu_seqlens, cache, (("window", self.window), ("causal", self.causal)))
+    agree = (("window", self.window), ("causal", self.causal))
+    layout, positions = _layout(self, x, positions, cu_seqlens, cache, agree)
     q, k, v = self.project(x, positions)
     out = context.dot_product_chunk(q, k, v, layout, self.window, self.causal)
     return self.dropout(self.out_proj(out.flatten(-2)))
@@ -98,4 +101,3 @@ def _dot_product_forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen
 def is_context_parallel(module):
     """Whether `context_parallel` put this attention layer under context parallelism."""
     return getattr(module, "context_parallel_group", None) is not None
-

@@ -9,14 +9,14 @@ exp2 / log2, an uncontracted logit, a NaN-keeping clamp. The emulator never comp
 branches, so a swapped asm string fails here and nowhere else.
 
 The extension built with CUDA (setup.py, TORCH_CUDA_ARCH_LIST="8.0;8.6;9.0+PTX") holds one cubin per
-arch; bench/cuda_report.py reads them with cuobjdump. Asserted for every kernel instantiation
+arch; bench/verify/cuda_report.py reads them with cuobjdump. Asserted for every kernel instantiation
 and arch:
   * it is there (each kernel x dtype x padded head dim the dispatch can reach);
   * no spills: zero stack and zero local memory (ptxas puts spilled registers there);
   * the fp16 / bf16 kernels use tensor cores (HMMA in the SASS) and the fp32 SIMT ones do not
     (fp32 must stay IEEE: CONTRACT bound 1e-5);
   * its counts of HMMA, LDSM (plain / .trans), BAR.SYNC, LDGSTS and DEPBAR equal the golden table
-    csrc/cuda/sass/golden_counts.json (regenerate with bench/cuda_report.py --write-golden once a
+    csrc/cuda/sass/golden_counts.json (regenerate with bench/verify/cuda_report.py --write-golden once a
     change is intended; the diff is the review);
   * each `+PTX` arch of the list (default 9.0+PTX) ships its PTX, which newer GPUs JIT-compile.
 Skips, with the reason, when the extension was built without CUDA or nvcc / cuobjdump is missing.
@@ -37,7 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load_report_module():
-    spec = importlib.util.spec_from_file_location("cuda_report", ROOT / "bench" / "cuda_report.py")
+    spec = importlib.util.spec_from_file_location("cuda_report", ROOT / "bench" / "verify" / "cuda_report.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -200,7 +200,7 @@ def test_sass_counts_match_golden(table):
     diff = cuda_report.golden_diff(table, golden)
     assert not diff, (
         "SASS instruction counts differ from csrc/cuda/sass/golden_counts.json (if intended: "
-        "python bench/cuda_report.py --write-golden, and review the diff):\n" + "\n".join(diff)
+        "python bench/verify/cuda_report.py --write-golden, and review the diff):\n" + "\n".join(diff)
     )
 
 

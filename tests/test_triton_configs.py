@@ -39,7 +39,7 @@ KINDS = ("trilinear", "packed-extra", "determinant", "decode")
 # One case per bucket (operand table, D class, kind): N spans several tiles of the bucket's
 # largest BLOCK sizes and ends in a partial one; w1 gives several j-blocks. The determinant
 # tables' tiles are smaller; their case is a packing of two sequences (the determinant path
-# is also the packed one in bench/kernel_report.py). Decode: lengths and windows give several
+# is also the packed one in bench/verify/kernel_report.py). Decode: lengths and windows give several
 # j-blocks of BLOCK_J = 64 and a wrapped ring.
 Packed = collections.namedtuple("Packed", "lengths Hq Hkv D w1 w2 causal")
 Decoding = collections.namedtuple("Decoding", "lengths Hq Hkv D w1 w2")  # 2 new tokens, rings of w + 1 slots

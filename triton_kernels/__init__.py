@@ -9,7 +9,7 @@ Batched and packed (prob.cu_seqlens) layouts, trilinear and determinant logits. 
 fwd.py (forward), bwd.py (Delta preprocess and launcher), bwd_dq.py, bwd_dkv1.py, bwd_dkv2.py
 (the three atomic-free gradient kernels), decode.py (split-window decoding and its combine);
 _common.py the pieces they share; configs.py the per-arch launch configs, checked without a
-GPU by bench/kernel_report.py; paths.py the interpreter's path counters. Under
+GPU by bench/verify/kernel_report.py; paths.py the interpreter's path counters. Under
 TRITON_INTERPRET=1 (set before triton is imported) CPU tensors are accepted. scores_softmax.py
 holds the separate kernels of the unfused path (scores, windowed softmax).
 """

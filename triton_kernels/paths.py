@@ -12,7 +12,7 @@ where a path is taken,
 with the loop variable may be a plain bool). The launchers pass COUNTS = None and
 COUNT_PATHS = False unless `recording()` is active under the interpreter, so on a GPU the
 hook is never compiled and the argument is not even in the kernel's signature;
-bench/kernel_report.py checks that no compiled fused kernel holds an atomic instruction
+bench/verify/kernel_report.py checks that no compiled fused kernel holds an atomic instruction
 (they are atomic-free by design, so an atom would be the hook or a bug).
 """
 

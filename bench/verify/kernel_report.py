@@ -1,9 +1,9 @@
 """Static report of every shipped Triton kernel and config, compiled ahead of time for
 sm_80, sm_86 and sm_90 on a machine without a GPU.
 
-    python bench/kernel_report.py            # print the table
-    python bench/kernel_report.py --quick    # CI: the determinant / packed variants on sm_90 only
-    python bench/kernel_report.py --check    # exit 1 on a spill, shared memory over the
+    python bench/verify/kernel_report.py            # print the table
+    python bench/verify/kernel_report.py --quick    # CI: the determinant / packed variants on sm_90 only
+    python bench/verify/kernel_report.py --check    # exit 1 on a spill, shared memory over the
                                              # arch's per-block limit, a main loop
                                              # without tensor-core instructions, or an
                                              # atomic instruction
@@ -25,7 +25,7 @@ float16 compiles to the same code as bfloat16 but for the mma type and is not re
 float32 uses IEEE dots (FMA, no tensor cores), so its rows are held to spills and shared
 memory only. TF32 (opt-in) is not compiled here.
 
-After the Triton table comes the CUDA C++ one (bench/cuda_report.py: cuobjdump of the built
+After the Triton table comes the CUDA C++ one (bench/verify/cuda_report.py: cuobjdump of the built
 extension's cubins): registers, stack and local memory (spills) and HMMA count per kernel
 instantiation and arch; --check also fails on any stack/local memory there or a fp16/bf16
 tensor-core kernel without HMMA. A build without CUDA kernels says so instead.
@@ -318,11 +318,11 @@ def main(argv=None):
 
 
 def cuda_section():
-    """The CUDA C++ kernels of the built extension (bench/cuda_report.py): one row per kernel
+    """The CUDA C++ kernels of the built extension (bench/verify/cuda_report.py): one row per kernel
     instantiation and arch. Returns the number of rows with problems (stack or local memory,
     or a tensor-core kernel without HMMA)."""
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from bench import cuda_report
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from bench.verify import cuda_report
 
     try:
         table = cuda_report.rows(with_smem=False)

@@ -8,11 +8,11 @@ the instruction counts with the golden table csrc/cuda/sass/golden_counts.json, 
 a kernel compiles to (a barrier dropped, ldmatrix .trans swapped, ...) shows up as a failing test
 and, once intended, as a reviewed diff of that file.
 
-    python bench/cuda_report.py                   # markdown table of the installed extension
-    python bench/cuda_report.py PATH.so           # another build
-    python bench/cuda_report.py --write-golden    # regenerate the golden counts from this build
+    python bench/verify/cuda_report.py                   # markdown table of the installed extension
+    python bench/verify/cuda_report.py PATH.so           # another build
+    python bench/verify/cuda_report.py --write-golden    # regenerate the golden counts from this build
 
-`rows()` returns the table as dicts so a combined report (bench/kernel_report.py) can merge it.
+`rows()` returns the table as dicts so a combined report (bench/verify/kernel_report.py) can merge it.
 Shared memory is dynamic, so cuobjdump cannot see it; the column comes from the kernel configs,
 printed by the emulator driver (`emu configs`, see tests/cuda_emulator.py) when it can be built.
 """
@@ -35,7 +35,7 @@ DECODE_KERNELS = ("decode_split_kernel", "decode_combine_kernel")  # every dtype
 # Kernels instantiated per logit form (a bool template argument): variant "det" for the determinant.
 VARIANT_KERNELS = ("dq_kernel", "dkv2_kernel")
 HEAD_DIMS = (64, 128, 256)
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "csrc" / "cuda" / "sass" / "golden_counts.json"
 # SASS instruction counts per kernel: column -> the opcode pattern it counts (at an instruction's
 # start, after the optional predicate).

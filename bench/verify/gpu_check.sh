@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Everything a lent GPU is for, in one call of at most ~9 minutes (../shared/GPU-RUNBOOK.md: a task
+# Everything a lent GPU is for, in one call of at most ~9 minutes (the lent machines' rules: a task
 # gets 15 minutes of device time, machine start included, and one command may run 10 minutes).
 #
-#   OUT=/some/dir bash bench/gpu_check.sh                      # all stages, in order of value
-#   OUT=/some/dir bash bench/gpu_check.sh --stages bench,ncu   # some of them (a second call)
-#   bash bench/gpu_check.sh --dry-run                          # no GPU: the plan, and its checks
+#   OUT=/some/dir bash bench/verify/gpu_check.sh                      # all stages, in order of value
+#   OUT=/some/dir bash bench/verify/gpu_check.sh --stages bench,ncu   # some of them (a second call)
+#   bash bench/verify/gpu_check.sh --dry-run                          # no GPU: the plan, and its checks
 #
 # Stages, each under its own time budget (seconds), in order of value:
 #   facts       nvidia-smi, versions, device properties
 #   build       the extension for sm_90 (MAX_JOBS=16)
 #   cuda-tests  the CUDA C++ kernels against the float64 oracle and the API's cuda cases (varlen,
 #               determinant, decoding, large logits, non-finite inputs; tests marked gpu, not slow)
-#   sanitize    compute-sanitizer memcheck and racecheck on bench/gpu_sanitize.py
+#   sanitize    compute-sanitizer memcheck and racecheck on bench/verify/gpu_sanitize.py
 #   gpu-tests   every other test marked gpu (Triton compiled, the API on CUDA, ...)
 #   cuda-slow   the realistic sizes and the > 2^31-element offsets (tests marked gpu and slow)
 #   bench       bench/run.py at the issue's target shape for the GPU backends
@@ -23,10 +23,10 @@
 #
 # --dry-run (CI: tests/test_cuda_gpu_check.py) runs what needs no GPU: it prints each stage's
 # command, checks that the files they name exist, that each pytest selection collects tests,
-# that bench/run.py takes the benchmark's arguments and that bench/gpu_sanitize.py lists its
+# that bench/run.py takes the benchmark's arguments and that bench/verify/gpu_sanitize.py lists its
 # cases, and writes summary.json with every stage "planned".
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu_check}
 PY=${PYTHON:-python3}
 DRY=0
@@ -131,7 +131,7 @@ stage() {
 }
 
 if [ "$DRY" = 1 ]; then
-  for f in setup.py bench/gpu_sanitize.py bench/run.py tests/test_cuda_kernels.py; do
+  for f in setup.py bench/verify/gpu_sanitize.py bench/run.py tests/test_cuda_kernels.py; do
     [ -f "$f" ] || {
       echo "dry run: $f is missing" >&2
       exit 1
@@ -141,8 +141,8 @@ if [ "$DRY" = 1 ]; then
     echo "dry run: bench/run.py does not take $BENCH" >&2
     exit 1
   }
-  "$PY" bench/gpu_sanitize.py --list || {
-    echo "dry run: bench/gpu_sanitize.py --list failed" >&2
+  "$PY" bench/verify/gpu_sanitize.py --list || {
+    echo "dry run: bench/verify/gpu_sanitize.py --list failed" >&2
     exit 1
   }
   ids() { eval "$PY -m pytest --collect-only -q -p no:cacheprovider $1" 2> /dev/null | grep '::' | sort; }
@@ -174,10 +174,10 @@ fi
 stage facts 15 facts.txt 0 "nvidia-smi; $PY -c \"import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda); print(torch.cuda.get_device_properties(0))\"; nvcc --version | tail -1"
 stage build 150 build.log 0 "$PY -m pip install --no-build-isolation --no-deps -e . && $PY -c 'import simplicial_attn as sa; print(sa.build_info())'"
 stage cuda-tests 120 tests.log 1 "$PY -m pytest -q -n 8 -ra --maxfail=10 -p no:cacheprovider $CUDA_TESTS"
-stage sanitize 80 sanitize.log 1 "for tool in memcheck racecheck; do compute-sanitizer --tool \$tool --error-exitcode 3 $PY bench/gpu_sanitize.py || exit \$?; done"
+stage sanitize 80 sanitize.log 1 "for tool in memcheck racecheck; do compute-sanitizer --tool \$tool --error-exitcode 3 $PY bench/verify/gpu_sanitize.py || exit \$?; done"
 stage gpu-tests 55 tests.log 0 "$PY -m pytest -q -n 8 -ra -p no:cacheprovider $GPU_TESTS"
 stage cuda-slow 40 tests.log 1 "$PY -m pytest -q -n 4 -ra -p no:cacheprovider $SLOW_TESTS"
 stage bench 60 bench.log 1 "$PY bench/run.py $BENCH --out $WORK/bench && cp $WORK/bench/*.json $OUT/bench.json"
-stage ncu 20 ncu.log 1 "ncu --clock-control none --launch-count 2 -k regex:'fwd_kernel|dq_kernel' $PY bench/gpu_sanitize.py --one"
+stage ncu 20 ncu.log 1 "ncu --clock-control none --launch-count 2 -k regex:'fwd_kernel|dq_kernel' $PY bench/verify/gpu_sanitize.py --one"
 
 table

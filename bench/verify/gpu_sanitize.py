@@ -1,10 +1,10 @@
 """One small forward + backward of every CUDA C++ kernel path, for compute-sanitizer on a GPU:
 
-    compute-sanitizer --tool memcheck  python bench/gpu_sanitize.py
-    compute-sanitizer --tool racecheck python bench/gpu_sanitize.py
-    compute-sanitizer --tool synccheck python bench/gpu_sanitize.py
-    python bench/gpu_sanitize.py --one     # the first case only (bench/gpu_check.sh's ncu stage)
-    python bench/gpu_sanitize.py --list    # the cases, without a GPU
+    compute-sanitizer --tool memcheck  python bench/verify/gpu_sanitize.py
+    compute-sanitizer --tool racecheck python bench/verify/gpu_sanitize.py
+    compute-sanitizer --tool synccheck python bench/verify/gpu_sanitize.py
+    python bench/verify/gpu_sanitize.py --one     # the first case only (bench/verify/gpu_check.sh's ncu stage)
+    python bench/verify/gpu_sanitize.py --list    # the cases, without a GPU
 
 Covers fp16 / bf16 (tensor cores) and fp32 (SIMT), head dims 64 / 128 / 256 with more than one
 pipeline iteration at each (the shapes of tests/test_cuda_emulated.py's coverage cases), head

@@ -12,8 +12,11 @@ r"""Data, context and tensor parallelism of a decoder on one device mesh, in tor
 
 The decoders it knows: `SimplicialForCausalLM` (simplicial_attn.hf), the examples' `Decoder`
 (examples/model.py) and the torchtitan spec (parallel/titan): any module whose decoder blocks are
-one ModuleList of blocks holding `TwoSimplicialAttention` / `DotProductAttention` layers.
-Embeddings and the output head stay whole under tensor parallelism (sharded by FSDP only).
+one ModuleList (or ModuleDict) of blocks holding `TwoSimplicialAttention` / `DotProductAttention`
+layers. `apply` takes the meshes one by one, for trainers that build their own (torchtitan).
+Embeddings, norms and the output head stay whole under tensor parallelism (sharded by FSDP only),
+as DTensors replicated over the tensor-parallel ranks (tensor.ReplicateParallel), so that every
+parameter lives on one mesh.
 
 Losses and gradients equal one process's (tests/test_parallel_layouts.py) when every rank's loss
 is the mean over its own tokens and the chunks are equal: FSDP's average over the dp x cp ranks
@@ -22,23 +25,27 @@ is then the mean over all tokens.
 
 from torch import nn
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import parallelize_module
 
 from ..layer import TwoSimplicialAttention
 from ..sdpa import DotProductAttention
 from .layers import context_parallel
-from .tensor import block_plan
+from .tensor import ReplicateParallel, block_plan
 
-__all__ = ["data_mesh", "decoder_blocks", "parallelize"]
+__all__ = ["apply", "data_mesh", "decoder_blocks", "parallelize"]
 
 ATTENTION = (TwoSimplicialAttention, DotProductAttention)
 DIMS = ("dp", "cp", "tp")
 
 
 def decoder_blocks(model):
-    """The decoder blocks of `model`: the first ModuleList whose every entry holds an attention layer."""
+    """The decoder blocks of `model`: the first ModuleList (or torchtitan's ModuleDict) whose every entry
+    holds an attention layer."""
     for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) and all(_has_attention(b) for b in module):
+        if isinstance(module, nn.ModuleDict):
+            module = list(module.values())
+        if isinstance(module, (nn.ModuleList, list)) and len(module) and all(_has_attention(b) for b in module):
             return list(module)
     raise ValueError(f"{type(model).__name__} has no ModuleList of decoder blocks with attention layers")
 
@@ -84,16 +91,25 @@ def parallelize(model, mesh, *, mp_policy=None, reshard_after_forward=True):
     each block's forward).
     """
     _check_mesh(mesh)
+    meshes = {name: mesh[name] if _size(mesh, name) > 1 else None for name in ("tp", "cp")}
+    return apply(model, tp_mesh=meshes["tp"], cp_mesh=meshes["cp"], data_mesh=data_mesh(mesh), mp_policy=mp_policy,
+                 reshard_after_forward=reshard_after_forward)  # fmt: skip
+
+
+def apply(model, *, tp_mesh=None, cp_mesh=None, data_mesh=None, mp_policy=None, reshard_after_forward=True):
+    """`parallelize` on meshes given one by one (None: that parallelism is off): what a trainer with its
+    own mesh bookkeeping calls (the torchtitan spec). data_mesh may be 2-D (replicate, shard): HSDP."""
     blocks = decoder_blocks(model)
-    tp = _size(mesh, "tp")
-    if tp > 1:
+    if tp_mesh is not None:
         for block in blocks:
-            parallelize_module(block, mesh["tp"], block_plan(block, tp, ATTENTION))
-    if _size(mesh, "cp") > 1:
-        context_parallel(model, mesh["cp"])
-    data = data_mesh(mesh)
-    if data is not None:
-        options = dict(mesh=data, reshard_after_forward=reshard_after_forward)
+            parallelize_module(block, tp_mesh, block_plan(block, tp_mesh.size(), ATTENTION))
+        for module in list(model.modules()):  # what the plans left whole: replicated DTensors (ReplicateParallel)
+            if any(not isinstance(p, DTensor) for p in module.parameters(recurse=False)):
+                parallelize_module(module, tp_mesh, ReplicateParallel())
+    if cp_mesh is not None:
+        context_parallel(model, cp_mesh)
+    if data_mesh is not None:
+        options = dict(mesh=data_mesh, reshard_after_forward=reshard_after_forward)
         if mp_policy is not None:
             options["mp_policy"] = mp_policy
         for block in blocks:

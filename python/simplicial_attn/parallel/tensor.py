@@ -35,13 +35,13 @@ parallelism for this op: each rank runs the op on its local heads, with no commu
 
 import torch
 from torch import nn
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
 from torch.distributed.tensor.experimental import register_sharding
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
+from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, SequenceParallel
 
 from .. import _ops  # noqa: F401  (defines the ops this module registers rules for)
 
-__all__ = ["attention_plan", "block_plan", "check_head_sharding", "mlp_plan"]
+__all__ = ["ReplicateParallel", "attention_plan", "block_plan", "check_head_sharding", "mlp_plan"]
 
 _OPS = torch.ops.simplicial_attn
 _NON_TENSOR_ARGS = 7  # max_seqlen, w1, w2, causal, scale, logits, backend
@@ -155,12 +155,41 @@ def mlp_plan(mlp):
 
 def block_plan(block, tp_size, attention_types):
     """The plan of one decoder block: every attention module (of `attention_types`) and the
-    feed-forward layer (the child named mlp, feed_forward or ffn) inside it, keys relative to it."""
+    feed-forward layer (the module named mlp, feed_forward or ffn) inside it, keys relative to it
+    (a wrapper around the block, e.g. for activation checkpointing, is fine)."""
     plan = {}
     for name, module in block.named_modules():
         if isinstance(module, attention_types):
             plan.update({f"{name}.{k}": v for k, v in attention_plan(module, tp_size).items()})
-    for name in ("mlp", "feed_forward", "ffn"):
-        if isinstance(getattr(block, name, None), nn.Module):
-            plan.update({f"{name}.{k}": v for k, v in mlp_plan(getattr(block, name)).items()})
+        elif name.rpartition(".")[2] in ("mlp", "feed_forward", "ffn"):
+            plan.update({f"{name}.{k}": v for k, v in mlp_plan(module).items()})
     return plan
+
+
+class ReplicateParallel(ParallelStyle):
+    """The parameters of a module that tensor parallelism does not split (embeddings, norms, the head) as
+    DTensors replicated over the tensor-parallel ranks; its input and output stay local tensors.
+
+    The computation is what it was (every rank holds the same activations there, and computes the same
+    gradients), but then every parameter of the model is a DTensor on the tensor-parallel mesh (on the
+    2-D data x tensor mesh once FSDP shards it), as the trainers' gradient clipping expects: a global
+    norm over parameters of different meshes fails ("All operands ... must have the same mesh")."""
+
+    def _apply(self, module, device_mesh):
+        def replicate(name, mod, mesh):
+            for key, param in list(mod.named_parameters(recurse=False)):
+                if not isinstance(param, DTensor):
+                    local = DTensor.from_local(param.data, mesh, [Replicate()], run_check=False)
+                    mod.register_parameter(key, nn.Parameter(local, requires_grad=param.requires_grad))
+
+        def to_dtensor(mod, inputs, mesh):
+            return tuple(
+                DTensor.from_local(x, mesh, [Replicate()], run_check=False)
+                if isinstance(x, torch.Tensor) and not isinstance(x, DTensor) else x
+                for x in inputs
+            )  # fmt: skip
+
+        def to_local(mod, outputs, mesh):
+            return outputs.to_local() if isinstance(outputs, DTensor) else outputs
+
+        return distribute_module(module, device_mesh, replicate, input_fn=to_dtensor, output_fn=to_local)

@@ -7,9 +7,9 @@
 
 The mesh (dp x cp x tp = the number of processes) goes to `simplicial_attn.parallel.parallelize`:
 tensor parallelism by heads over tp, the halo-exchange context parallelism over cp, FSDP2 over dp x
-cp. Each step every data-parallel rank draws `--batch / dp` random windows of `--seq-len + 1`
-characters from the training files (one byte per token, as train_code.py), and each context-parallel
-rank takes its contiguous chunk of every window: its loss is the mean cross-entropy over its own
+cp. Each step draws `--batch` random windows of `--seq-len + 1` characters from the training files
+(one byte per token, as train_code.py; the same windows whatever the mesh), every data-parallel rank
+takes `--batch / dp` of them and each context-parallel rank its contiguous chunk of each: its loss is the mean cross-entropy over its own
 tokens, and FSDP's average over dp x cp ranks is the global mean (the same gradients as one process
 on the whole batch: tests/test_parallel_layouts.py). Runs on GPUs with NCCL (one per process,
 LOCAL_RANK) or on CPUs with gloo. `--bf16`: FSDP2 mixed precision (bf16 parameters and compute,
@@ -105,9 +105,10 @@ def windows(data, rows, length, seed):
 
 
 def local_batch(data, mesh, args, step, device):
-    """This rank's inputs and next-character labels: its dp rank's windows, its cp chunk of each."""
+    """This rank's inputs and next-character labels: its dp rank's rows of the step's global batch (the same
+    whatever the mesh), its cp chunk of each."""
     dp_rank, cp_rank = mesh["dp"].get_local_rank(), mesh["cp"].get_local_rank()
-    rows = windows(data, args.batch // args.dp, args.seq_len + 1, args.seed * 1_000_003 + step * 1_009 + dp_rank)
+    rows = windows(data, args.batch, args.seq_len + 1, args.seed * 1_000_003 + step).chunk(args.dp)[dp_rank]
     n = args.seq_len // args.cp
     x, y = rows[:, :-1], rows[:, 1:]
     return (t[:, cp_rank * n : (cp_rank + 1) * n].to(device) for t in (x, y))

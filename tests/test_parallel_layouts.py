@@ -369,3 +369,13 @@ def test_plans_refuse_what_they_cannot_split(group_of_one):
         parallelize(build("decoder"), bad)
     with pytest.raises(ValueError, match="no ModuleList of decoder blocks"):
         parallelize(torch.nn.Linear(2, 2), group_of_one)
+
+
+def test_chunk_positions_restart_at_documents():
+    """A rank's RoPE positions: global ones, restarting at every document of a packed stream (the
+    package's rotaries are shift invariant, so a wrong offset would not show in the outputs)."""
+    from simplicial_attn.parallel import ChunkLayout
+
+    assert ChunkLayout((0, 12, 24), 1, None).positions().tolist() == list(range(12, 24))
+    packed = ChunkLayout((0, 10, 24), 1, None, DOCS).positions().tolist()  # DOCS: 0, 5, 12, 12, 19, 24
+    assert packed == [5, 6, 0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4]

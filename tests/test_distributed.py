@@ -171,11 +171,13 @@ def _dtensor_records(world):
         layouts = {"batch-x-heads": [Shard(0), Shard(2)]}
     for name, placements in layouts.items():
         leaves = [distribute_tensor(t, mesh, placements).requires_grad_() for t in (q, k1, k2, v1, v2)]
-        out = sa.two_simplicial_attention(*leaves, w1=DT_CASE.w1, w2=DT_CASE.w2, backend="reference")
+        out, lse = sa.two_simplicial_attention(*leaves, w1=DT_CASE.w1, w2=DT_CASE.w2, return_lse=True,
+                                               backend="reference")  # fmt: skip
         out.backward(distribute_tensor(dout, mesh, placements))
         records[name] = {
             "placements": out.placements,
             "out": out.full_tensor().detach(),
+            "lse": lse.full_tensor(),
             "grads": [t.grad.full_tensor() for t in leaves],
         }
     if world == 2:
@@ -391,18 +393,18 @@ def test_mismatched_settings_raise_on_every_rank(run):
 
 def _dtensor_reference():
     inputs = make_inputs(DT_CASE, seed=11, requires_grad=True)
-    out = sa.two_simplicial_attention(*inputs, w1=DT_CASE.w1, w2=DT_CASE.w2, backend="reference")
+    out, lse = sa.two_simplicial_attention(*inputs, w1=DT_CASE.w1, w2=DT_CASE.w2, return_lse=True, backend="reference")
     out.backward(make_dout(DT_CASE, seed=12))
-    return out.detach(), [t.grad for t in inputs]
+    return out.detach(), lse, [t.grad for t in inputs]
 
 
 def test_ops_on_dtensors(run):
     """Heads (Shard(2)), batch (Shard(0)), replicated, batch x heads on a 2-D mesh, and a packed call with
-    its heads sharded: outputs and gradients equal one process, in the placement of the inputs."""
+    its heads sharded: outputs, lse and gradients equal one process, in the placement of the inputs."""
     world, records = run
     if world not in (2, 4):
         pytest.skip("the DTensor cases run in the 2- and 4-process launches")
-    ref_out, ref_grads = _dtensor_reference()
+    ref_out, ref_lse, ref_grads = _dtensor_reference()
     expect = {"heads": (Shard(2),), "batch": (Shard(0),), "replicated": (Replicate(),),
               "batch-x-heads": (Shard(0), Shard(2))}  # fmt: skip
     for r in range(world):
@@ -411,6 +413,7 @@ def test_ops_on_dtensors(run):
                 continue
             assert got["placements"] == expect[name], name
             assert rel_err(got["out"], ref_out) <= BOUNDS[torch.float32], name
+            assert rel_err(got["lse"], ref_lse) <= BOUNDS[torch.float32], name
             for g, ref in zip(got["grads"], ref_grads, strict=True):
                 assert rel_err(g, ref) <= BOUNDS[torch.float32], name
     if world == 2:

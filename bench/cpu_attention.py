@@ -37,14 +37,17 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def _kernel_pair(fwd, bwd):
     """fwd(q, k1, k2, v1, v2, w1, w2, causal, scale) -> (out, saved) and bwd(dout, q, k1, k2, v1, v2,
     out, saved, w1, w2, causal, scale) -> grads, around a backend's Problem-taking functions."""
-    from simplicial_attn.problem import Problem
+    from simplicial_attn.problem import Problem, window_band
+
+    def problem(w1, w2, causal, scale):
+        return Problem(window_band(w1, causal), window_band(w2, causal), scale)
 
     def forward(q, k1, k2, v1, v2, *args):
-        out, lse, lse_lo = fwd(q, k1, k2, v1, v2, Problem(*args))
+        out, lse, lse_lo = fwd(q, k1, k2, v1, v2, problem(*args))
         return out, (lse, lse_lo)
 
     def backward(dout, q, k1, k2, v1, v2, out, saved, *args):
-        return bwd(dout, q, k1, k2, v1, v2, out, *saved, Problem(*args))
+        return bwd(dout, q, k1, k2, v1, v2, out, *saved, problem(*args))
 
     return forward, backward
 

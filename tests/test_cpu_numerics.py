@@ -14,7 +14,7 @@ import torch
 from simplicial_attn import _ext
 from simplicial_attn.problem import Problem
 
-from cases import Case, make_dout, make_inputs, rel_err
+from cases import Case, bands, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
 if not _ext.has_kernel("cpu"):
@@ -37,7 +37,7 @@ ISAS = _isas()
 
 
 def _run(q, k1, k2, v1, v2, dout, w1, w2, scale, causal=True):
-    prob = Problem(w1, w2, causal, scale).fused_args()
+    prob = Problem(*bands(w1, w2, causal), scale).fused_args()
     out, lse, lse_lo = ops.fused_fwd(q, k1, k2, v1, v2, *prob)
     return (out, lse, *ops.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob))
 

@@ -5,6 +5,7 @@ import torch
 
 import simplicial_attn as sa
 from simplicial_attn import _ext, _ops, backends
+from simplicial_attn.problem import window_band
 
 from cases import Case, make_inputs, rel_err
 from oracle import oracle_fwd
@@ -23,7 +24,7 @@ def small_inputs(dtype=torch.float32, requires_grad=False, case=SMALL):
 @pytest.mark.parametrize("causal", [True, False])
 def test_opcheck(backend, causal):
     q, k1, k2, v1, v2 = small_inputs(requires_grad=True)
-    prob = (None, 0, 3, 4, causal, 0.25, "trilinear", backend)
+    prob = (None, 0, *window_band(3, causal), *window_band(4, causal), 0.25, "trilinear", backend)
     torch.library.opcheck(_ops.attention, (q, k1, k2, v1, v2, *prob))
     out, lse, lse_lo = _ops.attention(q, k1, k2, v1, v2, *prob)
     dout = torch.randn_like(out)

@@ -170,7 +170,7 @@ def test_empty_packing():
 def test_opcheck(backend):
     (q, k1, k2, v1, v2), cu = make_packed([3, 0, 5], 4, 2, 16, requires_grad=True)
     args = [t[None] for t in (q, k1, k2, v1, v2)]
-    prob = (cu, 5, 3, 2, True, 0.25, "trilinear", backend)
+    prob = (cu, 5, 2, 0, 1, 0, 0.25, "trilinear", backend)  # causal w1 = 3, w2 = 2
     torch.library.opcheck(_ops.attention, (*args, *prob))
 
 

@@ -7,7 +7,8 @@ Window geometry. Every window is a band around the query position i:
 
     causal:   L = w - 1,  R = 0                       centred:  L = w // 2,  R = w - 1 - w // 2
 
-clipped to [0, N). The kernels only see (L, R), so one code path serves both modes.
+clipped to [0, N). The launchers read (L, R) from the call's Problem (prob.band1, prob.band2:
+simplicial_attn/problem.py, window_band), so one code path serves both modes.
 """
 
 import contextlib
@@ -45,13 +46,6 @@ def is_interpreting():
     from .fwd import _two_simplicial_fwd_kernel
 
     return not isinstance(_two_simplicial_fwd_kernel, triton.runtime.JITFunction)
-
-
-def window_bounds(w, causal):
-    """(L, R) of the band [i - L, i + R] for an integer window w >= 1 (see the module doc)."""
-    if causal:
-        return w - 1, 0
-    return w // 2, w - 1 - w // 2
 
 
 def block_d(d):

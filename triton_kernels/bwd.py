@@ -25,7 +25,6 @@ from ._common import (
     int32_tiles,
     is_interpreting,
     layout,
-    window_bounds,
 )
 from .bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
 from .bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
@@ -83,8 +82,7 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, a
     dk1, dk2, dv1, dv2 = (torch.empty((B, N, HKV, D), dtype=k1.dtype, device=q.device) for _ in range(4))
     if dq.numel() == 0 or dk1.numel() == 0:
         return dq.zero_(), dk1.zero_(), dk2.zero_(), dv1.zero_(), dv2.zero_()
-    L1, R1 = window_bounds(prob.w1, prob.causal)
-    L2, R2 = window_bounds(prob.w2, prob.causal)
+    (L1, R1), (L2, R2) = prob.band1, prob.band2
     bd = block_d(D)
     arch = arch_of(q.device)
     fp32 = q.dtype == torch.float32

@@ -227,7 +227,7 @@ def decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob, *, allow_tf32=False,
 
     q [B, Nq, Hq, D]; k1_cache, v1_cache [B, C1, Hkv, D]; k2_cache, v2_cache [B, C2, Hkv, D],
     any strides, already holding the new tokens; prob.cache_seqlens int32 [B] (CONTRACT §7);
-    prob.w1, prob.w2 integer causal windows. `num_splits` fixes the number of j-window splits
+    prob.band1, prob.band2 causal bands (right == 0). `num_splits` fixes the number of j-window splits
     (tests); by default it follows the shapes and the device (see _num_splits).
     `config={"decode": cfg}` launches with the triton.Config `cfg` instead of the shipped one.
     """
@@ -241,7 +241,7 @@ def decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob, *, allow_tf32=False,
     lse = torch.empty((B, HQ, NQ), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
-    L1, L2 = prob.w1 - 1, prob.w2 - 1
+    L1, L2 = prob.band1.left, prob.band2.left  # causal bands: right == 0
     bd = block_d(D)
     cfg = forced or configs.decode_config(arch_of(q.device), bd, q.dtype == torch.float32)
     block_m, block_j = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_J"]

@@ -65,7 +65,6 @@ from ._common import (
     query_tile,
     query_tile_loops,
     sequence_span,
-    window_bounds,
 )
 
 
@@ -198,9 +197,9 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
 
     Batched: q [B, N, Hq, D]; k1, k2, v1, v2 [B, N, Hkv, D], any strides. Packed
     (prob.cu_seqlens, CONTRACT §6): B = 1, N = T rows holding the sequences. `prob` is the
-    call's Problem (simplicial_attn/problem.py: integer windows, causal, scale, logits,
-    layout). `head_packing` forces the GQA head-packed tiling on (True) or off (False); None
-    picks it by shape. `allow_tf32` lets float32 inputs use TF32 tensor cores (so does
+    call's Problem (simplicial_attn/problem.py: window bands, scale, logits, layout).
+    `head_packing` forces the GQA head-packed tiling on (True) or off (False); None picks it by
+    shape. `allow_tf32` lets float32 inputs use TF32 tensor cores (so does
     SIMPLICIAL_ATTN_ALLOW_TF32=1). `config={"fwd": cfg}` launches with the one
     triton.Config `cfg` instead of autotuning (tests, configs.py).
     """
@@ -216,8 +215,7 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
     lse_lo = torch.empty_like(lse)
     if out.numel() == 0:
         return out, lse, lse_lo
-    L1, R1 = window_bounds(prob.w1, prob.causal)
-    L2, R2 = window_bounds(prob.w2, prob.causal)
+    (L1, R1), (L2, R2) = prob.band1, prob.band2
     bd = block_d(D)
     arch = arch_of(q.device)
     fp32 = q.dtype == torch.float32

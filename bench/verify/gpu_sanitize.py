@@ -51,7 +51,7 @@ def _fwd_bwd(q, k1, k2, v1, v2, prob, what):
 
 def run(cases):
     import simplicial_attn  # noqa: F401  (registers torch.ops.simplicial_attn)
-    from simplicial_attn.problem import Problem
+    from simplicial_attn.problem import Problem, window_band
 
     g = torch.Generator(device="cuda").manual_seed(0)
 
@@ -62,20 +62,22 @@ def run(cases):
         if kind == "batched":
             B, N, Hq, Hkv, D, w1, w2, causal, logits = case
             q, k1, k2, v1, v2 = [randn(B, N, h, D, dtype=dtype) for h in (Hq, Hkv, Hkv, Hkv, Hkv)]
-            _fwd_bwd(q, k1, k2, v1, v2, Problem(w1, w2, causal, D**-0.5, logits), (kind, dtype, case))
+            prob = Problem(window_band(w1, causal, N), window_band(w2, causal, N), D**-0.5, logits)
+            _fwd_bwd(q, k1, k2, v1, v2, prob, (kind, dtype, case))
         elif kind == "packed":
             lengths, Hq, Hkv, D, w1, w2, causal, logits = case
             T = sum(lengths)
             q, k1, k2, v1, v2 = [randn(1, T, h, D, dtype=dtype) for h in (Hq, Hkv, Hkv, Hkv, Hkv)]
             cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
-            prob = Problem(w1, w2, causal, D**-0.5, logits, cu_seqlens=cu, max_seqlen=max(lengths))
+            bands = (window_band(w, causal, max(lengths)) for w in (w1, w2))
+            prob = Problem(*bands, D**-0.5, logits, cu_seqlens=cu, max_seqlen=max(lengths))
             _fwd_bwd(q, k1, k2, v1, v2, prob, (kind, dtype, case))
         else:
             B, Hq, Hkv, D, w1, w2, lengths, nq, logits = case
             c1, c2 = w1 + nq - 1, w2 + nq - 1
             caches = [randn(B, c, Hkv, D, dtype=dtype) for c in (c1, c2, c1, c2)]
             lens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
-            prob = Problem(w1, w2, True, D**-0.5, logits, cache_seqlens=lens)
+            prob = Problem(window_band(w1, True), window_band(w2, True), D**-0.5, logits, cache_seqlens=lens)
             out, lse = torch.ops.simplicial_attn.fused_decode(
                 randn(B, nq, Hq, D, dtype=dtype), *caches, *prob.decode_args()
             )

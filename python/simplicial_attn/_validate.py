@@ -184,14 +184,20 @@ def check_cu_seqlens(cu_seqlens, total, device, max_seqlen):
     return cu
 
 
-def check_op_args(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits, backend):
-    """The non-tensor arguments of a direct op call (_ops.py): kernel windows are ints >= 1.
-    Returns cu_seqlens as the kernels take it (int32, contiguous) or None."""
-    for name, w in (("w1", w1), ("w2", w2)):
-        if w is None:
-            raise TypeError(f"{name} must be an int >= 1 (the op takes kernel windows), got None")
-        check_window(name, w)
-    check_flag("causal", causal)
+def check_band(name, band):
+    """A reach of a kernel band (problem.Band): an int >= 0."""
+    if isinstance(band, bool) or not isinstance(band, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 0 (a band's reach), got {type(band).__name__} {band!r}")
+    if band < 0:
+        raise ValueError(f"{name} must be an int >= 0 (a band's reach), got {band}")
+
+
+def check_op_args(q, cu_seqlens, max_seqlen, bands, scale, logits, backend):
+    """The non-tensor arguments of a direct op call (_ops.py): `bands` = (left1, right1, left2,
+    right2), the reaches of the kernel bands. Returns cu_seqlens as the kernels take it (int32,
+    contiguous) or None."""
+    for name, reach in zip(("left1", "right1", "left2", "right2"), bands, strict=True):
+        check_band(name, reach)
     check_scale(scale)
     if scale is None:
         raise TypeError("scale must be a float (the op takes the resolved scale), got None")

@@ -1,7 +1,7 @@
-"""The public function. Checks the call, resolves windows and backend, then calls the op."""
+"""The public function. Checks the call, turns windows into bands, resolves the backend, then calls the op."""
 
 from . import _ops, _validate, backends
-from ._windows import kernel_window
+from .problem import window_band
 
 
 def two_simplicial_attention(
@@ -55,6 +55,6 @@ def two_simplicial_attention(
     n, d = q.shape[1], q.shape[3]
     name = backends.select(backend, q.device.type, q.dtype)
     scale = d**-0.5 if scale is None else float(scale)
-    w1, w2 = kernel_window(w1, n, causal), kernel_window(w2, n, causal)
-    out, lse, _ = _ops.attention(q, k1, k2, v1, v2, None, 0, w1, w2, causal, scale, logits, name)
+    band1, band2 = window_band(w1, causal, n), window_band(w2, causal, n)
+    out, lse, _ = _ops.attention(q, k1, k2, v1, v2, None, 0, *band1, *band2, scale, logits, name)
     return (out, lse) if return_lse else out

@@ -36,8 +36,6 @@ scatters key gradients back with index_add_.
 
 import torch
 
-from ._windows import window_start
-
 # Elements per chunk temporary: 2^22 fp32 is 16 MiB, so a handful of live temporaries stays
 # far below the 1 GiB bound of issue 2 at B=1, N=4096, H=4, D=64, w1=512, w2=32.
 CHUNK_ELEMENTS = 1 << 22
@@ -118,25 +116,27 @@ class _Rows:
             seq = seq.clamp(max=cu.numel() - 2)
             self.bounds = cu[seq][:, None], cu[seq + 1][:, None]
 
-    def _window(self, s, e, w, start, stop, ring_size):
+    def _window(self, s, e, band, start, stop, ring_size):
+        """Offsets [start, stop) of the band: offset a of query position P is position P - left + a."""
         offsets = torch.arange(start, stop, device=self.device)
         i = torch.arange(s, e, device=self.device)
         prob = self.prob
         if prob.cache_seqlens is not None:  # decoding: row t of sequence b is position L_b + t
             pos = prob.cache_seqlens.to(device=self.device, dtype=torch.int64)[:, None] + i  # [B, BQ]
-            p = pos[:, :, None] - w + 1 + offsets  # the causal window
+            p = pos[:, :, None] - band.left + offsets  # the causal band: right == 0
             return p.clamp(min=0) % ring_size, p >= 0
-        p = (window_start(i, w, prob.causal)[:, None] + offsets)[None]
+        p = ((i - band.left)[:, None] + offsets)[None]
         if self.bounds is None:
             return p, (p >= 0) & (p < self.n_keys)
         lo, hi = self.bounds
         return p, (p >= lo[s:e]) & (p < hi[s:e])
 
     def j(self, s, e, a0, a1):
-        return self._window(s, e, self.prob.w1, a0, a1, self.ring and self.ring[0])
+        return self._window(s, e, self.prob.band1, a0, a1, self.ring and self.ring[0])
 
     def k(self, s, e):
-        return self._window(s, e, self.prob.w2, 0, self.prob.w2, self.ring and self.ring[1])
+        band = self.prob.band2
+        return self._window(s, e, band, 0, band.width, self.ring and self.ring[1])
 
 
 class _Chunk:
@@ -179,15 +179,16 @@ def _probs(A, lse, lse_lo):
     return torch.exp(torch.where(t > 0, 0.0, t))
 
 
-def _blocks(N, w1, bq, cj, causal, decoding):
+def _blocks(N, band1, bq, cj, decoding):
     """Yield (s, e, spans): query block [s, e) and the k1-window offset chunks [a0, a1) worth visiting."""
+    w1 = band1.width
     for s in range(0, N, bq):
         e = min(s + bq, N)
         if decoding:  # positions depend on cache_seqlens: visit the whole window
             lo, hi = 0, w1
-        else:  # offsets a whose position j0(i) + a lands inside [0, N) for some i of the block
-            lo = max(0, -window_start(e - 1, w1, causal))
-            hi = min(w1, N - window_start(s, w1, causal))
+        else:  # offsets a whose position i - left + a lands inside [0, N) for some i of the block
+            lo = max(0, band1.left - (e - 1))
+            hi = min(w1, N - (s - band1.left))
         yield s, e, [(a0, min(a0 + cj, hi)) for a0 in range(lo, hi, cj)]
 
 
@@ -206,7 +207,7 @@ def _forward(q, k1, k2, v1, v2, prob, rows):
     ct = compute_dtype(in_dtype)
     q, k1, k2, v1, v2 = (t.to(ct) for t in (q, k1, k2, v1, v2))
     terms = logit_terms(prob.logits, D, q.device)
-    bq, cj = _plan(B, N, Hq, D, prob.w1, prob.w2, len(terms))
+    bq, cj = _plan(B, N, Hq, D, prob.band1.width, prob.band2.width, len(terms))
     lse64 = torch.full((B, N, Hkv, Hq // Hkv), float("-inf"), dtype=torch.float64, device=q.device)
     lse = torch.empty(B, N, Hkv, Hq // Hkv, dtype=ct, device=q.device)
     lse_lo = torch.empty_like(lse)
@@ -216,7 +217,7 @@ def _forward(q, k1, k2, v1, v2, prob, rows):
         for a0, a1 in spans:
             yield _Chunk(q, k1, k2, rows, s, e, a0, a1, terms)
 
-    for s, e, spans in _blocks(N, prob.w1, bq, cj, prob.causal, prob.cache_seqlens is not None):
+    for s, e, spans in _blocks(N, prob.band1, bq, cj, prob.cache_seqlens is not None):
         # Pass 1: log-sum-exp over the joint window; pass 2: out = sum P * (v1_j (x) v2_k).
         # A block whose window fits one chunk keeps it between the passes instead of recomputing it.
         kept = list(chunks(s, e, spans)) if len(spans) == 1 else None
@@ -264,8 +265,8 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob):
     terms = logit_terms(prob.logits, D, q.device)
     rows = _Rows(prob, N, q.device, n_keys=N)
     scale = prob.scale
-    bq, cj = _plan(B, N, Hq, D, prob.w1, prob.w2, len(terms))
-    for s, e, spans in _blocks(N, prob.w1, bq, cj, prob.causal, False):
+    bq, cj = _plan(B, N, Hq, D, prob.band1.width, prob.band2.width, len(terms))
+    for s, e, spans in _blocks(N, prob.band1, bq, cj, False):
         for a0, a1 in spans:
             c = _Chunk(q, k1, k2, rows, s, e, a0, a1, terms)
             V1, V2 = _gather(v1, c.j, c.jvalid), _gather(v2, c.k, c.kvalid)
@@ -274,7 +275,7 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob):
             # dP[i,j,k] = sum_d dout[i,d] v1[j,d] v2[k,d]; dA = P (dP - Delta)
             dp = _pair_matmul(do[:, :, :, :, None, :] * V1[:, :, :, None], V2)
             da = p * (dp - delta[:, s:e, :, :, None, None])
-            da2 = da.reshape(B, e - s, Hkv, G * da.shape[4], prob.w2)  # [B,BQ,Hkv,G*CJ,W2]
+            da2 = da.reshape(B, e - s, Hkv, G * da.shape[4], prob.band2.width)  # [B,BQ,Hkv,G*CJ,W2]
             p2 = p.reshape(da2.shape)
             for (sign, p1, pk2), qk1 in zip(terms, c.qk1, strict=True):
                 # One term sign * sum_d q[d] k1[p1[d]] k2[p2[d]]: its derivative in q[d] is

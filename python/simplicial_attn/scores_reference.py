@@ -33,6 +33,7 @@ import dataclasses
 
 import torch
 
+from .problem import window_band
 from .reference import _permute, _unpermute, logit_terms
 
 CHUNK_ELEMENTS = 1 << 22
@@ -51,10 +52,13 @@ class WindowAxis:
 
 
 def window_axis(w, n, causal):
-    """The axis of user window `w` (int >= 1 or None) for sequence length n (module doc table)."""
-    if w is None:
-        return WindowAxis(n, 1, n - 1) if causal else WindowAxis(n, 0, 0)
-    return WindowAxis(w, 1, w - 1 if causal else w // 2)
+    """The axis of user window `w` (int >= 1 or None) for sequence length n (module doc table):
+    the window's band, a slot per position (unclipped: an int window keeps w slots even past
+    the sequence), except that a centred unbounded window is the sequence itself."""
+    if w is None and not causal:
+        return WindowAxis(n, 0, 0)
+    band = window_band(w, causal, n if w is None else None)
+    return WindowAxis(band.width, 1, band.left)
 
 
 def compute_dtype(dtype):

@@ -12,7 +12,7 @@ kernels): nothing is padded to `max_seqlen` and no sequence is copied out.
 import torch
 
 from . import _ops, _validate, backends
-from ._windows import kernel_window
+from .problem import window_band
 
 
 def two_simplicial_attention_varlen(
@@ -56,10 +56,9 @@ def two_simplicial_attention_varlen(
     cu_seqlens, max_seqlen = _packing(cu_seqlens, q, max_seqlen)
     name = backends.select(backend, q.device.type, q.dtype)
     scale = q.shape[2] ** -0.5 if scale is None else float(scale)
-    longest = max(max_seqlen, 1)
-    w1, w2 = kernel_window(w1, longest, causal), kernel_window(w2, longest, causal)
+    band1, band2 = window_band(w1, causal, max_seqlen), window_band(w2, causal, max_seqlen)
     packed = (t.unsqueeze(0) for t in (q, k1, k2, v1, v2))  # [1, T, H, D]: the batched layout with B = 1
-    out, lse, _ = _ops.attention(*packed, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits, name)
+    out, lse, _ = _ops.attention(*packed, cu_seqlens, max_seqlen, *band1, *band2, scale, logits, name)
     return (out[0], lse[0]) if return_lse else out[0]
 
 

@@ -16,7 +16,7 @@ import math
 import torch
 
 from ._validate import check_flag, check_tensors, check_window
-from ._windows import kernel_window, window_start
+from .problem import window_band
 from .scores import attention_weights
 
 
@@ -64,9 +64,10 @@ def query_weights(q, k1, k2, w1, w2, *, query, head, batch=0, causal=True, scale
     _check_index("head", head, Hq, "q.shape[2]")
     _check_index("query", query, N, "q.shape[1]")
     g = head // (Hq // k1.shape[2])
-    # Integer windows with the same window sets keep the layout relative to the query.
-    iw1, iw2 = kernel_window(w1, N, causal), kernel_window(w2, N, causal)
-    j0, k0 = window_start(query, iw1, causal), window_start(query, iw2, causal)
+    # Integer windows with the same window sets (the bands' widths) keep the layout relative to the query.
+    band1, band2 = window_band(w1, causal, N), window_band(w2, causal, N)
+    iw1, iw2 = band1.width, band2.width
+    j0, k0 = query - band1.left, query - band2.left
     lo, hi = max(0, min(j0, k0)), min(N, max(j0 + iw1, k0 + iw2))
     p = attention_weights(
         q[batch : batch + 1, lo:hi, head : head + 1],
@@ -173,10 +174,11 @@ def attention_summary(q, k1, k2, w1, w2, *, causal=True, scale=None, radius=1, t
     B, N, Hq, D = q.shape
     G = Hq // k1.shape[2]
     scale = D**-0.5 if scale is None else scale
-    iw1, iw2 = kernel_window(w1, N, causal), kernel_window(w2, N, causal)
-    # Slot a of query i is position window_start(i) + a, so its offset from i does not depend on i.
-    dj = window_start(0, iw1, causal) + torch.arange(iw1)
-    dk = window_start(0, iw2, causal) + torch.arange(iw2)
+    band1, band2 = window_band(w1, causal, N), window_band(w2, causal, N)
+    iw1, iw2 = band1.width, band2.width
+    # Slot a of query i is position i - left + a, so its offset from i does not depend on i.
+    dj = torch.arange(iw1) - band1.left
+    dk = torch.arange(iw2) - band2.left
     near = (dj.abs() <= radius)[:, None] & (dk.abs() <= radius)[None, :]
     i = torch.arange(N)[:, None, None]
     valid = ((i + dj[:, None] >= 0) & (i + dj[:, None] < N)) & ((i + dk[None, :] >= 0) & (i + dk[None, :] < N))

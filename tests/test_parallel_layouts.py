@@ -22,7 +22,9 @@ largest part: 8 processes share 2 cores).
 """
 
 import importlib.util
+import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -379,3 +381,31 @@ def test_chunk_positions_restart_at_documents():
     assert ChunkLayout((0, 12, 24), 1, None).positions().tolist() == list(range(12, 24))
     packed = ChunkLayout((0, 10, 24), 1, None, DOCS).positions().tolist()  # DOCS: 0, 5, 12, 12, 19, 24
     assert packed == [5, 6, 0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4]
+
+
+@pytest.mark.skipif(not HAS_HF, reason="needs transformers (pip install 'simplicial-attn[hf]')")
+def test_train_mesh_smoke(tmp_path):
+    """examples/train_mesh.py under torchrun (2 gloo processes, context parallelism 2): trains, validates,
+    and saves checkpoints that load (the unsharded one with from_pretrained)."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(root / "examples" / "train_mesh.py"),
+        "--cp",
+        "2",
+        "--tiny",
+        "--steps",
+        "2",
+        "--save",
+        str(tmp_path),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert "mesh dp=1 cp=2 tp=1" in run.stdout and "validation loss" in run.stdout
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert loaded.config.layer_kinds == "AS" and (tmp_path / "dcp" / ".metadata").is_file()

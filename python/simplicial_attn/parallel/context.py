@@ -57,7 +57,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .. import _validate, api, backends, varlen
-from ..problem import LOGITS
+from ..problem import LOGITS, window_band
 from .comm import STATS, CommStats, HaloExchange, HaloPlan, Piece
 
 __all__ = [
@@ -198,23 +198,18 @@ def comm_stats():
     return STATS
 
 
-def _reach(w, causal, n_global):
-    """(before, after): how many positions a query's window reaches before and after it."""
-    if w is None:
-        return n_global, (0 if causal else n_global)
-    return (w - 1, 0) if causal else (w // 2, w - 1 - w // 2)
-
-
 def simplicial_reaches(w1, w2, causal, n_global):
-    """The reaches of k1, v1, k2, v2 (the halo_plan order) for windows w1, w2."""
-    r1, r2 = _reach(w1, causal, n_global), _reach(w2, causal, n_global)
-    return (r1, r1, r2, r2)
+    """The reaches (bands: positions before and after a query) of k1, v1, k2, v2, the halo_plan order,
+    for windows w1, w2 over a sequence of n_global positions."""
+    b1, b2 = window_band(w1, causal, n_global), window_band(w2, causal, n_global)
+    return (b1, b1, b2, b2)
 
 
 def halo_plan(offsets, rank, reaches, documents=None):
     """What `rank` sends and receives when chunk r holds global positions [offsets[r], offsets[r+1]).
 
-    reaches: per exchanged tensor, (before, after): how far a query's window reaches around it.
+    reaches: per exchanged tensor, the band (left, right) of its window (`problem.window_band`): how
+    far a query's window reaches before and after it.
     documents: the global cu_seqlens of a packed sequence (no window crosses a document boundary).
     A pure function of the layout (no communication), used by the ops and by bench/halo_volume.py.
     """
@@ -385,10 +380,7 @@ def dot_product_chunk(q, k, v, layout, window, causal, scale=None):
     packed = layout.documents is not None
     if packed:
         q, k, v = (t.unsqueeze(0) for t in (q, k, v))
-    if causal:
-        reach = (layout.total if window is None else window - 1, 0)
-    else:
-        reach = (layout.total, layout.total)
+    reach = window_band(window, causal, layout.total)  # full causal: (N - 1, 0); bidirectional: (N - 1, N - 1)
     plan = halo_plan(layout.offsets, layout.rank, (reach, reach), layout.documents)
     if dist.get_world_size(layout.group) > 1:
         k, v = HaloExchange.apply(plan, layout.group, k, v)

@@ -44,7 +44,6 @@ from .. import _ops  # noqa: F401  (defines the ops this module registers rules 
 __all__ = ["ReplicateParallel", "attention_plan", "block_plan", "check_head_sharding", "mlp_plan"]
 
 _OPS = torch.ops.simplicial_attn
-_NON_TENSOR_ARGS = 7  # max_seqlen, w1, w2, causal, scale, logits, backend
 _HEADS, _BATCH, _SEQUENCE, _HEAD_DIM = 2, 0, 1, 3
 
 
@@ -98,7 +97,7 @@ def _attention_sharding(q, k1, k2, v1, v2, cu_seqlens, *args):
     rules = []
     for rows, stats in _layouts(q, cu_seqlens):
         outputs = [rows, stats, stats]  # out, lse, lse_lo
-        inputs = [rows] * 5 + [_cu_placement(cu_seqlens)] + [None] * _NON_TENSOR_ARGS
+        inputs = [rows] * 5 + [_cu_placement(cu_seqlens)] + [None] * len(args)  # args: no tensors
         rules.append((outputs, inputs))
     return rules
 
@@ -109,7 +108,7 @@ def _attention_backward_sharding(dout, q, k1, k2, v1, v2, out, lse, lse_lo, cu_s
     rules = []
     for rows, stats in _layouts(q, cu_seqlens):
         outputs = [rows] * 5  # dq, dk1, dk2, dv1, dv2
-        inputs = [rows] * 7 + [stats, stats, _cu_placement(cu_seqlens)] + [None] * _NON_TENSOR_ARGS
+        inputs = [rows] * 7 + [stats, stats, _cu_placement(cu_seqlens)] + [None] * len(args)
         rules.append((outputs, inputs))
     return rules
 

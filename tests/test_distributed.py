@@ -1,6 +1,7 @@
 """Context parallelism (simplicial_attn.parallel) and the ops on DTensors, against the single-process op.
 
-One launch per world size (2, 3, 4 fresh processes, gloo, tests/dist_launch.py); each group
+One launch per world size (2, 3, 4 fresh processes, gloo, tests/dist_launch.py; one test each, so
+a parallel test run never starts a launch twice); each group
 runs every case and writes its chunks of the outputs and gradients, plus its byte counters,
 to a file. The parent process then compares the concatenated chunks with the single-process
 op on the whole sequence (same backend, fp32, 1e-5 relative) and the bytes with halo sizes it
@@ -234,13 +235,6 @@ def _worker(rank, world, init_file, out_dir):
 # ---- parent side ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda w: f"world{w}")
-def run(request, tmp_path_factory):
-    """Spawn `world` processes once; return (world, {rank: records})."""
-    world = request.param
-    return world, launch(_worker, world, tmp_path_factory.mktemp(f"cp{world}"))
-
-
 _REFERENCE = {}
 
 
@@ -274,8 +268,7 @@ def _concat(pieces, packed):
     return torch.cat(pieces, dim=0 if packed else 1)
 
 
-def test_matches_single_process(run):
-    world, records = run
+def _check_matches_single_process(world, records):
     bound = BOUNDS[torch.float32]
     for label, case, sizes, members in _runs(world, records):
         ref_out, ref_grads = _single_process(case)
@@ -308,9 +301,8 @@ def _sdpa_reference(case):
     return strip(out.detach()), [strip(t.grad) for t in (q, k, v)]
 
 
-def test_standard_attention_matches_single_process(run):
+def _check_standard_attention_matches_single_process(world, records):
     """The SDPA layers' context parallelism: full causal, trailing window, bidirectional, packed."""
-    world, records = run
     for case in SDPA_CASES:
         members = [records[r][("sdpa", case.name)] for r in range(world)]
         ref_out, ref_grads = _sdpa_reference(case)
@@ -354,10 +346,9 @@ def _check_traffic(got, where, expected_recv, expected_send):
     assert got["layout_gathers"] == 1, where
 
 
-def test_traffic_is_the_halo(run):
+def _check_traffic_is_the_halo(world, records):
     """Each rank sends exactly the k/v rows its peers' windows reach (and their gradients back); a document
     boundary cuts the halo."""
-    world, records = run
     for label, case, sizes, members in _runs(world, records):
         row_bytes = case.global_case().B * HKV * case.D * 4  # one position of one fp32 tensor
         recv1, send1 = _halo_rows(sizes, case.w1, case.causal, case.documents)  # k1 and v1
@@ -383,8 +374,7 @@ def test_packed_halo_stops_at_documents():
     assert recv[2] == 0 and plain[2] == 5 and recv[1] == 1  # rank 1's document starts at 5
 
 
-def test_mismatched_settings_raise_on_every_rank(run):
-    world, records = run
+def _check_mismatched_settings_raise_on_every_rank(world, records):
     for r in range(world):
         message = records[r]["mismatch"]
         assert message is not None, f"rank {r} did not raise"
@@ -398,12 +388,9 @@ def _dtensor_reference():
     return out.detach(), lse, [t.grad for t in inputs]
 
 
-def test_ops_on_dtensors(run):
+def _check_ops_on_dtensors(world, records):
     """Heads (Shard(2)), batch (Shard(0)), replicated, batch x heads on a 2-D mesh, and a packed call with
     its heads sharded: outputs, lse and gradients equal one process, in the placement of the inputs."""
-    world, records = run
-    if world not in (2, 4):
-        pytest.skip("the DTensor cases run in the 2- and 4-process launches")
     ref_out, ref_lse, ref_grads = _dtensor_reference()
     expect = {"heads": (Shard(2),), "batch": (Shard(0),), "replicated": (Replicate(),),
               "batch-x-heads": (Shard(0), Shard(2))}  # fmt: skip
@@ -424,14 +411,26 @@ def test_ops_on_dtensors(run):
         assert got["placements"] == (Shard(1),) and rel_err(got["out"], ref) <= BOUNDS[torch.float32]
 
 
-def test_refused_dtensor_placements_name_the_way_out(run):
-    world, records = run
-    if world != 2:
-        pytest.skip("the refused placements run in the 2-process launch")
+def _check_refused_dtensor_placements_name_the_way_out(world, records):
     errors = records[0]["dtensor"]["errors"]
     assert errors["sequence"][0] == "ValueError" and "two_simplicial_attention_cp" in errors["sequence"][1]
     assert errors["head_dim"][0] == "ValueError" and "Shard(2)" in errors["head_dim"][1]
     assert errors["kv-heads"][0] == "ValueError" and "kv heads (1) to be multiples of 2" in errors["kv-heads"][1]
+
+
+@pytest.mark.parametrize("world", [2, 3, 4], ids=lambda w: f"world{w}")
+def test_launch(world, tmp_path):
+    """One launch of `world` processes (one test, so a parallel test run never starts it twice), then every
+    check of its records."""
+    records = launch(_worker, world, tmp_path)
+    _check_matches_single_process(world, records)
+    _check_standard_attention_matches_single_process(world, records)
+    _check_traffic_is_the_halo(world, records)
+    _check_mismatched_settings_raise_on_every_rank(world, records)
+    if world in (2, 4):
+        _check_ops_on_dtensors(world, records)
+    if world == 2:
+        _check_refused_dtensor_placements_name_the_way_out(world, records)
 
 
 def test_needs_an_initialised_process_group():

@@ -9,12 +9,12 @@ The mesh (dp x cp x tp = the number of processes) goes to `simplicial_attn.paral
 tensor parallelism by heads over tp, the halo-exchange context parallelism over cp, FSDP2 over dp x
 cp. Each step draws `--batch` random windows of `--seq-len + 1` characters from the training files
 (one byte per token, as train_code.py; the same windows whatever the mesh), every data-parallel rank
-takes `--batch / dp` of them and each context-parallel rank its contiguous chunk of each: its loss is the mean cross-entropy over its own
-tokens, and FSDP's average over dp x cp ranks is the global mean (the same gradients as one process
-on the whole batch: tests/test_parallel_layouts.py). Runs on GPUs with NCCL (one per process,
-LOCAL_RANK) or on CPUs with gloo. `--bf16`: FSDP2 mixed precision (bf16 parameters and compute,
-fp32 gradient reduction). `--save DIR`: a sharded DCP checkpoint (DIR/dcp) and the unsharded HF
-checkpoint (DIR/hf, `AutoModelForCausalLM.from_pretrained` loads it).
+takes `--batch / dp` of them and each context-parallel rank its contiguous chunk of each: its loss
+is the mean cross-entropy over its own tokens, and FSDP's average over dp x cp ranks is the global
+mean (the same gradients as one process on the whole batch: tests/test_parallel_layouts.py). Runs on
+GPUs with NCCL (one per process, LOCAL_RANK) or on CPUs with gloo. `--bf16`: FSDP2 mixed precision
+(bf16 parameters and compute, fp32 gradient reduction). `--save DIR`: a sharded DCP checkpoint
+(DIR/dcp) and the unsharded HF checkpoint (DIR/hf, `AutoModelForCausalLM.from_pretrained` loads it).
 """
 
 import argparse
@@ -155,8 +155,9 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     if rank == 0:
         params = sum(p.numel() for p in model.parameters())
-        print(f"mesh dp={args.dp} cp={args.cp} tp={args.tp} on {device.type}; {params / 1e6:.2f} M parameters; "
-              f"layers {config.layer_kinds}; {args.batch} x {args.seq_len} characters per step", flush=True)  # fmt: skip
+        shape = f"layers {config.layer_kinds}; {args.batch} x {args.seq_len} characters per step"
+        print(f"mesh dp={args.dp} cp={args.cp} tp={args.tp} on {device.type}; {params / 1e6:.2f} M parameters; {shape}",
+              flush=True)  # fmt: skip
     start = time.perf_counter()
     for step in range(args.steps):
         for group in optimizer.param_groups:

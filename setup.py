@@ -96,9 +96,12 @@ def main():
             "simplicial_attn.hf",
             "simplicial_attn.nn",
             "simplicial_attn.ops",
+            "simplicial_attn.parallel",
+            "simplicial_attn.parallel.titan",
             "simplicial_attn.triton_kernels",
         ],
         package_dir={"simplicial_attn": "python/simplicial_attn", "simplicial_attn.triton_kernels": "triton_kernels"},
+        package_data={"simplicial_attn.parallel.titan": ["*.toml"]},
         ext_modules=ext_modules,
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )

@@ -32,8 +32,6 @@ FLOORS = {
     "analysis": 3,
     "hf": 4,
     "parallel": 4,
-    "distributed": 4,
-    "_cp_comm": 4,
     "__init__": 5,
 }
 

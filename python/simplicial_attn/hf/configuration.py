@@ -57,6 +57,24 @@ class SimplicialConfig(PreTrainedConfig):
     """
 
     model_type = "simplicial"
+    # Tensor parallelism by heads (`from_pretrained(..., tp_plan="auto")` under torchrun): every input
+    # projection column-wise, the output projections row-wise (transformers adds the embedding,
+    # vocabulary-sharded); the per-head q/k norms see a rank's heads only, so their gains' gradients
+    # are summed across the ranks. The layers read their head counts off the projections' outputs.
+    base_model_tp_plan = {
+        **{
+            f"layers.*.self_attn.{name}": "colwise"
+            for name in ("q_proj", "k_proj", "v_proj", "k1_proj", "k2_proj", "v1_proj", "v2_proj")
+        },  # fmt: skip
+        "layers.*.self_attn.out_proj": "rowwise",
+        **{
+            f"layers.*.self_attn.{name}": "replicated_with_grad_allreduce"
+            for name in ("q_norm", "k_norm", "k1_norm", "k2_norm")
+        },  # fmt: skip
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
 
     vocab_size: int = 32000
     hidden_size: int = 1024

@@ -128,17 +128,50 @@ def op_dtype(t):
     return t.dtype
 
 
-def init_projections(in_proj, out_proj):
-    """LeCun-normal (std = fan_in^-1/2) for both projections, zero biases.
+def init_projections(in_projs, out_proj):
+    """LeCun-normal (std = fan_in^-1/2) for the input projections and the output projection, zero biases.
 
     For unit-variance x, q, k1, k2 come out with unit variance, so the trilinear logits
     D^-1/2 sum_d q k1 k2 start with unit variance (neither uniform nor saturated), v1 * v2 too,
     and the output projection has unit gain from the concatenated heads.
+
+    The input projections (q, k1, k2, v1, v2; or q, k, v) are drawn as one matrix, rows in that
+    order, and copied into the separate layers: a seeded model draws the numbers it drew when they
+    were one fused layer (the split lets tensor parallelism shard each by heads).
     """
-    for lin in (in_proj, out_proj):
-        nn.init.normal_(lin.weight, std=lin.in_features**-0.5)
-        if lin.bias is not None:
-            nn.init.zeros_(lin.bias)
+    weight = in_projs[0].weight
+    with torch.no_grad():
+        fused = torch.empty(sum(p.out_features for p in in_projs), weight.shape[1], dtype=weight.dtype,
+                            device=weight.device)  # fmt: skip
+        nn.init.normal_(fused, std=weight.shape[1] ** -0.5)
+        for lin, rows in zip(in_projs, fused.split([p.out_features for p in in_projs]), strict=True):
+            lin.weight.copy_(rows)
+        nn.init.normal_(out_proj.weight, std=out_proj.in_features**-0.5)
+        for lin in (*in_projs, out_proj):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+
+
+def local_out_features(linear):
+    """Output features of this process's share of `linear`'s weight (all of them unless tensor
+    parallelism sharded it: a DTensor weight)."""
+    weight = linear.weight
+    return (weight.to_local() if hasattr(weight, "to_local") else weight).shape[0]
+
+
+def split_fused_projection(names):
+    """A load_state_dict pre-hook: a state dict saved when the input projections were one `in_proj`
+    layer (rows: the projections `names`, in order) loads into the separate layers."""
+
+    def hook(module, state_dict, prefix, *args):
+        for suffix in ("weight", "bias"):
+            fused = state_dict.pop(f"{prefix}in_proj.{suffix}", None)
+            if fused is not None:
+                sizes = [getattr(module, name).out_features for name in names]
+                for name, rows in zip(names, fused.split(sizes), strict=True):
+                    state_dict[f"{prefix}{name}.{suffix}"] = rows
+
+    return hook
 
 
 class QKNorm(nn.RMSNorm):

@@ -60,7 +60,7 @@ def _cpu_kernels():
 
 
 def _reference_kernels():
-    from simplicial_attn import reference
+    from simplicial_attn.backends import reference
 
     return _kernel_pair(reference.fwd, reference.bwd)
 

@@ -34,11 +34,11 @@ def dtype_name(dtype):
 def measure_fma_peak(dtype="float32", seconds=0.05, repeats=5, iters=0):
     """{"gflops", "flops", "seconds", "threads", "lanes", "chains", "isa", "dtype"}: best of `repeats`
     runs of about `seconds` (or of `iters` iterations per thread when given; flops: of one run)."""
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    if _ext._C is None or not hasattr(_ext._C, "cpu_fma_peak"):
-        raise RuntimeError(f"the FMA peak loop needs the C++ extension ({_ext.build_info()})")
-    return dict(_ext._C.cpu_fma_peak(dtype_name(dtype), seconds, repeats, iters))
+    if extension._C is None or not hasattr(extension._C, "cpu_fma_peak"):
+        raise RuntimeError(f"the FMA peak loop needs the C++ extension ({extension.build_info()})")
+    return dict(extension._C.cpu_fma_peak(dtype_name(dtype), seconds, repeats, iters))
 
 
 def fma_peaks(dtypes, seconds=0.05, repeats=5, cpu_time=False):

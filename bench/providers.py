@@ -8,7 +8,8 @@ forward, or both). `spec` is a `Spec` from bench/run.py.
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import backends, reference
+from simplicial_attn import backends
+from simplicial_attn.backends import reference
 from simplicial_attn.problem import Problem, window_band
 
 # Memory the naive dense einsum may use for its (i, j, k) cube before we skip it.

@@ -217,7 +217,7 @@ def build_specs(args):
 def scores_main(args):
     """trilinear_scores forward (and backward) per backend: GB/s of the [B, Hq, N, W1, W2] logits written."""
     import simplicial_attn as sa
-    from simplicial_attn import scores
+    from simplicial_attn.analysis import scores
 
     shapes, dtypes = quick_specs(args.device)
     dtypes = [DTYPES[d] for d in args.dtype] if args.dtype else dtypes[:1]

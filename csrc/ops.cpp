@@ -1,4 +1,4 @@
-// The dispatcher schemas of the fused kernels. Python (simplicial_attn/_ops.py) wraps these
+// The dispatcher schemas of the fused kernels. Python (simplicial_attn/ops/library.py) wraps these
 // in the public autograd op; each device registers its kernels in its own folder:
 //   csrc/cpu/   TORCH_LIBRARY_IMPL(simplicial_attn, CPU, m)
 //   csrc/cuda/  TORCH_LIBRARY_IMPL(simplicial_attn, CUDA, m)

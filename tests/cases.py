@@ -106,9 +106,9 @@ def _backend_skip(name):
     """Why `name` cannot run here (None: it can). Imported late: the package reads TRITON_INTERPRET."""
     import importlib.util
 
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    if name == "cpu" and not _ext.has_kernel("cpu"):
+    if name == "cpu" and not extension.has_kernel("cpu"):
         return "the C++ CPU kernels are not built (simplicial_attn._C has no CPU fused_fwd)"
     if name == "triton" and importlib.util.find_spec("triton") is None:
         return "triton is not installed"

@@ -6,7 +6,8 @@ misaligned access, a shared-memory race or uninitialised read, a barrier or warp
 every thread reaches from the same call site, or an output element written by two threads.
 `build()` compiles the driver once per source state (cached by a hash of csrc/cuda under the
 system temp dir); `fused_fwd` / `fused_bwd` / `fused_decode` mirror the backends' fwd / bwd /
-decode (backends.py), with a Problem (window bands, scale, logits, packed layout, cache lengths).
+decode (simplicial_attn/backends/__init__.py), with a Problem (window bands, scale, logits,
+packed layout, cache lengths).
 
 Every run shuffles the order of CTAs and threads with a seed derived from the call (and from
 SIMPLICIAL_ATTN_EMU_SEED, default 1); a failure names it. `fast_math=True` emulates nvcc

@@ -9,15 +9,15 @@ C++ argument checks. About 8 s on the idle 2-core CI machine (40-60 s while othe
 import pytest
 import torch
 
-from simplicial_attn import _ext
+from simplicial_attn.backends import extension
 from simplicial_attn.problem import Problem
 
 from cases import BOUNDS, CASES_FULL, Case, bands, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
-if not _ext.has_kernel("cpu"):
+if not extension.has_kernel("cpu"):
     pytest.skip(
-        f"the C++ extension simplicial_attn._C with CPU kernels is not built ({_ext.build_info()})",
+        f"the C++ extension simplicial_attn._C with CPU kernels is not built ({extension.build_info()})",
         allow_module_level=True,
     )
 

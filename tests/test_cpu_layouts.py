@@ -13,15 +13,15 @@ import pytest
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import _ext
+from simplicial_attn.backends import extension
 from simplicial_attn.problem import Problem
 
 from cases import BOUNDS, Case, bands, make_dout, make_inputs, make_packed, rel_err
 from oracle import oracle_bwd, oracle_fwd, oracle_varlen_bwd, oracle_varlen_fwd
 
-if not _ext.has_kernel("cpu"):
+if not extension.has_kernel("cpu"):
     pytest.skip(
-        f"the C++ extension simplicial_attn._C with CPU kernels is not built ({_ext.build_info()})",
+        f"the C++ extension simplicial_attn._C with CPU kernels is not built ({extension.build_info()})",
         allow_module_level=True,
     )
 

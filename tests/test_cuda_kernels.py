@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import _ext, reference
+from simplicial_attn.backends import extension, reference
 from simplicial_attn.problem import Problem
 
 from cases import BOUNDS, CASES_FULL, Case, bands, make_dout, make_inputs, rel_err
@@ -22,7 +22,7 @@ from oracle import oracle_bwd, oracle_fwd
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not _ext.has_kernel("cuda"), reason="simplicial_attn._C was built without CUDA kernels"),
+    pytest.mark.skipif(not extension.has_kernel("cuda"), reason="simplicial_attn._C was built without CUDA kernels"),
 ]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]

@@ -130,7 +130,7 @@ def test_single_pair_at_a_huge_logit(dtype, q_value, fast_math):
 def test_lse_lo_carries_the_rounding_of_lse():
     """lse_lo is the residual of lse = fl(m + ln l): at |logit| ~ 1e3 and 1e4 lse alone is off by up
     to half an ulp (3e-5, 5e-4), lse + lse_lo by the float32 rounding of ln l alone (a few 1e-7); a
-    row with a NaN input has lse NaN and lse_lo 0 (numerics.md)."""
+    row with a NaN input has lse NaN and lse_lo 0 (README, "Numerics at large logits")."""
     q, k1, k2, v1, v2, _ = _inputs(torch.float32, [992.0, 9984.0])
     q[1, 5, 0, 3] = float("nan")  # every logit of query row 5 (head 0) of batch element 1
     prob = Problem(*bands(W1, W2, True), 1.0)

@@ -131,9 +131,9 @@ def test_primitive_compiles_to_its_instruction(probe_sass, arch, probe):
 
 
 def _skip_reason():
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    info = _ext.build_info()
+    info = extension.build_info()
     if not info.get("extension"):
         return f"simplicial_attn._C is not built ({info.get('import_error')})"
     if not info.get("with_cuda"):
@@ -153,9 +153,9 @@ def table():
 
 @pytest.fixture(scope="module")
 def archs():
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    listed = _ext.build_info()["cuda_archs"].replace(" ", ";").split(";")
+    listed = extension.build_info()["cuda_archs"].replace(" ", ";").split(";")
     return sorted({"sm_" + a.replace(".", "").removesuffix("+PTX") for a in listed if a})
 
 
@@ -196,10 +196,10 @@ def test_fp32_kernels_stay_ieee(table):
 def test_sass_counts_match_golden(table):
     """HMMA, LDSM (plain / .trans), BAR.SYNC, LDGSTS and DEPBAR counts per kernel, arch, dtype and
     head dim, as in csrc/cuda/sass/golden_counts.json."""
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
     golden = json.loads(cuda_report.GOLDEN.read_text())
-    built_with = _ext.build_info()["cuda_version"]
+    built_with = extension.build_info()["cuda_version"]
     if built_with != golden["cuda_version"]:
         pytest.skip(f"the golden counts are for CUDA {golden['cuda_version']}; this build used CUDA {built_with}")
     diff = cuda_report.golden_diff(table, golden)
@@ -210,9 +210,9 @@ def test_sass_counts_match_golden(table):
 
 
 def test_ptx_archs_ship_ptx(table):
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    listed = _ext.build_info()["cuda_archs"].replace(" ", ";").split(";")
+    listed = extension.build_info()["cuda_archs"].replace(" ", ";").split(";")
     want = {"sm_" + a.removesuffix("+PTX").replace(".", "") for a in listed if a.endswith("+PTX")}
     if not want:
         pytest.skip(f"this build's TORCH_CUDA_ARCH_LIST ({';'.join(listed)}) has no +PTX entry")

@@ -16,7 +16,7 @@ SCRIPT = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
 from bench.memory import peak_rss_delta
-from simplicial_attn import reference
+from simplicial_attn.backends import reference
 from simplicial_attn.problem import Problem, window_band
 torch.set_num_threads(2)
 B, N, H, D, w1, w2 = 1, 4096, 4, 64, 512, 32

@@ -231,7 +231,7 @@ def test_gpu_grid(case, dtype, poison):
 @pytest.mark.parametrize("case", REALISTIC, ids=lambda c: c.id)
 def test_gpu_realistic_sizes_match_the_reference_fp32(case, dtype, poison):
     """The kernels in `dtype` against the reference backend in float32 on the same values."""
-    from simplicial_attn import reference
+    from simplicial_attn.backends import reference
 
     inputs = make_inputs(case, dtype, "cuda")
     dout = make_dout(case, dtype, "cuda")

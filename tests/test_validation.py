@@ -135,9 +135,9 @@ def test_empty_batch_or_sequence(B, N, monkeypatch):
 
 def test_cpp_checks_name_the_argument():
     """Direct torch.ops calls (libtorch users) get TORCH_CHECK messages, not out-of-bounds reads."""
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    if not _ext.has_kernel("cpu"):
+    if not extension.has_kernel("cpu"):
         pytest.skip("the C++ CPU kernels are not built (simplicial_attn._C has no CPU fused_fwd)")
     q, k1, k2, v1, v2 = inputs()
     fwd = torch.ops.simplicial_attn.fused_fwd
@@ -160,9 +160,9 @@ def test_zero_query_heads():
 
 
 def _op_backends():
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    return ["reference"] + (["cpu"] if _ext.has_kernel("cpu") else [])
+    return ["reference"] + (["cpu"] if extension.has_kernel("cpu") else [])
 
 
 @pytest.mark.parametrize("backend", _op_backends())
@@ -170,16 +170,21 @@ def test_op_called_directly_checks_its_arguments(backend):
     """torch.ops.simplicial_attn.attention is public too: the same rules, never zeros or -inf."""
     op = torch.ops.simplicial_attn.attention
     args = inputs()
-    with pytest.raises(ValueError, match=r"left1 must be an int >= 0 \(a band's reach\), got -1"):
-        op(*args, None, 0, -1, 0, 1, 0, 0.5, "trilinear", backend)
+    with pytest.raises(ValueError, match=r"w1 must be an int >= 1 or None, got 0"):
+        op(*args, None, None, 0, 2, True, 0.5, "trilinear", backend)
     with pytest.raises(ValueError, match=r"backend must be one of auto, cuda, triton, cpu, reference; got 'bogus'"):
-        op(*args, None, 0, 2, 0, 1, 0, 0.5, "trilinear", "bogus")
-    with pytest.raises(ValueError, match=r"backend must be a concrete backend for the op"):
-        op(*args, None, 0, 2, 0, 1, 0, 0.5, "trilinear", "auto")
+        op(*args, None, None, 3, 2, True, 0.5, "trilinear", "bogus")
     with pytest.raises(ValueError, match=r"q and k1 must have at least one head, got Hq = 0"):
-        op(args[0][:, :, :0], *args[1:], None, 0, 2, 0, 1, 0, 0.5, "trilinear", backend)
+        op(args[0][:, :, :0], *args[1:], None, None, 3, 2, True, 0.5, "trilinear", backend)
     with pytest.raises(ValueError, match=r"scale must be finite, got inf"):
-        op(*args, None, 0, 2, 0, 1, 0, float("inf"), "trilinear", backend)
+        op(*args, None, None, 3, 2, True, float("inf"), "trilinear", backend)
+    packed_layout = r"packed inputs reach the op as \[1, T, H, D\]; got q of shape \(2, 5, 4, 8\)"
+    with pytest.raises(ValueError, match=packed_layout):
+        op(*args, torch.tensor([0, 5], dtype=torch.int32), None, 3, 2, True, None, "trilinear", backend)
+    # None scale and windows are resolved by the op itself, like the public function's
+    out, lse, _ = op(*args, None, None, None, 2, True, None, "trilinear", backend)
+    ref, ref_lse = sa.two_simplicial_attention(*args, None, 2, return_lse=True, backend=backend)
+    assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
 
 
 def test_bogus_backend_is_a_value_error():

@@ -1,5 +1,5 @@
 """Triton backend of simplicial-attn: `fwd`, `bwd` and `decode` with the package's backend interface
-(simplicial_attn/backends.py; `prob` is the call's Problem, simplicial_attn/problem.py).
+(simplicial_attn/backends/__init__.py; `prob` is the call's Problem, simplicial_attn/problem.py).
 
     fwd(q, k1, k2, v1, v2, prob) -> (out, lse, lse_lo)
     bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob) -> (dq, dk1, dk2, dv1, dv2)

@@ -233,9 +233,9 @@ def main(argv):
     spills = [r for r in table if r["stack"] or r["local"]]
     print(f"\n{len(table)} kernel instantiations, {len(spills)} with stack/local memory (spills)")
     if args.write_golden:
-        from simplicial_attn import _ext
+        from simplicial_attn.backends import extension
 
-        GOLDEN.write_text(json.dumps(golden_table(table, _ext.build_info()["cuda_version"]), indent=1) + "\n")
+        GOLDEN.write_text(json.dumps(golden_table(table, extension.build_info()["cuda_version"]), indent=1) + "\n")
         print(f"wrote {GOLDEN}")
 
 

@@ -82,20 +82,20 @@ def _kernels():
     }
 
 
-def _int_args(bd):
-    n, hq, hkv = TARGET["N"], TARGET["HQ"], TARGET["HKV"]
+def _int_args(bd, target=TARGET):
+    n, hq, hkv = target["N"], target["HQ"], target["HKV"]
     q = dict(zip("bnhd", (n * hq * bd, hq * bd, bd, 1), strict=True))
     kv = dict(zip("bnhd", (n * hkv * bd, hkv * bd, bd, 1), strict=True))
-    ints = dict(N=n, GROUP=hq // hkv, D=bd, L1=TARGET["W1"] - 1, R1=0, L2=TARGET["W2"] - 1, R2=0)
+    ints = dict(N=n, GROUP=hq // hkv, D=bd, L1=target["W1"] - 1, R1=0, L2=target["W2"] - 1, R2=0)
     ints.update(stride_lb=hq * n, stride_lh=n, HQ=hq, **DECODE)
     return ints, q, kv
 
 
-def _signature(fn, dtype, bd, constexprs):
-    """(signature, constexprs, attrs) as a launch with the target sizes would specialise them:
-    ints equal to 1 become constants, ints and pointers divisible by 16 get that hint (not the
-    kernel's do_not_specialize arguments)."""
-    ints, q, kv = _int_args(bd)
+def _signature(fn, dtype, bd, constexprs, target=TARGET):
+    """(signature, constexprs, attrs) as a launch with the `target` sizes (default: the H100
+    target's) would specialise them: ints equal to 1 become constants, ints and pointers
+    divisible by 16 get that hint (not the kernel's do_not_specialize arguments)."""
+    ints, q, kv = _int_args(bd, target)
     plain = set(getattr(fn, "do_not_specialize", ()) or ())
     sig, consts, attrs = {}, {}, {}
     for idx, name in enumerate(fn.arg_names):
@@ -152,24 +152,29 @@ def _innermost_loops(ptx):
     return loops
 
 
-def _compile(job):
+def compile_job(job, target=TARGET):
+    """(compiled kernel, ptxas log, seconds) of one job of `_jobs`, specialised as a launch at the
+    `target` sizes would be. Needs TRITON_INTERPRET unset before triton is imported (see main),
+    and TRITON_DUMP_PTXAS_LOG=1 for the log."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     fn = _kernels()[job["kernel_fn"]]
-    sig, consts, attrs = _signature(fn, job["dtype"], job["bd"], job["constexprs"])
-    cc = job["cc"]
+    sig, consts, attrs = _signature(fn, job["dtype"], job["bd"], job["constexprs"], target)
     log = io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(log):
         k = triton.compile(
             ASTSource(fn, sig, consts, attrs),
-            target=GPUTarget("cuda", cc, 32),
+            target=GPUTarget("cuda", job["cc"], 32),
             options=dict(num_warps=job["num_warps"], num_stages=job["num_stages"], maxnreg=job["maxnreg"]),
         )
-    seconds = time.perf_counter() - t0
-    text = log.getvalue()
+    return k, log.getvalue(), time.perf_counter() - t0
+
+
+def _compile(job):
+    k, text, seconds = compile_job(job)
     regs = re.search(r"Used (\d+) registers", text)
     spill_st = re.search(r"(\d+) bytes spill stores", text)
     spill_ld = re.search(r"(\d+) bytes spill loads", text)
@@ -189,12 +194,31 @@ def _compile(job):
     )
 
 
-def _jobs(archs):
+def target_arch(arch):
+    """(compute capability, configs.py arch class whose lists a launch there uses) of an arch name:
+    sm80 / sm86 / sm90 (configs.ARCHS), or sm100 (Blackwell, compiled ahead of time for
+    bench/gpu_model.py; a launch there takes the lists of configs.arch_class((10, 0)))."""
     from simplicial_attn.triton_kernels import configs
+
+    if arch in configs.CAPABILITY:
+        major, minor = configs.CAPABILITY[arch]
+        return major * 10 + minor, arch
+    if arch == "sm100":
+        return 100, configs.arch_class((10, 0))
+    raise ValueError(f"unknown arch {arch!r}")
+
+
+def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variants=None):
+    """One job (kernel, config, arch, tiling, variant, dtype, padded head dim) per compile; by
+    default every shipped config at each D class bound, tilings as the `target` shape's group
+    gives them, both operand tables and every variant."""
+    from simplicial_attn.triton_kernels import configs
+
+    variants = VARIANTS if variants is None else variants
 
     def job(arch, kernel, tiling, variant, dtype, dc, cfg, constexprs):
         return dict(
-            arch=arch, cc=configs.CAPABILITY[arch][0] * 10 + configs.CAPABILITY[arch][1], kernel=kernel,
+            arch=arch, cc=target_arch(arch)[0], kernel=kernel,
             kernel_fn=kernel, tiling=tiling, variant=variant, dtype=dtype, bd=dc, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
             tiles=" ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items())),
@@ -203,21 +227,22 @@ def _jobs(archs):
 
     jobs = []
     for arch in archs:
-        for dc in configs.D_CLASSES:
-            for dtype in ("bf16", "fp32"):
+        cls = target_arch(arch)[1]
+        for dc in head_dims or configs.D_CLASSES:
+            for dtype in dtypes:
                 fp32 = dtype == "fp32"
                 precision = dict(INPUT_PRECISION="ieee", UPCAST=False, BLOCK_D=dc, **NO_COUNTERS)
-                for variant, flags in VARIANTS.items():
+                for variant, flags in variants.items():
                     for kernel in configs.KERNELS:
                         tilings = {"": (False, 1)}
                         if kernel in ("fwd", "bwd_dq"):
-                            tilings = {"seq": (False, 1), "pack": (True, TARGET["HQ"] // TARGET["HKV"])}
+                            tilings = {"seq": (False, 1), "pack": (True, target["HQ"] // target["HKV"])}
                         for tiling, (packed, heads) in tilings.items():
-                            for cfg in configs.configs(kernel, arch, dc, fp32=fp32, packed=packed, det=flags["DET"]):
+                            for cfg in configs.configs(kernel, cls, dc, fp32=fp32, packed=packed, det=flags["DET"]):
                                 extra = {"BLOCK_H": min(heads, cfg.kwargs["BLOCK_M"])} if tiling else {}
                                 jobs.append(job(arch, kernel, tiling, variant, dtype, dc, cfg,
                                                 {**precision, **flags, **extra}))  # fmt: skip
-                    cfg = configs.decode_config(arch, dc, fp32)
+                    cfg = configs.decode_config(cls, dc, fp32)
                     jobs.append(job(arch, "decode", "", variant.split("+")[0], dtype, dc, cfg,
                                     {**precision, "DET": flags["DET"]}))  # fmt: skip
                 plain = dict(BLOCK_D=dc, **NO_COUNTERS)

@@ -1,5 +1,5 @@
 // Argument checks shared by every C++ entry point. Python validates the public API first
-// (simplicial_attn/_validate.py); these guard direct torch.ops calls and libtorch users, so
+// (simplicial_attn/ops/checks.py); these guard direct torch.ops calls and libtorch users, so
 // a bad call is a readable TORCH_CHECK message instead of an out-of-bounds read.
 #pragma once
 

@@ -1,9 +1,9 @@
-r"""A call's problem description: one small object from the public functions to every backend.
+r"""A call's problem description: one small object from the ops to every backend (floor 0 of the package).
 
-The public functions (api.py, varlen.py, kvcache.py) check their arguments, turn the user's
-windows into bands (`window_band`, the one place that does), resolve the default scale and
-build one `Problem`; the op (_ops.py) hands it to the backend, whose kernels read what they need
-from it. A new feature adds a field here, not an argument to a dozen signatures.
+The torch.library ops (ops/library.py) check a call, turn the user's windows into bands
+(`window_band`, the one place that does), resolve the default scale and build one `Problem`,
+which they hand to the backend, whose kernels read what they need from it. A new feature adds a
+field here (and to csrc/include/problem.h), not an argument to a dozen signatures.
 
 A window is a band of positions around its query, per key axis (k1/v1 the j axis, k2/v2 the k
 axis): query i sees [i - left, i + right], clipped to its sequence.
@@ -13,7 +13,7 @@ axis): query i sees [i - left, i + right], clipped to its sequence.
                [# # # #]                             [# # # #]
                        ^ i                               ^ i
 
-Layouts (see backends.py for the shapes each backend function takes):
+Layouts (see backends/__init__.py for the shapes each backend function takes):
 
     batched   q [B, N, Hq, D]                 cu_seqlens None, cache_seqlens None
     packed    q [1, T, Hq, D]                 cu_seqlens [S + 1]: sequence s is rows [cu[s], cu[s+1])
@@ -27,6 +27,12 @@ from typing import NamedTuple
 import torch
 
 LOGITS = ("trilinear", "determinant")
+
+
+def compute_dtype(dtype):
+    """Accumulation dtype for inputs of `dtype`, which is also the dtype of lse and of the scores
+    (CONTRACT §1: float32; float64 for float64 inputs so gradcheck stays sharp)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class Band(NamedTuple):
@@ -62,6 +68,30 @@ def window_band(w, causal, longest=None):
         w = max(2 * longest - 1, 1)
     band = Band(w - 1, 0) if causal else Band(w // 2, w - 1 - w // 2)
     return band if longest is None else band.clipped(longest)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowAxis:
+    """One window axis of the unfused scores [B, Hq, N, W1, W2] (backends/scores_reference.py):
+    `size` slots, slot a of query i is position start(i) + a."""
+
+    size: int
+    slide: int  # 1: the window moves with the query; 0: fixed (absolute positions)
+    lo: int
+
+    def start(self, i):
+        return self.slide * i - self.lo
+
+
+def window_axis(w, n, causal):
+    """The scores' axis of user window `w` (int >= 1 or None) for sequence length n: the window's
+    band, a slot per position (unclipped: an int window keeps w slots even past the sequence),
+    except that a centred unbounded window is the sequence itself (size n, absolute positions;
+    csrc/include/scores_window.h is the C++ twin)."""
+    if w is None and not causal:
+        return WindowAxis(n, 0, 0)
+    band = window_band(w, causal, n if w is None else None)
+    return WindowAxis(band.width, 1, band.left)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _validate
+from .. import backends
+from ..ops import checks
 
 
 def check_positive_int(name, value):
@@ -46,16 +47,33 @@ def check_dropout(dropout):
 def check_window_arg(name, w):
     """A window (int >= 1 or None), checked when the module is built, not at its first forward."""
     try:
-        _validate.check_window(name, w)
+        checks.check_window(name, w)
     except TypeError as exc:
         raise ValueError(str(exc)) from None
 
 
 def check_backend_arg(backend):
     try:
-        _validate.check_backend_name(backend)
+        backends.check_name(backend)
     except TypeError as exc:
         raise ValueError(str(exc)) from None
+
+
+def check_input(x, weight):
+    """x as the layer's projections take it: a tensor of the layer's dtype (that of `weight`, one of
+    its parameters), or under autocast any dtype autocast casts (float16, bfloat16, float32).
+    Checked here, so the error names x instead of surfacing from nn.Linear."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == weight.dtype:
+        return
+    if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        return
+    name = str(weight.dtype).removeprefix("torch.")
+    raise TypeError(
+        f"x must have the layer's dtype {name} (under autocast: float16, bfloat16 or float32), "
+        f"got {str(x.dtype).removeprefix('torch.')}"
+    )
 
 
 def packed_positions(cu_seqlens, total):
@@ -84,7 +102,7 @@ def positions_for(x, dim, positions, cu_seqlens, cache):
         if x.dim() != 2:
             raise ValueError(f"with cu_seqlens, x must be packed [T, dim], got shape {tuple(x.shape)}")
         if positions is None:
-            _validate.check_cu_seqlens_tensor(cu_seqlens, x.device)
+            checks.check_cu_seqlens_tensor(cu_seqlens, x.device)
             return packed_positions(cu_seqlens, x.shape[0])
     N = x.shape[-2]
     if positions is None:
@@ -110,17 +128,50 @@ def op_dtype(t):
     return t.dtype
 
 
-def init_projections(in_proj, out_proj):
-    """LeCun-normal (std = fan_in^-1/2) for both projections, zero biases.
+def init_projections(in_projs, out_proj):
+    """LeCun-normal (std = fan_in^-1/2) for the input projections and the output projection, zero biases.
 
     For unit-variance x, q, k1, k2 come out with unit variance, so the trilinear logits
     D^-1/2 sum_d q k1 k2 start with unit variance (neither uniform nor saturated), v1 * v2 too,
     and the output projection has unit gain from the concatenated heads.
+
+    The input projections (q, k1, k2, v1, v2; or q, k, v) are drawn as one matrix, rows in that
+    order, and copied into the separate layers: a seeded model draws the numbers it drew when they
+    were one fused layer (the split lets tensor parallelism shard each by heads).
     """
-    for lin in (in_proj, out_proj):
-        nn.init.normal_(lin.weight, std=lin.in_features**-0.5)
-        if lin.bias is not None:
-            nn.init.zeros_(lin.bias)
+    weight = in_projs[0].weight
+    with torch.no_grad():
+        fused = torch.empty(sum(p.out_features for p in in_projs), weight.shape[1], dtype=weight.dtype,
+                            device=weight.device)  # fmt: skip
+        nn.init.normal_(fused, std=weight.shape[1] ** -0.5)
+        for lin, rows in zip(in_projs, fused.split([p.out_features for p in in_projs]), strict=True):
+            lin.weight.copy_(rows)
+        nn.init.normal_(out_proj.weight, std=out_proj.in_features**-0.5)
+        for lin in (*in_projs, out_proj):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+
+
+def local_out_features(linear):
+    """Output features of this process's share of `linear`'s weight (all of them unless tensor
+    parallelism sharded it: a DTensor weight)."""
+    weight = linear.weight
+    return (weight.to_local() if hasattr(weight, "to_local") else weight).shape[0]
+
+
+def split_fused_projection(names):
+    """A load_state_dict pre-hook: a state dict saved when the input projections were one `in_proj`
+    layer (rows: the projections `names`, in order) loads into the separate layers."""
+
+    def hook(module, state_dict, prefix, *args):
+        for suffix in ("weight", "bias"):
+            fused = state_dict.pop(f"{prefix}in_proj.{suffix}", None)
+            if fused is not None:
+                sizes = [getattr(module, name).out_features for name in names]
+                for name, rows in zip(names, fused.split(sizes), strict=True):
+                    state_dict[f"{prefix}{name}.{suffix}"] = rows
+
+    return hook
 
 
 class QKNorm(nn.RMSNorm):

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _modules, _validate
+from ..ops import checks
+from . import modules
 from .rope import check_rope, rotary_tables, rotate_pairs
 
 
@@ -21,8 +22,8 @@ class DotProductCache:
     def __init__(
         self, batch_size, num_kv_heads, head_dim, window=None, *, max_chunk=1, max_length=None, dtype=None, device=None
     ):
-        _modules.check_window_arg("window", window)
-        _modules.check_positive_int("max_chunk", max_chunk)
+        modules.check_window_arg("window", window)
+        modules.check_positive_int("max_chunk", max_chunk)
         if window is None and max_length is None:
             raise ValueError("full causal attention reads every position: pass max_length (a linear cache)")
         slots = max_length if window is None else window + max_chunk - 1
@@ -57,7 +58,7 @@ class DotProductCache:
         if need > C:
             raise ValueError(f"{Nq} new tokens need a cache of >= {need} slots, this one has {C}")
         L = self.lengths.long()
-        if self.window is None and _validate.values_readable(L) and int(L.max()) + Nq > C:
+        if self.window is None and checks.values_readable(L) and int(L.max()) + Nq > C:
             raise ValueError(f"the linear cache of {C} slots cannot hold {int(L.max())} + {Nq} tokens (max_length)")
         rows = torch.arange(B, device=q.device)[:, None]
         pos = L[:, None] + torch.arange(Nq, device=q.device)  # [B, Nq] absolute positions of the new tokens
@@ -121,7 +122,10 @@ def _packed_sdpa(q, k, v, cu_seqlens, max_seqlen, causal, window, enable_gqa):
 class DotProductAttention(nn.Module):
     """Standard (SDPA) attention with the same conventions, for blocks that are not 2-simplicial.
 
-    Fused q/k/v projection (Hq*D + 2*Hkv*D outputs, GQA through SDPA's enable_gqa, no expansion),
+    Projections `q_proj`, `k_proj`, `v_proj` (Hq*D, Hkv*D, Hkv*D outputs; GQA through SDPA's
+    enable_gqa, no expansion) and `out_proj`, sharded by heads under tensor parallelism (the forward
+    reads the head counts off the projections' outputs; a state dict with the earlier fused
+    `in_proj` still loads),
     optional standard RoPE on q and k (plain dot products are rotation invariant), optional RMS
     q/k norm, and an optional trailing `window` (key j visible to query i iff i - window < j <= i).
 
@@ -130,6 +134,8 @@ class DotProductAttention(nn.Module):
     (S * L^2 work for S sequences of at most L tokens: the baseline of the examples, not a varlen
     kernel).
     """
+
+    IN_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 
     def __init__(
         self,
@@ -146,10 +152,10 @@ class DotProductAttention(nn.Module):
         norm_eps=1e-6,
     ):
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = _modules.head_sizes(dim, num_heads, num_kv_heads, head_dim)
-        _modules.check_dropout(dropout)
+        self.num_heads, self.num_kv_heads, self.head_dim = modules.head_sizes(dim, num_heads, num_kv_heads, head_dim)
+        modules.check_dropout(dropout)
         if window is not None:
-            _modules.check_positive_int("window", window)
+            modules.check_positive_int("window", window)
             if not causal:
                 raise ValueError("window needs causal=True (a trailing window)")
         self.dim, self.causal, self.window = dim, causal, window
@@ -157,41 +163,56 @@ class DotProductAttention(nn.Module):
         if self.rope_base is not None and self.head_dim % 2 != 0:
             raise ValueError(f"rope needs an even head_dim, got head_dim={self.head_dim}")
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        self.split_sizes = (hq * d, hkv * d, hkv * d)
-        self.in_proj = nn.Linear(dim, sum(self.split_sizes), bias=bias)
-        self.q_norm = _modules.qk_norm(qk_norm, d, norm_eps)
-        self.k_norm = _modules.qk_norm(qk_norm, d, norm_eps)
+        self.q_proj = nn.Linear(dim, hq * d, bias=bias)
+        self.k_proj = nn.Linear(dim, hkv * d, bias=bias)
+        self.v_proj = nn.Linear(dim, hkv * d, bias=bias)
+        self.q_norm = modules.qk_norm(qk_norm, d, norm_eps)
+        self.k_norm = modules.qk_norm(qk_norm, d, norm_eps)
         self.out_proj = nn.Linear(hq * d, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
+        self.register_load_state_dict_pre_hook(modules.split_fused_projection(self.IN_PROJECTIONS))
         self.reset_parameters()
 
     def reset_parameters(self):
-        _modules.init_projections(self.in_proj, self.out_proj)
+        modules.init_projections([getattr(self, name) for name in self.IN_PROJECTIONS], self.out_proj)
+
+    @property
+    def local_kv_heads(self):
+        """The kv heads this process computes: num_kv_heads, or its share under tensor parallelism."""
+        return modules.local_out_features(self.k_proj) // self.head_dim
 
     def new_cache(self, batch_size, *, max_chunk=1, max_length=None, dtype=None, device=None):
         """A DotProductCache for this layer (causal only)."""
         if not self.causal:
             raise ValueError("a cache serves causal attention; this layer has causal=False")
-        dtype = self.in_proj.weight.dtype if dtype is None else dtype
-        device = self.in_proj.weight.device if device is None else device
-        return DotProductCache(batch_size, self.num_kv_heads, self.head_dim, self.window, max_chunk=max_chunk,
+        dtype = self.q_proj.weight.dtype if dtype is None else dtype
+        device = self.q_proj.weight.device if device is None else device
+        return DotProductCache(batch_size, self.local_kv_heads, self.head_dim, self.window, max_chunk=max_chunk,
                                max_length=max_length, dtype=dtype, device=device)  # fmt: skip
 
-    def forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None):
-        positions = _modules.positions_for(x, self.dim, positions, cu_seqlens, cache)
-        q, k, v = self.in_proj(x).split(self.split_sizes, dim=-1)
-        q = self.q_norm(q.unflatten(-1, (self.num_heads, -1)))
-        k = self.k_norm(k.unflatten(-1, (self.num_kv_heads, -1)))
-        v = v.unflatten(-1, (self.num_kv_heads, -1))
+    def project(self, x, positions=None):
+        """q [..., Hq, D], k, v [..., Hkv, D] from x [..., dim], RoPE applied at `positions` (default
+        0 .. N-1), in the autocast dtype if any. Under tensor parallelism: this rank's heads."""
+        if positions is None:
+            positions = modules.positions_for(x, self.dim, None, None, None)
+        d = self.head_dim
+        q = self.q_norm(self.q_proj(x).unflatten(-1, (-1, d)))
+        k = self.k_norm(self.k_proj(x).unflatten(-1, (-1, d)))
+        v = self.v_proj(x).unflatten(-1, (-1, d))
         if self.rope_base is not None:
             cos, sin = rotary_tables(positions, self.head_dim // 2, self.rope_base)
             q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
-        dtype = _modules.op_dtype(v) if cache is None else cache.dtype
-        q, k, v = (t.to(dtype) for t in (q, k, v))
+        dtype = modules.op_dtype(v)
+        return tuple(t.to(dtype) for t in (q, k, v))
+
+    def forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None):
+        modules.check_input(x, self.out_proj.weight)
+        positions = modules.positions_for(x, self.dim, positions, cu_seqlens, cache)
+        q, k, v = self.project(x, positions)
         if cache is not None:
-            out = cache.attend(q, k, v)
+            out = cache.attend(*(t.to(cache.dtype) for t in (q, k, v)))
         else:
-            gqa = self.num_kv_heads != self.num_heads
+            gqa = k.shape[-2] != q.shape[-2]
             if cu_seqlens is not None:
                 out = _packed_sdpa(q, k, v, cu_seqlens, max_seqlen, self.causal, self.window, gqa)
             else:

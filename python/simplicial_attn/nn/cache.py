@@ -1,76 +1,10 @@
-r"""Decoding with a rolling cache (CONTRACT §7): the entry point and the per-layer cache object.
-
-A query at position P needs k1/v1 at (P - w1, P] and k2/v2 at (P - w2, P] only, so each cache is a
-ring buffer: position p lives in slot p % C. With C1 >= w1 + Nq - 1 and C2 >= w2 + Nq - 1 slots
-(Nq new tokens per call) a generation of any length runs in constant memory.
-
-    ring of C = 6 slots, w = 4, after 9 tokens (positions 0..8):
-    slot      0 1 2 3 4 5
-    position  6 7 8 3 4 5        the next token (position 9) overwrites slot 3 (position 3),
-                                 which no window of position 9 (6..9) needs
-
-A cache at least as long as the sequence is the linear special case (and the only one a
-`None` window allows).
-"""
+"""The rolling caches of one 2-simplicial attention layer (CONTRACT §7; the ring layout is
+ops/kvcache.py's): the rings, the lengths, and the bookkeeping generation needs."""
 
 import torch
 
-from . import _ops, _validate, backends
-
-
-def two_simplicial_attention_with_kvcache(
-    q,
-    k1_cache,
-    k2_cache,
-    v1_cache,
-    v2_cache,
-    cache_seqlens,
-    k1=None,
-    k2=None,
-    v1=None,
-    v2=None,
-    w1=512,
-    w2=32,
-    *,
-    scale=None,
-    logits="trilinear",
-    return_lse=False,
-    backend="auto",
-):
-    """Attention of Nq new tokens against ring-buffer caches, as flash-attn's `flash_attn_with_kvcache`.
-
-    Causal windows only. The new tokens of sequence b sit at positions L_b .. L_b + Nq - 1,
-    L_b = cache_seqlens[b]. Given k1 .. v2, they are first written into their slots (in place:
-    position p to slot p % C), then every new token attends; the result equals rows
-    L_b .. L_b + Nq - 1 of `two_simplicial_attention` over the whole sequence so far.
-    cache_seqlens is not advanced (the caller owns it; `SimplicialCache` does it for you).
-
-    Args:
-        q: (batch_size, nq, nheads_q, headdim): the new tokens' queries.
-        k1_cache, v1_cache: (batch_size, c1, nheads_kv, headdim); k2_cache, v2_cache:
-            (batch_size, c2, nheads_kv, headdim). q's dtype and device.
-        cache_seqlens: int32 (batch_size,): tokens of each sequence already in the cache.
-        k1, k2, v1, v2: (batch_size, nq, nheads_kv, headdim) or None (already in the cache).
-        w1, w2: windows (int >= 1) or None (the whole sequence: needs a linear cache).
-            A ring needs c1 >= w1 + nq - 1 and c2 >= w2 + nq - 1 slots; a smaller cache is
-            accepted only while no sequence has wrapped around it.
-        scale, logits, backend: as in `two_simplicial_attention`.
-        return_lse: also return lse (batch_size, nheads_q, nq), float32 natural log.
-
-    Returns:
-        out (batch_size, nq, nheads_q, headdim) in q's dtype, or (out, lse). Not differentiable.
-    """
-    _validate.check_cache(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, (k1, k2, v1, v2), w1, w2)
-    _validate.check_scale(scale)
-    _validate.check_flag("return_lse", return_lse)
-    _validate.check_logits(logits, q.shape[3])
-    name = backends.select(backend, q.device.type, q.dtype)
-    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
-    with torch.no_grad():  # inference: no autograd graph (a mutating op has no gradient formula)
-        out, lse = _ops.attention_with_kvcache(
-            q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, k1, k2, v1, v2, w1, w2, scale, logits, name
-        )
-    return (out, lse) if return_lse else out
+from ..ops import checks
+from ..ops.kvcache import two_simplicial_attention_with_kvcache
 
 
 class SimplicialCache:
@@ -103,16 +37,16 @@ class SimplicialCache:
         for name, value in (("batch_size", batch_size), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        _validate.check_window("w1", w1)
-        _validate.check_window("w2", w2)
-        _validate.check_window("max_chunk", max_chunk)
+        checks.check_window("w1", w1)
+        checks.check_window("w2", w2)
+        checks.check_window("max_chunk", max_chunk)
         if max_length is not None:
-            _validate.check_window("max_length", max_length)
+            checks.check_window("max_length", max_length)
         if (w1 is None or w2 is None) and max_length is None:
             raise ValueError(
                 "a None window reads the whole sequence: pass max_length (a linear cache of that many slots)"
             )
-        if dtype not in _validate.FLOAT_DTYPES:
+        if dtype not in checks.FLOAT_DTYPES:
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
         self.w1, self.w2, self.max_chunk = w1, w2, max_chunk
 

@@ -9,10 +9,7 @@ on its rows alone. Every backend runs the packing natively (per-row window bound
 kernels): nothing is padded to `max_seqlen` and no sequence is copied out.
 """
 
-import torch
-
-from . import _ops, _validate, backends
-from .problem import window_band
+from . import checks, library
 
 
 def two_simplicial_attention_varlen(
@@ -41,9 +38,11 @@ def two_simplicial_attention_varlen(
             <= cu[num_seqs] = total_tokens; sequence s is rows cu[s] .. cu[s+1] - 1. Empty
             sequences are allowed. A tensor input: a new packing does not recompile under
             torch.compile.
-        max_seqlen: an int >= every sequence length (a launch hint, as in flash-attn), or None to
-            compute it from cu_seqlens (one device-to-host copy on a GPU; pass it inside a CUDA
-            graph). When given it is checked against cu_seqlens outside CUDA graph capture.
+        max_seqlen: an int >= every sequence length (a hint, as in flash-attn), or None. The
+            work and memory depend on the sequences themselves, read from cu_seqlens (one
+            device-to-host copy on a GPU), never on max_seqlen; inside a CUDA graph, where they
+            cannot be read, max_seqlen (or T) bounds the launch grids. When given it is checked
+            against cu_seqlens outside CUDA graph capture.
         w1, w2, causal, scale, logits, backend: as in `two_simplicial_attention`; windows are
             clipped to each row's own sequence.
         return_lse: also return lse (nheads_q, total_tokens), float32 natural log.
@@ -52,24 +51,13 @@ def two_simplicial_attention_varlen(
         out (total_tokens, nheads_q, headdim) in q's dtype, or (out, lse). Differentiable in q,
         k1, k2, v1, v2.
     """
-    _validate.check_call((q, k1, k2, v1, v2), w1, w2, causal, scale, logits, packed=True, return_lse=return_lse)
-    cu_seqlens, max_seqlen = _packing(cu_seqlens, q, max_seqlen)
-    name = backends.select(backend, q.device.type, q.dtype)
-    scale = q.shape[2] ** -0.5 if scale is None else float(scale)
-    band1, band2 = window_band(w1, causal, max_seqlen), window_band(w2, causal, max_seqlen)
+    checks.check_attention_types((q, k1, k2, v1, v2), w1, w2, causal, scale, logits, backend)
+    checks.check_tensor_type("cu_seqlens", cu_seqlens)
+    checks.check_max_seqlen_type(max_seqlen)
+    checks.check_flag("return_lse", return_lse)
+    checks.check_no_forward_ad(q, k1, k2, v1, v2)
+    w1, w2, scale = checks.op_window(w1), checks.op_window(w2), checks.op_scale(scale)
+    max_seqlen = None if max_seqlen is None else int(max_seqlen)
     packed = (t.unsqueeze(0) for t in (q, k1, k2, v1, v2))  # [1, T, H, D]: the batched layout with B = 1
-    out, lse, _ = _ops.attention(*packed, cu_seqlens, max_seqlen, *band1, *band2, scale, logits, name)
+    out, lse, _ = library.attention(*packed, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits, backend)
     return (out[0], lse[0]) if return_lse else out[0]
-
-
-def _packing(cu_seqlens, q, max_seqlen):
-    """cu_seqlens and max_seqlen for the op, which checks both against each other. A missing
-    max_seqlen is computed from cu_seqlens; under torch.compile, where values cannot be read while
-    tracing, it becomes T (a valid bound: the grids then cover T rows per sequence, most empty)."""
-    _validate.check_cu_seqlens_tensor(cu_seqlens, q.device)
-    if max_seqlen is not None:
-        _validate.check_max_seqlen(max_seqlen)
-        return cu_seqlens, int(max_seqlen)
-    if torch.compiler.is_compiling() or not _validate.values_readable(cu_seqlens):
-        return cu_seqlens, q.shape[0]
-    return cu_seqlens, max(0, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())) if cu_seqlens.numel() > 1 else 0

@@ -29,15 +29,18 @@ triton_kernels/scores_softmax.py, and the reference scores_reference.py.
 
 import torch
 
-from . import _ext, _validate, backends
-from . import scores_reference as reference
+from .. import backends
+from ..backends import extension
+from ..backends import scores_reference as reference
+from ..ops import checks
+from ..problem import compute_dtype
 
 # The C++ schemas (csrc/ops_scores.cpp); a backend "cpu"/"cuda" needs all four on its device.
 _CPP_OPS = ("scores_fwd", "scores_bwd", "softmax_fwd", "softmax_bwd")
 
 
-# Read once at import, like backends.py, so tracing under torch.compile asks nothing of C++.
-_HAS_KERNELS = {"cpu": _ext.has_kernel("cpu", _CPP_OPS), "cuda": _ext.has_kernel("cuda", _CPP_OPS)}
+# Read once at import, like the backend registry, so tracing under torch.compile asks nothing of C++.
+_HAS_KERNELS = {"cpu": extension.has_kernel("cpu", _CPP_OPS), "cuda": extension.has_kernel("cuda", _CPP_OPS)}
 
 
 def not_supported_reasons(name, device_type, dtype):
@@ -58,7 +61,7 @@ def _kernels(name):
     if name in ("cpu", "cuda"):
         return torch.ops.simplicial_attn
     if name == "triton":
-        from .triton_kernels import scores_softmax
+        from ..triton_kernels import scores_softmax
 
         return scores_softmax
     return reference
@@ -67,11 +70,22 @@ def _kernels(name):
 # ---- custom ops ---------------------------------------------------------------------------
 
 
-def _check_op_args(q, k1, k2, w1, w2, causal, scale, logits, backend):
-    """A direct op call gets the public functions' checks too (None windows are allowed here);
-    check_call also checks v1 and v2: the keys passed again stand in for them."""
-    _validate.check_call((q, k1, k2, k1, k2), w1, w2, causal, scale, logits)
-    _validate.check_concrete_backend(backend)
+def _check(q, k1, k2, w1, w2, scale, logits):
+    """The value rules of a scores call (the public function checked the types), reading no tensor
+    data, so the fake kernels check them too. The keys stand in for the values check_tensors also
+    looks at. Returns D."""
+    _, _, D = checks.check_tensors(q, k1, k2, k1, k2)
+    checks.check_window_size("w1", w1)
+    checks.check_window_size("w2", w2)
+    checks.check_scale(scale)
+    checks.check_logits(logits, D)
+    return D
+
+
+def _resolve(q, k1, k2, w1, w2, scale, logits, backend):
+    """The checked scores call: (scale, backend name)."""
+    D = _check(q, k1, k2, w1, w2, scale, logits)
+    return D**-0.5 if scale is None else scale, select_backend(backend, q.device.type, q.dtype)
 
 
 def _empty_grads(q, k1, k2):
@@ -86,19 +100,20 @@ def _scores_op(
     w1: int | None,
     w2: int | None,
     causal: bool,
-    scale: float,
+    scale: float | None,
     logits: str,
     backend: str,
 ) -> torch.Tensor:
-    _check_op_args(q, k1, k2, w1, w2, causal, scale, logits, backend)
+    scale, name = _resolve(q, k1, k2, w1, w2, scale, logits, backend)
     if q.shape[0] == 0 or q.shape[1] == 0:  # B == 0 or N == 0: nothing to launch
-        return q.new_empty(reference.scores_shape(q, k1, w1, w2, causal), dtype=reference.compute_dtype(q.dtype))
-    return _kernels(backend).scores_fwd(q, k1, k2, w1, w2, causal, scale, logits)
+        return q.new_empty(reference.scores_shape(q, k1, w1, w2, causal), dtype=compute_dtype(q.dtype))
+    return _kernels(name).scores_fwd(q, k1, k2, w1, w2, causal, scale, logits)
 
 
 @_scores_op.register_fake
 def _(q, k1, k2, w1, w2, causal, scale, logits, backend):
-    return q.new_empty(reference.scores_shape(q, k1, w1, w2, causal), dtype=reference.compute_dtype(q.dtype))
+    _check(q, k1, k2, w1, w2, scale, logits)
+    return q.new_empty(reference.scores_shape(q, k1, w1, w2, causal), dtype=compute_dtype(q.dtype))
 
 
 @torch.library.custom_op("simplicial_attn::trilinear_scores_backward", mutates_args=())
@@ -110,25 +125,27 @@ def _scores_backward_op(
     w1: int | None,
     w2: int | None,
     causal: bool,
-    scale: float,
+    scale: float | None,
     logits: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_op_args(q, k1, k2, w1, w2, causal, scale, logits, backend)
+    scale, name = _resolve(q, k1, k2, w1, w2, scale, logits, backend)
     if q.shape[0] == 0 or q.shape[1] == 0:
         return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k1, k2))
-    return _kernels(backend).scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale, logits)
+    return _kernels(name).scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale, logits)
 
 
 @_scores_backward_op.register_fake
 def _(dscores, q, k1, k2, w1, w2, causal, scale, logits, backend):
+    _check(q, k1, k2, w1, w2, scale, logits)
     return _empty_grads(q, k1, k2)
 
 
 def _scores_setup_context(ctx, inputs, output):
     q, k1, k2, *args = inputs
     ctx.save_for_backward(q, k1, k2)
-    ctx.args = args
+    # w1, w2, causal, scale, logits, and the backend the forward ran
+    ctx.args = (*args[:-1], select_backend(args[-1], q.device.type, q.dtype))
 
 
 def _scores_backward(ctx, dscores):
@@ -140,33 +157,48 @@ def _scores_backward(ctx, dscores):
 _scores_op.register_autograd(_scores_backward, setup_context=_scores_setup_context)
 
 
+def _check_scores(scores):
+    """The value rules of windowed_softmax's input (the public function checked its type)."""
+    if scores.dtype not in checks.FLOAT_DTYPES:
+        got = str(scores.dtype).removeprefix("torch.")
+        raise TypeError(f"scores must have dtype float16, bfloat16, float32 or float64, got {got}")
+    if scores.dim() < 2:
+        raise ValueError(f"scores must have rank >= 2 [..., W1, W2], got rank {scores.dim()} {tuple(scores.shape)}")
+
+
 @torch.library.custom_op("simplicial_attn::windowed_softmax", mutates_args=())
 def _softmax_op(scores: torch.Tensor, backend: str) -> torch.Tensor:
+    _check_scores(scores)
+    name = select_backend(backend, scores.device.type, scores.dtype)
     if scores.numel() == 0:
         return torch.empty_like(scores, memory_format=torch.contiguous_format)
-    return _kernels(backend).softmax_fwd(scores)
+    return _kernels(name).softmax_fwd(scores)
 
 
 @_softmax_op.register_fake
 def _(scores, backend):
+    _check_scores(scores)
     return torch.empty_like(scores, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("simplicial_attn::windowed_softmax_backward", mutates_args=())
 def _softmax_backward_op(dprobs: torch.Tensor, probs: torch.Tensor, backend: str) -> torch.Tensor:
+    _check_scores(probs)
+    name = select_backend(backend, probs.device.type, probs.dtype)
     if probs.numel() == 0:
         return torch.empty_like(probs, memory_format=torch.contiguous_format)
-    return _kernels(backend).softmax_bwd(dprobs, probs)
+    return _kernels(name).softmax_bwd(dprobs, probs)
 
 
 @_softmax_backward_op.register_fake
 def _(dprobs, probs, backend):
+    _check_scores(probs)
     return torch.empty_like(probs, memory_format=torch.contiguous_format)
 
 
 def _softmax_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output)
-    ctx.backend = inputs[1]
+    ctx.backend = select_backend(inputs[1], output.device.type, output.dtype)  # the forward's
 
 
 def _softmax_backward(ctx, dprobs):
@@ -177,11 +209,11 @@ def _softmax_backward(ctx, dprobs):
 _softmax_op.register_autograd(_softmax_backward, setup_context=_softmax_setup_context)
 
 
-if _ext.extension_loaded() and hasattr(torch.ops.simplicial_attn, "scores_fwd"):
+if extension.extension_loaded() and hasattr(torch.ops.simplicial_attn, "scores_fwd"):
 
     @torch.library.register_fake("simplicial_attn::scores_fwd")
     def _(q, k1, k2, w1, w2, causal, scale, logits):
-        return q.new_empty(reference.scores_shape(q, k1, w1, w2, causal), dtype=reference.compute_dtype(q.dtype))
+        return q.new_empty(reference.scores_shape(q, k1, w1, w2, causal), dtype=compute_dtype(q.dtype))
 
     @torch.library.register_fake("simplicial_attn::scores_bwd")
     def _(dscores, q, k1, k2, w1, w2, causal, scale, logits):
@@ -218,12 +250,9 @@ def trilinear_scores(q, k1, k2, w1, w2, *, causal=True, scale=None, logits="tril
         seqlen; slot [b, h, i, a, c] is (j0(i) + a, k0(i) + c) (module doc), -inf where that
         position lies outside the sequence. Differentiable in q, k1, k2.
     """
-    # check_call also checks v1 and v2; the keys passed again stand in for them.
-    _validate.check_call((q, k1, k2, k1, k2), w1, w2, causal, scale, logits)
-    name = select_backend(backend, q.device.type, q.dtype)
-    scale = q.shape[3] ** -0.5 if scale is None else float(scale)
-    w1, w2 = (None if w is None else int(w) for w in (w1, w2))
-    return _scores_op(q, k1, k2, w1, w2, causal, scale, logits, name)
+    checks.check_attention_types((q, k1, k2), w1, w2, causal, scale, logits, backend, names=("q", "k1", "k2"))
+    w1, w2, scale = checks.op_window(w1), checks.op_window(w2), checks.op_scale(scale)
+    return _scores_op(q, k1, k2, w1, w2, causal, scale, logits, backend)
 
 
 def windowed_softmax(scores, *, backend="auto"):
@@ -237,15 +266,9 @@ def windowed_softmax(scores, *, backend="auto"):
         Weights of scores' shape and dtype (float32 math for float16/bfloat16). Differentiable:
         dscores = P * (dP - sum(P * dP)) over each window.
     """
-    if not isinstance(scores, torch.Tensor):
-        raise TypeError(f"scores must be a torch.Tensor, got {type(scores).__name__}")
-    if scores.dtype not in _validate.FLOAT_DTYPES:
-        got = str(scores.dtype).removeprefix("torch.")
-        raise TypeError(f"scores must have dtype float16, bfloat16, float32 or float64, got {got}")
-    if scores.dim() < 2:
-        raise ValueError(f"scores must have rank >= 2 [..., W1, W2], got rank {scores.dim()} {tuple(scores.shape)}")
-    name = select_backend(backend, scores.device.type, scores.dtype)
-    return _softmax_op(scores, name)
+    checks.check_tensor_type("scores", scores)
+    checks.check_backend_type(backend)
+    return _softmax_op(scores, backend)
 
 
 def attention_weights(q, k1, k2, w1, w2, *, causal=True, scale=None, logits="trilinear", backend="auto"):

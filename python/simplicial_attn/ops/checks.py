@@ -1,10 +1,17 @@
-"""Input rules of CONTRACT §4, §6, §7 and §8. Each error names the argument, what was expected and
-what was given.
+"""Input rules of CONTRACT §4, §6, §7 and §8, each checked once per call, in one of two places.
 
-Type problems raise TypeError, value problems ValueError. Which backend can serve a dtype
-or device is the registry's business (backends.py), not this module's. Rules that read tensor
-values (cu_seqlens, cache_seqlens) cost a device-to-host copy on a GPU; they are skipped while
-a CUDA graph is being captured, where no copy is possible.
+    types    what an op's schema needs to carry an argument at all (a Tensor, an int or None, a
+             bool, a float or None, a str): the public functions check them (check_*_types), so
+             a wrong type is a TypeError naming the argument, not the dispatcher's schema error
+    values   everything else (dtypes, devices, ranks, shapes, window sizes, scale, logit form,
+             packing, caches): the torch.library ops check them (library.py), for the public
+             functions and for direct torch.ops callers alike
+
+Each error names the argument, what was expected and what was given; type problems raise
+TypeError, value problems ValueError. Backend names, and which backend can serve a dtype or
+device, are the registry's business (backends/__init__.py). Rules that read tensor values
+(cu_seqlens, cache_seqlens) cost a device-to-host copy on a GPU; they are skipped while a CUDA
+graph is being captured, where no copy is possible.
 """
 
 import math
@@ -12,33 +19,37 @@ import numbers
 
 import torch
 
-from .problem import LOGITS
+from .. import backends
+from ..problem import LOGITS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_HEAD_DIM = 256
-BACKEND_NAMES = ("auto", "cuda", "triton", "cpu", "reference")
+ATTENTION_INPUTS = ("q", "k1", "k2", "v1", "v2")
 
 
 def _dtype_name(dtype):
     return str(dtype).removeprefix("torch.")
 
 
-def check_window(name, w):
-    if w is None:
+# ---- types (the public functions) -------------------------------------------------------------
+
+
+def check_tensor_type(name, t, optional=False):
+    if t is None and optional:
         return
-    if isinstance(w, bool) or not isinstance(w, numbers.Integral):
+    if not isinstance(t, torch.Tensor):
+        kind = "a torch.Tensor or None" if optional else "a torch.Tensor"
+        raise TypeError(f"{name} must be {kind}, got {type(t).__name__}")
+
+
+def check_window_type(name, w):
+    if w is not None and (isinstance(w, bool) or not isinstance(w, numbers.Integral)):
         raise TypeError(f"{name} must be an int >= 1 or None, got {type(w).__name__} {w!r}")
-    if w < 1:
-        raise ValueError(f"{name} must be an int >= 1 or None, got {w}")
 
 
-def check_scale(scale):
-    if scale is None:
-        return
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+def check_scale_type(scale):
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__} {scale!r}")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
 
 
 def check_flag(name, value):
@@ -46,43 +57,81 @@ def check_flag(name, value):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
-def check_call(tensors, w1, w2, causal, scale, logits, packed=False, return_lse=False):
-    """The rules every public attention call shares: the tensors (q, k1, k2, v1, v2: batched or
-    packed), windows, window mode, scale, logit form, the return_lse flag, and no forward-mode AD."""
-    check_tensors(*tensors, packed=packed)
-    check_window("w1", w1)
-    check_window("w2", w2)
-    check_flag("causal", causal)
-    check_flag("return_lse", return_lse)
-    check_scale(scale)
-    check_logits(logits, tensors[0].shape[-1])
-    check_no_forward_ad(*tensors)
+def check_logits_type(logits):
+    if not isinstance(logits, str):
+        raise TypeError(f"logits must be a str, one of {', '.join(LOGITS)}; got {type(logits).__name__}")
 
 
-def check_backend_name(backend):
+def check_backend_type(backend):
     if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, one of {', '.join(BACKEND_NAMES)}; got {type(backend).__name__}")
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {backend!r}")
+        raise TypeError(f"backend must be a str, one of {', '.join(backends.NAMES)}; got {type(backend).__name__}")
 
 
-def check_concrete_backend(backend):
-    """The ops take the backend the public functions resolved: a name, not "auto"."""
-    check_backend_name(backend)
-    if backend == "auto":
-        raise ValueError("backend must be a concrete backend for the op (cuda, triton, cpu or reference), got 'auto'")
+def check_attention_types(tensors, w1, w2, causal, scale, logits, backend, names=ATTENTION_INPUTS):
+    """The types of an attention call's arguments (the tensors named `names`)."""
+    for name, t in zip(names, tensors, strict=True):
+        check_tensor_type(name, t)
+    check_window_type("w1", w1)
+    check_window_type("w2", w2)
+    check_flag("causal", causal)
+    check_scale_type(scale)
+    check_logits_type(logits)
+    check_backend_type(backend)
+
+
+def check_max_seqlen_type(max_seqlen):
+    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral)):
+        raise TypeError(f"max_seqlen must be an int >= 0 or None, got {type(max_seqlen).__name__} {max_seqlen!r}")
+
+
+def op_window(w):
+    """A window as the ops' schemas carry it (`int?`): numpy and other integers become int."""
+    return None if w is None else int(w)
+
+
+def op_scale(scale):
+    return None if scale is None else float(scale)
+
+
+# ---- values (the ops) -------------------------------------------------------------------------
+
+
+def check_window_size(name, w):
+    if w is not None and w < 1:
+        raise ValueError(f"{name} must be an int >= 1 or None, got {w}")
+
+
+def check_window(name, w):
+    """A window argument of a module or cache (int >= 1 or None), type and size at once."""
+    check_window_type(name, w)
+    check_window_size(name, w)
+
+
+def check_scale(scale):
+    if scale is not None and not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
 
 
 def check_logits(logits, head_dim):
     """logits is "trilinear" or "determinant"; the determinant needs head_dim % 3 == 0 (CONTRACT §8)."""
-    if not isinstance(logits, str):
-        raise TypeError(f"logits must be a str, one of {', '.join(LOGITS)}; got {type(logits).__name__}")
     if logits not in LOGITS:
         raise ValueError(f"logits must be one of {', '.join(LOGITS)}; got {logits!r}")
     if logits == "determinant" and head_dim % 3 != 0:
         raise ValueError(
             f"logits='determinant' needs a head dim divisible by 3 (chunks of 3 channels): got D = {head_dim}"
         )
+
+
+def check_call(tensors, w1, w2, causal, scale, logits, packed=False):
+    """Every rule of an attention call, types and values, for callers that split or reshape the
+    tensors before any op sees them (context parallelism): returns (Hq, Hkv, D)."""
+    check_attention_types(tensors, w1, w2, causal, scale, logits, "auto")
+    sizes = check_tensors(*tensors, packed=packed)
+    check_window_size("w1", w1)
+    check_window_size("w2", w2)
+    check_scale(scale)
+    check_logits(logits, sizes[2])
+    return sizes
 
 
 _LAYOUTS = {
@@ -92,12 +141,9 @@ _LAYOUTS = {
 
 
 def check_tensors(q, k1, k2, v1, v2, packed=False):
-    """Types, dtypes, devices, ranks and shapes of the five inputs, batched ([B, N, H, D]) or
+    """Dtypes, devices, ranks and shapes of the five input tensors, batched ([B, N, H, D]) or
     packed ([T, H, D], CONTRACT §6); returns (Hq, Hkv, D)."""
-    named = {"q": q, "k1": k1, "k2": k2, "v1": v1, "v2": v2}
-    for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    named = dict(zip(ATTENTION_INPUTS, (q, k1, k2, v1, v2), strict=True))
     if q.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"q must have dtype float16, bfloat16 or float32 (float64 on the cpu and reference backends), "
@@ -152,21 +198,19 @@ def check_cu_seqlens_tensor(cu_seqlens, device):
 
 
 def check_max_seqlen(max_seqlen):
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):
-        raise TypeError(f"max_seqlen must be an int >= 0, got {type(max_seqlen).__name__} {max_seqlen!r}")
-    if max_seqlen < 0:
-        raise ValueError(f"max_seqlen must be an int >= 0, got {max_seqlen}")
+    if max_seqlen is not None and max_seqlen < 0:
+        raise ValueError(f"max_seqlen must be an int >= 0 or None, got {max_seqlen}")
 
 
-def check_cu_seqlens(cu_seqlens, total, device, max_seqlen):
-    """CONTRACT §6: 1-D integer [S + 1] on q's device, 0 = cu[0] <= ... <= cu[S] = T, and max_seqlen
-    an int >= every length. Returns cu_seqlens as int32 contiguous. The values are read (one
-    device-to-host copy on a GPU) except while a CUDA graph is captured."""
-    check_cu_seqlens_tensor(cu_seqlens, device)
-    check_max_seqlen(max_seqlen)
+def check_packing(cu_seqlens, max_seqlen, total):
+    """CONTRACT §6, the values (check_cu_seqlens_tensor and check_max_seqlen checked the rest):
+    0 = cu[0] <= ... <= cu[S] = T, and max_seqlen >= every length. Returns (cu_seqlens as int32
+    contiguous, the longest sequence): its true length when the values can be read (one
+    device-to-host copy on a GPU), else min(max_seqlen, T) while a CUDA graph is captured.
+    `max_seqlen` is a hint: the work never depends on it, only on the sequences (CONTRACT §6)."""
     cu = cu_seqlens.to(torch.int32).contiguous()
     if not values_readable(cu):
-        return cu
+        return cu, total if max_seqlen is None else min(max_seqlen, total)
     values = cu_seqlens.tolist()
     lengths = [b - a for a, b in zip(values[:-1], values[1:], strict=True)]
     if values[0] != 0:
@@ -179,46 +223,35 @@ def check_cu_seqlens(cu_seqlens, total, device, max_seqlen):
     if values[-1] != total:
         raise ValueError(f"cu_seqlens must end at T = q.shape[0] = {total}, got cu_seqlens[-1] = {values[-1]}")
     longest = max(lengths, default=0)
-    if max_seqlen < longest:
+    if max_seqlen is not None and max_seqlen < longest:
         raise ValueError(f"max_seqlen must be >= every sequence length ({longest}), got {max_seqlen}")
-    return cu
+    return cu, longest
 
 
-def check_band(name, band):
-    """A reach of a kernel band (problem.Band): an int >= 0."""
-    if isinstance(band, bool) or not isinstance(band, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= 0 (a band's reach), got {type(band).__name__} {band!r}")
-    if band < 0:
-        raise ValueError(f"{name} must be an int >= 0 (a band's reach), got {band}")
+CACHE_TENSORS = ("q", "k1_cache", "k2_cache", "v1_cache", "v2_cache", "cache_seqlens")
 
 
-def check_op_args(q, cu_seqlens, max_seqlen, bands, scale, logits, backend):
-    """The non-tensor arguments of a direct op call (_ops.py): `bands` = (left1, right1, left2,
-    right2), the reaches of the kernel bands. Returns cu_seqlens as the kernels take it (int32,
-    contiguous) or None."""
-    for name, reach in zip(("left1", "right1", "left2", "right2"), bands, strict=True):
-        check_band(name, reach)
-    check_scale(scale)
-    if scale is None:
-        raise TypeError("scale must be a float (the op takes the resolved scale), got None")
-    check_logits(logits, q.shape[-1])
-    check_concrete_backend(backend)
-    if cu_seqlens is None:
-        return None
-    if q.shape[0] != 1:
-        raise ValueError(f"packed inputs reach the op as [1, T, H, D]; got q with batch {q.shape[0]}")
-    return check_cu_seqlens(cu_seqlens, q.shape[1], q.device, max_seqlen)
+def check_cache_types(tensors, new, w1, w2, scale, logits, backend):
+    """The types of a decoding call: `tensors` = (q, k1_cache, k2_cache, v1_cache, v2_cache,
+    cache_seqlens), `new` = (k1, k2, v1, v2) tensors or None."""
+    for name, t in zip(CACHE_TENSORS, tensors, strict=True):
+        check_tensor_type(name, t)
+    for name, t in zip(("k1", "k2", "v1", "v2"), new, strict=True):
+        check_tensor_type(name, t, optional=True)
+    check_window_type("w1", w1)
+    check_window_type("w2", w2)
+    check_scale_type(scale)
+    check_logits_type(logits)
+    check_backend_type(backend)
 
 
 def check_cache(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, new, w1, w2):
     """CONTRACT §7, shapes only: q [B, Nq, Hq, D]; k1/v1 caches [B, C1, Hkv, D]; k2/v2 caches
     [B, C2, Hkv, D]; cache_seqlens int32 [B]; `new` = (k1, k2, v1, v2), all None or all
-    [B, Nq, Hkv, D]; windows (int or None) that fit the caches (see check_cache_windows)."""
+    [B, Nq, Hkv, D]; windows >= 1 or None (check_cache_lengths: whether they fit the caches)."""
     caches = {"k1_cache": k1_cache, "k2_cache": k2_cache, "v1_cache": v1_cache, "v2_cache": v2_cache}
     named = {"q": q, **caches}
     for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             layout = "[B, Nq, Hq, D]" if name == "q" else f"[B, C{name[1]}, Hkv, D]"
             raise ValueError(f"{name} must have rank 4 {layout}, got rank {t.dim()} with shape {tuple(t.shape)}")
@@ -242,8 +275,6 @@ def check_cache(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, new, w
         raise ValueError(f"q's heads Hq = {Hq} must be a positive multiple of the caches' heads Hkv = {Hkv}")
     if not 1 <= D <= MAX_HEAD_DIM:
         raise ValueError(f"head dim D (q.shape[3]) must be in 1..{MAX_HEAD_DIM}, got {D}")
-    if not isinstance(cache_seqlens, torch.Tensor):
-        raise TypeError(f"cache_seqlens must be an int32 torch.Tensor [B], got {type(cache_seqlens).__name__}")
     if cache_seqlens.dtype != torch.int32:
         raise ValueError(f"cache_seqlens must have dtype int32, got {_dtype_name(cache_seqlens.dtype)}")
     if tuple(cache_seqlens.shape) != (B,):
@@ -256,17 +287,41 @@ def check_cache(q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens, new, w
     for name, t in zip(("k1", "k2", "v1", "v2"), new, strict=True):
         if t is None:
             continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
         if t.device != q.device or t.dtype != q.dtype:
             raise ValueError(f"{name} must be on q's device and dtype ({q.device}, {_dtype_name(q.dtype)})")
         if tuple(t.shape) != (B, Nq, Hkv, D):
             raise ValueError(f"{name} must have shape [B, Nq, Hkv, D] = {(B, Nq, Hkv, D)}, got {tuple(t.shape)}")
-    check_window("w1", w1)
-    check_window("w2", w2)
+    check_window_size("w1", w1)
+    check_window_size("w2", w2)
     for idx, ring in ((1, k1_cache.shape[1]), (2, k2_cache.shape[1])):
         if ring < 1:
             raise ValueError(f"k{idx}_cache must have at least one slot, got C{idx} = {ring}")
+
+
+def check_cache_memory(caches, writing):
+    """CONTRACT §7: the call writes the new tokens into the caches in place, so a cache that is
+    expanded (a zero stride on a dim of size > 1: one slot aliases others) or that shares its
+    storage with another cache would silently lose tokens. `caches` maps names to the four caches;
+    `writing` says whether new tokens are given. Reads storage addresses: not for fake tensors."""
+    if writing:
+        for name, t in caches.items():
+            dims = [d for d, (n, st) in enumerate(zip(t.shape, t.stride(), strict=True)) if st == 0 and n > 1]
+            if dims:
+                raise ValueError(
+                    f"{name} is expanded (stride 0 on dim {dims[0]} of size {t.shape[dims[0]]}): the new tokens "
+                    f"written into it would land in every slot that shares the memory; pass a cache with memory "
+                    f"of its own (e.g. {name}.clone())"
+                )
+    seen = {}
+    for name, t in caches.items():
+        if t.numel() == 0:
+            continue
+        other = seen.setdefault(t.untyped_storage().data_ptr(), name)
+        if other != name:
+            raise ValueError(
+                f"{name} shares its storage with {other} (the same tensor, or views of one tensor): each of "
+                "k1_cache, k2_cache, v1_cache, v2_cache needs storage of its own"
+            )
 
 
 def check_cache_lengths(cache_seqlens, nq, windows, rings):
@@ -309,6 +364,7 @@ def check_no_forward_ad(*tensors):
         return
     import torch.autograd.forward_ad as fwAD
 
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
     dual = fwAD._current_level >= 0 and any(fwAD.unpack_dual(t).tangent is not None for t in tensors)
     if dual or _inside_jvp():
         raise NotImplementedError(

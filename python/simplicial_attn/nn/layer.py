@@ -13,12 +13,13 @@ y = block(x)                                  # x + attn(norm(x)), then + mlp(no
 import torch.nn.functional as F
 from torch import nn
 
-from . import _modules, _validate
-from .api import two_simplicial_attention
-from .kvcache import SimplicialCache
+from ..ops import checks
+from ..ops.attention import two_simplicial_attention
+from ..ops.varlen import two_simplicial_attention_varlen
+from . import modules
+from .cache import SimplicialCache
 from .rope import ChunkRotary, TiedRotary, check_rope
 from .sdpa import DotProductAttention
-from .varlen import two_simplicial_attention_varlen
 
 __all__ = ["DotProductAttention", "MLP", "SimplicialTransformerBlock", "TwoSimplicialAttention"]
 
@@ -56,9 +57,12 @@ class TwoSimplicialAttention(nn.Module):
         dropout: dropout on the layer's output (the fused op has no attention-weight dropout).
         backend: passed to the op ("auto", "cuda", "triton", "cpu", "reference").
 
-    One fused input projection yields q, k1, k2, v1, v2: Hq*D + 4*Hkv*D outputs
-    (Hq*D + 3.5*Hkv*D with the tied rotary). Under autocast the five op inputs are cast to the
-    autocast dtype so the op sees one dtype.
+    Five input projections `q_proj`, `k1_proj`, `k2_proj`, `v1_proj`, `v2_proj` (Hq*D, then Hkv*D
+    outputs each; k1, k2 3/4 of that with the tied rotary) and `out_proj`: tensor parallelism shards
+    the first five by output (heads) and out_proj by input (`simplicial_attn.parallel.tensor`). The
+    forward reads the head counts off the projections' outputs, so it runs unchanged on a rank's
+    local heads. A state dict from the earlier single fused `in_proj` still loads (split on load).
+    Under autocast the five op inputs are cast to the autocast dtype so the op sees one dtype.
 
     forward(x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None):
         x [B, N, dim] (positions: integer [N] or [B, N], default 0 .. N-1, RoPE only); or packed
@@ -68,6 +72,8 @@ class TwoSimplicialAttention(nn.Module):
         next tokens [B, Nq, dim] of B sequences being generated: RoPE at their absolute
         positions, the cache advancing by Nq.
     """
+
+    IN_PROJECTIONS = ("q_proj", "k1_proj", "k2_proj", "v1_proj", "v2_proj")
 
     def __init__(
         self,
@@ -87,15 +93,15 @@ class TwoSimplicialAttention(nn.Module):
         logits="trilinear",
     ):
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = _modules.head_sizes(dim, num_heads, num_kv_heads, head_dim)
-        _modules.check_dropout(dropout)
-        _modules.check_window_arg("w1", w1)
-        _modules.check_window_arg("w2", w2)
+        self.num_heads, self.num_kv_heads, self.head_dim = modules.head_sizes(dim, num_heads, num_kv_heads, head_dim)
+        modules.check_dropout(dropout)
+        modules.check_window_arg("w1", w1)
+        modules.check_window_arg("w2", w2)
         if not isinstance(causal, bool):
             raise ValueError(f"causal must be a bool, got {type(causal).__name__} {causal!r}")
-        _modules.check_backend_arg(backend)
+        modules.check_backend_arg(backend)
         try:
-            _validate.check_logits(logits, self.head_dim)
+            checks.check_logits(logits, self.head_dim)
         except TypeError as exc:
             raise ValueError(str(exc)) from None
         self.dim, self.w1, self.w2, self.causal, self.backend, self.logits = dim, w1, w2, causal, backend, logits
@@ -104,47 +110,58 @@ class TwoSimplicialAttention(nn.Module):
         self.rotary = None if base is None else rotary(self.head_dim, base)
         key_dim = self.head_dim if self.rotary is None else self.rotary.key_dim
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        self.split_sizes = (hq * d, hkv * key_dim, hkv * key_dim, hkv * d, hkv * d)
-        self.in_proj = nn.Linear(dim, sum(self.split_sizes), bias=bias)
-        self.q_norm = _modules.qk_norm(qk_norm, d, norm_eps)
-        self.k1_norm = _modules.qk_norm(qk_norm, key_dim, norm_eps)
-        self.k2_norm = _modules.qk_norm(qk_norm, key_dim, norm_eps)
+        self.key_dim = key_dim
+        self.q_proj = nn.Linear(dim, hq * d, bias=bias)
+        self.k1_proj = nn.Linear(dim, hkv * key_dim, bias=bias)
+        self.k2_proj = nn.Linear(dim, hkv * key_dim, bias=bias)
+        self.v1_proj = nn.Linear(dim, hkv * d, bias=bias)
+        self.v2_proj = nn.Linear(dim, hkv * d, bias=bias)
+        self.q_norm = modules.qk_norm(qk_norm, d, norm_eps)
+        self.k1_norm = modules.qk_norm(qk_norm, key_dim, norm_eps)
+        self.k2_norm = modules.qk_norm(qk_norm, key_dim, norm_eps)
         self.out_proj = nn.Linear(hq * d, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
+        self.register_load_state_dict_pre_hook(modules.split_fused_projection(self.IN_PROJECTIONS))
         self.reset_parameters()
 
     def reset_parameters(self):
-        _modules.init_projections(self.in_proj, self.out_proj)
+        modules.init_projections([getattr(self, name) for name in self.IN_PROJECTIONS], self.out_proj)
 
     def project(self, x, positions=None):
         """The op's five inputs from x [..., dim]: q [..., Hq, D]; k1, k2, v1, v2 [..., Hkv, D]
-        (views of one projection), RoPE applied at `positions` (see forward; default 0 .. N-1)."""
+        RoPE applied at `positions` (see forward; default 0 .. N-1). Under tensor parallelism: this
+        rank's heads."""
         if positions is None:
-            positions = _modules.positions_for(x, self.dim, None, None, None)
-        q, k1, k2, v1, v2 = self.in_proj(x).split(self.split_sizes, dim=-1)
-        q = self.q_norm(q.unflatten(-1, (self.num_heads, -1)))
-        k1 = self.k1_norm(k1.unflatten(-1, (self.num_kv_heads, -1)))
-        k2 = self.k2_norm(k2.unflatten(-1, (self.num_kv_heads, -1)))
-        v1, v2 = (v.unflatten(-1, (self.num_kv_heads, -1)) for v in (v1, v2))
+            positions = modules.positions_for(x, self.dim, None, None, None)
+        d, kd = self.head_dim, self.key_dim
+        q = self.q_norm(self.q_proj(x).unflatten(-1, (-1, d)))
+        k1 = self.k1_norm(self.k1_proj(x).unflatten(-1, (-1, kd)))
+        k2 = self.k2_norm(self.k2_proj(x).unflatten(-1, (-1, kd)))
+        v1, v2 = (proj(x).unflatten(-1, (-1, d)) for proj in (self.v1_proj, self.v2_proj))
         if self.rotary is not None:
             q, k1, k2 = self.rotary.expand_and_rotate(q, k1, k2, positions)
-        dtype = _modules.op_dtype(v1)
+        dtype = modules.op_dtype(v1)
         return tuple(t.to(dtype) for t in (q, k1, k2, v1, v2))
+
+    @property
+    def local_kv_heads(self):
+        """The kv heads this process computes: num_kv_heads, or its share under tensor parallelism."""
+        return modules.local_out_features(self.v1_proj) // self.head_dim
 
     def new_cache(self, batch_size, *, max_chunk=1, max_length=None, dtype=None, device=None):
         """A `SimplicialCache` for this layer: rings of w + max_chunk - 1 slots (a None window
         needs max_length), in the layer's parameter dtype and device unless given."""
         if not self.causal:
             raise ValueError("a cache serves causal windows; this layer has causal=False")
-        dtype = self.in_proj.weight.dtype if dtype is None else dtype
-        device = self.in_proj.weight.device if device is None else device
-        return SimplicialCache(batch_size, self.num_kv_heads, self.head_dim, self.w1, self.w2, max_chunk=max_chunk,
+        dtype = self.q_proj.weight.dtype if dtype is None else dtype
+        device = self.q_proj.weight.device if device is None else device
+        return SimplicialCache(batch_size, self.local_kv_heads, self.head_dim, self.w1, self.w2, max_chunk=max_chunk,
                                max_length=max_length, dtype=dtype, device=device)  # fmt: skip
 
     def _check_cache(self, cache):
         if not isinstance(cache, SimplicialCache):
             raise TypeError(f"cache must be a SimplicialCache (layer.new_cache), got {type(cache).__name__}")
-        expect = (self.w1, self.w2, self.num_kv_heads, self.head_dim)
+        expect = (self.w1, self.w2, self.local_kv_heads, self.head_dim)
         got = (cache.w1, cache.w2, cache.k1.shape[2], cache.k1.shape[3])
         if got != expect:
             raise ValueError(
@@ -152,9 +169,10 @@ class TwoSimplicialAttention(nn.Module):
             )
 
     def forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=None, cache=None):
+        modules.check_input(x, self.out_proj.weight)
         if cache is not None:
             self._check_cache(cache)
-        positions = _modules.positions_for(x, self.dim, positions, cu_seqlens, cache)
+        positions = modules.positions_for(x, self.dim, positions, cu_seqlens, cache)
         q, k1, k2, v1, v2 = self.project(x, positions)
         options = dict(logits=self.logits, backend=self.backend)
         if cache is not None:
@@ -184,7 +202,7 @@ class MLP(nn.Module):
 
     def __init__(self, dim, hidden, bias=False, dropout=0.0):
         super().__init__()
-        _modules.check_positive_int("hidden", hidden)
+        modules.check_positive_int("hidden", hidden)
         self.up = nn.Linear(dim, hidden, bias=bias)
         self.down = nn.Linear(hidden, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)

@@ -1,7 +1,7 @@
-"""The public function. Checks the call, turns windows into bands, resolves the backend, then calls the op."""
+"""The public function: checks the argument types the op's schema needs, then calls the op
+(library.py), which checks the values, turns the windows into bands and runs the backend."""
 
-from . import _ops, _validate, backends
-from .problem import window_band
+from . import checks, library
 
 
 def two_simplicial_attention(
@@ -51,10 +51,9 @@ def two_simplicial_attention(
         out (batch_size, seqlen, nheads_q, headdim) in q's dtype, or (out, lse).
     Differentiable in all five inputs (reverse mode; forward-mode AD raises NotImplementedError).
     """
-    _validate.check_call((q, k1, k2, v1, v2), w1, w2, causal, scale, logits, return_lse=return_lse)
-    n, d = q.shape[1], q.shape[3]
-    name = backends.select(backend, q.device.type, q.dtype)
-    scale = d**-0.5 if scale is None else float(scale)
-    band1, band2 = window_band(w1, causal, n), window_band(w2, causal, n)
-    out, lse, _ = _ops.attention(q, k1, k2, v1, v2, None, 0, *band1, *band2, scale, logits, name)
+    checks.check_attention_types((q, k1, k2, v1, v2), w1, w2, causal, scale, logits, backend)
+    checks.check_flag("return_lse", return_lse)
+    checks.check_no_forward_ad(q, k1, k2, v1, v2)
+    w1, w2, scale = checks.op_window(w1), checks.op_window(w2), checks.op_scale(scale)
+    out, lse, _ = library.attention(q, k1, k2, v1, v2, None, None, w1, w2, causal, scale, logits, backend)
     return (out, lse) if return_lse else out

@@ -8,7 +8,7 @@ without it; `build_info()` says what is there and why a backend may be missing.
 import torch
 
 try:
-    from . import _C  # noqa: F401  (registers the kernels)
+    from .. import _C  # noqa: F401  (registers the kernels)
 
     _IMPORT_ERROR = None
 except ImportError as exc:  # not built (pure-Python install) or built against another torch

@@ -36,16 +36,12 @@ scatters key gradients back with index_add_.
 
 import torch
 
+from ..problem import compute_dtype
+
 # Elements per chunk temporary: 2^22 fp32 is 16 MiB, so a handful of live temporaries stays
 # far below the 1 GiB bound of issue 2 at B=1, N=4096, H=4, D=64, w1=512, w2=32.
 CHUNK_ELEMENTS = 1 << 22
 QUERY_BLOCK = 64
-
-
-def compute_dtype(dtype):
-    """Accumulation dtype for inputs of `dtype`, which is also the dtype of lse (CONTRACT §1:
-    float32; float64 for float64 inputs so gradcheck stays sharp)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def chunk_successor(d, device=None):

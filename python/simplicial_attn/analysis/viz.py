@@ -15,8 +15,8 @@ import math
 
 import torch
 
-from ._validate import check_flag, check_tensors, check_window
-from .problem import window_band
+from ..ops import checks
+from ..problem import window_band
 from .scores import attention_weights
 
 
@@ -34,10 +34,9 @@ class AttentionMap:
 
 
 def _check(q, k1, k2, w1, w2, causal):
-    check_tensors(q, k1, k2, k1, k2)  # the keys stand in for the values, which are not needed
-    check_window("w1", w1)
-    check_window("w2", w2)
-    check_flag("causal", causal)
+    """What the slicing and window arithmetic here need (the scores op checks the rest again on the
+    slice it is given); the keys stand in for the values, which are not needed."""
+    checks.check_call((q, k1, k2, k1, k2), w1, w2, causal, None, "trilinear")
 
 
 def _check_index(name, value, size, what):

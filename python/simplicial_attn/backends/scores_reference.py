@@ -4,7 +4,7 @@ Layout of the scores, [B, Hq, N, W1, W2]: entry [b, h, i, a, c] is the logit of 
 
     j = j0(i) + a   (k1 position)        k = k0(i) + c   (k2 position)
 
-with each window axis described by `WindowAxis(size, slide, lo)`: start(i) = slide * i - lo.
+with each window axis described by `problem.WindowAxis(size, slide, lo)`: start(i) = slide * i - lo.
 
     w given, causal         size = w, start = i - w + 1        (trailing window, the paper)
     w given, centred        size = w, start = i - w // 2
@@ -29,40 +29,12 @@ Scores are float32 (float64 for float64 inputs). Work runs in query blocks so te
 near CHUNK_ELEMENTS elements besides the scores themselves.
 """
 
-import dataclasses
-
 import torch
 
-from .problem import window_band
+from ..problem import compute_dtype, window_axis
 from .reference import _permute, _unpermute, logit_terms
 
 CHUNK_ELEMENTS = 1 << 22
-
-
-@dataclasses.dataclass(frozen=True)
-class WindowAxis:
-    """One window axis of the scores: `size` slots, slot a of query i is position start(i) + a."""
-
-    size: int
-    slide: int  # 1: the window moves with the query; 0: fixed (absolute positions)
-    lo: int
-
-    def start(self, i):
-        return self.slide * i - self.lo
-
-
-def window_axis(w, n, causal):
-    """The axis of user window `w` (int >= 1 or None) for sequence length n (module doc table):
-    the window's band, a slot per position (unclipped: an int window keeps w slots even past
-    the sequence), except that a centred unbounded window is the sequence itself."""
-    if w is None and not causal:
-        return WindowAxis(n, 0, 0)
-    band = window_band(w, causal, n if w is None else None)
-    return WindowAxis(band.width, 1, band.left)
-
-
-def compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def scores_shape(q, k1, w1, w2, causal):

@@ -1,7 +1,8 @@
 """Communication for context parallelism: the halo exchange as an autograd Function.
 
-Forward: every rank sends the slices of its k1/v1/k2/v2 chunk that its neighbours' windows
-reach, receives the slices its own windows reach, and assembles the extended sequences
+Forward: every rank sends the slices of its key/value chunks (k1, v1, k2, v2 for 2-simplicial
+attention; k, v for SDPA) that its neighbours' windows reach, receives the slices its own
+windows reach, and assembles the extended sequences
 
     ext = [ halo before | local chunk | halo after ]       (global positions start - before .. stop + after)
 
@@ -29,7 +30,7 @@ class CommStats:
     halo_received: int = 0
     grad_sent: int = 0  # halo gradients sent back to their owners in backward
     grad_received: int = 0
-    layout_gathers: int = 0  # all_gathers of the chunk layout (one per call; see distributed.py)
+    layout_gathers: int = 0  # all_gathers of the chunk layout (one per call; see context.py)
 
     def reset(self):
         for field in dataclasses.fields(self):
@@ -41,7 +42,7 @@ STATS = CommStats()
 
 @dataclasses.dataclass(frozen=True)
 class Piece:
-    """Global positions [lo, hi) of input `tensor` (0..3 = k1, v1, k2, v2) moving to/from `peer`."""
+    """Global positions [lo, hi) of exchanged input number `tensor` (k1, v1, k2, v2 = 0..3) moving to/from `peer`."""
 
     tensor: int
     peer: int  # rank within the group
@@ -102,7 +103,7 @@ def _rows(x, lo, hi, origin):
 
 
 class HaloExchange(torch.autograd.Function):
-    """(k1, v1, k2, v2) local chunks -> the same four on the extended sequence of `plan`."""
+    """Local chunks [B, n, H, D] (one per `plan.spans` entry) -> the same on the extended sequence of `plan`."""
 
     @staticmethod
     def forward(ctx, plan, group, *chunks):

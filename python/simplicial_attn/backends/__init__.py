@@ -30,7 +30,7 @@ import sys
 
 import torch
 
-from . import _ext, _validate, reference
+from . import extension, reference
 
 ENV_VAR = "SIMPLICIAL_ATTN_BACKEND"
 
@@ -43,8 +43,8 @@ AUTO_ORDER = {
 DEFAULT_ORDER = ("reference",)
 
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
-_HAS_CPU_KERNEL = _ext.has_kernel("cpu")
-_HAS_CUDA_KERNEL = _ext.has_kernel("cuda")
+_HAS_CPU_KERNEL = extension.has_kernel("cpu")
+_HAS_CUDA_KERNEL = extension.has_kernel("cuda")
 _GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -99,8 +99,10 @@ class _ExtensionBackend(Backend):
         """The reasons for C++ kernels of this device, given whether the build has those of the
         ops in question (`ops` names them in the message; the fused op when empty)."""
         reasons = []
-        if not _ext.extension_loaded():
-            reasons.append(f"the C++ extension simplicial_attn._C is not built ({_ext.build_info()['import_error']})")
+        if not extension.extension_loaded():
+            reasons.append(
+                f"the C++ extension simplicial_attn._C is not built ({extension.build_info()['import_error']})"
+            )
         elif not has_kernels:
             reasons.append(f"this build of simplicial_attn._C has no {self.device_type.upper()} kernels{ops}")
         if device_type != self.device_type:
@@ -162,17 +164,17 @@ class TritonBackend(Backend):
         return reasons
 
     def fwd(self, *args):
-        from . import triton_kernels
+        from .. import triton_kernels
 
         return triton_kernels.fwd(*args)
 
     def bwd(self, *args):
-        from . import triton_kernels
+        from .. import triton_kernels
 
         return triton_kernels.bwd(*args)
 
     def decode(self, *args):
-        from . import triton_kernels
+        from .. import triton_kernels
 
         return triton_kernels.decode(*args)
 
@@ -187,7 +189,15 @@ def _triton_interpreting():
 
 
 BACKENDS = {b.name: b for b in (CudaBackend(), TritonBackend(), CpuBackend(), ReferenceBackend())}
-NAMES = _validate.BACKEND_NAMES  # "auto" and every key of BACKENDS (tests/test_op.py holds them equal)
+NAMES = ("auto", "cuda", "triton", "cpu", "reference")  # "auto" and every key of BACKENDS (tests/test_op.py)
+
+
+def check_name(backend):
+    """A backend argument: one of NAMES (TypeError for a non-str, ValueError for an unknown name)."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {', '.join(NAMES)}; got {type(backend).__name__}")
+    if backend not in NAMES:
+        raise ValueError(f"backend must be one of {', '.join(NAMES)}; got {backend!r}")
 
 
 def get(name):
@@ -204,7 +214,7 @@ def select(requested, device_type, dtype, reasons=_reasons):
 
     `reasons(name, device_type, dtype)` says why a backend cannot serve; ops other than the
     fused attention (scores.py) pass their own."""
-    _validate.check_backend_name(requested)
+    check_name(requested)
     if requested == "auto":
         override = os.environ.get(ENV_VAR, "auto")
         if override not in NAMES:

@@ -181,9 +181,9 @@ def _swapped(s):
     return (L2, R2, L1, R1) if (L2 + R2) > (L1 + R1) else (L1, R1, L2, R2)
 
 
-def cuda_query_kernel(s, dp, rows, bj, cu, out_cols, extra_q):
-    """fwd_kernel / dq_kernel: loops it = (u-chunk, j-block) pairs, u in the chunk, kt: the
-    QK product's k-steps (DP / 16, `#pragma unroll 2`)."""
+def cuda_query_kernel(s, dp, rows, bj, cu, out_cols, extra_q, kt_loop=True):
+    """fwd_kernel / dq_kernel: loops it = (u-chunk, j-block) pairs, u in the chunk, and (kt_loop) kt:
+    the QK product's k-steps (DP / 16, `#pragma unroll 2`); without it they are unrolled into u's."""
     L1, R1, L2, R2 = _swapped(s)
     heads = _heads_per_tile(s.group, rows)
     positions = rows // heads
@@ -196,7 +196,7 @@ def cuda_query_kernel(s, dp, rows, bj, cu, out_cols, extra_q):
     u_trips = int((jb * u).sum()) * mult
     return Trips(
         ctas=len(p0) * mult,
-        levels=[it, u_trips, u_trips * (dp // 32)],
+        levels=[it, u_trips, u_trips * (dp // 32)] if kt_loop else [it, u_trips],
         logit=1,
         logits=rows * bj,
         side={0: _cdiv(bj * dp // 8, 32 * rows // 16)},
@@ -205,8 +205,10 @@ def cuda_query_kernel(s, dp, rows, bj, cu, out_cols, extra_q):
 
 
 def cuda_fwd(s, dp):
-    rows, bj, cu = (64 if dp <= 128 else 32), (64 if dp <= 64 else 32 if dp <= 128 else 16), (16 if dp <= 128 else 8)
-    return cuda_query_kernel(s, dp, rows, bj, cu, dp if dp <= 128 else 128, extra_q=1)
+    """FwdConfig: the QK product's k-steps are unrolled where the stage's k1 / v1 fragments are
+    held in registers (DP <= 128); DP = 256 keeps the `#pragma unroll 2` loop of logits()."""
+    rows, bj, cu = (64 if dp <= 128 else 32), (32 if dp <= 128 else 16), (16 if dp <= 128 else 8)
+    return cuda_query_kernel(s, dp, rows, bj, cu, dp if dp <= 128 else 128, extra_q=1, kt_loop=dp > 128)
 
 
 def cuda_dq(s, dp):

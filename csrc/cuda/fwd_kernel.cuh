@@ -89,6 +89,15 @@ struct FwdKernelParams : QueryTileParams {
   float* lse_lo;  // contiguous [B, Hq, N]
 };
 
+// sm_90 device code: there the Triton forward is the fast path and this kernel the fallback, and
+// ptxas for sm_90 spills the held k1 / v1 fragments at D = 128 (255 registers), so it reads the
+// stage at each step there, as at D = 256.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+inline constexpr bool kSm90Device = true;
+#else
+inline constexpr bool kSm90Device = false;
+#endif
+
 // kDet: determinant logits, a separate instantiation (as dq's and dk2's): its A operand, built
 // from shared rows at each step, needs the registers the trilinear form holds k1 / v1 in.
 template <class T, class Cfg, bool kDet>
@@ -96,7 +105,7 @@ SA_GLOBAL(Cfg::kThreads)
 fwd_kernel(const FwdKernelParams p) {
   constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BJ = Cfg::kBlockJ, DO = Cfg::kOutCols;
   constexpr int kThreads = Cfg::kThreads;
-  constexpr bool kHoldB = Cfg::kHoldB && !kDet, kHoldQ = Cfg::kHoldQ && !kDet;
+  constexpr bool kHoldB = Cfg::kHoldB && !kDet && (DP <= 64 || !kSm90Device), kHoldQ = Cfg::kHoldQ && !kDet;
   constexpr float kNegInf = -__builtin_huge_valf();
   using TileT = Tile<T, DP>;
 
@@ -129,98 +138,93 @@ fwd_kernel(const FwdKernelParams p) {
 
   load_tile<kThreads>(sq, BM, D, p.vec, p.q.ptr, query_rows<T>(p.q, qt, p.group));
   stream.start();
-  // The loop, compiled once per row layout (kOneRow: head packing with >= 16 heads, each warp's 16
-  // rows at one position, so one k2 / v2 row per offset), so no step carries the other's code.
-  auto main_loop = [&](auto one_row_form) {
-    constexpr bool kOneRow = decltype(one_row_form)::value;
-    SA_PATH(kOneRow, "tile: one position per warp");
-    for (int it = 0; it < stream.n_iters; ++it) {
-      const int c = it / stream.n_jblocks, stage = it % Cfg::kStages;
-      stream.load_and_wait(it);
-      cta_sync();  // B1: sq, the region and this iteration's stage are visible to every thread
+  // Head packing of >= 16 heads puts each warp's 16 rows at one position, so one v2 row per offset
+  // in the epilogue: a warp-uniform flag, not a second instantiation of the loop (one loop nest,
+  // which bench/gpu_model.py reads from the SASS).
+  const bool one_row = kHoldB && p.log2_heads >= 4;
+  SA_PATH(one_row, "tile: one position per warp");
+  for (int it = 0; it < stream.n_iters; ++it) {
+    const int c = it / stream.n_jblocks, stage = it % Cfg::kStages;
+    stream.load_and_wait(it);
+    cta_sync();  // B1: sq, the region and this iteration's stage are visible to every thread
 
-      const int j0 = stream.j0(it), region_base = stream.region_base(c);
-      const TileT sk1 = stream.sk1(stage), sv1 = stream.sv1(stage), sk2 = stream.sk2, sv2 = stream.sv2;
-      if constexpr (kHoldQ) {
-        if (it == 0) held_a<T, DP>(qa, sq.row(lr.a_row));
-      }
-      // The stage's k1 / v1 fragments, held for every offset of the chunk.
-      KeyFrags kb;
-      ValueFrags vb;
-      if constexpr (kHoldB) {
-        held_b_nmajor<T, DP, BJ>(kb, sk1);
-        held_b_kmajor<T, DP, BJ, DO / 8>(vb, sv1, col0);
-      }
-
-      for (int u = stream.chunk_lo(c); u <= stream.chunk_hi(c); ++u) {
-        // The k2/v2 rows of k = pos - u in the region.
-        const OffsetRows o = offset_rows(qt, lr, u, region_base);
-        const T* const k2_h[2] = {sk2.row(o.h[0]), sk2.row(o.h[1])};
-        const T* const v2_h[2] = {sv2.row(o.h[0]), sv2.row(o.h[1])};
-
-        // S = (q ⊙ k2[pos - u]) @ k1_block^T, or (k2[pos - u] × q) @ k1_block^T
-        float s[BJ / 8][4];
-        zero_acc(s);
-        if constexpr (kHoldB) {
-#pragma unroll
-          for (int kt = 0; kt < DP / 16; ++kt) {
-            uint32_t a[4];
-            q_times_k2<T, DP, kHoldQ, kOneRow>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);
-#pragma unroll
-            for (int nt = 0; nt < BJ / 8; ++nt) mma_acc<T>(s[nt], a, kb[kt][nt]);
-          }
-        } else {
-          // The determinant, or q ⊙ k2 at D = 256: nothing held, the stage read at each step.
-          const LogitRows<T> logit_rows{kDet, D, sq.row(lr.a_row), sk2.row(o.a), q_h, k2_h};
-          logits<T, DP, BJ>(s, logit_rows, sk1);
-        }
-
-        // Scale to logits; mask to the (j, k) window unless the block lies inside every row's.
-        const int j_last = j0 + BJ - 1;
-        const bool interior = warp_all(o.ok[0] && o.ok[1] && j0 >= lr.jmin[0] && j0 >= lr.jmin[1] &&
-                                       j_last <= lr.jmax[0] && j_last <= lr.jmax[1]);
-        SA_PATH(interior, "mask: interior block");
-        SA_PATH(!interior, "mask: edge block");
-        if (interior) {
-#pragma unroll
-          for (int nt = 0; nt < BJ / 8; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) s[nt][i] = logit(s[nt][i], p.prob.scale);
-        } else {
-#pragma unroll
-          for (int nt = 0; nt < BJ / 8; ++nt) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
-              SA_PATH(o.ok[h] && (j < lr.jmin[h] || j > lr.jmax[h]), "mask: j outside the window");
-              s[nt][i] = (o.ok[h] && j >= lr.jmin[h] && j <= lr.jmax[h]) ? logit(s[nt][i], p.prob.scale) : kNegInf;
-            }
-          }
-        }
-        float alpha[2];
-        softmax.step(s, alpha);
-        // alpha is exactly 1 where the running max did not move: skip the rescale when it is for
-        // every row of the warp.
-        const bool moved = warp_any(alpha[0] != 1.f || alpha[1] != 1.f);
-        SA_PATH(!moved, "softmax: rescale skipped");
-        if (moved) rescale_rows(acc, alpha);
-
-        // acc += (P @ v1_block) ⊙ v2[pos - u], 16 output columns (col0 + nt * 8 ..) at a time.
-        uint32_t pa[BJ / 16][4];
-#pragma unroll
-        for (int kk = 0; kk < BJ / 16; ++kk) c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
-        if constexpr (kHoldB)
-          add_held_product_times_rows<T>(acc, pa, vb, col0, v2_h, kOneRow);
-        else
-          add_product_times_rows<T>(acc, pa, sv1, col0, v2_h);
-      }
-      cta_sync();  // B2: every warp is done with this stage and (if the chunk ends) the region
+    const int j0 = stream.j0(it), region_base = stream.region_base(c);
+    const TileT sk1 = stream.sk1(stage), sv1 = stream.sv1(stage), sk2 = stream.sk2, sv2 = stream.sv2;
+    if constexpr (kHoldQ) {
+      if (it == 0) held_a<T, DP>(qa, sq.row(lr.a_row));
     }
-  };
-  if (kHoldB && p.log2_heads >= 4)
-    main_loop(std::true_type{});
-  else
-    main_loop(std::false_type{});
+    // The stage's k1 / v1 fragments, held for every offset of the chunk.
+    [[maybe_unused]] KeyFrags kb;
+    [[maybe_unused]] ValueFrags vb;
+    if constexpr (kHoldB) {
+      held_b_nmajor<T, DP, BJ>(kb, sk1);
+      held_b_kmajor<T, DP, BJ, DO / 8>(vb, sv1, col0);
+    }
+
+    for (int u = stream.chunk_lo(c); u <= stream.chunk_hi(c); ++u) {
+      // The k2/v2 rows of k = pos - u in the region.
+      const OffsetRows o = offset_rows(qt, lr, u, region_base);
+      const T* const k2_h[2] = {sk2.row(o.h[0]), sk2.row(o.h[1])};
+      const T* const v2_h[2] = {sv2.row(o.h[0]), sv2.row(o.h[1])};
+
+      // S = (q ⊙ k2[pos - u]) @ k1_block^T, or (k2[pos - u] × q) @ k1_block^T
+      float s[BJ / 8][4];
+      zero_acc(s);
+      if constexpr (kHoldB) {
+#pragma unroll
+        for (int kt = 0; kt < DP / 16; ++kt) {
+          uint32_t a[4];
+          q_times_k2<T, DP, kHoldQ>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);
+#pragma unroll
+          for (int nt = 0; nt < BJ / 8; ++nt) mma_acc<T>(s[nt], a, kb[kt][nt]);
+        }
+      } else {
+        // The determinant, or q ⊙ k2 at D = 256: nothing held, the stage read at each step.
+        const LogitRows<T> logit_rows{kDet, D, sq.row(lr.a_row), sk2.row(o.a), q_h, k2_h};
+        logits<T, DP, BJ>(s, logit_rows, sk1);
+      }
+
+      // Scale to logits; mask to the (j, k) window unless the block lies inside every row's.
+      const int j_last = j0 + BJ - 1;
+      const bool interior = warp_all(o.ok[0] && o.ok[1] && j0 >= lr.jmin[0] && j0 >= lr.jmin[1] &&
+                                     j_last <= lr.jmax[0] && j_last <= lr.jmax[1]);
+      SA_PATH(interior, "mask: interior block");
+      SA_PATH(!interior, "mask: edge block");
+      if (interior) {
+#pragma unroll
+        for (int nt = 0; nt < BJ / 8; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) s[nt][i] = logit(s[nt][i], p.prob.scale);
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < BJ / 8; ++nt) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
+            SA_PATH(o.ok[h] && (j < lr.jmin[h] || j > lr.jmax[h]), "mask: j outside the window");
+            s[nt][i] = (o.ok[h] && j >= lr.jmin[h] && j <= lr.jmax[h]) ? logit(s[nt][i], p.prob.scale) : kNegInf;
+          }
+        }
+      }
+      float alpha[2];
+      softmax.step(s, alpha);
+      // alpha is exactly 1 where the running max did not move: skip the rescale when it is for
+      // every row of the warp.
+      const bool moved = warp_any(alpha[0] != 1.f || alpha[1] != 1.f);
+      SA_PATH(!moved, "softmax: rescale skipped");
+      if (moved) rescale_rows(acc, alpha);
+
+      // acc += (P @ v1_block) ⊙ v2[pos - u], 16 output columns (col0 + nt * 8 ..) at a time.
+      uint32_t pa[BJ / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < BJ / 16; ++kk) c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
+      if constexpr (kHoldB)
+        add_held_product_times_rows<T>(acc, pa, vb, col0, v2_h, one_row);
+      else
+        add_product_times_rows<T>(acc, pa, sv1, col0, v2_h);
+    }
+    cta_sync();  // B2: every warp is done with this stage and (if the chunk ends) the region
+  }
 
   // ---- Epilogue: out = acc / l; lse (natural log) and lse_lo, written by lane 0 of each quad.
   T* out_row[2];

@@ -29,24 +29,10 @@ struct LogitRows {
   }
 };
 
-// k2's factor of the A operand q ⊙ k2 over columns [c0, c0 + 16), in the A fragment layout: from
-// k2_row, the lane's ldmatrix row, or with kOneRow (the warp's 16 rows at one position: head
-// packing) from that single row as the two column pairs a lane's fragments hold (rows g and g + 8
-// alike): two broadcast words instead of an ldmatrix, half its shared-memory cycles.
-template <class T, bool kOneRow>
-SA_DEV void k2_factor(uint32_t (&k)[4], const T* k2_row, int c0 SA_SITE_ARG) {
-  if constexpr (kOneRow) {
-    const int c = c0 + 2 * (lane_id() & 3);
-    k[0] = k[1] = sload(reinterpret_cast<const uint32_t*>(k2_row + c));
-    k[2] = k[3] = sload(reinterpret_cast<const uint32_t*>(k2_row + c + 8));
-  } else {
-    ldsm_a(k, k2_row, c0 SA_SITE_NEXT);
-  }
-}
-
 // The A operand q ⊙ k2 over columns [16 kt, 16 kt + 16): q's factor from fragments held in
-// registers (kHoldQ: held_a) or from the lane's ldmatrix row of q, k2's by k2_factor.
-template <class T, int DP, bool kHoldQ, bool kOneRow>
+// registers (kHoldQ: held_a) or from the lane's ldmatrix row of q, k2's from the lane's ldmatrix
+// row of k2 (under head packing all 16 rows of a warp share that row: a broadcast).
+template <class T, int DP, bool kHoldQ>
 SA_DEV void q_times_k2(uint32_t (&a)[4], const uint32_t (&held_q)[DP / 16][4], const T* q_row, const T* k2_row,
                        int kt SA_SITE_ARG) {
   uint32_t q[4], k[4];
@@ -56,7 +42,7 @@ SA_DEV void q_times_k2(uint32_t (&a)[4], const uint32_t (&held_q)[DP / 16][4], c
   } else {
     ldsm_a(q, q_row, kt * 16 SA_SITE_NEXT);
   }
-  k2_factor<T, kOneRow>(k, k2_row, kt * 16 SA_SITE_NEXT);
+  ldsm_a(k, k2_row, kt * 16 SA_SITE_NEXT);
 #pragma unroll
   for (int i = 0; i < 4; ++i) a[i] = mul_pairs<T>(q[i], k[i]);
 }

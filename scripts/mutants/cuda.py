@@ -207,20 +207,35 @@ MUTANTS = [
     dict(
         name="cuda-fwd-k1-fragments-of-the-wrong-stage",
         path="csrc/cuda/fwd_kernel.cuh",
-        old="        held_b_nmajor<T, DP, BJ>(kb, sk1);",
-        new="        held_b_nmajor<T, DP, BJ>(kb, stream.sk1(0));",
+        old="held_b_nmajor<T, DP, BJ>(kb, sk1);",
+        new="held_b_nmajor<T, DP, BJ>(kb, stream.sk1(0));",
         tests=PIPELINE_64,
         why="the held k1 fragments always from stage 0: odd blocks see the previous block's (or the prefetch's) keys",
     ),
     dict(
-        name="cuda-fwd-one-row-k2-of-the-wrong-row-half",
-        path="csrc/cuda/logit_operand.cuh",
-        old="    k[0] = k[1] = sload(reinterpret_cast<const uint32_t*>(k2_row + c));\n"
-        "    k[2] = k[3] = sload(reinterpret_cast<const uint32_t*>(k2_row + c + 8));",
-        new="    k[0] = k[2] = sload(reinterpret_cast<const uint32_t*>(k2_row + c));\n"
-        "    k[1] = k[3] = sload(reinterpret_cast<const uint32_t*>(k2_row + c + 8));",
-        tests=ONE_ROW_64,
-        why="head packing's broadcast k2 factor built for the wrong fragment row half (rows g + 8 take columns 2t + 8)",
+        name="cuda-fwd-v1-fragments-of-the-wrong-stage",
+        path="csrc/cuda/fwd_kernel.cuh",
+        old="held_b_kmajor<T, DP, BJ, DO / 8>(vb, sv1, col0);",
+        new="held_b_kmajor<T, DP, BJ, DO / 8>(vb, stream.sv1(0), col0);",
+        tests=PIPELINE_64,
+        why="the held v1 fragments always from stage 0: odd blocks weigh the previous block's (or prefetched) values",
+    ),
+    dict(
+        name="cuda-fwd-operand-not-rebuilt-when-u-changes",
+        path="csrc/cuda/fwd_kernel.cuh",
+        old="q_times_k2<T, DP, kHoldQ>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);",
+        new="q_times_k2<T, DP, kHoldQ>(a, qa, sq.row(lr.a_row),\n"
+        "sk2.row(offset_rows(qt, lr, stream.chunk_lo(c), region_base).a), kt);",
+        tests=PIPELINE_64,
+        why="the A operand q ⊙ k2 of every offset of a chunk built with the chunk's first offset's k2 row",
+    ),
+    dict(
+        name="cuda-fwd-one-row-without-head-packing",
+        path="csrc/cuda/fwd_kernel.cuh",
+        old="const bool one_row = kHoldB && p.log2_heads >= 4;",
+        new="const bool one_row = kHoldB;",
+        tests=SMALL_FP16,
+        why="every warp's rows taken to share one position: the epilogue weighs both rows by the first row's v2",
     ),
     dict(
         name="cuda-fwd-interior-forgets-the-right-edge",
@@ -233,8 +248,8 @@ MUTANTS = [
     dict(
         name="cuda-fwd-interior-block-masked",
         path="csrc/cuda/fwd_kernel.cuh",
-        old="        const bool interior = warp_all(",
-        new="        const bool interior = false && warp_all(",
+        old="const bool interior = warp_all(",
+        new="const bool interior = false && warp_all(",
         tests=[EMU, "-k", "masks_only_the_edge_blocks and 64"],
         why="every block masked (right, but the unmasked path is dead): the path check notices",
     ),
@@ -243,7 +258,7 @@ MUTANTS = [
         path="csrc/cuda/fwd_kernel.cuh",
         old="const bool moved = warp_any(alpha[0] != 1.f || alpha[1] != 1.f);",
         new="const bool moved = warp_all(alpha[0] != 1.f || alpha[1] != 1.f);",
-        tests=SMALL_FP16,
+        tests=PIPELINE_64,
         why="the accumulators rescaled only when every row's running max moved: the others keep a stale scale",
     ),
     dict(

@@ -234,7 +234,7 @@ MUTANTS = [
         path="csrc/cuda/fwd_kernel.cuh",
         old="const bool one_row = kHoldB && p.log2_heads >= 4;",
         new="const bool one_row = kHoldB;",
-        tests=SMALL_FP16,
+        tests=PIPELINE_64,
         why="every warp's rows taken to share one position: the epilogue weighs both rows by the first row's v2",
     ),
     dict(

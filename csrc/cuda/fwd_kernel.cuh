@@ -29,21 +29,18 @@
 // once, at the start of the block's iteration, and holds them for all its steps (u, block)
 // (fragments.cuh, held_*; q's fragments too where they fit, D <= 64). A step then reads from shared
 // memory only what depends on u: the k2 factor of its A operand q ⊙ k2 (one ldmatrix per 16
-// channels; under head packing, where a warp's 16 rows share one position, two broadcast words)
-// and the v2 pairs of its epilogue (one row's under head packing), plus q's ldmatrix where q is
-// not held. Before, a step rebuilt A from two ldmatrix per 16 channels and re-read every B
-// fragment: ~9 MMA FLOP per shared-memory byte, this loop's bound on every GPU; now ~28 at the
-// head-packed D = 128 shape of the README. Two more savings per step: the window mask only on a
-// block that crosses some row's window edge (interior blocks take every logit), and the rescale of
-// the accumulators only when some row's running max moved. Determinant logits (their A operand is
-// built from shared rows at each step and needs the registers) and D = 256 read the stage at each
-// step instead.
+// channels) and the v2 pairs of its epilogue (one row's under head packing, where a warp's 16 rows
+// share one position), plus q's ldmatrix where q is not held. Before, a step also re-read every B
+// fragment: 0.111 shared-memory bytes per MMA FLOP at the README's head-packed D = 128 shape, the
+// loop's bound with issue; now 0.058 (bench/gpu_model.py, sm_80). Two more savings per step: the
+// window mask only on a block that crosses some row's window edge (interior blocks take every
+// logit), and the rescale of the accumulators only when some row's running max moved. Determinant
+// logits (their A operand is built from shared rows at each step and needs the registers), D = 256,
+// and D = 128 on sm_90 (kSm90Device) read the stage at each step instead.
 //
 // Each warp owns 16 rows; a lane holds two of them (fragment rows g and g + 8, see common.cuh) and
 // all their softmax state, so no row statistics are shared between warps.
 #pragma once
-
-#include <type_traits>
 
 #include "fragments.cuh"
 #include "logit_operand.cuh"

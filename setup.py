@@ -89,8 +89,19 @@ def main():
     ext_modules, with_cuda = _extensions()
     print(f"simplicial-attn: building {'CPU + CUDA' if with_cuda else 'CPU-only'} extension", flush=True)
     setup(
-        packages=["simplicial_attn", "simplicial_attn.hf", "simplicial_attn.triton_kernels"],
+        packages=[
+            "simplicial_attn",
+            "simplicial_attn.analysis",
+            "simplicial_attn.backends",
+            "simplicial_attn.hf",
+            "simplicial_attn.nn",
+            "simplicial_attn.ops",
+            "simplicial_attn.parallel",
+            "simplicial_attn.parallel.titan",
+            "simplicial_attn.triton_kernels",
+        ],
         package_dir={"simplicial_attn": "python/simplicial_attn", "simplicial_attn.triton_kernels": "triton_kernels"},
+        package_data={"simplicial_attn.parallel.titan": ["*.toml"]},
         ext_modules=ext_modules,
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )

@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `bench` and the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import timing  # noqa: E402
 from bench.cpu_peak import CEILING_DTYPE, dtype_name, measure_fma_peak, mm_not_native  # noqa: E402
 from bench.flops import CONVENTION, attention_flops  # noqa: E402
 from bench.memory import peak_rss_delta, status_kib  # noqa: E402
@@ -34,33 +34,20 @@ from bench.memory import peak_rss_delta, status_kib  # noqa: E402
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _best_seconds(fn, repeats):
-    fn()  # warm-up: first-touch page faults, thread pool start
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def measure_mm_gflops(n=2048, repeats=5, dtype=torch.float32):
-    """Best-of-`repeats` GFLOP/s of torch.mm on two random n x n matrices."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / _best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
-
-
 def _kernel_pair(fwd, bwd):
     """fwd(q, k1, k2, v1, v2, w1, w2, causal, scale) -> (out, saved) and bwd(dout, q, k1, k2, v1, v2,
     out, saved, w1, w2, causal, scale) -> grads, around a backend's Problem-taking functions."""
-    from simplicial_attn.problem import Problem
+    from simplicial_attn.problem import Problem, window_band
+
+    def problem(w1, w2, causal, scale):
+        return Problem(window_band(w1, causal), window_band(w2, causal), scale)
 
     def forward(q, k1, k2, v1, v2, *args):
-        out, lse, lse_lo = fwd(q, k1, k2, v1, v2, Problem(*args))
+        out, lse, lse_lo = fwd(q, k1, k2, v1, v2, problem(*args))
         return out, (lse, lse_lo)
 
     def backward(dout, q, k1, k2, v1, v2, out, saved, *args):
-        return bwd(dout, q, k1, k2, v1, v2, out, *saved, Problem(*args))
+        return bwd(dout, q, k1, k2, v1, v2, out, *saved, problem(*args))
 
     return forward, backward
 
@@ -73,7 +60,7 @@ def _cpu_kernels():
 
 
 def _reference_kernels():
-    from simplicial_attn import reference
+    from simplicial_attn.backends import reference
 
     return _kernel_pair(reference.fwd, reference.bwd)
 
@@ -85,17 +72,6 @@ def make_problem(B, N, H, D, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     q, k1, k2, v1, v2, dout = (torch.randn(B, N, H, D, generator=g).to(dtype) for _ in range(6))
     return q, k1, k2, v1, v2, dout
-
-
-def _clock(cpu_time):
-    """Seconds of the call: wall clock, or with `cpu_time` the process's CPU time over the thread
-    count (the wall time the call would take with every thread running all the time: on a
-    shared machine, where other jobs time-slice the threads, it is the robust figure; threads
-    spinning at a barrier count as busy, so it errs low)."""
-    if not cpu_time:
-        return time.perf_counter
-    threads = torch.get_num_threads()
-    return lambda: time.process_time() / threads
 
 
 def measure_backend(
@@ -116,8 +92,9 @@ def measure_backend(
     """Best-of-`repeats` seconds and GFLOP/s of fwd, bwd and fwd+bwd (the sum of the two) of
     `backend`, each as a fraction of the FMA peak of its ceiling dtype and of torch.mm in `dtype`
     (None where torch.mm is not native), all measured in the same rounds: each round runs the
-    FMA loop, torch.mm, fwd and bwd in turn, timed by `_clock(cpu_time)`."""
-    clock = _clock(cpu_time)
+    FMA loop, torch.mm, fwd and bwd in turn, timed by bench.timing's wall clock (or with `cpu_time`
+    its CPU-time clock)."""
+    clock = timing.clock("cpu" if cpu_time else "wall")
     fwd, bwd = BACKENDS[backend]()
     q, k1, k2, v1, v2, dout = make_problem(B, N, H, D, dtype)
     args = (w1, w2, causal, D**-0.5)

@@ -12,13 +12,14 @@ and a fraction of that would mean nothing, so such a dtype is reported as "not n
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import timing  # noqa: E402
 
 # The float dtype whose FMA peak bounds a call in each dtype (the kernels' compute type).
 CEILING_DTYPE = {"float32": "float32", "bfloat16": "float32", "float16": "float32", "float64": "float64"}
@@ -33,16 +34,16 @@ def dtype_name(dtype):
 def measure_fma_peak(dtype="float32", seconds=0.05, repeats=5, iters=0):
     """{"gflops", "flops", "seconds", "threads", "lanes", "chains", "isa", "dtype"}: best of `repeats`
     runs of about `seconds` (or of `iters` iterations per thread when given; flops: of one run)."""
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    if _ext._C is None or not hasattr(_ext._C, "cpu_fma_peak"):
-        raise RuntimeError(f"the FMA peak loop needs the C++ extension ({_ext.build_info()})")
-    return dict(_ext._C.cpu_fma_peak(dtype_name(dtype), seconds, repeats, iters))
+    if extension._C is None or not hasattr(extension._C, "cpu_fma_peak"):
+        raise RuntimeError(f"the FMA peak loop needs the C++ extension ({extension.build_info()})")
+    return dict(extension._C.cpu_fma_peak(dtype_name(dtype), seconds, repeats, iters))
 
 
 def fma_peaks(dtypes, seconds=0.05, repeats=5, cpu_time=False):
     """The FMA peak of every ceiling dtype the given call dtypes need, keyed by ceiling dtype; with
-    `cpu_time`, each run timed like cpu_time_fn times a kernel."""
+    `cpu_time`, each run timed by the CPU-time clock that times a kernel (bench/timing.py)."""
     wanted = sorted({CEILING_DTYPE[dtype_name(d)] for d in dtypes})
     return {
         d: (_fma_peak_cpu_time(d, seconds, repeats) if cpu_time else measure_fma_peak(d, seconds, repeats))
@@ -53,34 +54,16 @@ def fma_peaks(dtypes, seconds=0.05, repeats=5, cpu_time=False):
 def _fma_peak_cpu_time(dtype, seconds, repeats):
     probe = measure_fma_peak(dtype, seconds, 1)
     iters = round(probe["flops"] / (2 * probe["lanes"] * probe["chains"] * probe["threads"]))
-    best = max(
-        probe["flops"] / s
-        for s in cpu_time_fn(lambda: measure_fma_peak(dtype, repeats=1, iters=iters), warmup=0, repeats=repeats)
+    seconds = timing.best_seconds(
+        lambda: measure_fma_peak(dtype, repeats=1, iters=iters), warmup=0, repeats=repeats, clock_kind="cpu"
     )
-    return dict(probe, gflops=best / 1e9, clock="cpu time / threads")
+    return dict(probe, gflops=probe["flops"] / seconds / 1e9, clock="cpu time / threads")
 
 
-def cpu_time_fn(fn, *, device="cpu", warmup=1, repeats=5, setup=None):
-    """bench.timing.time_fn's contract, timed by the process's CPU time over the thread count: the
-    wall time the call would take if every thread ran all the time. On a machine other jobs
-    share (this project's CI machine: other sessions' cgroups time-slice our threads, and the
-    wall-clock best-of figures there are off by factors of 2-4), it is the robust figure; threads
-    spinning at a barrier count as busy, so it errs low."""
-    if device != "cpu":
-        raise ValueError(f"CPU time measures CPU calls only, got device {device!r}")
-    threads = torch.get_num_threads()
-    for r in range(warmup):
-        if setup:
-            setup(r)
-        fn()
-    times = []
-    for r in range(repeats):
-        if setup:
-            setup(warmup + r)
-        t0 = time.process_time()
-        fn()
-        times.append((time.process_time() - t0) / threads)
-    return times
+def measure_mm_gflops(n=2048, repeats=5, dtype=torch.float32):
+    """Best-of-`repeats` GFLOP/s of torch.mm on two random n x n matrices (one warm-up call)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / timing.best_seconds(lambda: torch.mm(a, b), repeats=repeats) / 1e9
 
 
 def _cpu_flags():
@@ -113,8 +96,6 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=0.1)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
-    from bench.cpu_attention import measure_mm_gflops
-
     for dtype in ("float32", "float64"):
         r = measure_fma_peak(dtype, args.seconds, args.repeats)
         print(f"FMA peak {dtype}: {r['gflops']:.1f} GFLOP/s ({r['isa']}, {r['threads']} threads, {r['chains']} chains)")

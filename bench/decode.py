@@ -21,7 +21,7 @@ import torch
 import simplicial_attn as sa
 from bench import flops, timing
 from simplicial_attn import backends
-from simplicial_attn.problem import Problem
+from simplicial_attn.problem import Problem, window_band
 
 SHAPE = dict(B=1, Hq=8, Hkv=2, D=64, w1=512, w2=32)
 CONTEXTS = [1024, 4096, 16384, 65536]
@@ -55,7 +55,7 @@ def measure(names, device, dtype, repeats, time_fn=timing.time_fn):
         for ctx in CONTEXTS:
             q, caches, lens = _case(ctx, device, dtype)
             w1, w2 = s["w1"], s["w2"]
-            prob = Problem(w1, w2, True, s["D"] ** -0.5, cache_seqlens=lens)
+            prob = Problem(window_band(w1, True), window_band(w2, True), s["D"] ** -0.5, cache_seqlens=lens)
             backend = backends.get(name)
             with torch.no_grad():
                 step = _time(

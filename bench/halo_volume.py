@@ -9,7 +9,7 @@ backward), what ring attention would move for the same layer (every rank sees (P
 k1, k2, v1, v2 go by), the forward FLOPs of the rank's own queries (CONTRACT §2: 4*D per
 in-window triple per query head), the FLOPs spent on the zero query rows of the halo (the
 price of calling the single-process op on [halo | chunk]), and FLOPs per byte moved.
-Bytes come from `simplicial_attn.distributed.halo_plan`, the plan the op itself follows
+Bytes come from `simplicial_attn.parallel.halo_plan`, the plan the op itself follows
 (tests/test_distributed.py checks the op's byte counters against brute force). Nothing
 is timed; `--link-gbps` only converts bytes to transfer time at that bandwidth.
 """
@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import flops  # noqa: E402
-from simplicial_attn.distributed import halo_plan  # noqa: E402
+from simplicial_attn.parallel import halo_plan, simplicial_reaches  # noqa: E402
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 KV_TENSORS = 4  # k1, v1, k2, v2
@@ -32,7 +32,7 @@ KV_TENSORS = 4  # k1, v1, k2, v2
 def rank_figures(N, P, rank, args):
     """(halo bytes received, useful fwd FLOPs, zero-row fwd FLOPs) of one rank."""
     offsets = [N * r // P for r in range(P + 1)]
-    plan = halo_plan(offsets, rank, args.w1, args.w2, args.causal)
+    plan = halo_plan(offsets, rank, simplicial_reaches(args.w1, args.w2, args.causal, N))
     row_bytes = args.B * args.Hkv * args.D * DTYPE_BYTES[args.dtype]
     halo = row_bytes * sum(p.hi - p.lo for p in plan.recv)
     per_triple = flops.FWD_PER_TRIPLE * args.D * args.B * args.Hq

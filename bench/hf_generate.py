@@ -13,7 +13,6 @@ runs of each (the CPU is shared: other work only adds time), after a short untim
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `bench` and the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import environment  # noqa: E402
+from bench import environment, timing  # noqa: E402
 
 
 def build_model(args):
@@ -39,12 +38,9 @@ def build_model(args):
 
 def best_time(fn, repeats):
     """(best seconds of `repeats` runs, the last result)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+    results = []
+    seconds = timing.best_seconds(lambda: results.append(fn()), warmup=0, repeats=repeats)
+    return seconds, results[-1]
 
 
 def measure(args):

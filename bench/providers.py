@@ -8,9 +8,9 @@ forward, or both). `spec` is a `Spec` from bench/run.py.
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import backends, reference
-from simplicial_attn._windows import kernel_window
-from simplicial_attn.problem import Problem
+from simplicial_attn import backends
+from simplicial_attn.backends import reference
+from simplicial_attn.problem import Problem, window_band
 
 # Memory the naive dense einsum may use for its (i, j, k) cube before we skip it.
 DENSE_LIMIT_BYTES = 3 << 30
@@ -85,8 +85,7 @@ class CompiledReferenceProvider(Provider):
         # The reference's fwd/bwd are explicit functions: no autograd graph to build.
         q, k1, k2, v1, v2, dout = (t.detach() for t in inputs)
         n, d = q.shape[1], q.shape[3]
-        w1, w2 = kernel_window(spec.w1, n, spec.causal), kernel_window(spec.w2, n, spec.causal)
-        prob = Problem(w1, w2, spec.causal, d**-0.5)
+        prob = Problem(window_band(spec.w1, spec.causal, n), window_band(spec.w2, spec.causal, n), d**-0.5)
         if spec.mode == "fwd":
             return lambda: self._fwd(q, k1, k2, v1, v2, prob)
         out, lse, lse_lo = self._fwd(q, k1, k2, v1, v2, prob)
@@ -118,14 +117,11 @@ class DenseEinsumProvider(Provider):
         i = torch.arange(n, device=spec.device)
 
         def mask(w):
-            lo = i[:, None] - w + 1 if spec.causal else i[:, None] - w // 2
+            band = window_band(w, spec.causal, n)
             j = i[None, :]
-            return (j >= lo) & (j <= lo + w - 1)
+            return (j >= i[:, None] - band.left) & (j <= i[:, None] + band.right)
 
-        m = (
-            mask(kernel_window(spec.w1, n, spec.causal))[:, :, None]
-            & mask(kernel_window(spec.w2, n, spec.causal))[:, None]
-        )
+        m = mask(spec.w1)[:, :, None] & mask(spec.w2)[:, None]
         g = spec.Hq // spec.Hkv
 
         def forward(q, k1, k2, v1, v2):

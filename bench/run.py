@@ -19,6 +19,7 @@ every raw figure), a Markdown summary and a PNG plot (TFLOP/s vs N per provider)
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import sys
@@ -169,7 +170,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--cpu-time",
         action="store_true",
-        help="CPU runs: time by process CPU time / threads (bench/cpu_peak.py: cpu_time_fn), for a shared machine",
+        help="CPU runs: time by process CPU time / threads (bench/timing.py's cpu clock), for a shared machine",
     )
     return p.parse_args(argv)
 
@@ -216,7 +217,7 @@ def build_specs(args):
 def scores_main(args):
     """trilinear_scores forward (and backward) per backend: GB/s of the [B, Hq, N, W1, W2] logits written."""
     import simplicial_attn as sa
-    from simplicial_attn import scores
+    from simplicial_attn.analysis import scores
 
     shapes, dtypes = quick_specs(args.device)
     dtypes = [DTYPES[d] for d in args.dtype] if args.dtype else dtypes[:1]
@@ -244,13 +245,11 @@ def scores_main(args):
 def _time_fn(args):
     if args.cpu_time and args.device != "cpu":
         sys.exit("--cpu-time times CPU runs only")
-    return cpu_peak.cpu_time_fn if args.cpu_time else timing.time_fn
+    return functools.partial(timing.time_fn, clock_kind="cpu" if args.cpu_time else "wall")
 
 
 def _clock_text(args):
-    if args.cpu_time:
-        return "process CPU time / threads on CPU (--cpu-time: robust to other jobs on a shared machine)"
-    return "CUDA events on GPU, perf_counter on CPU"
+    return timing.describe("cpu" if args.cpu_time else "wall")
 
 
 def feature_providers(device, dtype, wanted=None):

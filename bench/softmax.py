@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.timing import time_fn  # noqa: E402
-from simplicial_attn.scores import windowed_softmax  # noqa: E402
+from simplicial_attn.analysis.scores import windowed_softmax  # noqa: E402
 
 # (B, H, N, W1, W2): the paper's windows (512 x 32), a square 64 x 32, small and tiny windows.
 DEFAULT_SHAPES = [(1, 4, 256, 512, 32), (1, 8, 1024, 64, 32), (2, 8, 512, 16, 16), (4, 8, 1024, 4, 8)]

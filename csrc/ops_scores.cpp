@@ -1,5 +1,5 @@
 // Dispatcher schemas of the unfused path: the trilinear scores and the windowed softmax, each
-// with its backward. Python (simplicial_attn/scores.py) wraps them in autograd ops; kernels
+// with its backward. Python (simplicial_attn/analysis/scores.py) wraps them in autograd ops; kernels
 // register per device in csrc/cpu/scores_softmax.cpp and csrc/cuda/scores_softmax.cu.
 // The layout of the scores and the window geometry: csrc/include/scores_window.h.
 #include <torch/library.h>

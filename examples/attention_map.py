@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from simplicial_attn import two_simplicial_attention
-from simplicial_attn.viz import attention_summary, plot_attention
+from simplicial_attn.analysis.viz import attention_summary, plot_attention
 
 N = 24  # sequence length; the last position is the query that answers
 

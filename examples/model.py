@@ -21,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-from simplicial_attn.layer import SimplicialTransformerBlock
+from simplicial_attn.nn.layer import SimplicialTransformerBlock
 
 
 class Decoder(nn.Module):

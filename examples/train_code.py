@@ -16,7 +16,7 @@ Two models of equal parameter count (the baseline's MLP width is adjusted to mat
     standard:   `depth` SDPA layers
     simplicial: the same, with every `simplicial_every`-th layer 2-simplicial (Roy et al.
                 2025 interleave one every 4 layers); windows w1 x w2 over a causal context
-Both use RoPE (the tied policy in the 2-simplicial layer, see simplicial_attn.rope), RMS q/k
+Both use RoPE (the tied policy in the 2-simplicial layer, see simplicial_attn.nn.rope), RMS q/k
 norm and, per seed, the same initial embedding/head draw and the same batches. Each model is
 trained once per seed in `--seeds` (two by default, to show the seed-to-seed spread next to the
 difference between the models). Validation loss (nats per character) is measured every

@@ -2,7 +2,8 @@
 
     python scripts/build_cmake.py [BUILD_DIR] [--cuda]
 
-Fills in what a CUDA build of torch needs from CMake here (BUILD-NOTES): the toolkit root,
+Fills in what a CUDA build of torch needs from CMake on a machine with the toolkit at
+/usr/local/cuda and torch from pip: the toolkit root,
 CUDACXX, TORCH_CUDA_ARCH_LIST and, for pip wheels, the nvrtc library inside site-packages.
 Prints the path of the built library last.
 """

@@ -1,6 +1,6 @@
 """The Triton kernels under another triton release (issue 13: the lent GPU machines run triton
 3.6.0, our pin is 3.8.0): compile every kernel and shipped config ahead of time for sm_90 and
-sm_80 (bench/kernel_report.py --check: no spills, shared memory within the arch's limit,
+sm_80 (bench/verify/kernel_report.py --check: no spills, shared memory within the arch's limit,
 tensor cores in every 16-bit main loop, no atomics; every variant: trilinear, determinant,
 packed, decode), then run the interpreter on a small grid against the float64 oracle: the
 path-coverage, numerics and all-configs tests, the bf16 grid of tests/test_triton.py and the
@@ -78,7 +78,8 @@ def main(argv=None):
         env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTEST_ADDOPTS")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(view), os.environ.get("PYTHONPATH")]))
         if not args.skip_compile:
-            report = [sys.executable, str(ROOT / "bench" / "kernel_report.py"), "--check", "--arch", args.arch]
+            script = ROOT / "bench" / "verify" / "kernel_report.py"
+            report = [sys.executable, str(script), "--check", "--arch", args.arch]
             if run(report, env) != 0:
                 failed.append("ahead-of-time compilation (kernel_report --check)")
         if not args.skip_interpreter:

@@ -5,6 +5,8 @@ import itertools
 
 import torch
 
+from simplicial_attn.problem import window_band
+
 # CONTRACT §5: relative Frobenius error bounds against the float64 oracle.
 BOUNDS = {
     torch.float64: 1e-10,
@@ -32,6 +34,12 @@ class Case:
         w2 = "None" if self.w2 is None else self.w2
         mode = "causal" if self.causal else "centred"
         return f"B{self.B}-N{self.N}-Hq{self.Hq}-Hkv{self.Hkv}-D{self.D}-w1_{w1}-w2_{w2}-{mode}"
+
+
+def bands(w1, w2, causal, n=None):
+    """The kernel bands (problem.window_band) of windows w1, w2: clipped to sequences of n rows
+    when n is given (an unbounded window needs it), else the windows' own bands."""
+    return window_band(w1, causal, n), window_band(w2, causal, n)
 
 
 def make_inputs(case, dtype=torch.float32, device="cpu", seed=0, requires_grad=False):
@@ -98,9 +106,9 @@ def _backend_skip(name):
     """Why `name` cannot run here (None: it can). Imported late: the package reads TRITON_INTERPRET."""
     import importlib.util
 
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    if name == "cpu" and not _ext.has_kernel("cpu"):
+    if name == "cpu" and not extension.has_kernel("cpu"):
         return "the C++ CPU kernels are not built (simplicial_attn._C has no CPU fused_fwd)"
     if name == "triton" and importlib.util.find_spec("triton") is None:
         return "triton is not installed"

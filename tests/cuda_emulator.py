@@ -6,7 +6,8 @@ misaligned access, a shared-memory race or uninitialised read, a barrier or warp
 every thread reaches from the same call site, or an output element written by two threads.
 `build()` compiles the driver once per source state (cached by a hash of csrc/cuda under the
 system temp dir); `fused_fwd` / `fused_bwd` / `fused_decode` mirror the backends' fwd / bwd /
-decode (backends.py), with a Problem (kernel windows, scale, logits, packed layout, cache lengths).
+decode (simplicial_attn/backends/__init__.py), with a Problem (window bands, scale, logits,
+packed layout, cache lengths).
 
 Every run shuffles the order of CTAs and threads with a seed derived from the call (and from
 SIMPLICIAL_ATTN_EMU_SEED, default 1); a failure names it. `fast_math=True` emulates nvcc
@@ -32,7 +33,7 @@ import zlib
 
 import torch
 
-from simplicial_attn.problem import Problem
+from simplicial_attn.problem import Problem, window_band
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CUDA_SRC = ROOT / "csrc" / "cuda"
@@ -209,8 +210,8 @@ def _header(q, k1, prob):
     packed = prob.cu_seqlens is not None
     num_seqs = prob.cu_seqlens.numel() - 1 if packed else B
     det = int(prob.logits == "determinant")
-    return [DTYPE_CODE[q.dtype], B, N, Hq, k1.shape[2], D, prob.w1, prob.w2, int(prob.causal), det, int(packed)] + [
-        num_seqs,
+    bands = (*prob.band1.clipped(N), *prob.band2.clipped(N))  # as csrc/cuda/api.cpp's problem_desc
+    return [DTYPE_CODE[q.dtype], B, N, Hq, k1.shape[2], D, *bands, det, int(packed), num_seqs] + [
         prob.max_seqlen if packed else N,
     ]
 
@@ -221,7 +222,7 @@ def _cu(prob):
 
 def fused_fwd(q, k1, k2, v1, v2, prob, *, fast_math=False):
     """(out, lse, lse_lo) from the emulated CUDA forward: the backends' fwd (prob: a Problem with
-    kernel windows; CPU tensors; packed layout q [1, T, Hq, D] with prob.cu_seqlens)."""
+    window bands; CPU tensors; packed layout q [1, T, Hq, D] with prob.cu_seqlens)."""
     B, N, Hq, D = q.shape
     outs = [((B, N, Hq, D), q.dtype), ((B, Hq, N), torch.float32), ((B, Hq, N), torch.float32)]
     tensors = [q, k1, k2, v1, v2, *_cu(prob)]
@@ -238,24 +239,28 @@ def fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, fast_math=Fals
 def fused_decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob, *, fast_math=False):
     """(out, lse) from the emulated CUDA decode kernels: the backends' decode (CONTRACT §7)."""
     B, Nq, Hq, D = q.shape
-    header = [DTYPE_CODE[q.dtype], B, Nq, Hq, k1_cache.shape[2], D, prob.w1, prob.w2]
+    header = [DTYPE_CODE[q.dtype], B, Nq, Hq, k1_cache.shape[2], D, prob.band1.left, prob.band2.left]
     header += [k1_cache.shape[1], k2_cache.shape[1], int(prob.logits == "determinant")]
     tensors = [q, k1_cache, k2_cache, v1_cache, v2_cache, prob.cache_seqlens.to(torch.int32).contiguous()]
     outs = [((B, Nq, Hq, D), q.dtype), ((B, Hq, Nq), torch.float32)]
     return tuple(_run("decode", header, prob.scale, tensors, outs, fast_math))
 
 
-# The forms tests/test_non_finite.py calls (kernel windows as arguments, no lse_lo): the backward
+# The forms tests/test_non_finite.py calls (integer windows as arguments, no lse_lo): the backward
 # recomputes P from lse alone (lse_lo = 0), which is exact enough at the O(1) logits it uses.
+def _problem(w1, w2, causal, scale):
+    return Problem(window_band(w1, causal), window_band(w2, causal), scale)
+
+
 def fwd(q, k1, k2, v1, v2, w1, w2, causal, scale):
     """(out, lse) of fused_fwd for a batched trilinear problem."""
-    out, lse, _ = fused_fwd(q, k1, k2, v1, v2, Problem(w1, w2, causal, scale))
+    out, lse, _ = fused_fwd(q, k1, k2, v1, v2, _problem(w1, w2, causal, scale))
     return out, lse
 
 
 def bwd(dout, q, k1, k2, v1, v2, out, lse, w1, w2, causal, scale):
     """fused_bwd for a batched trilinear problem, with lse_lo = 0."""
-    return fused_bwd(dout, q, k1, k2, v1, v2, out, lse, torch.zeros_like(lse), Problem(w1, w2, causal, scale))
+    return fused_bwd(dout, q, k1, k2, v1, v2, out, lse, torch.zeros_like(lse), _problem(w1, w2, causal, scale))
 
 
 def selftest(name, *options):

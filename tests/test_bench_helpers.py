@@ -51,6 +51,18 @@ def test_time_fn_excludes_warmup_and_setup():
     assert s["min_s"] <= s["median_s"] <= s["max_s"] and s["repeats"] == 3
 
 
+def test_cpu_clock_counts_work_not_sleep():
+    """The CPU-time clock (a shared machine's robust figure) does not count a sleep; the wall clock
+    does; best_seconds is the least time; an unknown clock or the CPU clock on CUDA is refused."""
+    nap = lambda: time.sleep(0.05)
+    assert min(timing.time_fn(nap, warmup=0, repeats=2)) >= 0.049
+    assert timing.best_seconds(nap, warmup=0, repeats=2, clock_kind="cpu") < 0.02
+    with pytest.raises(ValueError, match="clock must be one of"):
+        timing.time_fn(nap, clock_kind="gpu")
+    with pytest.raises(ValueError, match="CPU calls only"):
+        timing.time_fn(nap, device="cuda", clock_kind="cpu")
+
+
 def test_peak_rss_delta_sees_a_temporary():
     size = 256 << 20
 

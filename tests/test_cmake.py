@@ -22,7 +22,7 @@ assert "simplicial_attn" not in sys.modules
 g = torch.Generator().manual_seed(0)
 q = torch.randn(2, 9, 4, 16, generator=g, dtype=torch.float64)
 k1, k2, v1, v2 = (torch.randn(2, 9, 2, 16, generator=g, dtype=torch.float64) for _ in range(4))
-args = (None, 0, 4, 3, True, 0.25, "trilinear")  # the problem arguments of csrc/ops.cpp's schemas
+args = (None, 0, 3, 0, 2, 0, 0.25, "trilinear")  # csrc/ops.cpp's problem arguments: causal w1 = 4, w2 = 3
 out, lse, lse_lo = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *args)
 ref, ref_lse = oracle_fwd(q, k1, k2, v1, v2, 4, 3, True, 0.25)
 torch.testing.assert_close(out, ref)

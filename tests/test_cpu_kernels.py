@@ -9,16 +9,15 @@ C++ argument checks. About 8 s on the idle 2-core CI machine (40-60 s while othe
 import pytest
 import torch
 
-from simplicial_attn import _ext
-from simplicial_attn._windows import kernel_window
+from simplicial_attn.backends import extension
 from simplicial_attn.problem import Problem
 
-from cases import BOUNDS, CASES_FULL, Case, make_dout, make_inputs, rel_err
+from cases import BOUNDS, CASES_FULL, Case, bands, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
-if not _ext.has_kernel("cpu"):
+if not extension.has_kernel("cpu"):
     pytest.skip(
-        f"the C++ extension simplicial_attn._C with CPU kernels is not built ({_ext.build_info()})",
+        f"the C++ extension simplicial_attn._C with CPU kernels is not built ({extension.build_info()})",
         allow_module_level=True,
     )
 
@@ -41,14 +40,15 @@ ISAS = _isas()
 
 
 def _windows(case):
-    return kernel_window(case.w1, case.N, case.causal), kernel_window(case.w2, case.N, case.causal)
+    """The windows of the case's bands (None and windows past the sequence clipped to it)."""
+    return tuple(b.width for b in bands(case.w1, case.w2, case.causal, case.N))
 
 
 def _call(case, q, k1, k2, v1, v2, dout, scale=None):
     """fused_fwd then fused_bwd on the given tensors; returns (out, lse, grads)."""
     w1, w2 = _windows(case)
     scale = case.D**-0.5 if scale is None else scale
-    prob = Problem(w1, w2, case.causal, scale).fused_args()
+    prob = Problem(*bands(w1, w2, case.causal), scale).fused_args()
     out, lse, lse_lo = ops.fused_fwd(q, k1, k2, v1, v2, *prob)
     grads = ops.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob)
     return out, lse, grads
@@ -138,7 +138,7 @@ def test_custom_scale_and_large_logits(dtype, poison):
 class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k1, k2, v1, v2, w1, w2, causal, scale):
-        ctx.args = Problem(w1, w2, causal, scale).fused_args()
+        ctx.args = Problem(*bands(w1, w2, causal), scale).fused_args()
         out, lse, lse_lo = ops.fused_fwd(q, k1, k2, v1, v2, *ctx.args)
         ctx.save_for_backward(q, k1, k2, v1, v2, out, lse, lse_lo)
         return out
@@ -194,7 +194,7 @@ def test_any_strides_give_identical_results():
     assert not any(v.is_contiguous() for v in views)
     w1, w2 = _windows(case)
     scale = case.D**-0.5
-    prob = Problem(w1, w2, case.causal, scale).fused_args()
+    prob = Problem(*bands(w1, w2, case.causal), scale).fused_args()
     out, lse, lse_lo = ops.fused_fwd(*views, *prob)
     lse_t = lse.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
     grads = ops.fused_bwd(strided(dout), *views, strided(out), lse_t, lse_lo, *prob)
@@ -209,7 +209,7 @@ def test_nan_propagates_to_the_rows_that_see_it(isa, monkeypatch):
     q, k1, k2, v1, v2 = make_inputs(case, torch.float32, seed=11)
     q[0, 5, 1, 3] = float("nan")
     w1, w2 = _windows(case)
-    out, lse, _ = ops.fused_fwd(q, k1, k2, v1, v2, *Problem(w1, w2, True, 0.25).fused_args())
+    out, lse, _ = ops.fused_fwd(q, k1, k2, v1, v2, *Problem(*bands(w1, w2, True), 0.25).fused_args())
     assert out[0, 5, 1].isnan().all() and lse[0, 1, 5].isnan()
     rest = torch.ones_like(out, dtype=torch.bool)
     rest[0, 5, 1] = False
@@ -221,26 +221,26 @@ def _good(dtype=torch.float32):
 
 
 @pytest.mark.parametrize(
-    "mutate, w, pattern",
+    "mutate, bands, pattern",
     [
-        (lambda t: (t[0][0], *t[1:]), (4, 4), "q must have rank 4"),
-        (lambda t: (t[0], t[1].double(), *t[2:]), (4, 4), "k1 must have dtype"),
-        (lambda t: (*t[:4], t[4][:, :7]), (4, 4), "v2 must have shape"),
-        (lambda t: (t[0][:, :, :3], *t[1:]), (4, 4), "must be a multiple of Hkv"),
-        (lambda t: tuple(x.to(torch.int32) for x in t), (4, 4), "q must have dtype"),
-        (lambda t: t, (0, 4), "w1 must be >= 1"),
-        (lambda t: t, (4, -2), "w2 must be >= 1"),
+        (lambda t: (t[0][0], *t[1:]), (3, 0, 3, 0), "q must have rank 4"),
+        (lambda t: (t[0], t[1].double(), *t[2:]), (3, 0, 3, 0), "k1 must have dtype"),
+        (lambda t: (*t[:4], t[4][:, :7]), (3, 0, 3, 0), "v2 must have shape"),
+        (lambda t: (t[0][:, :, :3], *t[1:]), (3, 0, 3, 0), "must be a multiple of Hkv"),
+        (lambda t: tuple(x.to(torch.int32) for x in t), (3, 0, 3, 0), "q must have dtype"),
+        (lambda t: t, (-1, 0, 3, 0), r"the band of k1 \(left1, right1\) must have reaches >= 0, got \(-1, 0\)"),
+        (lambda t: t, (3, 0, 1, -2), r"the band of k2 \(left2, right2\) must have reaches >= 0, got \(1, -2\)"),
     ],
-    ids=["rank", "dtype-mismatch", "shape", "gqa", "int-dtype", "w1", "w2"],
+    ids=["rank", "dtype-mismatch", "shape", "gqa", "int-dtype", "band1", "band2"],
 )
-def test_fwd_argument_errors(mutate, w, pattern):
+def test_fwd_argument_errors(mutate, bands, pattern):
     with pytest.raises(RuntimeError, match=pattern):
-        ops.fused_fwd(*mutate(_good()), None, 0, *w, True, 0.25, "trilinear")
+        ops.fused_fwd(*mutate(_good()), None, 0, *bands, 0.25, "trilinear")
 
 
 def test_bwd_argument_errors():
     q, k1, k2, v1, v2 = _good()
-    prob = Problem(4, 4, True, 0.25).fused_args()
+    prob = Problem(*bands(4, 4, True), 0.25).fused_args()
     out, lse, lse_lo = ops.fused_fwd(q, k1, k2, v1, v2, *prob)
     with pytest.raises(RuntimeError, match="lse must have dtype"):
         ops.fused_bwd(out, q, k1, k2, v1, v2, out, lse.double(), lse_lo, *prob)
@@ -253,4 +253,4 @@ def test_bwd_argument_errors():
 def test_bad_isa_variable_is_an_error(monkeypatch):
     monkeypatch.setenv(ISA_ENV, "sse9")
     with pytest.raises(RuntimeError, match="SIMPLICIAL_ATTN_CPU_ISA must be one of"):
-        ops.fused_fwd(*_good(), *Problem(4, 4, True, 0.25).fused_args())
+        ops.fused_fwd(*_good(), *Problem(*bands(4, 4, True), 0.25).fused_args())

@@ -13,15 +13,15 @@ import pytest
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import _ext
+from simplicial_attn.backends import extension
 from simplicial_attn.problem import Problem
 
-from cases import BOUNDS, Case, make_dout, make_inputs, make_packed, rel_err
+from cases import BOUNDS, Case, bands, make_dout, make_inputs, make_packed, rel_err
 from oracle import oracle_bwd, oracle_fwd, oracle_varlen_bwd, oracle_varlen_fwd
 
-if not _ext.has_kernel("cpu"):
+if not extension.has_kernel("cpu"):
     pytest.skip(
-        f"the C++ extension simplicial_attn._C with CPU kernels is not built ({_ext.build_info()})",
+        f"the C++ extension simplicial_attn._C with CPU kernels is not built ({extension.build_info()})",
         allow_module_level=True,
     )
 
@@ -62,7 +62,7 @@ def _pid(p):
 
 def _packed_call(packing, inputs, cu, dout):
     lengths, _, _, d, w1, w2, causal, logits = packing
-    prob = Problem(w1, w2, causal, d**-0.5, logits, cu, max(lengths)).fused_args()
+    prob = Problem(*bands(w1, w2, causal), d**-0.5, logits, cu, max(lengths)).fused_args()
     q, k1, k2, v1, v2 = (t[None] for t in inputs)
     out, lse, lse_lo = ops.fused_fwd(q, k1, k2, v1, v2, *prob)
     grads = ops.fused_bwd(dout[None], q, k1, k2, v1, v2, out, lse, lse_lo, *prob)
@@ -109,7 +109,7 @@ def test_determinant_matches_the_oracle_on_every_flavour(case, poison, monkeypat
     dout = make_dout(case, torch.float32, seed=35)
     args = (case.w1, case.w2, case.causal, None, "determinant")
     ref = (*oracle_fwd(*inputs, *args), *oracle_bwd(dout, *inputs, *args))
-    prob = Problem(case.w1, case.w2, case.causal, case.D**-0.5, "determinant").fused_args()
+    prob = Problem(*bands(case.w1, case.w2, case.causal), case.D**-0.5, "determinant").fused_args()
     for isa in ISAS:
         monkeypatch.setenv(ISA_ENV, isa)
         out, lse, lse_lo = ops.fused_fwd(*inputs, *prob)
@@ -163,7 +163,7 @@ def test_decode_matches_the_reference_on_every_flavour(scenario, poison, monkeyp
         for isa in isas:
             monkeypatch.setenv(ISA_ENV, isa)
             out, lse = ops.fused_decode(
-                q, *caches, *Problem(w1, w2, True, D**-0.5, logits, cache_seqlens=lens).decode_args()
+                q, *caches, *Problem(*bands(w1, w2, True), D**-0.5, logits, cache_seqlens=lens).decode_args()
             )
             what = f"{_did(scenario)} {dtype} isa={isa or 'default'}"
             assert out.dtype == dtype and lse.dtype == torch.float32
@@ -174,6 +174,9 @@ def test_decode_refuses_a_ring_too_small_for_its_window():
     q, caches, lens, _, _ = _decode_case(DECODES[0], torch.float32)
     k1c, k2c, v1c, v2c = caches
     with pytest.raises(RuntimeError, match="k1_cache has 149 slots: too few"):
-        ops.fused_decode(q, k1c[:, :149], k2c, v1c[:, :149], v2c, lens, 150, 20, 0.125, "trilinear")
+        ops.fused_decode(q, k1c[:, :149], k2c, v1c[:, :149], v2c, lens, 149, 0, 19, 0, 0.125, "trilinear")
     with pytest.raises(RuntimeError, match="cache_seqlens must be >= 0"):
-        ops.fused_decode(q, *caches, torch.tensor([-1, 3], dtype=torch.int32), 150, 20, 0.125, "trilinear")
+        ops.fused_decode(q, *caches, torch.tensor([-1, 3], dtype=torch.int32), 149, 0, 19, 0, 0.125, "trilinear")
+    causal_only = r"decoding takes causal bands \(right1 = right2 = 0\), got right1 = 0, right2 = 1"
+    with pytest.raises(RuntimeError, match=causal_only):
+        ops.fused_decode(q, *caches, lens, 149, 0, 19, 1, 0.125, "trilinear")

@@ -10,11 +10,11 @@ neighbouring work items share, the figure was ~23.
 import pytest
 
 from bench.cpu_attention import measure_peak_memory
-from simplicial_attn import _ext
+from simplicial_attn.backends import extension
 
-if not _ext.has_kernel("cpu"):
+if not extension.has_kernel("cpu"):
     pytest.skip(
-        f"the C++ extension simplicial_attn._C with CPU kernels is not built ({_ext.build_info()})",
+        f"the C++ extension simplicial_attn._C with CPU kernels is not built ({extension.build_info()})",
         allow_module_level=True,
     )
 

@@ -11,15 +11,15 @@ of 1.015 at 1e6 where the answer is 1.
 import pytest
 import torch
 
-from simplicial_attn import _ext
+from simplicial_attn.backends import extension
 from simplicial_attn.problem import Problem
 
-from cases import Case, make_dout, make_inputs, rel_err
+from cases import Case, bands, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
-if not _ext.has_kernel("cpu"):
+if not extension.has_kernel("cpu"):
     pytest.skip(
-        f"the C++ extension simplicial_attn._C with CPU kernels is not built ({_ext.build_info()})",
+        f"the C++ extension simplicial_attn._C with CPU kernels is not built ({extension.build_info()})",
         allow_module_level=True,
     )
 
@@ -37,7 +37,7 @@ ISAS = _isas()
 
 
 def _run(q, k1, k2, v1, v2, dout, w1, w2, scale, causal=True):
-    prob = Problem(w1, w2, causal, scale).fused_args()
+    prob = Problem(*bands(w1, w2, causal), scale).fused_args()
     out, lse, lse_lo = ops.fused_fwd(q, k1, k2, v1, v2, *prob)
     return (out, lse, *ops.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob))
 

@@ -25,10 +25,9 @@ import cuda_emulator as emu
 import pytest
 import torch
 
-from simplicial_attn._windows import kernel_window
 from simplicial_attn.problem import Problem
 
-from cases import BOUNDS, CASES_FULL, CASES_SMALL, Case, make_dout, make_inputs, rel_err
+from cases import BOUNDS, CASES_FULL, CASES_SMALL, Case, bands, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
 pytestmark = pytest.mark.skipif(emu.unavailable_reason() is not None, reason=f"{emu.unavailable_reason()}")
@@ -59,9 +58,8 @@ PAIRS += [(c, dt) for c in (CASES_FULL if FULL else CASES_SMALL) for dt in DTYPE
 
 
 def _problem(case, scale=None, logits="trilinear"):
-    """The kernel-level Problem of a batched case (kernel windows, default scale D ** -0.5)."""
-    w1, w2 = kernel_window(case.w1, case.N, case.causal), kernel_window(case.w2, case.N, case.causal)
-    return Problem(w1, w2, case.causal, case.D**-0.5 if scale is None else scale, logits)
+    """The kernel-level Problem of a batched case (its bands, default scale D ** -0.5)."""
+    return Problem(*bands(case.w1, case.w2, case.causal, case.N), case.D**-0.5 if scale is None else scale, logits)
 
 
 def _check(name, got, ref, dtype):
@@ -139,7 +137,7 @@ def test_lse_is_natural_log():
     """lse is ln(sum exp(logits)): one row by hand."""
     case = Case(1, 3, 1, 1, 16, 2, 2)
     q, k1, k2, v1, v2 = make_inputs(case, torch.float32)
-    _, lse, _ = emu.fused_fwd(q, k1, k2, v1, v2, Problem(2, 2, True, 0.5))
+    _, lse, _ = emu.fused_fwd(q, k1, k2, v1, v2, Problem(*bands(2, 2, True), 0.5))
     i = 2
     logits = [
         0.5 * (q[0, i, 0] * k1[0, j, 0] * k2[0, k, 0]).sum().double() for j in (1, 2) for k in (1, 2)
@@ -153,7 +151,9 @@ def test_lse_is_natural_log():
 FAULTS = {
     "misaligned-global": r"global read of 8 bytes .* not naturally aligned",
     "misaligned-shared": r"shared read of 16 bytes .* not naturally aligned",
-    "helper-divergence": r"warp collective \(kind \d+ at selftest\.h:\d+ > tile\.cuh:\d+\) while other lanes are in",
+    "helper-divergence": (
+        r"warp collective \(kind \d+ at selftest\.h:\d+ > fragments\.cuh:\d+\) while other lanes are in"
+    ),
     "barrier-divergence": r"__syncthreads at selftest\.h:\d+ while other threads wait at selftest\.h:\d+",
     "shared-race": r"race: shared read",
     "early-cp-async-read": r"while a cp\.async into it is in flight",

@@ -18,7 +18,7 @@ import torch
 
 from simplicial_attn.problem import Problem
 
-from cases import BOUNDS, Case, make_dout, make_inputs, make_packed, rel_err
+from cases import BOUNDS, Case, bands, make_dout, make_inputs, make_packed, rel_err
 from oracle import oracle_bwd, oracle_decode, oracle_fwd, oracle_varlen_bwd, oracle_varlen_fwd
 
 pytestmark = pytest.mark.skipif(emu.unavailable_reason() is not None, reason=f"{emu.unavailable_reason()}")
@@ -69,7 +69,7 @@ def run_varlen(packing, dtype):
     lengths, hq, hkv, d, w1, w2, causal, logits = packing
     (q, k1, k2, v1, v2), cu = make_packed(lengths, hq, hkv, d, dtype)
     scale = d**-0.5
-    prob = Problem(w1, w2, causal, scale, logits, cu_seqlens=cu, max_seqlen=max(lengths))
+    prob = Problem(*bands(w1, w2, causal), scale, logits, cu_seqlens=cu, max_seqlen=max(lengths))
     batched = [t[None] for t in (q, k1, k2, v1, v2)]
     out, lse, lse_lo = emu.fused_fwd(*batched, prob)
     ref_out, ref_lse = oracle_varlen_fwd(q, k1, k2, v1, v2, cu, w1, w2, causal, scale, logits)
@@ -107,7 +107,7 @@ def run_determinant(case, dtype):
     q, k1, k2, v1, v2 = make_inputs(case, dtype)
     dout = make_dout(case, dtype)
     scale = case.D**-0.5
-    prob = Problem(case.w1, case.w2, case.causal, scale, "determinant")
+    prob = Problem(*bands(case.w1, case.w2, case.causal), scale, "determinant")
     out, lse, lse_lo = emu.fused_fwd(q, k1, k2, v1, v2, prob)
     ref_out, ref_lse = oracle_fwd(q, k1, k2, v1, v2, case.w1, case.w2, case.causal, scale, "determinant")
     _check("out", out, ref_out, dtype)
@@ -160,7 +160,7 @@ def run_decode(scenario, logits, dtype):
                 cache[b, p % c] = t[b, p]
     q = torch.stack([q_all[b, L : L + nq] for b, L in enumerate(lengths)])
     scale = D**-0.5
-    prob = Problem(w1, w2, True, scale, logits, cache_seqlens=torch.tensor(lengths, dtype=torch.int32))
+    prob = Problem(*bands(w1, w2, True), scale, logits, cache_seqlens=torch.tensor(lengths, dtype=torch.int32))
     out, lse = emu.fused_decode(q, *caches, prob)
     ref_out, ref_lse = oracle_decode(q_all, *kv, lengths, nq, w1, w2, scale, logits)
     _check("out", out, ref_out, dtype)

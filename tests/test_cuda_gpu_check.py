@@ -1,8 +1,8 @@
-"""bench/gpu_check.sh, the one-call script for a lent GPU, checked here without one (--dry-run).
+"""bench/verify/gpu_check.sh, the one-call script for a lent GPU, checked here without one (--dry-run).
 
 The dry run checks what the script will need on the device machine (every pytest selection
 collects tests, the cuda-tests and gpu-tests stages split the fast GPU tests between them,
-bench/gpu_sanitize.py lists its cases, the files exist) and writes the plan to summary.json.
+bench/verify/gpu_sanitize.py lists its cases, the files exist) and writes the plan to summary.json.
 Asserted: the stages come in their order of value, they fit one device call (a command may run
 10 minutes; the plan keeps a minute of it spare) and the files they write fit what the device
 tool brings back (8). Runtime: ~30-40 s (four pytest collections).
@@ -23,7 +23,7 @@ MAX_FILES = 8  # the device tool brings back at most 8 files
 def test_dry_run_plans_every_stage_within_one_call(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     proc = subprocess.run(
-        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run"], env=env, capture_output=True, text=True
+        ["bash", str(ROOT / "bench" / "verify" / "gpu_check.sh"), "--dry-run"], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -14,16 +14,15 @@ import pytest
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import _ext, reference
-from simplicial_attn._windows import kernel_window
+from simplicial_attn.backends import extension, reference
 from simplicial_attn.problem import Problem
 
-from cases import BOUNDS, CASES_FULL, Case, make_dout, make_inputs, rel_err
+from cases import BOUNDS, CASES_FULL, Case, bands, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not _ext.has_kernel("cuda"), reason="simplicial_attn._C was built without CUDA kernels"),
+    pytest.mark.skipif(not extension.has_kernel("cuda"), reason="simplicial_attn._C was built without CUDA kernels"),
 ]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -49,11 +48,12 @@ REALISTIC = [
 
 
 def _kernel_windows(case):
-    return kernel_window(case.w1, case.N, case.causal), kernel_window(case.w2, case.N, case.causal)
+    """The windows of the case's bands (None and windows past the sequence clipped to it)."""
+    return tuple(b.width for b in bands(case.w1, case.w2, case.causal, case.N))
 
 
 def _cuda_fwd_bwd(case, q, k1, k2, v1, v2, dout, scale):
-    prob = Problem(*_kernel_windows(case), case.causal, scale).fused_args()
+    prob = Problem(*bands(case.w1, case.w2, case.causal, case.N), scale).fused_args()
     out, lse, lse_lo = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob)
     grads = torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob)
     return out, lse, grads
@@ -92,7 +92,7 @@ def test_realistic_vs_reference(case, dtype, poison):
     out, lse, grads = _cuda_fwd_bwd(case, q, k1, k2, v1, v2, dout, scale)
     # The reference computes in float32 from the same low-precision inputs: its own error is far
     # below the bound, so the bound applies to the difference.
-    prob = Problem(w1, w2, case.causal, scale)
+    prob = Problem(*bands(w1, w2, case.causal), scale)
     ref_out, ref_lse, ref_lse_lo = reference.fwd(q, k1, k2, v1, v2, prob)
     _assert_close("out", out, ref_out, BOUNDS[dtype])
     _assert_close("lse", lse, ref_lse, BOUNDS[dtype])
@@ -113,7 +113,7 @@ def test_realistic_vs_triton(case, poison):
     w1, w2 = _kernel_windows(case)
     scale = case.D**-0.5
     out, lse, grads = _cuda_fwd_bwd(case, q, k1, k2, v1, v2, dout, scale)
-    prob = Problem(w1, w2, case.causal, scale)
+    prob = Problem(*bands(w1, w2, case.causal), scale)
     t_out, t_lse, t_lse_lo = triton_kernels.fwd(q, k1, k2, v1, v2, prob)
     t_grads = triton_kernels.bwd(dout, q, k1, k2, v1, v2, t_out, t_lse, t_lse_lo, prob)
     # Both carry bf16 rounding of their own: allow the sum of the two bounds.
@@ -204,7 +204,7 @@ def test_offsets_beyond_2_31():
     k1, k2, v1, v2 = (torch.randn(B, N, Hkv, D, device="cuda", dtype=torch.float16, generator=g) for _ in range(4))
     dout = torch.randn(B, N, Hq, D, device="cuda", dtype=torch.float16, generator=g)
     assert q.numel() > 2**31
-    prob = Problem(w1, w2, True, D**-0.5).fused_args()
+    prob = Problem(*bands(w1, w2, True), D**-0.5).fused_args()
     out, lse, lse_lo = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob)
     grads = torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob)
     S = 32  # tail positions given to the oracle; rows >= N - S + 8 see only tail positions
@@ -222,9 +222,9 @@ def test_rejects_float64_and_empty_is_empty():
     case = Case(1, 8, 2, 1, 16, 4, 4)
     q, k1, k2, v1, v2 = make_inputs(case, torch.float64, "cuda")
     with pytest.raises(RuntimeError, match="float64"):
-        torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *Problem(4, 4, True, 0.25).fused_args())
+        torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *Problem(*bands(4, 4, True), 0.25).fused_args())
     empty = [t[:, :0].float() for t in (q, k1, k2, v1, v2)]
-    out, lse, _ = torch.ops.simplicial_attn.fused_fwd(*empty, *Problem(1, 1, True, 0.25).fused_args())
+    out, lse, _ = torch.ops.simplicial_attn.fused_fwd(*empty, *Problem(*bands(1, 1, True), 0.25).fused_args())
     assert out.shape == (1, 0, 2, 16) and lse.shape == (1, 2, 0)
 
 
@@ -237,7 +237,7 @@ def test_varlen_max_seqlen_is_only_a_hint():
     cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
     outs = []
     for hint in (12, 100, 1 << 40):
-        prob = Problem(4, 3, True, D**-0.5, cu_seqlens=cu, max_seqlen=hint)
+        prob = Problem(*bands(4, 3, True), D**-0.5, cu_seqlens=cu, max_seqlen=hint)
         outs.append(torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob.fused_args()))
     for out, lse, lse_lo in outs[1:]:
         assert torch.equal(out, outs[0][0]) and torch.equal(lse, outs[0][1]) and torch.equal(lse_lo, outs[0][2])
@@ -265,7 +265,7 @@ def test_realistic_varlen_vs_reference(dtype, poison):
         torch.randn(1, T, h, D, generator=g).to("cuda", dtype) for h in (Hq, Hkv, Hkv, Hkv, Hkv, Hq)
     )
     cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
-    prob = Problem(w1, w2, True, D**-0.5, cu_seqlens=cu, max_seqlen=max(lengths))
+    prob = Problem(*bands(w1, w2, True), D**-0.5, cu_seqlens=cu, max_seqlen=max(lengths))
     out, lse, lse_lo = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob.fused_args())
     grads = torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob.fused_args())
     r_out, r_lse, r_lse_lo = reference.fwd(q, k1, k2, v1, v2, prob)
@@ -281,7 +281,7 @@ def test_realistic_determinant_vs_reference(dtype, poison):
     case = Case(2, 1000, 8, 2, 96, 256, 48)
     q, k1, k2, v1, v2 = make_inputs(case, dtype, "cuda")
     dout = make_dout(case, dtype, "cuda")
-    prob = Problem(case.w1, case.w2, True, case.D**-0.5, "determinant")
+    prob = Problem(*bands(case.w1, case.w2, True), case.D**-0.5, "determinant")
     out, lse, lse_lo = torch.ops.simplicial_attn.fused_fwd(q, k1, k2, v1, v2, *prob.fused_args())
     grads = torch.ops.simplicial_attn.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, *prob.fused_args())
     r_out, r_lse, r_lse_lo = reference.fwd(q, k1, k2, v1, v2, prob)
@@ -301,7 +301,7 @@ def test_realistic_decode_vs_reference(nq, logits, poison):
     caches = [torch.randn(B, c, Hkv, D, generator=g).to("cuda", dtype) for c in (c1, c2, c1, c2)]
     q = torch.randn(B, nq, Hq, D, generator=g).to("cuda", dtype)
     lengths = torch.tensor([0, 77, 600, 5000], dtype=torch.int32, device="cuda")
-    prob = Problem(w1, w2, True, D**-0.5, logits, cache_seqlens=lengths)
+    prob = Problem(*bands(w1, w2, True), D**-0.5, logits, cache_seqlens=lengths)
     out, lse = torch.ops.simplicial_attn.fused_decode(q, *caches, *prob.decode_args())
     r_out, r_lse = reference.decode(q, *caches, prob)
     _realistic_check((out, lse), (r_out, r_lse), dtype, ("out", "lse"))

@@ -19,7 +19,7 @@ import torch
 
 from simplicial_attn.problem import Problem
 
-from cases import BOUNDS, rel_err
+from cases import BOUNDS, bands, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
 pytestmark = pytest.mark.skipif(emu.unavailable_reason() is not None, reason=f"{emu.unavailable_reason()}")
@@ -78,7 +78,7 @@ def _bound(dtype, magnitude):
 def test_logit_magnitude_sweep(dtype, fast_math):
     magnitudes = MAGNITUDES_FP16 if dtype == torch.float16 else MAGNITUDES
     q, k1, k2, v1, v2, dout = _inputs(dtype, magnitudes)
-    prob = Problem(W1, W2, True, 1.0)
+    prob = Problem(*bands(W1, W2, True), 1.0)
     out, lse, lse_lo = emu.fused_fwd(q, k1, k2, v1, v2, prob, fast_math=fast_math)
     grads = emu.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, fast_math=fast_math)
     ref = (*oracle_fwd(q, k1, k2, v1, v2, W1, W2, True, 1.0), *oracle_bwd(dout, q, k1, k2, v1, v2, W1, W2, True, 1.0))
@@ -114,7 +114,7 @@ def test_single_pair_at_a_huge_logit(dtype, q_value, fast_math):
     n, scale = 8, 0.3
     q = (q_value * (1 + torch.arange(n) / n)).view(1, n, 1, 1).expand(1, n, 1, 16).to(dtype).contiguous()
     ones = torch.ones_like(q)
-    prob = Problem(1, 1, True, scale)
+    prob = Problem(*bands(1, 1, True), scale)
     out, lse, lse_lo = emu.fused_fwd(q, ones, ones, ones, ones, prob, fast_math=fast_math)
     grads = emu.fused_bwd(ones, q, ones, ones, ones, ones, out, lse, lse_lo, prob, fast_math=fast_math)
     dq, dk1, dk2, dv1, dv2 = grads
@@ -130,10 +130,10 @@ def test_single_pair_at_a_huge_logit(dtype, q_value, fast_math):
 def test_lse_lo_carries_the_rounding_of_lse():
     """lse_lo is the residual of lse = fl(m + ln l): at |logit| ~ 1e3 and 1e4 lse alone is off by up
     to half an ulp (3e-5, 5e-4), lse + lse_lo by the float32 rounding of ln l alone (a few 1e-7); a
-    row with a NaN input has lse NaN and lse_lo 0 (numerics.md)."""
+    row with a NaN input has lse NaN and lse_lo 0 (README, "Numerics at large logits")."""
     q, k1, k2, v1, v2, _ = _inputs(torch.float32, [992.0, 9984.0])
     q[1, 5, 0, 3] = float("nan")  # every logit of query row 5 (head 0) of batch element 1
-    prob = Problem(W1, W2, True, 1.0)
+    prob = Problem(*bands(W1, W2, True), 1.0)
     _, lse, lse_lo = emu.fused_fwd(q, k1, k2, v1, v2, prob)
     _, ref = oracle_fwd(q, k1, k2, v1, v2, W1, W2, True, 1.0)
     finite = torch.isfinite(ref)

@@ -56,7 +56,7 @@ EXPECTED_PATHS = {
     "delta_kernel": dict.fromkeys({"lanes past D", "tail: warps past the last row", "several elements per lane"}, (0,)),
     "decode_split_kernel": dict.fromkeys(
         {"tail: warps past the last row", "logits: determinant", "tile: GQA group > 1", "decode: several splits"}
-        | {"decode: split before the sequence's start", "decode: the ring wraps"},
+        | {"decode: split before the sequence's start", "decode: the ring wraps", "softmax: new running max"},
         ALL,
     ),
     "decode_combine_kernel": dict.fromkeys({"tail: warps past the last row", "combine: a split without weight"}, ALL),

@@ -9,14 +9,14 @@ exp2 / log2, an uncontracted logit, a NaN-keeping clamp. The emulator never comp
 branches, so a swapped asm string fails here and nowhere else.
 
 The extension built with CUDA (setup.py, TORCH_CUDA_ARCH_LIST="8.0;8.6;9.0+PTX") holds one cubin per
-arch; bench/cuda_report.py reads them with cuobjdump. Asserted for every kernel instantiation
+arch; bench/verify/cuda_report.py reads them with cuobjdump. Asserted for every kernel instantiation
 and arch:
   * it is there (each kernel x dtype x padded head dim the dispatch can reach);
   * no spills: zero stack and zero local memory (ptxas puts spilled registers there);
   * the fp16 / bf16 kernels use tensor cores (HMMA in the SASS) and the fp32 SIMT ones do not
     (fp32 must stay IEEE: CONTRACT bound 1e-5);
   * its counts of HMMA, LDSM (plain / .trans), BAR.SYNC, LDGSTS and DEPBAR equal the golden table
-    csrc/cuda/sass/golden_counts.json (regenerate with bench/cuda_report.py --write-golden once a
+    csrc/cuda/sass/golden_counts.json (regenerate with bench/verify/cuda_report.py --write-golden once a
     change is intended; the diff is the review);
   * each `+PTX` arch of the list (default 9.0+PTX) ships its PTX, which newer GPUs JIT-compile.
 Skips, with the reason, when the extension was built without CUDA or nvcc / cuobjdump is missing.
@@ -37,7 +37,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load_report_module():
-    spec = importlib.util.spec_from_file_location("cuda_report", ROOT / "bench" / "cuda_report.py")
+    spec = importlib.util.spec_from_file_location("cuda_report", ROOT / "bench" / "verify" / "cuda_report.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -126,9 +126,9 @@ def test_primitive_compiles_to_its_instruction(probe_sass, arch, probe):
 
 
 def _skip_reason():
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    info = _ext.build_info()
+    info = extension.build_info()
     if not info.get("extension"):
         return f"simplicial_attn._C is not built ({info.get('import_error')})"
     if not info.get("with_cuda"):
@@ -148,9 +148,9 @@ def table():
 
 @pytest.fixture(scope="module")
 def archs():
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    listed = _ext.build_info()["cuda_archs"].replace(" ", ";").split(";")
+    listed = extension.build_info()["cuda_archs"].replace(" ", ";").split(";")
     return sorted({"sm_" + a.replace(".", "").removesuffix("+PTX") for a in listed if a})
 
 
@@ -191,23 +191,23 @@ def test_fp32_kernels_stay_ieee(table):
 def test_sass_counts_match_golden(table):
     """HMMA, LDSM (plain / .trans), BAR.SYNC, LDGSTS and DEPBAR counts per kernel, arch, dtype and
     head dim, as in csrc/cuda/sass/golden_counts.json."""
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
     golden = json.loads(cuda_report.GOLDEN.read_text())
-    built_with = _ext.build_info()["cuda_version"]
+    built_with = extension.build_info()["cuda_version"]
     if built_with != golden["cuda_version"]:
         pytest.skip(f"the golden counts are for CUDA {golden['cuda_version']}; this build used CUDA {built_with}")
     diff = cuda_report.golden_diff(table, golden)
     assert not diff, (
         "SASS instruction counts differ from csrc/cuda/sass/golden_counts.json (if intended: "
-        "python bench/cuda_report.py --write-golden, and review the diff):\n" + "\n".join(diff)
+        "python bench/verify/cuda_report.py --write-golden, and review the diff):\n" + "\n".join(diff)
     )
 
 
 def test_ptx_archs_ship_ptx(table):
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    listed = _ext.build_info()["cuda_archs"].replace(" ", ";").split(";")
+    listed = extension.build_info()["cuda_archs"].replace(" ", ";").split(";")
     want = {"sm_" + a.removesuffix("+PTX").replace(".", "") for a in listed if a.endswith("+PTX")}
     if not want:
         pytest.skip(f"this build's TORCH_CUDA_ARCH_LIST ({';'.join(listed)}) has no +PTX entry")

@@ -19,8 +19,8 @@ pytest.importorskip("transformers", minversion="5", reason="needs transformers >
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, Trainer, TrainingArguments  # noqa: E402
 
 import simplicial_attn.hf as sh  # noqa: E402
-from simplicial_attn.layer import TwoSimplicialAttention  # noqa: E402
-from simplicial_attn.sdpa import DotProductAttention  # noqa: E402
+from simplicial_attn.nn.layer import TwoSimplicialAttention  # noqa: E402
+from simplicial_attn.nn.sdpa import DotProductAttention  # noqa: E402
 
 # The package's q/k norm computes in float32 whatever the model dtype; torch warns once per float64 call.
 
@@ -91,21 +91,38 @@ def test_layers_follow_simplicial_every(every, kinds):
 
 
 @pytest.mark.parametrize(
-    "fields, names",
+    "fields, exc, names",
     [
-        (dict(w1=0), "w1"),
-        (dict(w2=2.5), "w2"),
-        (dict(simplicial_logits="det"), "simplicial_logits"),
-        (dict(simplicial_backend="gpu"), "simplicial_backend"),
-        (dict(num_key_value_heads=3), "num_key_value_heads"),
-        (dict(hidden_size=24, num_attention_heads=4), "head_dim % 4"),  # tied rotary
-        (dict(hidden_size=30, num_attention_heads=4), "hidden_size"),
-        (dict(simplicial_every=-1), "simplicial_every"),
+        (dict(w1=0), ValueError, "w1"),
+        (dict(w2=2.5), TypeError, "w2"),
+        (dict(w1="big"), TypeError, "w1"),
+        (dict(simplicial_logits="det"), ValueError, "simplicial_logits"),
+        (dict(simplicial_logits="determinant", simplicial_rope=False), ValueError, "divisible by 3"),  # D = 8
+        (dict(simplicial_backend="gpu"), ValueError, "simplicial_backend"),
+        (dict(num_key_value_heads=3), ValueError, "num_key_value_heads"),
+        (dict(hidden_size=24, num_attention_heads=4), ValueError, "head_dim % 4"),  # tied rotary
+        (dict(hidden_size=30, num_attention_heads=4), ValueError, "hidden_size"),
+        (dict(simplicial_every=-1), ValueError, "simplicial_every"),
     ],
 )
-def test_bad_config_names_the_field(fields, names):
-    with pytest.raises(Exception, match=names):
+def test_bad_config_names_the_field(fields, exc, names):
+    """CONTRACT §4: a ValueError / TypeError naming the field, not huggingface_hub's own error types."""
+    with pytest.raises(exc, match=names):
         sh.SimplicialConfig(**fields)
+
+
+def test_bad_config_json_and_assignment_name_the_field(tmp_path):
+    tiny().config.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(path.read_text().replace('"w1": 5', '"w1": 0'))
+    with pytest.raises(ValueError, match="w1 must be an int >= 1 or None, got 0"):
+        AutoConfig.from_pretrained(tmp_path)
+    config = sh.SimplicialConfig()
+    with pytest.raises(TypeError, match="w2"):
+        config.w2 = "wide"
+    config.w1 = 0  # a field alone is type-checked on assignment; validate() checks the whole config
+    with pytest.raises(ValueError, match="w1 must be an int >= 1 or None, got 0"):
+        config.validate()
 
 
 def test_import_simplicial_attn_does_not_import_transformers():
@@ -251,6 +268,13 @@ def test_save_and_reload_give_identical_logits(tmp_path):
     assert type(loaded) is sh.SimplicialForCausalLM and loaded.dtype == torch.float64
     fields = {k: v for k, v in loaded.config.to_dict().items() if k != "_name_or_path"}
     assert fields == {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
+    saved, reloaded = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == reloaded.keys() and all(torch.equal(saved[k], reloaded[k]) for k in saved)
+    # from_pretrained memory-maps the file, so a weight can start at an 8-byte offset, which sends the BLAS
+    # matmul down another kernel (last-bit differences in float64); in fresh memory the logits are identical.
+    with torch.no_grad():
+        for p in loaded.parameters():
+            p.data = p.data.clone()
     ids, mask = padded(PROMPTS, "left")
     assert torch.equal(loaded(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits)
 

@@ -1,4 +1,4 @@
-"""bench/kernel_report.py --check --quick: every shipped Triton kernel config compiles for sm_80,
+"""bench/verify/kernel_report.py --check --quick: every shipped Triton kernel config compiles for sm_80,
 sm_86 and sm_90 without spills (beyond configs.DET_SPILL_BUDGET), within each arch's shared
 memory, with tensor-core instructions in its main loops and no atomics; the determinant /
 packed variants on sm_90 only (the full report, without --quick, compiles them for every
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 def test_kernel_report_check_passes():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "kernel_report.py"), "--check", "--quick"],
+        [sys.executable, str(ROOT / "bench" / "verify" / "kernel_report.py"), "--check", "--quick"],
         env=env,
         capture_output=True,
         text=True,
@@ -59,7 +59,7 @@ $L__BB0_4:                              // =>This Inner Loop Header: Depth=1
 
 
 def _kernel_report():
-    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT / "bench" / "verify"))
     try:
         import kernel_report
     finally:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import _ops
+from simplicial_attn.ops import library
 
 from cases import BOUNDS, backend_params, device_of, rel_err
 from oracle import oracle_decode
@@ -156,6 +156,28 @@ def test_bad_cache_shapes_and_new_tokens():
         _decode(q, caches, lengths, logits="determinant")
 
 
+@pytest.mark.parametrize("backend", backend_params(("reference", "cpu")))
+def test_caches_that_would_lose_new_tokens_are_refused_before_any_write(backend):
+    """CONTRACT §7: an expanded cache (row 1's k1 would land in row 0's slot) or a cache passed
+    twice (k1 lost under v1) is a ValueError naming it, and no cache has changed."""
+    q, caches, lengths = _cache_args()
+    new = [torch.randn(2, 1, 2, 8) for _ in range(4)]
+    expanded = list(caches)
+    expanded[0] = caches[0][:1].expand(2, -1, -1, -1)  # one batch row's slots, shared by both rows
+    twice = [caches[0], caches[1], caches[0], caches[3]]  # k1_cache is v1_cache
+    views = [caches[0][:, :3], caches[1], caches[0][:, 3:], caches[3]]  # halves of one tensor
+    cases = [
+        (expanded, r"k1_cache is expanded \(stride 0 on dim 0 of size 2\)"),
+        (twice, r"v1_cache shares its storage with k1_cache"),
+        (views, r"v1_cache shares its storage with k1_cache"),
+    ]
+    for bad, match in cases:
+        before = [c.clone() for c in bad]
+        with pytest.raises(ValueError, match=match):
+            sa.two_simplicial_attention_with_kvcache(q, *bad, lengths, *new, 3, 3, backend=backend)
+        assert all(torch.equal(c, b) for c, b in zip(bad, before, strict=True)), "a cache was written"
+
+
 def test_new_tokens_land_in_their_slots():
     q, caches, _ = _cache_args(Nq=2, C1=6, C2=4)
     new = [torch.randn(2, 2, 2, 8) for _ in range(4)]
@@ -176,7 +198,7 @@ def test_opcheck_and_compile(backend):
     q, caches, lengths = _cache_args(Nq=2)
     new = [torch.randn(2, 2, 2, 8) for _ in range(4)]
     torch.library.opcheck(
-        _ops.attention_with_kvcache, (q, *caches, lengths, *new, 4, 3, 0.5, "trilinear", backend),
+        library.attention_with_kvcache, (q, *caches, lengths, *new, 4, 3, 0.5, "trilinear", backend),
         test_utils=("test_schema", "test_faketensor"),
     )  # fmt: skip
     torch._dynamo.reset()

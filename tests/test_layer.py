@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from simplicial_attn import layer as layer_module
-from simplicial_attn.layer import DotProductAttention, SimplicialTransformerBlock, TwoSimplicialAttention
-from simplicial_attn.rope import rotary_tables, rotate_pairs
+from simplicial_attn.nn import layer as layer_module
+from simplicial_attn.nn.layer import DotProductAttention, SimplicialTransformerBlock, TwoSimplicialAttention
+from simplicial_attn.nn.rope import rotary_tables, rotate_pairs
 
 from cases import BOUNDS, rel_err
 from oracle import oracle_fwd
@@ -60,23 +60,63 @@ def test_shapes_and_dtype(kw):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
 
 
-def test_fused_projection_sizes():
-    """One projection for the five inputs, GQA-sized: Hq*D + 4*Hkv*D (3/4 of D for k1/k2 with rope)."""
+def projection_sizes(layer):
+    return [getattr(layer, name).weight.shape for name in layer.IN_PROJECTIONS]
+
+
+def test_projection_sizes():
+    """Five input projections, GQA-sized: Hq*D, then Hkv*D each (3/4 of D for k1/k2 with rope)."""
     hq, hkv, d, dim = 6, 2, 8, 48
-    assert make_layer().in_proj.weight.shape == (hq * d + 4 * hkv * d, dim)
-    assert make_layer(rope=True).in_proj.weight.shape == (hq * d + 2 * hkv * (3 * d // 4) + 2 * hkv * d, dim)
-    assert sum(1 for m in make_layer().modules() if isinstance(m, torch.nn.Linear)) == 2
+    assert projection_sizes(make_layer()) == [(hq * d, dim)] + [(hkv * d, dim)] * 4
+    kd = 3 * d // 4
+    assert (
+        projection_sizes(make_layer(rope=True))
+        == [(hq * d, dim), (hkv * kd, dim), (hkv * kd, dim)] + [(hkv * d, dim)] * 2
+    )
+    assert sum(1 for m in make_layer().modules() if isinstance(m, torch.nn.Linear)) == 6
+
+
+@pytest.mark.parametrize("make", [lambda: make_layer(rope=True, bias=True), lambda: DotProductAttention(32, 4, 2)])
+def test_state_dict_of_the_fused_projection_loads(make):
+    """A state dict saved when the input projections were one fused `in_proj` (rows q, k1, k2, v1, v2) loads
+    into the separate projections."""
+    torch.manual_seed(3)
+    layer = make()
+    names = layer.IN_PROJECTIONS
+    fused = {k: v for k, v in layer.state_dict().items() if not k.startswith(names)}
+    for suffix in ("weight", "bias"):
+        if getattr(layer.q_proj, suffix) is not None:
+            fused[f"in_proj.{suffix}"] = torch.cat([getattr(layer, n).state_dict()[suffix] for n in names])
+    fresh = make()
+    assert not torch.equal(fresh.q_proj.weight, layer.q_proj.weight)
+    fresh.load_state_dict(fused, strict=True)
+    x = torch.randn(2, 9, fresh.dim)
+    torch.testing.assert_close(fresh(x), layer(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rope", [None, True])
+def test_seeded_layer_draws_what_the_fused_projection_drew(rope):
+    """Splitting the fused input projection kept seeded runs reproducible: without biases, a seeded layer's
+    parameters are the numbers the earlier layer drew (one Linear of Hq*D + 4*Hkv*D rows, then out_proj)."""
+    torch.manual_seed(5)
+    layer = make_layer(rope=rope)
+    rows = sum(getattr(layer, n).out_features for n in layer.IN_PROJECTIONS)
+    torch.manual_seed(5)
+    in_proj, out_proj = torch.nn.Linear(48, rows, bias=False), torch.nn.Linear(48, 48, bias=False)
+    torch.nn.init.normal_(in_proj.weight, std=48**-0.5)
+    torch.nn.init.normal_(out_proj.weight, std=48**-0.5)
+    got = torch.cat([getattr(layer, n).weight for n in layer.IN_PROJECTIONS])
+    assert torch.equal(got, in_proj.weight) and torch.equal(layer.out_proj.weight, out_proj.weight)
 
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_matches_oracle_through_projections(causal):
-    """The layer equals out_proj(oracle(q, k1, k2, v1, v2)) with the five inputs sliced by hand from in_proj."""
-    hq, hkv, d, dim = 6, 2, 8, 48
+    """The layer equals out_proj(oracle(q, k1, k2, v1, v2)) with the five inputs projected by hand."""
+    d = 8
     layer = make_layer(causal=causal, bias=True)
-    x = torch.randn(2, 9, dim)
-    proj = F.linear(x, layer.in_proj.weight, layer.in_proj.bias)
-    sizes = [hq * d] + [hkv * d] * 4
-    q, k1, k2, v1, v2 = (t.unflatten(-1, (-1, d)) for t in proj.split(sizes, dim=-1))
+    x = torch.randn(2, 9, 48)
+    projs = [getattr(layer, name) for name in layer.IN_PROJECTIONS]
+    q, k1, k2, v1, v2 = (F.linear(x, p.weight, p.bias).unflatten(-1, (-1, d)) for p in projs)
     out, _ = oracle_fwd(q, k1, k2, v1, v2, 5, 3, causal, d**-0.5)
     expect = F.linear(out.flatten(-2), layer.out_proj.weight.double(), layer.out_proj.bias.double())
     assert rel_err(layer(x), expect) < BOUNDS[torch.float32]
@@ -196,7 +236,7 @@ def test_dot_product_attention_rope_shift_and_window():
     base, shifted = shifted_outputs(attn, x, [4, 90])
     assert rel_err(shifted, base) < 1e-5
     plain = DotProductAttention(32, 4, 2, window=3)
-    q, k, v = (t.unflatten(-1, (-1, 8)).transpose(1, 2) for t in plain.in_proj(x).split([32, 16, 16], -1))
+    q, k, v = (p(x).unflatten(-1, (-1, 8)).transpose(1, 2) for p in (plain.q_proj, plain.k_proj, plain.v_proj))
     k, v = (t.repeat_interleave(2, dim=1) for t in (k, v))
     i = torch.arange(10)
     allowed = (i[:, None] - i[None, :] >= 0) & (i[:, None] - i[None, :] < 3)
@@ -261,8 +301,8 @@ def test_compile_fullgraph():
     x_eager = x.detach().clone().requires_grad_()
     y, y_eager = compiled(x), layer(x_eager)
     torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-5)
-    grads = torch.autograd.grad(y.square().sum(), [x, layer.in_proj.weight])
-    grads_eager = torch.autograd.grad(y_eager.square().sum(), [x_eager, layer.in_proj.weight])
+    grads = torch.autograd.grad(y.square().sum(), [x, layer.k1_proj.weight])
+    grads_eager = torch.autograd.grad(y_eager.square().sum(), [x_eager, layer.k1_proj.weight])
     for g, ge in zip(grads, grads_eager, strict=True):
         torch.testing.assert_close(g, ge, rtol=1e-4, atol=1e-5)
 
@@ -319,3 +359,15 @@ def test_bad_positions():
     for bad in (torch.arange(5.0), torch.arange(6), torch.zeros(3, 5, dtype=torch.long)):
         with pytest.raises(ValueError, match=r"positions must be an integer tensor of shape \[N\] = \[5\]"):
             layer(x, bad)
+
+
+@pytest.mark.parametrize("cls", [TwoSimplicialAttention, DotProductAttention])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+def test_input_of_another_dtype_names_x(cls, dtype):
+    """A float64 or int64 x for a float32 layer: a TypeError naming x, not nn.Linear's dtype error."""
+    layer = cls(dim=16, num_heads=2)
+    x = torch.randn(1, 5, 16).to(dtype)
+    with pytest.raises(TypeError, match=r"x must have the layer's dtype float32 .*got " + str(dtype)[6:]):
+        layer(x)
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got list"):
+        layer([[0.0] * 16])

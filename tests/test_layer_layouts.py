@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn.layer import SimplicialTransformerBlock, TwoSimplicialAttention
-from simplicial_attn.sdpa import DotProductAttention
+from simplicial_attn.nn.layer import SimplicialTransformerBlock, TwoSimplicialAttention
+from simplicial_attn.nn.sdpa import DotProductAttention
 
 from cases import rel_err
 

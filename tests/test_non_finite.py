@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import _ext
+from simplicial_attn.backends import extension
 
 from cases import BOUNDS, Case, make_dout, make_inputs
 
@@ -75,7 +75,7 @@ def _compare(got, ref, exact):
 
 def _backends():
     out = []
-    if _ext.has_kernel("cpu"):
+    if extension.has_kernel("cpu"):
         out.append(pytest.param("cpu", True, id="cpu"))
     # On a GPU machine the Triton case runs the compiled kernels, so `pytest -m gpu` takes it.
     out.append(pytest.param("triton", False, id="triton", marks=[pytest.mark.gpu] if HAS_GPU else []))
@@ -90,8 +90,8 @@ def _backends():
 def test_never_hides_a_non_finite_input(backend, exact, case, name, value):
     if backend == "cpu" and HAS_GPU:
         pytest.skip("the cpu backend takes CPU tensors; this run uses the GPU")
-    if backend == "cuda" and not _ext.has_kernel("cuda"):
-        pytest.skip(f"the CUDA kernels are not built ({_ext.build_info()})")
+    if backend == "cuda" and not extension.has_kernel("cuda"):
+        pytest.skip(f"the CUDA kernels are not built ({extension.build_info()})")
     inputs = _bad_inputs(case, name, value)
     dout = make_dout(case, device=DEVICE)
     ref = _through_api("reference", case, inputs, dout)

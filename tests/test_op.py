@@ -4,12 +4,14 @@ import pytest
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import _ext, _ops, backends
+from simplicial_attn import backends
+from simplicial_attn.backends import extension
+from simplicial_attn.ops import library
 
 from cases import Case, make_inputs, rel_err
 from oracle import oracle_fwd
 
-CPU_BACKENDS = ["reference"] + (["cpu"] if _ext.has_kernel("cpu") else [])
+CPU_BACKENDS = ["reference"] + (["cpu"] if extension.has_kernel("cpu") else [])
 
 
 SMALL = Case(2, 7, 4, 2, 16, 3, 4)
@@ -23,12 +25,12 @@ def small_inputs(dtype=torch.float32, requires_grad=False, case=SMALL):
 @pytest.mark.parametrize("causal", [True, False])
 def test_opcheck(backend, causal):
     q, k1, k2, v1, v2 = small_inputs(requires_grad=True)
-    prob = (None, 0, 3, 4, causal, 0.25, "trilinear", backend)
-    torch.library.opcheck(_ops.attention, (q, k1, k2, v1, v2, *prob))
-    out, lse, lse_lo = _ops.attention(q, k1, k2, v1, v2, *prob)
+    prob = (None, None, 3, 4, causal, 0.25, "trilinear", backend)
+    torch.library.opcheck(library.attention, (q, k1, k2, v1, v2, *prob))
+    out, lse, lse_lo = library.attention(q, k1, k2, v1, v2, *prob)
     dout = torch.randn_like(out)
     args = (dout, q.detach(), k1.detach(), k2.detach(), v1.detach(), v2.detach(), out.detach(), lse, lse_lo)
-    torch.library.opcheck(_ops.attention_backward, (*args, *prob))
+    torch.library.opcheck(library.attention_backward, (*args, *prob))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -120,7 +122,7 @@ def test_non_finite_inputs_propagate(backend):
 
 
 def test_auto_uses_the_choice_table(monkeypatch):
-    expected = "cpu" if _ext.has_kernel("cpu") else "reference"
+    expected = "cpu" if extension.has_kernel("cpu") else "reference"
     assert backends.select("auto", "cpu", torch.float32) == expected
     assert backends.select("auto", "cpu", torch.float64) == expected
     monkeypatch.setenv("SIMPLICIAL_ATTN_BACKEND", "reference")
@@ -153,7 +155,7 @@ def test_not_supported_reasons_per_backend():
     assert any("needs cpu tensors, got cuda tensors" in r for r in cpu)
     cuda = backends.get("cuda").not_supported_reasons("cuda", torch.float64)
     assert any("got float64" in r for r in cuda)
-    if not _ext.extension_loaded():
+    if not extension.extension_loaded():
         assert any("not built" in r for r in cpu)
 
 

@@ -6,12 +6,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import simplicial_attn as sa
-from simplicial_attn import _ext
+from simplicial_attn.backends import extension
 
 from cases import Case, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
-BACKENDS = ["reference"] + (["cpu"] if _ext.has_kernel("cpu") else [])
+BACKENDS = ["reference"] + (["cpu"] if extension.has_kernel("cpu") else [])
 
 
 @st.composite

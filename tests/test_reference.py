@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import reference
+from simplicial_attn.backends import reference
 
 from cases import BOUNDS, CASES_FULL, Case, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd

@@ -16,13 +16,13 @@ SCRIPT = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
 from bench.memory import peak_rss_delta
-from simplicial_attn import reference
-from simplicial_attn.problem import Problem
+from simplicial_attn.backends import reference
+from simplicial_attn.problem import Problem, window_band
 torch.set_num_threads(2)
 B, N, H, D, w1, w2 = 1, 4096, 4, 64, 512, 32
 q, k1, k2, v1, v2, dout = (torch.randn(B, N, H, D) for _ in range(6))
 def run():
-    prob = Problem(w1, w2, True, D ** -0.5)
+    prob = Problem(window_band(w1, True), window_band(w2, True), D ** -0.5)
     out, lse, lse_lo = reference.fwd(q, k1, k2, v1, v2, prob)
     grads = reference.bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob)
     return out, lse, grads

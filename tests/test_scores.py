@@ -11,9 +11,9 @@ import torch
 
 import simplicial_attn as sa
 from simplicial_attn import backends
-from simplicial_attn import scores as scores_mod
+from simplicial_attn.analysis import scores as scores_mod
+from simplicial_attn.analysis.scores import attention_weights, trilinear_scores, windowed_softmax
 from simplicial_attn.backends import BackendNotSupported
-from simplicial_attn.scores import attention_weights, trilinear_scores, windowed_softmax
 
 from cases import BOUNDS, CASES_FULL, CASES_SMALL, Case, make_inputs, rel_err
 

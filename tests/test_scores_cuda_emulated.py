@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from simplicial_attn import scores_reference as ref
+from simplicial_attn.backends import scores_reference as ref
+from simplicial_attn.problem import window_axis
 
 from cases import BOUNDS, Case, make_inputs, rel_err
 
@@ -98,7 +99,7 @@ SCORE_CASES = [
 def test_emulated_scores(case, logits, tmp_path):
     q, k1, k2, _, _ = make_inputs(case, torch.float32)
     B, N, Hq, D = q.shape
-    ax1, ax2 = ref.window_axis(case.w1, N, case.causal), ref.window_axis(case.w2, N, case.causal)
+    ax1, ax2 = window_axis(case.w1, N, case.causal), window_axis(case.w2, N, case.causal)
     scale = D**-0.5
     det = int(logits == "determinant")
     args = (B, N, Hq, case.Hkv, D, ax1.size, ax1.slide, ax1.lo, ax2.size, ax2.slide, ax2.lo, repr(scale), det)

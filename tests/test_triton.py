@@ -15,10 +15,9 @@ import math
 import pytest
 import torch
 
-from simplicial_attn._windows import kernel_window
 from simplicial_attn.problem import Problem
 
-from cases import BOUNDS, CASES_FULL, CASES_SMALL, Case, make_dout, make_inputs, rel_err
+from cases import BOUNDS, CASES_FULL, CASES_SMALL, Case, bands, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
@@ -32,7 +31,8 @@ GRADS = ("dq", "dk1", "dk2", "dv1", "dv2")
 
 
 def _windows(case):
-    return kernel_window(case.w1, case.N, case.causal), kernel_window(case.w2, case.N, case.causal)
+    """The windows of the case's bands (None and windows past the sequence clipped to it)."""
+    return tuple(b.width for b in bands(case.w1, case.w2, case.causal, case.N))
 
 
 def _run(case, dtype, head_packing, inputs=None, dout=None):
@@ -41,7 +41,7 @@ def _run(case, dtype, head_packing, inputs=None, dout=None):
     dout = make_dout(case, dtype, DEVICE) if dout is None else dout
     w1, w2 = _windows(case)
     scale = case.D**-0.5
-    prob = Problem(w1, w2, case.causal, scale)
+    prob = Problem(*bands(w1, w2, case.causal), scale)
     out, lse, lse_lo = tk.fwd(q, k1, k2, v1, v2, prob, head_packing=head_packing)
     grads = tk.bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, head_packing=head_packing)
     return out, lse, grads, (q, k1, k2, v1, v2), dout
@@ -138,7 +138,7 @@ def test_non_contiguous_inputs(poison):
     _check(case, torch.float32, head_packing=False, inputs=inputs, dout=dout.to(DEVICE))
 
     w1, w2 = _windows(case)
-    prob = Problem(w1, w2, True, D**-0.5)
+    prob = Problem(*bands(w1, w2, True), D**-0.5)
     out, lse, lse_lo = tk.fwd(*inputs, prob)
     out_strided = torch.empty(B, Hq, N, D, device=DEVICE).transpose(1, 2).copy_(out)
     grads = tk.bwd(dout.to(DEVICE), *inputs, out_strided, lse, lse_lo, prob)
@@ -155,7 +155,7 @@ def test_lse_is_natural_log_and_the_backward_reads_it_so(poison):
     assert rel_err(lse, ref_lse) <= BOUNDS[torch.float32]
     w1, w2 = _windows(case)
     wrong = tk.bwd(
-        dout, *inputs, out, lse * math.log2(math.e), torch.zeros_like(lse), Problem(w1, w2, True, case.D**-0.5)
+        dout, *inputs, out, lse * math.log2(math.e), torch.zeros_like(lse), Problem(*bands(w1, w2, True), case.D**-0.5)
     )
     errs = _errors(case, out, lse, wrong, inputs, dout)
     assert all(errs[name] > 0.1 for name in GRADS), errs
@@ -176,7 +176,7 @@ def test_large_finite_logits_do_not_overflow(poison):
 def test_float64_is_refused_with_a_clear_error():
     q, k1, k2, v1, v2 = make_inputs(Case(1, 3, 1, 1, 16, 2, 2), torch.float64, DEVICE)
     with pytest.raises(TypeError, match="float16, bfloat16 and float32; got torch.float64"):
-        tk.fwd(q, k1, k2, v1, v2, Problem(2, 2, True, 0.25))
+        tk.fwd(q, k1, k2, v1, v2, Problem(*bands(2, 2, True), 0.25))
 
 
 def test_tf32_only_when_asked(monkeypatch):
@@ -206,13 +206,6 @@ def test_huge_strides_fall_back_to_contiguous_tiles():
     assert host.int32_tiles(View((10**9, 2**24, 128, 1))) == "copied"
 
 
-def test_window_bounds_cover_both_modes():
-    assert host.window_bounds(512, True) == (511, 0)
-    assert host.window_bounds(1, True) == (0, 0)
-    assert host.window_bounds(5, False) == (2, 2)
-    assert host.window_bounds(4, False) == (2, 1)
-
-
 # ---------------------------------------------------------------------------------------
 # GPU: the whole grid in every dtype, and realistic sizes against the reference backend.
 
@@ -238,7 +231,7 @@ def test_gpu_grid(case, dtype, poison):
 @pytest.mark.parametrize("case", REALISTIC, ids=lambda c: c.id)
 def test_gpu_realistic_sizes_match_the_reference_fp32(case, dtype, poison):
     """The kernels in `dtype` against the reference backend in float32 on the same values."""
-    from simplicial_attn import reference
+    from simplicial_attn.backends import reference
 
     inputs = make_inputs(case, dtype, "cuda")
     dout = make_dout(case, dtype, "cuda")
@@ -246,7 +239,7 @@ def test_gpu_realistic_sizes_match_the_reference_fp32(case, dtype, poison):
     scale = case.D**-0.5
     out, lse, grads, _, _ = _run(case, dtype, None, inputs, dout)
     ref_in = [t.float() for t in inputs]
-    prob = Problem(w1, w2, case.causal, scale)
+    prob = Problem(*bands(w1, w2, case.causal), scale)
     ref_out, ref_lse, ref_lse_lo = reference.fwd(*ref_in, prob)
     ref_grads = reference.bwd(dout.float(), *ref_in, ref_out, ref_lse, ref_lse_lo, prob)
     errs = {"out": rel_err(out, ref_out), "lse": rel_err(lse, ref_lse)}

@@ -19,10 +19,9 @@ import itertools
 import pytest
 import torch
 
-from simplicial_attn._windows import kernel_window
 from simplicial_attn.problem import Problem
 
-from cases import BOUNDS, Case, make_dout, make_inputs, make_packed, rel_err
+from cases import BOUNDS, Case, bands, make_dout, make_inputs, make_packed, rel_err
 from oracle import oracle_bwd, oracle_decode, oracle_fwd, oracle_varlen_bwd, oracle_varlen_fwd
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
@@ -39,7 +38,7 @@ KINDS = ("trilinear", "packed-extra", "determinant", "decode")
 # One case per bucket (operand table, D class, kind): N spans several tiles of the bucket's
 # largest BLOCK sizes and ends in a partial one; w1 gives several j-blocks. The determinant
 # tables' tiles are smaller; their case is a packing of two sequences (the determinant path
-# is also the packed one in bench/kernel_report.py). Decode: lengths and windows give several
+# is also the packed one in bench/verify/kernel_report.py). Decode: lengths and windows give several
 # j-blocks of BLOCK_J = 64 and a wrapped ring.
 Packed = collections.namedtuple("Packed", "lengths Hq Hkv D w1 w2 causal")
 Decoding = collections.namedtuple("Decoding", "lengths Hq Hkv D w1 w2")  # 2 new tokens, rings of w + 1 slots
@@ -132,8 +131,7 @@ def test_every_shipped_config_is_in_a_run():
 def _batched(run, case, dtype, scale):
     inputs = make_inputs(case, dtype, DEVICE)
     dout = make_dout(case, dtype, DEVICE)
-    w1, w2 = kernel_window(case.w1, case.N, case.causal), kernel_window(case.w2, case.N, case.causal)
-    prob = Problem(w1, w2, case.causal, scale)
+    prob = Problem(*bands(case.w1, case.w2, case.causal, case.N), scale)
     extra = run.bucket[2] == "packed-extra"
     fwd_cfg = {k: c for k, c in run.config.items() if k in FWD_KERNELS}
     bwd_cfg = {k: c for k, c in run.config.items() if k in BWD_KERNELS}
@@ -148,7 +146,7 @@ def _batched(run, case, dtype, scale):
 def _packed_determinant(run, case, dtype, scale):
     (q, k1, k2, v1, v2), cu = make_packed(case.lengths, case.Hq, case.Hkv, case.D, dtype, DEVICE)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
-    prob = Problem(case.w1, case.w2, case.causal, scale, "determinant", cu, max(case.lengths))
+    prob = Problem(*bands(case.w1, case.w2, case.causal), scale, "determinant", cu, max(case.lengths))
     packed = [t[None] for t in (q, k1, k2, v1, v2)]
     fwd_cfg = {k: c for k, c in run.config.items() if k in FWD_KERNELS}
     bwd_cfg = {k: c for k, c in run.config.items() if k in BWD_KERNELS}
@@ -172,7 +170,7 @@ def _decode(run, case, dtype, scale):
         rings.append(ring.to(DEVICE, dtype))
     q = torch.stack([full[0][b, n : n + nq] for b, n in enumerate(case.lengths)]).to(DEVICE, dtype)
     full = [t.to(dtype) for t in full]  # the oracle sees the values the kernel sees
-    prob = Problem(case.w1, case.w2, True, scale, cache_seqlens=lengths.to(DEVICE))
+    prob = Problem(*bands(case.w1, case.w2, True), scale, cache_seqlens=lengths.to(DEVICE))
     out, lse = tk.decode(q, *rings, prob, config=run.config)
     return (out, lse), oracle_decode(*full, lengths, nq, case.w1, case.w2, scale)
 
@@ -192,7 +190,7 @@ def test_shipped_config_matches_the_oracle(run, poison):
 def test_a_forced_config_naming_an_unknown_kernel_is_refused():
     inputs = make_inputs(Case(1, 3, 1, 1, 16, 2, 2), torch.float32, DEVICE)
     cfg = configs.configs("fwd", configs.INTERP, 16)[0]
-    prob = Problem(2, 2, True, 0.25)
+    prob = Problem(*bands(2, 2, True), 0.25)
     with pytest.raises(ValueError, match=r"config names kernels \['bwd_dq'\]; this launcher runs fwd"):
         tk.fwd(*inputs, prob, config={"bwd_dq": cfg})
     with pytest.raises(TypeError, match="config values must be triton.Config"):

@@ -17,7 +17,7 @@ import torch
 
 from simplicial_attn.problem import Problem
 
-from cases import BOUNDS, Case, make_dout, make_inputs, rel_err
+from cases import BOUNDS, Case, bands, make_dout, make_inputs, rel_err
 from oracle import oracle_bwd, oracle_fwd
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
@@ -57,7 +57,7 @@ def _exact_inputs(case, dtype, magnitude, seed=0):
 def _errors(case, dtype, magnitude, inputs=None):
     inputs = _exact_inputs(case, dtype, magnitude) if inputs is None else inputs
     dout = make_dout(case, dtype, DEVICE)
-    prob = Problem(case.w1, case.w2, case.causal, 1.0)
+    prob = Problem(*bands(case.w1, case.w2, case.causal), 1.0)
     out, lse, lse_lo = tk.fwd(*inputs, prob)
     grads = tk.bwd(dout, *inputs, out, lse, lse_lo, prob)
     ref = oracle_fwd(*inputs, case.w1, case.w2, case.causal, 1.0)

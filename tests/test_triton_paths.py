@@ -19,7 +19,7 @@ import torch
 
 from simplicial_attn.problem import Problem
 
-from cases import BOUNDS, Case, make_dout, make_inputs, make_packed, rel_err
+from cases import BOUNDS, Case, bands, make_dout, make_inputs, make_packed, rel_err
 from oracle import oracle_bwd, oracle_decode, oracle_fwd, oracle_varlen_bwd, oracle_varlen_fwd
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
@@ -51,7 +51,7 @@ def _check_batched(case, head_packing):
     inputs = make_inputs(case, torch.float32, "cpu")
     dout = make_dout(case, torch.float32, "cpu")
     scale = case.D**-0.5
-    prob = Problem(case.w1, case.w2, case.causal, scale)
+    prob = Problem(*bands(case.w1, case.w2, case.causal), scale)
     out, lse, lse_lo = tk.fwd(*inputs, prob, head_packing=head_packing)
     got = (out, lse, *tk.bwd(dout, *inputs, out, lse, lse_lo, prob, head_packing=head_packing))
     ref = oracle_fwd(*inputs, case.w1, case.w2, case.causal, scale)
@@ -65,7 +65,7 @@ def _check_packed_determinant(d):
     w1, w2, scale = 5, 3, d**-0.5
     (q, k1, k2, v1, v2), cu = make_packed(PACKING, 1, 1, d)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(5))
-    prob = Problem(w1, w2, False, scale, "determinant", cu, max(PACKING))
+    prob = Problem(*bands(w1, w2, False), scale, "determinant", cu, max(PACKING))
     packed = [t[None] for t in (q, k1, k2, v1, v2)]
     out, lse, lse_lo = tk.fwd(*packed, prob)
     grads = tk.bwd(dout[None], *packed, out, lse, lse_lo, prob)
@@ -92,7 +92,7 @@ def _check_decode(d):
                 ring[b, p % c] = x[b, p]
         caches.append(ring)
     q = torch.stack([full[0][b, length : length + nq] for b, length in enumerate(lengths.tolist())])
-    prob = Problem(w1, w2, True, d**-0.5, "determinant", cache_seqlens=lengths)
+    prob = Problem(*bands(w1, w2, True), d**-0.5, "determinant", cache_seqlens=lengths)
     out, lse = tk.decode(q, caches[0], caches[1], caches[2], caches[3], prob, num_splits=2)
     ref_out, ref_lse = oracle_decode(*full, lengths, nq, w1, w2, d**-0.5, "determinant")
     errs = [rel_err(out, ref_out), rel_err(lse, ref_lse)]

@@ -135,22 +135,22 @@ def test_empty_batch_or_sequence(B, N, monkeypatch):
 
 def test_cpp_checks_name_the_argument():
     """Direct torch.ops calls (libtorch users) get TORCH_CHECK messages, not out-of-bounds reads."""
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    if not _ext.has_kernel("cpu"):
+    if not extension.has_kernel("cpu"):
         pytest.skip("the C++ CPU kernels are not built (simplicial_attn._C has no CPU fused_fwd)")
     q, k1, k2, v1, v2 = inputs()
     fwd = torch.ops.simplicial_attn.fused_fwd
     with pytest.raises(RuntimeError, match=r"v1 must have shape \[2, 5, 2, 8\], got \[2, 5, 2, 7\]"):
-        fwd(q, k1, k2, v1[..., :7], v2, None, 0, 3, 2, True, 0.5, "trilinear")
-    with pytest.raises(RuntimeError, match=r"w2 must be >= 1, got 0"):
-        fwd(q, k1, k2, v1, v2, None, 0, 3, 0, True, 0.5, "trilinear")
+        fwd(q, k1, k2, v1[..., :7], v2, None, 0, 2, 0, 1, 0, 0.5, "trilinear")
+    with pytest.raises(RuntimeError, match=r"the band of k2 \(left2, right2\) must have reaches >= 0, got \(0, -1\)"):
+        fwd(q, k1, k2, v1, v2, None, 0, 2, 0, 0, -1, 0.5, "trilinear")
     with pytest.raises(RuntimeError, match=r"k2 must have dtype Double like q, got Float"):
-        fwd(q.double(), k1.double(), k2, v1.double(), v2.double(), None, 0, 3, 2, True, 0.5, "trilinear")
+        fwd(q.double(), k1.double(), k2, v1.double(), v2.double(), None, 0, 2, 0, 1, 0, 0.5, "trilinear")
     with pytest.raises(RuntimeError, match=r"logits must be 'trilinear' or 'determinant', got 'volume'"):
-        fwd(q, k1, k2, v1, v2, None, 0, 3, 2, True, 0.5, "volume")
+        fwd(q, k1, k2, v1, v2, None, 0, 2, 0, 1, 0, 0.5, "volume")
     with pytest.raises(RuntimeError, match=r"cu_seqlens must have dtype int32 or int64, got Float"):
-        fwd(*(t[:1] for t in (q, k1, k2, v1, v2)), torch.zeros(2), 5, 3, 2, True, 0.5, "trilinear")
+        fwd(*(t[:1] for t in (q, k1, k2, v1, v2)), torch.zeros(2), 5, 2, 0, 1, 0, 0.5, "trilinear")
 
 
 def test_zero_query_heads():
@@ -160,9 +160,9 @@ def test_zero_query_heads():
 
 
 def _op_backends():
-    from simplicial_attn import _ext
+    from simplicial_attn.backends import extension
 
-    return ["reference"] + (["cpu"] if _ext.has_kernel("cpu") else [])
+    return ["reference"] + (["cpu"] if extension.has_kernel("cpu") else [])
 
 
 @pytest.mark.parametrize("backend", _op_backends())
@@ -171,15 +171,20 @@ def test_op_called_directly_checks_its_arguments(backend):
     op = torch.ops.simplicial_attn.attention
     args = inputs()
     with pytest.raises(ValueError, match=r"w1 must be an int >= 1 or None, got 0"):
-        op(*args, None, 0, 0, 2, True, 0.5, "trilinear", backend)
+        op(*args, None, None, 0, 2, True, 0.5, "trilinear", backend)
     with pytest.raises(ValueError, match=r"backend must be one of auto, cuda, triton, cpu, reference; got 'bogus'"):
-        op(*args, None, 0, 3, 2, True, 0.5, "trilinear", "bogus")
-    with pytest.raises(ValueError, match=r"backend must be a concrete backend for the op"):
-        op(*args, None, 0, 3, 2, True, 0.5, "trilinear", "auto")
+        op(*args, None, None, 3, 2, True, 0.5, "trilinear", "bogus")
     with pytest.raises(ValueError, match=r"q and k1 must have at least one head, got Hq = 0"):
-        op(args[0][:, :, :0], *args[1:], None, 0, 3, 2, True, 0.5, "trilinear", backend)
+        op(args[0][:, :, :0], *args[1:], None, None, 3, 2, True, 0.5, "trilinear", backend)
     with pytest.raises(ValueError, match=r"scale must be finite, got inf"):
-        op(*args, None, 0, 3, 2, True, float("inf"), "trilinear", backend)
+        op(*args, None, None, 3, 2, True, float("inf"), "trilinear", backend)
+    packed_layout = r"packed inputs reach the op as \[1, T, H, D\]; got q of shape \(2, 5, 4, 8\)"
+    with pytest.raises(ValueError, match=packed_layout):
+        op(*args, torch.tensor([0, 5], dtype=torch.int32), None, 3, 2, True, None, "trilinear", backend)
+    # None scale and windows are resolved by the op itself, like the public function's
+    out, lse, _ = op(*args, None, None, None, 2, True, None, "trilinear", backend)
+    ref, ref_lse = sa.two_simplicial_attention(*args, None, 2, return_lse=True, backend=backend)
+    assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
 
 
 def test_bogus_backend_is_a_value_error():

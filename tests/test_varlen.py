@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import simplicial_attn as sa
-from simplicial_attn import _ops
+from simplicial_attn.ops import library
 
 from cases import BOUNDS, backend_params, device_of, make_packed, rel_err
 from oracle import oracle_varlen_bwd, oracle_varlen_fwd
@@ -152,12 +152,36 @@ def test_bad_max_seqlen_and_layout():
     q, k1, k2, v1, v2, cu = _packed_args()
     with pytest.raises(ValueError, match=r"max_seqlen must be >= every sequence length \(4\), got 3"):
         _call(q, k1, k2, v1, v2, cu, max_seqlen=3)
-    with pytest.raises(TypeError, match=r"max_seqlen must be an int >= 0, got float"):
+    with pytest.raises(TypeError, match=r"max_seqlen must be an int >= 0 or None, got float"):
         _call(q, k1, k2, v1, v2, cu, max_seqlen=4.0)
     with pytest.raises(ValueError, match=r"q must have rank 3 \[T, Hq, D\], got rank 4"):
         _call(q[None], k1, k2, v1, v2, cu)
     with pytest.raises(ValueError, match=r"k1, k2, v1, v2 must have q's T = 7"):
         _call(q, k1[:6], k2[:6], v1[:6], v2[:6], cu)
+
+
+@pytest.mark.parametrize("backend", backend_params(("reference", "cpu")))
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("max_seqlen", [10**5, 2**40])
+def test_max_seqlen_is_a_hint_not_the_work(max_seqlen, causal, backend, monkeypatch):
+    """CONTRACT §6: a max_seqlen far past the longest sequence changes neither the result nor the
+    problem the kernels get: bands and grid bound come from the sequences themselves (the
+    reference once gathered max_seqlen window slots per row: 8 TiB at 2**40, seconds at 10**5)."""
+    from simplicial_attn import backends
+    from simplicial_attn.problem import window_band
+
+    q, k1, k2, v1, v2, cu = _packed_args((3, 4))
+    seen = []
+    cls = type(backends.get(backend))
+    real_fwd = cls.fwd
+    monkeypatch.setattr(cls, "fwd", lambda self, *a: seen.append(a[-1]) or real_fwd(self, *a))
+    kw = dict(w1=2, w2=None, causal=causal, backend=backend)
+    ref = sa.two_simplicial_attention_varlen(q, k1, k2, v1, v2, cu, **kw)
+    got = sa.two_simplicial_attention_varlen(q, k1, k2, v1, v2, cu, max_seqlen, **kw)
+    assert torch.equal(got, ref)
+    prob = seen[-1]
+    assert prob.max_seqlen == 4
+    assert (prob.band1, prob.band2) == (window_band(2, causal, 4), window_band(None, causal, 4))
 
 
 def test_empty_packing():
@@ -171,7 +195,7 @@ def test_opcheck(backend):
     (q, k1, k2, v1, v2), cu = make_packed([3, 0, 5], 4, 2, 16, requires_grad=True)
     args = [t[None] for t in (q, k1, k2, v1, v2)]
     prob = (cu, 5, 3, 2, True, 0.25, "trilinear", backend)
-    torch.library.opcheck(_ops.attention, (*args, *prob))
+    torch.library.opcheck(library.attention, (*args, *prob))
 
 
 @pytest.mark.parametrize("backend", backend_params(("reference", "cpu")))

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from simplicial_attn.scores import attention_weights
-from simplicial_attn.viz import attention_summary, plot_attention, query_weights
+from simplicial_attn.analysis.scores import attention_weights
+from simplicial_attn.analysis.viz import attention_summary, plot_attention, query_weights
 
 from cases import Case, make_inputs
 

@@ -1,5 +1,5 @@
 """Triton backend of simplicial-attn: `fwd`, `bwd` and `decode` with the package's backend interface
-(simplicial_attn/backends.py; `prob` is the call's Problem, simplicial_attn/problem.py).
+(simplicial_attn/backends/__init__.py; `prob` is the call's Problem, simplicial_attn/problem.py).
 
     fwd(q, k1, k2, v1, v2, prob) -> (out, lse, lse_lo)
     bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob) -> (dq, dk1, dk2, dv1, dv2)
@@ -16,7 +16,7 @@ TRITON_INTERPRET=1 (set before triton is imported) CPU tensors are accepted. The
     mask.py       window bands                            softmax.py  online softmax, lse, recomputed P
     operand.py    tl.dot wrapper, pair operands and the determinant's cross products
     coverage.py   the interpreter's path counters        runtime.py  interpreter probe, device checks
-    configs.py    per-arch launch configs, checked without a GPU by bench/kernel_report.py
+    configs.py    per-arch launch configs, checked without a GPU by bench/verify/kernel_report.py
     scores_softmax.py   the separate kernels of the unfused path (scores, windowed softmax)
 """
 

@@ -8,7 +8,7 @@ tensors' dtypes to the key itself). The decode kernel has one config per D class
 without autotuning. When interpreting there is exactly one config: the interpreter cannot
 autotune between two.
 
-The lists are checked without a GPU by `bench/kernel_report.py --check` (registers,
+The lists are checked without a GPU by `bench/verify/kernel_report.py --check` (registers,
 spills, shared memory, tensor-core instructions in the main loops, no atomics), which
 compiles every entry for sm_80, sm_86 and sm_90, and executed through the interpreter by
 tests/test_triton_configs.py: the launchers take `config={kernel: triton.Config}` to launch
@@ -73,7 +73,7 @@ def _table16(arch, dc):
     position, a whole wgmma M). On sm_80, fwd and bwd_dq take BLOCK_J = 16: at 32 their
     sequence tiles reach 255 registers and triton 3.6 spills 12-24 B (3.8 does not); the
     extra cost is one more rescale of the [BLOCK_M, D] partial sum per 16 j instead of 32.
-    Every entry is free of spills per bench/kernel_report.py, under triton 3.6 and 3.8."""
+    Every entry is free of spills per bench/verify/kernel_report.py, under triton 3.6 and 3.8."""
     st = {"sm80": 3, "sm86": 2, "sm90": 3}[arch]
     if dc >= 256:
         return {
@@ -113,7 +113,7 @@ def _table32(dc):
 def _table_det(arch, dc, fp32):
     """Determinant logits (logits="determinant"): the chunkwise cross products permute
     register tiles (tl.gather) and hold up to two more [BLOCK, D] tiles, so the trilinear tiles
-    spill; these are the largest that do not at D <= 128 (bench/kernel_report.py, sm_80/86/90,
+    spill; these are the largest that do not at D <= 128 (bench/verify/kernel_report.py, sm_80/86/90,
     triton 3.6 and 3.8). At D <= 256 only the forward fits; the three backward kernels spill
     at every tile tried (DET_SPILL_BUDGET). The forward's tiles differ per arch: sm_86 spills
     at BLOCK_M = 64 with either BLOCK_J."""
@@ -142,7 +142,7 @@ def _table_det(arch, dc, fp32):
     }
 
 
-# Spills bench/kernel_report.py --check accepts, bytes per thread (ptxas; the largest over
+# Spills bench/verify/kernel_report.py --check accepts, bytes per thread (ptxas; the largest over
 # sm_80/86/90, 16-bit and float32, triton 3.6 and 3.8, rounded up to 64): determinant logits
 # at D class 256, where no tile of these kernels fits in 255 registers (the trilinear tiles
 # already hold 200-255 there; the cross products add two [BLOCK, D] tiles and the tl.gather

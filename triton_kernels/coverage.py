@@ -9,7 +9,7 @@ tl.constexpr slot indices, and counts a path where it is taken with one line:
 
 The launchers pass COUNTS = None and COUNT_PATHS = False unless `recording()` is active under
 the interpreter, so on a GPU the hook is never compiled (nor its condition: dead code) and the
-argument is not even in the kernel's signature; bench/kernel_report.py checks that no compiled
+argument is not even in the kernel's signature; bench/verify/kernel_report.py checks that no compiled
 fused kernel holds an atomic instruction (they are atomic-free by design, so an atom would be
 the hook or a bug).
 """

@@ -52,13 +52,6 @@ def layout(q, prob):
     return Layout(count, 0, prob.max_seqlen, prob.cu_seqlens)
 
 
-def window_bounds(w, causal):
-    """(L, R) of the band [i - L, i + R] for an integer window w >= 1 (mask.py)."""
-    if causal:
-        return w - 1, 0
-    return w // 2, w - 1 - w // 2
-
-
 def block_d(d):
     """The padded head dim: a power of two >= 16 (tl.dot's minimum K); columns >= D are masked."""
     return max(16, triton.next_power_of_2(d))

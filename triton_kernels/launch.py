@@ -1,4 +1,4 @@
-"""The Triton backend's launchers: the package's backend interface (simplicial_attn/backends.py;
+"""The Triton backend's launchers: the package's backend interface (simplicial_attn/backends/__init__.py;
 `prob` is the call's Problem, simplicial_attn/problem.py).
 
     fwd(q, k1, k2, v1, v2, prob) -> (out, lse, lse_lo)                            fwd.py
@@ -22,7 +22,7 @@ from .bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
 from .bwd_dq import _two_simplicial_bwd_dq_kernel
 from .decode import _decode_combine_kernel, _decode_split_kernel
 from .fwd import _two_simplicial_fwd_kernel
-from .host import arch_of, block_d, check_tensors, head_block, int32_tiles, layout, window_bounds
+from .host import arch_of, block_d, check_tensors, head_block, int32_tiles, layout
 from .runtime import device_guard, input_precision, is_interpreting
 
 DELTA_BLOCK_N = 32
@@ -33,9 +33,9 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
 
     Batched: q [B, N, Hq, D]; k1, k2, v1, v2 [B, N, Hkv, D], any strides. Packed
     (prob.cu_seqlens, CONTRACT §6): B = 1, N = T rows holding the sequences. `prob` is the
-    call's Problem (simplicial_attn/problem.py: integer windows, causal, scale, logits,
-    layout). `head_packing` forces the GQA head-packed tiling on (True) or off (False); None
-    picks it by shape. `allow_tf32` lets float32 inputs use TF32 tensor cores (so does
+    call's Problem (simplicial_attn/problem.py: window bands, scale, logits, layout).
+    `head_packing` forces the GQA head-packed tiling on (True) or off (False); None picks it by
+    shape. `allow_tf32` lets float32 inputs use TF32 tensor cores (so does
     SIMPLICIAL_ATTN_ALLOW_TF32=1). `config={"fwd": cfg}` launches with the one
     triton.Config `cfg` instead of autotuning (tests, configs.py).
     """
@@ -51,8 +51,7 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
     lse_lo = torch.empty_like(lse)
     if out.numel() == 0:
         return out, lse, lse_lo
-    L1, R1 = window_bounds(prob.w1, prob.causal)
-    L2, R2 = window_bounds(prob.w2, prob.causal)
+    (L1, R1), (L2, R2) = prob.band1, prob.band2
     bd = block_d(D)
     arch = arch_of(q.device)
     fp32 = q.dtype == torch.float32
@@ -100,8 +99,7 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, a
     dk1, dk2, dv1, dv2 = (torch.empty((B, N, HKV, D), dtype=k1.dtype, device=q.device) for _ in range(4))
     if dq.numel() == 0 or dk1.numel() == 0:
         return dq.zero_(), dk1.zero_(), dk2.zero_(), dv1.zero_(), dv2.zero_()
-    L1, R1 = window_bounds(prob.w1, prob.causal)
-    L2, R2 = window_bounds(prob.w2, prob.causal)
+    (L1, R1), (L2, R2) = prob.band1, prob.band2
     bd = block_d(D)
     arch = arch_of(q.device)
     fp32 = q.dtype == torch.float32
@@ -170,8 +168,8 @@ def decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob, *, allow_tf32=False,
 
     q [B, Nq, Hq, D]; k1_cache, v1_cache [B, C1, Hkv, D]; k2_cache, v2_cache [B, C2, Hkv, D],
     any strides, already holding the new tokens; prob.cache_seqlens int32 [B] (CONTRACT §7);
-    prob.w1, prob.w2 integer causal windows. `num_splits` fixes the number of j-window splits
-    (tests); by default it follows the shapes and the device (see _num_splits).
+    prob.band1, prob.band2 causal bands (right == 0). `num_splits` fixes the number of j-window
+    splits (tests); by default it follows the shapes and the device (see _num_splits).
     `config={"decode": cfg}` launches with the triton.Config `cfg` instead of the shipped one.
     """
     forced = configs.forced_configs(config, ("decode",)).get("decode")
@@ -184,7 +182,7 @@ def decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob, *, allow_tf32=False,
     lse = torch.empty((B, HQ, NQ), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
-    L1, L2 = prob.w1 - 1, prob.w2 - 1
+    L1, L2 = prob.band1.left, prob.band2.left  # causal bands: right == 0
     bd = block_d(D)
     cfg = forced or configs.decode_config(arch_of(q.device), bd, q.dtype == torch.float32)
     block_m, block_j = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_J"]

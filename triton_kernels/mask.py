@@ -4,7 +4,8 @@ r"""Window masks. Every window is a band around the query position i (simplicial
 
     causal:   L = w - 1,  R = 0                       centred:  L = w // 2,  R = w - 1 - w // 2
 
-clipped to the sequence [0, n). The kernels only see (L, R), so one code path serves both modes.
+clipped to the sequence [0, n). The launchers read (L, R) from the call's Problem (prob.band1,
+prob.band2), so one code path serves both modes.
 """
 
 import triton

@@ -1,6 +1,6 @@
 r"""Triton kernels of the unfused path: trilinear scores (fwd, bwd) and the windowed softmax (fwd, bwd).
 
-Same interface as the reference (simplicial_attn/scores_reference.py, which also holds the
+Same interface as the reference (simplicial_attn/backends/scores_reference.py, which also holds the
 layout and window table):
 
     scores_fwd(q, k1, k2, w1, w2, causal, scale, logits) -> scores [B, Hq, N, W1, W2] float32
@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from simplicial_attn.scores_reference import compute_dtype, window_axis
+from simplicial_attn.problem import compute_dtype, window_axis
 
 from .operand import channels_at, chunk_shifts
 from .runtime import check_device, device_guard

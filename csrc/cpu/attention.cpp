@@ -32,15 +32,7 @@ constexpr int64_t kMaxJTile = 128;
 // Work items a call should have at least (block_rows), for load balance.
 constexpr int64_t kMinItems = 16;
 
-// Windows wider than the longest sequence behave like the widest useful one; clipping them
-// keeps the scratch sizes (BQ + w - 1 rows) meaningful for direct calls with huge windows.
-int64_t clip_window(int64_t w, int64_t longest, bool causal) {
-  const int64_t full = causal ? longest : 2 * longest - 1;
-  return w < full ? w : (full > 1 ? full : 1);
-}
-
-Geometry make_geometry(const Dims& d, int64_t vector_width, int64_t w1, int64_t w2, bool causal, bool det,
-                       int64_t longest) {
+Geometry make_geometry(const Dims& d, int64_t vector_width, Band b1, Band b2, bool det, int64_t longest) {
   Geometry g;
   g.B = d.B;
   g.N = d.N;
@@ -49,8 +41,9 @@ Geometry make_geometry(const Dims& d, int64_t vector_width, int64_t w1, int64_t 
   g.D = d.D;
   g.DP = round_up(d.D, vector_width);
   g.longest = longest;
-  g.b1 = band(w1, causal);
-  g.b2 = band(w2, causal);
+  g.b1 = b1;
+  g.b2 = b2;
+  const int64_t w1 = b1.width(), w2 = b2.width();
   g.KT = w2 < kMaxKTile ? w2 : kMaxKTile;
   g.JT = round_up(w1 < kMaxJTile ? w1 : kMaxJTile, vector_width);
   g.det = det;
@@ -91,22 +84,29 @@ int64_t block_rows(const Geometry& g, const SequenceTable& seqs) {
 
 // The kernels vectorise over the j window (w1) and cut the k window (w2) into tiles of 32
 // rows, so a narrow j window wastes vector lanes (w1 = 1 uses one of 16). The math is symmetric
-// in the pairs (k1, v1, w1) and (k2, v2, w2), except that the determinant changes sign, so when
-// w2 is the wider window the pairs are passed swapped (the gradients swapped back) and a
-// determinant's scale negated.
+// in the pairs (k1, v1, band1) and (k2, v2, band2), except that the determinant changes sign, so
+// when band2 is the wider one the pairs are passed swapped (the gradients swapped back) and a
+// determinant's scale negated. Bands wider than the longest sequence behave like the widest
+// useful one; clipping them keeps the scratch sizes (BQ + L + R rows) meaningful for direct calls
+// with huge bands.
 struct Pairs {
   const at::Tensor *k1, *k2, *v1, *v2;
-  int64_t w1, w2;
+  Band b1, b2;
   double scale;
   bool swapped;
 };
 
+Band kernel_band(const simplicial_attn::Band& b, int64_t longest) {
+  const simplicial_attn::Band c = b.clipped(longest);
+  return {c.left, c.right};
+}
+
 Pairs order_pairs(const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1, const at::Tensor& v2,
                   const Problem& p, int64_t longest) {
-  const int64_t w1 = clip_window(p.w1, longest, p.causal), w2 = clip_window(p.w2, longest, p.causal);
-  if (w2 <= w1) return {&k1, &k2, &v1, &v2, w1, w2, p.scale, false};
+  const Band b1 = kernel_band(p.band1, longest), b2 = kernel_band(p.band2, longest);
+  if (b2.width() <= b1.width()) return {&k1, &k2, &v1, &v2, b1, b2, p.scale, false};
   const double scale = p.logits == Logits::kDeterminant ? -p.scale : p.scale;
-  return {&k2, &k1, &v2, &v1, w2, w1, scale, true};
+  return {&k2, &k1, &v2, &v1, b2, b1, scale, true};
 }
 
 // One fused call after its checks: sizes, sequences, ordered pairs and geometry.
@@ -122,8 +122,7 @@ Call plan_call(const Dims& d, const Problem& p, int64_t vector_width, const at::
   SequenceTable seqs = sequences_of(d, p);
   const int64_t longest = seqs.longest();
   const Pairs pairs = order_pairs(k1, k2, v1, v2, p, longest);
-  const Geometry g =
-      make_geometry(d, vector_width, pairs.w1, pairs.w2, p.causal, p.logits == Logits::kDeterminant, longest);
+  const Geometry g = make_geometry(d, vector_width, pairs.b1, pairs.b2, p.logits == Logits::kDeterminant, longest);
   seqs.plan(block_rows(g, seqs), g.Hkv);
   return {d, std::move(seqs), pairs, g};
 }
@@ -226,15 +225,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_bwd(
 }
 
 // The schema entry points (csrc/ops.cpp): one checked Problem per call.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q, const at::Tensor& k1,
-                                                            const at::Tensor& k2, const at::Tensor& v1,
-                                                            const at::Tensor& v2,
-                                                            const std::optional<at::Tensor>& cu_seqlens,
-                                                            int64_t max_seqlen, int64_t w1, int64_t w2, bool causal,
-                                                            double scale, c10::string_view logits) {
-  const Dims d = check_inputs(q, k1, k2, v1, v2, w1, w2);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(
+    const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1, const at::Tensor& v2,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t left1, int64_t right1, int64_t left2,
+    int64_t right2, double scale, c10::string_view logits) {
+  const Dims d = check_inputs(q, k1, k2, v1, v2);
   check_dtype(q);
-  const Problem p = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
+  const Problem p = make_problem(q, cu_seqlens, max_seqlen, left1, right1, left2, right2, scale, logits);
   if (d.B == 0 || d.N == 0) {  // Python returns before calling; direct calls get empty results too
     const at::Tensor lse = at::empty({d.B, d.Hq, d.N}, q.options().dtype(compute_dtype(q.scalar_type())));
     return {at::empty(q.sizes(), q.options()), lse, at::empty_like(lse)};
@@ -245,15 +242,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd_op(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1,
     const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& lse_lo,
-    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t w1, int64_t w2, bool causal, double scale,
-    c10::string_view logits) {
-  const Dims d = check_inputs(q, k1, k2, v1, v2, w1, w2);
+    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t left1, int64_t right1, int64_t left2,
+    int64_t right2, double scale, c10::string_view logits) {
+  const Dims d = check_inputs(q, k1, k2, v1, v2);
   check_grad_inputs(d, q, dout, out, lse);
   SA_CHECK_DEVICE(lse_lo, q.device());
   SA_CHECK_DTYPE(lse_lo, lse.scalar_type());
   SA_CHECK_SHAPE(lse_lo, d.B, d.Hq, d.N);
   check_dtype(q);
-  const Problem p = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
+  const Problem p = make_problem(q, cu_seqlens, max_seqlen, left1, right1, left2, right2, scale, logits);
   if (d.B == 0 || d.N == 0) {
     return {at::empty(q.sizes(), q.options()), at::empty(k1.sizes(), k1.options()), at::empty(k2.sizes(), k2.options()),
             at::empty(v1.sizes(), v1.options()), at::empty(v2.sizes(), v2.options())};

@@ -58,12 +58,14 @@ std::tuple<at::Tensor, at::Tensor> run_decode(const at::Tensor& q, const at::Ten
   const int32_t* lens = p.cache_seqlens.data_ptr<int32_t>();
   int64_t longest = 0;  // positions up to the last new row of the longest sequence
   for (int64_t b = 0; b < B; ++b) longest = lens[b] + Nq > longest ? lens[b] + Nq : longest;
-  int64_t w1 = p.w1 < longest ? p.w1 : longest, w2 = p.w2 < longest ? p.w2 : longest;
-  // As in attention.cpp: the wider window goes first (a determinant changes sign).
-  const bool swapped = w2 > w1;
+  // As in attention.cpp: bands clipped to the positions there are, the wider one first (a
+  // determinant changes sign).
+  const simplicial_attn::Band c1 = p.band1.clipped(longest), c2 = p.band2.clipped(longest);
+  const bool swapped = c2.width() > c1.width();
   const at::Tensor &k1 = swapped ? k2c : k1c, &k2 = swapped ? k1c : k2c;
   const at::Tensor &v1 = swapped ? v2c : v1c, &v2 = swapped ? v1c : v2c;
-  if (swapped) std::swap(w1, w2);
+  const Band b1{swapped ? c2.left : c1.left, 0}, b2{swapped ? c1.left : c2.left, 0};
+  const int64_t w1 = b1.width(), w2 = b2.width();
   const bool det = p.logits == Logits::kDeterminant;
 
   DecodeArgs<T> a;
@@ -75,8 +77,8 @@ std::tuple<at::Tensor, at::Tensor> run_decode(const at::Tensor& q, const at::Ten
   g.D = D;
   g.DP = round_up(D, ks.vector_width);
   g.longest = longest;
-  g.b1 = band(w1, true);
-  g.b2 = band(w2, true);
+  g.b1 = b1;
+  g.b2 = b2;
   g.KT = w2 < kMaxKTile ? w2 : kMaxKTile;
   g.JT = round_up(w1 < kMaxJTile ? w1 : kMaxJTile, ks.vector_width);
   g.det = det;
@@ -141,7 +143,8 @@ std::tuple<at::Tensor, at::Tensor> run_decode(const at::Tensor& q, const at::Ten
 std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at::Tensor& k1_cache,
                                                    const at::Tensor& k2_cache, const at::Tensor& v1_cache,
                                                    const at::Tensor& v2_cache, const at::Tensor& cache_seqlens,
-                                                   int64_t w1, int64_t w2, double scale, c10::string_view logits) {
+                                                   int64_t left1, int64_t right1, int64_t left2, int64_t right2,
+                                                   double scale, c10::string_view logits) {
   TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, Nq, Hq, D], got rank ", q.dim());
   check_dtype(q);
   TORCH_CHECK(k1_cache.dim() == 4, "k1_cache must have rank 4 [B, C1, Hkv, D], got rank ", k1_cache.dim());
@@ -153,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at
   check_cache(v2_cache, "v2_cache", q, C2, Hkv);
   TORCH_CHECK(Hkv >= 1 && q.size(2) % Hkv == 0, "Hq (", q.size(2), ") must be a multiple of Hkv (", Hkv, ")");
   TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= 256, "head dim D must be in 1..256, got ", q.size(3));
-  const Problem p = make_decode_problem(q, cache_seqlens, w1, w2, scale, logits);
+  const Problem p = make_decode_problem(q, cache_seqlens, left1, right1, left2, right2, scale, logits);
   const int64_t B = q.size(0), Nq = q.size(1);
   if (B == 0 || Nq == 0) {
     return {at::empty(q.sizes(), q.options()),
@@ -164,8 +167,8 @@ std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at
   for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK(lens[b] >= 0, "cache_seqlens must be >= 0, got cache_seqlens[", b, "] = ", lens[b]);
   }
-  check_ring("k1_cache", C1, w1, Nq, lens, B);
-  check_ring("k2_cache", C2, w2, Nq, lens, B);
+  check_ring("k1_cache", C1, p.band1.width(), Nq, lens, B);
+  check_ring("k2_cache", C2, p.band2.width(), Nq, lens, B);
   return with_types(q.scalar_type(), [&]<typename T, typename S>() {
     return run_decode<T, S>(q, k1_cache, k2_cache, v1_cache, v2_cache, p);
   });

@@ -26,12 +26,12 @@ struct Range {
   int64_t size() const { return hi - lo; }
 };
 
-// The band of a window of width w around query i: positions i - L .. i + R (L + R + 1 = w).
-//   causal  L = w - 1, R = 0          centred  L = w / 2, R = w - 1 - w / 2
+// The band of a window around query i: positions i - L .. i + R, the kernels' copy of the
+// problem's Band (csrc/include/problem.h, which this torch-free header cannot include).
 struct Band {
   int64_t L, R;
+  int64_t width() const { return L + R + 1; }
 };
-inline Band band(int64_t w, bool causal) { return causal ? Band{w - 1, 0} : Band{w / 2, w - 1 - w / 2}; }
 
 // The positions of queries [i0, i1) and their band, clipped to the sequence `seq`. Both ends of
 // a query's window grow with i, so a single query is window(i, i + 1, ...).

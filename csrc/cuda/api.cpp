@@ -53,6 +53,28 @@ at::Tensor unit_stride_d(const at::Tensor& t) { return t.stride(3) == 1 ? t : t.
 cuda::TensorRef ref(const at::Tensor& t) { return {t.const_data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
 cuda::MutTensorRef mut_ref(at::Tensor& t) { return {t.mutable_data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
 
+// The five inputs of a call (q, k1, k2, v1, v2; the caches when decoding) with a unit stride on D:
+// a copy where a tensor lacks one, alive until the kernels are enqueued. pass_to gives their refs to
+// the kernels' arguments.
+struct Inputs {
+  at::Tensor q, k1, k2, v1, v2;
+  Inputs(const at::Tensor& q_, const at::Tensor& k1_, const at::Tensor& k2_, const at::Tensor& v1_,
+         const at::Tensor& v2_)
+      : q(unit_stride_d(q_)),
+        k1(unit_stride_d(k1_)),
+        k2(unit_stride_d(k2_)),
+        v1(unit_stride_d(v1_)),
+        v2(unit_stride_d(v2_)) {}
+  template <class Args>
+  void pass_to(Args& a) const {
+    a.q = ref(q);
+    a.k1 = ref(k1);
+    a.k2 = ref(k2);
+    a.v1 = ref(v1);
+    a.v2 = ref(v2);
+  }
+};
+
 cuda::Dims kernel_dims(const Dims& d) {
   return {static_cast<int>(d.B), static_cast<int>(d.N), static_cast<int>(d.Hq), static_cast<int>(d.Hkv),
           static_cast<int>(d.D)};
@@ -62,10 +84,15 @@ cuda::Dims kernel_dims(const Dims& d) {
 // is trusted to be what the public function validated (0 = cu[0] <= ... <= cu[S] = T, CONTRACT §6:
 // reading it here would synchronise), but the kernels clamp it to [0, T) and max_seqlen to what
 // they visit, so even a bad one cannot make them read or write outside the tensors.
+// The bands are clipped below N (< 2^30, check_cuda; decoding: 2^30, as cache positions are
+// int32), which keeps the kernels' 32-bit positions from overflowing for a direct call's huge band.
 cuda::ProblemDesc problem_desc(const Problem& p, const Dims& d) {
   cuda::ProblemDesc r{};
-  r.band1 = cuda::make_band(p.w1, d.N, p.causal);
-  r.band2 = cuda::make_band(p.w2, d.N, p.causal);
+  const int64_t span = p.decoding() ? int64_t{1} << 30 : d.N;
+  for (const auto& [band, out] : {std::pair{&p.band1, &r.band1}, std::pair{&p.band2, &r.band2}}) {
+    const Band c = band->clipped(span);
+    *out = {static_cast<int>(c.left), static_cast<int>(c.right)};
+  }
   r.scale = static_cast<float>(p.scale);
   r.determinant = p.logits == Logits::kDeterminant;
   if (p.packed()) {
@@ -85,15 +112,23 @@ cuda::ProblemDesc problem_desc(const Problem& p, const Dims& d) {
   return r;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q, const at::Tensor& k1,
-                                                            const at::Tensor& k2, const at::Tensor& v1,
-                                                            const at::Tensor& v2,
-                                                            const std::optional<at::Tensor>& cu_seqlens,
-                                                            int64_t max_seqlen, int64_t w1, int64_t w2, bool causal,
-                                                            double scale, c10::string_view logits) {
+// The fields every fwd / bwd call's arguments start with.
+template <class Args>
+Args call_args(cuda::DType dtype, const Problem& prob, const Dims& d) {
+  Args a{};
+  a.dtype = dtype;
+  a.dims = kernel_dims(d);
+  a.prob = problem_desc(prob, d);
+  return a;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(
+    const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1, const at::Tensor& v2,
+    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t left1, int64_t right1, int64_t left2,
+    int64_t right2, double scale, c10::string_view logits) {
   TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
-  const Problem prob = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
-  const Dims d = check_inputs(q, k1, k2, v1, v2, prob.w1, prob.w2);
+  const Problem prob = make_problem(q, cu_seqlens, max_seqlen, left1, right1, left2, right2, scale, logits);
+  const Dims d = check_inputs(q, k1, k2, v1, v2);
   check_cuda(q, d);
   const cuda::DType dtype = kernel_dtype(q);
   const c10::cuda::CUDAGuard guard(q.device());
@@ -102,17 +137,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q,
   at::Tensor lse_lo = at::empty({d.B, d.Hq, d.N}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse, lse_lo};
 
-  const at::Tensor qc = unit_stride_d(q), k1c = unit_stride_d(k1), k2c = unit_stride_d(k2);
-  const at::Tensor v1c = unit_stride_d(v1), v2c = unit_stride_d(v2);
-  cuda::FwdArgs args{};
-  args.dtype = dtype;
-  args.dims = kernel_dims(d);
-  args.prob = problem_desc(prob, d);
-  args.q = ref(qc);
-  args.k1 = ref(k1c);
-  args.k2 = ref(k2c);
-  args.v1 = ref(v1c);
-  args.v2 = ref(v2c);
+  const Inputs in(q, k1, k2, v1, v2);
+  auto args = call_args<cuda::FwdArgs>(dtype, prob, d);
+  in.pass_to(args);
   args.out = mut_ref(out);
   args.lse = lse.mutable_data_ptr<float>();
   args.lse_lo = lse_lo.mutable_data_ptr<float>();
@@ -123,11 +150,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_fwd_op(const at::Tensor& q,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd_op(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1,
     const at::Tensor& v2, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& lse_lo,
-    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t w1, int64_t w2, bool causal, double scale,
-    c10::string_view logits) {
+    const std::optional<at::Tensor>& cu_seqlens, int64_t max_seqlen, int64_t left1, int64_t right1, int64_t left2,
+    int64_t right2, double scale, c10::string_view logits) {
   TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
-  const Problem prob = make_problem(q, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits);
-  const Dims d = check_inputs(q, k1, k2, v1, v2, prob.w1, prob.w2);
+  const Problem prob = make_problem(q, cu_seqlens, max_seqlen, left1, right1, left2, right2, scale, logits);
+  const Dims d = check_inputs(q, k1, k2, v1, v2);
   check_grad_inputs(d, q, dout, out, lse);
   SA_CHECK_DEVICE(lse_lo, q.device());
   SA_CHECK_DTYPE(lse_lo, lse.scalar_type());
@@ -140,20 +167,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd
   at::Tensor dv1 = at::empty(v1.sizes(), v1.options()), dv2 = at::empty(v2.sizes(), v2.options());
   if (dq.numel() == 0) return {dq, dk1, dk2, dv1, dv2};
 
-  const at::Tensor doc = unit_stride_d(dout), qc = unit_stride_d(q), k1c = unit_stride_d(k1);
-  const at::Tensor k2c = unit_stride_d(k2), v1c = unit_stride_d(v1), v2c = unit_stride_d(v2);
-  const at::Tensor outc = unit_stride_d(out), lsec = lse.contiguous(), lse_loc = lse_lo.contiguous();
+  const Inputs in(q, k1, k2, v1, v2);
+  const at::Tensor doc = unit_stride_d(dout), outc = unit_stride_d(out);
+  const at::Tensor lsec = lse.contiguous(), lse_loc = lse_lo.contiguous();
   at::Tensor delta = at::empty({d.B, d.Hq, d.N}, q.options().dtype(at::kFloat));
-  cuda::BwdArgs args{};
-  args.dtype = dtype;
-  args.dims = kernel_dims(d);
-  args.prob = problem_desc(prob, d);
+  auto args = call_args<cuda::BwdArgs>(dtype, prob, d);
+  in.pass_to(args);
   args.dout = ref(doc);
-  args.q = ref(qc);
-  args.k1 = ref(k1c);
-  args.k2 = ref(k2c);
-  args.v1 = ref(v1c);
-  args.v2 = ref(v2c);
   args.out = ref(outc);
   args.lse = lsec.const_data_ptr<float>();
   args.lse_lo = lse_loc.const_data_ptr<float>();
@@ -181,9 +201,10 @@ void check_cache(const at::Tensor& c, const char* name, const at::Tensor& q, int
 std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at::Tensor& k1_cache,
                                                    const at::Tensor& k2_cache, const at::Tensor& v1_cache,
                                                    const at::Tensor& v2_cache, const at::Tensor& cache_seqlens,
-                                                   int64_t w1, int64_t w2, double scale, c10::string_view logits) {
+                                                   int64_t left1, int64_t right1, int64_t left2, int64_t right2,
+                                                   double scale, c10::string_view logits) {
   TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, Nq, Hq, D], got rank ", q.dim());
-  const Problem prob = make_decode_problem(q, cache_seqlens, w1, w2, scale, logits);
+  const Problem prob = make_decode_problem(q, cache_seqlens, left1, right1, left2, right2, scale, logits);
   TORCH_CHECK(k1_cache.dim() == 4, "k1_cache must have rank 4 [B, C1, Hkv, D], got rank ", k1_cache.dim());
   const int64_t B = q.size(0), Nq = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k1_cache.size(2);
   for (const auto& [c, name] : {std::pair{&k1_cache, "k1_cache"}, std::pair{&k2_cache, "k2_cache"},
@@ -203,10 +224,10 @@ std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at
   at::Tensor lse = at::empty({B, Hq, Nq}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};
 
-  const int splits = cuda::decode_splits(prob.w1);
+  const cuda::ProblemDesc desc = problem_desc(prob, Dims{B, Nq, Hq, Hkv, D});
+  const int splits = cuda::decode_splits(desc.band1);
   at::Tensor workspace = at::empty({cuda::decode_workspace_floats(B * Nq * Hq, splits, D)}, lse.options());
-  const at::Tensor qc = unit_stride_d(q), k1c = unit_stride_d(k1_cache), k2c = unit_stride_d(k2_cache);
-  const at::Tensor v1c = unit_stride_d(v1_cache), v2c = unit_stride_d(v2_cache);
+  const Inputs in(q, k1_cache, k2_cache, v1_cache, v2_cache);
   cuda::DecodeArgs args{};
   args.dtype = dtype;
   args.B = static_cast<int>(B);
@@ -216,16 +237,9 @@ std::tuple<at::Tensor, at::Tensor> fused_decode_op(const at::Tensor& q, const at
   args.D = static_cast<int>(D);
   args.C1 = static_cast<int>(k1_cache.size(1));
   args.C2 = static_cast<int>(k2_cache.size(1));
-  args.w1 = static_cast<int>(std::min<int64_t>(prob.w1, int64_t{1} << 30));
-  args.w2 = static_cast<int>(std::min<int64_t>(prob.w2, int64_t{1} << 30));
-  args.scale = static_cast<float>(prob.scale);
-  args.determinant = prob.logits == Logits::kDeterminant;
+  args.prob = desc;
   args.cache_seqlens = prob.cache_seqlens.const_data_ptr<int>();
-  args.q = ref(qc);
-  args.k1 = ref(k1c);
-  args.k2 = ref(k2c);
-  args.v1 = ref(v1c);
-  args.v2 = ref(v2c);
+  in.pass_to(args);
   args.out = mut_ref(out);
   args.lse = lse.mutable_data_ptr<float>();
   args.workspace = workspace.mutable_data_ptr<float>();

@@ -22,8 +22,10 @@
 // products must be rebuilt for every u anyway, which dominates.
 #pragma once
 
+#include "cross.cuh"
+#include "fragments.cuh"
+#include "key_tile.cuh"
 #include "numerics.cuh"
-#include "tile.cuh"
 
 namespace simplicial_attn::cuda {
 
@@ -44,16 +46,8 @@ struct Dkv1Config {
   static_assert(kSmemBytes <= kSmemLimit, "dk1/dv1 tiles exceed the shared memory of an sm_86 block");
 };
 
-struct Dkv1KernelParams {
-  TensorRef q, dout, k1, k2, v1, v2;
+struct Dkv1KernelParams : TileParams, GradInputs {
   MutTensorRef dk1, dv1;
-  const float* lse;     // [B, Hq, N], natural log
-  const float* lse_lo;  // [B, Hq, N]
-  const float* delta;   // [B, Hq, N]
-  int N, Hq, group, D;
-  ProblemDesc prob;
-  int pos_tiles;  // ceil(max sequence length / kRows)
-  bool vec;
 };
 
 template <class T, class Cfg>
@@ -63,24 +57,19 @@ dkv1_kernel(const Dkv1KernelParams p) {
   constexpr int kThreads = Cfg::kThreads;
   using TileT = Tile<T, DP>;
 
-  // ---- The CTA's tile: grid.x = (sequence, tile of j positions [j0, j0 + BM)), grid.y = kv head,
-  // grid.z = output columns [col0, col0 + DO).
-  const SeqSpan seq = seq_span(p.prob, p.N, block_x() / p.pos_tiles);
-  const int g = block_y();
-  const int N = seq.len, D = p.D, col0 = block_z() * DO;
-  const int j0 = (block_x() % p.pos_tiles) * BM, j_last = imin(j0 + BM - 1, N - 1);
-  SA_PATH(j0 >= N, "tile: past the sequence's end");
-  if (j0 >= N) return;  // the whole CTA, before any barrier
+  // ---- The CTA's tile: j positions [tile.r0, tile.r_last] of kv head tile.g (key_tile.cuh).
+  const KeyTile tile = key_tile<BM, DO>(p);
+  if (tile.past_end()) return;  // the whole CTA, before any barrier
+  const int N = tile.seq.len, D = p.D;
   const bool det = p.prob.determinant;
-  SA_PATH(col0 > 0, "output: second column half");
-  SA_PATH(det, "logits: determinant");
-  const int L1 = p.prob.band1.left, R1 = p.prob.band1.right, L2 = p.prob.band2.left, R2 = p.prob.band2.right;
-  SA_PATH(j0 + BM > N, "tile: last partial position tile");
-  // Queries i whose k1 window holds some j of the tile: i - L1 <= j <= i + R1.
-  const int i_lo = imax(0, j0 - R1), i_hi = imin(N - 1, j_last + L1);
+  const int L1 = p.prob.band1.left, R1 = p.prob.band1.right;
+  // Queries i whose k1 window holds some j of the tile, and their offsets u = i - k in the k2 band
+  // with some k in [0, N).
+  const Span queries = band_union(band_reverse(p.prob.band1), tile.r0, tile.r_last, N);
+  const int i_lo = queries.lo, i_hi = queries.hi;
   const int n_iblocks = ceil_div(i_hi - i_lo + 1, BI);
-  // Offsets u = i - k in the k2 band with some k in [0, N).
-  const int u_lo = imax(-R2, i_lo - (N - 1)), u_hi = imin(L2, i_hi);
+  const Span offsets = offset_span(p.prob.band2, i_lo, i_hi, N);
+  const int u_lo = offsets.lo, u_hi = offsets.hi;
   const int n_chunks = ceil_div(u_hi - u_lo + 1, CU);
 
   // ---- Shared memory. Owners and barriers:
@@ -104,53 +93,19 @@ dkv1_kernel(const Dkv1KernelParams p) {
   float* const slse_lo = carver.take<float>(BI);  // lse_lo of the block's queries
   float* const sdel = carver.take<float>(BI);     // Delta of the block's queries
 
-  auto key_rows = [=](const TensorRef& t) {
-    return [=](int r) -> const T* { return j0 + r < N ? row_ptr<T>(t, seq, j0 + r, g) : nullptr; };
-  };
-  auto load_query_block = [&](int h, int i0) {
-    auto src = [=](const TensorRef& t) {
-      return [=](int r) -> const T* { return i0 + r <= i_hi ? row_ptr<T>(t, seq, i0 + r, h) : nullptr; };
-    };
-    load_tile<kThreads>(sq, BI, D, p.vec, p.q.ptr, src(p.q));
-    load_tile<kThreads>(sdo, BI, D, p.vec, p.dout.ptr, src(p.dout));
-    for (int r = thread_id(); r < BI; r += kThreads) {
-      const bool in = i0 + r <= i_hi;
-      const int64_t stat = in ? stat_index(seq, p.Hq, p.N, h, i0 + r) : 0;
-      sstore(slse + r, in ? gload(p.lse + stat) : 0.f);
-      sstore(slse_lo + r, in ? gload(p.lse_lo + stat) : 0.f);
-      sstore(sdel + r, in ? gload(p.delta + stat) : 0.f);
-    }
-  };
-  // Region of chunk [c_lo, c_hi] for the block at i0: k2/v2 rows at positions i0 - c_hi + r.
-  auto load_region = [&](int i0, int c_lo, int c_hi) {
-    const int base = i0 - c_hi, rows = BI + c_hi - c_lo;
-    auto src = [=](const TensorRef& t) {
-      return [=](int r) -> const T* {
-        const int k = base + r;
-        return (k >= 0 && k < N) ? row_ptr<T>(t, seq, k, g) : nullptr;
-      };
-    };
-    load_tile<kThreads>(sk2, rows, D, p.vec, p.k2.ptr, src(p.k2));
-    load_tile<kThreads>(sv2, rows, D, p.vec, p.v2.ptr, src(p.v2));
-  };
-
   // ---- This lane's two rows (j positions) and its ldmatrix row.
   const int warp_row0 = 16 * warp_id(), g4 = lane_id() >> 2;
   const int a_row = warp_row0 + (lane_id() & 15);
-  int my_j[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) my_j[h] = j0 + warp_row0 + g4 + 8 * h;
+  const int my_row[2] = {warp_row0 + g4, warp_row0 + g4 + 8};
+  const int my_j[2] = {tile.r0 + my_row[0], tile.r0 + my_row[1]};
 
   float acc_k[DO / 8][4], acc_v[DO / 8][4];
-#pragma unroll
-  for (int nt = 0; nt < DO / 8; ++nt)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc_k[nt][i] = acc_v[nt][i] = 0.f;
+  zero_acc(acc_k);
+  zero_acc(acc_v);
 
-  load_tile<kThreads>(sk1, BM, D, p.vec, p.k1.ptr, key_rows(p.k1));
-  load_tile<kThreads>(sv1, BM, D, p.vec, p.v1.ptr, key_rows(p.v1));
+  load_own_rows<kThreads>(sk1, sv1, p.k1, p.v1, tile, BM, D, p.vec);
   for (int hh = 0; hh < p.group; ++hh) {
-    const int h = g * p.group + hh;
+    const int h = tile.g * p.group + hh;
     for (int ib = 0; ib < n_iblocks; ++ib) {
       const int i0 = i_lo + ib * BI;
       for (int c = 0; c < n_chunks; ++c) {
@@ -158,8 +113,10 @@ dkv1_kernel(const Dkv1KernelParams p) {
         SA_PATH(hh > 0 && ib == 0 && c == 0, "loop: next query head");
         SA_PATH(ib > 0 && c == 0, "loop: next query block");
         SA_PATH(c > 0, "loop: next u chunk");
-        if (c == 0) load_query_block(h, i0);
-        load_region(i0, c_lo, c_hi);
+        if (c == 0) load_query_rows<kThreads>(p, tile.seq, h, i0, BI, Span{i0, i_hi}, sq, sdo, slse, slse_lo, sdel);
+        // The region of the chunk for the block at i0: k2/v2 rows at positions i0 - c_hi + r.
+        load_row_pair<kThreads>(sk2, sv2, p.k2, p.v2, tile.seq, tile.g, i0 - c_hi, BI + c_hi - c_lo, Span{0, N - 1}, D,
+                                p.vec);
         cp_async_commit();
         cp_async_wait<0>();
         cta_sync();  // [L]: k1/v1 rows, the query block and the region are visible
@@ -178,10 +135,8 @@ dkv1_kernel(const Dkv1KernelParams p) {
 
           // S^T = k1_tile @ aq^T and dP^T = v1_tile @ bdo^T: [16 j rows, BI queries] per warp.
           float s[BI / 8][4], dp[BI / 8][4];
-#pragma unroll
-          for (int nt = 0; nt < BI / 8; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) s[nt][i] = dp[nt][i] = 0.f;
+          zero_acc(s);
+          zero_acc(dp);
 #pragma unroll 2
           for (int kt = 0; kt < DP / 16; ++kt) {
             uint32_t a[4], e[4];
@@ -224,10 +179,10 @@ dkv1_kernel(const Dkv1KernelParams p) {
 #pragma unroll
             for (int nt = 0; nt < DO / 8; nt += 2) {
               uint32_t b0[2], b1[2];
-              ldsm_b_kmajor(b0, b1, saq, kk * 16, col0 + nt * 8);
+              ldsm_b_kmajor(b0, b1, saq, kk * 16, tile.col0 + nt * 8);
               mma_acc<T>(acc_k[nt], da, b0);
               mma_acc<T>(acc_k[nt + 1], da, b1);
-              ldsm_b_kmajor(b0, b1, sbdo, kk * 16, col0 + nt * 8);
+              ldsm_b_kmajor(b0, b1, sbdo, kk * 16, tile.col0 + nt * 8);
               mma_acc<T>(acc_v[nt], pa, b0);
               mma_acc<T>(acc_v[nt + 1], pa, b1);
             }
@@ -239,16 +194,7 @@ dkv1_kernel(const Dkv1KernelParams p) {
     }
   }
 
-  T* dk_row[2];
-  T* dv_row[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    dk_row[h] = my_j[h] < N ? row_ptr<T>(p.dk1, seq, my_j[h], g) : nullptr;
-    dv_row[h] = my_j[h] < N ? row_ptr<T>(p.dv1, seq, my_j[h], g) : nullptr;
-  }
-  const float scale_k[2] = {p.prob.scale, p.prob.scale}, one[2] = {1.f, 1.f};
-  store_acc_rows<T>(acc_k, dk_row, scale_k, col0, D);
-  store_acc_rows<T>(acc_v, dv_row, one, col0, D);
+  store_key_grads<T>(acc_k, acc_v, p.dk1, p.dv1, tile, my_row, p.prob.scale, D);
 }
 
 }  // namespace simplicial_attn::cuda

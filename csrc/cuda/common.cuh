@@ -62,6 +62,10 @@ namespace simplicial_attn::cuda {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+SA_DEV int ceil_div(int a, int b) { return (a + b - 1) / b; }
+SA_DEV int imin(int a, int b) { return a < b ? a : b; }
+SA_DEV int imax(int a, int b) { return a > b ? a : b; }
+
 // ---------------------------------------------------------------------------------------------
 // Thread identity and barriers.
 

@@ -9,8 +9,9 @@
 //                          out = sum acc_s e^(m_s - M) / L, lse = M + ln L
 //
 // Query row (b, t, h) sits at position P = cache_seqlens[b] + t; position j lives in slot j % C1 of
-// the k1 / v1 caches, k in slot k % C2 of k2 / v2. The logits are the SIMT kernels' (Logit in
-// simt_kernels.cuh: trilinear or determinant), from 16-bit or fp32 inputs converted on load. No
+// the k1 / v1 caches, k in slot k % C2 of k2 / v2 (RingKeys, addressing.cuh). A split runs the
+// float32 forward's loop (attend_row in simt_kernels.cuh: the same logits, trilinear or
+// determinant, and online softmax) over the ring, from 16-bit or fp32 inputs converted on load. No
 // host synchronisation and a workspace sized from shapes alone (decode_workspace_floats), so a
 // decode step can be captured in a CUDA graph.
 #pragma once
@@ -34,32 +35,9 @@ struct DecodeParams {
   const int* cache_seqlens;  // [B]
   float* partial_acc;        // [rows, splits, D]
   float* partial_ml;         // [rows, splits, 2]: m, l
-  int B, Nq, Hq, group, D, C1, C2, w1, w2, splits;
-  float scale;
-  bool determinant;
+  int B, Nq, Hq, group, D, C1, C2, splits;
+  ProblemDesc prob;  // causal bands: j in [P - band1.left, P], k in [P - band2.left, P]
 };
-
-// One D-vector of a warp from a row of T (lane holds d = lane + 32 t), optionally at the permuted
-// channels of d's chunk (perm 1: s(d), 2: s(s(d))), in fp32.
-template <class T, int K>
-SA_DEV void load_row(float (&v)[K], const T* row, int D, int perm = 0) {
-#pragma unroll
-  for (int t = 0; t < K; ++t) {
-    const int d = lane_id() + 32 * t;
-    const int src = perm == 0 ? d : (perm == 1 ? chunk_next(d) : chunk_prev(d));
-    v[t] = d < D ? Elem<T>::to_float(gload(row + src)) : 0.f;
-  }
-}
-
-template <class T, int K>
-SA_DEV void load_key(KeyRow<K>& key, const T* row, int D, bool det) {
-  if (det) {
-    load_row<T>(key.s, row, D, 1);
-    load_row<T>(key.ss, row, D, 2);
-  } else {
-    load_row<T>(key.v, row, D);
-  }
-}
 
 // The warp's query row (b, t, h), row = (b * Nq + t) * Hq + h, and its position.
 struct DecodeRow {
@@ -87,41 +65,22 @@ decode_split_kernel(const DecodeParams p) {
   const int split = static_cast<int>(item % p.splits);
   const DecodeRow r = decode_row(p, row);
   const int g = r.h / p.group, D = p.D;
-  const bool det = p.determinant;
+  const bool det = p.prob.determinant;
   SA_PATH(det, "logits: determinant");
   SA_PATH(p.group > 1, "tile: GQA group > 1");
   SA_PATH(p.splits > 1, "decode: several splits");
-  // This split's positions j (the window [pos - w1 + 1, pos] cut into splits, those >= 0) and k.
-  const int per = (p.w1 + p.splits - 1) / p.splits, first = r.pos - p.w1 + 1;
+  // This split's positions j (the window [pos - left1, pos] cut into splits, those >= 0) and k.
+  const int w1 = p.prob.band1.left + 1;
+  const int per = (w1 + p.splits - 1) / p.splits, first = r.pos - p.prob.band1.left;
   const int j_lo = imax(0, first + split * per), j_hi = imin(r.pos, first + (split + 1) * per - 1);
-  const int k_lo = imax(0, r.pos - p.w2 + 1), k_hi = r.pos;
+  const int k_lo = imax(0, r.pos - p.prob.band2.left), k_hi = r.pos;
   SA_PATH(j_lo > j_hi, "decode: split before the sequence's start");
   SA_PATH(j_hi >= p.C1 || k_hi >= p.C2, "decode: the ring wraps");
 
-  float q[K], v1[K], v2[K], acc[K];
-  KeyRow<K> k1, k2;
-  load_row<T>(q, row_ptr<T>(p.q, r.b, r.t, r.h), D);
-  for (int t = 0; t < K; ++t) acc[t] = 0.f;
-  float m = -__builtin_huge_valf(), l = 0.f;
-  for (int j = j_lo; j <= j_hi; ++j) {
-    load_key<T>(k1, row_ptr<T>(p.k1, r.b, j % p.C1, g), D, det);
-    load_row<T>(v1, row_ptr<T>(p.v1, r.b, j % p.C1, g), D);
-    const Logit<K> qk1(q, k1, det);
-    for (int k = k_lo; k <= k_hi; ++k) {
-      load_key<T>(k2, row_ptr<T>(p.k2, r.b, k % p.C2, g), D, det);
-      const float s = logit(qk1.with(k2), p.scale);
-      if (s > m) {  // new running max: rescale what was summed so far
-        const float alpha = exp_shifted(m, s);
-        l *= alpha;
-        for (int t = 0; t < K; ++t) acc[t] *= alpha;
-        m = s;
-      }
-      const float w = exp_shifted(s, m);
-      l += w;
-      load_row<T>(v2, row_ptr<T>(p.v2, r.b, k % p.C2, g), D);
-      for (int t = 0; t < K; ++t) acc[t] += w * v1[t] * v2[t];
-    }
-  }
+  float q[K], acc[K], m, l;
+  load_vec(q, row_ptr<T>(p.q, r.b, r.t, r.h), D);
+  attend_row<T>(acc, m, l, q, Span{j_lo, j_hi}, Span{k_lo, k_hi}, RingKeys<T>{p.k1, p.v1, r.b, g, p.C1},
+                RingKeys<T>{p.k2, p.v2, r.b, g, p.C2}, D, det, p.prob.scale);
   float* out_acc = p.partial_acc + item * D;
 #pragma unroll
   for (int t = 0; t < K; ++t) {

@@ -2,7 +2,7 @@
 // per row, written to a contiguous [B, Hq, N] float32 workspace that every backward kernel reads.
 #pragma once
 
-#include "tile.cuh"
+#include "addressing.cuh"
 
 namespace simplicial_attn::cuda {
 

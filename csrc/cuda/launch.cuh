@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "params.h"
 
@@ -84,6 +85,72 @@ inline int heads_per_tile(int group, int rows) {
   int heads = 1;
   while (heads < group && heads < rows) heads *= 2;
   return heads;
+}
+
+// The call with (k1, v1, w1) and (k2, v2, w2) exchanged when keys_swapped says so: the same math
+// (with_keys_swapped), with the offset loops over the smaller window. BwdArgs exchange the key
+// gradients with them.
+inline FwdArgs with_smaller_window_second(FwdArgs a) {
+  if (keys_swapped(a.prob.band1, a.prob.band2)) {
+    std::swap(a.k1, a.k2);
+    std::swap(a.v1, a.v2);
+    a.prob = with_keys_swapped(a.prob);
+  }
+  return a;
+}
+inline BwdArgs with_smaller_window_second(BwdArgs a) {
+  if (keys_swapped(a.prob.band1, a.prob.band2)) {
+    std::swap(a.k1, a.k2);
+    std::swap(a.v1, a.v2);
+    std::swap(a.dk1, a.dk2);
+    std::swap(a.dv1, a.dv2);
+    a.prob = with_keys_swapped(a.prob);
+  }
+  return a;
+}
+
+// Passes the five inputs of a call (q, k1, k2, v1, v2) on to a kernel's parameters.
+template <class Params, class Args>
+void set_inputs(Params& p, const Args& a) {
+  p.q = a.q;
+  p.k1 = a.k1;
+  p.k2 = a.k2;
+  p.v1 = a.v1;
+  p.v2 = a.v2;
+}
+
+// The TileParams fields of a call (already with_smaller_window_second) for 16-bit elements of
+// `elem_bytes` bytes; pos_tiles is the planner's (plan_query_tiles / plan_key_tiles).
+template <class Args>
+void set_tile_params(TileParams& p, const Args& a, int elem_bytes) {
+  set_inputs(p, a);
+  p.N = a.dims.N;
+  p.Hq = a.dims.Hq;
+  p.group = a.dims.Hq / a.dims.Hkv;
+  p.D = a.dims.D;
+  p.prob = a.prob;
+  p.vec = a.dims.D % 8 == 0;
+  for (const TensorRef* t : {&a.q, &a.k1, &a.k2, &a.v1, &a.v2}) p.vec = p.vec && rows_16b_aligned(*t, elem_bytes);
+}
+
+// Query tiles (fwd, dq) of Cfg::kRows rows: head packing or sequence tiling (heads_per_tile), and
+// the grid: (sequence, position tile) x (kv head, head block) x output column blocks.
+template <class Cfg>
+Grid plan_query_tiles(QueryTileParams& p, const Dims& d, const ProblemDesc& prob) {
+  const int heads = heads_per_tile(p.group, Cfg::kRows);
+  p.log2_heads = log2_floor(heads);
+  p.head_blocks = static_cast<int>(ceil_div64(p.group, heads));
+  p.pos_tiles = static_cast<int>(ceil_div64(prob.max_seqlen, Cfg::kRows / heads));
+  return Grid{static_cast<int64_t>(p.pos_tiles) * prob.num_seqs, static_cast<int64_t>(d.Hkv) * p.head_blocks,
+              Cfg::kHeadDim / Cfg::kOutCols};
+}
+
+// Key tiles (dk1/dv1, dk2/dv2) of Cfg::kRows positions: (sequence, position tile) x kv head x
+// output column blocks.
+template <class Cfg>
+Grid plan_key_tiles(TileParams& p, const Dims& d, const ProblemDesc& prob) {
+  p.pos_tiles = static_cast<int>(ceil_div64(prob.max_seqlen, Cfg::kRows));
+  return Grid{static_cast<int64_t>(p.pos_tiles) * prob.num_seqs, d.Hkv, Cfg::kHeadDim / Cfg::kOutCols};
 }
 
 }  // namespace simplicial_attn::cuda

@@ -11,11 +11,7 @@ template <class T, int DP>
 void launch_decode(const DecodeArgs& a, cudaStream_t stream) {
   using Cfg = DecodeConfig<DP>;
   DecodeParams p;
-  p.q = a.q;
-  p.k1 = a.k1;
-  p.k2 = a.k2;
-  p.v1 = a.v1;
-  p.v2 = a.v2;
+  set_inputs(p, a);
   p.out = a.out;
   p.lse = a.lse;
   p.cache_seqlens = a.cache_seqlens;
@@ -26,11 +22,8 @@ void launch_decode(const DecodeArgs& a, cudaStream_t stream) {
   p.D = a.D;
   p.C1 = a.C1;
   p.C2 = a.C2;
-  p.w1 = a.w1;
-  p.w2 = a.w2;
-  p.splits = decode_splits(a.w1);
-  p.scale = a.scale;
-  p.determinant = a.determinant;
+  p.prob = a.prob;
+  p.splits = decode_splits(a.prob.band1);
   const int64_t rows = static_cast<int64_t>(a.B) * a.Nq * a.Hq;
   p.partial_acc = a.workspace;
   p.partial_ml = a.workspace + rows * p.splits * a.D;

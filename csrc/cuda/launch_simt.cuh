@@ -8,27 +8,24 @@
 
 namespace simplicial_attn::cuda {
 
-inline SimtParams simt_params(const Dims& d, const ProblemDesc& prob) {
+template <class Args>
+SimtParams simt_params(const Args& a) {
   SimtParams p{};
-  p.B = d.B;
-  p.N = d.N;
-  p.Hq = d.Hq;
-  p.Hkv = d.Hkv;
-  p.group = d.Hq / d.Hkv;
-  p.D = d.D;
-  p.prob = prob;
+  set_inputs(p, a);
+  p.B = a.dims.B;
+  p.N = a.dims.N;
+  p.Hq = a.dims.Hq;
+  p.Hkv = a.dims.Hkv;
+  p.group = a.dims.Hq / a.dims.Hkv;
+  p.D = a.dims.D;
+  p.prob = a.prob;
   return p;
 }
 
 template <int DP>
 void launch_fwd_simt(const FwdArgs& a, cudaStream_t stream) {
   using Cfg = SimtConfig<DP>;
-  SimtParams p = simt_params(a.dims, a.prob);
-  p.q = a.q;
-  p.k1 = a.k1;
-  p.k2 = a.k2;
-  p.v1 = a.v1;
-  p.v2 = a.v2;
+  SimtParams p = simt_params(a);
   p.out = a.out;
   p.lse = a.lse;
   p.lse_lo = a.lse_lo;
@@ -45,13 +42,8 @@ template <int DP>
 void launch_bwd_simt(const BwdArgs& a, cudaStream_t stream) {
   using Cfg = SimtConfig<DP>;
   launch_delta<float>(a, stream);
-  SimtParams p = simt_params(a.dims, a.prob);
-  p.q = a.q;
+  SimtParams p = simt_params(a);
   p.dout = a.dout;
-  p.k1 = a.k1;
-  p.k2 = a.k2;
-  p.v1 = a.v1;
-  p.v2 = a.v2;
   p.lse = const_cast<float*>(a.lse);  // read-only in the backward kernels
   p.lse_lo = const_cast<float*>(a.lse_lo);
   p.delta = a.delta;

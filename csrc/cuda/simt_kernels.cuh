@@ -18,8 +18,11 @@
 // bits), so the branches below are warp-uniform. There is no shared memory and no barrier.
 #pragma once
 
+#include "addressing.cuh"
+#include "cross.cuh"
+#include "mask.cuh"
 #include "numerics.cuh"
-#include "tile.cuh"
+#include "seqlen.cuh"
 
 namespace simplicial_attn::cuda {
 
@@ -41,16 +44,16 @@ struct SimtParams {
   bool second;  // dkv kernel: the rows are key 2's (k2, v2), not key 1's
 };
 
-// One D-vector of a warp: lane holds elements d = lane + 32 t, t < K (zero for d >= D); with
-// `perm` (1: s(d), 2: s(s(d))) the element at the permuted channel of d's chunk.
-template <int K>
-SA_DEV void load_vec(float (&v)[K], const float* row, int D, int perm = 0) {
+// One D-vector of a warp from a row of T: lane holds elements d = lane + 32 t, t < K (zero for
+// d >= D), in fp32; with `perm` (1: s(d), 2: s(s(d))) the element at the permuted channel of d's
+// chunk.
+template <class T, int K>
+SA_DEV void load_vec(float (&v)[K], const T* row, int D, int perm = 0) {
 #pragma unroll
   for (int t = 0; t < K; ++t) {
     const int d = lane_id() + 32 * t;
-    SA_PATH(d >= D, "lanes past D");
     const int src = perm == 0 ? d : (perm == 1 ? chunk_next(d) : chunk_prev(d));
-    v[t] = d < D ? gload(row + src) : 0.f;
+    v[t] = d < D ? Elem<T>::to_float(gload(row + src)) : 0.f;
   }
 }
 
@@ -68,7 +71,8 @@ SA_DEV void store_vec(float* row, const float (&v)[K], float scale, int D) {
 template <int K>
 struct KeyRow {
   float v[K], s[K], ss[K];
-  SA_DEV void load(const float* row, int D, bool det) {
+  template <class T>
+  SA_DEV void load(const T* row, int D, bool det) {
     if (det) {
       load_vec(s, row, D, 1);
       load_vec(ss, row, D, 2);
@@ -107,8 +111,7 @@ SA_DEV float logit_grad(const KeyRow<K>& x, const KeyRow<K>& y, int t, bool det)
   return det ? x.s[t] * y.ss[t] - x.ss[t] * y.s[t] : x.v[t] * y.v[t];
 }
 
-// The warp's output row: (b, h, i) of a [B, H, N] index space, or (b, g, j) of [B, Hkv, N], and the
-// sequence holding it (position i - seq.row0 of it).
+// The warp's output row: (b, h, i) of a [B, H, N] index space, or (b, g, j) of [B, Hkv, N].
 struct WarpRow {
   int b, h, i;
   bool ok;
@@ -126,39 +129,54 @@ SA_DEV WarpRow warp_row(int H, int N, int B) {
   return r;
 }
 
-// Positions [lo, hi] of a band around position i, clipped to a sequence of `len` positions.
-struct Span {
-  int lo, hi;
+// The query row of a fwd / dq warp: query head h (of kv head g) at position i of sequence seq,
+// and its windows J (k1/v1) and Kw (k2/v2). ok == false: a warp past the last row, which returns
+// at once (no barrier or collective follows for it).
+struct QueryRow {
+  SeqSpan seq;
+  int h, i, g;
+  Span J, Kw;
+  bool ok;
 };
-SA_DEV Span band_span(const Band& band, int i, int len) {
-  return Span{imax(0, i - band.left), imin(len - 1, i + band.right)};
-}
 
 template <class Cfg>
-SA_GLOBAL(Cfg::kThreads)
-fwd_simt_kernel(const SimtParams p) {
-  constexpr int K = Cfg::kPerLane;
+SA_DEV QueryRow query_row(const SimtParams& p) {
   const WarpRow wr = warp_row<Cfg::kWarps>(p.Hq, p.N, p.B);
-  if (!wr.ok) return;  // whole warp: no barrier or collective follows for it
+  QueryRow r{};
+  r.ok = wr.ok;
+  if (!wr.ok) return r;
   SA_PATH(p.group > 1, "tile: GQA group > 1");
-  const SeqSpan seq = seq_of_row(p.prob, p.N, wr.b, wr.i);
-  const bool det = p.prob.determinant;
-  SA_PATH(det, "logits: determinant");
-  const int h = wr.h, i = wr.i - seq.row0, g = h / p.group, D = p.D;
-  const Span J = band_span(p.prob.band1, i, seq.len), Kw = band_span(p.prob.band2, i, seq.len);
+  SA_PATH(p.D < 32 * Cfg::kPerLane, "lanes past D");
+  SA_PATH(p.prob.determinant, "logits: determinant");
+  r.seq = seq_of_row(p.prob, p.N, wr.b, wr.i);
+  r.h = wr.h;
+  r.i = wr.i - r.seq.row0;
+  r.g = r.h / p.group;
+  r.J = band_span(p.prob.band1, r.i, r.seq.len);
+  r.Kw = band_span(p.prob.band2, r.i, r.seq.len);
+  return r;
+}
 
-  float q[K], v1[K], v2[K], acc[K];
+// The forward of one query row q (a warp's D-vector) over k1/v1 positions j in J and k2/v2
+// positions k in Kw (keys1 / keys2: where those rows are, addressing.cuh): an online softmax of
+// the logits in visiting order, so acc = sum_jk exp(z_jk - m) v1_j ⊙ v2_k and l = sum_jk
+// exp(z_jk - m) with m the running max (m = -inf, l = 0 and acc = 0 when no pair is visited).
+// Shared by fwd_simt_kernel and the decode kernel (decode_kernel.cuh).
+template <class T, int K, class Keys1, class Keys2>
+SA_DEV void attend_row(float (&acc)[K], float& m, float& l, const float (&q)[K], Span J, Span Kw, const Keys1& keys1,
+                       const Keys2& keys2, int D, bool det, float scale SA_SITE_ARG) {
+  float v1[K], v2[K];
   KeyRow<K> k1, k2;
-  load_vec(q, row_ptr<float>(p.q, seq, i, h), D);
   for (int t = 0; t < K; ++t) acc[t] = 0.f;
-  float m = -__builtin_huge_valf(), l = 0.f;
+  m = -__builtin_huge_valf();
+  l = 0.f;
   for (int j = J.lo; j <= J.hi; ++j) {
-    k1.load(row_ptr<float>(p.k1, seq, j, g), D, det);
-    load_vec(v1, row_ptr<float>(p.v1, seq, j, g), D);
+    k1.load(keys1.key(j), D, det);
+    load_vec(v1, keys1.value(j), D);
     const Logit<K> qk1(q, k1, det);
     for (int k = Kw.lo; k <= Kw.hi; ++k) {
-      k2.load(row_ptr<float>(p.k2, seq, k, g), D, det);
-      const float s = logit(qk1.with(k2), p.prob.scale);
+      k2.load(keys2.key(k), D, det);
+      const float s = logit(qk1.with(k2 SA_SITE_NEXT), scale);
       SA_PATH(s > m && l > 0.f, "softmax: new running max");
       if (s > m) {  // new running max: rescale what was summed so far
         const float alpha = exp_shifted(m, s);
@@ -168,14 +186,26 @@ fwd_simt_kernel(const SimtParams p) {
       }
       const float w = exp_shifted(s, m);
       l += w;
-      load_vec(v2, row_ptr<float>(p.v2, seq, k, g), D);
+      load_vec(v2, keys2.value(k), D);
       for (int t = 0; t < K; ++t) acc[t] += w * v1[t] * v2[t];
     }
   }
-  store_vec(row_ptr<float>(p.out, seq, i, h), acc, 1.f / l, D);
+}
+
+template <class Cfg>
+SA_GLOBAL(Cfg::kThreads)
+fwd_simt_kernel(const SimtParams p) {
+  constexpr int K = Cfg::kPerLane;
+  const QueryRow r = query_row<Cfg>(p);
+  if (!r.ok) return;  // whole warp: no barrier or collective follows for it
+  float q[K], acc[K], m, l;
+  load_vec(q, row_ptr<float>(p.q, r.seq, r.i, r.h), p.D);
+  attend_row<float>(acc, m, l, q, r.J, r.Kw, SeqKeys<float>{p.k1, p.v1, r.seq, r.g},
+                    SeqKeys<float>{p.k2, p.v2, r.seq, r.g}, p.D, p.prob.determinant, p.prob.scale);
+  store_vec(row_ptr<float>(p.out, r.seq, r.i, r.h), acc, 1.f / l, p.D);
   if (lane_id() == 0) {
     const RowLse rl = row_lse(m, l);
-    const int64_t stat = stat_index(seq, p.Hq, p.N, h, i);
+    const int64_t stat = stat_index(r.seq, p.Hq, p.N, r.h, r.i);
     gstore(p.lse + stat, rl.lse);
     gstore(p.lse_lo + stat, rl.lo);
   }
@@ -185,14 +215,12 @@ template <class Cfg>
 SA_GLOBAL(Cfg::kThreads)
 dq_simt_kernel(const SimtParams p) {
   constexpr int K = Cfg::kPerLane;
-  const WarpRow wr = warp_row<Cfg::kWarps>(p.Hq, p.N, p.B);
-  if (!wr.ok) return;
-  SA_PATH(p.group > 1, "tile: GQA group > 1");
-  const SeqSpan seq = seq_of_row(p.prob, p.N, wr.b, wr.i);
+  const QueryRow r = query_row<Cfg>(p);
+  if (!r.ok) return;
   const bool det = p.prob.determinant;
-  SA_PATH(det, "logits: determinant");
-  const int h = wr.h, i = wr.i - seq.row0, g = h / p.group, D = p.D;
-  const Span J = band_span(p.prob.band1, i, seq.len), Kw = band_span(p.prob.band2, i, seq.len);
+  const int h = r.h, i = r.i, g = r.g, D = p.D;
+  const SeqSpan seq = r.seq;
+  const Span J = r.J, Kw = r.Kw;
   const int64_t stat = stat_index(seq, p.Hq, p.N, h, i);
   const float lse = gload(p.lse + stat), lse_lo = gload(p.lse_lo + stat), delta = gload(p.delta + stat);
 
@@ -231,10 +259,11 @@ dkv_simt_kernel(const SimtParams p) {
   const SeqSpan seq = seq_of_row(p.prob, p.N, wr.b, wr.i);
   const bool det = p.prob.determinant, second = p.second;
   SA_PATH(det, "logits: determinant");
+  SA_PATH(p.D < 32 * K, "lanes past D");
   const int g = wr.h, r = wr.i - seq.row0, D = p.D;
   const Band own = second ? p.prob.band2 : p.prob.band1, other = second ? p.prob.band1 : p.prob.band2;
   // Queries whose window (of this key) holds r: i - left <= r <= i + right.
-  const Span I{imax(0, r - own.right), imin(seq.len - 1, r + own.left)};
+  const Span I = band_span(band_reverse(own), r, seq.len);
 
   const TensorRef k_own = second ? p.k2 : p.k1, v_own_t = second ? p.v2 : p.v1;
   const TensorRef k_other = second ? p.k1 : p.k2, v_other_t = second ? p.v1 : p.v2;

@@ -1,5 +1,5 @@
 // Argument checks shared by every C++ entry point. Python validates the public API first
-// (simplicial_attn/_validate.py); these guard direct torch.ops calls and libtorch users, so
+// (simplicial_attn/ops/checks.py); these guard direct torch.ops calls and libtorch users, so
 // a bad call is a readable TORCH_CHECK message instead of an out-of-bounds read.
 #pragma once
 
@@ -23,9 +23,9 @@ struct Dims {
   int64_t B, N, Hq, Hkv, D;
 };
 
-// Checks q, k1, k2, v1, v2 and the windows; returns the sizes.
+// Checks q, k1, k2, v1, v2 (problem.h checks the bands); returns the sizes.
 inline Dims check_inputs(const at::Tensor& q, const at::Tensor& k1, const at::Tensor& k2, const at::Tensor& v1,
-                         const at::Tensor& v2, int64_t w1, int64_t w2) {
+                         const at::Tensor& v2) {
   TORCH_CHECK(q.dim() == 4, "q must have rank 4 [B, N, Hq, D], got rank ", q.dim());
   TORCH_CHECK(k1.dim() == 4, "k1 must have rank 4 [B, N, Hkv, D], got rank ", k1.dim());
   const Dims d{q.size(0), q.size(1), q.size(2), k1.size(2), q.size(3)};
@@ -43,8 +43,6 @@ inline Dims check_inputs(const at::Tensor& q, const at::Tensor& k1, const at::Te
   SA_CHECK_SHAPE(v2, d.B, d.N, d.Hkv, d.D);
   TORCH_CHECK(d.Hkv >= 1 && d.Hq % d.Hkv == 0, "Hq (", d.Hq, ") must be a multiple of Hkv (", d.Hkv, ")");
   TORCH_CHECK(d.D >= 1 && d.D <= 256, "head dim D must be in 1..256, got ", d.D);
-  TORCH_CHECK(w1 >= 1, "w1 must be >= 1, got ", w1);
-  TORCH_CHECK(w2 >= 1, "w2 must be >= 1, got ", w2);
   return d;
 }
 

@@ -19,7 +19,7 @@ inline Dims check_scores_inputs(const at::Tensor& q, const at::Tensor& k1, const
   TORCH_CHECK(!w1.has_value() || *w1 >= 1, "w1 must be >= 1 or None, got ", w1.value_or(0));
   TORCH_CHECK(!w2.has_value() || *w2 >= 1, "w2 must be >= 1 or None, got ", w2.value_or(0));
   // check_inputs also checks v1 and v2; passing the keys again checks q, k1, k2 alone.
-  return check_inputs(q, k1, k2, k1, k2, 1, 1);
+  return check_inputs(q, k1, k2, k1, k2);
 }
 
 // dscores must be the scores' shape [B, Hq, N, W1, W2].

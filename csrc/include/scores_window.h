@@ -1,6 +1,6 @@
 // Window geometry of the unfused path (simplicial_attn::scores_* ops), shared by the CPU and CUDA
 // kernels; header-only and free of torch so the CUDA kernels also build in the CPU emulator of
-// tests/scores_cuda_emu.cpp. The Python twin is simplicial_attn/scores_reference.py
+// tests/scores_cuda_emu.cpp. The Python twin is simplicial_attn/problem.py
 // (WindowAxis, window_axis): keep the two in step.
 //
 // The scores are [B, Hq, N, W1, W2]; slot a of query i on a window axis is the position

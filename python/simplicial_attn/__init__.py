@@ -5,15 +5,16 @@ packed sequences: ``two_simplicial_attention_varlen``; decoding with a rolling c
 ``two_simplicial_attention_with_kvcache`` and ``SimplicialCache``.
 """
 
-from . import _ops  # noqa: F401  (registers the torch.library ops)
-from ._ext import build_info
-from .api import two_simplicial_attention
+from .analysis.scores import attention_weights, trilinear_scores, windowed_softmax
+from .analysis.viz import attention_summary, plot_attention
 from .backends import BackendNotSupported
-from .kvcache import SimplicialCache, two_simplicial_attention_with_kvcache
-from .layer import SimplicialTransformerBlock, TwoSimplicialAttention
-from .scores import attention_weights, trilinear_scores, windowed_softmax
-from .varlen import two_simplicial_attention_varlen
-from .viz import attention_summary, plot_attention
+from .backends.extension import build_info
+from .nn.cache import SimplicialCache
+from .nn.layer import SimplicialTransformerBlock, TwoSimplicialAttention
+from .ops import library  # noqa: F401  (registers the torch.library ops)
+from .ops.attention import two_simplicial_attention
+from .ops.kvcache import two_simplicial_attention_with_kvcache
+from .ops.varlen import two_simplicial_attention_varlen
 
 __version__ = "0.1.0"
 

@@ -12,8 +12,9 @@
 // SA_PATH counts, one line "path KERNEL HEAD_DIM NAME COUNT" per path (COUNT 0 and NAME "-" for a
 // launch without marked paths), then "emulator: ok".
 //
-// IN:  int64 header[16] (fwd / bwd: {dtype (0 fp16, 1 bf16, 2 fp32), B, N, Hq, Hkv, D, w1, w2, causal,
-//      determinant, packed, num_seqs, max_seqlen}; decode: see run_decode_op), float64 scale, then
+// IN:  int64 header[16] (fwd / bwd: {dtype (0 fp16, 1 bf16, 2 fp32), B, N, Hq, Hkv, D, left1, right1,
+//      left2, right2, determinant, packed, num_seqs, max_seqlen}; decode: see run_decode_op), float64
+//      scale, then
 //      each input tensor (fwd: q k1 k2 v1 v2 [cu_seqlens]; bwd: dout q k1 k2 v1 v2 out lse lse_lo
 //      [cu_seqlens]; decode: q k1_cache k2_cache v1_cache v2_cache cache_seqlens) as int64
 //      {storage bytes, storage offset (elements), stride b, n, h, d} and the storage bytes.
@@ -100,15 +101,17 @@ void print_configs() {
   print_config<Dkv2Config<DP>>("dkv2_kernel");
 }
 
-// fwd / bwd: header {dtype, B, N, Hq, Hkv, D, w1, w2, causal, determinant, packed, num_seqs,
-// max_seqlen}; packed inputs end with cu_seqlens (int32 [num_seqs + 1]).
+// fwd / bwd: header {dtype, B, N, Hq, Hkv, D, left1, right1, left2, right2, determinant, packed,
+// num_seqs, max_seqlen} (the bands as api.cpp passes them: reaches below N); packed inputs end
+// with cu_seqlens (int32 [num_seqs + 1]).
 void run_attention_op(Reader& r, FILE* fout, const std::string& op, const int64_t (&h)[16], double scale,
                       DType dtype, int eb) {
   const Dims d{static_cast<int>(h[1]), static_cast<int>(h[2]), static_cast<int>(h[3]), static_cast<int>(h[4]),
                static_cast<int>(h[5])};
-  const bool causal = h[8] != 0, packed = h[10] != 0;
-  ProblemDesc prob{make_band(h[6], d.N, causal), make_band(h[7], d.N, causal), static_cast<float>(scale),
-                   h[9] != 0, nullptr, packed ? static_cast<int>(h[11]) : d.B, packed ? static_cast<int>(h[12]) : d.N};
+  const bool packed = h[11] != 0;
+  ProblemDesc prob{Band{static_cast<int>(h[6]), static_cast<int>(h[7])},
+                   Band{static_cast<int>(h[8]), static_cast<int>(h[9])}, static_cast<float>(scale), h[10] != 0, nullptr, packed ? static_cast<int>(h[12]) : d.B,
+                   packed ? static_cast<int>(h[13]) : d.N};
   const size_t q_elems = static_cast<size_t>(d.B) * d.N * d.Hq * d.D;
   const size_t kv_elems = static_cast<size_t>(d.B) * d.N * d.Hkv * d.D;
   const size_t stat_elems = static_cast<size_t>(d.B) * d.Hq * d.N;
@@ -156,8 +159,8 @@ void run_attention_op(Reader& r, FILE* fout, const std::string& op, const int64_
   }
 }
 
-// decode: header {dtype, B, Nq, Hq, Hkv, D, w1, w2, C1, C2, determinant}; inputs q, k1_cache,
-// k2_cache, v1_cache, v2_cache, cache_seqlens (int32 [B]); outputs out, lse.
+// decode: header {dtype, B, Nq, Hq, Hkv, D, left1, left2, C1, C2, determinant} (causal bands);
+// inputs q, k1_cache, k2_cache, v1_cache, v2_cache, cache_seqlens (int32 [B]); outputs out, lse.
 void run_decode_op(Reader& r, FILE* fout, const int64_t (&h)[16], double scale, DType dtype, int eb) {
   DecodeArgs a{};
   a.dtype = dtype;
@@ -166,18 +169,16 @@ void run_decode_op(Reader& r, FILE* fout, const int64_t (&h)[16], double scale, 
   a.Hq = static_cast<int>(h[3]);
   a.Hkv = static_cast<int>(h[4]);
   a.D = static_cast<int>(h[5]);
-  a.w1 = static_cast<int>(h[6]);
-  a.w2 = static_cast<int>(h[7]);
   a.C1 = static_cast<int>(h[8]);
   a.C2 = static_cast<int>(h[9]);
-  a.determinant = h[10] != 0;
-  a.scale = static_cast<float>(scale);
+  a.prob = ProblemDesc{Band{static_cast<int>(h[6]), 0}, Band{static_cast<int>(h[7]), 0}, static_cast<float>(scale),
+                       h[10] != 0, nullptr, a.B, a.Nq};
   Input q = read_tensor(r, "q", eb), k1 = read_tensor(r, "k1_cache", eb), k2 = read_tensor(r, "k2_cache", eb);
   Input v1 = read_tensor(r, "v1_cache", eb), v2 = read_tensor(r, "v2_cache", eb);
   Input lengths = read_tensor(r, "cache_seqlens", 4);
   const size_t rows = static_cast<size_t>(a.B) * a.Nq * a.Hq;
   Buffer out(rows * a.D * eb, "out", true), lse(rows * 4, "lse", true);
-  Buffer workspace(decode_workspace_floats(rows, decode_splits(a.w1), a.D) * 4, "workspace", true);
+  Buffer workspace(decode_workspace_floats(rows, decode_splits(a.prob.band1), a.D) * 4, "workspace", true);
   a.q = q.ref;
   a.k1 = k1.ref;
   a.k2 = k2.ref;

@@ -18,7 +18,7 @@
 #include <string>
 
 #include "../common.cuh"
-#include "../tile.cuh"
+#include "../fragments.cuh"
 
 namespace sa_selftest {
 

@@ -5,10 +5,14 @@ The field names of the shared part are Llama's (`vocab_size`, `hidden_size`, `nu
 2-simplicial layers add their windows `w1` / `w2` and the fields prefixed `simplicial_`.
 """
 
+import functools
+
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedConfig
 
-from .. import _validate
+from .. import backends
+from ..ops import checks
 
 _POSITIVE_FIELDS = (
     "vocab_size",
@@ -53,6 +57,24 @@ class SimplicialConfig(PreTrainedConfig):
     """
 
     model_type = "simplicial"
+    # Tensor parallelism by heads (`from_pretrained(..., tp_plan="auto")` under torchrun): every input
+    # projection column-wise, the output projections row-wise (transformers adds the embedding,
+    # vocabulary-sharded); the per-head q/k norms see a rank's heads only, so their gains' gradients
+    # are summed across the ranks. The layers read their head counts off the projections' outputs.
+    base_model_tp_plan = {
+        **{
+            f"layers.*.self_attn.{name}": "colwise"
+            for name in ("q_proj", "k_proj", "v_proj", "k1_proj", "k2_proj", "v1_proj", "v2_proj")
+        },  # fmt: skip
+        "layers.*.self_attn.out_proj": "rowwise",
+        **{
+            f"layers.*.self_attn.{name}": "replicated_with_grad_allreduce"
+            for name in ("q_norm", "k_norm", "k1_norm", "k2_norm")
+        },  # fmt: skip
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
 
     vocab_size: int = 32000
     hidden_size: int = 1024
@@ -115,11 +137,11 @@ class SimplicialConfig(PreTrainedConfig):
             raise ValueError(f"rope_theta must be > 1 or None (no rotary), got {self.rope_theta}")
         if self.rope_theta is not None and self.head_dim % 2:
             raise ValueError(f"rotary embeddings need an even head_dim, got {self.head_dim} (or set rope_theta=None)")
-        _validate.check_window("w1", self.w1)
-        _validate.check_window("w2", self.w2)
+        checks.check_window("w1", self.w1)
+        checks.check_window("w2", self.w2)
         for name, check in (
-            ("simplicial_backend", lambda: _validate.check_backend_name(self.simplicial_backend)),
-            ("simplicial_logits", lambda: _validate.check_logits(self.simplicial_logits, self.head_dim)),
+            ("simplicial_backend", lambda: backends.check_name(self.simplicial_backend)),
+            ("simplicial_logits", lambda: checks.check_logits(self.simplicial_logits, self.head_dim)),
         ):
             try:
                 check()
@@ -132,3 +154,25 @@ class SimplicialConfig(PreTrainedConfig):
                     f"simplicial_rope with {self.simplicial_logits} logits needs head_dim % {need} == 0, got head_dim "
                     f"{self.head_dim} (or set simplicial_rope=False)"
                 )
+
+
+def _plain_errors(method):
+    """huggingface_hub's @strict wraps a field's TypeError / ValueError in its own
+    StrictDataclass*Error, which is neither; CONTRACT §4 promises TypeError for a wrong type and
+    ValueError for a bad value, so re-raise the cause's kind (the message still names the field)."""
+
+    @functools.wraps(method)
+    def checked(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except StrictDataclassError as exc:
+            kind = TypeError if isinstance(exc.__cause__, TypeError) else ValueError
+            raise kind(str(exc)) from exc.__cause__
+
+    return checked
+
+
+# Construction (also from config.json), assignment of a field, and validate().
+SimplicialConfig.__init__ = _plain_errors(SimplicialConfig.__init__)
+SimplicialConfig.__setattr__ = _plain_errors(SimplicialConfig.__setattr__)
+SimplicialConfig.validate = _plain_errors(SimplicialConfig.validate)

@@ -3,7 +3,7 @@ r"""SimplicialModel / SimplicialForCausalLM: a Llama-style decoder with 2-simpli
     embed_tokens -> layers -> norm (-> lm_head)
     layer: h = x + attn(RMSNorm(x));  out = h + SwiGLU(RMSNorm(h))
     attn:  `simplicial_attn.TwoSimplicialAttention` in every `simplicial_every`-th layer,
-           `simplicial_attn.sdpa.DotProductAttention` (scaled_dot_product_attention) in the others
+           `simplicial_attn.nn.sdpa.DotProductAttention` (scaled_dot_product_attention) in the others
 
 Three ways through the layers, one result:
 
@@ -26,8 +26,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import can_return_tuple
 
-from ..layer import TwoSimplicialAttention
-from ..sdpa import DotProductAttention
+from ..nn.layer import TwoSimplicialAttention
+from ..nn.sdpa import DotProductAttention
 from . import padding
 from .cache import SimplicialModelCache
 from .configuration import SimplicialConfig
@@ -171,6 +171,13 @@ class SimplicialModel(SimplicialPreTrainedModel):
 
     def _forward_whole(self, x, mask):
         """Every token at once; padded rows are gathered real-tokens-first (static shapes: compiles)."""
+        if mask is not None and any(getattr(layer.self_attn, "context_parallel_group", None) for layer in self.layers):
+            # Under context parallelism x is one rank's chunk of each row: moving real tokens first would
+            # move them between ranks.
+            raise ValueError(
+                "a SimplicialModel under context parallelism (simplicial_attn.parallel) takes unpadded rows: pass "
+                "attention_mask=None (and labels -100 where a row should not count)"
+            )
         if mask is not None:
             x = padding.take(x, padding.real_first(mask))
         for layer in self.layers:
@@ -222,6 +229,7 @@ class SimplicialForCausalLM(SimplicialPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config):
         super().__init__(config)

@@ -1,0 +1,295 @@
+"""Iteration maps: how many times each hot loop of a kernel runs at a shape, from its tiles.
+
+A map reads the kernel's loop bounds as its source writes them (the formulas are the kernel's,
+restated here; a kernel whose loops change needs its map changed, which is one function below)
+and returns a `Trips`:
+  ctas       CTAs in the grid;
+  levels     total trips of each loop of the hot nest, outermost first, summed over the grid;
+             level i of the map is matched to depth i of the chain of tensor-core loops in the
+             SASS (bench/model/sass.py), so the two must agree in length;
+  logit      the level whose one trip computes `logits` logit-tile elements;
+  side       {level: trips} of the loops *without* tensor-core instructions nested in that level
+             (tile loads, product builds); level -1: the kernel's loops outside the nest;
+             unlisted ones count one trip;
+  dram       bytes the kernel must move to or from DRAM at least (inputs once, outputs once).
+
+MAPS[backend][kernel] is the map of a kernel; a kernel the registry finds without one gets a row
+that says so.
+"""
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Trips:
+    ctas: int
+    levels: list
+    logit: int
+    logits: int
+    side: dict
+    dram: float
+    notes: str = ""
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _elem(shape):
+    return 2  # bf16 / fp16
+
+
+def _qkv_bytes(s, extra_q=0):
+    """Bytes of q (and `extra_q` more q-sized tensors) and the four kv tensors."""
+    q = s.B * s.N * s.Hq * s.D * _elem(s)
+    kv = s.B * s.N * s.Hkv * s.D * _elem(s)
+    return q * (1 + extra_q) + 4 * kv
+
+
+def _stats_bytes(s, count):
+    return count * s.B * s.Hq * s.N * 4
+
+
+def _query_tiles(s, positions):
+    """Per query tile of `positions` positions: (u trips, j_lo, j_hi) as query_tile_loops /
+    QueryTile compute them (csrc/cuda/query_tile.cuh and the Triton query-tile prologue)."""
+    L1, R1, L2, R2 = s.bands
+    p0 = np.arange(0, s.N, positions, dtype=np.int64)
+    p_last = np.minimum(p0 + positions - 1, s.N - 1)
+    u_lo = np.maximum(-R2, p0 - s.N + 1)
+    u_hi = np.minimum(L2, p_last)
+    j_lo = np.maximum(p0 - L1, 0)
+    j_hi = np.minimum(p_last + R1, s.N - 1)
+    return np.maximum(u_hi - u_lo + 1, 0), u_lo, u_hi, j_lo, j_hi
+
+
+def _blocks(lo, hi, size):
+    return np.maximum(-(-(hi - lo + 1) // size), 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton (triton_kernels/): the tiles are the config's kwargs plus BLOCK_H / BLOCK_D.
+
+
+def _drop_unit_group(levels, s, index):
+    """A launch specialises an int argument equal to 1 into a constant (Triton's specialisation,
+    bench/verify/kernel_report.py does the same): with one query head per kv head, the loop over
+    the group's heads (`levels[index]`) is compiled away."""
+    return levels[:index] + levels[index + 1 :] if s.group == 1 else levels
+
+
+def triton_query_kernel(s, tiles, extra_q):
+    """fwd / bwd_dq: programs of BLOCK_M rows (BLOCK_H heads x BLOCK_M / BLOCK_H positions);
+    loops u (outer), j-blocks (inner)."""
+    bm, bj, bh = tiles["BLOCK_M"], tiles["BLOCK_J"], tiles.get("BLOCK_H", 1)
+    u, _, _, j_lo, j_hi = _query_tiles(s, bm // bh)
+    mult = s.B * s.Hkv * _cdiv(s.group, bh)
+    jb = _blocks(j_lo, j_hi, bj)
+    return Trips(
+        ctas=len(u) * mult,
+        levels=[int(u.sum()) * mult, int((u * jb).sum()) * mult],
+        logit=1,
+        logits=bm * bj,
+        side={},
+        dram=_qkv_bytes(s, extra_q) + _stats_bytes(s, 2 if extra_q == 1 else 3),
+    )
+
+
+def triton_fwd(s, tiles):
+    return triton_query_kernel(s, tiles, extra_q=1)  # q in, out out; lse, lse_lo out
+
+
+def triton_dq(s, tiles):
+    return triton_query_kernel(s, tiles, extra_q=2)  # q, dout in, dq out; lse, lse_lo, delta in
+
+
+def triton_dkv1(s, tiles):
+    """Programs of BLOCK_J k1/v1 positions; loops query i, k-blocks of K(i), query heads."""
+    L1, R1, L2, R2 = s.bands
+    bj, bk = tiles["BLOCK_J"], tiles["BLOCK_K"]
+    i = np.arange(s.N, dtype=np.int64)
+    kb = _blocks(np.maximum(i - L2, 0), np.minimum(i + R2, s.N - 1), bk)
+    prefix = np.concatenate([[0], np.cumsum(kb)])
+    j0 = np.arange(0, s.N, bj, dtype=np.int64)
+    i_lo = np.maximum(j0 - R1, 0)
+    i_hi = np.minimum(np.minimum(j0 + bj - 1, s.N - 1) + L1, s.N - 1)
+    mult = s.B * s.Hkv
+    k_trips = int((prefix[i_hi + 1] - prefix[i_lo]).sum()) * mult
+    levels = [int((i_hi - i_lo + 1).sum()) * mult, k_trips, k_trips * s.group]
+    return Trips(
+        ctas=len(j0) * mult,
+        levels=_drop_unit_group(levels, s, 2),
+        logit=len(_drop_unit_group(levels, s, 2)) - 1,
+        logits=bj * bk,
+        side={},
+        dram=_qkv_bytes(s, 1) + 2 * s.B * s.N * s.Hkv * s.D * _elem(s) + _stats_bytes(s, 3),
+    )
+
+
+def triton_dkv2(s, tiles):
+    """Programs of BLOCK_K k2/v2 positions; loops query heads, offsets t = i - k, j-blocks."""
+    L1, R1, L2, R2 = s.bands
+    bk, bj = tiles["BLOCK_K"], tiles["BLOCK_J"]
+    t_trips = j_trips = 0
+    tiles_k = range(0, s.N, bk)
+    for k0 in tiles_k:
+        k_last = min(k0 + bk - 1, s.N - 1)
+        t = np.arange(max(-R2, -k_last), min(L2, s.N - 1 - k0) + 1, dtype=np.int64)
+        t_trips += len(t)
+        j_trips += int(_blocks(np.maximum(k0 + t - L1, 0), np.minimum(k_last + t + R1, s.N - 1), bj).sum())
+    mult = s.B * s.Hkv
+    levels = _drop_unit_group([len(tiles_k) * s.group * mult, t_trips * s.group * mult, j_trips * s.group * mult], s, 0)
+    return Trips(
+        ctas=len(tiles_k) * mult,
+        levels=levels,
+        logit=len(levels) - 1,
+        logits=bk * bj,
+        side={},
+        dram=_qkv_bytes(s, 1) + 2 * s.B * s.N * s.Hkv * s.D * _elem(s) + _stats_bytes(s, 3),
+    )
+
+
+def triton_delta(s, tiles):
+    """Delta = rowsum(dout * out): programs of BLOCK_N rows of one head, no loop."""
+    q = s.B * s.N * s.Hq * s.D * _elem(s)
+    return Trips(
+        ctas=_cdiv(s.N, tiles["BLOCK_N"]) * s.Hq * s.B, levels=[], logit=None, logits=0, side={},
+        dram=2 * q + _stats_bytes(s, 1),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA C++ (csrc/cuda/): the tiles are the kernel's Config constants of the instantiation's
+# padded head dim, restated from the *_kernel.cuh files.
+
+
+def _heads_per_tile(group, rows):
+    """launch.cuh heads_per_tile."""
+    if group < 16:
+        return 1
+    heads = 1
+    while heads < group and heads < rows:
+        heads *= 2
+    return heads
+
+
+def _swapped(s):
+    """The host swaps (k1, v1, w1) and (k2, v2, w2) when the second window is wider (launch.cuh)."""
+    L1, R1, L2, R2 = s.bands
+    return (L2, R2, L1, R1) if (L2 + R2) > (L1 + R1) else (L1, R1, L2, R2)
+
+
+def cuda_query_kernel(s, dp, rows, bj, cu, out_cols, extra_q):
+    """fwd_kernel / dq_kernel: loops it = (u-chunk, j-block) pairs, u in the chunk, kt: the
+    QK product's k-steps (DP / 16, `#pragma unroll 2`)."""
+    L1, R1, L2, R2 = _swapped(s)
+    heads = _heads_per_tile(s.group, rows)
+    positions = rows // heads
+    p0 = np.arange(0, s.N, positions, dtype=np.int64)
+    p_last = np.minimum(p0 + positions - 1, s.N - 1)
+    u = np.maximum(np.minimum(L2, p_last) - np.maximum(-R2, p0 - s.N + 1) + 1, 0)
+    jb = _blocks(np.maximum(p0 - L1, 0), np.minimum(p_last + R1, s.N - 1), bj)
+    mult = s.B * s.Hkv * _cdiv(s.group, heads) * (dp // out_cols)
+    it = int((jb * -(-u // cu)).sum()) * mult
+    u_trips = int((jb * u).sum()) * mult
+    return Trips(
+        ctas=len(p0) * mult,
+        levels=[it, u_trips, u_trips * (dp // 32)],
+        logit=1,
+        logits=rows * bj,
+        side={0: _cdiv(bj * dp // 8, 32 * rows // 16)},
+        dram=_qkv_bytes(s, extra_q) + _stats_bytes(s, 2 if extra_q == 1 else 3),
+    )
+
+
+def cuda_fwd(s, dp):
+    rows, bj, cu = (64 if dp <= 128 else 32), (64 if dp <= 64 else 32 if dp <= 128 else 16), (16 if dp <= 128 else 8)
+    return cuda_query_kernel(s, dp, rows, bj, cu, dp if dp <= 128 else 128, extra_q=1)
+
+
+def cuda_dq(s, dp):
+    rows = 64 if dp <= 64 else 32 if dp <= 128 else 16
+    bj, cu = (64 if dp <= 64 else 32 if dp <= 128 else 16), (16 if dp <= 128 else 8)
+    return cuda_query_kernel(s, dp, rows, bj, cu, dp if dp <= 128 else 128, extra_q=2)
+
+
+def cuda_dkv1(s, dp):
+    """dkv1_kernel: CTAs of kRows j positions x kOutCols columns; loops query head, query block of
+    kBlockI positions, u-chunk, u (with a product-build loop), kt (DP / 16, unroll 2)."""
+    L1, R1, L2, R2 = _swapped(s)
+    rows, bi, cu = (64 if dp <= 128 else 32), (32 if dp <= 128 else 16), (16 if dp <= 128 else 8)
+    out_cols = dp if dp <= 64 else 64
+    j0 = np.arange(0, s.N, rows, dtype=np.int64)
+    j_last = np.minimum(j0 + rows - 1, s.N - 1)
+    i_lo, i_hi = np.maximum(0, j0 - R1), np.minimum(s.N - 1, j_last + L1)
+    ib = _blocks(i_lo, i_hi, bi)
+    u = np.maximum(np.minimum(L2, i_hi) - np.maximum(-R2, i_lo - (s.N - 1)) + 1, 0)
+    mult = s.B * s.Hkv * (dp // out_cols)
+    u_trips = int((ib * u).sum()) * s.group * mult
+    threads = 32 * rows // 16
+    return Trips(
+        ctas=len(j0) * mult,
+        levels=[
+            len(j0) * s.group * mult,
+            int(ib.sum()) * s.group * mult,
+            int((ib * -(-u // cu)).sum()) * s.group * mult,
+            u_trips,
+            u_trips * (dp // 32),
+        ],
+        logit=3,
+        logits=rows * bi,
+        side={3: _cdiv(bi * dp // 8, threads), 2: _cdiv(bi * dp // 8, threads)},
+        dram=_qkv_bytes(s, 1) + 2 * s.B * s.N * s.Hkv * s.D * _elem(s) + _stats_bytes(s, 3),
+    )
+
+
+def cuda_dkv2(s, dp):
+    """dkv2_kernel: CTAs of kRows k positions x kOutCols columns; loops it = (query head, u-chunk,
+    j-block) steps, u in the chunk, kt (DP / 16, unroll 2)."""
+    L1, R1, L2, R2 = _swapped(s)
+    rows = 64 if dp <= 64 else 32 if dp <= 128 else 16
+    bj, cu = (64 if dp <= 64 else 32 if dp <= 128 else 16), (16 if dp <= 128 else 8)
+    out_cols = dp if dp <= 64 else 64
+    it = u_trips = 0
+    tiles_k = range(0, s.N, rows)
+    for k0 in tiles_k:
+        k_last = min(k0 + rows - 1, s.N - 1)
+        u_lo, u_hi = max(-R2, -k_last), min(L2, s.N - 1 - k0)
+        for c_lo in range(u_lo, u_hi + 1, cu):
+            c_hi = min(c_lo + cu - 1, u_hi)
+            jlo, jhi = max(0, max(0, k0 + c_lo) - L1), min(s.N - 1, min(s.N - 1, k_last + c_hi) + R1)
+            n_jb = max(-(-(jhi - jlo + 1) // bj), 0)
+            it += n_jb
+            u_trips += n_jb * (c_hi - c_lo + 1)
+    mult = s.B * s.Hkv * (dp // out_cols) * s.group
+    return Trips(
+        ctas=len(tiles_k) * s.B * s.Hkv * (dp // out_cols),
+        levels=[it * mult, u_trips * mult, u_trips * mult * (dp // 32)],
+        logit=1,
+        logits=rows * bj,
+        side={0: _cdiv(bj * dp // 8, 32 * rows // 16)},
+        dram=_qkv_bytes(s, 1) + 2 * s.B * s.N * s.Hkv * s.D * _elem(s) + _stats_bytes(s, 3),
+    )
+
+
+def cuda_delta(s, dp):
+    """delta_kernel: one warp per (b, h, i) row, 4 warps a CTA, a loop over D in 32-lane steps."""
+    rows = s.B * s.Hq * s.N
+    q = rows * s.D * _elem(s)
+    return Trips(ctas=_cdiv(rows, 4), levels=[], logit=None, logits=0, side={-1: _cdiv(s.D, 32)},
+                 dram=2 * q + _stats_bytes(s, 1))  # fmt: skip
+
+
+MAPS = {
+    "triton": {"fwd": triton_fwd, "bwd_dq": triton_dq, "bwd_dkv1": triton_dkv1, "bwd_dkv2": triton_dkv2,
+               "bwd_delta": triton_delta},
+    "cuda": {"fwd_kernel": cuda_fwd, "dq_kernel": cuda_dq, "dkv1_kernel": cuda_dkv1, "dkv2_kernel": cuda_dkv2,
+             "delta_kernel": cuda_delta},
+}  # fmt: skip
+# The kernels of each pass, in launch order (backward = Delta preprocess + dq + dkv kernels).
+PASSES = {
+    "triton": {"fwd": ("fwd",), "bwd": ("bwd_delta", "bwd_dq", "bwd_dkv1", "bwd_dkv2")},
+    "cuda": {"fwd": ("fwd_kernel",), "bwd": ("delta_kernel", "dq_kernel", "dkv1_kernel", "dkv2_kernel")},
+}

@@ -1,0 +1,78 @@
+// The A operand of the logit product S = A @ k1^T in the tensor-core kernels, trilinear (q ⊙ k2)
+// or determinant (k2 × q), and the two products the backward kernels open each step with.
+#pragma once
+
+#include "common.cuh"
+#include "cross.cuh"
+#include "fragments.cuh"
+#include "smem_tile.cuh"
+
+namespace simplicial_attn::cuda {
+
+// The shared rows a lane's A operand of the logit product S = A @ k1^T comes from: trilinear,
+// A = q ⊙ k2 from its ldmatrix rows (row lane % 16 of the warp's 16); determinant, A = k2 × q from
+// its two fragment rows g and g + 8 (cross_a).
+template <class T>
+struct LogitRows {
+  bool det;
+  int D;
+  const T* q_row;  // ldmatrix rows
+  const T* k2_row;
+  const T* const* q_frag;  // fragment rows [2]
+  const T* const* k2_frag;
+  // The A operand over columns [c0, c0 + 16).
+  SA_DEV void a_operand(uint32_t (&a)[4], int c0 SA_SITE_ARG) const {
+    if (det)
+      cross_a<T>(a, k2_frag, q_frag, c0, D);
+    else
+      ldsm_a_product<T>(a, q_row, k2_row, c0 SA_SITE_NEXT);
+  }
+};
+
+// The logits S = A @ k1^T (A of `logit`: q ⊙ k2 or k2 × q) of one warp's 16 rows and the BJ
+// k1/v1 positions of a stage, over all DP channels.
+template <class T, int DP, int BJ>
+SA_DEV void logits(float (&s)[BJ / 8][4], const LogitRows<T>& logit, const Tile<T, DP>& k1 SA_SITE_ARG) {
+  zero_acc(s);
+#pragma unroll 2
+  for (int kt = 0; kt < DP / 16; ++kt) {
+    uint32_t a[4];
+    logit.a_operand(a, kt * 16 SA_SITE_NEXT);
+#pragma unroll
+    for (int nt = 0; nt < BJ / 8; nt += 2) {
+      uint32_t b0[2], b1[2];
+      ldsm_b_nmajor(b0, b1, k1, nt * 8, kt * 16 SA_SITE_NEXT);
+      mma_acc<T>(s[nt], a, b0 SA_SITE_NEXT);
+      mma_acc<T>(s[nt + 1], a, b1 SA_SITE_NEXT);
+    }
+  }
+}
+
+// The two products the dq and dk2/dv2 kernels start each (u, j-block) step with, for one warp's 16
+// rows and the BJ k1/v1 positions of the stage, over all DP channels:
+//   s = A @ k1^T (A of `logit`: q ⊙ k2 or k2 × q)    dp = (e ⊙ f) @ v1^T
+// Each lane passes the shared rows holding row (lane % 16) of e and f (see ldsm_a_product).
+template <class T, int DP, int BJ>
+SA_DEV void logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], const LogitRows<T>& logit, const T* e_row,
+                          const T* f_row, const Tile<T, DP>& k1, const Tile<T, DP>& v1 SA_SITE_ARG) {
+  zero_acc(s);
+  zero_acc(dp);
+#pragma unroll 2
+  for (int kt = 0; kt < DP / 16; ++kt) {
+    uint32_t a[4], e[4];
+    logit.a_operand(a, kt * 16 SA_SITE_NEXT);
+    ldsm_a_product<T>(e, e_row, f_row, kt * 16 SA_SITE_NEXT);
+#pragma unroll
+    for (int nt = 0; nt < BJ / 8; nt += 2) {
+      uint32_t b0[2], b1[2];
+      ldsm_b_nmajor(b0, b1, k1, nt * 8, kt * 16 SA_SITE_NEXT);
+      mma_acc<T>(s[nt], a, b0 SA_SITE_NEXT);
+      mma_acc<T>(s[nt + 1], a, b1 SA_SITE_NEXT);
+      ldsm_b_nmajor(b0, b1, v1, nt * 8, kt * 16 SA_SITE_NEXT);
+      mma_acc<T>(dp[nt], e, b0 SA_SITE_NEXT);
+      mma_acc<T>(dp[nt + 1], e, b1 SA_SITE_NEXT);
+    }
+  }
+}
+
+}  // namespace simplicial_attn::cuda

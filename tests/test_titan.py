@@ -158,7 +158,7 @@ def test_trainer_runs_the_config_file_on_cpu(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="shows what happens without an accelerator")
 def test_without_an_accelerator_torchtitan_picks_cuda_and_fails():
     """The evidence that torchtitan 0.2.2 does not run on a CPU as shipped: with no accelerator its device is
-    "cuda", and the Trainer's first device call (train.py: device_module.set_device) raises this error."""
+    "cuda", and the Trainer's first device call (torchtitan/train.py: device_module.set_device) raises this error."""
     from torchtitan.tools import utils
 
     assert utils.device_type == "cuda" and utils.device_module is torch.cuda

@@ -6,7 +6,8 @@ context.py   the sequence split across ranks: a halo exchange (comm.py) per atte
 layers.py    the attention layers under context parallelism (`context_parallel(model, mesh["cp"])`)
 tensor.py    tensor parallelism by heads: DTensor sharding rules for the ops (registered on import)
              and ColwiseParallel / RowwiseParallel plans for the layers
-decoder.py   `parallelize(model, mesh)`: tensor, context and FSDP2 data parallelism of a decoder
+decoder.py   `parallelize(model, mesh)`: tensor, context and FSDP2 data parallelism of a decoder;
+             `apply(model, tp_mesh=, cp_mesh=, data_mesh=)`: the same on separate meshes (torchtitan's)
 """
 
 from . import tensor  # noqa: F401  (registers the DTensor sharding rules of the ops)
@@ -20,10 +21,11 @@ from .context import (
     simplicial_reaches,
     two_simplicial_attention_cp,
 )
-from .decoder import parallelize
+from .decoder import apply, parallelize
 from .layers import context_parallel
 
 __all__ = [
+    "apply",
     "ChunkLayout",
     "CommStats",
     "chunk_layout",

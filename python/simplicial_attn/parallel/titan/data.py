@@ -1,6 +1,6 @@
 """Text for the torchtitan spec without a download: the Python standard library's source, one byte per token.
 
-The files of the running interpreter's standard library (`*.py` next to `os.py`), split by a hash of
+The files of the running interpreter's standard library (the `*.py` files beside the `os` module's), split by a hash of
 the file name (one in ten for validation, as examples/train_code.py does), concatenated into one
 byte stream. A batch is `local_batch_size` random windows of seq_len + 1 bytes: inputs and
 next-byte labels. Each data-parallel rank draws its own windows (its generator is seeded by the

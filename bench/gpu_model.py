@@ -164,9 +164,9 @@ def triton_jobs(shape, archs, only=()):
     `shape` (the tiling the launcher picks: head-packed when the group has >= 16 heads); `only`:
     "kernel" or "kernel:config substring" filters."""
     from bench.verify import kernel_report
-    from simplicial_attn.triton_kernels import _common
+    from simplicial_attn.triton_kernels import host
 
-    bd = _common.block_d(shape.D)
+    bd = host.block_d(shape.D)
     tiling = "pack" if shape.group >= 16 else "seq"
     target = shape.kernel_report_target()
     out = []

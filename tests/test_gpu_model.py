@@ -252,6 +252,19 @@ def test_committed_results_meet_the_issue_targets():
     assert 1.9 <= cuda_bwd["mma_issued_per_counted"] <= 2.6, cuda_bwd["mma_issued_per_counted"]
 
 
+def test_every_shipped_kernel_has_a_row():
+    """In the committed results, every kernel of both passes has a modelled row on every arch it is
+    compiled for, at every padded head dim (the Triton D classes, the CUDA instantiations)."""
+    recs = [r for r in _committed()["records"] if r.get("scope") != "pass" and r["status"] == "ok"]
+    have = {(r["backend"], r["arch"], r["kernel"], r["head_dim"]) for r in recs}
+    for backend, archs in (("triton", gpu_model.TRITON_ARCHS), ("cuda", gpu_model.CUDA_ARCHS)):
+        names = maps.PASSES[backend]["fwd"] + maps.PASSES[backend]["bwd"]
+        for arch in archs:
+            for d in (64, 128, 256):
+                missing = [k for k in names if (backend, arch, k, d) not in have]
+                assert not missing, (backend, arch, d, missing)
+
+
 # ------------------------------------------------------------------------------------------------
 # Planted waste: a temporary copy of triton_kernels/ (or csrc/cuda), modelled in a subprocess.
 

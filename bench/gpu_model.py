@@ -2,7 +2,7 @@
 
     python bench/gpu_model.py                          # table: the three shapes of bench/model/shape.py
     python bench/gpu_model.py --shape B=1,N=4096,Hq=8,Hkv=8,D=64,w1=256,w2=32 --arch sm90
-    python bench/gpu_model.py --json bench/results/gpu-model-DATE.json   # the records README's table uses
+    python bench/gpu_model.py --all-head-dims --json bench/results/gpu-model-DATE.json   # README's records
     python bench/gpu_model.py --readme                 # rewrite README's "Speed without a GPU" table
 
 THIS IS A MODEL, NOT A MEASUREMENT. It compiles every shipped GPU kernel ahead of time (Triton:
@@ -164,9 +164,9 @@ def triton_jobs(shape, archs, only=()):
     `shape` (the tiling the launcher picks: head-packed when the group has >= 16 heads); `only`:
     "kernel" or "kernel:config substring" filters."""
     from bench.verify import kernel_report
-    from simplicial_attn.triton_kernels import _common
+    from simplicial_attn.triton_kernels import host
 
-    bd = _common.block_d(shape.D)
+    bd = host.block_d(shape.D)
     tiling = "pack" if shape.group >= 16 else "seq"
     target = shape.kernel_report_target()
     out = []
@@ -408,22 +408,11 @@ def model(records, shape):
                         missing.append(name)
                     else:
                         chosen.append(best)
-                if missing or not chosen:
-                    out.append(
-                        dict(
-                            backend=backend,
-                            arch=arch,
-                            kernel="+".join(names),
-                            config="-",
-                            pass_=None,
-                            status=f"pass not modelled: no usable row for {', '.join(missing) or names}",
-                            dtype=shape.dtype,
-                            head_dim=shape.D,
-                            shape=shape.label(),
-                            **{"pass": pass_},
-                        )
-                    )
-                    out[-1].pop("pass_")
+                if missing:
+                    status = f"pass not modelled: no usable row for {', '.join(missing)}"
+                    out.append({"backend": backend, "arch": arch, "kernel": "+".join(names), "config": "-",
+                                "pass": pass_, "status": status, "dtype": shape.dtype, "head_dim": shape.D,
+                                "shape": shape.label(), "scope": "pass"})  # fmt: skip
                     continue
                 out.append(_pass_record(backend, arch, pass_, chosen, gpus, counted, shape))
             in_passes = {n for names in maps.PASSES[backend].values() for n in names}
@@ -549,6 +538,7 @@ def main(argv=None):
     p.add_argument("--triton-kernels", help="model a copy of triton_kernels/ at this path instead (planted waste)")
     p.add_argument("--cuda-binary", help="read the CUDA cubins of this .so / fatbinary instead of the built one")
     p.add_argument("--only", action="append", default=[], help="Triton KERNEL or KERNEL:CONFIG-SUBSTRING only")
+    p.add_argument("--all-head-dims", action="store_true", help="also the target shape at D = 64 and D = 256")
     args = p.parse_args(argv)
     if args.readme:
         changed = update_readme()
@@ -561,6 +551,7 @@ def main(argv=None):
         _triton_package(args.triton_kernels)
     try:
         shape_list = [shapes.parse(s) for s in args.shape] if args.shape else list(shapes.DEFAULT_SHAPES)
+        shape_list += list(shapes.HEAD_DIM_SHAPES) if args.all_head_dims else []
     except ValueError as exc:
         p.error(str(exc))
     archs = [a for a in args.arch.split(",") if a]
@@ -625,6 +616,9 @@ def readme_table(doc):
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in doc["records"]:
             if r["shape"] != label or r.get("scope") != "pass":
+                continue
+            if r["status"] != "ok":
+                lines.append(f"| {r['backend']} | {r['arch']} | {r['pass']} | {r['status']} |" + " |" * (len(cols) - 4))
                 continue
             ceil = "; ".join(
                 f"{g}: {c['overlapped']:.0f} / {c['serialized']:.0f}, {r['bound'][g]}"

@@ -12,9 +12,9 @@ triton cases of the varlen, determinant, decoding and large-logit API tests.
 
 Run it with the second environment's Python; it needs only torch, triton, numpy and pytest
 there. This package is not installed in that environment: the script builds a view of it in a
-temporary directory (links to python/simplicial_attn/*.py and to triton_kernels/, without the
-compiled _C, which belongs to the other torch; the Triton backend does not need it) and runs
-everything with that view on PYTHONPATH.
+temporary directory (links to python/simplicial_attn's modules and subpackages and to
+triton_kernels/, without the compiled _C, which belongs to the other torch; the Triton backend
+does not need it) and runs everything with that view on PYTHONPATH.
 
 numpy < 2.4 for triton 3.6: its interpreter turns a loop bound, a one-element array, into a
 Python int with int(array), which numpy 2.4 refuses (triton 3.7+ squeezes the array first).
@@ -43,11 +43,13 @@ INTERPRETED = [
 
 
 def package_view(dest):
-    """simplicial_attn importable from `dest`: the Python sources and triton_kernels/ linked."""
+    """simplicial_attn importable from `dest`: the Python sources (modules and subpackages) and
+    triton_kernels/ linked, the compiled extension and caches left out."""
     package = dest / "simplicial_attn"
     package.mkdir()
-    for source in (ROOT / "python" / "simplicial_attn").glob("*.py"):
-        (package / source.name).symlink_to(source)
+    for source in (ROOT / "python" / "simplicial_attn").iterdir():
+        if source.suffix == ".py" or (source.is_dir() and (source / "__init__.py").exists()):
+            (package / source.name).symlink_to(source)
     (package / "triton_kernels").symlink_to(ROOT / "triton_kernels")
 
 

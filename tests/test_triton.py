@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 if importlib.util.find_spec("triton") is not None:
     from simplicial_attn import triton_kernels as tk
-    from simplicial_attn.triton_kernels import _common
+    from simplicial_attn.triton_kernels import host, runtime
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRADS = ("dq", "dk1", "dk2", "dv1", "dv2")
@@ -110,9 +110,9 @@ def test_head_packing_picked_by_shape(case, poison):
     under the interpreter's BLOCK_M = 32, so the head-block index is exercised too; a group
     of 24 fills 24 of 32 packed rows."""
     group = case.Hq // case.Hkv
-    arch = _common.arch_of(torch.device(DEVICE))
-    assert _common.head_block(group, None, "fwd", arch, 16, False) > 1
-    assert _common.head_block(group // 8, None, "fwd", arch, 16, False) == 1
+    arch = host.arch_of(torch.device(DEVICE))
+    assert host.head_block(group, None, "fwd", arch, 16, False) > 1
+    assert host.head_block(group // 8, None, "fwd", arch, 16, False) == 1
     _check(case, torch.float32, head_packing=None)
 
 
@@ -180,12 +180,12 @@ def test_float64_is_refused_with_a_clear_error():
 
 
 def test_tf32_only_when_asked(monkeypatch):
-    monkeypatch.delenv(_common.TF32_ENV, raising=False)
-    assert _common.input_precision(torch.float32, False) == "ieee"
-    assert _common.input_precision(torch.float32, True) == "tf32"
-    assert _common.input_precision(torch.bfloat16, True) == "ieee"
-    monkeypatch.setenv(_common.TF32_ENV, "1")
-    assert _common.input_precision(torch.float32, False) == "tf32"
+    monkeypatch.delenv(runtime.TF32_ENV, raising=False)
+    assert runtime.input_precision(torch.float32, False) == "ieee"
+    assert runtime.input_precision(torch.float32, True) == "tf32"
+    assert runtime.input_precision(torch.bfloat16, True) == "ieee"
+    monkeypatch.setenv(runtime.TF32_ENV, "1")
+    assert runtime.input_precision(torch.float32, False) == "tf32"
 
 
 def test_huge_strides_fall_back_to_contiguous_tiles():
@@ -202,8 +202,8 @@ def test_huge_strides_fall_back_to_contiguous_tiles():
             return "copied"
 
     small = View((10**9, 4096, 128, 1))  # a batch stride past 2^31 is fine: it is 64-bit
-    assert _common.int32_tiles(small) is small
-    assert _common.int32_tiles(View((10**9, 2**24, 128, 1))) == "copied"
+    assert host.int32_tiles(small) is small
+    assert host.int32_tiles(View((10**9, 2**24, 128, 1))) == "copied"
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Coverage you can see (issue 13): the interpreter counts the code paths each Triton kernel ran
-(triton_kernels/paths.py), and every path of every kernel must run at padded head dims 64, 128
+(triton_kernels/coverage.py), and every path of every kernel must run at padded head dims 64, 128
 and 256: second trips of every loop, zero-filled tails past a sequence's end and past D, the
 last partial tile, head packing and its masked heads, GQA, both window modes, packed
 sequences (one ending inside a tile, one at a tile edge, an empty one, tiles past the end),
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 if importlib.util.find_spec("triton") is not None:
     from simplicial_attn import triton_kernels as tk
-    from simplicial_attn.triton_kernels import paths
+    from simplicial_attn.triton_kernels import coverage
 
 INTERPRETING = importlib.util.find_spec("triton") is not None and tk.is_interpreting()
 HEAD_DIMS = {64: 48, 128: 96, 256: 192}
@@ -103,15 +103,15 @@ def _check_decode(d):
 @pytest.mark.parametrize("block_d", list(HEAD_DIMS), ids=lambda b: f"BLOCK_D{b}")
 def test_every_path_of_every_kernel_runs(block_d, poison):
     d = HEAD_DIMS[block_d]
-    with paths.recording() as table:
+    with coverage.recording() as table:
         for case, head_packing in batched_cases(d):
             _check_batched(case, head_packing)
         _check_packed_determinant(d)
         _check_decode(d)
     never = {}
-    for kernel in paths.kernels():
+    for kernel in coverage.kernels():
         counts = table.get((kernel, block_d), {})
-        missing = [name for name in paths.names(kernel) if counts.get(name, 0) == 0]
+        missing = [name for name in coverage.names(kernel) if counts.get(name, 0) == 0]
         if missing:
             never[kernel] = missing
     assert not never, f"paths never run at BLOCK_D={block_d}: {never} (counts: {table})"
@@ -121,11 +121,11 @@ def test_every_path_of_every_kernel_runs(block_d, poison):
 def test_counters_see_what_a_case_does_not_reach(poison):
     """The counters are not vacuous: one whole query tile of one head, causal, D a power of
     two, the j window inside one block: no second j trip, no tail, no packing."""
-    with paths.recording() as table:
+    with coverage.recording() as table:
         _check_batched(Case(1, 32, 1, 1, 16, 2, 2), False)
     fwd = table[("fwd", 16)]
     assert fwd["causal"] > 0 and fwd["u_repeat"] > 0 and fwd["k_outside"] > 0
     never = ("d_tail", "gqa", "centred", "last_tile", "head_packed", "head_tail", "j_repeat", "j_past_n", "packed")
     for name in never + ("past_end", "empty_seq", "determinant"):
         assert fwd[name] == 0, (name, fwd)
-    assert paths.buffer("fwd", torch.empty(0)) is None  # outside recording(): nothing counted
+    assert coverage.buffer("fwd", torch.empty(0)) is None  # outside recording(): nothing counted

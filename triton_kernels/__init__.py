@@ -5,18 +5,22 @@
     bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob) -> (dq, dk1, dk2, dv1, dv2)
     decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob) -> (out, lse)
 
-Batched and packed (prob.cu_seqlens) layouts, trilinear and determinant logits. Kernels:
-fwd.py (forward), bwd.py (Delta preprocess and launcher), bwd_dq.py, bwd_dkv1.py, bwd_dkv2.py
-(the three atomic-free gradient kernels), decode.py (split-window decoding and its combine);
-_common.py the pieces they share; configs.py the per-arch launch configs, checked without a
-GPU by bench/verify/kernel_report.py; paths.py the interpreter's path counters. Under
-TRITON_INTERPRET=1 (set before triton is imported) CPU tensors are accepted. scores_softmax.py
-holds the separate kernels of the unfused path (scores, windowed softmax).
+Batched and packed (prob.cu_seqlens) layouts, trilinear and determinant logits. Under
+TRITON_INTERPRET=1 (set before triton is imported) CPU tensors are accepted. The modules:
+
+    launch.py     the three launchers above (host code); host.py what they share
+    fwd.py, bwd_delta.py, bwd_dq.py, bwd_dkv1.py, bwd_dkv2.py, decode.py     the kernels
+    tiles.py      the tiles programs own: the query tile (fwd, bwd_dq) and the kv tile
+                  (bwd_dkv1, bwd_dkv2) prologues, their loop bounds
+    seqlen.py     sequence span (batched / packed)        kv.py       row addressing (batched / packed / ring)
+    mask.py       window bands                            softmax.py  online softmax, lse, recomputed P
+    operand.py    tl.dot wrapper, pair operands and the determinant's cross products
+    coverage.py   the interpreter's path counters        runtime.py  interpreter probe, device checks
+    configs.py    per-arch launch configs, checked without a GPU by bench/verify/kernel_report.py
+    scores_softmax.py   the separate kernels of the unfused path (scores, windowed softmax)
 """
 
-from ._common import is_interpreting
-from .bwd import bwd
-from .decode import decode
-from .fwd import fwd
+from .launch import bwd, decode, fwd
+from .runtime import is_interpreting
 
 __all__ = ["bwd", "decode", "fwd", "is_interpreting"]

@@ -24,22 +24,17 @@ writes only its own rows: no atomics, deterministic.
 import triton
 import triton.language as tl
 
-from . import paths
-from ._common import (
-    channels_at,
-    chunk_shifts,
-    count_common_paths,
-    j_window_mask,
-    mma,
-    recomputed_p,
-    row_block_ptrs,
-    sequence_span,
-)
+from . import coverage
+from .bwd_dq import recomputed_j_block
+from .coverage import hit, hits
+from .kv import head_rows, row_block_ptrs, rows_at, tile_offsets
+from .operand import channels_at, chunk_shifts, cross, mma, permuted
+from .tiles import kv_tile, kv_tile_rows, store_kv_tile
 
 #   h_repeat / t_repeat / j_repeat   a second trip of the loop over heads / offsets t / j-blocks
 #   i_outside                       a row whose query i = k + t lies outside [0, N) (zero-filled)
 #   j_tail / j_past_n               a j-block with rows past the union of J(i) / past N
-P_H_REPEAT, P_T_REPEAT, P_I_OUTSIDE, P_J_REPEAT, P_J_TAIL, P_J_PAST_N = paths.slots(
+P_H_REPEAT, P_T_REPEAT, P_I_OUTSIDE, P_J_REPEAT, P_J_TAIL, P_J_PAST_N = coverage.slots(
     ("bwd_dkv2",), "h_repeat", "t_repeat", "i_outside", "j_repeat", "j_tail", "j_past_n"
 )
 
@@ -61,40 +56,28 @@ def _two_simplicial_bwd_dkv2_kernel(
     VARLEN: tl.constexpr, DET: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
-    # 64-bit scalar bases plus 32-bit in-tile offsets, sequence-relative positions, as in fwd.py.
-    start, n = sequence_span(CU_SEQLENS, N, VARLEN)
-    k0 = tl.program_id(0) * BLOCK_K
-    if COUNT_PATHS:  # paths.py: interpreter only, never compiled
-        count_common_paths(COUNTS, k0, n, D, GROUP, R1, R2, BLOCK_K, BLOCK_D, VARLEN, DET)
+    start, n, k0 = kv_tile(CU_SEQLENS, COUNTS, N, GROUP, D, R1, R2, BLOCK_K, BLOCK_D, VARLEN, DET, COUNT_PATHS)
     if VARLEN:  # a batched grid has no tile past its sequence
         if k0 >= n:
             return
     dt = K1.dtype.element_ty
-    g = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-    r0 = tl.cast(k0, tl.int64) + start  # the tile's first row
-
-    kr = tl.arange(0, BLOCK_K)
+    g, b, r0, kr, k_ok = kv_tile_rows(start, n, k0, BLOCK_K)
     ks = k0 + kr
-    k_ok = ks < n
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
     jr = tl.arange(0, BLOCK_J)
     kd_mask = k_ok[:, None] & d_ok[None, :]
     k2_ptrs = row_block_ptrs(K2, b, g, r0, stride_k2b, stride_k2n, stride_k2h, stride_k2d, kr, d)
     v2_ptrs = row_block_ptrs(V2, b, g, r0, stride_v2b, stride_v2n, stride_v2h, stride_v2d, kr, d)
-    if DET:
-        sh1, sh2 = chunk_shifts(d, D)
-        q_sh1, q_sh2 = (sh1 * stride_qd)[None, :], (sh2 * stride_qd)[None, :]
-    k2t = tl.load(k2_ptrs, mask=kd_mask, other=0.0)
+    sh1, sh2 = chunk_shifts(d, D)  # determinant logits only
+    q_sh1, q_sh2 = (sh1 * stride_qd)[None, :], (sh2 * stride_qd)[None, :]
+    k2t = tl.load(k2_ptrs, mask=kd_mask, other=0.0)  # resident for the whole program
     v2t = tl.load(v2_ptrs, mask=kd_mask, other=0.0)
 
-    q_offs = kr[:, None] * stride_qn + d[None, :] * stride_qd
-    do_offs = kr[:, None] * stride_don + d[None, :] * stride_dod
-    k1_offs = jr[:, None] * stride_k1n + d[None, :] * stride_k1d
-    v1_offs = jr[:, None] * stride_v1n + d[None, :] * stride_v1d
-    k1_base = K1 + b * stride_k1b + g * stride_k1h + start * stride_k1n
-    v1_base = V1 + b * stride_v1b + g * stride_v1h + start * stride_v1n
+    q_offs, do_offs = tile_offsets(kr, d, stride_qn, stride_qd), tile_offsets(kr, d, stride_don, stride_dod)
+    k1_offs, v1_offs = tile_offsets(jr, d, stride_k1n, stride_k1d), tile_offsets(jr, d, stride_v1n, stride_v1d)
+    k1_base = head_rows(K1, b, g, start, stride_k1b, stride_k1h, stride_k1n)
+    v1_base = head_rows(V1, b, g, start, stride_v1b, stride_v1h, stride_v1n)
 
     # k is in K(i) = [i - L2, i + R2]  <=>  t = i - k is in [-R2, L2]; keep some i in [0, n).
     k_last = tl.minimum(k0 + BLOCK_K - 1, n - 1)
@@ -104,30 +87,28 @@ def _two_simplicial_bwd_dkv2_kernel(
     dk2 = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
     dv2 = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
     for hh in range(GROUP):
-        if COUNT_PATHS:
-            tl.atomic_add(COUNTS + P_H_REPEAT, tl.where(hh > 0, 1, 0))
+        hit(COUNTS, P_H_REPEAT, hh > 0, COUNT_PATHS)
         h64 = g * GROUP + tl.cast(hh, tl.int64)
-        q_base = Q + b * stride_qb + h64 * stride_qh
-        do_base = DOUT + b * stride_dob + h64 * stride_doh
+        q_base = head_rows(Q, b, h64, 0, stride_qb, stride_qh, stride_qn)
+        do_base = head_rows(DOUT, b, h64, 0, stride_dob, stride_doh, stride_don)
         row_base = b * stride_lb + h64 * stride_lh
         for t in range(t_lo, t_hi + 1):
             ipos = ks + t
             i_ok = k_ok & (ipos >= 0) & (ipos < n)
             id_mask = i_ok[:, None] & d_ok[None, :]
-            if COUNT_PATHS:
-                tl.atomic_add(COUNTS + P_T_REPEAT, tl.where(t > t_lo, 1, 0))
-                tl.atomic_add(COUNTS + P_I_OUTSIDE, tl.sum(tl.where(k_ok & ~i_ok, 1, 0)))
+            hit(COUNTS, P_T_REPEAT, t > t_lo, COUNT_PATHS)
+            hits(COUNTS, P_I_OUTSIDE, k_ok & ~i_ok, COUNT_PATHS)
             i_start = r0 + t
             q_ptrs = q_base + i_start * stride_qn + q_offs
-            dot_ = tl.load(do_base + i_start * stride_don + do_offs, mask=id_mask, other=0.0)
+            dot_ = rows_at(do_base, i_start, do_offs, stride_don, id_mask)
             lse = tl.load(LSE + row_base + i_start + kr, mask=i_ok, other=0.0)
             lse_lo = tl.load(LSE_LO + row_base + i_start + kr, mask=i_ok, other=0.0)
             delta = tl.load(DELTA + row_base + i_start + kr, mask=i_ok, other=0.0)
             if DET:  # a = k2 x q per chunk, the forward's operand
                 qt_1 = tl.load(q_ptrs + q_sh1, mask=id_mask, other=0.0).to(tl.float32)
                 qt_2 = tl.load(q_ptrs + q_sh2, mask=id_mask, other=0.0).to(tl.float32)
-                k2t_1, k2t_2 = channels_at(k2t, d, sh1).to(tl.float32), channels_at(k2t, d, sh2).to(tl.float32)
-                a = (k2t_1 * qt_2 - k2t_2 * qt_1).to(dt)
+                k2t_1, k2t_2 = permuted(k2t, d, sh1, sh2)
+                a = cross(k2t_1, k2t_2, qt_1, qt_2).to(dt)
             else:
                 qt = tl.load(q_ptrs, mask=id_mask, other=0.0)
                 a = (k2t.to(tl.float32) * qt.to(tl.float32)).to(dt)
@@ -137,23 +118,11 @@ def _two_simplicial_bwd_dkv2_kernel(
             x = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
             y = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
             for j0 in range(j_lo, j_hi + 1, BLOCK_J):
-                js = j0 + jr
-                j_ok = js <= j_hi
-                jd_mask = j_ok[:, None] & d_ok[None, :]
-                if COUNT_PATHS:
-                    tl.atomic_add(COUNTS + P_J_REPEAT, tl.where(j0 > j_lo, 1, 0))
-                    tl.atomic_add(COUNTS + P_J_TAIL, tl.where(j0 + BLOCK_J - 1 > j_hi, 1, 0))
-                    tl.atomic_add(COUNTS + P_J_PAST_N, tl.where(j0 + BLOCK_J > n, 1, 0))
-                j_start = tl.cast(j0, tl.int64)
-                k1b = tl.load(k1_base + j_start * stride_k1n + k1_offs, mask=jd_mask, other=0.0)
-                v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)
-                s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_K, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
-                in_win = j_window_mask(i_ok, ipos, j_ok, js, L1, R1)
-                # The select forms z = fl(s * scale) as the forward does (no fused multiply-add).
-                z = tl.where(in_win, s * scale, 0.0)
-                p = recomputed_p(tl.where(in_win, (z - lse[:, None]) - lse_lo[:, None], float("-inf")))
-                dp = mma(bo, tl.trans(v1b), tl.zeros([BLOCK_K, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
-                ds = p * (dp - delta[:, None])
+                p, ds, k1b, v1b = recomputed_j_block(
+                    j0, jr, j_lo, j_hi, n, d_ok, i_ok, ipos, L1, R1, a, bo, lse, lse_lo, delta, scale,
+                    k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, COUNTS,
+                    P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+                )  # fmt: skip
                 x = mma(ds.to(dt), k1b, x, INPUT_PRECISION, UPCAST)
                 y = mma(p.to(dt), v1b, y, INPUT_PRECISION, UPCAST)
             if DET:  # dk2 += q x x per chunk
@@ -162,6 +131,4 @@ def _two_simplicial_bwd_dkv2_kernel(
                 dk2 += x * qt.to(tl.float32)
             dv2 += y * dot_.to(tl.float32)
 
-    out_offs = b * stride_gb + g * stride_gh + r0 * stride_gn + (kr[:, None] * stride_gn + d[None, :])
-    tl.store(DK2 + out_offs, (dk2 * scale).to(DK2.dtype.element_ty), mask=kd_mask)
-    tl.store(DV2 + out_offs, dv2.to(DV2.dtype.element_ty), mask=kd_mask)
+    store_kv_tile(DK2, DV2, dk2, dv2, scale, b, g, r0, kr, d, kd_mask, stride_gb, stride_gn, stride_gh)

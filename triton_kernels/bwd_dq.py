@@ -6,7 +6,7 @@ dA = P * (dP - Delta) (CONTRACT §1):
 
     a   = q * k2[i - u],  b = dout * v2[i - u]          built once per u
     z   = a @ k1^T * scale                               exactly the forward's operations
-    P   = exp(min((z - lse) - lse_lo, 0))                natural units, clamped (_common.recomputed_p)
+    P   = exp(min((z - lse) - lse_lo, 0))                natural units, clamped (softmax.py)
     dP  = b @ v1^T
     x  += dA @ k1[j-block]
     dq += x * k2[i - u]                                   once per u; times scale at the end
@@ -19,24 +19,32 @@ Each program writes only its own rows: no atomics, deterministic.
 import triton
 import triton.language as tl
 
-from ._common import (
-    P_HEAD_PACKED,
-    P_HEAD_TAIL,
-    P_J_PAST_N,
-    P_J_REPEAT,
-    P_J_TAIL,
-    P_K_OUTSIDE,
-    P_U_REPEAT,
-    channels_at,
-    chunk_shifts,
-    count_common_paths,
-    j_window_mask,
-    mma,
-    query_tile,
-    query_tile_loops,
-    recomputed_p,
-    sequence_span,
-)
+from .kv import query_rows, rows_at
+from .mask import j_window_mask
+from .operand import chunk_shifts, cross, mma, pair_operand, permuted
+from .softmax import recomputed_block
+from .tiles import P_J_PAST_N, P_J_REPEAT, P_J_TAIL, j_block, offset_rows, query_tile, query_tile_kv, query_tile_loops
+
+
+@triton.jit
+def recomputed_j_block(
+    j0, jr, j_lo, j_hi, n, d_ok, rows_ok, pos, L1, R1, a, bo, lse, lse_lo, delta, scale,
+    k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, COUNTS,
+    J_REPEAT: tl.constexpr, J_TAIL: tl.constexpr, J_PAST_N: tl.constexpr, BLOCK_J: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+):  # fmt: skip
+    """One j-block of the backward's query-side loop (bwd_dq, bwd_dkv2): rows at positions `pos`
+    (valid where rows_ok) with operands a (logits) and bo (dP) against the k1/v1 rows j0 + jr
+    of [j_lo, j_hi]; lse, lse_lo and delta per row. Returns (P, dA, k1b, v1b)."""
+    js, j_ok, jd_mask = j_block(
+        j0, jr, j_lo, j_hi, n, d_ok, COUNTS, J_REPEAT, J_TAIL, J_PAST_N, BLOCK_J, False, COUNT_PATHS
+    )
+    k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
+    v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
+    s = mma(a, tl.trans(k1b), tl.zeros([a.shape[0], BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
+    in_win = j_window_mask(rows_ok, pos, j_ok, js, L1, R1)
+    p, ds = recomputed_block(s, in_win, bo, v1b, lse, lse_lo, delta, scale, True, INPUT_PRECISION, UPCAST)
+    return p, ds, k1b, v1b
 
 
 @triton.jit(do_not_specialize=["stride_lh"])
@@ -56,14 +64,9 @@ def _two_simplicial_bwd_dq_kernel(
     VARLEN: tl.constexpr, DET: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
-    # 64-bit scalar bases plus 32-bit in-tile offsets, sequence-relative positions, as in fwd.py.
-    start, n = sequence_span(CU_SEQLENS, N, VARLEN)
-    p0, g, b, h0, rp, rh, pos, row_ok = query_tile(n, GROUP, BLOCK_M, BLOCK_H)
-    if COUNT_PATHS:  # paths.py: interpreter only, never compiled
-        count_common_paths(COUNTS, p0, n, D, GROUP, R1, R2, BLOCK_M // BLOCK_H, BLOCK_D, VARLEN, DET)
-        if BLOCK_H > 1:
-            tl.atomic_add(COUNTS + P_HEAD_PACKED, tl.where(p0 < n, 1, 0))
-        tl.atomic_add(COUNTS + P_HEAD_TAIL, tl.sum(tl.where((pos < n) & ~row_ok, 1, 0)))
+    start, n, p0, g, b, h0, rp, rh, pos, row_ok = query_tile(
+        CU_SEQLENS, COUNTS, N, GROUP, D, R1, R2, BLOCK_M, BLOCK_H, BLOCK_D, VARLEN, DET, COUNT_PATHS
+    )
     if VARLEN:  # a batched grid has no tile past its sequence
         if p0 >= n:
             return
@@ -73,83 +76,45 @@ def _two_simplicial_bwd_dq_kernel(
     d_ok = d < D
     jr = tl.arange(0, BLOCK_J)
 
-    q_ptrs = (
-        Q
-        + b * stride_qb
-        + h0 * stride_qh
-        + r0 * stride_qn
-        + (rp[:, None] * stride_qn + rh[:, None] * stride_qh + d[None, :] * stride_qd)
-    )
-    do_ptrs = (
-        DOUT
-        + b * stride_dob
-        + h0 * stride_doh
-        + r0 * stride_don
-        + (rp[:, None] * stride_don + rh[:, None] * stride_doh + d[None, :] * stride_dod)
-    )
+    q_ptrs = query_rows(Q, b, h0, r0, rp, rh, d, stride_qb, stride_qn, stride_qh, stride_qd)
+    do_ptrs = query_rows(DOUT, b, h0, r0, rp, rh, d, stride_dob, stride_don, stride_doh, stride_dod)
     row_offs = b * stride_lb + h0 * stride_lh + r0 + (rh * stride_lh + rp)
     lse = tl.load(LSE + row_offs, mask=row_ok, other=0.0)
     lse_lo = tl.load(LSE_LO + row_offs, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + row_offs, mask=row_ok, other=0.0)
 
-    k1_offs = jr[:, None] * stride_k1n + d[None, :] * stride_k1d
-    v1_offs = jr[:, None] * stride_v1n + d[None, :] * stride_v1d
-    k2_offs = rp[:, None] * stride_k2n + d[None, :] * stride_k2d
-    v2_offs = rp[:, None] * stride_v2n + d[None, :] * stride_v2d
-    k1_base = K1 + b * stride_k1b + g.to(tl.int64) * stride_k1h + start * stride_k1n
-    v1_base = V1 + b * stride_v1b + g.to(tl.int64) * stride_v1h + start * stride_v1n
-    k2_base = K2 + b * stride_k2b + g.to(tl.int64) * stride_k2h
-    v2_base = V2 + b * stride_v2b + g.to(tl.int64) * stride_v2h
-    if DET:
-        sh1, sh2 = chunk_shifts(d, D)
-
+    k1_base, k1_offs, v1_base, v1_offs, k2_base, k2_offs, v2_base, v2_offs = query_tile_kv(
+        K1, K2, V1, V2, b, g, start, rp, jr, d,
+        stride_k1b, stride_k1n, stride_k1h, stride_k1d, stride_k2b, stride_k2n, stride_k2h, stride_k2d,
+        stride_v1b, stride_v1n, stride_v1h, stride_v1d, stride_v2b, stride_v2n, stride_v2h, stride_v2d,
+    )  # fmt: skip
+    sh1, sh2 = chunk_shifts(d, D)  # determinant logits only
     u_lo, u_hi, j_lo, j_hi = query_tile_loops(p0, n, L1, R1, L2, R2, BLOCK_M // BLOCK_H)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for u in range(u_lo, u_hi + 1):
-        kpos = pos - u
-        k_ok = row_ok & (kpos >= 0) & (kpos < n)
-        kd_mask = k_ok[:, None] & d_ok[None, :]
-        if COUNT_PATHS:
-            tl.atomic_add(COUNTS + P_U_REPEAT, tl.where(u > u_lo, 1, 0))
-            tl.atomic_add(COUNTS + P_K_OUTSIDE, tl.sum(tl.where(row_ok & ~k_ok, 1, 0)))
-        k2u = tl.load(k2_base + (r0 - u) * stride_k2n + k2_offs, mask=kd_mask, other=0.0)
-        v2u = tl.load(v2_base + (r0 - u) * stride_v2n + v2_offs, mask=kd_mask, other=0.0)
+        k_ok, kd_mask = offset_rows(pos, u, row_ok, n, d_ok, u_lo, COUNTS, COUNT_PATHS)
+        k2u = rows_at(k2_base, r0 - u, k2_offs, stride_k2n, kd_mask)
+        v2u = rows_at(v2_base, r0 - u, v2_offs, stride_v2n, kd_mask)
         # q and dout are re-read (from cache) per u rather than held in registers.
         q = tl.load(q_ptrs, mask=kd_mask, other=0.0)
-        if DET:  # a = k2 x q per chunk, channels permuted in registers, as in the forward
-            k2_1, k2_2 = channels_at(k2u, d, sh1).to(tl.float32), channels_at(k2u, d, sh2).to(tl.float32)
-            a = (k2_1 * channels_at(q, d, sh2).to(tl.float32) - k2_2 * channels_at(q, d, sh1).to(tl.float32)).to(dt)
-        else:
-            a = (q.to(tl.float32) * k2u.to(tl.float32)).to(dt)
+        a = pair_operand(q, k2u, d, sh1, sh2, dt, DET)
         do = tl.load(do_ptrs, mask=kd_mask, other=0.0)
         bo = (do.to(tl.float32) * v2u.to(tl.float32)).to(dt)
         x = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for j0 in range(j_lo, j_hi + 1, BLOCK_J):
-            js = j0 + jr
-            j_ok = js <= j_hi
-            jd_mask = j_ok[:, None] & d_ok[None, :]
-            if COUNT_PATHS:
-                tl.atomic_add(COUNTS + P_J_REPEAT, tl.where(j0 > j_lo, 1, 0))
-                tl.atomic_add(COUNTS + P_J_TAIL, tl.where(j0 + BLOCK_J - 1 > j_hi, 1, 0))
-                tl.atomic_add(COUNTS + P_J_PAST_N, tl.where(j0 + BLOCK_J > n, 1, 0))
-            j_start = tl.cast(j0, tl.int64)
-            k1b = tl.load(k1_base + j_start * stride_k1n + k1_offs, mask=jd_mask, other=0.0)
-            v1b = tl.load(v1_base + j_start * stride_v1n + v1_offs, mask=jd_mask, other=0.0)
-            s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
-            in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
-            # The select forms z = fl(s * scale) as the forward does (no fused multiply-add).
-            z = tl.where(in_win, s * scale, 0.0)
-            p = recomputed_p(tl.where(in_win, (z - lse[:, None]) - lse_lo[:, None], float("-inf")))
-            dp = mma(bo, tl.trans(v1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
-            ds = p * (dp - delta[:, None])
+            p, ds, k1b, v1b = recomputed_j_block(
+                j0, jr, j_lo, j_hi, n, d_ok, k_ok, pos, L1, R1, a, bo, lse, lse_lo, delta, scale,
+                k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, COUNTS,
+                P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+            )  # fmt: skip
             x = mma(ds.to(dt), k1b, x, INPUT_PRECISION, UPCAST)
         if DET:  # dq += x x k2 per chunk
-            k2_1, k2_2 = channels_at(k2u, d, sh1).to(tl.float32), channels_at(k2u, d, sh2).to(tl.float32)
-            dq += channels_at(x, d, sh1) * k2_2 - channels_at(x, d, sh2) * k2_1
+            k2_1, k2_2 = permuted(k2u, d, sh1, sh2)
+            x_1, x_2 = permuted(x, d, sh1, sh2)
+            dq += cross(x_1, x_2, k2_1, k2_2)
         else:
             dq += x * k2u.to(tl.float32)
 
-    dq_offs = rp[:, None] * stride_dqn + rh[:, None] * stride_dqh + d[None, :]
-    dq_base = DQ + b * stride_dqb + h0 * stride_dqh + r0 * stride_dqn
-    tl.store(dq_base + dq_offs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    dq_ptrs = query_rows(DQ, b, h0, r0, rp, rh, d, stride_dqb, stride_dqn, stride_dqh, 1)
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])

@@ -22,15 +22,14 @@ program so each program still moves ROW_TILE_ELEMENTS elements. Longer rows take
 kernels, which read the row twice (online max and sum, then the output).
 """
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
 from simplicial_attn.problem import compute_dtype, window_axis
 
-from ._common import channels_at, chunk_shifts
+from .operand import channels_at, chunk_shifts
+from .runtime import check_device, device_guard
 
 # Longest row one softmax program keeps in registers: 16 K floats over 16 warps is 32 per
 # thread (~90 registers); the backward holds two arrays (probs and their gradient), so half.
@@ -40,8 +39,6 @@ MAX_RESIDENT_ELEMENTS_BWD = 8192
 ROW_TILE_ELEMENTS = 4096
 # Chunk of a long row per loop iteration in the looped kernels (8 warps: 8 per thread).
 LOOP_BLOCK = 2048
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
@@ -69,7 +66,7 @@ def _scores_fwd_kernel(
     q_ptrs = Q + b * stride_qb + i64 * stride_qn + h * stride_qh + d * stride_qd
     k1_ptrs = K1 + b * stride_k1b + g * stride_k1h + j.to(tl.int64)[:, None] * stride_k1n + d[None, :] * stride_k1d
     jd_ok = j_ok[:, None] & d_ok[None, :]
-    if DET:  # q x k1 per chunk (_common.chunk_shifts)
+    if DET:  # q x k1 per chunk (operand.chunk_shifts)
         sh1, sh2 = chunk_shifts(d, D)
         q1 = tl.load(q_ptrs + sh1 * stride_qd, mask=d_ok, other=0.0).to(tl.float32)
         q2 = tl.load(q_ptrs + sh2 * stride_qd, mask=d_ok, other=0.0).to(tl.float32)
@@ -235,26 +232,6 @@ def _softmax_bwd_looped_kernel(DP, P, DS, M, BLOCK_M: tl.constexpr):
         tl.store(DS + row * M + start + cols, (p * (dp - dot)).to(DS.dtype.element_ty), mask=mask)
 
 
-def _interpreting():
-    """True when the kernels run in triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return not isinstance(_softmax_fwd_kernel, triton.runtime.JITFunction)
-
-
-def _check(*tensors):
-    for t in tensors:
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"the triton backend supports float16, bfloat16 and float32; got {t.dtype}")
-        if t.device.type != "cuda" and not _interpreting():
-            raise ValueError(
-                f"the triton backend needs CUDA tensors (CPU tensors only with TRITON_INTERPRET=1); got {t.device.type}"
-            )
-
-
-def _device(t):
-    """Launch on t's GPU (not the current one); nothing to do for CPU tensors (interpreter)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 # Register tiles of the scores kernels per padded head dim: (BLOCK_A, BLOCK_C, num_warps) for
 # the forward and the backward, the largest without spills on sm_80, sm_86 and sm_90 (ptxas;
 # bf16 and fp32 inputs alike, the dots are float32 FMAs). The D = 256 backward spills with 16
@@ -279,11 +256,11 @@ def _score_tiles(q, w1, w2, causal, backward):
 
 def scores_fwd(q, k1, k2, w1, w2, causal, scale, logits="trilinear"):
     """Scores [B, Hq, N, W1, W2] float32 (see the module doc); inputs of any strides."""
-    _check(q, k1, k2)
+    check_device(q, k1, k2)
     B, N, HQ, D = q.shape
     ax1, ax2, n_atiles, grid, meta = _score_tiles(q, w1, w2, causal, backward=False)
     out = torch.empty((B, HQ, N, ax1.size, ax2.size), dtype=compute_dtype(q.dtype), device=q.device)
-    with _device(q):
+    with device_guard(q):
         _scores_fwd_kernel[grid](
             q, k1, k2, out,
             *q.stride(), *k1.stride(), *k2.stride(),
@@ -296,14 +273,14 @@ def scores_fwd(q, k1, k2, w1, w2, causal, scale, logits="trilinear"):
 
 def scores_bwd(dscores, q, k1, k2, w1, w2, causal, scale, logits="trilinear"):
     """(dq, dk1, dk2) of sum(dscores * scores), typed like the inputs; masked slots ignored."""
-    _check(q, k1, k2)
+    check_device(q, k1, k2)
     B, N, HQ, D = q.shape
     HKV = k1.shape[2]
     ax1, ax2, n_atiles, grid, meta = _score_tiles(q, w1, w2, causal, backward=True)
     dscores = dscores.to(torch.float32).contiguous()
     dq = torch.zeros((B, N, HQ, D), dtype=torch.float32, device=q.device)
     dk1, dk2 = (torch.zeros((B, N, HKV, D), dtype=torch.float32, device=q.device) for _ in range(2))
-    with _device(q):
+    with device_guard(q):
         _scores_bwd_kernel[grid](
             dscores, q, k1, k2, dq, dk1, dk2,
             *q.stride(), *k1.stride(), *k2.stride(),
@@ -329,11 +306,11 @@ def _row_launch(x, max_resident):
 def softmax_fwd(scores, *, max_resident=MAX_RESIDENT_ELEMENTS):
     """Softmax over the last two dims jointly (-inf -> 0; an all -inf window -> zeros).
     `max_resident` is the longest row kept in registers (tests lower it to reach the looped kernel)."""
-    _check(scores)
+    check_device(scores)
     x = scores.contiguous()
     y = torch.empty_like(x)
     R, M, grid, meta, looped = _row_launch(x, max_resident)
-    with _device(x):
+    with device_guard(x):
         if looped:
             _softmax_fwd_looped_kernel[grid](x, y, M, **meta)
         else:
@@ -343,12 +320,12 @@ def softmax_fwd(scores, *, max_resident=MAX_RESIDENT_ELEMENTS):
 
 def softmax_bwd(dprobs, probs, *, max_resident=MAX_RESIDENT_ELEMENTS_BWD):
     """dscores = probs * (dprobs - sum(probs * dprobs)) over each window."""
-    _check(probs)
+    check_device(probs)
     p = probs.contiguous()
     dp = dprobs.to(p.dtype).contiguous()
     ds = torch.empty_like(p)
     R, M, grid, meta, looped = _row_launch(p, max_resident)
-    with _device(p):
+    with device_guard(p):
         if looped:
             _softmax_bwd_looped_kernel[grid](dp, p, ds, M, **meta)
         else:

@@ -48,6 +48,9 @@ TARGET = Shape(B=2, N=16384, Hq=64, Hkv=1, D=128, w1=512, w2=32)
 GPU_CHECK = Shape(B=2, N=8192, Hq=64, Hkv=1, D=128, w1=512, w2=32)
 NO_GQA = Shape(B=2, N=8192, Hq=16, Hkv=16, D=128, w1=512, w2=32)
 DEFAULT_SHAPES = (TARGET, GPU_CHECK, NO_GQA)
+# The target shape at the other padded head dims, so every Triton D class and every CUDA head-dim
+# instantiation gets a row (--all-head-dims; the committed results use it).
+HEAD_DIM_SHAPES = tuple(dataclasses.replace(TARGET, D=d) for d in (64, 256))
 
 
 def parse(text):

@@ -15,7 +15,7 @@ decode kernel in "base" and "det"):
 registers per thread, spill bytes (ptxas), shared memory per block, PTX instructions, and the
 innermost loops of the PTX that hold tensor-core instructions (mma.sync on sm_80/86, wgmma on
 sm_90). The kernels are compiled as a GPU launch runs them, with the interpreter's path
-counters off (COUNTS = None, COUNT_PATHS = False: triton_kernels/paths.py); the fused kernels
+counters off (COUNTS = None, COUNT_PATHS = False: triton_kernels/coverage.py); the fused kernels
 are atomic-free by design, so any atom / red instruction in their PTX (a counter hook that did
 not compile away, or a bug) is a problem.
 Each config is compiled at the largest head dim it is shipped for (configs.D_CLASSES), the
@@ -64,7 +64,7 @@ BLOCK_RE = re.compile(r"^(?:(\$L__BB\d+_\d+):|// %bb\.(\d+):)")
 
 
 def _kernels():
-    from simplicial_attn.triton_kernels.bwd import _delta_kernel
+    from simplicial_attn.triton_kernels.bwd_delta import _delta_kernel
     from simplicial_attn.triton_kernels.bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
     from simplicial_attn.triton_kernels.bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
     from simplicial_attn.triton_kernels.bwd_dq import _two_simplicial_bwd_dq_kernel

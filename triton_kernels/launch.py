@@ -1,0 +1,218 @@
+"""The Triton backend's launchers: the package's backend interface (simplicial_attn/backends/__init__.py;
+`prob` is the call's Problem, simplicial_attn/problem.py).
+
+    fwd(q, k1, k2, v1, v2, prob) -> (out, lse, lse_lo)                            fwd.py
+    bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob) -> (dq, dk1, dk2, dv1, dv2)
+        Delta preprocess (bwd_delta.py), then dq (bwd_dq.py), dk1 / dv1 (bwd_dkv1.py) and
+        dk2 / dv2 (bwd_dkv2.py): every gradient element written by exactly one program with a
+        fixed summation order, so the backward is deterministic.
+    decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob) -> (out, lse)           decode.py
+
+Each picks its configs (configs.py), sizes the grid and counts the interpreter's paths
+(coverage.py); the kernels are the @triton.jit modules named above.
+"""
+
+import torch
+import triton
+
+from . import configs, coverage
+from .bwd_delta import _delta_kernel
+from .bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
+from .bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
+from .bwd_dq import _two_simplicial_bwd_dq_kernel
+from .decode import _decode_combine_kernel, _decode_split_kernel
+from .fwd import _two_simplicial_fwd_kernel
+from .host import arch_of, block_d, check_tensors, head_block, int32_tiles, layout
+from .runtime import device_guard, input_precision, is_interpreting
+
+DELTA_BLOCK_N = 32
+
+
+def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=None):
+    """(out, lse, lse_lo): out like q (contiguous), lse and lse_lo [B, Hq, N] float32 (natural log).
+
+    Batched: q [B, N, Hq, D]; k1, k2, v1, v2 [B, N, Hkv, D], any strides. Packed
+    (prob.cu_seqlens, CONTRACT §6): B = 1, N = T rows holding the sequences. `prob` is the
+    call's Problem (simplicial_attn/problem.py: window bands, scale, logits, layout).
+    `head_packing` forces the GQA head-packed tiling on (True) or off (False); None picks it by
+    shape. `allow_tf32` lets float32 inputs use TF32 tensor cores (so does
+    SIMPLICIAL_ATTN_ALLOW_TF32=1). `config={"fwd": cfg}` launches with the one
+    triton.Config `cfg` instead of autotuning (tests, configs.py).
+    """
+    forced = configs.forced_configs(config, ("fwd",)).get("fwd")
+    check_tensors(q, k1, k2, v1, v2)
+    seqs = layout(q, prob)
+    q, k1, k2, v1, v2 = (int32_tiles(t) for t in (q, k1, k2, v1, v2))
+    B, N, HQ, D = q.shape
+    HKV = k1.shape[2]
+    group = HQ // HKV
+    out = torch.empty((B, N, HQ, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, HQ, N), dtype=torch.float32, device=q.device)
+    lse_lo = torch.empty_like(lse)
+    if out.numel() == 0:
+        return out, lse, lse_lo
+    (L1, R1), (L2, R2) = prob.band1, prob.band2
+    bd = block_d(D)
+    arch = arch_of(q.device)
+    fp32 = q.dtype == torch.float32
+    det = prob.logits == "determinant"
+    block_h = head_block(group, head_packing, "fwd", arch, bd, fp32, forced, det)
+    kernel = configs.autotuned("fwd", _two_simplicial_fwd_kernel, arch, bd, fp32, block_h >= 64, forced, det)
+
+    def grid(meta):
+        return (triton.cdiv(seqs.max_len, meta["BLOCK_M"] // block_h), HKV * triton.cdiv(group, block_h), seqs.count)
+
+    counts = coverage.buffer("fwd", q)
+    with device_guard(q):
+        kernel[grid](
+            q, k1, k2, v1, v2, out, lse, lse_lo, seqs.cu_seqlens, counts,
+            *seqs.strides(q), *seqs.strides(k1), *seqs.strides(k2), *seqs.strides(v1), *seqs.strides(v2),
+            *seqs.strides(out)[:3],
+            *seqs.strides(lse)[:2],
+            seqs.n, group, D, L1, R1, L2, R2,
+            prob.scale,
+            BLOCK_H=block_h, BLOCK_D=bd, VARLEN=seqs.packed, DET=det,
+            INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
+            COUNT_PATHS=counts is not None,
+        )  # fmt: skip
+    coverage.add("fwd", bd, counts)
+    return out, lse, lse_lo
+
+
+def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, allow_tf32=False, config=None):
+    """(dq, dk1, dk2, dv1, dv2), each shaped and typed like its input, contiguous.
+
+    Shapes and `prob` as in `fwd`; `out`, `lse` and `lse_lo` are the forward's. With GQA a kv
+    gradient sums over the query heads sharing the kv head. `head_packing`, `allow_tf32` and
+    `config` (keys "bwd_dq", "bwd_dkv1", "bwd_dkv2") as in `fwd`.
+    """
+    forced = configs.forced_configs(config, ("bwd_dq", "bwd_dkv1", "bwd_dkv2"))
+    check_tensors(q, k1, k2, v1, v2, dout, out)
+    seqs = layout(q, prob)
+    dout, q, k1, k2, v1, v2, out = (int32_tiles(t) for t in (dout, q, k1, k2, v1, v2, out))
+    B, N, HQ, D = q.shape
+    HKV = k1.shape[2]
+    group = HQ // HKV
+    lse, lse_lo = lse.contiguous(), lse_lo.contiguous()
+    delta = torch.empty_like(lse)
+    dq = torch.empty((B, N, HQ, D), dtype=q.dtype, device=q.device)
+    dk1, dk2, dv1, dv2 = (torch.empty((B, N, HKV, D), dtype=k1.dtype, device=q.device) for _ in range(4))
+    if dq.numel() == 0 or dk1.numel() == 0:
+        return dq.zero_(), dk1.zero_(), dk2.zero_(), dv1.zero_(), dv2.zero_()
+    (L1, R1), (L2, R2) = prob.band1, prob.band2
+    bd = block_d(D)
+    arch = arch_of(q.device)
+    fp32 = q.dtype == torch.float32
+    common = (
+        *seqs.strides(q), *seqs.strides(k1), *seqs.strides(k2), *seqs.strides(v1), *seqs.strides(v2),
+        *seqs.strides(dout), *seqs.strides(lse)[:2],
+    )  # fmt: skip
+    sizes = (seqs.n, group, D, L1, R1, L2, R2, prob.scale)
+    det = prob.logits == "determinant"
+    flags = dict(
+        BLOCK_D=bd, VARLEN=seqs.packed, DET=det,
+        INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
+    )  # fmt: skip
+
+    counts = {k: coverage.buffer(k, q) for k in ("bwd_delta", "bwd_dq", "bwd_dkv1", "bwd_dkv2")}
+    with device_guard(q):
+        # Delta is per row: a packed layout is one batch of all T rows.
+        _delta_kernel[(triton.cdiv(N, DELTA_BLOCK_N), HQ, B)](
+            out, dout, delta, counts["bwd_delta"], *seqs.strides(out), *seqs.strides(dout), *seqs.strides(delta)[:2],
+            N, D, BLOCK_N=DELTA_BLOCK_N, BLOCK_D=bd, COUNT_PATHS=counts["bwd_delta"] is not None,
+        )  # fmt: skip
+
+        block_h = head_block(group, head_packing, "bwd_dq", arch, bd, fp32, forced.get("bwd_dq"), det)
+        dq_kernel = configs.autotuned(
+            "bwd_dq", _two_simplicial_bwd_dq_kernel, arch, bd, fp32, block_h >= 64, forced.get("bwd_dq"), det
+        )
+        n_hblk = triton.cdiv(group, block_h)
+        dq_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_M"] // block_h), HKV * n_hblk, seqs.count)](
+            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dq, seqs.cu_seqlens, counts["bwd_dq"], *common,
+            *seqs.strides(dq)[:3], *sizes,
+            BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dq"] is not None, **flags,
+        )  # fmt: skip
+
+        # The kv-side kernels: one program per tile of BLOCK kv positions (its tile parameter).
+        for name, fn, block, grads in (
+            ("bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, "BLOCK_J", (dk1, dv1)),
+            ("bwd_dkv2", _two_simplicial_bwd_dkv2_kernel, "BLOCK_K", (dk2, dv2)),
+        ):
+            kernel = configs.autotuned(name, fn, arch, bd, fp32, forced=forced.get(name), det=det)
+            kernel[lambda m, block=block: (triton.cdiv(seqs.max_len, m[block]), HKV, seqs.count)](
+                q, k1, k2, v1, v2, dout, lse, lse_lo, delta, *grads, seqs.cu_seqlens, counts[name], *common,
+                *seqs.strides(grads[0])[:3], *sizes,
+                COUNT_PATHS=counts[name] is not None, **flags,
+            )  # fmt: skip
+    for kernel, kernel_counts in counts.items():
+        coverage.add(kernel, bd, kernel_counts)
+    return dq, dk1, dk2, dv1, dv2
+
+
+def _num_splits(q, windows_len, block_j, programs_per_split, num_splits):
+    """Splits of the j window: enough programs to fill the device (4 per SM; 2 when
+    interpreting, so tests still see several), at most one j-block each. From shapes and the
+    device only, never from cache lengths (CUDA-graph capture)."""
+    chunks = triton.cdiv(windows_len, block_j)
+    if num_splits is not None:
+        return max(1, min(num_splits, chunks))
+    if q.is_cuda:
+        target = 4 * torch.cuda.get_device_properties(q.device).multi_processor_count
+    else:
+        target = 2
+    return max(1, min(chunks, triton.cdiv(target, programs_per_split), configs.MAX_DECODE_SPLITS))
+
+
+def decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob, *, allow_tf32=False, num_splits=None, config=None):
+    """(out, lse): out [B, Nq, Hq, D] in q's dtype, lse [B, Hq, Nq] float32 (natural log).
+
+    q [B, Nq, Hq, D]; k1_cache, v1_cache [B, C1, Hkv, D]; k2_cache, v2_cache [B, C2, Hkv, D],
+    any strides, already holding the new tokens; prob.cache_seqlens int32 [B] (CONTRACT §7);
+    prob.band1, prob.band2 causal bands (right == 0). `num_splits` fixes the number of j-window
+    splits (tests); by default it follows the shapes and the device (see _num_splits).
+    `config={"decode": cfg}` launches with the triton.Config `cfg` instead of the shipped one.
+    """
+    forced = configs.forced_configs(config, ("decode",)).get("decode")
+    check_tensors(q, k1_cache, k2_cache, v1_cache, v2_cache)
+    B, NQ, HQ, D = q.shape
+    C1, HKV = k1_cache.shape[1], k1_cache.shape[2]
+    C2 = k2_cache.shape[1]
+    group = HQ // HKV
+    out = torch.empty((B, NQ, HQ, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, HQ, NQ), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    L1, L2 = prob.band1.left, prob.band2.left  # causal bands: right == 0
+    bd = block_d(D)
+    cfg = forced or configs.decode_config(arch_of(q.device), bd, q.dtype == torch.float32)
+    block_m, block_j = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_J"]
+    n_rb = triton.cdiv(NQ * group, block_m)
+    # A row block spans at most (BLOCK_M - 1) // GROUP + 2 positions: its union j window.
+    windows_len = L1 + min(NQ, (block_m - 1) // group + 2)
+    splits = _num_splits(q, windows_len, block_j, B * HKV * n_rb, num_splits)
+    split_j = triton.cdiv(triton.cdiv(windows_len, block_j), splits) * block_j
+    m_part = torch.empty((B * HQ * NQ * splits,), dtype=torch.float32, device=q.device)
+    l_part = torch.empty_like(m_part)
+    acc_part = torch.empty((B * HQ * NQ * splits, D), dtype=torch.float32, device=q.device)
+    counts = {k: coverage.buffer(k, q) for k in ("decode", "decode_combine")}
+    with device_guard(q):
+        _decode_split_kernel[(n_rb * splits, HKV, B)](
+            q, k1_cache, k2_cache, v1_cache, v2_cache, prob.cache_seqlens, m_part, l_part, acc_part, counts["decode"],
+            *q.stride(), *k1_cache.stride(), *k2_cache.stride(), *v1_cache.stride(), *v2_cache.stride(),
+            NQ, HQ, group, D, C1, C2, L1, L2, split_j, splits,
+            prob.scale,
+            BLOCK_D=bd, DET=prob.logits == "determinant",
+            INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
+            COUNT_PATHS=counts["decode"] is not None,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs,
+        )  # fmt: skip
+        _decode_combine_kernel[(NQ, HQ, B)](
+            m_part, l_part, acc_part, out, lse, counts["decode_combine"],
+            out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
+            NQ, HQ, D, splits,
+            BLOCK_S=max(2, triton.next_power_of_2(splits)), BLOCK_D=bd,
+            COUNT_PATHS=counts["decode_combine"] is not None,
+        )  # fmt: skip
+    coverage.add("decode", bd, counts["decode"])
+    coverage.add("decode_combine", bd, counts["decode_combine"])
+    return out, lse

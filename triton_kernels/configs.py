@@ -116,7 +116,10 @@ def _table_det(arch, dc, fp32):
     spill; these are the largest that do not at D <= 128 (bench/verify/kernel_report.py, sm_80/86/90,
     triton 3.6 and 3.8). At D <= 256 only the forward fits; the three backward kernels spill
     at every tile tried (DET_SPILL_BUDGET). The forward's tiles differ per arch: sm_86 spills
-    at BLOCK_M = 64 with either BLOCK_J."""
+    at BLOCK_M = 64 with either BLOCK_J. Known exception, under triton 3.6 only (found
+    2026-12-07 by scripts/triton_compat.py; 3.8 is clean): the bf16 D = 128 backward with packed
+    sequences spills on sm_90 (bwd_dq head-packed 60 B, bwd_dkv1 56 B, bwd_dkv2 20 B) and on
+    sm_80 (bwd_dq head-packed 60 B); correct, slower on the lent GPUs' triton 3.6."""
     if dc >= 256:
         return {
             "fwd": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],

@@ -110,21 +110,7 @@ def _post_dominators(succs):
     exit_ = n
     preds_rev = [list(s) if s else [exit_] for s in succs]  # reversed graph: successors become preds
     # Reverse topological order of the DAG (exit first).
-    order, seen = [], set()
-    for start in range(n):
-        if start in seen:
-            continue
-        stack = [(start, iter(succs[start]))]
-        seen.add(start)
-        while stack:
-            v, it = stack[-1]
-            nxt = next((w for w in it if w not in seen), None)
-            if nxt is None:
-                order.append(v)
-                stack.pop()
-            else:
-                seen.add(nxt)
-                stack.append((nxt, iter(succs[nxt])))
+    order = sass.postorder(succs, range(n))
     ipdom = {exit_: exit_}
     rank = {exit_: 0}
     for i, v in enumerate(order):  # post-order of the DAG = exit-first order for post-dominance

@@ -58,6 +58,27 @@ def disassemble(cubin_path):
     return done.stdout
 
 
+def postorder(succs, starts):
+    """The blocks reachable from `starts`, each after all of its successors (an iterative
+    depth-first search over the successor lists `succs`, so deep graphs do not recurse)."""
+    order, seen = [], set()
+    for start in starts:
+        if start in seen:
+            continue
+        stack = [(start, iter(succs[start]))]
+        seen.add(start)
+        while stack:
+            v, it = stack[-1]
+            nxt = next((w for w in it if w not in seen), None)
+            if nxt is None:
+                order.append(v)
+                stack.pop()
+            else:
+                seen.add(nxt)
+                stack.append((nxt, iter(succs[nxt])))
+    return order
+
+
 @dataclasses.dataclass(frozen=True)
 class Instr:
     addr: int
@@ -171,22 +192,8 @@ class Function:
             for s in b.succs:
                 preds[s].append(k)
         # Reachable blocks in reverse post-order, then iterative dominators (Cooper-Harvey-Kennedy).
-        order, seen = [], set()
-
-        def dfs(v):
-            stack = [(v, iter(self.blocks[v].succs))]
-            seen.add(v)
-            while stack:
-                node, it = stack[-1]
-                nxt = next((s for s in it if s not in seen), None)
-                if nxt is None:
-                    order.append(node)
-                    stack.pop()
-                else:
-                    seen.add(nxt)
-                    stack.append((nxt, iter(self.blocks[nxt].succs)))
-
-        dfs(0)
+        order = postorder([b.succs for b in self.blocks], [0])
+        seen = set(order)
         rpo = order[::-1]
         pos = {v: i for i, v in enumerate(rpo)}
         idom = {0: 0}

@@ -318,7 +318,7 @@ def model_kernel(k, shape, counted):
     if mapper is None:
         rec["status"] = f"no iteration map for {k.kernel} (bench/model/maps.py)"
         return rec, None
-    trips = mapper(shape, k.tiles if k.backend == "triton" else k.tiles["DP"])
+    trips = mapper(shape, k.tiles) if k.backend == "triton" else mapper(shape, k.tiles["DP"], k.arch)
     return evaluate(k, trips, counted, rec)
 
 

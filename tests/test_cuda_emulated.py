@@ -48,6 +48,11 @@ SPECIAL = [
     # Head packing with a partial head block and scalar loads at 128 and 256.
     (Case(1, 3, 17, 1, 100, 3, 2), HALF),
     (Case(1, 3, 17, 1, 196, 3, 2, causal=False), HALF),
+    # Head packing of 16 heads (a warp's rows at one position) and windows wider than a k1/v1 block:
+    # the forward's interior blocks (no mask) beside its edge blocks, at 64, 128 and 256.
+    (Case(1, 50, 16, 1, 64, 48, 3), HALF),
+    (Case(1, 50, 16, 1, 128, 48, 3), [torch.float16]),
+    (Case(1, 40, 16, 1, 256, 40, 3), [torch.float16]),
     # The SIMT kernels at 128 and 256: GQA, warps past the last row, lanes past D.
     (Case(1, 9, 3, 1, 100, 5, 3), [torch.float32]),
     (Case(1, 7, 2, 1, 196, 4, 3), [torch.float32]),
@@ -93,6 +98,19 @@ RUNS = {f"batched-{c.id}-{_dtype_id(dt)}": (_run_and_check, c, dt) for c, dt in 
 @pytest.mark.parametrize("name", RUNS)
 def test_fwd_bwd_match_oracle(name):
     emu.record_run(name, *RUNS[name])
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_forward_masks_only_the_edge_blocks(head_dim):
+    """The forward's blocks inside every row's window take their logits unmasked, the others are
+    masked, and a step whose rows' maxima all stay skips the rescale: each is run (by the oracle
+    case of head packing with windows wider than a block, checked there) at every padded head dim.
+    A forward that masked every block, or never skipped a rescale, would still be right: this is
+    what notices."""
+    (name,) = [n for n in RUNS if f"-Hq16-Hkv1-D{head_dim}-w1_" in n and n.endswith("-float16")]
+    counts = emu.recorded_paths(name) or emu.record_run(name, *RUNS[name])
+    for path in ("mask: interior block", "mask: edge block", "softmax: rescale skipped"):
+        assert counts[("fwd_kernel", head_dim, path)] > 0, f"{name}: the forward never took '{path}'"
 
 
 # The emulated --use_fast_math arithmetic of the GPU build (flush-to-zero, MUFU exp2 / log2 at

@@ -35,8 +35,15 @@ SPLIT = "output: second column half"
 SIMT = {"lanes past D", "tail: warps past the last row", "varlen: packed layout", "logits: determinant"}
 # kernel -> {path: the padded head dims it exists at}; head dim 0 labels the delta kernel.
 ALL = (64, 128, 256)
+# The forward's blocks inside every row's window (unmasked) and across an edge, its skipped rescales,
+# and its one-row layout (head packing of >= 16 heads; k1/v1 held in registers, so not at 256).
+FWD = {"mask: interior block", "mask: edge block", "softmax: rescale skipped"}
 EXPECTED_PATHS = {
-    "fwd_kernel": {**dict.fromkeys(LOADS | PIPELINE | QUERY_TILE | MASKS | FEATURES, ALL), SPLIT: (256,)},
+    "fwd_kernel": {
+        **dict.fromkeys(LOADS | PIPELINE | QUERY_TILE | MASKS | FEATURES | FWD, ALL),
+        SPLIT: (256,),
+        "tile: one position per warp": (64, 128),
+    },
     "dq_kernel": {**dict.fromkeys(LOADS | PIPELINE | QUERY_TILE | MASKS | FEATURES, ALL), SPLIT: (256,)},
     "dkv1_kernel": {
         **dict.fromkeys(LOADS | MASKS | FEATURES, ALL),

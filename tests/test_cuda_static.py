@@ -78,6 +78,11 @@ PROBE_EXPECT = {
     "probe_log2": [(r"MUFU\.LG2 ", 1)],
     "probe_logit": [(r"FMUL", 1), (r"FADD", 1), (r"FFMA", 0)],
     "probe_prob_from_lse": [(r"FMNMX\.NAN |FSEL ", 1), (r"FMNMX(\.FTZ)? ", 0), (r"MUFU\.EX2 ", 1)],
+    "probe_warp_all": [(r"VOTE\.ALL ", 1), (r"VOTE\.", 1)],
+    "probe_warp_any": [(r"VOTE\.ANY ", 1), (r"VOTE\.", 1)],
+    # one HMUL2 (or HFMA2 with a -0 addend) per pair, no round trip through fp32
+    "probe_mul_pairs_fp16": [(r"(HMUL2|HFMA2(\.MMA)?) R\d+, R\d+, R\d+(, -RZ)?$", 1), (r"FMUL|F2FP", 0)],
+    "probe_mul_pairs_bf16": [(r"HFMA2(\.MMA)?\.BF16_V2 R\d+, R\d+, R\d+, -RZ", 1), (r"FMUL|F2FP", 0)],
 }
 
 

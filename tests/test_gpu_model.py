@@ -407,10 +407,11 @@ def test_plant_cuda_doubled_tensor_core_product(tmp_path):
     shutil.copytree(ROOT / "csrc", csrc)
     main_cubin = build(csrc, "main")
     path = csrc / "cuda" / "fwd_kernel.cuh"
-    old = "          mma_acc<T>(s[nt], a, b0);\n"
+    old = "          for (int nt = 0; nt < BJ / 8; ++nt) mma_acc<T>(s[nt], a, kb[kt][nt]);\n"
+    doubled = "          for (int nt = 0; nt < BJ / 8; nt += 2) mma_acc<T>(s[nt], a, kb[kt][nt]);\n"
     text = path.read_text()
     assert old in text, "the planted code's anchor moved"
-    path.write_text(text.replace(old, old + old, 1))
+    path.write_text(text.replace(old, old + doubled, 1))
     planted_cubin = build(csrc, "planted")
     recs = {}
     for name, cubin in (("main", main_cubin), ("planted", planted_cubin)):

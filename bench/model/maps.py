@@ -181,9 +181,9 @@ def _swapped(s):
     return (L2, R2, L1, R1) if (L2 + R2) > (L1 + R1) else (L1, R1, L2, R2)
 
 
-def cuda_query_kernel(s, dp, rows, bj, cu, out_cols, extra_q):
-    """fwd_kernel / dq_kernel: loops it = (u-chunk, j-block) pairs, u in the chunk, kt: the
-    QK product's k-steps (DP / 16, `#pragma unroll 2`)."""
+def cuda_query_kernel(s, dp, rows, bj, cu, out_cols, extra_q, kt_loop=True):
+    """fwd_kernel / dq_kernel: loops it = (u-chunk, j-block) pairs, u in the chunk, and (kt_loop) kt:
+    the QK product's k-steps (DP / 16, `#pragma unroll 2`); without it they are unrolled into u's."""
     L1, R1, L2, R2 = _swapped(s)
     heads = _heads_per_tile(s.group, rows)
     positions = rows // heads
@@ -196,7 +196,7 @@ def cuda_query_kernel(s, dp, rows, bj, cu, out_cols, extra_q):
     u_trips = int((jb * u).sum()) * mult
     return Trips(
         ctas=len(p0) * mult,
-        levels=[it, u_trips, u_trips * (dp // 32)],
+        levels=[it, u_trips, u_trips * (dp // 32)] if kt_loop else [it, u_trips],
         logit=1,
         logits=rows * bj,
         side={0: _cdiv(bj * dp // 8, 32 * rows // 16)},
@@ -204,18 +204,22 @@ def cuda_query_kernel(s, dp, rows, bj, cu, out_cols, extra_q):
     )
 
 
-def cuda_fwd(s, dp):
-    rows, bj, cu = (64 if dp <= 128 else 32), (64 if dp <= 64 else 32 if dp <= 128 else 16), (16 if dp <= 128 else 8)
-    return cuda_query_kernel(s, dp, rows, bj, cu, dp if dp <= 128 else 128, extra_q=1)
+def cuda_fwd(s, dp, arch="sm80"):
+    """FwdConfig: the QK product's k-steps are unrolled where the stage's k1 / v1 fragments are
+    held in registers (DP <= 128; DP = 64 only on sm_90, kSm90Device); elsewhere the
+    `#pragma unroll 2` loop of logits() stays."""
+    rows, bj, cu = (64 if dp <= 128 else 32), (32 if dp <= 128 else 16), (16 if dp <= 128 else 8)
+    held = dp <= 64 or (dp <= 128 and arch != "sm90")
+    return cuda_query_kernel(s, dp, rows, bj, cu, dp if dp <= 128 else 128, extra_q=1, kt_loop=not held)
 
 
-def cuda_dq(s, dp):
+def cuda_dq(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map)
     rows = 64 if dp <= 64 else 32 if dp <= 128 else 16
     bj, cu = (64 if dp <= 64 else 32 if dp <= 128 else 16), (16 if dp <= 128 else 8)
     return cuda_query_kernel(s, dp, rows, bj, cu, dp if dp <= 128 else 128, extra_q=2)
 
 
-def cuda_dkv1(s, dp):
+def cuda_dkv1(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map)
     """dkv1_kernel: CTAs of kRows j positions x kOutCols columns; loops query head, query block of
     kBlockI positions, u-chunk, u (with a product-build loop), kt (DP / 16, unroll 2)."""
     L1, R1, L2, R2 = _swapped(s)
@@ -245,7 +249,7 @@ def cuda_dkv1(s, dp):
     )
 
 
-def cuda_dkv2(s, dp):
+def cuda_dkv2(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map)
     """dkv2_kernel: CTAs of kRows k positions x kOutCols columns; loops it = (query head, u-chunk,
     j-block) steps, u in the chunk, kt (DP / 16, unroll 2)."""
     L1, R1, L2, R2 = _swapped(s)
@@ -274,7 +278,7 @@ def cuda_dkv2(s, dp):
     )
 
 
-def cuda_delta(s, dp):
+def cuda_delta(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map)
     """delta_kernel: one warp per (b, h, i) row, 4 warps a CTA, a loop over D in 32-lane steps."""
     rows = s.B * s.Hq * s.N
     q = rows * s.D * _elem(s)

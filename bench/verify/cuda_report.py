@@ -33,7 +33,7 @@ TENSOR_CORE_KERNELS = ("fwd_kernel", "dq_kernel", "dkv1_kernel", "dkv2_kernel")
 SIMT_KERNELS = ("fwd_simt_kernel", "dq_simt_kernel", "dkv_simt_kernel")
 DECODE_KERNELS = ("decode_split_kernel", "decode_combine_kernel")  # every dtype, fp32 math on CUDA cores
 # Kernels instantiated per logit form (a bool template argument): variant "det" for the determinant.
-VARIANT_KERNELS = ("dq_kernel", "dkv2_kernel")
+VARIANT_KERNELS = ("fwd_kernel", "dq_kernel", "dkv2_kernel")
 HEAD_DIMS = (64, 128, 256)
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "csrc" / "cuda" / "sass" / "golden_counts.json"

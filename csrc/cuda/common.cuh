@@ -146,6 +146,27 @@ SA_DEV float warp_sum(float v SA_SITE_ARG) {
   return v;
 }
 
+// Whether `pred` holds on every lane of the warp (warp_all) or on some lane (warp_any): a
+// warp-uniform answer for a branch. Every lane of the warp must call it.
+SA_DEV bool warp_all(bool pred SA_SITE_ARG) {
+#ifdef SA_EMULATE
+  float v = pred ? 1.f : 0.f;
+  for (int mask = 16; mask >= 1; mask >>= 1) v = std::fmin(v, sa_emu::shfl_xor(v, mask, SA_SITE_NEXT_ONLY));
+  return v != 0.f;
+#else
+  return __all_sync(0xffffffffu, pred);
+#endif
+}
+SA_DEV bool warp_any(bool pred SA_SITE_ARG) {
+#ifdef SA_EMULATE
+  float v = pred ? 1.f : 0.f;
+  for (int mask = 16; mask >= 1; mask >>= 1) v = std::fmax(v, sa_emu::shfl_xor(v, mask, SA_SITE_NEXT_ONLY));
+  return v != 0.f;
+#else
+  return __any_sync(0xffffffffu, pred);
+#endif
+}
+
 SA_DEV float fast_exp2(float x) {
 #ifdef SA_EMULATE
   return sa_emu::exp2f_emu(x);
@@ -295,6 +316,7 @@ struct Elem;
 
 template <>
 struct Elem<__half> {
+  using Pair = __half2;
   static constexpr bool kBf16 = false;
   SA_DEV static uint32_t pack(float lo, float hi) {
     __half2 h = __floats2half2_rn(lo, hi);
@@ -313,6 +335,7 @@ struct Elem<__half> {
 
 template <>
 struct Elem<__nv_bfloat16> {
+  using Pair = __nv_bfloat162;
   static constexpr bool kBf16 = true;
   SA_DEV static uint32_t pack(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
@@ -335,11 +358,24 @@ struct Elem<float> {
   SA_DEV static float from_float(float x) { return x; }
 };
 
-// Element-wise product of two packed pairs, rounded once to T.
+// Element-wise product of two packed pairs, rounded once to T. The product of two 16-bit values
+// is exact in fp32, so rounding it to T there (the emulator) and one HMUL2 (fp16) or
+// HFMA2.BF16 with a -0 addend (bf16 on sm_80; mul.rn: never contracted) give the same bits.
 template <class T>
 SA_DEV uint32_t mul_pairs(uint32_t x, uint32_t y) {
+#ifdef SA_EMULATE
   const float2 a = Elem<T>::unpack(x), b = Elem<T>::unpack(y);
   return Elem<T>::pack(a.x * b.x, a.y * b.y);
+#else
+  using Pair = typename Elem<T>::Pair;
+  Pair a, b;
+  memcpy(&a, &x, 4);
+  memcpy(&b, &y, 4);
+  const Pair c = __hmul2_rn(a, b);
+  uint32_t u;
+  memcpy(&u, &c, 4);
+  return u;
+#endif
 }
 
 // d = a @ b + c on tensor cores, fp32 accumulation (fragment layouts: see the top of this file).

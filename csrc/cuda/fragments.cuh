@@ -98,6 +98,21 @@ SA_DEV void store_product8(T* dst, const T* x, const T* y) {
   sstore(reinterpret_cast<uint4*>(dst), c);
 }
 
+// acc[nt] += t ⊙ w: t the C fragment of n-tile nt (output columns col0 + 8 nt ..), w the shared
+// rows the lane's two fragment rows are multiplied by, element-wise in fp32. same_rows: w[1] is
+// w[0] (head packing: one position), read once.
+template <class T, int kTiles>
+SA_DEV void add_times_rows(float (&acc)[kTiles][4], int nt, const float (&t)[4], const T* const (&w)[2], int col0,
+                           bool same_rows = false) {
+  float2 wh;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (h == 0 || !same_rows) wh = sload_pair(w[h], col0 + nt * 8 + frag_col(2 * h));
+    acc[nt][2 * h] += t[2 * h] * wh.x;
+    acc[nt][2 * h + 1] += t[2 * h + 1] * wh.y;
+  }
+}
+
 // acc += (a @ b) ⊙ w over output columns col0 + 8 nt (nt < kTiles): a the A fragments of kK
 // 16-deep steps (P or dA over a block's positions), b a k-major tile (row = k, e.g. v1[j][d]), w the
 // shared rows the lane's two fragment rows are multiplied by (e.g. v2[i - u]), element-wise in fp32.
@@ -114,16 +129,51 @@ SA_DEV void add_product_times_rows(float (&acc)[kTiles][4], const uint32_t (&a)[
       mma_acc<T>(t0, a[kk], b0 SA_SITE_NEXT);
       mma_acc<T>(t1, a[kk], b1 SA_SITE_NEXT);
     }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float2 w0 = sload_pair(w[h], col0 + nt * 8 + frag_col(2 * h));
-      const float2 w1 = sload_pair(w[h], col0 + nt * 8 + 8 + frag_col(2 * h));
-      acc[nt][2 * h] += t0[2 * h] * w0.x;
-      acc[nt][2 * h + 1] += t0[2 * h + 1] * w0.y;
-      acc[nt + 1][2 * h] += t1[2 * h] * w1.x;
-      acc[nt + 1][2 * h + 1] += t1[2 * h + 1] * w1.y;
-    }
+    add_times_rows<T>(acc, nt, t0, w, col0);
+    add_times_rows<T>(acc, nt + 1, t1, w, col0);
   }
+}
+
+// The same with b held in registers (held_b_kmajor), one n-tile at a time: the forward's P @ v1
+// of a stage; same_rows as in add_times_rows.
+template <class T, int kK, int kTiles>
+SA_DEV void add_held_product_times_rows(float (&acc)[kTiles][4], const uint32_t (&a)[kK][4],
+                                        const uint32_t (&b)[kK][kTiles][2], int col0, const T* const (&w)[2],
+                                        bool same_rows SA_SITE_ARG) {
+#pragma unroll
+  for (int nt = 0; nt < kTiles; ++nt) {
+    float t[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int kk = 0; kk < kK; ++kk) mma_acc<T>(t, a[kk], b[kk][nt] SA_SITE_NEXT);
+    add_times_rows<T>(acc, nt, t, w, col0, same_rows);
+  }
+}
+
+// Register-held operands: every fragment a warp reads of a shared tile, loaded once and used for
+// many products (the forward holds a stage's k1 / v1 fragments over all offsets u of a chunk, and
+// its q fragments over the whole loop).
+//   held_a            A fragments of the warp's 16 rows (my_row: the lane's ldmatrix row), DP columns
+//   held_b_nmajor     B fragments of S = A @ t^T: all DP channels (k) of the BN rows (n) of t
+//   held_b_kmajor     B fragments of P @ t: the BK rows (k) of t, its columns [col0, col0 + 8 kTiles)
+template <class T, int DP>
+SA_DEV void held_a(uint32_t (&a)[DP / 16][4], const T* my_row SA_SITE_ARG) {
+#pragma unroll
+  for (int kt = 0; kt < DP / 16; ++kt) ldsm_a(a[kt], my_row, kt * 16 SA_SITE_NEXT);
+}
+template <class T, int DP, int BN>
+SA_DEV void held_b_nmajor(uint32_t (&b)[DP / 16][BN / 8][2], const Tile<T, DP>& t SA_SITE_ARG) {
+#pragma unroll
+  for (int kt = 0; kt < DP / 16; ++kt)
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt += 2) ldsm_b_nmajor(b[kt][nt], b[kt][nt + 1], t, nt * 8, kt * 16 SA_SITE_NEXT);
+}
+template <class T, int DP, int BK, int kTiles>
+SA_DEV void held_b_kmajor(uint32_t (&b)[BK / 16][kTiles][2], const Tile<T, DP>& t, int col0 SA_SITE_ARG) {
+#pragma unroll
+  for (int kk = 0; kk < BK / 16; ++kk)
+#pragma unroll
+    for (int nt = 0; nt < kTiles; nt += 2)
+      ldsm_b_kmajor(b[kk][nt], b[kk][nt + 1], t, kk * 16, col0 + nt * 8 SA_SITE_NEXT);
 }
 
 // Stores the C-fragment accumulators acc[n-tile][4] of this lane's two rows to global memory:

@@ -1,4 +1,6 @@
-// Forward tensor-core kernel (fp16 / bf16 inputs, fp32 accumulation and softmax state).
+// Forward tensor-core kernel (fp16 / bf16 inputs, fp32 accumulation and softmax state), the fast
+// path on sm_80 / sm_86 / sm_89 (mma.sync is their native tensor-core instruction; it also runs
+// on sm_90, where the Triton forward is the fast path).
 //
 // A CTA owns kRows query rows of one kv head g; a row is a (position, query head) pair:
 //
@@ -10,7 +12,7 @@
 //
 //     S   = (q ⊙ k2[i - u]) @ k1[j-block]^T             [rows, BJ]  two tensor-core products
 //           (determinant logits: k2[i - u] × q per 3-channel chunk instead of q ⊙ k2, cross.cuh)
-//     P   = online softmax of scale * S over the joint (j, k) window, fp32 (numerics.cuh)
+//     P   = online softmax of scale * S over the joint (j, k) window, fp32 (softmax.cuh)
 //     acc = acc * rescale + (P @ v1[j-block]) ⊙ v2[i - u]
 //
 // out = acc / l, lse = m + ln l (natural log, float32 [B, Hq, N]) and its residual lse_lo
@@ -19,12 +21,25 @@
 // windows end at its boundaries, and a tile past its end exits at once.
 //
 // Loop (QueryStream in query_tile.cuh): u-chunks of kChunkU offsets (outer), j-blocks of kBlockJ
-// positions through a 2-stage cp.async pipeline, u (inner), so each k1/v1 block is read from
-// global memory once per u-chunk and reused for all its offsets. The host makes w2 <= w1 (swapping
-// the symmetric roles of (k1, v1) and (k2, v2)), so u runs over the smaller window.
+// positions through a 2-stage cp.async pipeline, u (inner). The host makes w2 <= w1 (swapping the
+// symmetric roles of (k1, v1) and (k2, v2)), so u runs over the smaller window.
+//
+// What stays in registers, and why (the fast path of sm_80 / sm_86 / sm_89, issue 23): a j-block's
+// k1 and v1 enter every one of the chunk's kChunkU offsets, so each warp loads their mma fragments
+// once, at the start of the block's iteration, and holds them for all its steps (u, block)
+// (fragments.cuh, held_*; q's fragments too where they fit, D <= 64). A step then reads from shared
+// memory only what depends on u: the k2 factor of its A operand q ⊙ k2 (one ldmatrix per 16
+// channels) and the v2 pairs of its epilogue (one row's under head packing, where a warp's 16 rows
+// share one position), plus q's ldmatrix where q is not held. Before, a step also re-read every B
+// fragment: 0.111 shared-memory bytes per MMA FLOP at the README's head-packed D = 128 shape, the
+// loop's bound with issue; now 0.058 (bench/gpu_model.py, sm_80). Two more savings per step: the
+// window mask only on a block that crosses some row's window edge (interior blocks take every
+// logit), and the rescale of the accumulators only when some row's running max moved. Determinant
+// logits (their A operand is built from shared rows at each step and needs the registers), D = 256,
+// and D = 128 on sm_90 (kSm90Device) read the stage at each step instead.
 //
 // Each warp owns 16 rows; a lane holds two of them (fragment rows g and g + 8, see common.cuh) and
-// all their softmax state (softmax.cuh), so no row statistics are shared between warps.
+// all their softmax state, so no row statistics are shared between warps.
 #pragma once
 
 #include "fragments.cuh"
@@ -40,15 +55,28 @@ struct FwdConfig {
   static constexpr int kRows = DP <= 128 ? 64 : 32;  // query rows per CTA, 16 per warp
   static constexpr int kWarps = kRows / 16;
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kBlockJ = DP <= 64 ? 64 : (DP <= 128 ? 32 : 16);  // k1/v1 positions per block
-  static constexpr int kChunkU = DP <= 128 ? 16 : 8;                     // offsets u per k2/v2 region
+  // k1/v1 positions per block: its fragments (DP / 4 + kOutCols / 4 registers a lane per 16
+  // positions) stay in registers for the chunk's offsets (trilinear logits, D <= 128).
+  static constexpr int kBlockJ = DP <= 128 ? 32 : 16;
+  static constexpr int kChunkU = DP <= 128 ? 16 : 8;  // offsets u per k2/v2 region
   static constexpr int kRegionRows = kRows + kChunkU - 1;
   static constexpr int kStages = 2;
   // Output columns per CTA: D = 256 splits them over 2 CTAs (grid.z), which both compute S, so
   // the fp32 accumulator (kOutCols / 2 registers a lane) stays within the register file.
   static constexpr int kOutCols = DP <= 128 ? DP : 128;
+  // Registers held across steps (trilinear logits): a stage's k1 / v1 fragments for the chunk's
+  // offsets (kHoldB; at 256 they would not fit beside the accumulator), and q's for the whole
+  // loop where they fit beside those (kHoldQ; else a step loads them from q's shared rows).
+  static constexpr bool kHoldB = DP <= 128;
+  static constexpr bool kHoldQ = DP <= 64;
   static constexpr int kRowBytes = (DP + 8) * 2;
-  static constexpr int kSmemBytes = kRowBytes * (kRows + 2 * kRegionRows + 2 * kStages * kBlockJ);
+  // A k2/v2 region holds positions + kChunkU - 1 rows: at most kRegionRows (sequence tiling); under
+  // head packing (a tile of few positions) the launch asks for less for the v2 buffer, the last
+  // one (QueryStream), so two CTAs fit on an sm_80 SM.
+  static constexpr int smem_bytes(int region_rows) {
+    return kRowBytes * (kRows + kRegionRows + region_rows + 2 * kStages * kBlockJ);
+  }
+  static constexpr int kSmemBytes = smem_bytes(kRegionRows);
   static_assert(kSmemBytes <= kSmemLimit, "forward tiles exceed the shared memory of an sm_86 block");
 };
 
@@ -58,11 +86,23 @@ struct FwdKernelParams : QueryTileParams {
   float* lse_lo;  // contiguous [B, Hq, N]
 };
 
-template <class T, class Cfg>
+// sm_90 device code: there the Triton forward is the fast path and this kernel the fallback, and
+// ptxas for sm_90 spills the held k1 / v1 fragments at D = 128 (255 registers), so it reads the
+// stage at each step there, as at D = 256.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+inline constexpr bool kSm90Device = true;
+#else
+inline constexpr bool kSm90Device = false;
+#endif
+
+// kDet: determinant logits, a separate instantiation (as dq's and dk2's): its A operand, built
+// from shared rows at each step, needs the registers the trilinear form holds k1 / v1 in.
+template <class T, class Cfg, bool kDet>
 SA_GLOBAL(Cfg::kThreads)
 fwd_kernel(const FwdKernelParams p) {
   constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BJ = Cfg::kBlockJ, DO = Cfg::kOutCols;
   constexpr int kThreads = Cfg::kThreads;
+  constexpr bool kHoldB = Cfg::kHoldB && !kDet && (DP <= 64 || !kSm90Device), kHoldQ = Cfg::kHoldQ && !kDet;
   constexpr float kNegInf = -__builtin_huge_valf();
   using TileT = Tile<T, DP>;
 
@@ -71,15 +111,14 @@ fwd_kernel(const FwdKernelParams p) {
   if (qt.past_end()) return;  // the whole CTA, before any barrier
   const SeqSpan seq = qt.seq;
   const int D = p.D, col0 = block_z() * DO;
-  const bool det = p.prob.determinant;
   SA_PATH(col0 > 0, "output: second column half");
-  SA_PATH(det, "logits: determinant");
+  SA_PATH(kDet, "logits: determinant");
 
   // ---- Shared memory: sq is written once (prologue, cp.async group 0) and read-only afterwards;
   // the k2/v2 regions and k1/v1 stages are the stream's (owners and barriers: QueryStream).
   SmemCarver carver{dynamic_smem()};
   const TileT sq{carver.take<T>(BM * TileT::kLd)};
-  const QueryStream<T, Cfg> stream(p, qt, carver);
+  const QueryStream<T, Cfg> stream(p, qt, carver, qt.positions + Cfg::kChunkU - 1);
 
   // ---- This lane's two rows; the q rows of its two fragment rows (the determinant's A operand
   // reads those).
@@ -89,9 +128,18 @@ fwd_kernel(const FwdKernelParams p) {
   RowSoftmax softmax;
   float acc[DO / 8][4];
   zero_acc(acc);
+  uint32_t qa[DP / 16][4];  // q's A fragments (kHoldQ), loaded at iteration 0
+  // A stage's k1 / v1 fragments (kHoldB; one element otherwise, never used).
+  using KeyFrags = uint32_t[kHoldB ? DP / 16 : 1][BJ / 8][2];
+  using ValueFrags = uint32_t[kHoldB ? BJ / 16 : 1][DO / 8][2];
 
   load_tile<kThreads>(sq, BM, D, p.vec, p.q.ptr, query_rows<T>(p.q, qt, p.group));
   stream.start();
+  // Head packing of >= 16 heads puts each warp's 16 rows at one position, so one v2 row per offset
+  // in the epilogue: a warp-uniform flag, not a second instantiation of the loop (one loop nest,
+  // which bench/gpu_model.py reads from the SASS).
+  const bool one_row = kHoldB && p.log2_heads >= 4;
+  SA_PATH(one_row, "tile: one position per warp");
   for (int it = 0; it < stream.n_iters; ++it) {
     const int c = it / stream.n_jblocks, stage = it % Cfg::kStages;
     stream.load_and_wait(it);
@@ -99,6 +147,17 @@ fwd_kernel(const FwdKernelParams p) {
 
     const int j0 = stream.j0(it), region_base = stream.region_base(c);
     const TileT sk1 = stream.sk1(stage), sv1 = stream.sv1(stage), sk2 = stream.sk2, sv2 = stream.sv2;
+    if constexpr (kHoldQ) {
+      if (it == 0) held_a<T, DP>(qa, sq.row(lr.a_row));
+    }
+    // The stage's k1 / v1 fragments, held for every offset of the chunk.
+    [[maybe_unused]] KeyFrags kb;
+    [[maybe_unused]] ValueFrags vb;
+    if constexpr (kHoldB) {
+      held_b_nmajor<T, DP, BJ>(kb, sk1);
+      held_b_kmajor<T, DP, BJ, DO / 8>(vb, sv1, col0);
+    }
+
     for (int u = stream.chunk_lo(c); u <= stream.chunk_hi(c); ++u) {
       // The k2/v2 rows of k = pos - u in the region.
       const OffsetRows o = offset_rows(qt, lr, u, region_base);
@@ -106,29 +165,60 @@ fwd_kernel(const FwdKernelParams p) {
       const T* const v2_h[2] = {sv2.row(o.h[0]), sv2.row(o.h[1])};
 
       // S = (q ⊙ k2[pos - u]) @ k1_block^T, or (k2[pos - u] × q) @ k1_block^T
-      const LogitRows<T> logit_rows{det, D, sq.row(lr.a_row), sk2.row(o.a), q_h, k2_h};
       float s[BJ / 8][4];
-      logits<T, DP, BJ>(s, logit_rows, sk1);
+      zero_acc(s);
+      if constexpr (kHoldB) {
+#pragma unroll
+        for (int kt = 0; kt < DP / 16; ++kt) {
+          uint32_t a[4];
+          q_times_k2<T, DP, kHoldQ>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);
+#pragma unroll
+          for (int nt = 0; nt < BJ / 8; ++nt) mma_acc<T>(s[nt], a, kb[kt][nt]);
+        }
+      } else {
+        // The determinant, or q ⊙ k2 at D = 256: nothing held, the stage read at each step.
+        const LogitRows<T> logit_rows{kDet, D, sq.row(lr.a_row), sk2.row(o.a), q_h, k2_h};
+        logits<T, DP, BJ>(s, logit_rows, sk1);
+      }
 
-      // Mask to the (j, k) window, scale to logits, online softmax update.
+      // Scale to logits; mask to the (j, k) window unless the block lies inside every row's.
+      const int j_last = j0 + BJ - 1;
+      const bool interior = warp_all(o.ok[0] && o.ok[1] && j0 >= lr.jmin[0] && j0 >= lr.jmin[1] &&
+                                     j_last <= lr.jmax[0] && j_last <= lr.jmax[1]);
+      SA_PATH(interior, "mask: interior block");
+      SA_PATH(!interior, "mask: edge block");
+      if (interior) {
 #pragma unroll
-      for (int nt = 0; nt < BJ / 8; ++nt) {
+        for (int nt = 0; nt < BJ / 8; ++nt)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
-          SA_PATH(o.ok[h] && (j < lr.jmin[h] || j > lr.jmax[h]), "mask: j outside the window");
-          s[nt][i] = (o.ok[h] && j >= lr.jmin[h] && j <= lr.jmax[h]) ? logit(s[nt][i], p.prob.scale) : kNegInf;
+          for (int i = 0; i < 4; ++i) s[nt][i] = logit(s[nt][i], p.prob.scale);
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < BJ / 8; ++nt) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
+            SA_PATH(o.ok[h] && (j < lr.jmin[h] || j > lr.jmax[h]), "mask: j outside the window");
+            s[nt][i] = (o.ok[h] && j >= lr.jmin[h] && j <= lr.jmax[h]) ? logit(s[nt][i], p.prob.scale) : kNegInf;
+          }
         }
       }
       float alpha[2];
       softmax.step(s, alpha);
-      rescale_rows(acc, alpha);
+      // alpha is exactly 1 where the running max did not move: skip the rescale when it is for
+      // every row of the warp.
+      const bool moved = warp_any(alpha[0] != 1.f || alpha[1] != 1.f);
+      SA_PATH(!moved, "softmax: rescale skipped");
+      if (moved) rescale_rows(acc, alpha);
 
       // acc += (P @ v1_block) ⊙ v2[pos - u], 16 output columns (col0 + nt * 8 ..) at a time.
       uint32_t pa[BJ / 16][4];
 #pragma unroll
       for (int kk = 0; kk < BJ / 16; ++kk) c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
-      add_product_times_rows<T>(acc, pa, sv1, col0, v2_h);
+      if constexpr (kHoldB)
+        add_held_product_times_rows<T>(acc, pa, vb, col0, v2_h, one_row);
+      else
+        add_product_times_rows<T>(acc, pa, sv1, col0, v2_h);
     }
     cta_sync();  // B2: every warp is done with this stage and (if the chunk ends) the region
   }

@@ -17,7 +17,12 @@ void launch_fwd_tc(const FwdArgs& args, cudaStream_t stream) {
   p.lse = a.lse;
   p.lse_lo = a.lse_lo;
   const Grid grid = plan_query_tiles<Cfg>(p, a.dims, a.prob);
-  launch_kernel("fwd_kernel", DP, &fwd_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
+  // The k2/v2 regions of a tile of (kRows >> log2_heads) positions.
+  const int smem = Cfg::smem_bytes((Cfg::kRows >> p.log2_heads) + Cfg::kChunkU - 1);
+  if (a.prob.determinant)
+    launch_kernel("fwd_kernel", DP, &fwd_kernel<T, Cfg, true>, grid, Cfg::kThreads, smem, stream, p);
+  else
+    launch_kernel("fwd_kernel", DP, &fwd_kernel<T, Cfg, false>, grid, Cfg::kThreads, smem, stream, p);
 }
 
 template <class T>

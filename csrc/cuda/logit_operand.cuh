@@ -29,6 +29,24 @@ struct LogitRows {
   }
 };
 
+// The A operand q ⊙ k2 over columns [16 kt, 16 kt + 16): q's factor from fragments held in
+// registers (kHoldQ: held_a) or from the lane's ldmatrix row of q, k2's from the lane's ldmatrix
+// row of k2 (under head packing all 16 rows of a warp share that row: a broadcast).
+template <class T, int DP, bool kHoldQ>
+SA_DEV void q_times_k2(uint32_t (&a)[4], const uint32_t (&held_q)[DP / 16][4], const T* q_row, const T* k2_row,
+                       int kt SA_SITE_ARG) {
+  uint32_t q[4], k[4];
+  if constexpr (kHoldQ) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q[i] = held_q[kt][i];
+  } else {
+    ldsm_a(q, q_row, kt * 16 SA_SITE_NEXT);
+  }
+  ldsm_a(k, k2_row, kt * 16 SA_SITE_NEXT);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) a[i] = mul_pairs<T>(q[i], k[i]);
+}
+
 // The logits S = A @ k1^T (A of `logit`: q ⊙ k2 or k2 × q) of one warp's 16 rows and the BJ
 // k1/v1 positions of a stage, over all DP channels.
 template <class T, int DP, int BJ>

@@ -150,18 +150,22 @@ struct QueryStream {
 
   const QueryTileParams& p;
   const QueryTile& qt;
-  TileT sk2, sv2;
   T* k1_stages;
   T* v1_stages;
+  TileT sk2, sv2;
   int n_jblocks, n_iters;
 
-  SA_DEV QueryStream(const QueryTileParams& params, const QueryTile& tile, SmemCarver& carver)
+  // region_rows: the rows the v2 region buffer holds, at most Cfg::kRegionRows, which the k2
+  // buffer always holds (so the addresses of both are compile-time offsets); the launch's dynamic
+  // shared memory ends with that buffer.
+  SA_DEV QueryStream(const QueryTileParams& params, const QueryTile& tile, SmemCarver& carver,
+                     int region_rows = Cfg::kRegionRows)
       : p(params),
         qt(tile),
-        sk2{carver.take<T>(Cfg::kRegionRows * TileT::kLd)},
-        sv2{carver.take<T>(Cfg::kRegionRows * TileT::kLd)},
         k1_stages(carver.take<T>(Cfg::kStages * BJ * TileT::kLd)),
         v1_stages(carver.take<T>(Cfg::kStages * BJ * TileT::kLd)),
+        sk2{carver.take<T>(Cfg::kRegionRows * TileT::kLd)},
+        sv2{carver.take<T>(region_rows * TileT::kLd)},
         n_jblocks(ceil_div(tile.j_hi - tile.j_lo + 1, BJ)),
         n_iters(n_jblocks * ceil_div(tile.u_hi - tile.u_lo + 1, CU)) {}
 

@@ -15,6 +15,8 @@ PROBES = ["tests/test_cuda_static.py", "-k", "primitive_compiles"]
 # The cp.async pipeline with several iterations at head dim 64 (N = 97, windows 40 / 20), one dtype.
 PIPELINE_64 = [EMU, "-k", "match_oracle and N97 and float16"]
 SMALL_FP16 = [EMU, "-k", "match_oracle and B2-N7-Hq2-Hkv1-D16-w1_3-w2_5-causal-float16"]
+# Head packing of 16 heads (each warp's rows at one position) with windows wider than a block, head dim 64.
+ONE_ROW_64 = [EMU, "-k", "match_oracle and B1-N50-Hq16-Hkv1-D64-w1_48-w2_3-causal-float16"]
 
 MUTANTS = [
     # ---- device branches (common.cuh inline PTX): the SASS probes
@@ -60,6 +62,23 @@ MUTANTS = [
         new="return fast_exp2(fminf(t, 0.f) * kLog2e);",
         tests=PROBES,
         why="the backward's clamp as fminf: a NaN logit becomes P = 1 (SASS FMNMX without .NAN)",
+    ),
+    dict(
+        name="cuda-mul-pairs-adds",
+        path="csrc/cuda/common.cuh",
+        old="  const Pair c = __hmul2_rn(a, b);",
+        new="  const Pair c = __hadd2(a, b);",
+        tests=PROBES,
+        cheap=True,
+        why="the packed product (the A operands q ⊙ k2) on the device an addition (HADD2 where HMUL2 belongs)",
+    ),
+    dict(
+        name="cuda-warp-all-as-any",
+        path="csrc/cuda/common.cuh",
+        old="  return __all_sync(0xffffffffu, pred);",
+        new="  return __any_sync(0xffffffffu, pred);",
+        tests=PROBES,
+        why="warp_all on the device asks whether some lane agrees (VOTE.ANY): an edge block taken unmasked",
     ),
     # ---- kernel code: the emulator
     dict(
@@ -183,6 +202,72 @@ MUTANTS = [
         new="SA_DEV float logit(float s, float scale) { return s * scale; }",
         tests=["tests/test_cuda_large_logits.py", "-k", "single_pair"],
         why="the logit left to fma contraction: the backward sees exp2 of the product's rounding error",
+    ),
+    # ---- the forward's register-held operands, interior blocks, skipped rescales (issue 23)
+    dict(
+        name="cuda-fwd-k1-fragments-of-the-wrong-stage",
+        path="csrc/cuda/fwd_kernel.cuh",
+        old="held_b_nmajor<T, DP, BJ>(kb, sk1);",
+        new="held_b_nmajor<T, DP, BJ>(kb, stream.sk1(0));",
+        tests=PIPELINE_64,
+        why="the held k1 fragments always from stage 0: odd blocks see the previous block's (or the prefetch's) keys",
+    ),
+    dict(
+        name="cuda-fwd-v1-fragments-of-the-wrong-stage",
+        path="csrc/cuda/fwd_kernel.cuh",
+        old="held_b_kmajor<T, DP, BJ, DO / 8>(vb, sv1, col0);",
+        new="held_b_kmajor<T, DP, BJ, DO / 8>(vb, stream.sv1(0), col0);",
+        tests=PIPELINE_64,
+        why="the held v1 fragments always from stage 0: odd blocks weigh the previous block's (or prefetched) values",
+    ),
+    dict(
+        name="cuda-fwd-operand-not-rebuilt-when-u-changes",
+        path="csrc/cuda/fwd_kernel.cuh",
+        old="q_times_k2<T, DP, kHoldQ>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);",
+        new="q_times_k2<T, DP, kHoldQ>(a, qa, sq.row(lr.a_row),\n"
+        "sk2.row(offset_rows(qt, lr, stream.chunk_lo(c), region_base).a), kt);",
+        tests=PIPELINE_64,
+        why="the A operand q ⊙ k2 of every offset of a chunk built with the chunk's first offset's k2 row",
+    ),
+    dict(
+        name="cuda-fwd-one-row-without-head-packing",
+        path="csrc/cuda/fwd_kernel.cuh",
+        old="const bool one_row = kHoldB && p.log2_heads >= 4;",
+        new="const bool one_row = kHoldB;",
+        tests=PIPELINE_64,
+        why="every warp's rows taken to share one position: the epilogue weighs both rows by the first row's v2",
+    ),
+    dict(
+        name="cuda-fwd-interior-forgets-the-right-edge",
+        path="csrc/cuda/fwd_kernel.cuh",
+        old="j_last <= lr.jmax[0] && j_last <= lr.jmax[1]);",
+        new="true);",
+        tests=ONE_ROW_64,
+        why="a block that crosses the windows' right edge taken as interior: causal rows see future positions",
+    ),
+    dict(
+        name="cuda-fwd-interior-block-masked",
+        path="csrc/cuda/fwd_kernel.cuh",
+        old="const bool interior = warp_all(",
+        new="const bool interior = false && warp_all(",
+        tests=[EMU, "-k", "masks_only_the_edge_blocks and 64"],
+        why="every block masked (right, but the unmasked path is dead): the path check notices",
+    ),
+    dict(
+        name="cuda-fwd-rescale-skipped-when-some-rows-moved",
+        path="csrc/cuda/fwd_kernel.cuh",
+        old="const bool moved = warp_any(alpha[0] != 1.f || alpha[1] != 1.f);",
+        new="const bool moved = warp_all(alpha[0] != 1.f || alpha[1] != 1.f);",
+        tests=PIPELINE_64,
+        why="the accumulators rescaled only when every row's running max moved: the others keep a stale scale",
+    ),
+    dict(
+        name="cuda-fwd-held-q-of-the-wrong-row",
+        path="csrc/cuda/fwd_kernel.cuh",
+        old="held_a<T, DP>(qa, sq.row(lr.a_row));",
+        new="held_a<T, DP>(qa, sq.row(lr.row(0)));",
+        tests=SMALL_FP16,
+        why="q's held A fragments loaded from the lane's fragment row instead of its ldmatrix row",
     ),
     # ---- packed sequences, determinant logits, decoding, lse_lo (part B)
     dict(

@@ -89,3 +89,18 @@ extern "C" __global__ void probe_logit(const float* in, float* out) {
 extern "C" __global__ void probe_prob_from_lse(const float* in, float* out) {
   out[threadIdx.x] = prob_from_lse(in[threadIdx.x], in[32], in[33]);
 }
+
+extern "C" __global__ void probe_warp_all(const int* in, int* out) {
+  out[threadIdx.x] = warp_all(in[threadIdx.x] != 0);
+}
+extern "C" __global__ void probe_warp_any(const int* in, int* out) {
+  out[threadIdx.x] = warp_any(in[threadIdx.x] != 0);
+}
+
+// The element-wise product of two packed pairs: one instruction, rounded once (no fp32 round trip).
+extern "C" __global__ void probe_mul_pairs_fp16(const uint32_t* in, uint32_t* out) {
+  out[threadIdx.x] = mul_pairs<__half>(in[2 * threadIdx.x], in[2 * threadIdx.x + 1]);
+}
+extern "C" __global__ void probe_mul_pairs_bf16(const uint32_t* in, uint32_t* out) {
+  out[threadIdx.x] = mul_pairs<__nv_bfloat16>(in[2 * threadIdx.x], in[2 * threadIdx.x + 1]);
+}

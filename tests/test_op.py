@@ -131,6 +131,32 @@ def test_auto_uses_the_choice_table(monkeypatch):
     assert backends.select("reference", "cpu", torch.float32) == "reference"
 
 
+@pytest.mark.parametrize(
+    "capability, first",
+    [
+        ((8, 0), "cuda"),
+        ((8, 6), "cuda"),
+        ((8, 9), "cuda"),
+        ((9, 0), "triton"),
+        ((10, 0), "triton"),
+        ((12, 0), "triton"),
+    ],  # fmt: skip
+)
+def test_auto_orders_the_gpu_backends_per_arch(monkeypatch, capability, first):
+    # Issue 23: CUDA C++ is the fast path on sm_80/86/89, Triton on sm_90 and newer. The GPU's
+    # capability is faked (no GPU here); the reasons say every backend can serve, so "auto"
+    # answers with the head of the chosen order, and falls to the second when the first cannot.
+    monkeypatch.setattr(backends, "_CAPABILITY", {3: capability})
+    device = torch.device("cuda", 3)
+    assert backends.device_class(device) == ("cuda:sm8x" if capability[0] == 8 else "cuda")
+    assert backends.select("auto", device, torch.bfloat16, reasons=lambda *a: []) == first
+    second = {"cuda": "triton", "triton": "cuda"}[first]
+    only_second = lambda name, *a: [] if name in (second, "reference") else ["not here"]  # noqa: E731
+    assert backends.select("auto", device, torch.bfloat16, reasons=only_second) == second
+    # An explicit choice is never reordered.
+    assert backends.select(second, device, torch.bfloat16, reasons=lambda *a: []) == second
+
+
 def test_env_override_reaches_the_kernel(monkeypatch):
     calls = []
     real = backends.ReferenceBackend.fwd

@@ -51,9 +51,9 @@ def not_supported_reasons(name, device_type, dtype):
     return backends.get(name).not_supported_reasons(device_type, dtype)
 
 
-def select_backend(requested, device_type, dtype):
+def select_backend(requested, device, dtype):
     """The backend to run, by the rules of backends.select (same choice table and override)."""
-    return backends.select(requested, device_type, dtype, reasons=not_supported_reasons)
+    return backends.select(requested, device, dtype, reasons=not_supported_reasons)
 
 
 def _kernels(name):
@@ -85,7 +85,7 @@ def _check(q, k1, k2, w1, w2, scale, logits):
 def _resolve(q, k1, k2, w1, w2, scale, logits, backend):
     """The checked scores call: (scale, backend name)."""
     D = _check(q, k1, k2, w1, w2, scale, logits)
-    return D**-0.5 if scale is None else scale, select_backend(backend, q.device.type, q.dtype)
+    return D**-0.5 if scale is None else scale, select_backend(backend, q.device, q.dtype)
 
 
 def _empty_grads(q, k1, k2):
@@ -145,7 +145,7 @@ def _scores_setup_context(ctx, inputs, output):
     q, k1, k2, *args = inputs
     ctx.save_for_backward(q, k1, k2)
     # w1, w2, causal, scale, logits, and the backend the forward ran
-    ctx.args = (*args[:-1], select_backend(args[-1], q.device.type, q.dtype))
+    ctx.args = (*args[:-1], select_backend(args[-1], q.device, q.dtype))
 
 
 def _scores_backward(ctx, dscores):
@@ -169,7 +169,7 @@ def _check_scores(scores):
 @torch.library.custom_op("simplicial_attn::windowed_softmax", mutates_args=())
 def _softmax_op(scores: torch.Tensor, backend: str) -> torch.Tensor:
     _check_scores(scores)
-    name = select_backend(backend, scores.device.type, scores.dtype)
+    name = select_backend(backend, scores.device, scores.dtype)
     if scores.numel() == 0:
         return torch.empty_like(scores, memory_format=torch.contiguous_format)
     return _kernels(name).softmax_fwd(scores)
@@ -184,7 +184,7 @@ def _(scores, backend):
 @torch.library.custom_op("simplicial_attn::windowed_softmax_backward", mutates_args=())
 def _softmax_backward_op(dprobs: torch.Tensor, probs: torch.Tensor, backend: str) -> torch.Tensor:
     _check_scores(probs)
-    name = select_backend(backend, probs.device.type, probs.dtype)
+    name = select_backend(backend, probs.device, probs.dtype)
     if probs.numel() == 0:
         return torch.empty_like(probs, memory_format=torch.contiguous_format)
     return _kernels(name).softmax_bwd(dprobs, probs)
@@ -198,7 +198,7 @@ def _(dprobs, probs, backend):
 
 def _softmax_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output)
-    ctx.backend = select_backend(inputs[1], output.device.type, output.dtype)  # the forward's
+    ctx.backend = select_backend(inputs[1], output.device, output.dtype)  # the forward's
 
 
 def _softmax_backward(ctx, dprobs):

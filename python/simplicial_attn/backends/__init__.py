@@ -15,7 +15,7 @@ call's `Problem` (problem.py: windows, causal, scale, logits form, sequence layo
 lse is the natural-log normaliser and lse_lo its rounding residual (README "Numerics"), both in the
 compute dtype (float32; float64 for float64 inputs). Each backend answers
 `not_supported_reasons(...)` with a list of plain sentences (empty: it can serve the call).
-`"auto"` takes the first backend of `AUTO_ORDER[device type]` that can serve; an explicit
+`"auto"` takes the first backend of `AUTO_ORDER[device_class(device)]` that can serve; an explicit
 backend that cannot serve raises `BackendNotSupported` with its reasons, never a silent
 fallback. `SIMPLICIAL_ATTN_BACKEND` overrides `"auto"` (and only `"auto"`).
 
@@ -34,10 +34,15 @@ from . import extension, reference
 
 ENV_VAR = "SIMPLICIAL_ATTN_BACKEND"
 
-# The choice table: which backend "auto" tries first, per device type. On CUDA it prefers
-# Triton until a GPU measurement shows the CUDA C++ kernels faster (issue 5).
+# The choice table: which backend "auto" tries first, per device class (`device_class`). Each
+# GPU backend is the fast path where its tools fit the hardware (issue 23): on Ampere and Ada
+# (sm_80 / 86 / 87 / 89) the CUDA C++ kernels, whose hand-scheduled mma.sync loops are the native
+# tensor-core path there; on Hopper and Blackwell (sm_90, sm_100, sm_120) and anything newer,
+# Triton, whose compiler emits wgmma / tcgen05, TMA and the per-arch tiles of configs.py (the
+# CUDA C++ build carries sm_90 PTX only beyond sm_86's SASS).
 AUTO_ORDER = {
     "cuda": ("triton", "cuda", "reference"),
+    "cuda:sm8x": ("cuda", "triton", "reference"),
     "cpu": ("cpu", "reference"),
 }
 DEFAULT_ORDER = ("reference",)
@@ -208,13 +213,31 @@ def _reasons(name, device_type, dtype):
     return BACKENDS[name].not_supported_reasons(device_type, dtype)
 
 
-def select(requested, device_type, dtype, reasons=_reasons):
+# CUDA capability per device index, asked once per device (not at import: that would
+# initialise CUDA in every process that imports the package).
+_CAPABILITY = {}
+
+
+def device_class(device):
+    """The key of `device` (a torch.device, or a device type str) in AUTO_ORDER: its type, or
+    "cuda:sm8x" for an sm_80-class GPU (capability 8.x)."""
+    if isinstance(device, str) or device.type != "cuda":
+        return device if isinstance(device, str) else device.type
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = torch.cuda.get_device_capability(index)
+    return "cuda:sm8x" if _CAPABILITY[index][0] == 8 else "cuda"
+
+
+def select(requested, device, dtype, reasons=_reasons):
     """The backend name to run: `requested` itself if it can serve, else an error; or for
-    "auto" (after the SIMPLICIAL_ATTN_BACKEND override) the first in the choice table.
+    "auto" (after the SIMPLICIAL_ATTN_BACKEND override) the first that can serve in the choice
+    table of the device's class (`device_class`; `device` a torch.device or a device type str).
 
     `reasons(name, device_type, dtype)` says why a backend cannot serve; ops other than the
     fused attention (scores.py) pass their own."""
     check_name(requested)
+    device_type = device if isinstance(device, str) else device.type
     if requested == "auto":
         override = os.environ.get(ENV_VAR, "auto")
         if override not in NAMES:
@@ -225,7 +248,7 @@ def select(requested, device_type, dtype, reasons=_reasons):
         if why:
             raise BackendNotSupported(f"backend={requested!r} cannot serve this call: " + "; ".join(why))
         return requested
-    order = AUTO_ORDER.get(device_type, DEFAULT_ORDER)
+    order = AUTO_ORDER.get(device_class(device), DEFAULT_ORDER)
     report = []
     for name in order:
         why = reasons(name, device_type, dtype)

@@ -62,7 +62,7 @@ def _check(q, k1, k2, v1, v2, cu_seqlens, max_seqlen, w1, w2, scale, logits):
 def _resolve(q, k1, k2, v1, v2, cu_seqlens, max_seqlen, w1, w2, causal, scale, logits, backend):
     """The checked call: (Problem, backend name)."""
     D = _check(q, k1, k2, v1, v2, cu_seqlens, max_seqlen, w1, w2, scale, logits)
-    name = backends.select(backend, q.device.type, q.dtype)
+    name = backends.select(backend, q.device, q.dtype)
     longest, cu = q.shape[1], None
     if cu_seqlens is not None:
         cu, longest = checks.check_packing(cu_seqlens, max_seqlen, q.shape[1])
@@ -138,7 +138,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k1, k2, v1, v2, out, lse, lse_lo, cu_seqlens)
     # max_seqlen, w1, w2, causal, scale, logits, and the backend the forward ran (so the backward
     # reads lse_lo from the backend that wrote it, whatever "auto" would pick later)
-    ctx.args = (*args[:-1], backends.select(args[-1], q.device.type, q.dtype))
+    ctx.args = (*args[:-1], backends.select(args[-1], q.device, q.dtype))
     # Like flash-attn, lse is an auxiliary output: gradients flow through `out` only.
     ctx.mark_non_differentiable(lse, lse_lo)
 
@@ -179,7 +179,7 @@ def attention_with_kvcache(
     checks.check_cache_lengths(cache_seqlens, q.shape[1], (w1, w2), rings)
     checks.check_scale(scale)
     checks.check_logits(logits, q.shape[3])
-    name = backends.select(backend, q.device.type, q.dtype)
+    name = backends.select(backend, q.device, q.dtype)
     # Kernel bands: None reaches every position a linear cache holds; a window never needs more
     # than the ring's slots (check_cache_lengths made sure nothing it needs was overwritten).
     band1, band2 = (window_band(w, True, ring) for w, ring in zip((w1, w2), rings, strict=True))

@@ -309,7 +309,7 @@ def two_simplicial_attention_cp(
     """
     packed = cu_seqlens is not None
     checks.check_call((q, k1, k2, v1, v2), w1, w2, causal, scale, logits, packed=packed)
-    backend = backends.select(backend, q.device.type, q.dtype)
+    backend = backends.select(backend, q.device, q.dtype)
     if packed:
         checks.check_cu_seqlens_tensor(cu_seqlens, q.device)
     group = resolve_group(group)

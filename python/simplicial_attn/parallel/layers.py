@@ -82,7 +82,7 @@ def _simplicial_forward(self, x, positions=None, *, cu_seqlens=None, max_seqlen=
     agree = (("w1", self.w1), ("w2", self.w2), ("causal", self.causal), ("logits", self.logits))
     layout, positions = _layout(self, x, positions, cu_seqlens, cache, agree)
     q, k1, k2, v1, v2 = self.project(x, positions)
-    backend = backends.select(self.backend, q.device.type, q.dtype)
+    backend = backends.select(self.backend, q.device, q.dtype)
     out = context.simplicial_chunk(q, k1, k2, v1, v2, layout, self.w1, self.w2, self.causal, self.head_dim**-0.5,
                                    self.logits, backend)  # fmt: skip
     return self.dropout(self.out_proj(out.flatten(-2)))

@@ -253,7 +253,9 @@ def cuda_kernels(shape, archs, binary=None):
                 if parsed is None:
                     continue
                 kernel, dtype, hd, variant = parsed
-                if dtype != shape.dtype or variant or (hd is not None and hd != head_dim):
+                if dtype != shape.dtype or (hd is not None and hd != head_dim):
+                    continue
+                if variant != maps.cuda_variant(kernel, shape, head_dim):
                     continue
                 if kernel not in wanted and kernel not in cuda_report.TENSOR_CORE_KERNELS:
                     continue  # SIMT (fp32), decode and scores kernels: not in the fwd / bwd passes

@@ -8,8 +8,9 @@ phases (the stretches between full waits, for the serialized ceiling).
 Which instructions count (sass.py has the per-instruction costs):
 - A block of a loop body runs once per trip, except the arms of a two-armed branch: where both
   arms hold code and meet again, one arm is counted, the one holding global-memory instructions
-  if only one does, else the shorter (run-time fallbacks - determinant logits, unaligned scalar
-  loads, the last pipeline stage - are the longer arms). A branch that only skips code counts it.
+  if only one does, else the one holding cp.async (LDGSTS) if only one does (the aligned copy;
+  the other is its unaligned scalar fallback), else the shorter (run-time fallbacks - determinant
+  logits, the last pipeline stage - are the longer arms). A branch that only skips code counts it.
 - A loop without tensor-core instructions nested in a level (tile loads, mbarrier retry loops)
   counts `side` trips (maps.py), one by default.
 - Phases: a level's body, in program order, is cut at each full wait (sass.wait_kind) and, for
@@ -166,8 +167,11 @@ def block_weights(fn):
             continue  # a branch that leaves its loop (an exit), not an if / else
         costs = [sum(fn.blocks[k].end - fn.blocks[k].start for k in arm) for arm in arms]
         has_glob = [any(sass.global_bytes(x) for x in fn.instructions(arm)) for arm in arms]
+        has_async = [any(x.base == "LDGSTS" for x in fn.instructions(arm)) for arm in arms]
         if has_glob[0] != has_glob[1]:
             keep = 0 if has_glob[0] else 1
+        elif has_async[0] != has_async[1]:
+            keep = 0 if has_async[0] else 1
         else:
             keep = 0 if costs[0] <= costs[1] else 1
         for k in arms[1 - keep] - arms[keep]:

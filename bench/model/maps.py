@@ -175,6 +175,15 @@ def _heads_per_tile(group, rows):
     return heads
 
 
+def cuda_variant(kernel, s, dp):
+    """The instantiation of `kernel` a launch at shape s runs (cuda_report's variant): the
+    forward's "one_row" where its k1 / v1 fragments are held (dp <= 128) and >= 16 heads are
+    packed per position (launch_fwd.cuh), else "" (trilinear logits)."""
+    if kernel == "fwd_kernel" and dp <= 128 and _heads_per_tile(s.group, 64) >= 16:
+        return "one_row"
+    return ""
+
+
 def _swapped(s):
     """The host swaps (k1, v1, w1) and (k2, v2, w2) when the second window is wider (launch.cuh)."""
     L1, R1, L2, R2 = s.bands

@@ -34,6 +34,10 @@ SIMT_KERNELS = ("fwd_simt_kernel", "dq_simt_kernel", "dkv_simt_kernel")
 DECODE_KERNELS = ("decode_split_kernel", "decode_combine_kernel")  # every dtype, fp32 math on CUDA cores
 # Kernels instantiated per logit form (a bool template argument): variant "det" for the determinant.
 VARIANT_KERNELS = ("fwd_kernel", "dq_kernel", "dkv2_kernel")
+# The forward's held form (head dims <= 128) has an instantiation for >= 16 heads packed per
+# position (its second bool, kOneRow): variant "one_row".
+ONE_ROW_KERNELS = ("fwd_kernel",)
+ONE_ROW_HEAD_DIMS = (64, 128)
 HEAD_DIMS = (64, 128, 256)
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "csrc" / "cuda" / "sass" / "golden_counts.json"
@@ -73,14 +77,17 @@ def extension_path():
 
 def parse_function(mangled):
     """(kernel, dtype, head_dim, variant) of a mangled simplicial_attn::cuda kernel name, or None;
-    variant is "det" for the determinant instantiation of a VARIANT_KERNELS kernel, else ""."""
+    variant is "det" for the determinant instantiation of a VARIANT_KERNELS kernel (its first bool
+    template argument), "one_row" for the head-packed one of a ONE_ROW_KERNELS kernel (its second),
+    else ""."""
     m = _FUNC_RE.search(mangled)
     if not m:
         return None
     targs = m.group("targs")
     dtype = next((d for prefix, d in _DTYPES.items() if targs.startswith(prefix)), "fp32")
     hd = re.search(r"ILi(\d+)E", targs)
-    variant = "det" if re.search(r"ELb1E", targs) else ""
+    flags = re.findall(r"Lb([01])E", targs)
+    variant = "det" if flags[:1] == ["1"] else "one_row" if flags[1:2] == ["1"] else ""
     return m.group("name"), dtype, int(hd.group(1)) if hd else None, variant
 
 

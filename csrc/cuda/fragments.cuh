@@ -135,17 +135,17 @@ SA_DEV void add_product_times_rows(float (&acc)[kTiles][4], const uint32_t (&a)[
 }
 
 // The same with b held in registers (held_b_kmajor), one n-tile at a time: the forward's P @ v1
-// of a stage; same_rows as in add_times_rows.
-template <class T, int kK, int kTiles>
+// of a stage; kSameRows as add_times_rows' same_rows.
+template <class T, bool kSameRows, int kK, int kTiles>
 SA_DEV void add_held_product_times_rows(float (&acc)[kTiles][4], const uint32_t (&a)[kK][4],
-                                        const uint32_t (&b)[kK][kTiles][2], int col0, const T* const (&w)[2],
-                                        bool same_rows SA_SITE_ARG) {
+                                        const uint32_t (&b)[kK][kTiles][2], int col0,
+                                        const T* const (&w)[2] SA_SITE_ARG) {
 #pragma unroll
   for (int nt = 0; nt < kTiles; ++nt) {
     float t[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int kk = 0; kk < kK; ++kk) mma_acc<T>(t, a[kk], b[kk][nt] SA_SITE_NEXT);
-    add_times_rows<T>(acc, nt, t, w, col0, same_rows);
+    add_times_rows<T>(acc, nt, t, w, col0, kSameRows);
   }
 }
 

@@ -97,12 +97,16 @@ inline constexpr bool kSm90Device = false;
 
 // kDet: determinant logits, a separate instantiation (as dq's and dk2's): its A operand, built
 // from shared rows at each step, needs the registers the trilinear form holds k1 / v1 in.
-template <class T, class Cfg, bool kDet>
+// kOneRow: the launch packs >= 16 heads per position (log2_heads >= 4), so each warp's 16 rows
+// share one position and read one k2 row and one v2 row per offset (the held form only; an
+// instantiation of its own, so each loop is straight-line code, which bench/gpu_model.py reads).
+template <class T, class Cfg, bool kDet, bool kOneRow>
 SA_GLOBAL(Cfg::kThreads)
 fwd_kernel(const FwdKernelParams p) {
   constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BJ = Cfg::kBlockJ, DO = Cfg::kOutCols;
   constexpr int kThreads = Cfg::kThreads;
   constexpr bool kHoldB = Cfg::kHoldB && !kDet && (DP <= 64 || !kSm90Device), kHoldQ = Cfg::kHoldQ && !kDet;
+  constexpr bool kOne = kOneRow && kHoldB;
   constexpr float kNegInf = -__builtin_huge_valf();
   using TileT = Tile<T, DP>;
 
@@ -135,11 +139,7 @@ fwd_kernel(const FwdKernelParams p) {
 
   load_tile<kThreads>(sq, BM, D, p.vec, p.q.ptr, query_rows<T>(p.q, qt, p.group));
   stream.start();
-  // Head packing of >= 16 heads puts each warp's 16 rows at one position, so one v2 row per offset
-  // in the epilogue: a warp-uniform flag, not a second instantiation of the loop (one loop nest,
-  // which bench/gpu_model.py reads from the SASS).
-  const bool one_row = kHoldB && p.log2_heads >= 4;
-  SA_PATH(one_row, "tile: one position per warp");
+  SA_PATH(kOne, "tile: one position per warp");
   for (int it = 0; it < stream.n_iters; ++it) {
     const int c = it / stream.n_jblocks, stage = it % Cfg::kStages;
     stream.load_and_wait(it);
@@ -171,7 +171,7 @@ fwd_kernel(const FwdKernelParams p) {
 #pragma unroll
         for (int kt = 0; kt < DP / 16; ++kt) {
           uint32_t a[4];
-          q_times_k2<T, DP, kHoldQ>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);
+          q_times_k2<T, DP, kHoldQ, kOne>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);
 #pragma unroll
           for (int nt = 0; nt < BJ / 8; ++nt) mma_acc<T>(s[nt], a, kb[kt][nt]);
         }
@@ -216,7 +216,7 @@ fwd_kernel(const FwdKernelParams p) {
 #pragma unroll
       for (int kk = 0; kk < BJ / 16; ++kk) c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
       if constexpr (kHoldB)
-        add_held_product_times_rows<T>(acc, pa, vb, col0, v2_h, one_row);
+        add_held_product_times_rows<T, kOne>(acc, pa, vb, col0, v2_h);
       else
         add_product_times_rows<T>(acc, pa, sv1, col0, v2_h);
     }

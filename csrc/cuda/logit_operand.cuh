@@ -31,8 +31,10 @@ struct LogitRows {
 
 // The A operand q ⊙ k2 over columns [16 kt, 16 kt + 16): q's factor from fragments held in
 // registers (kHoldQ: held_a) or from the lane's ldmatrix row of q, k2's from the lane's ldmatrix
-// row of k2 (under head packing all 16 rows of a warp share that row: a broadcast).
-template <class T, int DP, bool kHoldQ>
+// row of k2. kOneRow: all 16 rows of the warp read one k2 row (head packing, one position per
+// warp), so k2's fragment is that row's columns twice (A rows g and g + 8 alike): two 32-bit
+// shared loads in place of an ldmatrix of 16 equal rows, half the shared-memory traffic.
+template <class T, int DP, bool kHoldQ, bool kOneRow>
 SA_DEV void q_times_k2(uint32_t (&a)[4], const uint32_t (&held_q)[DP / 16][4], const T* q_row, const T* k2_row,
                        int kt SA_SITE_ARG) {
   uint32_t q[4], k[4];
@@ -42,7 +44,13 @@ SA_DEV void q_times_k2(uint32_t (&a)[4], const uint32_t (&held_q)[DP / 16][4], c
   } else {
     ldsm_a(q, q_row, kt * 16 SA_SITE_NEXT);
   }
-  ldsm_a(k, k2_row, kt * 16 SA_SITE_NEXT);
+  if constexpr (kOneRow) {
+    const T* pair = k2_row + kt * 16 + frag_col(0);
+    k[0] = k[1] = sload(reinterpret_cast<const uint32_t*>(pair));
+    k[2] = k[3] = sload(reinterpret_cast<const uint32_t*>(pair + 8));
+  } else {
+    ldsm_a(k, k2_row, kt * 16 SA_SITE_NEXT);
+  }
 #pragma unroll
   for (int i = 0; i < 4; ++i) a[i] = mul_pairs<T>(q[i], k[i]);
 }

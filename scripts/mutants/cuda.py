@@ -223,19 +223,27 @@ MUTANTS = [
     dict(
         name="cuda-fwd-operand-not-rebuilt-when-u-changes",
         path="csrc/cuda/fwd_kernel.cuh",
-        old="q_times_k2<T, DP, kHoldQ>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);",
-        new="q_times_k2<T, DP, kHoldQ>(a, qa, sq.row(lr.a_row),\n"
+        old="q_times_k2<T, DP, kHoldQ, kOne>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);",
+        new="q_times_k2<T, DP, kHoldQ, kOne>(a, qa, sq.row(lr.a_row),\n"
         "sk2.row(offset_rows(qt, lr, stream.chunk_lo(c), region_base).a), kt);",
         tests=PIPELINE_64,
         why="the A operand q ⊙ k2 of every offset of a chunk built with the chunk's first offset's k2 row",
     ),
     dict(
+        name="cuda-fwd-one-row-k2-columns-8-15-lost",
+        path="csrc/cuda/logit_operand.cuh",
+        old="k[2] = k[3] = sload(reinterpret_cast<const uint32_t*>(pair + 8));",
+        new="k[2] = k[3] = sload(reinterpret_cast<const uint32_t*>(pair));",
+        tests=ONE_ROW_64,
+        why="head packing's one-row A operand reads k2's columns 0-7 of each 16 for columns 8-15 as well",
+    ),
+    dict(
         name="cuda-fwd-one-row-without-head-packing",
-        path="csrc/cuda/fwd_kernel.cuh",
-        old="const bool one_row = kHoldB && p.log2_heads >= 4;",
-        new="const bool one_row = kHoldB;",
+        path="csrc/cuda/launch_fwd.cuh",
+        old="if (p.log2_heads >= 4)",
+        new="if (true)",
         tests=PIPELINE_64,
-        why="every warp's rows taken to share one position: the epilogue weighs both rows by the first row's v2",
+        why="every warp's rows taken to share one position: both rows read the first row's k2 and v2",
     ),
     dict(
         name="cuda-fwd-interior-forgets-the-right-edge",

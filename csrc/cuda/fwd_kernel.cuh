@@ -32,7 +32,7 @@
 // channels) and the v2 pairs of its epilogue (one row's under head packing, where a warp's 16 rows
 // share one position), plus q's ldmatrix where q is not held. Before, a step also re-read every B
 // fragment: 0.111 shared-memory bytes per MMA FLOP at the README's head-packed D = 128 shape, the
-// loop's bound with issue; now 0.058 (bench/gpu_model.py, sm_80). Two more savings per step: the
+// loop's bound with issue; now 0.049 (bench/gpu_model.py, sm_80; kOneRow below). Two more savings per step: the
 // window mask only on a block that crosses some row's window edge (interior blocks take every
 // logit), and the rescale of the accumulators only when some row's running max moved. Determinant
 // logits (their A operand is built from shared rows at each step and needs the registers), D = 256,
@@ -95,6 +95,15 @@ inline constexpr bool kSm90Device = true;
 inline constexpr bool kSm90Device = false;
 #endif
 
+// sm_86 device code (A10G; sm_89 runs it too): there ptxas spills 8 bytes of the held form at
+// D = 128 (255 registers) when k2's one-row A fragment comes from two 32-bit loads, so that
+// architecture keeps k2's ldmatrix under head packing (kOneRow still reads v2's one row once).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 860
+inline constexpr bool kSm86Device = true;
+#else
+inline constexpr bool kSm86Device = false;
+#endif
+
 // kDet: determinant logits, a separate instantiation (as dq's and dk2's): its A operand, built
 // from shared rows at each step, needs the registers the trilinear form holds k1 / v1 in.
 // kOneRow: the launch packs >= 16 heads per position (log2_heads >= 4), so each warp's 16 rows
@@ -106,7 +115,7 @@ fwd_kernel(const FwdKernelParams p) {
   constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BJ = Cfg::kBlockJ, DO = Cfg::kOutCols;
   constexpr int kThreads = Cfg::kThreads;
   constexpr bool kHoldB = Cfg::kHoldB && !kDet && (DP <= 64 || !kSm90Device), kHoldQ = Cfg::kHoldQ && !kDet;
-  constexpr bool kOne = kOneRow && kHoldB;
+  constexpr bool kOne = kOneRow && kHoldB, kOneK2 = kOne && !(DP == 128 && kSm86Device);
   constexpr float kNegInf = -__builtin_huge_valf();
   using TileT = Tile<T, DP>;
 
@@ -171,7 +180,7 @@ fwd_kernel(const FwdKernelParams p) {
 #pragma unroll
         for (int kt = 0; kt < DP / 16; ++kt) {
           uint32_t a[4];
-          q_times_k2<T, DP, kHoldQ, kOne>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);
+          q_times_k2<T, DP, kHoldQ, kOneK2>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);
 #pragma unroll
           for (int nt = 0; nt < BJ / 8; ++nt) mma_acc<T>(s[nt], a, kb[kt][nt]);
         }

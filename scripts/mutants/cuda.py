@@ -223,8 +223,8 @@ MUTANTS = [
     dict(
         name="cuda-fwd-operand-not-rebuilt-when-u-changes",
         path="csrc/cuda/fwd_kernel.cuh",
-        old="q_times_k2<T, DP, kHoldQ, kOne>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);",
-        new="q_times_k2<T, DP, kHoldQ, kOne>(a, qa, sq.row(lr.a_row),\n"
+        old="q_times_k2<T, DP, kHoldQ, kOneK2>(a, qa, sq.row(lr.a_row), sk2.row(o.a), kt);",
+        new="q_times_k2<T, DP, kHoldQ, kOneK2>(a, qa, sq.row(lr.a_row),\n"
         "sk2.row(offset_rows(qt, lr, stream.chunk_lo(c), region_base).a), kt);",
         tests=PIPELINE_64,
         why="the A operand q ⊙ k2 of every offset of a chunk built with the chunk's first offset's k2 row",

@@ -53,7 +53,7 @@ def _c(num_warps, num_stages, **tiles):
 # One config when interpreting: blocks big enough that the tiny test shapes need few
 # programs and loop trips (~3 ms each), small enough that N = 97 still spans several tiles.
 _INTERP = {
-    "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
+    "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True)],
     "bwd_dq": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_K=16)],
     "bwd_dkv2": [_c(4, 1, BLOCK_K=32, BLOCK_J=32)],
@@ -180,22 +180,28 @@ def decode_config(arch, bd, fp32):
 
 def _fwd16(arch, packed):
     """The forward's own lists (16-bit, trilinear, D class 128) of the arch classes that have them,
-    else None. 128-row tiles: two 64-row warpgroups that each own whole rows; the forward's j
-    loop is split into edge and interior blocks (fwd.py). BLOCK_J = 64 halves the per-block
-    rescale and alpha work of BLOCK_J = 32 and the re-read of the pair operand from shared
-    memory per logit, but fits 255 registers only unpipelined (num_stages = 1: pipelined it
-    spills 224 B on sm_90); the autotuner weighs it against the pipelined BLOCK_J = 32.
+    else None. 128-row tiles: two 64-row warpgroups that each own whole rows. SPLIT_J: the j
+    loop split into edge and interior blocks (fwd.py), which costs registers: only where the
+    config stays free of spills with it (kernel_report, sm_80..sm_120; configs without the key
+    run every block masked). BLOCK_J = 64 halves the per-block rescale and alpha work of
+    BLOCK_J = 32 and the re-read of the pair operand from shared memory per logit, but fits 255
+    registers on sm_90 only unpipelined and unsplit (num_stages = 1: pipelined it spills 224 B
+    with pointer loads); the autotuner weighs it against the pipelined, split BLOCK_J = 32.
     Sequence tiles (per-row k2/v2 tiles) spill at 128 rows pipelined, so they keep a 64-row
     8-warp tile beside the unpipelined 128-row one."""
     if arch == "sm90":
         if packed:
-            return [_c(8, 1, BLOCK_M=128, BLOCK_J=64), _c(8, 3, BLOCK_M=128, BLOCK_J=32)]
+            return [_c(8, 1, BLOCK_M=128, BLOCK_J=64), _c(8, 3, BLOCK_M=128, BLOCK_J=32, SPLIT_J=True)]
         return [_c(8, 3, BLOCK_M=64, BLOCK_J=64), _c(8, 1, BLOCK_M=128, BLOCK_J=32)]
     if arch == "sm100":
-        wide = _c(8, 1, BLOCK_M=64, BLOCK_J=64)
+        wide = _c(8, 1, BLOCK_M=64, BLOCK_J=64, SPLIT_J=True)
         if packed:
-            return [_c(8, 1, BLOCK_M=128, BLOCK_J=32), _c(8, 2, BLOCK_M=64, BLOCK_J=32), wide]
-        return [_c(8, 2, BLOCK_M=64, BLOCK_J=32), _c(8, 3, BLOCK_M=64, BLOCK_J=16), wide]
+            return [
+                _c(8, 1, BLOCK_M=128, BLOCK_J=32, SPLIT_J=True),
+                _c(8, 2, BLOCK_M=64, BLOCK_J=32, SPLIT_J=True),
+                wide,
+            ]
+        return [_c(8, 2, BLOCK_M=64, BLOCK_J=32, SPLIT_J=True), _c(8, 3, BLOCK_M=64, BLOCK_J=16, SPLIT_J=True), wide]
     return None
 
 
@@ -212,7 +218,7 @@ def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
     if det:
         table = _table_det(base, d_class(bd), fp32)
         if arch == "sm100" and not fp32 and d_class(bd) <= 128:  # sm_80's 64x16 spills 156-180 B there
-            table["fwd"] = [_c(8, 3, BLOCK_M=32, BLOCK_J=32)]
+            table["fwd"] = [_c(8, 3, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True)]
         return table[kernel]
     table = _table32(d_class(bd)) if fp32 else _table16(base, d_class(bd))
     extra = []

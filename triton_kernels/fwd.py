@@ -13,7 +13,8 @@ and the inner loop over j-blocks is two plain tensor-core products on loaded til
 logits="determinant" the operand is the chunkwise cross product a = k2[i - u] x q: the same
 product depth, nothing else changes.
 
-Edge and interior j-blocks (issue 23). Per u the j loop is two loops (`attend_tile_offset`):
+Edge and interior j-blocks (issue 23; configs with SPLIT_J, where the registers allow: the
+second loop costs some). Per u the j loop is two loops (`attend_tile_offset`):
 the edge blocks, which cross a window edge, the sequence's end or a row whose k = i - u lies
 outside the sequence, masked as every block once was (window mask, zero-filled rows past j_hi,
 which also keeps a neighbouring packed sequence's rows out); then the interior blocks, where
@@ -57,37 +58,29 @@ from .tiles import (
 @triton.jit
 def attend_blocks(
     a, y, m_i, l_i, pos, k_ok, jr, j_first, n_first, j_second, trips, j_lo, j_hi, L1, R1, scale,
-    k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
-    J_REPEAT: tl.constexpr, J_TAIL: tl.constexpr, J_EDGE: tl.constexpr, J_PATH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, RING: tl.constexpr, MASKED: tl.constexpr,
+    k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+    J_PATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, MASKED: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
-    """`trips` j-blocks of the j range [j_lo, j_hi]: n_first of them from j_first on, the rest from
-    j_second on, BLOCK_J apart. Rows with operand `a` against the k1/v1 rows j0 + jr (kv.py: a
-    linear layout, or a ring of `limit` slots); each block counted on path J_PATH (None: none).
-    MASKED: the window, sequence and row masks (edge blocks, and every block of decoding); else
-    interior blocks (tiles.interior_blocks: every pair counts), loaded and softmaxed without a
-    mask but the channels'. Returns (y, m_i, l_i) updated (softmax.online_block)."""
+    """`trips` j-blocks of the j range [j_lo, j_hi] of a sequence of n rows: n_first of them from
+    j_first on, the rest from j_second on, BLOCK_J apart; each counted on path J_PATH. MASKED:
+    edge blocks, with the window mask and rows past j_hi zero-filled; else interior blocks
+    (tiles.interior_blocks: every pair counts), loaded and softmaxed without a mask but the
+    channels'. Returns (y, m_i, l_i) updated (softmax.online_block)."""
     for t in range(0, trips):
         j0 = j_first + t * BLOCK_J
         if MASKED:  # one loop serves two ranges: one pipeline prologue, not two
             j0 = tl.where(t < n_first, j0, j_second + (t - n_first) * BLOCK_J)
-        if J_PATH is not None:
-            hit(COUNTS, J_PATH, True, COUNT_PATHS)
+        hit(COUNTS, J_PATH, True, COUNT_PATHS)
         if MASKED:
             js, j_ok, jd_mask = j_block(
-                j0, jr, j_lo, j_hi, limit, d_ok, COUNTS, J_REPEAT, J_TAIL, J_EDGE, BLOCK_J, RING, COUNT_PATHS
+                j0, jr, j_lo, j_hi, n, d_ok, COUNTS, P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_J, False, COUNT_PATHS
             )
-            if RING:
-                slots = ring_slots(js, limit)
-                k1b = ring_rows(k1_base, slots, k1_offs, stride_k1n, jd_mask)
-                v1b = ring_rows(v1_base, slots, v1_offs, stride_v1n, jd_mask)
-            else:
-                k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
-                v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
+            k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
+            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
             in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
         else:
-            hit(COUNTS, J_REPEAT, j0 > j_lo, COUNT_PATHS)
+            hit(COUNTS, P_J_REPEAT, j0 > j_lo, COUNT_PATHS)
             k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, d_ok[None, :])
             v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, d_ok[None, :])
             in_win = None
@@ -104,16 +97,26 @@ def attend_offset(
     BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, RING: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
-    """The j loop of one offset u with every block masked (decoding's): rows with operand `a`
-    against the k1/v1 rows j_lo .. j_hi. Returns (y, m_i, l_i): the offset's partial sum
+    """The j loop of one offset u with every block masked (decoding's, and the forward's configs
+    without SPLIT_J): rows with operand `a` against the k1/v1 rows j_lo .. j_hi (kv.py: a linear
+    layout, or a ring of `limit` slots). Returns (y, m_i, l_i): the offset's partial sum
     y = sum_j P v1[j] in the scale of the new max m_i, and the new sum l_i."""
     y = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    trips = tl.cdiv(j_hi + 1 - j_lo, BLOCK_J)
-    return attend_blocks(
-        a, y, m_i, l_i, pos, k_ok, jr, j_lo, trips, j_lo, trips, j_lo, j_hi, L1, R1, scale,
-        k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
-        J_REPEAT, J_TAIL, J_EDGE, None, BLOCK_M, BLOCK_J, BLOCK_D, RING, True, INPUT_PRECISION, UPCAST, COUNT_PATHS,
-    )  # fmt: skip
+    for j0 in range(j_lo, j_hi + 1, BLOCK_J):
+        js, j_ok, jd_mask = j_block(
+            j0, jr, j_lo, j_hi, limit, d_ok, COUNTS, J_REPEAT, J_TAIL, J_EDGE, BLOCK_J, RING, COUNT_PATHS
+        )
+        if RING:
+            slots = ring_slots(js, limit)
+            k1b = ring_rows(k1_base, slots, k1_offs, stride_k1n, jd_mask)
+            v1b = ring_rows(v1_base, slots, v1_offs, stride_v1n, jd_mask)
+        else:
+            k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
+            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
+        z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
+        in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
+        y, m_i, l_i = online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, True, INPUT_PRECISION, UPCAST)
+    return y, m_i, l_i
 
 
 @triton.jit
@@ -123,23 +126,22 @@ def attend_tile_offset(
     BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
-    """The forward's j loop of one offset u in two loops: the edge blocks (those before ja, then
-    those from jb on), masked, then the interior blocks [ja, jb) unmasked (tiles.interior_blocks).
-    The online softmax takes blocks in any order. Returns (y, m_i, l_i) as attend_offset."""
+    """The forward's j loop of one offset u in two loops (SPLIT_J): the edge blocks (those before
+    ja, then those from jb on), masked, then the interior blocks [ja, jb) unmasked
+    (tiles.interior_blocks). The online softmax takes blocks in any order. Returns (y, m_i, l_i)
+    as attend_offset."""
     y = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     n_front = (ja - j_lo) // BLOCK_J
     n_edge = n_front + tl.cdiv(tl.maximum(j_hi + 1 - jb, 0), BLOCK_J)
     y, m_i, l_i = attend_blocks(
         a, y, m_i, l_i, pos, k_ok, jr, j_lo, n_front, jb, n_edge, j_lo, j_hi, L1, R1, scale,
         k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
-        P_J_REPEAT, P_J_TAIL, P_J_PAST_N, P_J_EDGE, BLOCK_M, BLOCK_J, BLOCK_D, False, True,
-        INPUT_PRECISION, UPCAST, COUNT_PATHS,
+        P_J_EDGE, BLOCK_M, BLOCK_J, True, INPUT_PRECISION, UPCAST, COUNT_PATHS,
     )  # fmt: skip
     y, m_i, l_i = attend_blocks(
         a, y, m_i, l_i, pos, k_ok, jr, ja, 0, ja, (jb - ja) // BLOCK_J, j_lo, j_hi, L1, R1, scale,
         k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
-        P_J_REPEAT, P_J_TAIL, P_J_PAST_N, P_J_INTERIOR, BLOCK_M, BLOCK_J, BLOCK_D, False, False,
-        INPUT_PRECISION, UPCAST, COUNT_PATHS,
+        P_J_INTERIOR, BLOCK_M, BLOCK_J, False, INPUT_PRECISION, UPCAST, COUNT_PATHS,
     )  # fmt: skip
     return y, m_i, l_i
 
@@ -158,7 +160,7 @@ def _two_simplicial_fwd_kernel(
     scale,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     VARLEN: tl.constexpr, DET: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, SPLIT_J: tl.constexpr = False,
 ):  # fmt: skip
     start, n, p0, g, b, h0, rp, rh, pos, row_ok = query_tile(
         CU_SEQLENS, COUNTS, N, GROUP, D, R1, R2, BLOCK_M, BLOCK_H, BLOCK_D, VARLEN, DET, COUNT_PATHS
@@ -190,12 +192,20 @@ def _two_simplicial_fwd_kernel(
         q = tl.load(q_ptrs, mask=kd_mask, other=0.0)
         a = pair_operand(q, k2u, d, sh1, sh2, dt, DET)
         m_start = m_i
-        ja, jb = interior_blocks(p0, u, n, j_lo, L1, R1, BLOCK_M // BLOCK_H, BLOCK_J)
-        y, m_i, l_i = attend_tile_offset(
-            a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, ja, jb, L1, R1, scale,
-            k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
-            BLOCK_M, BLOCK_J, BLOCK_D, INPUT_PRECISION, UPCAST, COUNT_PATHS,
-        )  # fmt: skip
+        if SPLIT_J:
+            ja, jb = interior_blocks(p0, u, n, j_lo, L1, R1, BLOCK_M // BLOCK_H, BLOCK_J)
+            y, m_i, l_i = attend_tile_offset(
+                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, ja, jb, L1, R1, scale,
+                k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+                BLOCK_M, BLOCK_J, BLOCK_D, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+            )  # fmt: skip
+        else:
+            y, m_i, l_i = attend_offset(
+                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+                k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+                P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, BLOCK_D, False,
+                INPUT_PRECISION, UPCAST, COUNT_PATHS,
+            )  # fmt: skip
         beta = offset_rescale(m_start, m_i)
         v2u = rows_at(v2_base, r0 - u, v2_offs, stride_v2n, kd_mask)
         acc = acc * beta[:, None] + y * v2u.to(tl.float32)

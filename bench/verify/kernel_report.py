@@ -221,7 +221,7 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
             kernel_fn=kernel, tiling=tiling, variant=variant, dtype=dtype, bd=dc, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
             tiles=" ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items())),
-            constexprs={**cfg.kwargs, **constexprs},
+            constexprs={**({"SPLIT_J": False} if kernel == "fwd" else {}), **cfg.kwargs, **constexprs},
         )  # fmt: skip
 
     jobs = []

@@ -329,7 +329,7 @@ def evaluate(k, trips, counted, rec=None):
     work is None (and the record says why) when the SASS nest and the map disagree. Also the entry
     point for kernels outside the project (the calibration against published figures)."""
     rec = rec if rec is not None else dict(kernel=k.kernel, config=k.config, arch=k.arch, status="ok")
-    nest = counts.analyse(k.fn, k.utc_flops, trips.side)
+    nest = counts.analyse(k.fn, k.utc_flops, trips.side, trips.siblings)
     if nest.structure or len(nest.regions) - 1 != len(trips.levels):
         rec["status"] = (
             f"loop structure not understood: {nest.structure or ''} SASS nest depth {len(nest.regions) - 1}, "

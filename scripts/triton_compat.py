@@ -1,6 +1,6 @@
 """The Triton kernels under another triton release (issue 13: the lent GPU machines run triton
-3.6.0, our pin is 3.8.0): compile every kernel and shipped config ahead of time for sm_90 and
-sm_80 (bench/verify/kernel_report.py --check: no spills, shared memory within the arch's limit,
+3.6.0, our pin is 3.8.0): compile every kernel and shipped config ahead of time for sm_90,
+sm_80, sm_100 and sm_120 (bench/verify/kernel_report.py --check: no spills, shared memory within the arch's limit,
 tensor cores in every 16-bit main loop, no atomics; every variant: trilinear, determinant,
 packed, decode), then run the interpreter on a small grid against the float64 oracle: the
 path-coverage, numerics and all-configs tests, the bf16 grid of tests/test_triton.py and the
@@ -60,7 +60,8 @@ def run(cmd, env):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="sm90,sm80", help="archs to compile for (kernel_report --arch)")
+    parser.add_argument("--arch", default="sm90,sm80,sm100,sm120", help="archs to compile for (kernel_report --arch)")
+    parser.add_argument("--kernels", default="", help="kernels to compile (kernel_report --kernels; default: all)")
     parser.add_argument("--skip-compile", action="store_true", help="only run the interpreter")
     parser.add_argument("--skip-interpreter", action="store_true", help="only compile")
     args = parser.parse_args(argv)
@@ -80,6 +81,7 @@ def main(argv=None):
         if not args.skip_compile:
             script = ROOT / "bench" / "verify" / "kernel_report.py"
             report = [sys.executable, str(script), "--check", "--arch", args.arch]
+            report += ["--kernels", args.kernels] if args.kernels else []
             if run(report, env) != 0:
                 failed.append("ahead-of-time compilation (kernel_report --check)")
         if not args.skip_interpreter:

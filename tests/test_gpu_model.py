@@ -304,10 +304,10 @@ def _plant(tmp_path, edits):
 
 @pytest.fixture(scope="module")
 def main_fwd_128(tmp_path_factory):
-    """The clean packed forward tile (128 rows = 2 positions x 64 heads, 8 warps) on main."""
+    """The clean packed forward tile (128 rows = 2 positions x 64 heads, 8 warps, BLOCK_J = 32) on main."""
     if not HAS_TRITON or sass.find_tool("nvdisasm") is None:
         pytest.skip("needs triton and nvdisasm (ahead-of-time compile)")
-    (rec,) = _model(tmp_path_factory.mktemp("main"), ["fwd:M=128"])
+    (rec,) = _model(tmp_path_factory.mktemp("main"), ["fwd:J=32 M=128"])
     return rec
 
 
@@ -324,8 +324,8 @@ def _dots_as_written(rec):
 def test_plant_64_row_tile_at_8_warps(tmp_path, main_fwd_128):
     """A 64-row tile at 8 warps: two warpgroups cannot split 64 rows, both compute the logits and the
     softmax: ~2 exp per logit and the first product issued twice (6*D MMA FLOPs per logit)."""
-    copy = _plant(tmp_path, {"configs.py": [("extra = [_c(8, 3, BLOCK_M=128, BLOCK_J=32)]",
-                                             "extra = [_c(8, 2, BLOCK_M=64, BLOCK_J=32)]")]})  # fmt: skip
+    packed = "return [_c(8, 1, BLOCK_M=128, BLOCK_J=64), _c(8, 3, BLOCK_M=128, BLOCK_J=32)]"
+    copy = _plant(tmp_path, {"configs.py": [(packed, packed[:-1] + ", _c(8, 2, BLOCK_M=64, BLOCK_J=32)]")]})
     (planted,) = _model(tmp_path, ["fwd:M=64 w8 s2"], copy, "planted")
     assert _one_softmax_per_logit(main_fwd_128) and _dots_as_written(main_fwd_128)
     assert not _one_softmax_per_logit(planted) and not _dots_as_written(planted)
@@ -337,10 +337,12 @@ def test_plant_64_row_tile_at_8_warps(tmp_path, main_fwd_128):
 def test_plant_doubled_dot(tmp_path, main_fwd_128):
     """The logit product computed twice (accumulated into itself, so it cannot be merged): MMA FLOPs
     per logit 4*D -> 6*D, MMA issued per counted FLOP up by half."""
-    old = "z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)"
+    # attend_offset's product (the 128x32 tile runs the unsplit loop), not attend_blocks'
+    tail = " * scale\n        in_win = j_window_mask"
+    old = "z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)" + tail
     new = ("z = 0.5 * mma(a, tl.trans(k1b), mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), "
-           "INPUT_PRECISION, UPCAST), INPUT_PRECISION, UPCAST)")  # fmt: skip
-    (planted,) = _model(tmp_path, ["fwd:M=128"], _plant(tmp_path, {"fwd.py": [(old, new)]}), "planted")
+           "INPUT_PRECISION, UPCAST), INPUT_PRECISION, UPCAST)") + tail  # fmt: skip
+    (planted,) = _model(tmp_path, ["fwd:J=32 M=128"], _plant(tmp_path, {"fwd.py": [(old, new)]}), "planted")
     assert _dots_as_written(main_fwd_128) and not _dots_as_written(planted)
     assert 1.4 <= planted["mma_issued_per_counted"] / main_fwd_128["mma_issued_per_counted"] <= 1.6
     assert _one_softmax_per_logit(planted), "the softmax is not doubled"

@@ -105,12 +105,13 @@ def shipped():
 
 def runs():
     """As few runs as cover every shipped config: run r launches each kernel with its r-th
-    config of the bucket (a kernel with fewer takes its first; a packed-extra bucket launches
-    the kernels without an extra with their interpreter config)."""
+    config of the bucket; a kernel with fewer configs is left out of the run (the backward then
+    not run at all; a forward left out runs with the interpreter's config, as the kernels
+    without an extra do in a packed-extra bucket)."""
     out = []
     for bucket, lists in shipped().items():
         for r in range(max(len(v) for v in lists.values())):
-            out.append(Run(bucket, r, {k: v[r] if r < len(v) else v[0] for k, v in lists.items()}))
+            out.append(Run(bucket, r, {k: v[r] for k, v in lists.items() if r < len(v)}))
     return out
 
 
@@ -137,7 +138,7 @@ def _batched(run, case, dtype, scale):
     bwd_cfg = {k: c for k, c in run.config.items() if k in BWD_KERNELS}
     out, lse, lse_lo = tk.fwd(*inputs, prob, head_packing=extra, config=fwd_cfg)
     got, ref = (out, lse), oracle_fwd(*inputs, case.w1, case.w2, case.causal, scale)
-    if bwd_cfg:  # a bucket of forward configs only (the head-packed extras) needs no backward
+    if bwd_cfg:  # a run of forward configs only (the head-packed extras, a longer fwd list) needs no backward
         got += tk.bwd(dout, *inputs, out, lse, lse_lo, prob, head_packing=extra, config=bwd_cfg)
         ref += oracle_bwd(dout, *inputs, case.w1, case.w2, case.causal, scale)
     return got, ref
@@ -151,8 +152,10 @@ def _packed_determinant(run, case, dtype, scale):
     fwd_cfg = {k: c for k, c in run.config.items() if k in FWD_KERNELS}
     bwd_cfg = {k: c for k, c in run.config.items() if k in BWD_KERNELS}
     out, lse, lse_lo = tk.fwd(*packed, prob, config=fwd_cfg)
-    grads = tk.bwd(dout[None], *packed, out, lse, lse_lo, prob, config=bwd_cfg)
     ref = oracle_varlen_fwd(q, k1, k2, v1, v2, cu, case.w1, case.w2, case.causal, scale, "determinant")
+    if not bwd_cfg:  # a run of forward configs only
+        return (out[0], lse[0]), ref
+    grads = tk.bwd(dout[None], *packed, out, lse, lse_lo, prob, config=bwd_cfg)
     ref += oracle_varlen_bwd(dout, q, k1, k2, v1, v2, cu, case.w1, case.w2, case.causal, scale, "determinant")
     return (out[0], lse[0], *(g[0] for g in grads)), ref
 

@@ -6,10 +6,11 @@ sequences (one ending inside a tile, one at a tile edge, an empty one, tiles pas
 determinant logits, and in decoding several splits (one empty), wrapped rings, tokens before
 position 0 and the combine of the splits.
 
-Four calls per head dim reach them all with the interpreter's configs (BLOCK_M = BLOCK_J = 32,
-BLOCK_K = 16 in bwd_dkv1; decode BLOCK_M = 16, BLOCK_J = 32); each is also checked against the
-float64 oracle, so the counted paths computed the right thing. D = 48, 96, 192 pad to 64,
-128, 256 (a D tail at each; multiples of 3 for the determinant).
+Six calls per head dim reach them all (two of them forward only: interior j-blocks) with the
+interpreter's configs (BLOCK_M = BLOCK_J = 32, BLOCK_K = 16 in bwd_dkv1; decode BLOCK_M = 16,
+BLOCK_J = 32); each is also checked against the float64 oracle, so the counted paths computed
+the right thing. D = 48, 96, 192 pad to 64, 128, 256 (a D tail at each; multiples of 3 for the
+determinant).
 """
 
 import importlib.util
@@ -60,6 +61,25 @@ def _check_batched(case, head_packing):
     assert all(e <= F32 for e in errs), (case.id, errs)
 
 
+def interior_cases(d):
+    """(case, head_packing) pairs whose forward meets interior j-blocks (fwd.py: every pair of the
+    block inside every row's windows), with an edge block one position past an interior one on
+    each side: 16 positions of 2 heads, causal w1 = 63 (the tile at 48 has block [0, 31] one
+    position short of interior, the tile at 64 block [34, 65] one past it); 32 positions,
+    centred windows w1 = 70, w2 = 3: at u = +-1 the first tile's first row and the last tile's
+    last row have k outside the sequence, while its block [29 + 32, 92] is otherwise interior."""
+    return [(Case(1, 80, 2, 1, d, 63, 2), True), (Case(1, 96, 1, 1, d, 70, 3, False), False)]
+
+
+def _check_fwd(case, head_packing):
+    inputs = make_inputs(case, torch.float32, "cpu")
+    prob = Problem(*bands(case.w1, case.w2, case.causal), case.D**-0.5)
+    out, lse, _ = tk.fwd(*inputs, prob, head_packing=head_packing)
+    ref = oracle_fwd(*inputs, case.w1, case.w2, case.causal, case.D**-0.5)
+    errs = [rel_err(out, ref[0]), rel_err(lse, ref[1])]
+    assert all(e <= F32 for e in errs), (case.id, errs)
+
+
 def _check_packed_determinant(d):
     """Centred windows, determinant logits, PACKING (GQA and head packing: batched_cases)."""
     w1, w2, scale = 5, 3, d**-0.5
@@ -106,6 +126,8 @@ def test_every_path_of_every_kernel_runs(block_d, poison):
     with coverage.recording() as table:
         for case, head_packing in batched_cases(d):
             _check_batched(case, head_packing)
+        for case, head_packing in interior_cases(d):
+            _check_fwd(case, head_packing)
         _check_packed_determinant(d)
         _check_decode(d)
     never = {}
@@ -125,7 +147,9 @@ def test_counters_see_what_a_case_does_not_reach(poison):
         _check_batched(Case(1, 32, 1, 1, 16, 2, 2), False)
     fwd = table[("fwd", 16)]
     assert fwd["causal"] > 0 and fwd["u_repeat"] > 0 and fwd["k_outside"] > 0
+    assert fwd["j_edge"] > 0
     never = ("d_tail", "gqa", "centred", "last_tile", "head_packed", "head_tail", "j_repeat", "j_past_n", "packed")
+    never += ("j_interior",)
     for name in never + ("past_end", "empty_seq", "determinant"):
         assert fwd[name] == 0, (name, fwd)
     assert coverage.buffer("fwd", torch.empty(0)) is None  # outside recording(): nothing counted

@@ -23,10 +23,14 @@ import functools
 
 import triton
 
-ARCHS = ("sm80", "sm86", "sm90")
+# sm100: Blackwell data-centre parts (B200, capability 10.x: tcgen05 MMA, 227 KiB of shared
+# memory a block); sm120: Blackwell consumer parts (capability 12.x: mma.sync, no wgmma, ~99 KiB).
+ARCHS = ("sm80", "sm86", "sm90", "sm100", "sm120")
 # Shared memory one block may use (opt-in maximum), bytes.
-SMEM_LIMIT = {"sm80": 163 * 1024, "sm86": 99 * 1024, "sm90": 227 * 1024}
-CAPABILITY = {"sm80": (8, 0), "sm86": (8, 6), "sm90": (9, 0)}
+SMEM_LIMIT = {"sm80": 163 * 1024, "sm86": 99 * 1024, "sm90": 227 * 1024, "sm100": 227 * 1024, "sm120": 99 * 1024}
+CAPABILITY = {"sm80": (8, 0), "sm86": (8, 6), "sm90": (9, 0), "sm100": (10, 0), "sm120": (12, 0)}
+# The class whose lists an arch class shares where it has none of its own (configs below).
+BASE = {"sm80": "sm80", "sm86": "sm86", "sm90": "sm90", "sm100": "sm80", "sm120": "sm86"}
 INTERP = "interpreter"
 
 KERNELS = ("fwd", "bwd_dq", "bwd_dkv1", "bwd_dkv2")
@@ -49,7 +53,7 @@ def _c(num_warps, num_stages, **tiles):
 # One config when interpreting: blocks big enough that the tiny test shapes need few
 # programs and loop trips (~3 ms each), small enough that N = 97 still spans several tiles.
 _INTERP = {
-    "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
+    "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True)],
     "bwd_dq": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_K=16)],
     "bwd_dkv2": [_c(4, 1, BLOCK_K=32, BLOCK_J=32)],
@@ -146,12 +150,13 @@ def _table_det(arch, dc, fp32):
 
 
 # Spills bench/verify/kernel_report.py --check accepts, bytes per thread (ptxas; the largest over
-# sm_80/86/90, 16-bit and float32, triton 3.6 and 3.8, rounded up to 64): determinant logits
+# sm_80/86/90/100/120, 16-bit and float32, triton 3.6 and 3.8, rounded up to 64): determinant logits
 # at D class 256, where no tile of these kernels fits in 255 registers (the trilinear tiles
 # already hold 200-255 there; the cross products add two [BLOCK, D] tiles and the tl.gather
-# permutations), and the decode kernel there on sm_86 only. Any other spill, or a larger one,
-# fails the check. Correct, slower: a restructuring that splits D would remove them.
-DET_SPILL_BUDGET = {"bwd_dq": 768, "bwd_dkv1": 1728, "bwd_dkv2": 1280, "decode": 4608}
+# permutations), and the decode kernel there on sm_86, sm_100 and sm_120 (4816 B on sm_100;
+# bwd_dkv1 1932 B on sm_120). Any other spill, or a larger one, fails the check. Correct,
+# slower: a restructuring that splits D would remove them.
+DET_SPILL_BUDGET = {"bwd_dq": 768, "bwd_dkv1": 1984, "bwd_dkv2": 1280, "decode": 4864}
 
 
 # The decode kernel (decode.py) launches with one config, without autotuning: its grid and
@@ -173,17 +178,54 @@ def decode_config(arch, bd, fp32):
     return _DECODE[INTERP if arch == INTERP else d_class(bd)]["32" if fp32 else "16"]
 
 
+def _fwd16(arch, packed):
+    """The forward's own lists (16-bit, trilinear, D class 128) of the arch classes that have them,
+    else None. 128-row tiles: two 64-row warpgroups that each own whole rows. SPLIT_J: the j
+    loop split into edge and interior blocks (fwd.py), which costs registers: only where the
+    config stays free of spills with it (kernel_report, sm_80..sm_120; configs without the key
+    run every block masked). BLOCK_J = 64 halves the per-block rescale and alpha work of
+    BLOCK_J = 32 and the re-read of the pair operand from shared memory per logit, but fits 255
+    registers on sm_90 only unpipelined and unsplit (num_stages = 1: pipelined it spills 224 B
+    with pointer loads); the autotuner weighs it against the pipelined BLOCK_J = 32, unsplit
+    too (split it spills 16 B under triton 3.6). Known exception, under triton 3.6 only
+    (scripts/triton_compat.py, 2026-12-07): the 128x64 s1 tile spills 8 B there; correct,
+    slower on the lent GPUs' triton 3.6.
+    Sequence tiles (per-row k2/v2 tiles) spill at 128 rows pipelined, so they keep a 64-row
+    8-warp tile beside the unpipelined 128-row one."""
+    if arch == "sm90":
+        if packed:
+            return [_c(8, 1, BLOCK_M=128, BLOCK_J=64), _c(8, 3, BLOCK_M=128, BLOCK_J=32)]
+        return [_c(8, 3, BLOCK_M=64, BLOCK_J=64), _c(8, 1, BLOCK_M=128, BLOCK_J=32)]
+    if arch == "sm100":
+        wide = _c(8, 1, BLOCK_M=64, BLOCK_J=64, SPLIT_J=True)
+        if packed:
+            return [
+                _c(8, 1, BLOCK_M=128, BLOCK_J=32, SPLIT_J=True),
+                _c(8, 2, BLOCK_M=64, BLOCK_J=32, SPLIT_J=True),
+                wide,
+            ]
+        return [_c(8, 2, BLOCK_M=64, BLOCK_J=32, SPLIT_J=True), _c(8, 3, BLOCK_M=64, BLOCK_J=16, SPLIT_J=True), wide]
+    return None
+
+
 def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
     """The config list of `kernel` for arch class `arch` (or INTERP), padded head dim bd,
     float32 (True) or 16-bit (False) operands, (fwd / bwd_dq) head-packed tiles or not, and
     determinant (True) or trilinear logits."""
     if arch == INTERP:
         return _INTERP[kernel]
+    own = _fwd16(arch, packed) if kernel == "fwd" and not (fp32 or det) and d_class(bd) <= 128 else None
+    if own is not None:
+        return own
+    base = BASE[arch]
     if det:
-        return _table_det(arch, d_class(bd), fp32)[kernel]
-    table = _table32(d_class(bd)) if fp32 else _table16(arch, d_class(bd))
+        table = _table_det(base, d_class(bd), fp32)
+        if arch == "sm100" and not fp32 and d_class(bd) <= 128:  # sm_80's 64x16 spills 156-180 B there
+            table["fwd"] = [_c(8, 3, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True)]
+        return table[kernel]
+    table = _table32(d_class(bd)) if fp32 else _table16(base, d_class(bd))
     extra = []
-    if packed and kernel == "fwd" and not fp32 and d_class(bd) <= 128 and arch in ("sm80", "sm90"):
+    if packed and kernel == "fwd" and not fp32 and d_class(bd) <= 128 and base == "sm80":
         # Two positions of 64 heads: k1/v1 blocks, re-read once per offset u, then serve
         # 128 rows, halving the L2 traffic per FLOP. Spills with sequence tiles (per-row k).
         extra = [_c(8, 3, BLOCK_M=128, BLOCK_J=32)]
@@ -192,12 +234,16 @@ def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
 
 def arch_class(capability):
     """Map a CUDA capability to the config class: sm_80-like, sm_86-like (99 KiB shared
-    memory per block: 8.6, 8.7, 8.9, 12.x) or sm_90. Unknown newer parts take sm_80's
-    (conservative) lists."""
+    memory per block: 8.6, 8.7, 8.9), sm_90, sm_100 (10.x) or sm_120 (12.x and newer consumer
+    parts: 99 KiB, no wgmma). Other unknown parts (11.x) take sm_80's (conservative) lists."""
     major, minor = capability
     if major == 9:
         return "sm90"
-    if (major == 8 and minor > 0) or major >= 12:
+    if major == 10:
+        return "sm100"
+    if major >= 12:
+        return "sm120"
+    if major == 8 and minor > 0:
         return "sm86"
     return "sm80"
 

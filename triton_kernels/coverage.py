@@ -84,10 +84,22 @@ def count_common(
 
 def slots(kernels, *names, common=True):
     """Registers the paths of every kernel in `kernels`: COMMON (unless common=False), then
-    `names`. Returns the slot indices of `names`."""
-    first = len(COMMON) if common else 0
+    `names`. Returns the slot indices of `names`.
+    A kernel already registered (by an earlier module) gets `names` after its paths; every
+    kernel in `kernels` must then have the same paths before them. Registering names a kernel
+    already has (a module imported again) changes nothing."""
+    firsts = set()
     for kernel in kernels:
-        _NAMES[kernel] = (COMMON if common else ()) + names
+        have = _NAMES.get(kernel, COMMON if common else ())
+        again = [i for i in range(len(have) - len(names) + 1) if names and have[i : i + len(names)] == names]
+        if again:
+            firsts.add(again[0])
+            continue
+        firsts.add(len(have))
+        _NAMES[kernel] = have + names
+    if len(firsts) != 1:
+        raise ValueError(f"kernels {kernels} have different paths before {names}")
+    first = firsts.pop()
     return tuple(tl.constexpr(first + i) for i in range(len(names)))
 
 

@@ -9,9 +9,20 @@ u = i - k (k is the k2/v2 position), the k2 row of every query row is a shifted 
     y    += softmax-weights @ v1[j-block] [BLOCK_M, D]
     acc  += y * v2[i - u]                 once per u
 
-and the inner loop over j-blocks (`attend_offset`, which decoding shares) is two plain
-tensor-core products on loaded tiles. With logits="determinant" the operand is the chunkwise
-cross product a = k2[i - u] x q: the same product depth, nothing else changes.
+and the inner loop over j-blocks is two plain tensor-core products on loaded tiles. With
+logits="determinant" the operand is the chunkwise cross product a = k2[i - u] x q: the same
+product depth, nothing else changes.
+
+Edge and interior j-blocks (issue 23; configs with SPLIT_J, where the registers allow: the
+second loop costs some). Per u the j loop is two loops (`attend_tile_offset`):
+the edge blocks, which cross a window edge, the sequence's end or a row whose k = i - u lies
+outside the sequence, masked as every block once was (window mask, zero-filled rows past j_hi,
+which also keeps a neighbouring packed sequence's rows out); then the interior blocks, where
+every pair of the block counts for every row of the tile, loaded and softmaxed without a mask
+(but the channels' past D). tiles.interior_blocks decides from the tile's scalars which blocks
+are interior, never per element. The online softmax takes blocks in any order, so the edge
+blocks before and after the interior ones share one loop (one pipeline prologue per u).
+Decoding (decode.py) runs every block masked (`attend_offset`: ring slots).
 
 The online softmax over the joint (j, k) window runs in float32 in natural units (softmax.py).
 The epilogue stores lse and its rounding residual lse_lo, float32 [B, Hq, N], for the
@@ -24,11 +35,58 @@ crosses one (seqlen.py), and tiles past a sequence's end exit at once.
 import triton
 import triton.language as tl
 
+from .coverage import hit
 from .kv import query_rows, ring_rows, ring_slots, rows_at
 from .mask import j_window_mask
 from .operand import chunk_shifts, mma, pair_operand
 from .softmax import final_lse, final_sum, offset_rescale, online_block
-from .tiles import P_J_PAST_N, P_J_REPEAT, P_J_TAIL, j_block, offset_rows, query_tile, query_tile_kv, query_tile_loops
+from .tiles import (
+    P_J_EDGE,
+    P_J_INTERIOR,
+    P_J_PAST_N,
+    P_J_REPEAT,
+    P_J_TAIL,
+    interior_blocks,
+    j_block,
+    offset_rows,
+    query_tile,
+    query_tile_kv,
+    query_tile_loops,
+)  # fmt: skip
+
+
+@triton.jit
+def attend_blocks(
+    a, y, m_i, l_i, pos, k_ok, jr, j_first, n_first, j_second, trips, j_lo, j_hi, L1, R1, scale,
+    k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+    J_PATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, MASKED: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+):  # fmt: skip
+    """`trips` j-blocks of the j range [j_lo, j_hi] of a sequence of n rows: n_first of them from
+    j_first on, the rest from j_second on, BLOCK_J apart; each counted on path J_PATH. MASKED:
+    edge blocks, with the window mask and rows past j_hi zero-filled; else interior blocks
+    (tiles.interior_blocks: every pair counts), loaded and softmaxed without a mask but the
+    channels'. Returns (y, m_i, l_i) updated (softmax.online_block)."""
+    for t in range(0, trips):
+        j0 = j_first + t * BLOCK_J
+        if MASKED:  # one loop serves two ranges: one pipeline prologue, not two
+            j0 = tl.where(t < n_first, j0, j_second + (t - n_first) * BLOCK_J)
+        hit(COUNTS, J_PATH, True, COUNT_PATHS)
+        if MASKED:
+            js, j_ok, jd_mask = j_block(
+                j0, jr, j_lo, j_hi, n, d_ok, COUNTS, P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_J, False, COUNT_PATHS
+            )
+            k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
+            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
+            in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
+        else:
+            hit(COUNTS, P_J_REPEAT, j0 > j_lo, COUNT_PATHS)
+            k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, d_ok[None, :])
+            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, d_ok[None, :])
+            in_win = None
+        z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
+        y, m_i, l_i = online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, MASKED, INPUT_PRECISION, UPCAST)
+    return y, m_i, l_i
 
 
 @triton.jit
@@ -39,9 +97,10 @@ def attend_offset(
     BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, RING: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
-    """The j loop of one offset u: rows with operand `a` against the k1/v1 rows j_lo .. j_hi
-    (kv.py: a linear layout, or a ring of `limit` slots). Returns (y, m_i, l_i): the
-    offset's partial sum y = sum_j P v1[j] in the scale of the new max m_i, and the new sum l_i."""
+    """The j loop of one offset u with every block masked (decoding's, and the forward's configs
+    without SPLIT_J): rows with operand `a` against the k1/v1 rows j_lo .. j_hi (kv.py: a linear
+    layout, or a ring of `limit` slots). Returns (y, m_i, l_i): the offset's partial sum
+    y = sum_j P v1[j] in the scale of the new max m_i, and the new sum l_i."""
     y = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for j0 in range(j_lo, j_hi + 1, BLOCK_J):
         js, j_ok, jd_mask = j_block(
@@ -56,7 +115,34 @@ def attend_offset(
             v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
         z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
         in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
-        y, m_i, l_i = online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, INPUT_PRECISION, UPCAST)
+        y, m_i, l_i = online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, True, INPUT_PRECISION, UPCAST)
+    return y, m_i, l_i
+
+
+@triton.jit
+def attend_tile_offset(
+    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, ja, jb, L1, R1, scale,
+    k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+    BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+):  # fmt: skip
+    """The forward's j loop of one offset u in two loops (SPLIT_J): the edge blocks (those before
+    ja, then those from jb on), masked, then the interior blocks [ja, jb) unmasked
+    (tiles.interior_blocks). The online softmax takes blocks in any order. Returns (y, m_i, l_i)
+    as attend_offset."""
+    y = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    n_front = (ja - j_lo) // BLOCK_J
+    n_edge = n_front + tl.cdiv(tl.maximum(j_hi + 1 - jb, 0), BLOCK_J)
+    y, m_i, l_i = attend_blocks(
+        a, y, m_i, l_i, pos, k_ok, jr, j_lo, n_front, jb, n_edge, j_lo, j_hi, L1, R1, scale,
+        k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+        P_J_EDGE, BLOCK_M, BLOCK_J, True, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+    )  # fmt: skip
+    y, m_i, l_i = attend_blocks(
+        a, y, m_i, l_i, pos, k_ok, jr, ja, 0, ja, (jb - ja) // BLOCK_J, j_lo, j_hi, L1, R1, scale,
+        k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+        P_J_INTERIOR, BLOCK_M, BLOCK_J, False, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+    )  # fmt: skip
     return y, m_i, l_i
 
 
@@ -74,7 +160,7 @@ def _two_simplicial_fwd_kernel(
     scale,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     VARLEN: tl.constexpr, DET: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, SPLIT_J: tl.constexpr = False,
 ):  # fmt: skip
     start, n, p0, g, b, h0, rp, rh, pos, row_ok = query_tile(
         CU_SEQLENS, COUNTS, N, GROUP, D, R1, R2, BLOCK_M, BLOCK_H, BLOCK_D, VARLEN, DET, COUNT_PATHS
@@ -106,12 +192,20 @@ def _two_simplicial_fwd_kernel(
         q = tl.load(q_ptrs, mask=kd_mask, other=0.0)
         a = pair_operand(q, k2u, d, sh1, sh2, dt, DET)
         m_start = m_i
-        y, m_i, l_i = attend_offset(
-            a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
-            k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
-            P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, BLOCK_D, False,
-            INPUT_PRECISION, UPCAST, COUNT_PATHS,
-        )  # fmt: skip
+        if SPLIT_J:
+            ja, jb = interior_blocks(p0, u, n, j_lo, L1, R1, BLOCK_M // BLOCK_H, BLOCK_J)
+            y, m_i, l_i = attend_tile_offset(
+                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, ja, jb, L1, R1, scale,
+                k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+                BLOCK_M, BLOCK_J, BLOCK_D, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+            )  # fmt: skip
+        else:
+            y, m_i, l_i = attend_offset(
+                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+                k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+                P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, BLOCK_D, False,
+                INPUT_PRECISION, UPCAST, COUNT_PATHS,
+            )  # fmt: skip
         beta = offset_rescale(m_start, m_i)
         v2u = rows_at(v2_base, r0 - u, v2_offs, stride_v2n, kd_mask)
         acc = acc * beta[:, None] + y * v2u.to(tl.float32)

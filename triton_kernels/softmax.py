@@ -32,11 +32,15 @@ def finite_max(m):
 
 
 @triton.jit
-def online_block(z, in_win, v1b, y, m_i, l_i, dt, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """One j-block of the online softmax: logits z = scale * s [rows, j] (pairs outside `in_win`
-    drop out), their v1 rows v1b [j, D]. Returns (y, m_i, l_i) updated: y = y * alpha + P @ v1b,
-    l = l * alpha + rowsum(P), alpha = exp(m_old - m_new)."""
-    s = tl.where(in_win, z, float("-inf"))
+def online_block(
+    z, in_win, v1b, y, m_i, l_i, dt, MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr
+):
+    """One j-block of the online softmax: logits z = scale * s [rows, j] (MASKED: pairs outside
+    `in_win` drop out; else every pair counts), their v1 rows v1b [j, D]. Returns (y, m_i, l_i)
+    updated: y = y * alpha + P @ v1b, l = l * alpha + rowsum(P), alpha = exp(m_old - m_new)."""
+    s = z
+    if MASKED:
+        s = tl.where(in_win, z, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_sub = finite_max(m_new)
     alpha = exp_shifted(m_i, m_sub)

@@ -31,6 +31,8 @@ from .seqlen import sequence_span
 P_U_REPEAT, P_K_OUTSIDE, P_J_REPEAT, P_J_TAIL, P_J_PAST_N, P_HEAD_PACKED, P_HEAD_TAIL = coverage.slots(
     ("fwd", "bwd_dq"), "u_repeat", "k_outside", "j_repeat", "j_tail", "j_past_n", "head_packed", "head_tail"
 )
+#   j_edge / j_interior   (fwd) a masked j-block / an interior one, every pair of it inside (interior_blocks)
+P_J_EDGE, P_J_INTERIOR = coverage.slots(("fwd",), "j_edge", "j_interior")
 
 
 @triton.jit
@@ -95,6 +97,24 @@ def query_tile_loops(p0, n, L1, R1, L2, R2, BLOCK_P: tl.constexpr):
     j_lo = tl.maximum(p0 - L1, 0)
     j_hi = tl.minimum(p_last + R1, n - 1)
     return u_lo, u_hi, j_lo, j_hi
+
+
+@triton.jit
+def interior_blocks(p0, u, n, j_lo, L1, R1, BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr):
+    """[ja, jb): the interior j-blocks of offset u of the query tile at positions [p0, p0 +
+    BLOCK_P), on the grid j_lo + t * BLOCK_J of its j loop. A block is interior when every pair
+    of it counts for every position of the tile: its rows lie in [0, n) and in every J(i),
+    i.e. in [p_last - L1, p0 + R1] (p_last the tile's last position inside the sequence), and
+    every k = i - u lies in [0, n). Rows past the sequence or the group are never stored, so
+    they need no mask (their operand is zero-filled). From scalars only; j_lo <= ja <= jb."""
+    p_last = tl.minimum(p0 + BLOCK_P - 1, n - 1)
+    lo = tl.maximum(p_last - L1, j_lo)  # the first j of every window, >= j_lo
+    end = tl.minimum(p0 + R1, n - 1) + 1  # past the last j of every window, > j_lo
+    t_a = (lo - j_lo + BLOCK_J - 1) // BLOCK_J
+    t_b = (end - j_lo) // BLOCK_J
+    every_k = (u <= p0) & (p_last - u < n)
+    t_b = tl.where(every_k, tl.maximum(t_a, t_b), t_a)
+    return j_lo + t_a * BLOCK_J, j_lo + t_b * BLOCK_J
 
 
 @triton.jit

@@ -78,8 +78,11 @@ def _holds_mma(fn, loop):
     return any(_mma_kind(x) for x in fn.instructions(loop.blocks))
 
 
-def hot_chain(fn):
-    """(chain of loops, outermost first, holding tensor-core instructions; "" or why it is not one chain)."""
+def hot_chain(fn, siblings=1):
+    """(chain of loops, outermost first, holding tensor-core instructions; "" or why it is not one chain).
+    `siblings` > 1: the innermost level is that many sibling loops (program order), none with a
+    tensor-core loop inside (the forward's edge / interior / edge j loops); the chain's last
+    element is then their list."""
     tops = [lp for lp in fn.loops if lp.parent is None and _holds_mma(fn, lp)]
     if not tops:
         return [], ""
@@ -91,6 +94,9 @@ def hot_chain(fn):
         if not inner:
             return chain, ""
         if len(inner) > 1:
+            leaves = not any(_holds_mma(fn, c) for lp in inner for c in lp.children)
+            if len(inner) == siblings and leaves:
+                return chain + [sorted(inner, key=lambda lp: min(lp.blocks))], ""
             return chain, f"{len(inner)} sibling loops at depth {len(chain)} hold tensor-core instructions"
         chain.append(inner[0])
 
@@ -229,17 +235,28 @@ def _phases(fn, blocks, weight, utc_flops):
     return [p for p in phases if p.instrs]
 
 
-def analyse(fn, utc_flops=None, side=None):
+def analyse(fn, utc_flops=None, side=None, siblings=None):
     """The Nest of a sass.Function (see module docstring). `side`: {level: trips} of the
-    non-tensor-core loops nested in a level."""
-    chain, structure = hot_chain(fn)
+    non-tensor-core loops nested in a level. `siblings`: the trips of each of the sibling loops
+    that make up the innermost level, in program order (maps.Trips.siblings); the level's region
+    is then their trip-weighted mix, per trip of the level (the level's trips are their sum)."""
+    chain, structure = hot_chain(fn, len(siblings) if siblings else 1)
     weight = block_weights(fn)
     side = side or {}
+    if chain and isinstance(chain[-1], list):
+        total = sum(siblings) or 1
+        for lp, trips in zip(chain[-1], siblings, strict=True):
+            for b in lp.blocks:
+                weight[b] *= trips / total
     regions, side_loops = [], {}
     for level in range(-1, len(chain)):
         loop = chain[level] if level >= 0 else None
         inner = chain[level + 1] if level + 1 < len(chain) else None
-        own = fn.own_blocks(loop, [inner] if inner else [])
+        inner = inner if isinstance(inner, list) else [inner] if inner else []
+        if isinstance(loop, list):  # the sibling loops: their blocks, each weighted above
+            own = set().union(*(lp.blocks for lp in loop))
+        else:
+            own = fn.own_blocks(loop, inner)
         if loop is None and chain:
             own -= chain[0].blocks
         # Non-tensor-core loops directly inside this level repeat `side` trips.

@@ -11,6 +11,9 @@ and returns a `Trips`:
   side       {level: trips} of the loops *without* tensor-core instructions nested in that level
              (tile loads, product builds); level -1: the kernel's loops outside the nest;
              unlisted ones count one trip;
+  siblings   None, or the trips of each of the sibling loops that make up the innermost level
+             (program order; they sum to its trips): the Triton forward's edge and interior
+             j loops;
   dram       bytes the kernel must move to or from DRAM at least (inputs once, outputs once).
 
 MAPS[backend][kernel] is the map of a kernel; a kernel the registry finds without one gets a row
@@ -31,6 +34,7 @@ class Trips:
     side: dict
     dram: float
     notes: str = ""
+    siblings: list | None = None
 
 
 def _cdiv(a, b):
@@ -97,8 +101,34 @@ def triton_query_kernel(s, tiles, extra_q):
     )
 
 
+def _interior_split(s, positions, bj):
+    """[edge blocks, interior blocks] over every query tile and offset u, as
+    triton_kernels/tiles.interior_blocks splits each u's j loop (fwd.py: the edge loop first)."""
+    L1, R1, L2, R2 = s.bands
+    _, u_lo, u_hi, j_lo, j_hi = _query_tiles(s, positions)
+    p0 = np.arange(0, s.N, positions, dtype=np.int64)
+    p_last = np.minimum(p0 + positions - 1, s.N - 1)
+    nb = _blocks(j_lo, j_hi, bj)
+    t_a = -(-(np.maximum(p_last - L1, j_lo) - j_lo) // bj)
+    t_b = (np.minimum(p0 + R1, s.N - 1) + 1 - j_lo) // bj
+    front = interior = back = 0
+    for u in range(-R2, L2 + 1):
+        on = (u >= u_lo) & (u <= u_hi)
+        tb = np.where((u <= p0) & (p_last - u < s.N), np.maximum(t_a, t_b), t_a)
+        front += int(np.where(on, np.minimum(t_a, nb), 0).sum())
+        interior += int(np.where(on, tb - t_a, 0).sum())
+        back += int(np.where(on, np.maximum(nb - tb, 0), 0).sum())
+    return [front + back, interior]
+
+
 def triton_fwd(s, tiles):
-    return triton_query_kernel(s, tiles, extra_q=1)  # q in, out out; lse, lse_lo out
+    """q in, out out; lse, lse_lo out. Each offset's j loop is two sibling loops (fwd.py)."""
+    trips = triton_query_kernel(s, tiles, extra_q=1)
+    bh = tiles.get("BLOCK_H", 1)
+    mult = s.B * s.Hkv * _cdiv(s.group, bh)
+    trips.siblings = [t * mult for t in _interior_split(s, tiles["BLOCK_M"] // bh, tiles["BLOCK_J"])]
+    assert sum(trips.siblings) == trips.levels[-1], (trips.siblings, trips.levels)
+    return trips
 
 
 def triton_dq(s, tiles):

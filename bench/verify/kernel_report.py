@@ -1,8 +1,8 @@
 """Static report of every shipped Triton kernel and config, compiled ahead of time for
-sm_80, sm_86 and sm_90 on a machine without a GPU.
+sm_80, sm_86, sm_90, sm_100 and sm_120 on a machine without a GPU.
 
     python bench/verify/kernel_report.py            # print the table
-    python bench/verify/kernel_report.py --quick    # CI: the determinant / packed variants on sm_90 only
+    python bench/verify/kernel_report.py --quick    # CI: sm_80/86/90, the determinant / packed variants on sm_90 only
     python bench/verify/kernel_report.py --check    # exit 1 on a spill, shared memory over the
                                              # arch's per-block limit, a main loop
                                              # without tensor-core instructions, or an
@@ -13,8 +13,8 @@ variant: "base" is trilinear logits on a batched layout, "det+var" determinant l
 packed (cu_seqlens) layout, the two together the most registers a fused kernel needs; the
 decode kernel in "base" and "det"):
 registers per thread, spill bytes (ptxas), shared memory per block, PTX instructions, and the
-innermost loops of the PTX that hold tensor-core instructions (mma.sync on sm_80/86, wgmma on
-sm_90). The kernels are compiled as a GPU launch runs them, with the interpreter's path
+innermost loops of the PTX that hold tensor-core instructions (mma.sync on sm_80/86/120, wgmma on
+sm_90, tcgen05.mma on sm_100). The kernels are compiled as a GPU launch runs them, with the interpreter's path
 counters off (COUNTS = None, COUNT_PATHS = False: triton_kernels/coverage.py); the fused kernels
 are atomic-free by design, so any atom / red instruction in their PTX (a counter hook that did
 not compile away, or a bug) is a problem.
@@ -52,7 +52,8 @@ PTR_F32 = {"LSE", "LSE_LO", "DELTA", "M_PART", "L_PART", "ACC_PART"}
 PTR_I32 = {"CU_SEQLENS", "CACHE_SEQLENS"}
 Q_LIKE = ("stride_q", "stride_o", "stride_do", "stride_dq")
 KV_LIKE = ("stride_k1", "stride_k2", "stride_v1", "stride_v2", "stride_g")
-TC_RE = re.compile(r"\b(mma\.sync|wgmma\.mma_async)\b")
+TC_RE = re.compile(r"\b(mma\.sync|wgmma\.mma_async|tcgen05\.mma)\b")
+MMA_KINDS = (("wgmma", "wgmma.mma_async"), ("tcgen05", "tcgen05.mma"), ("mma", "mma.sync"))
 ATOMIC_RE = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:atom|red)\.", re.MULTILINE)
 # A PTX instruction line: an opcode (optionally predicated), not a directive, label or comment.
 INSTR_RE = re.compile(r"^\s+(?:@!?%p\d+\s+)?[a-z][\w.]*[\s;]", re.MULTILINE)
@@ -187,7 +188,7 @@ def _compile(job):
         smem=k.metadata.shared,
         loops=len(loops),
         tc_loops=sum(tc for _, tc in loops),
-        mma="wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "fma",
+        mma=next((name for name, op in MMA_KINDS if op in ptx), "fma"),
         instrs=len(INSTR_RE.findall(ptx)),
         atomics=len(ATOMIC_RE.findall(ptx)),
         seconds=seconds,
@@ -195,16 +196,13 @@ def _compile(job):
 
 
 def target_arch(arch):
-    """(compute capability, configs.py arch class whose lists a launch there uses) of an arch name:
-    sm80 / sm86 / sm90 (configs.ARCHS), or sm100 (Blackwell, compiled ahead of time for
-    bench/gpu_model.py; a launch there takes the lists of configs.arch_class((10, 0)))."""
+    """(compute capability, configs.py arch class whose lists a launch there uses) of an arch name
+    of configs.ARCHS (sm80, sm86, sm90, sm100, sm120)."""
     from simplicial_attn.triton_kernels import configs
 
     if arch in configs.CAPABILITY:
         major, minor = configs.CAPABILITY[arch]
-        return major * 10 + minor, arch
-    if arch == "sm100":
-        return 100, configs.arch_class((10, 0))
+        return major * 10 + minor, configs.arch_class((major, minor))
     raise ValueError(f"unknown arch {arch!r}")
 
 
@@ -213,6 +211,7 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
     default every shipped config at each D class bound, tilings as the `target` shape's group
     gives them, both operand tables and every variant."""
     from simplicial_attn.triton_kernels import configs
+    from simplicial_attn.triton_kernels.launch import DELTA_BLOCK_N
 
     variants = VARIANTS if variants is None else variants
 
@@ -222,7 +221,7 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
             kernel_fn=kernel, tiling=tiling, variant=variant, dtype=dtype, bd=dc, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
             tiles=" ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items())),
-            constexprs={**cfg.kwargs, **constexprs},
+            constexprs={**({"SPLIT_J": False} if kernel == "fwd" else {}), **cfg.kwargs, **constexprs},
         )  # fmt: skip
 
     jobs = []
@@ -246,7 +245,8 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
                     jobs.append(job(arch, "decode", "", variant.split("+")[0], dtype, dc, cfg,
                                     {**precision, "DET": flags["DET"]}))  # fmt: skip
                 plain = dict(BLOCK_D=dc, **NO_COUNTERS)
-                jobs.append(job(arch, "bwd_delta", "", "base", dtype, dc, triton_config(dict(BLOCK_N=32), 4), plain))
+                delta = triton_config(dict(BLOCK_N=DELTA_BLOCK_N), 4)
+                jobs.append(job(arch, "bwd_delta", "", "base", dtype, dc, delta, plain))
                 combine = triton_config(dict(BLOCK_S=16), 4)
                 jobs.append(job(arch, "decode_combine", "", "base", dtype, dc, combine, plain))
     return jobs
@@ -283,12 +283,16 @@ def _problems(row, smem_limit, spill_budget=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 on spills, smem over limit, loops without MMA")
-    parser.add_argument("--arch", default="sm80,sm86,sm90", help="comma-separated subset of sm80,sm86,sm90")
+    parser.add_argument(
+        "--arch", help="comma-separated subset of sm80,sm86,sm90,sm100,sm120 (default: all; --quick: sm80,sm86,sm90)"
+    )
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles")
     parser.add_argument("--kernels", default="", help="comma-separated kernel names to compile (default: all)")
     parser.add_argument("--variants", default="", help="comma-separated variants (base, det+var, det) (default: all)")
     parser.add_argument(
-        "--quick", action="store_true", help="the determinant / packed variants on sm_90 only (CI; ~half the compiles)"
+        "--quick",
+        action="store_true",
+        help="the determinant / packed variants on sm_90 only, sm_100 / sm_120 left out (CI; ~half the compiles)",
     )
     args = parser.parse_args(argv)
 
@@ -298,7 +302,8 @@ def main(argv=None):
     os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
     from simplicial_attn.triton_kernels import configs
 
-    archs = [a for a in args.arch.split(",") if a]
+    default = "sm80,sm86,sm90" if args.quick else ",".join(configs.ARCHS)
+    archs = [a for a in (args.arch or default).split(",") if a]
     unknown = [a for a in archs if a not in configs.ARCHS]
     if unknown:
         parser.error(f"--arch must name archs among {', '.join(configs.ARCHS)}; got {', '.join(unknown)}")

@@ -357,7 +357,7 @@ def test_plant_mask_recomputed_per_element(tmp_path, main_fwd_128):
     old = "return in_band(row_ok[:, None] & j_ok[None, :], js[None, :]"
     new = ("return in_band(row_ok[:, None] & j_ok[None, :] & ((js[None, :] * 7 + pos[:, None] * 3) % 11 != 5), "
            "js[None, :]")  # fmt: skip
-    (planted,) = _model(tmp_path, ["fwd:M=128"], _plant(tmp_path, {"mask.py": [(old, new)]}), "planted")
+    (planted,) = _model(tmp_path, ["fwd:J=32 M=128"], _plant(tmp_path, {"mask.py": [(old, new)]}), "planted")
     grew = planted["instr_per_logit"] - main_fwd_128["instr_per_logit"]
     assert 3 <= grew <= 20, grew
     assert planted["mma_issued_per_counted"] == pytest.approx(main_fwd_128["mma_issued_per_counted"], rel=0.02)
@@ -372,16 +372,18 @@ def test_plant_a_operand_reread_per_tile(tmp_path, main_fwd_128):
     edits = [
         ("    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n",
          "    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale, q_ptrs, k2_ptrs, kd_mask,\n"),
-        ("        z = mma(a, tl.trans(k1b),",
+        # attend_offset's product (the unsplit loop the 128x32 tile runs), not attend_blocks'
+        ("            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)\n        z = mma(a, tl.trans(k1b),",
+         "            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)\n"
          "        again = kd_mask & (j0 >= j_lo)\n"
          "        a = (tl.load(q_ptrs, mask=again, other=0.0).to(tl.float32) * tl.load(k2_ptrs, mask=again, "
          "other=0.0).to(tl.float32)).to(a.dtype)\n"
          "        z = mma(a, tl.trans(k1b),"),
-        ("            a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n",
-         "            a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n"
-         "            q_ptrs, k2_base + (r0 - u) * stride_k2n + k2_offs, kd_mask,\n"),
+        ("                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n                k1_base",
+         "                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n"
+         "                q_ptrs, k2_base + (r0 - u) * stride_k2n + k2_offs, kd_mask,\n                k1_base"),
     ]  # fmt: skip
-    (planted,) = _model(tmp_path, ["fwd:M=128"], _plant(tmp_path, {"fwd.py": edits}), "planted")
+    (planted,) = _model(tmp_path, ["fwd:J=32 M=128"], _plant(tmp_path, {"fwd.py": edits}), "planted")
     grew = (planted["global_bytes_per_flop"] - main_fwd_128["global_bytes_per_flop"]) / planted[
         "mma_issued_per_counted"
     ]

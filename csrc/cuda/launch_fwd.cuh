@@ -19,17 +19,15 @@ void launch_fwd_tc(const FwdArgs& args, cudaStream_t stream) {
   const Grid grid = plan_query_tiles<Cfg>(p, a.dims, a.prob);
   // The k2/v2 regions of a tile of (kRows >> log2_heads) positions.
   const int smem = Cfg::smem_bytes((Cfg::kRows >> p.log2_heads) + Cfg::kChunkU - 1);
+  // One instantiation per call: determinant logits; else, with >= 16 heads packed per position,
+  // kOneRow (each warp's 16 rows at one position); else the plain trilinear kernel.
+  void (*kernel)(FwdKernelParams) = &fwd_kernel<T, Cfg, false, false>;
   if (a.prob.determinant) {
-    launch_kernel("fwd_kernel", DP, &fwd_kernel<T, Cfg, true, false>, grid, Cfg::kThreads, smem, stream, p);
+    kernel = &fwd_kernel<T, Cfg, true, false>;
   } else if constexpr (Cfg::kHoldB) {
-    // >= 16 heads packed per position: each warp's 16 rows at one position (fwd_kernel's kOneRow).
-    if (p.log2_heads >= 4)
-      launch_kernel("fwd_kernel", DP, &fwd_kernel<T, Cfg, false, true>, grid, Cfg::kThreads, smem, stream, p);
-    else
-      launch_kernel("fwd_kernel", DP, &fwd_kernel<T, Cfg, false, false>, grid, Cfg::kThreads, smem, stream, p);
-  } else {
-    launch_kernel("fwd_kernel", DP, &fwd_kernel<T, Cfg, false, false>, grid, Cfg::kThreads, smem, stream, p);
+    if (p.log2_heads >= 4) kernel = &fwd_kernel<T, Cfg, false, true>;
   }
+  launch_kernel("fwd_kernel", DP, kernel, grid, Cfg::kThreads, smem, stream, p);
 }
 
 template <class T>

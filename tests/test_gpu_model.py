@@ -337,8 +337,8 @@ def test_plant_64_row_tile_at_8_warps(tmp_path, main_fwd_128):
 def test_plant_doubled_dot(tmp_path, main_fwd_128):
     """The logit product computed twice (accumulated into itself, so it cannot be merged): MMA FLOPs
     per logit 4*D -> 6*D, MMA issued per counted FLOP up by half."""
-    # attend_offset's product (the 128x32 tile runs the unsplit loop), not attend_blocks'
-    tail = " * scale\n        in_win = j_window_mask"
+    # masked_block's product (the 128x32 tile runs the unsplit loop), not the interior blocks'
+    tail = " * scale\n    in_win = j_window_mask"
     old = "z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)" + tail
     new = ("z = 0.5 * mma(a, tl.trans(k1b), mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), "
            "INPUT_PRECISION, UPCAST), INPUT_PRECISION, UPCAST)") + tail  # fmt: skip
@@ -372,13 +372,13 @@ def test_plant_a_operand_reread_per_tile(tmp_path, main_fwd_128):
     edits = [
         ("    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n",
          "    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale, q_ptrs, k2_ptrs, kd_mask,\n"),
-        # attend_offset's product (the unsplit loop the 128x32 tile runs), not attend_blocks'
-        ("            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)\n        z = mma(a, tl.trans(k1b),",
-         "            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)\n"
-         "        again = kd_mask & (j0 >= j_lo)\n"
-         "        a = (tl.load(q_ptrs, mask=again, other=0.0).to(tl.float32) * tl.load(k2_ptrs, mask=again, "
+        # before the unsplit loop's masked_block (the loop the 128x32 tile runs), not decode's ring branch
+        ("        else:\n            y, m_i, l_i = masked_block(\n",
+         "        else:\n"
+         "            again = kd_mask & (j0 >= j_lo)\n"
+         "            a = (tl.load(q_ptrs, mask=again, other=0.0).to(tl.float32) * tl.load(k2_ptrs, mask=again, "
          "other=0.0).to(tl.float32)).to(a.dtype)\n"
-         "        z = mma(a, tl.trans(k1b),"),
+         "            y, m_i, l_i = masked_block(\n"),
         ("                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n                k1_base",
          "                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n"
          "                q_ptrs, k2_base + (r0 - u) * stride_k2n + k2_offs, kd_mask,\n                k1_base"),

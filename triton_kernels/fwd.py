@@ -56,6 +56,26 @@ from .tiles import (
 
 
 @triton.jit
+def masked_block(
+    a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+    k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
+    J_REPEAT: tl.constexpr, J_TAIL: tl.constexpr, J_EDGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+):  # fmt: skip
+    """One masked j-block at j0 of the j range [j_lo, j_hi] of a linear layout of `limit` rows
+    (tiles.j_block: rows past j_hi zero-filled, counted on J_REPEAT / J_TAIL / J_EDGE), the
+    window mask on its logits. Returns (y, m_i, l_i) updated (softmax.online_block)."""
+    js, j_ok, jd_mask = j_block(
+        j0, jr, j_lo, j_hi, limit, d_ok, COUNTS, J_REPEAT, J_TAIL, J_EDGE, BLOCK_J, False, COUNT_PATHS
+    )
+    k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
+    v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
+    z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
+    in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
+    return online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, True, INPUT_PRECISION, UPCAST)
+
+
+@triton.jit
 def attend_blocks(
     a, y, m_i, l_i, pos, k_ok, jr, j_first, n_first, j_second, trips, j_lo, j_hi, L1, R1, scale,
     k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
@@ -64,28 +84,24 @@ def attend_blocks(
 ):  # fmt: skip
     """`trips` j-blocks of the j range [j_lo, j_hi] of a sequence of n rows: n_first of them from
     j_first on, the rest from j_second on, BLOCK_J apart; each counted on path J_PATH. MASKED:
-    edge blocks, with the window mask and rows past j_hi zero-filled; else interior blocks
-    (tiles.interior_blocks: every pair counts), loaded and softmaxed without a mask but the
-    channels'. Returns (y, m_i, l_i) updated (softmax.online_block)."""
+    edge blocks (masked_block); else interior blocks (tiles.interior_blocks: every pair counts),
+    loaded and softmaxed without a mask but the channels'. Returns (y, m_i, l_i) updated
+    (softmax.online_block)."""
     for t in range(0, trips):
         j0 = j_first + t * BLOCK_J
+        hit(COUNTS, J_PATH, True, COUNT_PATHS)
         if MASKED:  # one loop serves two ranges: one pipeline prologue, not two
             j0 = tl.where(t < n_first, j0, j_second + (t - n_first) * BLOCK_J)
-        hit(COUNTS, J_PATH, True, COUNT_PATHS)
-        if MASKED:
-            js, j_ok, jd_mask = j_block(
-                j0, jr, j_lo, j_hi, n, d_ok, COUNTS, P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_J, False, COUNT_PATHS
-            )
-            k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
-            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
-            in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
+            y, m_i, l_i = masked_block(
+                a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+                k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+                P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+            )  # fmt: skip
         else:
-            hit(COUNTS, P_J_REPEAT, j0 > j_lo, COUNT_PATHS)
             k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, d_ok[None, :])
             v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, d_ok[None, :])
-            in_win = None
-        z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
-        y, m_i, l_i = online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, MASKED, INPUT_PRECISION, UPCAST)
+            z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
+            y, m_i, l_i = online_block(z, None, v1b, y, m_i, l_i, a.dtype, False, INPUT_PRECISION, UPCAST)
     return y, m_i, l_i
 
 
@@ -99,23 +115,26 @@ def attend_offset(
 ):  # fmt: skip
     """The j loop of one offset u with every block masked (decoding's, and the forward's configs
     without SPLIT_J): rows with operand `a` against the k1/v1 rows j_lo .. j_hi (kv.py: a linear
-    layout, or a ring of `limit` slots). Returns (y, m_i, l_i): the offset's partial sum
-    y = sum_j P v1[j] in the scale of the new max m_i, and the new sum l_i."""
+    layout, masked_block, or a ring of `limit` slots). Returns (y, m_i, l_i): the offset's
+    partial sum y = sum_j P v1[j] in the scale of the new max m_i, and the new sum l_i."""
     y = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for j0 in range(j_lo, j_hi + 1, BLOCK_J):
-        js, j_ok, jd_mask = j_block(
-            j0, jr, j_lo, j_hi, limit, d_ok, COUNTS, J_REPEAT, J_TAIL, J_EDGE, BLOCK_J, RING, COUNT_PATHS
-        )
         if RING:
+            js, j_ok, jd_mask = j_block(
+                j0, jr, j_lo, j_hi, limit, d_ok, COUNTS, J_REPEAT, J_TAIL, J_EDGE, BLOCK_J, RING, COUNT_PATHS
+            )
             slots = ring_slots(js, limit)
             k1b = ring_rows(k1_base, slots, k1_offs, stride_k1n, jd_mask)
             v1b = ring_rows(v1_base, slots, v1_offs, stride_v1n, jd_mask)
+            z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
+            in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
+            y, m_i, l_i = online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, True, INPUT_PRECISION, UPCAST)
         else:
-            k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
-            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
-        z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
-        in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
-        y, m_i, l_i = online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, True, INPUT_PRECISION, UPCAST)
+            y, m_i, l_i = masked_block(
+                a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+                k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
+                J_REPEAT, J_TAIL, J_EDGE, BLOCK_M, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+            )  # fmt: skip
     return y, m_i, l_i
 
 

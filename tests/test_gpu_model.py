@@ -122,6 +122,34 @@ def test_a_two_armed_branch_counts_one_arm():
     assert total.glob == 512 and total.smem == 3 * 512, "the arm with the global load counts"
 
 
+TMA_LOOP = _listing("""
+.L_x_0:
+@UP1 UTMALDG.2D [UR48], [UR32]
+@UP1 UTMALDG.2D [UR48], [UR40]
+SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR6], R4
+HGMMA.64x64x16.F32.BF16 R24, R96, gdesc[UR16].tnspB, R24
+@P3 BRA `(.L_x_0)
+EXIT
+""")
+
+
+def test_tma_loads_count_their_box_bytes():
+    """A TMA load's box lives in its descriptor: the caller's tma_bytes (the box over the CTA's
+    warps) count as global bytes and as shared-memory writes; without them, none."""
+    fn = sass.Function("_k", sass.parse_functions(TMA_LOOP)["_k"], tma_bytes=64 * 128 * 2 / 8)
+    total = counts.analyse(fn).regions[1].total()
+    assert total.glob == 2 * 64 * 128 * 2 / 8
+    assert total.smem == 2 * 64 * 128 * 2 / 8 + 64 * 16 * 2 / 4
+    bare = counts.analyse(sass.Function("_k", sass.parse_functions(TMA_LOOP)["_k"])).regions[1].total()
+    assert bare.glob == 0
+    ttgir = (
+        "ttng.async_tma_copy_global_to_local %k1[%j0, %c0_i32] %a, %b, %true : !tt.tensordesc<64x128xbf16, #shared>, "
+        "!ttg.memdesc<1xi64, #shared3, #smem, mutable> -> !ttg.memdesc<64x128xbf16, #shared, #smem, mutable>\n"
+    )
+    assert gpu_model._ttgir_tma_box_bytes(ttgir) == 64 * 128 * 2
+    assert gpu_model._ttgir_tma_box_bytes("") == 0.0
+
+
 def test_instruction_costs():
     ins = sass.Instr(0, "", "HMMA.16816.F32.BF16", "R8, R12, R16, R8", ())
     assert sass.mma_flops_per_warp(ins) == ("HMMA.16816", 2 * 16 * 8 * 16)

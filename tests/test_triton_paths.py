@@ -67,12 +67,23 @@ def interior_cases(d):
     each side: 16 positions of 2 heads, causal w1 = 63 (the tile at 48 has block [0, 31] one
     position short of interior, the tile at 64 block [34, 65] one past it); 32 positions,
     centred windows w1 = 70, w2 = 3: at u = +-1 the first tile's first row and the last tile's
-    last row have k outside the sequence, while its block [29 + 32, 92] is otherwise interior."""
-    return [(Case(1, 80, 2, 1, d, 63, 2), True), (Case(1, 96, 1, 1, d, 70, 3, False), False)]
+    last row have k outside the sequence, while its block [29 + 32, 92] is otherwise interior.
+    The first takes tensor descriptors (fwd.py: kv_tma) from k1/v1 views of buffers one row longer,
+    that row NaN: the last tile's last block reaches past N, where a box must zero-fill. The second
+    reads k1/v1 rows one channel apart past D (a row stride of D + 1 floats, not 16-byte aligned):
+    pointer loads (kv_pointers)."""
+    return [(Case(1, 80, 2, 1, d, 63, 2), True, "row"), (Case(1, 96, 1, 1, d, 70, 3, False), False, "channel")]
 
 
-def _check_fwd(case, head_packing):
+def _check_fwd(case, head_packing, nan_pad=None):
     inputs = make_inputs(case, torch.float32, "cpu")
+    if nan_pad:  # k1, v1 as views of NaN-padded buffers: one more row, or one more channel per row
+        q, k1, k2, v1, v2 = inputs
+        pad = (0, 0, 0, 0, 0, 1) if nan_pad == "row" else (0, 1)
+        k1, v1 = (torch.nn.functional.pad(t, pad, value=float("nan")) for t in (k1, v1))
+        k1, v1 = (t[:, :-1] if nan_pad == "row" else t[..., :-1] for t in (k1, v1))
+        assert (k1.stride(-2) * 4 % 16 != 0) == (nan_pad == "channel")
+        inputs = (q, k1, k2, v1, v2)
     prob = Problem(*bands(case.w1, case.w2, case.causal), case.D**-0.5)
     out, lse, _ = tk.fwd(*inputs, prob, head_packing=head_packing)
     ref = oracle_fwd(*inputs, case.w1, case.w2, case.causal, case.D**-0.5)
@@ -126,8 +137,8 @@ def test_every_path_of_every_kernel_runs(block_d, poison):
     with coverage.recording() as table:
         for case, head_packing in batched_cases(d):
             _check_batched(case, head_packing)
-        for case, head_packing in interior_cases(d):
-            _check_fwd(case, head_packing)
+        for case, head_packing, nan_pad in interior_cases(d):
+            _check_fwd(case, head_packing, nan_pad)
         _check_packed_determinant(d)
         _check_decode(d)
     never = {}

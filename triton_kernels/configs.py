@@ -208,6 +208,15 @@ def _fwd16(arch, packed):
     return None
 
 
+def kv_tma(arch, fp32):
+    """Whether the forward reads its k1/v1 j-blocks through tensor descriptors (TMA, fwd.py) on
+    arch class `arch` (or INTERP) with float32 (True) or 16-bit operands, where the strides allow
+    (launch.py). sm_90 / sm_100 have the copy engine; 16-bit only there, as float32 runs its dots
+    on FMA units with unpipelined register tiles. The interpreter takes it for every dtype, so
+    the tests run the descriptor path (and the pointer path on misaligned strides)."""
+    return arch == INTERP or (arch in ("sm90", "sm100") and not fp32)
+
+
 def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
     """The config list of `kernel` for arch class `arch` (or INTERP), padded head dim bd,
     float32 (True) or 16-bit (False) operands, (fwd / bwd_dq) head-packed tiles or not, and

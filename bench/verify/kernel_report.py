@@ -221,7 +221,7 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
             kernel_fn=kernel, tiling=tiling, variant=variant, dtype=dtype, bd=dc, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
             tiles=" ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items())),
-            constexprs={**({"SPLIT_J": False} if kernel == "fwd" else {}), **cfg.kwargs, **constexprs},
+            constexprs={**(_fwd_flags(arch, dtype) if kernel == "fwd" else {}), **cfg.kwargs, **constexprs},
         )  # fmt: skip
 
     jobs = []
@@ -250,6 +250,15 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
                 combine = triton_config(dict(BLOCK_S=16), 4)
                 jobs.append(job(arch, "decode_combine", "", "base", dtype, dc, combine, plain))
     return jobs
+
+
+def _fwd_flags(arch, dtype):
+    """The forward's launch flags that configs.py decides per arch: SPLIT_J (off unless the config
+    sets it) and TMA (k1/v1 through tensor descriptors, as launch.py takes it for the contiguous
+    target tensors)."""
+    from simplicial_attn.triton_kernels import configs
+
+    return {"SPLIT_J": False, "TMA": configs.kv_tma(target_arch(arch)[1], dtype == "fp32")}
 
 
 def triton_config(tiles, num_warps):

@@ -352,8 +352,8 @@ def _dots_as_written(rec):
 def test_plant_64_row_tile_at_8_warps(tmp_path, main_fwd_128):
     """A 64-row tile at 8 warps: two warpgroups cannot split 64 rows, both compute the logits and the
     softmax: ~2 exp per logit and the first product issued twice (6*D MMA FLOPs per logit)."""
-    packed = "return [_c(8, 1, BLOCK_M=128, BLOCK_J=64), _c(8, 3, BLOCK_M=128, BLOCK_J=32)]"
-    copy = _plant(tmp_path, {"configs.py": [(packed, packed[:-1] + ", _c(8, 2, BLOCK_M=64, BLOCK_J=32)]")]})
+    packed = "                _c(8, 2, BLOCK_M=128, BLOCK_J=64, BLOCK_T=16),\n"
+    copy = _plant(tmp_path, {"configs.py": [(packed, packed + "                _c(8, 2, BLOCK_M=64, BLOCK_J=32),\n")]})
     (planted,) = _model(tmp_path, ["fwd:M=64 w8 s2"], copy, "planted")
     assert _one_softmax_per_logit(main_fwd_128) and _dots_as_written(main_fwd_128)
     assert not _one_softmax_per_logit(planted) and not _dots_as_written(planted)
@@ -407,8 +407,8 @@ def test_plant_a_operand_reread_per_tile(tmp_path, main_fwd_128):
          "            a = (tl.load(q_ptrs, mask=again, other=0.0).to(tl.float32) * tl.load(k2_ptrs, mask=again, "
          "other=0.0).to(tl.float32)).to(a.dtype)\n"
          "            y, m_i, l_i = masked_block(\n"),
-        ("                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n                k1_base",
-         "                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n"
+        ("                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, scale,\n                k1_base",
+         "                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, scale,\n"
          "                q_ptrs, k2_base + (r0 - u) * stride_k2n + k2_offs, kd_mask,\n                k1_base"),
     ]  # fmt: skip
     (planted,) = _model(tmp_path, ["fwd:J=32 M=128"], _plant(tmp_path, {"fwd.py": edits}), "planted")

@@ -24,6 +24,11 @@ are interior, never per element. The online softmax takes blocks in any order, s
 blocks before and after the interior ones share one loop (one pipeline prologue per u).
 Decoding (decode.py) runs every block masked (`attend_offset`: ring slots).
 
+Narrow j-blocks (configs with BLOCK_T): a 128-row tile of two positions spans w1 + 1 j rows,
+so its last BLOCK_J block would hold a single row (MMA issued per counted FLOP 1.12 at w1 =
+512, BLOCK_J = 64). With BLOCK_T the BLOCK_J loops stop at the last whole block of the tile's
+j range (j_wide) and a third, masked loop takes the rest in BLOCK_T-row blocks (1.03).
+
 k1/v1 through tensor descriptors (TMA: the launcher's constexpr, where configs.kv_tma allows it
 and the strides do, launch.py): one descriptor per program over the tile's rows [0, j_hi] of
 its sequence, so a box zero-fills rows past j_hi (the neighbouring packed sequence included)
@@ -42,7 +47,7 @@ import triton.language as tl
 
 from . import coverage
 from .coverage import hit
-from .kv import block_rows, query_rows, ring_rows, ring_slots, row_descriptor, rows_at
+from .kv import block_rows, query_rows, ring_rows, ring_slots, row_descriptor, rows_at, tile_offsets
 from .mask import j_window_mask
 from .operand import chunk_shifts, mma, pair_operand
 from .softmax import final_lse, final_sum, offset_rescale, online_block
@@ -62,6 +67,8 @@ from .tiles import (
 
 #   kv_tma / kv_pointers   k1/v1 j-blocks read through tensor descriptors (TMA) / pointer loads
 P_KV_TMA, P_KV_POINTERS = coverage.slots(("fwd",), "kv_tma", "kv_pointers")
+#   j_narrow              a narrow j-block (BLOCK_T rows) of the rows past the last whole BLOCK_J block
+(P_J_NARROW,) = coverage.slots(("fwd",), "j_narrow")
 
 
 @triton.jit
@@ -191,7 +198,7 @@ def _two_simplicial_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     VARLEN: tl.constexpr, DET: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, SPLIT_J: tl.constexpr = False,
-    TMA: tl.constexpr = False,
+    TMA: tl.constexpr = False, BLOCK_T: tl.constexpr = 0,
 ):  # fmt: skip
     start, n, p0, g, b, h0, rp, rh, pos, row_ok = query_tile(
         CU_SEQLENS, COUNTS, N, GROUP, D, R1, R2, BLOCK_M, BLOCK_H, BLOCK_D, VARLEN, DET, COUNT_PATHS
@@ -212,6 +219,18 @@ def _two_simplicial_fwd_kernel(
     )  # fmt: skip
     sh1, sh2 = chunk_shifts(d, D)  # determinant logits only
     u_lo, u_hi, j_lo, j_hi = query_tile_loops(p0, n, L1, R1, L2, R2, BLOCK_M // BLOCK_H)
+    # BLOCK_T > 0: the BLOCK_J loops end at the last whole block of [j_lo, j_hi] (row j_wide), and
+    # BLOCK_T-row blocks take the rest: a 128-row tile's two positions span w1 + 1 rows, where one
+    # more BLOCK_J block would hold a single row.
+    j_wide = j_hi
+    if BLOCK_T > 0:
+        j_wide = j_lo + (j_hi + 1 - j_lo) // BLOCK_J * BLOCK_J - 1
+        jt = tl.arange(0, BLOCK_T)
+        k1t_base, k1t_offs = k1_base, tile_offsets(jt, d, stride_k1n, stride_k1d)
+        v1t_base, v1t_offs = v1_base, tile_offsets(jt, d, stride_v1n, stride_v1d)
+        if TMA:
+            k1t_base = row_descriptor(k1_base, j_hi + 1, D, stride_k1n, BLOCK_T, BLOCK_D)
+            v1t_base = row_descriptor(v1_base, j_hi + 1, D, stride_v1n, BLOCK_T, BLOCK_D)
     if TMA:  # the tile's k1/v1 rows [0, j_hi]: a box's rows past j_hi are zero-filled, as the masks would
         k1_base = row_descriptor(k1_base, j_hi + 1, D, stride_k1n, BLOCK_J, BLOCK_D)
         v1_base = row_descriptor(v1_base, j_hi + 1, D, stride_v1n, BLOCK_J, BLOCK_D)
@@ -231,17 +250,26 @@ def _two_simplicial_fwd_kernel(
         m_start = m_i
         if SPLIT_J:
             ja, jb = interior_blocks(p0, u, n, j_lo, L1, R1, BLOCK_M // BLOCK_H, BLOCK_J)
+            if BLOCK_T > 0:  # blocks past j_wide are the narrow loop's
+                ja, jb = tl.minimum(ja, j_wide + 1), tl.minimum(jb, j_wide + 1)
             y, m_i, l_i = attend_tile_offset(
-                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, ja, jb, L1, R1, scale,
+                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, ja, jb, L1, R1, scale,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
                 BLOCK_M, BLOCK_J, BLOCK_D, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
             )  # fmt: skip
         else:
             y, m_i, l_i = attend_offset(
-                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, scale,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
                 P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, BLOCK_D, False,
                 INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
+            )  # fmt: skip
+        if BLOCK_T > 0:
+            n_narrow = tl.cdiv(j_hi - j_wide, BLOCK_T)
+            y, m_i, l_i = attend_blocks(
+                a, y, m_i, l_i, pos, k_ok, jt, j_wide + 1, n_narrow, j_wide + 1, n_narrow, j_lo, j_hi, L1, R1, scale,
+                k1t_base, k1t_offs, v1t_base, v1t_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+                P_J_NARROW, BLOCK_M, BLOCK_T, True, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
             )  # fmt: skip
         beta = offset_rescale(m_start, m_i)
         v2u = rows_at(v2_base, r0 - u, v2_offs, stride_v2n, kd_mask)

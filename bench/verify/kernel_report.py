@@ -253,12 +253,12 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
 
 
 def _fwd_flags(arch, dtype):
-    """The forward's launch flags that configs.py decides per arch: SPLIT_J (off unless the config
-    sets it) and TMA (k1/v1 through tensor descriptors, as launch.py takes it for the contiguous
-    target tensors)."""
+    """The forward's launch flags that configs.py decides per arch: SPLIT_J and BLOCK_T (off unless
+    the config sets them) and TMA (k1/v1 through tensor descriptors, as launch.py takes it for the
+    contiguous target tensors)."""
     from simplicial_attn.triton_kernels import configs
 
-    return {"SPLIT_J": False, "TMA": configs.kv_tma(target_arch(arch)[1], dtype == "fp32")}
+    return {"SPLIT_J": False, "BLOCK_T": 0, "TMA": configs.kv_tma(target_arch(arch)[1], dtype == "fp32")}
 
 
 def triton_config(tiles, num_warps):

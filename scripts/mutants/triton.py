@@ -78,6 +78,23 @@ MUTANTS = [
         "neighbour's, or padding) is read instead of zeros, and 0 * NaN there poisons the output",
     ),
     dict(
+        name="triton-fwd-narrow-loop-drops-partial-block",
+        path="triton_kernels/fwd.py",
+        old="n_narrow = tl.cdiv(j_hi - j_wide, BLOCK_T)",
+        new="n_narrow = (j_hi - j_wide) // BLOCK_T",
+        tests=PATHS_D64,
+        why="the narrow loop (BLOCK_T rows past the last whole BLOCK_J block) misses its last, partial block",
+    ),
+    dict(
+        name="triton-fwd-narrow-rows-also-wide",
+        path="triton_kernels/fwd.py",
+        old="ja, jb = tl.minimum(ja, j_wide + 1), tl.minimum(jb, j_wide + 1)",
+        new="ja, jb = tl.minimum(ja, j_wide + 1), jb",
+        tests=PATHS_D64,
+        why="the interior range reaches past the last whole BLOCK_J block: rows the narrow loop takes run "
+        "again, unmasked",
+    ),
+    dict(
         name="triton-fwd-drop-j-rescale",
         path="triton_kernels/softmax.py",
         old="y = mma(p.to(dt), v1b, y * alpha[:, None], INPUT_PRECISION, UPCAST)",

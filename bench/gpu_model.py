@@ -178,9 +178,11 @@ def _tiles(job):
 
 
 def _label(job):
-    """A config's label: its tiles (BLOCK_ dropped), warps and stages ("H=64 J=32 M=128 w8 s3")."""
+    """A config's label: its tiles (BLOCK_ dropped), warps and stages ("H=64 J=32 M=128 w8 s3"), then
+    "split" (SPLIT_J) and "tma" (k1/v1 through tensor descriptors) where the config sets them."""
     tiles = " ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in sorted(_tiles(job).items()) if k != "SPLIT_J")
-    return f"{tiles} w{job['num_warps']} s{job['num_stages']}" + (" split" if _tiles(job).get("SPLIT_J") else "")
+    flags = (" split" if _tiles(job).get("SPLIT_J") else "") + (" tma" if job["constexprs"].get("TMA") else "")
+    return f"{tiles} w{job['num_warps']} s{job['num_stages']}{flags}"
 
 
 def triton_jobs(shape, archs, only=()):

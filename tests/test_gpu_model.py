@@ -352,7 +352,7 @@ def _dots_as_written(rec):
 def test_plant_64_row_tile_at_8_warps(tmp_path, main_fwd_128):
     """A 64-row tile at 8 warps: two warpgroups cannot split 64 rows, both compute the logits and the
     softmax: ~2 exp per logit and the first product issued twice (6*D MMA FLOPs per logit)."""
-    packed = "                _c(8, 2, BLOCK_M=128, BLOCK_J=64, BLOCK_T=16),\n"
+    packed = "                _c(8, 2, BLOCK_M=128, BLOCK_J=64, BLOCK_T=16, TMA=True),\n"
     copy = _plant(tmp_path, {"configs.py": [(packed, packed + "                _c(8, 2, BLOCK_M=64, BLOCK_J=32),\n")]})
     (planted,) = _model(tmp_path, ["fwd:M=64 w8 s2"], copy, "planted")
     assert _one_softmax_per_logit(main_fwd_128) and _dots_as_written(main_fwd_128)

@@ -53,7 +53,7 @@ def _c(num_warps, num_stages, **tiles):
 # One config when interpreting: blocks big enough that the tiny test shapes need few
 # programs and loop trips (~3 ms each), small enough that N = 97 still spans several tiles.
 _INTERP = {
-    "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True)],
+    "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True)],
     "bwd_dq": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_K=16)],
     "bwd_dkv2": [_c(4, 1, BLOCK_K=32, BLOCK_J=32)],
@@ -194,15 +194,20 @@ def _fwd16(arch, packed):
     8-warp tile beside the unpipelined 128-row one.
     BLOCK_T (fwd.py: narrow j-blocks past the last whole BLOCK_J block): the packed 128x64 tile
     issues 1.03 MMA FLOPs per counted FLOP with BLOCK_T = 16 instead of 1.12; with k1/v1 through
-    tensor descriptors it fits pipelined (num_stages = 2, no spill under triton 3.6 and 3.8),
-    unpipelined it spills 64 B. The model ranks it below the unpipelined 128x64 (serialized
-    ceiling 296 vs 323 TFLOP/s on an H100; overlapped 768 vs 704): the autotuner decides."""
+    tensor descriptors (TMA = True: sm_90 / sm_100, where the launcher finds the strides aligned,
+    else pointer loads) it fits pipelined (num_stages = 2, no spill under triton 3.6 and 3.8),
+    unpipelined it spills 64 B. The model ranks it below the unpipelined 128x64 with pointer
+    loads (serialized ceiling 296 vs 334 TFLOP/s on an H100; overlapped 768 vs 704): the
+    autotuner decides. TMA elsewhere: the model finds it costs the other configs serialized time
+    (an mbarrier wait per load: 128x64 s1 334 -> 323 on an H100, sm_100's 128x32 303 -> 285 on a
+    B200), so they keep pointer loads. The interpreter's config takes it, so the tests run the
+    descriptor path (and the pointer path on misaligned strides)."""
     if arch == "sm90":
         if packed:
             return [
                 _c(8, 1, BLOCK_M=128, BLOCK_J=64),
                 _c(8, 3, BLOCK_M=128, BLOCK_J=32),
-                _c(8, 2, BLOCK_M=128, BLOCK_J=64, BLOCK_T=16),
+                _c(8, 2, BLOCK_M=128, BLOCK_J=64, BLOCK_T=16, TMA=True),
             ]
         return [_c(8, 3, BLOCK_M=64, BLOCK_J=64), _c(8, 1, BLOCK_M=128, BLOCK_J=32)]
     if arch == "sm100":
@@ -215,15 +220,6 @@ def _fwd16(arch, packed):
             ]
         return [_c(8, 2, BLOCK_M=64, BLOCK_J=32, SPLIT_J=True), _c(8, 3, BLOCK_M=64, BLOCK_J=16, SPLIT_J=True), wide]
     return None
-
-
-def kv_tma(arch, fp32):
-    """Whether the forward reads its k1/v1 j-blocks through tensor descriptors (TMA, fwd.py) on
-    arch class `arch` (or INTERP) with float32 (True) or 16-bit operands, where the strides allow
-    (launch.py). sm_90 / sm_100 have the copy engine; 16-bit only there, as float32 runs its dots
-    on FMA units with unpipelined register tiles. The interpreter takes it for every dtype, so
-    the tests run the descriptor path (and the pointer path on misaligned strides)."""
-    return arch == INTERP or (arch in ("sm90", "sm100") and not fp32)
 
 
 def configs(kernel, arch, bd, fp32=False, packed=False, det=False):

@@ -29,8 +29,8 @@ so its last BLOCK_J block would hold a single row (MMA issued per counted FLOP 1
 512, BLOCK_J = 64). With BLOCK_T the BLOCK_J loops stop at the last whole block of the tile's
 j range (j_wide) and a third, masked loop takes the rest in BLOCK_T-row blocks (1.03).
 
-k1/v1 through tensor descriptors (TMA: the launcher's constexpr, where configs.kv_tma allows it
-and the strides do, launch.py): one descriptor per program over the tile's rows [0, j_hi] of
+k1/v1 through tensor descriptors (TMA: configs that ask for it, where the launcher finds the
+strides aligned, KV_ALIGNED; launch.py): one descriptor per program over the tile's rows [0, j_hi] of
 its sequence, so a box zero-fills rows past j_hi (the neighbouring packed sequence included)
 and channels past D exactly as the pointer loads' masks do; the window mask is unchanged.
 
@@ -198,7 +198,7 @@ def _two_simplicial_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     VARLEN: tl.constexpr, DET: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, SPLIT_J: tl.constexpr = False,
-    TMA: tl.constexpr = False, BLOCK_T: tl.constexpr = 0,
+    TMA: tl.constexpr = False, BLOCK_T: tl.constexpr = 0, KV_ALIGNED: tl.constexpr = False,
 ):  # fmt: skip
     start, n, p0, g, b, h0, rp, rh, pos, row_ok = query_tile(
         CU_SEQLENS, COUNTS, N, GROUP, D, R1, R2, BLOCK_M, BLOCK_H, BLOCK_D, VARLEN, DET, COUNT_PATHS
@@ -207,6 +207,8 @@ def _two_simplicial_fwd_kernel(
         if p0 >= n:
             return
     dt = K1.dtype.element_ty
+    # k1/v1 through tensor descriptors: where the config asks (TMA) and the strides allow (KV_ALIGNED)
+    DESC: tl.constexpr = TMA and KV_ALIGNED
     r0 = p0.to(tl.int64) + start  # the tile's first row
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
@@ -228,10 +230,10 @@ def _two_simplicial_fwd_kernel(
         jt = tl.arange(0, BLOCK_T)
         k1t_base, k1t_offs = k1_base, tile_offsets(jt, d, stride_k1n, stride_k1d)
         v1t_base, v1t_offs = v1_base, tile_offsets(jt, d, stride_v1n, stride_v1d)
-        if TMA:
+        if DESC:
             k1t_base = row_descriptor(k1_base, j_hi + 1, D, stride_k1n, BLOCK_T, BLOCK_D)
             v1t_base = row_descriptor(v1_base, j_hi + 1, D, stride_v1n, BLOCK_T, BLOCK_D)
-    if TMA:  # the tile's k1/v1 rows [0, j_hi]: a box's rows past j_hi are zero-filled, as the masks would
+    if DESC:  # the tile's k1/v1 rows [0, j_hi]: a box's rows past j_hi are zero-filled, as the masks would
         k1_base = row_descriptor(k1_base, j_hi + 1, D, stride_k1n, BLOCK_J, BLOCK_D)
         v1_base = row_descriptor(v1_base, j_hi + 1, D, stride_v1n, BLOCK_J, BLOCK_D)
         hit(COUNTS, P_KV_TMA, True, COUNT_PATHS)
@@ -255,21 +257,21 @@ def _two_simplicial_fwd_kernel(
             y, m_i, l_i = attend_tile_offset(
                 a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, ja, jb, L1, R1, scale,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
-                BLOCK_M, BLOCK_J, BLOCK_D, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
+                BLOCK_M, BLOCK_J, BLOCK_D, INPUT_PRECISION, UPCAST, COUNT_PATHS, DESC,
             )  # fmt: skip
         else:
             y, m_i, l_i = attend_offset(
                 a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, scale,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
                 P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, BLOCK_D, False,
-                INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
+                INPUT_PRECISION, UPCAST, COUNT_PATHS, DESC,
             )  # fmt: skip
         if BLOCK_T > 0:
             n_narrow = tl.cdiv(j_hi - j_wide, BLOCK_T)
             y, m_i, l_i = attend_blocks(
                 a, y, m_i, l_i, pos, k_ok, jt, j_wide + 1, n_narrow, j_wide + 1, n_narrow, j_lo, j_hi, L1, R1, scale,
                 k1t_base, k1t_offs, v1t_base, v1t_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
-                P_J_NARROW, BLOCK_M, BLOCK_T, True, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
+                P_J_NARROW, BLOCK_M, BLOCK_T, True, INPUT_PRECISION, UPCAST, COUNT_PATHS, DESC,
             )  # fmt: skip
         beta = offset_rescale(m_start, m_i)
         v2u = rows_at(v2_base, r0 - u, v2_offs, stride_v2n, kd_mask)

@@ -86,8 +86,8 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
     det = prob.logits == "determinant"
     block_h = head_block(group, head_packing, "fwd", arch, bd, fp32, forced, det)
     kernel = configs.autotuned("fwd", _two_simplicial_fwd_kernel, arch, bd, fp32, block_h >= 64, forced, det)
-    tma = configs.kv_tma(arch, fp32) and _descriptor_rows(k1, v1)
-    if tma and not is_interpreting():
+    kv_aligned = _descriptor_rows(k1, v1)  # configs with TMA=True read k1/v1 through descriptors
+    if kv_aligned and not is_interpreting():
         _descriptor_scratch()
 
     def grid(meta):
@@ -104,7 +104,7 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
             prob.scale,
             BLOCK_H=block_h, BLOCK_D=bd, VARLEN=seqs.packed, DET=det,
             INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
-            COUNT_PATHS=counts is not None, TMA=tma,
+            COUNT_PATHS=counts is not None, KV_ALIGNED=kv_aligned,
         )  # fmt: skip
     coverage.add("fwd", bd, counts)
     return out, lse, lse_lo

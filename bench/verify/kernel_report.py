@@ -221,7 +221,7 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
             kernel_fn=kernel, tiling=tiling, variant=variant, dtype=dtype, bd=dc, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
             tiles=" ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items())),
-            constexprs={**(_fwd_flags(arch, dtype) if kernel == "fwd" else {}), **cfg.kwargs, **constexprs},
+            constexprs={**(_fwd_flags() if kernel == "fwd" else {}), **cfg.kwargs, **constexprs},
         )  # fmt: skip
 
     jobs = []
@@ -252,13 +252,11 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
     return jobs
 
 
-def _fwd_flags(arch, dtype):
-    """The forward's launch flags that configs.py decides per arch: SPLIT_J and BLOCK_T (off unless
-    the config sets them) and TMA (k1/v1 through tensor descriptors, as launch.py takes it for the
-    contiguous target tensors)."""
-    from simplicial_attn.triton_kernels import configs
-
-    return {"SPLIT_J": False, "BLOCK_T": 0, "TMA": configs.kv_tma(target_arch(arch)[1], dtype == "fp32")}
+def _fwd_flags():
+    """The forward's flags a config may leave out (SPLIT_J, BLOCK_T, TMA: off) and KV_ALIGNED, which
+    launch.py sets for the contiguous target tensors (a config with TMA reads k1/v1 through tensor
+    descriptors)."""
+    return {"SPLIT_J": False, "BLOCK_T": 0, "TMA": False, "KV_ALIGNED": True}
 
 
 def triton_config(tiles, num_warps):

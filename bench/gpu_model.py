@@ -45,6 +45,9 @@ Assumptions (each also in README "Speed without a GPU"):
   else spec x the same fraction; mma.sync on sm_90 / sm_100 at specs.HMMA_FRACTION of it;
 - tcgen05 (UTCHMMA, sm_100) instructions carry their shape in a descriptor register: their FLOPs
   are the Triton TTGIR's tc_gen5_mma shapes averaged per instruction, issued once per CTA;
+- TMA loads (UTMALDG) carry their box in the tensor descriptor: their global bytes (and shared-
+  memory writes) are the TTGIR's async_tma_copy_global_to_local boxes averaged per instruction,
+  issued once per CTA;
 - L2 bandwidth 5120 B per clock (A10G: half; the A100 whitepaper's figure; none published for Hopper
   or Blackwell); shared memory per SM, registers and CTA limits per arch (specs.ARCH_LIMITS);
 - the CUDA kernels' threads per CTA are their Configs' (16 rows a warp, _cuda_threads), their
@@ -131,8 +134,21 @@ def _ttgir_utc_flops(ttgir):
     return total / instrs if instrs else None
 
 
+_ELEM_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "f8E4M3FN": 1, "f8E5M2": 1}
+
+
+def _ttgir_tma_box_bytes(ttgir):
+    """Average bytes of the kernel's TMA loads (async_tma_copy_global_to_local: one UTMALDG each,
+    its box the destination's shape), or 0.0 without any."""
+    boxes = [
+        int(m.group(1)) * int(m.group(2)) * _ELEM_BYTES.get(m.group(3), 2)
+        for m in re.finditer(r"ttng\.async_tma_copy_global_to_local [^\n]*?-> !ttg\.memdesc<(\d+)x(\d+)x(\w+)", ttgir)
+    ]
+    return sum(boxes) / len(boxes) if boxes else 0.0
+
+
 def _compile_triton(job_and_target):
-    """Worker: compile one kernel_report job, return (job, regs, smem, listing, utc_flops)."""
+    """Worker: compile one kernel_report job, return (job, regs, smem, listing, utc_flops, tma box bytes)."""
     job, target = job_and_target
     from bench.verify import kernel_report
 
@@ -146,17 +162,27 @@ def _compile_triton(job_and_target):
             out = subprocess.run([sass.find_tool("cuobjdump"), "--dump-resource-usage", str(cubin)],
                                  capture_output=True, text=True).stdout  # fmt: skip
             regs = re.search(r"REG:(\d+)", out)
-    return job, int(regs.group(1)) if regs else -1, k.metadata.shared, listing, _ttgir_utc_flops(k.asm.get("ttgir", ""))
+    ttgir = k.asm.get("ttgir", "")
+    return (job, int(regs.group(1)) if regs else -1, k.metadata.shared, listing, _ttgir_utc_flops(ttgir),
+            _ttgir_tma_box_bytes(ttgir))  # fmt: skip
 
 
 def _tiles(job):
-    return {k: v for k, v in job["constexprs"].items() if k.startswith("BLOCK_") and k != "BLOCK_D"}
+    """The config's tiles (BLOCK_ but BLOCK_D) and, for the forward, whether its j loop is split."""
+    tiles = {k: v for k, v in job["constexprs"].items() if k.startswith("BLOCK_") and k != "BLOCK_D"}
+    if not tiles.get("BLOCK_T", 1):  # no narrow blocks
+        del tiles["BLOCK_T"]
+    if job["constexprs"].get("SPLIT_J"):
+        tiles["SPLIT_J"] = True
+    return tiles
 
 
 def _label(job):
-    """A config's label: its tiles (BLOCK_ dropped), warps and stages ("H=64 J=32 M=128 w8 s3")."""
-    tiles = " ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in sorted(_tiles(job).items()))
-    return f"{tiles} w{job['num_warps']} s{job['num_stages']}"
+    """A config's label: its tiles (BLOCK_ dropped), warps and stages ("H=64 J=32 M=128 w8 s3"), then
+    "split" (SPLIT_J) and "tma" (k1/v1 through tensor descriptors) where the config sets them."""
+    tiles = " ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in sorted(_tiles(job).items()) if k != "SPLIT_J")
+    flags = (" split" if _tiles(job).get("SPLIT_J") else "") + (" tma" if job["constexprs"].get("TMA") else "")
+    return f"{tiles} w{job['num_warps']} s{job['num_stages']}{flags}"
 
 
 def triton_jobs(shape, archs, only=()):
@@ -194,7 +220,7 @@ def _compile_key(job, target):
                  sorted(sig.items()), sorted(consts.items()), sorted(attrs.items())))  # fmt: skip
 
 
-_COMPILED = {}  # _compile_key -> (job, regs, smem, listing, utc_flops)
+_COMPILED = {}  # _compile_key -> (job, regs, smem, listing, utc_flops, tma box bytes)
 
 
 def triton_kernels(shape, archs, jobs=2, only=()):
@@ -209,10 +235,11 @@ def triton_kernels(shape, archs, jobs=2, only=()):
             _COMPILED[key] = out
     records = []
     for key, job in zip(keys, todo, strict=True):
-        _, regs, smem, listing, utc = _COMPILED[key]
+        _, regs, smem, listing, utc, box = _COMPILED[key]
         name, instrs = next(iter(sass.parse_functions(listing).items()))
+        fn = sass.Function(name, instrs, tma_bytes=box / job["num_warps"])
         records.append(Kernel("triton", job["arch"], job["kernel"], _label(job), _tiles(job), job["num_warps"],
-                              regs, smem, sass.Function(name, instrs), utc_flops=utc))  # fmt: skip
+                              regs, smem, fn, utc_flops=utc))  # fmt: skip
     return records
 
 
@@ -346,7 +373,7 @@ def evaluate(k, trips, counted, rec=None):
     if utc:
         total.mma_flops["UTCHMMA"] = utc
     mma = sum(total.mma_flops.values())
-    logits = trips.logits * trips.levels[trips.logit] if trips.logit is not None else 0
+    logits = trips.total_logits() if trips.logit is not None else 0
     inner = nest.regions[-1]
     rec.update(
         mma_issued_per_counted=mma / counted,

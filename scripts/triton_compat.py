@@ -48,6 +48,8 @@ def package_view(dest):
     package = dest / "simplicial_attn"
     package.mkdir()
     for source in (ROOT / "python" / "simplicial_attn").iterdir():
+        if source.name == "triton_kernels":  # a checkout's own link to triton_kernels/ (linked below)
+            continue
         if source.suffix == ".py" or (source.is_dir() and (source / "__init__.py").exists()):
             (package / source.name).symlink_to(source)
     (package / "triton_kernels").symlink_to(ROOT / "triton_kernels")

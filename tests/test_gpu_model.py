@@ -122,6 +122,34 @@ def test_a_two_armed_branch_counts_one_arm():
     assert total.glob == 512 and total.smem == 3 * 512, "the arm with the global load counts"
 
 
+TMA_LOOP = _listing("""
+.L_x_0:
+@UP1 UTMALDG.2D [UR48], [UR32]
+@UP1 UTMALDG.2D [UR48], [UR40]
+SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR6], R4
+HGMMA.64x64x16.F32.BF16 R24, R96, gdesc[UR16].tnspB, R24
+@P3 BRA `(.L_x_0)
+EXIT
+""")
+
+
+def test_tma_loads_count_their_box_bytes():
+    """A TMA load's box lives in its descriptor: the caller's tma_bytes (the box over the CTA's
+    warps) count as global bytes and as shared-memory writes; without them, none."""
+    fn = sass.Function("_k", sass.parse_functions(TMA_LOOP)["_k"], tma_bytes=64 * 128 * 2 / 8)
+    total = counts.analyse(fn).regions[1].total()
+    assert total.glob == 2 * 64 * 128 * 2 / 8
+    assert total.smem == 2 * 64 * 128 * 2 / 8 + 64 * 16 * 2 / 4
+    bare = counts.analyse(sass.Function("_k", sass.parse_functions(TMA_LOOP)["_k"])).regions[1].total()
+    assert bare.glob == 0
+    ttgir = (
+        "ttng.async_tma_copy_global_to_local %k1[%j0, %c0_i32] %a, %b, %true : !tt.tensordesc<64x128xbf16, #shared>, "
+        "!ttg.memdesc<1xi64, #shared3, #smem, mutable> -> !ttg.memdesc<64x128xbf16, #shared, #smem, mutable>\n"
+    )
+    assert gpu_model._ttgir_tma_box_bytes(ttgir) == 64 * 128 * 2
+    assert gpu_model._ttgir_tma_box_bytes("") == 0.0
+
+
 def test_instruction_costs():
     ins = sass.Instr(0, "", "HMMA.16816.F32.BF16", "R8, R12, R16, R8", ())
     assert sass.mma_flops_per_warp(ins) == ("HMMA.16816", 2 * 16 * 8 * 16)
@@ -324,8 +352,8 @@ def _dots_as_written(rec):
 def test_plant_64_row_tile_at_8_warps(tmp_path, main_fwd_128):
     """A 64-row tile at 8 warps: two warpgroups cannot split 64 rows, both compute the logits and the
     softmax: ~2 exp per logit and the first product issued twice (6*D MMA FLOPs per logit)."""
-    packed = "return [_c(8, 1, BLOCK_M=128, BLOCK_J=64), _c(8, 3, BLOCK_M=128, BLOCK_J=32)]"
-    copy = _plant(tmp_path, {"configs.py": [(packed, packed[:-1] + ", _c(8, 2, BLOCK_M=64, BLOCK_J=32)]")]})
+    packed = "                _c(8, 2, BLOCK_M=128, BLOCK_J=64, BLOCK_T=16, TMA=True),\n"
+    copy = _plant(tmp_path, {"configs.py": [(packed, packed + "                _c(8, 2, BLOCK_M=64, BLOCK_J=32),\n")]})
     (planted,) = _model(tmp_path, ["fwd:M=64 w8 s2"], copy, "planted")
     assert _one_softmax_per_logit(main_fwd_128) and _dots_as_written(main_fwd_128)
     assert not _one_softmax_per_logit(planted) and not _dots_as_written(planted)
@@ -337,8 +365,8 @@ def test_plant_64_row_tile_at_8_warps(tmp_path, main_fwd_128):
 def test_plant_doubled_dot(tmp_path, main_fwd_128):
     """The logit product computed twice (accumulated into itself, so it cannot be merged): MMA FLOPs
     per logit 4*D -> 6*D, MMA issued per counted FLOP up by half."""
-    # attend_offset's product (the 128x32 tile runs the unsplit loop), not attend_blocks'
-    tail = " * scale\n        in_win = j_window_mask"
+    # masked_block's product (the 128x32 tile runs the unsplit loop), not the interior blocks'
+    tail = " * scale\n    in_win = j_window_mask"
     old = "z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)" + tail
     new = ("z = 0.5 * mma(a, tl.trans(k1b), mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), "
            "INPUT_PRECISION, UPCAST), INPUT_PRECISION, UPCAST)") + tail  # fmt: skip
@@ -372,15 +400,15 @@ def test_plant_a_operand_reread_per_tile(tmp_path, main_fwd_128):
     edits = [
         ("    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n",
          "    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale, q_ptrs, k2_ptrs, kd_mask,\n"),
-        # attend_offset's product (the unsplit loop the 128x32 tile runs), not attend_blocks'
-        ("            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)\n        z = mma(a, tl.trans(k1b),",
-         "            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)\n"
-         "        again = kd_mask & (j0 >= j_lo)\n"
-         "        a = (tl.load(q_ptrs, mask=again, other=0.0).to(tl.float32) * tl.load(k2_ptrs, mask=again, "
+        # before the unsplit loop's masked_block (the loop the 128x32 tile runs), not decode's ring branch
+        ("        else:\n            y, m_i, l_i = masked_block(\n",
+         "        else:\n"
+         "            again = kd_mask & (j0 >= j_lo)\n"
+         "            a = (tl.load(q_ptrs, mask=again, other=0.0).to(tl.float32) * tl.load(k2_ptrs, mask=again, "
          "other=0.0).to(tl.float32)).to(a.dtype)\n"
-         "        z = mma(a, tl.trans(k1b),"),
-        ("                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n                k1_base",
-         "                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n"
+         "            y, m_i, l_i = masked_block(\n"),
+        ("                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, scale,\n                k1_base",
+         "                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, scale,\n"
          "                q_ptrs, k2_base + (r0 - u) * stride_k2n + k2_offs, kd_mask,\n                k1_base"),
     ]  # fmt: skip
     (planted,) = _model(tmp_path, ["fwd:J=32 M=128"], _plant(tmp_path, {"fwd.py": edits}), "planted")

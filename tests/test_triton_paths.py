@@ -6,7 +6,8 @@ sequences (one ending inside a tile, one at a tile edge, an empty one, tiles pas
 determinant logits, and in decoding several splits (one empty), wrapped rings, tokens before
 position 0 and the combine of the splits.
 
-Six calls per head dim reach them all (two of them forward only: interior j-blocks) with the
+Nine calls per head dim reach them all (five of them forward only: interior j-blocks, k1/v1
+through tensor descriptors and pointer loads, and with a forced config narrow j-blocks) with the
 interpreter's configs (BLOCK_M = BLOCK_J = 32, BLOCK_K = 16 in bwd_dkv1; decode BLOCK_M = 16,
 BLOCK_J = 32); each is also checked against the float64 oracle, so the counted paths computed
 the right thing. D = 48, 96, 192 pad to 64, 128, 256 (a D tail at each; multiples of 3 for the
@@ -26,6 +27,8 @@ from oracle import oracle_bwd, oracle_decode, oracle_fwd, oracle_varlen_bwd, ora
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
 if importlib.util.find_spec("triton") is not None:
+    import triton
+
     from simplicial_attn import triton_kernels as tk
     from simplicial_attn.triton_kernels import coverage
 
@@ -67,14 +70,37 @@ def interior_cases(d):
     each side: 16 positions of 2 heads, causal w1 = 63 (the tile at 48 has block [0, 31] one
     position short of interior, the tile at 64 block [34, 65] one past it); 32 positions,
     centred windows w1 = 70, w2 = 3: at u = +-1 the first tile's first row and the last tile's
-    last row have k outside the sequence, while its block [29 + 32, 92] is otherwise interior."""
-    return [(Case(1, 80, 2, 1, d, 63, 2), True), (Case(1, 96, 1, 1, d, 70, 3, False), False)]
+    last row have k outside the sequence, while its block [29 + 32, 92] is otherwise interior.
+    The first takes tensor descriptors (fwd.py: kv_tma) from k1/v1 views of buffers one row longer,
+    that row NaN: the last tile's last block reaches past N, where a box must zero-fill. The second
+    reads k1/v1 rows one channel apart past D (a row stride of D + 1 floats, not 16-byte aligned):
+    pointer loads (kv_pointers)."""
+    return [(Case(1, 80, 2, 1, d, 63, 2), True, "row"), (Case(1, 96, 1, 1, d, 70, 3, False), False, "channel")]
 
 
-def _check_fwd(case, head_packing):
+def narrow_cases(d):
+    """(case, head_packing, config) of the forward with narrow blocks (fwd.py: BLOCK_T = 16 rows
+    past the last whole BLOCK_J = 32 block), split and unsplit: 16 positions of 2 heads, causal
+    w1 = 63 (a tile's 78 j rows: two whole blocks and a partial narrow one), and w1 = 5 (20 rows:
+    no whole block; the edge loop's first block would reach past the narrow rows' start)."""
+    split, unsplit = (
+        {"fwd": triton.Config(dict(BLOCK_M=32, BLOCK_J=32, BLOCK_T=16, SPLIT_J=s), num_warps=4)} for s in (True, False)
+    )
+    return [(Case(1, 80, 2, 1, d, 63, 2), True, split), (Case(1, 40, 2, 1, d, 5, 2), True, split),
+            (Case(1, 80, 2, 1, d, 63, 2), True, unsplit)]  # fmt: skip
+
+
+def _check_fwd(case, head_packing, nan_pad=None, config=None):
     inputs = make_inputs(case, torch.float32, "cpu")
+    if nan_pad:  # k1, v1 as views of NaN-padded buffers: one more row, or one more channel per row
+        q, k1, k2, v1, v2 = inputs
+        pad = (0, 0, 0, 0, 0, 1) if nan_pad == "row" else (0, 1)
+        k1, v1 = (torch.nn.functional.pad(t, pad, value=float("nan")) for t in (k1, v1))
+        k1, v1 = (t[:, :-1] if nan_pad == "row" else t[..., :-1] for t in (k1, v1))
+        assert (k1.stride(-2) * 4 % 16 != 0) == (nan_pad == "channel")
+        inputs = (q, k1, k2, v1, v2)
     prob = Problem(*bands(case.w1, case.w2, case.causal), case.D**-0.5)
-    out, lse, _ = tk.fwd(*inputs, prob, head_packing=head_packing)
+    out, lse, _ = tk.fwd(*inputs, prob, head_packing=head_packing, config=config)
     ref = oracle_fwd(*inputs, case.w1, case.w2, case.causal, case.D**-0.5)
     errs = [rel_err(out, ref[0]), rel_err(lse, ref[1])]
     assert all(e <= F32 for e in errs), (case.id, errs)
@@ -126,8 +152,10 @@ def test_every_path_of_every_kernel_runs(block_d, poison):
     with coverage.recording() as table:
         for case, head_packing in batched_cases(d):
             _check_batched(case, head_packing)
-        for case, head_packing in interior_cases(d):
-            _check_fwd(case, head_packing)
+        for case, head_packing, nan_pad in interior_cases(d):
+            _check_fwd(case, head_packing, nan_pad)
+        for case, head_packing, config in narrow_cases(d):
+            _check_fwd(case, head_packing, config=config)
         _check_packed_determinant(d)
         _check_decode(d)
     never = {}
@@ -149,7 +177,7 @@ def test_counters_see_what_a_case_does_not_reach(poison):
     assert fwd["causal"] > 0 and fwd["u_repeat"] > 0 and fwd["k_outside"] > 0
     assert fwd["j_edge"] > 0
     never = ("d_tail", "gqa", "centred", "last_tile", "head_packed", "head_tail", "j_repeat", "j_past_n", "packed")
-    never += ("j_interior",)
+    never += ("j_interior", "j_narrow")
     for name in never + ("past_end", "empty_seq", "determinant"):
         assert fwd[name] == 0, (name, fwd)
     assert coverage.buffer("fwd", torch.empty(0)) is None  # outside recording(): nothing counted

@@ -53,7 +53,7 @@ def _c(num_warps, num_stages, **tiles):
 # One config when interpreting: blocks big enough that the tiny test shapes need few
 # programs and loop trips (~3 ms each), small enough that N = 97 still spans several tiles.
 _INTERP = {
-    "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True)],
+    "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True)],
     "bwd_dq": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_K=16)],
     "bwd_dkv2": [_c(4, 1, BLOCK_K=32, BLOCK_J=32)],
@@ -191,10 +191,24 @@ def _fwd16(arch, packed):
     (scripts/triton_compat.py, 2026-12-07): the 128x64 s1 tile spills 8 B there; correct,
     slower on the lent GPUs' triton 3.6.
     Sequence tiles (per-row k2/v2 tiles) spill at 128 rows pipelined, so they keep a 64-row
-    8-warp tile beside the unpipelined 128-row one."""
+    8-warp tile beside the unpipelined 128-row one.
+    BLOCK_T (fwd.py: narrow j-blocks past the last whole BLOCK_J block): the packed 128x64 tile
+    issues 1.03 MMA FLOPs per counted FLOP with BLOCK_T = 16 instead of 1.12; with k1/v1 through
+    tensor descriptors (TMA = True: sm_90 / sm_100, where the launcher finds the strides aligned,
+    else pointer loads) it fits pipelined (num_stages = 2, no spill under triton 3.6 and 3.8),
+    unpipelined it spills 64 B. The model ranks it below the unpipelined 128x64 with pointer
+    loads (serialized ceiling 296 vs 334 TFLOP/s on an H100; overlapped 768 vs 704): the
+    autotuner decides. TMA elsewhere: the model finds it costs the other configs serialized time
+    (an mbarrier wait per load: 128x64 s1 334 -> 323 on an H100, sm_100's 128x32 303 -> 285 on a
+    B200), so they keep pointer loads. The interpreter's config takes it, so the tests run the
+    descriptor path (and the pointer path on misaligned strides)."""
     if arch == "sm90":
         if packed:
-            return [_c(8, 1, BLOCK_M=128, BLOCK_J=64), _c(8, 3, BLOCK_M=128, BLOCK_J=32)]
+            return [
+                _c(8, 1, BLOCK_M=128, BLOCK_J=64),
+                _c(8, 3, BLOCK_M=128, BLOCK_J=32),
+                _c(8, 2, BLOCK_M=128, BLOCK_J=64, BLOCK_T=16, TMA=True),
+            ]
         return [_c(8, 3, BLOCK_M=64, BLOCK_J=64), _c(8, 1, BLOCK_M=128, BLOCK_J=32)]
     if arch == "sm100":
         wide = _c(8, 1, BLOCK_M=64, BLOCK_J=64, SPLIT_J=True)

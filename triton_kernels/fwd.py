@@ -24,6 +24,16 @@ are interior, never per element. The online softmax takes blocks in any order, s
 blocks before and after the interior ones share one loop (one pipeline prologue per u).
 Decoding (decode.py) runs every block masked (`attend_offset`: ring slots).
 
+Narrow j-blocks (configs with BLOCK_T): a 128-row tile of two positions spans w1 + 1 j rows,
+so its last BLOCK_J block would hold a single row (MMA issued per counted FLOP 1.12 at w1 =
+512, BLOCK_J = 64). With BLOCK_T the BLOCK_J loops stop at the last whole block of the tile's
+j range (j_wide) and a third, masked loop takes the rest in BLOCK_T-row blocks (1.03).
+
+k1/v1 through tensor descriptors (TMA: configs that ask for it, where the launcher finds the
+strides aligned, KV_ALIGNED; launch.py): one descriptor per program over the tile's rows [0, j_hi] of
+its sequence, so a box zero-fills rows past j_hi (the neighbouring packed sequence included)
+and channels past D exactly as the pointer loads' masks do; the window mask is unchanged.
+
 The online softmax over the joint (j, k) window runs in float32 in natural units (softmax.py).
 The epilogue stores lse and its rounding residual lse_lo, float32 [B, Hq, N], for the
 backward. Nothing else is saved.
@@ -35,8 +45,9 @@ crosses one (seqlen.py), and tiles past a sequence's end exit at once.
 import triton
 import triton.language as tl
 
+from . import coverage
 from .coverage import hit
-from .kv import query_rows, ring_rows, ring_slots, rows_at
+from .kv import block_rows, query_rows, ring_rows, ring_slots, row_descriptor, rows_at, tile_offsets
 from .mask import j_window_mask
 from .operand import chunk_shifts, mma, pair_operand
 from .softmax import final_lse, final_sum, offset_rescale, online_block
@@ -54,38 +65,60 @@ from .tiles import (
     query_tile_loops,
 )  # fmt: skip
 
+#   kv_tma / kv_pointers   k1/v1 j-blocks read through tensor descriptors (TMA) / pointer loads
+P_KV_TMA, P_KV_POINTERS = coverage.slots(("fwd",), "kv_tma", "kv_pointers")
+#   j_narrow              a narrow j-block (BLOCK_T rows) of the rows past the last whole BLOCK_J block
+(P_J_NARROW,) = coverage.slots(("fwd",), "j_narrow")
+
+
+@triton.jit
+def masked_block(
+    a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+    k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
+    J_REPEAT: tl.constexpr, J_TAIL: tl.constexpr, J_EDGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, TMA: tl.constexpr,
+):  # fmt: skip
+    """One masked j-block at j0 of the j range [j_lo, j_hi] of a linear layout of `limit` rows
+    (tiles.j_block: rows past j_hi zero-filled, counted on J_REPEAT / J_TAIL / J_EDGE), the
+    window mask on its logits. k1_base / v1_base: base pointers, or (TMA) tensor descriptors of
+    the rows up to j_hi (kv.block_rows). Returns (y, m_i, l_i) updated (softmax.online_block)."""
+    js, j_ok, jd_mask = j_block(
+        j0, jr, j_lo, j_hi, limit, d_ok, COUNTS, J_REPEAT, J_TAIL, J_EDGE, BLOCK_J, False, COUNT_PATHS
+    )
+    k1b = block_rows(k1_base, j0, k1_offs, stride_k1n, jd_mask, TMA)
+    v1b = block_rows(v1_base, j0, v1_offs, stride_v1n, jd_mask, TMA)
+    z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
+    in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
+    return online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, True, INPUT_PRECISION, UPCAST)
+
 
 @triton.jit
 def attend_blocks(
     a, y, m_i, l_i, pos, k_ok, jr, j_first, n_first, j_second, trips, j_lo, j_hi, L1, R1, scale,
     k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
     J_PATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, MASKED: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """`trips` j-blocks of the j range [j_lo, j_hi] of a sequence of n rows: n_first of them from
     j_first on, the rest from j_second on, BLOCK_J apart; each counted on path J_PATH. MASKED:
-    edge blocks, with the window mask and rows past j_hi zero-filled; else interior blocks
-    (tiles.interior_blocks: every pair counts), loaded and softmaxed without a mask but the
-    channels'. Returns (y, m_i, l_i) updated (softmax.online_block)."""
+    edge blocks (masked_block); else interior blocks (tiles.interior_blocks: every pair counts),
+    loaded and softmaxed without a mask but the channels'. Returns (y, m_i, l_i) updated
+    (softmax.online_block)."""
     for t in range(0, trips):
         j0 = j_first + t * BLOCK_J
+        hit(COUNTS, J_PATH, True, COUNT_PATHS)
         if MASKED:  # one loop serves two ranges: one pipeline prologue, not two
             j0 = tl.where(t < n_first, j0, j_second + (t - n_first) * BLOCK_J)
-        hit(COUNTS, J_PATH, True, COUNT_PATHS)
-        if MASKED:
-            js, j_ok, jd_mask = j_block(
-                j0, jr, j_lo, j_hi, n, d_ok, COUNTS, P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_J, False, COUNT_PATHS
-            )
-            k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
-            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
-            in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
+            y, m_i, l_i = masked_block(
+                a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+                k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+                P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
+            )  # fmt: skip
         else:
-            hit(COUNTS, P_J_REPEAT, j0 > j_lo, COUNT_PATHS)
-            k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, d_ok[None, :])
-            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, d_ok[None, :])
-            in_win = None
-        z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
-        y, m_i, l_i = online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, MASKED, INPUT_PRECISION, UPCAST)
+            k1b = block_rows(k1_base, j0, k1_offs, stride_k1n, d_ok[None, :], TMA)
+            v1b = block_rows(v1_base, j0, v1_offs, stride_v1n, d_ok[None, :], TMA)
+            z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
+            y, m_i, l_i = online_block(z, None, v1b, y, m_i, l_i, a.dtype, False, INPUT_PRECISION, UPCAST)
     return y, m_i, l_i
 
 
@@ -95,27 +128,31 @@ def attend_offset(
     k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
     J_REPEAT: tl.constexpr, J_TAIL: tl.constexpr, J_EDGE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, RING: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, TMA: tl.constexpr = False,
 ):  # fmt: skip
     """The j loop of one offset u with every block masked (decoding's, and the forward's configs
     without SPLIT_J): rows with operand `a` against the k1/v1 rows j_lo .. j_hi (kv.py: a linear
-    layout, or a ring of `limit` slots). Returns (y, m_i, l_i): the offset's partial sum
-    y = sum_j P v1[j] in the scale of the new max m_i, and the new sum l_i."""
+    layout, masked_block, pointers or TMA; or a ring of `limit` slots). Returns (y, m_i, l_i):
+    the offset's partial sum y = sum_j P v1[j] in the scale of the new max m_i, and the new sum
+    l_i."""
     y = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for j0 in range(j_lo, j_hi + 1, BLOCK_J):
-        js, j_ok, jd_mask = j_block(
-            j0, jr, j_lo, j_hi, limit, d_ok, COUNTS, J_REPEAT, J_TAIL, J_EDGE, BLOCK_J, RING, COUNT_PATHS
-        )
         if RING:
+            js, j_ok, jd_mask = j_block(
+                j0, jr, j_lo, j_hi, limit, d_ok, COUNTS, J_REPEAT, J_TAIL, J_EDGE, BLOCK_J, RING, COUNT_PATHS
+            )
             slots = ring_slots(js, limit)
             k1b = ring_rows(k1_base, slots, k1_offs, stride_k1n, jd_mask)
             v1b = ring_rows(v1_base, slots, v1_offs, stride_v1n, jd_mask)
+            z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
+            in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
+            y, m_i, l_i = online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, True, INPUT_PRECISION, UPCAST)
         else:
-            k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
-            v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
-        z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
-        in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
-        y, m_i, l_i = online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, True, INPUT_PRECISION, UPCAST)
+            y, m_i, l_i = masked_block(
+                a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+                k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
+                J_REPEAT, J_TAIL, J_EDGE, BLOCK_M, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
+            )  # fmt: skip
     return y, m_i, l_i
 
 
@@ -124,7 +161,7 @@ def attend_tile_offset(
     a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, ja, jb, L1, R1, scale,
     k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
     BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """The forward's j loop of one offset u in two loops (SPLIT_J): the edge blocks (those before
     ja, then those from jb on), masked, then the interior blocks [ja, jb) unmasked
@@ -136,12 +173,12 @@ def attend_tile_offset(
     y, m_i, l_i = attend_blocks(
         a, y, m_i, l_i, pos, k_ok, jr, j_lo, n_front, jb, n_edge, j_lo, j_hi, L1, R1, scale,
         k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
-        P_J_EDGE, BLOCK_M, BLOCK_J, True, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+        P_J_EDGE, BLOCK_M, BLOCK_J, True, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
     )  # fmt: skip
     y, m_i, l_i = attend_blocks(
         a, y, m_i, l_i, pos, k_ok, jr, ja, 0, ja, (jb - ja) // BLOCK_J, j_lo, j_hi, L1, R1, scale,
         k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
-        P_J_INTERIOR, BLOCK_M, BLOCK_J, False, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+        P_J_INTERIOR, BLOCK_M, BLOCK_J, False, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
     )  # fmt: skip
     return y, m_i, l_i
 
@@ -161,6 +198,7 @@ def _two_simplicial_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     VARLEN: tl.constexpr, DET: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, SPLIT_J: tl.constexpr = False,
+    TMA: tl.constexpr = False, BLOCK_T: tl.constexpr = 0, KV_ALIGNED: tl.constexpr = False,
 ):  # fmt: skip
     start, n, p0, g, b, h0, rp, rh, pos, row_ok = query_tile(
         CU_SEQLENS, COUNTS, N, GROUP, D, R1, R2, BLOCK_M, BLOCK_H, BLOCK_D, VARLEN, DET, COUNT_PATHS
@@ -169,6 +207,8 @@ def _two_simplicial_fwd_kernel(
         if p0 >= n:
             return
     dt = K1.dtype.element_ty
+    # k1/v1 through tensor descriptors: where the config asks (TMA) and the strides allow (KV_ALIGNED)
+    DESC: tl.constexpr = TMA and KV_ALIGNED
     r0 = p0.to(tl.int64) + start  # the tile's first row
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
@@ -181,6 +221,24 @@ def _two_simplicial_fwd_kernel(
     )  # fmt: skip
     sh1, sh2 = chunk_shifts(d, D)  # determinant logits only
     u_lo, u_hi, j_lo, j_hi = query_tile_loops(p0, n, L1, R1, L2, R2, BLOCK_M // BLOCK_H)
+    # BLOCK_T > 0: the BLOCK_J loops end at the last whole block of [j_lo, j_hi] (row j_wide), and
+    # BLOCK_T-row blocks take the rest: a 128-row tile's two positions span w1 + 1 rows, where one
+    # more BLOCK_J block would hold a single row.
+    j_wide = j_hi
+    if BLOCK_T > 0:
+        j_wide = j_lo + (j_hi + 1 - j_lo) // BLOCK_J * BLOCK_J - 1
+        jt = tl.arange(0, BLOCK_T)
+        k1t_base, k1t_offs = k1_base, tile_offsets(jt, d, stride_k1n, stride_k1d)
+        v1t_base, v1t_offs = v1_base, tile_offsets(jt, d, stride_v1n, stride_v1d)
+        if DESC:
+            k1t_base = row_descriptor(k1_base, j_hi + 1, D, stride_k1n, BLOCK_T, BLOCK_D)
+            v1t_base = row_descriptor(v1_base, j_hi + 1, D, stride_v1n, BLOCK_T, BLOCK_D)
+    if DESC:  # the tile's k1/v1 rows [0, j_hi]: a box's rows past j_hi are zero-filled, as the masks would
+        k1_base = row_descriptor(k1_base, j_hi + 1, D, stride_k1n, BLOCK_J, BLOCK_D)
+        v1_base = row_descriptor(v1_base, j_hi + 1, D, stride_v1n, BLOCK_J, BLOCK_D)
+        hit(COUNTS, P_KV_TMA, True, COUNT_PATHS)
+    else:
+        hit(COUNTS, P_KV_POINTERS, True, COUNT_PATHS)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -194,17 +252,26 @@ def _two_simplicial_fwd_kernel(
         m_start = m_i
         if SPLIT_J:
             ja, jb = interior_blocks(p0, u, n, j_lo, L1, R1, BLOCK_M // BLOCK_H, BLOCK_J)
+            if BLOCK_T > 0:  # blocks past j_wide are the narrow loop's
+                ja, jb = tl.minimum(ja, j_wide + 1), tl.minimum(jb, j_wide + 1)
             y, m_i, l_i = attend_tile_offset(
-                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, ja, jb, L1, R1, scale,
+                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, ja, jb, L1, R1, scale,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
-                BLOCK_M, BLOCK_J, BLOCK_D, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+                BLOCK_M, BLOCK_J, BLOCK_D, INPUT_PRECISION, UPCAST, COUNT_PATHS, DESC,
             )  # fmt: skip
         else:
             y, m_i, l_i = attend_offset(
-                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, scale,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
                 P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, BLOCK_D, False,
-                INPUT_PRECISION, UPCAST, COUNT_PATHS,
+                INPUT_PRECISION, UPCAST, COUNT_PATHS, DESC,
+            )  # fmt: skip
+        if BLOCK_T > 0:
+            n_narrow = tl.cdiv(j_hi - j_wide, BLOCK_T)
+            y, m_i, l_i = attend_blocks(
+                a, y, m_i, l_i, pos, k_ok, jt, j_wide + 1, n_narrow, j_wide + 1, n_narrow, j_lo, j_hi, L1, R1, scale,
+                k1t_base, k1t_offs, v1t_base, v1t_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+                P_J_NARROW, BLOCK_M, BLOCK_T, True, INPUT_PRECISION, UPCAST, COUNT_PATHS, DESC,
             )  # fmt: skip
         beta = offset_rescale(m_start, m_i)
         v2u = rows_at(v2_base, r0 - u, v2_offs, stride_v2n, kd_mask)

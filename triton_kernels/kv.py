@@ -6,6 +6,11 @@ the tile; the launchers guarantee those fit (host.int32_tiles).
     batched   row p of sequence b        X + b * stride_b + p * stride_n
     packed    row p of sequence s        X + (cu[s] + p) * stride_n           (batch stride 0)
     ring      position p of sequence b   X + b * stride_b + (p % C) * stride_n  (a cache of C slots)
+
+The forward may read its k1/v1 j-blocks through a tensor descriptor instead (TMA on sm_90 /
+sm_100: one bulk copy a block, no per-element addresses or masks; `row_descriptor`,
+`block_rows`): rows of a linear layout from a 16-byte aligned base with 16-byte aligned row
+strides and contiguous channels (the launcher checks, else pointer loads).
 """
 
 import triton
@@ -65,3 +70,23 @@ def block_leaves_storage(j0, j_hi, limit, BLOCK: tl.constexpr, RING: tl.constexp
     if RING:
         return (j0 % limit) > (tl.minimum(j0 + BLOCK - 1, j_hi) % limit)
     return j0 + BLOCK > limit
+
+
+@triton.jit
+def row_descriptor(base, rows, D, stride_n, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A tensor descriptor of the `rows` rows of D contiguous channels from `base` (a linear
+    layout's first row, kv.head_rows), read in [BLOCK_R, BLOCK_D] boxes: a box's rows past `rows`
+    and channels past D are zero-filled, as rows_at's mask would leave them. Base and row stride
+    must be 16-byte aligned (launch.py checks)."""
+    return tl.make_tensor_descriptor(base, shape=[rows, D], strides=[stride_n, 1], block_shape=[BLOCK_R, BLOCK_D])
+
+
+@triton.jit
+def block_rows(src, first, offs, stride_n, mask, TMA: tl.constexpr):
+    """The rows first + r of a linear layout: through the tensor descriptor `src` (TMA; its shape
+    zero-fills), or with rows_at from the base pointer `src` (offs, mask as there)."""
+    if TMA:
+        rows = src.load([first, 0])
+    else:
+        rows = rows_at(src, first, offs, stride_n, mask)
+    return rows

@@ -29,6 +29,33 @@ from .runtime import device_guard, input_precision, is_interpreting
 DELTA_BLOCK_N = 16
 
 
+def _descriptor_rows(*tensors):
+    """Whether tensor descriptors (TMA) can read these [B, N, H, D] tensors' rows: contiguous
+    channels, base and every other stride 16-byte aligned (a program's first row, b * stride_b +
+    g * stride_h + start * stride_n, is then aligned too)."""
+    return all(
+        t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
+        for t in tensors
+    )
+
+
+def _torch_scratch(size, alignment, stream):  # noqa: ARG001 (triton's allocator signature)
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _descriptor_scratch():
+    """Tensor descriptors built in a kernel live in global scratch that triton allocates per launch
+    through triton.set_allocator: ours (torch's caching allocator) unless the caller set one."""
+    try:
+        from triton.runtime._allocation import NullAllocator, _allocator
+
+        if not isinstance(_allocator.get(), NullAllocator):
+            return
+    except ImportError:  # another triton layout: set ours
+        pass
+    triton.set_allocator(_torch_scratch)
+
+
 def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=None):
     """(out, lse, lse_lo): out like q (contiguous), lse and lse_lo [B, Hq, N] float32 (natural log).
 
@@ -59,6 +86,9 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
     det = prob.logits == "determinant"
     block_h = head_block(group, head_packing, "fwd", arch, bd, fp32, forced, det)
     kernel = configs.autotuned("fwd", _two_simplicial_fwd_kernel, arch, bd, fp32, block_h >= 64, forced, det)
+    kv_aligned = _descriptor_rows(k1, v1)  # configs with TMA=True read k1/v1 through descriptors
+    if kv_aligned and not is_interpreting():
+        _descriptor_scratch()
 
     def grid(meta):
         return (triton.cdiv(seqs.max_len, meta["BLOCK_M"] // block_h), HKV * triton.cdiv(group, block_h), seqs.count)
@@ -74,7 +104,7 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
             prob.scale,
             BLOCK_H=block_h, BLOCK_D=bd, VARLEN=seqs.packed, DET=det,
             INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
-            COUNT_PATHS=counts is not None,
+            COUNT_PATHS=counts is not None, KV_ALIGNED=kv_aligned,
         )  # fmt: skip
     coverage.add("fwd", bd, counts)
     return out, lse, lse_lo

@@ -172,7 +172,7 @@ def block_weights(fn):
         if join not in within or not (arms[0] | arms[1]) <= within:
             continue  # a branch that leaves its loop (an exit), not an if / else
         costs = [sum(fn.blocks[k].end - fn.blocks[k].start for k in arm) for arm in arms]
-        has_glob = [any(sass.global_bytes(x) for x in fn.instructions(arm)) for arm in arms]
+        has_glob = [any(sass.global_bytes(x, 1.0) for x in fn.instructions(arm)) for arm in arms]
         has_async = [any(x.base == "LDGSTS" for x in fn.instructions(arm)) for arm in arms]
         if has_glob[0] != has_glob[1]:
             keep = 0 if has_glob[0] else 1
@@ -204,8 +204,8 @@ def _phases(fn, blocks, weight, utc_flops):
                 cur = phases[-1]
                 pending_regs = set()
             cur.instrs += w
-            cur.smem += sass.smem_bytes(ins) * w
-            cur.glob += sass.global_bytes(ins) * w
+            cur.smem += sass.smem_bytes(ins, fn.tma_bytes) * w
+            cur.glob += sass.global_bytes(ins, fn.tma_bytes) * w
             if ins.base == "MUFU":
                 cur.mufu += w
             if kind:

@@ -13,7 +13,9 @@ and returns a `Trips`:
              unlisted ones count one trip;
   siblings   None, or the trips of each of the sibling loops that make up the innermost level
              (program order; they sum to its trips): the Triton forward's edge and interior
-             j loops;
+             j loops, and its narrow loop (BLOCK_T);
+  sibling_logits  None, or the logits one trip of each sibling loop computes (where they differ:
+             the narrow loop's BLOCK_M x BLOCK_T); else every trip computes `logits`;
   dram       bytes the kernel must move to or from DRAM at least (inputs once, outputs once).
 
 MAPS[backend][kernel] is the map of a kernel; a kernel the registry finds without one gets a row
@@ -35,6 +37,14 @@ class Trips:
     dram: float
     notes: str = ""
     siblings: list | None = None
+    sibling_logits: list | None = None
+
+    def total_logits(self):
+        """Logit-tile elements over the whole grid: the logit level's trips times `logits`, or the
+        sibling loops' trips times each one's `sibling_logits`."""
+        if self.sibling_logits:
+            return sum(t * n for t, n in zip(self.siblings, self.sibling_logits, strict=True))
+        return self.logits * self.levels[self.logit]
 
 
 def _cdiv(a, b):
@@ -101,33 +111,48 @@ def triton_query_kernel(s, tiles, extra_q):
     )
 
 
-def _interior_split(s, positions, bj):
-    """[edge blocks, interior blocks] over every query tile and offset u, as
-    triton_kernels/tiles.interior_blocks splits each u's j loop (fwd.py: the edge loop first)."""
+def _interior_split(s, positions, bj, bt=0):
+    """[edge blocks, interior blocks, narrow blocks] over every query tile and offset u, as
+    triton_kernels/tiles.interior_blocks splits each u's j loop (fwd.py: the edge loop first); with
+    narrow blocks (bt > 0) the BLOCK_J loops stop at the last whole block (fwd.py's j_wide)."""
     L1, R1, L2, R2 = s.bands
     _, u_lo, u_hi, j_lo, j_hi = _query_tiles(s, positions)
     p0 = np.arange(0, s.N, positions, dtype=np.int64)
     p_last = np.minimum(p0 + positions - 1, s.N - 1)
     nb = _blocks(j_lo, j_hi, bj)
-    t_a = -(-(np.maximum(p_last - L1, j_lo) - j_lo) // bj)
-    t_b = (np.minimum(p0 + R1, s.N - 1) + 1 - j_lo) // bj
-    front = interior = back = 0
+    narrow = np.zeros_like(nb)
+    if bt:
+        whole = np.maximum(j_hi + 1 - j_lo, 0) // bj
+        narrow = _blocks(j_lo + whole * bj, j_hi, bt)
+        nb = whole
+    t_a = np.minimum(-(-(np.maximum(p_last - L1, j_lo) - j_lo) // bj), nb)
+    t_b = np.minimum((np.minimum(p0 + R1, s.N - 1) + 1 - j_lo) // bj, nb)
+    front = interior = back = narrow_total = 0
     for u in range(-R2, L2 + 1):
         on = (u >= u_lo) & (u <= u_hi)
         tb = np.where((u <= p0) & (p_last - u < s.N), np.maximum(t_a, t_b), t_a)
         front += int(np.where(on, np.minimum(t_a, nb), 0).sum())
         interior += int(np.where(on, tb - t_a, 0).sum())
         back += int(np.where(on, np.maximum(nb - tb, 0), 0).sum())
-    return [front + back, interior]
+        narrow_total += int(np.where(on, narrow, 0).sum())
+    return [front + back, interior, narrow_total]
 
 
 def triton_fwd(s, tiles):
-    """q in, out out; lse, lse_lo out. Each offset's j loop is two sibling loops (fwd.py)."""
+    """q in, out out; lse, lse_lo out. Each offset's j loop is two sibling loops (fwd.py), three
+    with narrow blocks (BLOCK_T; two without SPLIT_J: the masked BLOCK_J loop and the narrow one)."""
     trips = triton_query_kernel(s, tiles, extra_q=1)
-    bh = tiles.get("BLOCK_H", 1)
+    bh, bm, bj, bt = tiles.get("BLOCK_H", 1), tiles["BLOCK_M"], tiles["BLOCK_J"], tiles.get("BLOCK_T", 0)
     mult = s.B * s.Hkv * _cdiv(s.group, bh)
-    trips.siblings = [t * mult for t in _interior_split(s, tiles["BLOCK_M"] // bh, tiles["BLOCK_J"])]
-    assert sum(trips.siblings) == trips.levels[-1], (trips.siblings, trips.levels)
+    edge, interior, narrow = (t * mult for t in _interior_split(s, bm // bh, bj, bt))
+    if not bt:
+        trips.siblings = [edge, interior]
+        assert sum(trips.siblings) == trips.levels[-1], (trips.siblings, trips.levels)
+        return trips
+    wide = [edge, interior] if tiles.get("SPLIT_J") else [edge + interior]
+    trips.siblings = [*wide, narrow]
+    trips.sibling_logits = [bm * bj] * len(wide) + [bm * bt]
+    trips.levels[-1] = sum(trips.siblings)
     return trips
 
 

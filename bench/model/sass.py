@@ -160,8 +160,12 @@ def _ends_flow(ins):
 class Function:
     """One kernel's SASS: instructions, basic blocks, natural loops."""
 
-    def __init__(self, name, instrs):
+    def __init__(self, name, instrs, tma_bytes=0.0):
         self.name, self.instrs = name, instrs
+        # Bytes one warp-instruction UTMALDG moves: a TMA box's shape lives in its descriptor, not
+        # in the listing, so the caller gives it (the box over the CTA's warps: one elected
+        # thread of one warp issues it, every warp's trip is counted).
+        self.tma_bytes = tma_bytes
         self.blocks = self._blocks()
         self.loops = self._loops()
 
@@ -277,10 +281,13 @@ def _lane_bytes(op):
     return next((_WIDTH[p] for p in reversed(parts) if p in _WIDTH), 4)
 
 
-def smem_bytes(ins):
+def smem_bytes(ins, tma_bytes=0.0):
     """Shared-memory bytes one warp-instruction moves (reads and writes; wgmma / tcgen05 operands
-    read from shared memory through their descriptors; cp.async's write of its destination)."""
+    read from shared memory through their descriptors; cp.async's and a TMA load's (UTMALDG,
+    `tma_bytes`: Function.tma_bytes) write of its destination)."""
     op = ins.op
+    if ins.base == "UTMALDG":
+        return tma_bytes
     if ins.base in ("LDS", "STS", "ATOMS"):
         return 32 * _lane_bytes(op)
     if ins.base in ("LDSM", "STSM"):
@@ -298,10 +305,13 @@ def smem_bytes(ins):
     return 0
 
 
-def global_bytes(ins):
-    """Global-memory bytes one warp-instruction requests (loads, stores, cp.async sources, atomics)."""
+def global_bytes(ins, tma_bytes=0.0):
+    """Global-memory bytes one warp-instruction requests (loads, stores, cp.async sources, atomics;
+    a TMA load, UTMALDG: `tma_bytes`, Function.tma_bytes)."""
     if ins.base in ("LDG", "STG", "LDGSTS", "RED", "ATOM", "ATOMG", "REDG"):
         return 32 * _lane_bytes(ins.op)
+    if ins.base == "UTMALDG":
+        return tma_bytes
     return 0
 
 

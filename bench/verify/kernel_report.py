@@ -221,7 +221,7 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
             kernel_fn=kernel, tiling=tiling, variant=variant, dtype=dtype, bd=dc, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
             tiles=" ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items())),
-            constexprs={**({"SPLIT_J": False} if kernel == "fwd" else {}), **cfg.kwargs, **constexprs},
+            constexprs={**(_fwd_flags() if kernel == "fwd" else {}), **cfg.kwargs, **constexprs},
         )  # fmt: skip
 
     jobs = []
@@ -250,6 +250,13 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
                 combine = triton_config(dict(BLOCK_S=16), 4)
                 jobs.append(job(arch, "decode_combine", "", "base", dtype, dc, combine, plain))
     return jobs
+
+
+def _fwd_flags():
+    """The forward's flags a config may leave out (SPLIT_J, BLOCK_T, TMA: off) and KV_ALIGNED, which
+    launch.py sets for the contiguous target tensors (a config with TMA reads k1/v1 through tensor
+    descriptors)."""
+    return {"SPLIT_J": False, "BLOCK_T": 0, "TMA": False, "KV_ALIGNED": True}
 
 
 def triton_config(tiles, num_warps):

@@ -60,6 +60,41 @@ MUTANTS = [
         why="the edge loop misses the last j-block when it holds a single position",
     ),
     dict(
+        name="triton-fwd-tma-box-off-by-one-row",
+        path="triton_kernels/kv.py",
+        old="rows = src.load([first, 0])",
+        new="rows = src.load([first + 1, 0])",
+        tests=SMALL,
+        cheap=True,
+        why="the forward's k1/v1 boxes read through tensor descriptors (TMA) start one row late",
+    ),
+    dict(
+        name="triton-fwd-tma-box-past-j-hi",
+        path="triton_kernels/fwd.py",
+        old="v1_base = row_descriptor(v1_base, j_hi + 1, D, stride_v1n, BLOCK_J, BLOCK_D)",
+        new="v1_base = row_descriptor(v1_base, j_hi + 2, D, stride_v1n, BLOCK_J, BLOCK_D)",
+        tests=PATHS_D64,
+        why="the v1 descriptor's rows reach one past the tile's j range: a row past the sequence (a "
+        "neighbour's, or padding) is read instead of zeros, and 0 * NaN there poisons the output",
+    ),
+    dict(
+        name="triton-fwd-narrow-loop-drops-partial-block",
+        path="triton_kernels/fwd.py",
+        old="n_narrow = tl.cdiv(j_hi - j_wide, BLOCK_T)",
+        new="n_narrow = (j_hi - j_wide) // BLOCK_T",
+        tests=PATHS_D64,
+        why="the narrow loop (BLOCK_T rows past the last whole BLOCK_J block) misses its last, partial block",
+    ),
+    dict(
+        name="triton-fwd-narrow-rows-also-wide",
+        path="triton_kernels/fwd.py",
+        old="ja, jb = tl.minimum(ja, j_wide + 1), tl.minimum(jb, j_wide + 1)",
+        new="ja, jb = tl.minimum(ja, j_wide + 1), jb",
+        tests=PATHS_D64,
+        why="the interior range reaches past the last whole BLOCK_J block: rows the narrow loop takes run "
+        "again, unmasked",
+    ),
+    dict(
         name="triton-fwd-drop-j-rescale",
         path="triton_kernels/softmax.py",
         old="y = mma(p.to(dt), v1b, y * alpha[:, None], INPUT_PRECISION, UPCAST)",

@@ -34,7 +34,7 @@ def test_kernel_report_check_passes():
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("sm80", "sm86", "sm90"))]
     for arch in ("sm80", "sm86", "sm90"):
         kernels = {line.split()[1] for line in rows if line.startswith(arch)}
-        assert kernels == {"fwd", "bwd_dq", "bwd_dkv1", "bwd_dkv2", "bwd_delta", "decode", "decode_combine"}, (
+        assert kernels == {"fwd", "bwd_dqkv2", "bwd_reduce2", "bwd_dkv1", "bwd_delta", "decode", "decode_combine"}, (
             arch,
             kernels,
         )

@@ -32,7 +32,7 @@ if importlib.util.find_spec("triton") is not None:
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FWD_KERNELS = ("fwd",)
-BWD_KERNELS = ("bwd_dq", "bwd_dkv1", "bwd_dkv2")
+BWD_KERNELS = ("bwd_dqkv2", "bwd_dkv1")
 KINDS = ("trilinear", "packed-extra", "determinant", "decode")
 
 # One case per bucket (operand table, D class, kind): N spans several tiles of the bucket's
@@ -194,7 +194,7 @@ def test_a_forced_config_naming_an_unknown_kernel_is_refused():
     inputs = make_inputs(Case(1, 3, 1, 1, 16, 2, 2), torch.float32, DEVICE)
     cfg = configs.configs("fwd", configs.INTERP, 16)[0]
     prob = Problem(*bands(2, 2, True), 0.25)
-    with pytest.raises(ValueError, match=r"config names kernels \['bwd_dq'\]; this launcher runs fwd"):
-        tk.fwd(*inputs, prob, config={"bwd_dq": cfg})
+    with pytest.raises(ValueError, match=r"config names kernels \['bwd_dqkv2'\]; this launcher runs fwd"):
+        tk.fwd(*inputs, prob, config={"bwd_dqkv2": cfg})
     with pytest.raises(TypeError, match="config values must be triton.Config"):
         tk.fwd(*inputs, prob, config={"fwd": {"BLOCK_M": 16}})

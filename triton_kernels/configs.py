@@ -33,13 +33,12 @@ CAPABILITY = {"sm80": (8, 0), "sm86": (8, 6), "sm90": (9, 0), "sm100": (10, 0), 
 BASE = {"sm80": "sm80", "sm86": "sm86", "sm90": "sm90", "sm100": "sm80", "sm120": "sm86"}
 INTERP = "interpreter"
 
-KERNELS = ("fwd", "bwd_dq", "bwd_dkv1", "bwd_dkv2")
+KERNELS = ("fwd", "bwd_dqkv2", "bwd_dkv1")
 # Never a length, a sequence count or T: a new packing must not re-tune (or recompile).
 AUTOTUNE_KEY = {
     "fwd": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
-    "bwd_dq": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
+    "bwd_dqkv2": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
     "bwd_dkv1": ["D", "L1", "R1", "L2", "R2", "GROUP", "VARLEN"],
-    "bwd_dkv2": ["D", "L1", "R1", "L2", "R2", "GROUP", "VARLEN"],
 }
 
 
@@ -54,9 +53,8 @@ def _c(num_warps, num_stages, **tiles):
 # programs and loop trips (~3 ms each), small enough that N = 97 still spans several tiles.
 _INTERP = {
     "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True)],
-    "bwd_dq": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
+    "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_K=16)],
-    "bwd_dkv2": [_c(4, 1, BLOCK_K=32, BLOCK_J=32)],
 }
 
 
@@ -82,23 +80,20 @@ def _table16(arch, dc):
     if dc >= 256:
         return {
             "fwd": [_c(8, 2, BLOCK_M=32, BLOCK_J=32)],
-            "bwd_dq": [_c(8, 2, BLOCK_M=32, BLOCK_J=16)],
+            "bwd_dqkv2": [_c(8, 2, BLOCK_M=32, BLOCK_J=16)],
             "bwd_dkv1": [_c(8, 2, BLOCK_J=16, BLOCK_K=16)],
-            "bwd_dkv2": [_c(8, 2, BLOCK_K=16, BLOCK_J=16)],
         }
     if arch == "sm90":
         return {
             "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=64), _c(8, st, BLOCK_M=64, BLOCK_J=32)],
-            "bwd_dq": [_c(8, st, BLOCK_M=64, BLOCK_J=32)],
+            "bwd_dqkv2": [_c(8, st, BLOCK_M=64, BLOCK_J=32)],
             "bwd_dkv1": [_c(8, st, BLOCK_J=64, BLOCK_K=16)],
-            "bwd_dkv2": [_c(8, st, BLOCK_K=32, BLOCK_J=32)],
         }
     bj = 16 if arch == "sm80" else 32
     return {
         "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=bj)],
-        "bwd_dq": [_c(8, st, BLOCK_M=64, BLOCK_J=bj)],
+        "bwd_dqkv2": [_c(8, st, BLOCK_M=64, BLOCK_J=bj)],
         "bwd_dkv1": [_c(4, st, BLOCK_J=32, BLOCK_K=32)],
-        "bwd_dkv2": [_c(8, st, BLOCK_K=32, BLOCK_J=32)],
     }
 
 
@@ -108,9 +103,8 @@ def _table32(dc):
     big = dc >= 256
     return {
         "fwd": [_c(8 if big else 4, 1, BLOCK_M=16, BLOCK_J=16)],
-        "bwd_dq": [_c(8 if big else 4, 1, BLOCK_M=16, BLOCK_J=16)],
+        "bwd_dqkv2": [_c(8 if big else 4, 1, BLOCK_M=16, BLOCK_J=16)],
         "bwd_dkv1": [_c(16 if big else 8, 1, BLOCK_J=16, BLOCK_K=16)],
-        "bwd_dkv2": [_c(8 if big else 4, 1, BLOCK_K=16, BLOCK_J=16)],
     }
 
 
@@ -127,25 +121,22 @@ def _table_det(arch, dc, fp32):
     if dc >= 256:
         return {
             "fwd": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
-            "bwd_dq": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
+            "bwd_dqkv2": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
             "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_K=16)],
-            "bwd_dkv2": [_c(8, 1, BLOCK_K=16, BLOCK_J=16)],
         }
     if fp32:
         return {
             "fwd": [_c(4, 1, BLOCK_M=16, BLOCK_J=16)],
-            "bwd_dq": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
+            "bwd_dqkv2": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
             "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_K=16)],
-            "bwd_dkv2": [_c(8, 1, BLOCK_K=16, BLOCK_J=16)],
         }
     st = {"sm80": 3, "sm86": 2, "sm90": 3}[arch]
     fwd_tiles = {"sm80": dict(BLOCK_M=64, BLOCK_J=16), "sm86": dict(BLOCK_M=32, BLOCK_J=32)}
     fwd_tiles["sm90"] = dict(BLOCK_M=64, BLOCK_J=32)
     return {
         "fwd": [_c(8, st, **fwd_tiles[arch])],
-        "bwd_dq": [_c(8, st, BLOCK_M=32, BLOCK_J=32)],
+        "bwd_dqkv2": [_c(8, st, BLOCK_M=32, BLOCK_J=32)],
         "bwd_dkv1": [_c(8, st, BLOCK_J=64 if arch == "sm90" else 32, BLOCK_K=16)],
-        "bwd_dkv2": [_c(8, st, BLOCK_K=16, BLOCK_J=32)],
     }
 
 
@@ -156,7 +147,7 @@ def _table_det(arch, dc, fp32):
 # permutations), and the decode kernel there on sm_86, sm_100 and sm_120 (4816 B on sm_100;
 # bwd_dkv1 1932 B on sm_120). Any other spill, or a larger one, fails the check. Correct,
 # slower: a restructuring that splits D would remove them.
-DET_SPILL_BUDGET = {"bwd_dq": 768, "bwd_dkv1": 1984, "bwd_dkv2": 1280, "decode": 4864}
+DET_SPILL_BUDGET = {"bwd_dqkv2": 768, "bwd_dkv1": 1984, "bwd_dkv2": 1280, "decode": 4864}
 
 
 # The decode kernel (decode.py) launches with one config, without autotuning: its grid and
@@ -271,6 +262,12 @@ def forced_configs(config, kernels):
     if bad:
         raise TypeError(f"config values must be triton.Config; got {bad}")
     return config
+
+
+def config_list(kernel, arch, bd, fp32, packed=False, forced=None, det=False):
+    """The configs a launch of `kernel` autotunes over: the one config `forced`, or the list of
+    (arch, bd, fp32, packed, det)."""
+    return [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed, det)
 
 
 def min_block(kernel, arch, bd, fp32, name, forced=None, det=False):

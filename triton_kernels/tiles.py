@@ -29,7 +29,7 @@ from .seqlen import sequence_span
 #   j_tail / j_past_n     a j-block with rows past the tile's j range / past N (zero-filled)
 #   head_packed          BLOCK_H > 1;  head_tail: rows past the group's last head (masked)
 P_U_REPEAT, P_K_OUTSIDE, P_J_REPEAT, P_J_TAIL, P_J_PAST_N, P_HEAD_PACKED, P_HEAD_TAIL = coverage.slots(
-    ("fwd", "bwd_dq"), "u_repeat", "k_outside", "j_repeat", "j_tail", "j_past_n", "head_packed", "head_tail"
+    ("fwd", "bwd_dqkv2"), "u_repeat", "k_outside", "j_repeat", "j_tail", "j_past_n", "head_packed", "head_tail"
 )
 #   j_edge / j_interior   (fwd) a masked j-block / an interior one, every pair of it inside (interior_blocks)
 P_J_EDGE, P_J_INTERIOR = coverage.slots(("fwd",), "j_edge", "j_interior")

@@ -103,9 +103,12 @@ def head_sum(x, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.conste
 
 
 @triton.jit
-def add_partial(P, offs, mask, part):
-    """Scratch rows P + offs += part (read-modify-write of rows this program alone owns)."""
-    tl.store(P + offs, tl.load(P + offs, mask=mask, other=0.0) + part, mask=mask)
+def add_partial(P, first, offs, mask, part):
+    """Scratch rows P + first + offs += part (read-modify-write of rows this program alone owns).
+    The 64-bit `first` is a scalar and the in-tile `offs` 32-bit: a [rows, D] tensor of 64-bit
+    offsets, hoisted out of the loops, would hold two registers per element for the whole kernel."""
+    ptrs = (P + first) + offs
+    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + part, mask=mask)
 
 
 @triton.jit(do_not_specialize=["stride_lh", "stride_sl", "SPAN", "LAYERS"])
@@ -203,7 +206,7 @@ def _two_simplicial_bwd_dqkv2_kernel(
                 y = mma(p.to(dt), v1b, y, INPUT_PRECISION, UPCAST)
             ks = p0 + pr - u
             kp_ok = (p0 + pr < n) & (ks >= 0) & (ks < n)
-            offs = part_base + tl.cast(p0 - u, tl.int64) * stride_sn + part_offs
+            first = part_base + tl.cast(p0 - u, tl.int64) * stride_sn
             mask = kp_ok[:, None] & d_ok[None, :]
             # Rows masked out above (k outside, heads past the group, past n) hold zeros.
             k2u = rows_at(k2_base, r0 - u, k2_offs, stride_k2n, kd_mask)
@@ -213,12 +216,13 @@ def _two_simplicial_bwd_dqkv2_kernel(
                 k2_1, k2_2 = permuted(k2u, d, sh1, sh2)
                 dq += cross(x_1, x_2, k2_1, k2_2)
                 q_1, q_2 = permuted(q, d, sh1, sh2)
-                add_partial(DK2P, offs, mask, head_sum(cross(q_1, q_2, x_1, x_2), BLOCK_P, BLOCK_H, BLOCK_D))
+                dk2 = cross(q_1, q_2, x_1, x_2)
             else:
                 dq += x * k2u.to(tl.float32)
-                add_partial(DK2P, offs, mask, head_sum(x * q.to(tl.float32), BLOCK_P, BLOCK_H, BLOCK_D))
+                dk2 = x * q.to(tl.float32)
+            add_partial(DK2P, first, part_offs, mask, head_sum(dk2, BLOCK_P, BLOCK_H, BLOCK_D))
             do = tl.load(do_ptrs, mask=kd_mask, other=0.0).to(tl.float32)
-            add_partial(DV2P, offs, mask, head_sum(y * do, BLOCK_P, BLOCK_H, BLOCK_D))
+            add_partial(DV2P, first, part_offs, mask, head_sum(y * do, BLOCK_P, BLOCK_H, BLOCK_D))
             # The next step's rows overlap these, maybe held by other threads of the CTA.
             tl.debug_barrier()
 

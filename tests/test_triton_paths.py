@@ -189,3 +189,17 @@ def test_dqkv2_scratch_layers_never_overlap_and_stay_bounded():
     shape = launch.dqkv2_scratch_shape(layers, 2 * 16384, 1, 1, 128)
     assert (span, layers) == (31, 2)
     assert 4 * torch.Size(shape).numel() == 8 * 2 * (2 * 16384) * 128 == 64 * 2**20
+
+
+def test_dqkv2_tiles_hold_whole_positions_on_every_arch():
+    """Every arch's bwd_dqkv2 list holds the heads a launch packs: at least one position a tile
+    (a head-packed group on sm_80's 32-row list gets 32-head blocks, not the 16-row sequence list)."""
+    from simplicial_attn.triton_kernels import configs, launch
+
+    for arch in configs.ARCHS:
+        for bd, fp32, det in ((128, False, False), (256, False, False), (128, True, False), (128, False, True)):
+            for group, packing in ((1, None), (3, True), (16, None), (32, None), (64, None), (64, False)):
+                block_h, packed, positions = launch.dqkv2_tiling(group, packing, arch, bd, fp32, None, det)
+                assert positions >= 1 and packed == (block_h > 1), (arch, bd, fp32, det, group, block_h)
+                for cfg in configs.configs("bwd_dqkv2", arch, bd, fp32, packed, det):
+                    assert cfg.kwargs["BLOCK_M"] % block_h == 0, (arch, group, cfg)

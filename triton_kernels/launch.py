@@ -121,11 +121,8 @@ def bwd(
     )  # fmt: skip
 
     # dq / dk2 / dv2: programs of `span` positions x block_h heads; partials in `scratch`.
-    block_h = head_block(group, head_packing, "bwd_dqkv2", arch, bd, fp32, forced.get("bwd_dqkv2"), det)
-    packed_heads = block_h >= 64
+    block_h, packed_heads, positions = dqkv2_tiling(group, head_packing, arch, bd, fp32, forced.get("bwd_dqkv2"), det)
     n_hblk = triton.cdiv(group, block_h)
-    chosen = configs.config_list("bwd_dqkv2", arch, bd, fp32, packed_heads, forced.get("bwd_dqkv2"), det)
-    positions = max(c.kwargs["BLOCK_M"] // block_h for c in chosen)
     if span is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else None
         span = dqkv2_span(sms, seqs.max_len, positions, L2 + R2, HKV * n_hblk * seqs.count)
@@ -170,6 +167,17 @@ def bwd(
     for kernel, kernel_counts in counts.items():
         coverage.add(kernel, bd, kernel_counts)
     return dq, dk1, dk2, dv1, dv2
+
+
+def dqkv2_tiling(group, head_packing, arch, bd, fp32, forced=None, det=False):
+    """(block_h, packed, positions) of the dq / dk2 / dv2 kernel: heads per tile (head_block),
+    whether it takes the head-packed config list (any packed heads: that list's smallest
+    BLOCK_M capped block_h) and the most positions a tile of its configs holds (a span is a
+    multiple of it)."""
+    block_h = head_block(group, head_packing, "bwd_dqkv2", arch, bd, fp32, forced, det)
+    packed = block_h > 1
+    chosen = configs.config_list("bwd_dqkv2", arch, bd, fp32, packed, forced, det)
+    return block_h, packed, max(c.kwargs["BLOCK_M"] // block_h for c in chosen)
 
 
 def dqkv2_layers(max_len, span, band):

@@ -168,9 +168,10 @@ MUTANTS = [
         path="triton_kernels/softmax.py",
         old="return tl.exp2(tl.where(t > 0, 0.0, t) * 1.4426950408889634)",
         new="return tl.exp2(t * 1.4426950408889634)",
-        tests=["tests/test_triton_numerics.py", "-k", "inexact and float32"],
+        tests=["tests/test_triton_numerics.py", "-k", "above_lse and float32"],
         why="the backward's P = exp(z - lse) unclamped: a recomputed logit an ulp above the forward's "
-        "overflows at |logit| ~ 1e10 (issue 14)",
+        "overflows at |logit| ~ 1e10 (issue 14; the fused backward recomputes the forward's products "
+        "exactly in the interpreter, so the test lowers lse)",
     ),
     dict(
         name="triton-bwd-ignores-lse-lo",

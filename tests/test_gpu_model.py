@@ -205,13 +205,21 @@ def test_forward_map_matches_its_loops(causal):
 
 
 def test_one_head_per_kv_head_drops_the_head_loop():
-    """Triton specialises GROUP == 1 into a constant, so the dkv kernels' head loop is compiled away."""
+    """Triton specialises GROUP == 1 into a constant, so the dkv1 kernel's head loop is compiled away."""
     gqa, mha = shapes.Shape(2, 64, 4, 1, 64, 16, 8), shapes.Shape(2, 64, 4, 4, 64, 16, 8)
-    for fn, tiles in (
-        (maps.triton_dkv1, dict(BLOCK_J=16, BLOCK_K=16)),
-        (maps.triton_dkv2, dict(BLOCK_K=16, BLOCK_J=16)),
-    ):
-        assert len(fn(gqa, tiles).levels) == 3 and len(fn(mha, tiles).levels) == 2
+    tiles = dict(BLOCK_J=16, BLOCK_K=16)
+    assert len(maps.triton_dkv1(gqa, tiles).levels) == 3 and len(maps.triton_dkv1(mha, tiles).levels) == 2
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_dqkv2_map_matches_its_loops(causal):
+    """bwd_dqkv2 walks the forward's row tiles (in spans) with the forward's u and j loops."""
+    s = shapes.Shape(B=2, N=97, Hq=4, Hkv=2, D=64, w1=20, w2=7, causal=causal)
+    for bm, bj, bh in ((16, 16, 1), (32, 16, 2), (64, 32, 1)):
+        trips = maps.triton_dqkv2(s, dict(BLOCK_M=bm, BLOCK_J=bj, BLOCK_H=bh))
+        mult = s.B * s.Hkv * -(-s.group // bh)
+        assert trips.levels[0] == -(-s.N // (bm // bh)) * mult
+        assert trips.levels[1:] == _brute_fwd(s, bm, bj, bh), (bm, bj, bh)
 
 
 def test_a_kernel_without_a_map_or_with_another_nest_gets_a_row():
@@ -239,7 +247,7 @@ def test_registry_lists_every_shipped_config():
     names = {j["kernel"] for j in jobs}
     assert names == set(maps.PASSES["triton"]["fwd"] + maps.PASSES["triton"]["bwd"])
     for kernel in configs.KERNELS:
-        want = len(configs.configs(kernel, "sm90", 128, packed=kernel in ("fwd", "bwd_dq")))
+        want = len(configs.configs(kernel, "sm90", 128, packed=kernel in ("fwd", "bwd_dqkv2")))
         assert sum(j["kernel"] == kernel for j in jobs) == want, kernel
 
 

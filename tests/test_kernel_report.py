@@ -34,7 +34,7 @@ def test_kernel_report_check_passes():
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("sm80", "sm86", "sm90"))]
     for arch in ("sm80", "sm86", "sm90"):
         kernels = {line.split()[1] for line in rows if line.startswith(arch)}
-        assert kernels == {"fwd", "bwd_dq", "bwd_dkv1", "bwd_dkv2", "bwd_delta", "decode", "decode_combine"}, (
+        assert kernels == {"fwd", "bwd_dqkv2", "bwd_reduce2", "bwd_dkv1", "bwd_delta", "decode", "decode_combine"}, (
             arch,
             kernels,
         )
@@ -100,3 +100,17 @@ def test_ptx_scans_count_instructions_and_atomics():
     ptx += "\tatom.global.add.u32 %r2, [%rd2], 1;\n\tadd.s32 %r3, %r1, %r2;\n\tret;\n// a comment\n"
     assert len(kernel_report.ATOMIC_RE.findall(ptx)) == 2
     assert len(kernel_report.INSTR_RE.findall(ptx)) == 4
+
+
+def test_seq_spill_budget_covers_only_sequence_tiles_at_d256_or_determinant():
+    """configs.SEQ_SPILL_BUDGET excuses bwd_dqkv2's sequence tiles at D class 256 (or with
+    determinant logits) up to its bytes, nothing else: head-packed tiles, D 128 trilinear, other
+    kernels and a larger spill fail."""
+    kernel_report = _kernel_report()
+    seq = {"bwd_dqkv2": 500}
+    row = dict(arch="sm90", kernel="bwd_dqkv2", tiling="seq", variant="base", bd=256, dtype="bf16", spill=400, smem=0)
+    row.update(loops=1, tc_loops=1, atomics=0)
+    assert kernel_report._problems(row, {"sm90": 232448}, {}, seq) == []
+    assert kernel_report._problems({**row, "bd": 128, "variant": "det+var"}, {"sm90": 232448}, {}, seq) == []
+    for change in (dict(spill=501), dict(bd=128), dict(tiling="pack"), dict(kernel="fwd")):
+        assert kernel_report._problems({**row, **change}, {"sm90": 232448}, {}, seq) != [], change

@@ -32,7 +32,7 @@ if importlib.util.find_spec("triton") is not None:
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FWD_KERNELS = ("fwd",)
-BWD_KERNELS = ("bwd_dq", "bwd_dkv1", "bwd_dkv2")
+BWD_KERNELS = ("bwd_dqkv2", "bwd_dkv1")
 KINDS = ("trilinear", "packed-extra", "determinant", "decode")
 
 # One case per bucket (operand table, D class, kind): N spans several tiles of the bucket's
@@ -47,6 +47,9 @@ BUCKET_CASES = {
     ("16-bit", 128, "packed-extra"): Case(1, 7, 64, 1, 96, 3, 2),
     ("16-bit", 256, "trilinear"): Case(1, 45, 1, 1, 192, 10, 3),
     ("fp32", 128, "trilinear"): Case(1, 50, 1, 1, 96, 10, 3),
+    # bwd_dqkv2's head-packed float32 tiles (fewer warps than its sequence tiles): 2 head blocks.
+    ("fp32", 128, "packed-extra"): Case(1, 7, 32, 1, 96, 3, 2),
+    ("fp32", 256, "packed-extra"): Case(1, 5, 32, 1, 192, 3, 2),
     ("fp32", 256, "trilinear"): Case(1, 40, 1, 1, 192, 10, 3),
     ("16-bit", 128, "determinant"): Packed((70, 9), 1, 1, 96, 8, 3, True),
     ("16-bit", 256, "determinant"): Packed((33, 5), 1, 1, 192, 6, 2, True),
@@ -194,7 +197,7 @@ def test_a_forced_config_naming_an_unknown_kernel_is_refused():
     inputs = make_inputs(Case(1, 3, 1, 1, 16, 2, 2), torch.float32, DEVICE)
     cfg = configs.configs("fwd", configs.INTERP, 16)[0]
     prob = Problem(*bands(2, 2, True), 0.25)
-    with pytest.raises(ValueError, match=r"config names kernels \['bwd_dq'\]; this launcher runs fwd"):
-        tk.fwd(*inputs, prob, config={"bwd_dq": cfg})
+    with pytest.raises(ValueError, match=r"config names kernels \['bwd_dqkv2'\]; this launcher runs fwd"):
+        tk.fwd(*inputs, prob, config={"bwd_dqkv2": cfg})
     with pytest.raises(TypeError, match="config values must be triton.Config"):
         tk.fwd(*inputs, prob, config={"fwd": {"BLOCK_M": 16}})

@@ -99,3 +99,19 @@ def test_huge_inexact_logits_stay_finite(dtype, poison):
         if hidden:
             report[magnitude] = hidden
     assert not report, report
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_recomputed_logits_above_lse_stay_finite(dtype, poison):
+    """Every backward kernel clamps P = exp(z - lse) at 1 (softmax.recomputed_p). On a GPU a
+    recomputed logit can round above the forward's (other tiles, another summation order); the
+    interpreter recomputes the forward's products exactly, so the test lowers lse by 1000 (1000
+    natural units above it, exp would overflow float32) and asks for finite gradients."""
+    case = Case(1, 9, 2, 2, 16, 4, 3)
+    inputs = make_inputs(case, dtype, DEVICE)
+    dout = make_dout(case, dtype, DEVICE)
+    prob = Problem(*bands(case.w1, case.w2, case.causal), case.D**-0.5)
+    out, lse, lse_lo = tk.fwd(*inputs, prob)
+    grads = tk.bwd(dout, *inputs, out, lse - 1000.0, lse_lo, prob)
+    for name, g in zip(OUTPUTS[2:], grads, strict=True):
+        assert torch.isfinite(g).all(), name

@@ -3,8 +3,9 @@
 and 256: second trips of every loop, zero-filled tails past a sequence's end and past D, the
 last partial tile, head packing and its masked heads, GQA, both window modes, packed
 sequences (one ending inside a tile, one at a tile edge, an empty one, tiles past the end),
-determinant logits, and in decoding several splits (one empty), wrapped rings, tokens before
-position 0 and the combine of the splits.
+determinant logits, the fused dq / dk2 / dv2 kernel's spans of several tiles, scratch layers
+above the first and head sums (and the reduce over several layers), and in decoding several
+splits (one empty), wrapped rings, tokens before position 0 and the combine of the splits.
 
 Nine calls per head dim reach them all (five of them forward only: interior j-blocks, k1/v1
 through tensor descriptors and pointer loads, and with a forced config narrow j-blocks) with the
@@ -41,23 +42,25 @@ PACKING = (33, 0, 32)
 
 
 def batched_cases(d):
-    """(case, head_packing) pairs that take the batched trilinear paths at head dim d."""
+    """(case, head_packing, span) triples that take the batched trilinear paths at head dim d."""
     return [
         # causal; 3 heads of a kv head packed into 4-row head blocks (one masked) x 8 positions,
         # N = 13 ends in a partial tile; the first tile's k = i - u falls before position 0.
-        (Case(1, 13, 3, 1, d, 3, 2), True),
+        # bwd_dqkv2 sums 3 heads' partials, over a span of two tiles (the second partial).
+        (Case(1, 13, 3, 1, d, 3, 2), True, 16),
         # w2 = 18 > BLOCK_K: bwd_dkv1 walks two k-blocks per query, the second a tail.
-        (Case(1, 20, 1, 1, d, 1, 18), False),
+        # bwd_dqkv2's default span, 32 >= w2 - 1: one program, one scratch layer.
+        (Case(1, 20, 1, 1, d, 1, 18), False, None),
     ]
 
 
-def _check_batched(case, head_packing):
+def _check_batched(case, head_packing, span=None):
     inputs = make_inputs(case, torch.float32, "cpu")
     dout = make_dout(case, torch.float32, "cpu")
     scale = case.D**-0.5
     prob = Problem(*bands(case.w1, case.w2, case.causal), scale)
     out, lse, lse_lo = tk.fwd(*inputs, prob, head_packing=head_packing)
-    got = (out, lse, *tk.bwd(dout, *inputs, out, lse, lse_lo, prob, head_packing=head_packing))
+    got = (out, lse, *tk.bwd(dout, *inputs, out, lse, lse_lo, prob, head_packing=head_packing, span=span))
     ref = oracle_fwd(*inputs, case.w1, case.w2, case.causal, scale)
     ref += oracle_bwd(dout, *inputs, case.w1, case.w2, case.causal, scale)
     errs = [rel_err(x, r) for x, r in zip(got, ref, strict=True)]
@@ -150,8 +153,8 @@ def _check_decode(d):
 def test_every_path_of_every_kernel_runs(block_d, poison):
     d = HEAD_DIMS[block_d]
     with coverage.recording() as table:
-        for case, head_packing in batched_cases(d):
-            _check_batched(case, head_packing)
+        for case, head_packing, span in batched_cases(d):
+            _check_batched(case, head_packing, span)
         for case, head_packing, nan_pad in interior_cases(d):
             _check_fwd(case, head_packing, nan_pad)
         for case, head_packing, config in narrow_cases(d):
@@ -180,4 +183,51 @@ def test_counters_see_what_a_case_does_not_reach(poison):
     never += ("j_interior", "j_narrow")
     for name in never + ("past_end", "empty_seq", "determinant"):
         assert fwd[name] == 0, (name, fwd)
+    # bwd_dqkv2: one program of one 32-position tile of one head, one scratch layer.
+    fused, reduce = table[("bwd_dqkv2", 16)], table[("bwd_reduce2", 16)]
+    assert fused["rows_clipped"] > 0 and fused["u_repeat"] > 0
+    for name in ("span_repeat", "layer_up", "head_sum", "head_packed", "j_repeat"):
+        assert fused[name] == 0, (name, fused)
+    assert reduce["layer_repeat"] == 0, reduce
     assert coverage.buffer("fwd", torch.empty(0)) is None  # outside recording(): nothing counted
+
+
+def test_dqkv2_scratch_layers_never_overlap_and_stay_bounded():
+    """bwd_dqkv2's scratch (triton_kernels/launch.py): programs of one layer touch disjoint k2
+    rows, and the scratch is the stated 8 * layers * T * Hkv * n_hblk * D bytes, 2 layers at the
+    target shape on an H100 (132 SMs): B = 2, N = 16384, 64 heads packed on Hkv = 1, D = 128,
+    w2 = 32 causal: 64 MiB."""
+    from simplicial_attn.triton_kernels import launch
+
+    for sms in (None, 8, 132):
+        for max_len in (1, 7, 97, 4096):
+            for positions in (1, 2, 8, 32):
+                for band in (0, 1, 4, 31, 200, 2 * max_len):
+                    for per_span in (1, 3, 64):
+                        span = launch.dqkv2_span(sms, max_len, positions, band, per_span)
+                        layers = launch.dqkv2_layers(max_len, span, band)
+                        spans = -(-max_len // span)
+                        assert span % positions == 0 and 1 <= layers <= spans
+                        # program c touches k in [c*S - L2, c*S + S - 1 + R2]: a band + S wide range
+                        assert layers == spans or (layers - 1) * span >= band, (sms, max_len, positions, band)
+                        if (sms is None or spans * per_span >= 2 * sms) and span >= band:
+                            assert layers <= 2
+    span = launch.dqkv2_span(132, 16384, 1, 31, 2)
+    layers = launch.dqkv2_layers(16384, span, 31)
+    shape = launch.dqkv2_scratch_shape(layers, 2 * 16384, 1, 1, 128)
+    assert (span, layers) == (31, 2)
+    assert 4 * torch.Size(shape).numel() == 8 * 2 * (2 * 16384) * 128 == 64 * 2**20
+
+
+def test_dqkv2_tiles_hold_whole_positions_on_every_arch():
+    """Every arch's bwd_dqkv2 list holds the heads a launch packs: at least one position a tile
+    (a head-packed group on sm_80's 32-row list gets 32-head blocks, not the 16-row sequence list)."""
+    from simplicial_attn.triton_kernels import configs, launch
+
+    for arch in configs.ARCHS:
+        for bd, fp32, det in ((128, False, False), (256, False, False), (128, True, False), (128, False, True)):
+            for group, packing in ((1, None), (3, True), (16, None), (32, None), (64, None), (64, False)):
+                block_h, packed, positions = launch.dqkv2_tiling(group, packing, arch, bd, fp32, None, det)
+                assert positions >= 1 and packed == (block_h > 1), (arch, bd, fp32, det, group, block_h)
+                for cfg in configs.configs("bwd_dqkv2", arch, bd, fp32, packed, det):
+                    assert cfg.kwargs["BLOCK_M"] % block_h == 0, (arch, group, cfg)

@@ -9,9 +9,9 @@ Batched and packed (prob.cu_seqlens) layouts, trilinear and determinant logits. 
 TRITON_INTERPRET=1 (set before triton is imported) CPU tensors are accepted. The modules:
 
     launch.py     the three launchers above (host code); host.py what they share
-    fwd.py, bwd_delta.py, bwd_dq.py, bwd_dkv1.py, bwd_dkv2.py, decode.py     the kernels
-    tiles.py      the tiles programs own: the query tile (fwd, bwd_dq) and the kv tile
-                  (bwd_dkv1, bwd_dkv2) prologues, their loop bounds
+    fwd.py, bwd_delta.py, bwd_dqkv2.py, bwd_dkv1.py, decode.py     the kernels
+    tiles.py      the tiles programs own: the query tile (fwd, bwd_dqkv2) and the kv tile
+                  (bwd_dkv1) prologues, their loop bounds
     seqlen.py     sequence span (batched / packed)        kv.py       row addressing (batched / packed / ring)
     mask.py       window bands                            softmax.py  online softmax, lse, recomputed P
     operand.py    tl.dot wrapper, pair operands and the determinant's cross products

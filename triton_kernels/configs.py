@@ -14,9 +14,8 @@ compiles every entry for sm_80, sm_86 and sm_90, and executed through the interp
 tests/test_triton_configs.py: the launchers take `config={kernel: triton.Config}` to launch
 one kernel with one given config instead of autotuning.
 
-Tile names: fwd / bwd_dq tile rows (BLOCK_M, see fwd.py) and j-blocks (BLOCK_J); bwd_dkv1
-tiles k1 positions (BLOCK_J) and the k2 window of one query (BLOCK_K); bwd_dkv2 tiles k2
-positions (BLOCK_K) and j-blocks (BLOCK_J).
+Tile names: fwd / bwd_dqkv2 tile rows (BLOCK_M, see fwd.py) and j-blocks (BLOCK_J); bwd_dkv1
+tiles k1 positions (BLOCK_J) and the k2 window of one query (BLOCK_K).
 """
 
 import functools
@@ -33,13 +32,12 @@ CAPABILITY = {"sm80": (8, 0), "sm86": (8, 6), "sm90": (9, 0), "sm100": (10, 0), 
 BASE = {"sm80": "sm80", "sm86": "sm86", "sm90": "sm90", "sm100": "sm80", "sm120": "sm86"}
 INTERP = "interpreter"
 
-KERNELS = ("fwd", "bwd_dq", "bwd_dkv1", "bwd_dkv2")
+KERNELS = ("fwd", "bwd_dqkv2", "bwd_dkv1")
 # Never a length, a sequence count or T: a new packing must not re-tune (or recompile).
 AUTOTUNE_KEY = {
     "fwd": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
-    "bwd_dq": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
+    "bwd_dqkv2": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
     "bwd_dkv1": ["D", "L1", "R1", "L2", "R2", "GROUP", "VARLEN"],
-    "bwd_dkv2": ["D", "L1", "R1", "L2", "R2", "GROUP", "VARLEN"],
 }
 
 
@@ -54,9 +52,8 @@ def _c(num_warps, num_stages, **tiles):
 # programs and loop trips (~3 ms each), small enough that N = 97 still spans several tiles.
 _INTERP = {
     "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True)],
-    "bwd_dq": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
+    "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_K=16)],
-    "bwd_dkv2": [_c(4, 1, BLOCK_K=32, BLOCK_J=32)],
 }
 
 
@@ -70,11 +67,10 @@ def d_class(bd):
 
 
 def _table16(arch, dc):
-    """float16 / bfloat16 operands. Register budget at D = 128: fwd and bwd_dq hold two
+    """float16 / bfloat16 operands (bwd_dqkv2: _dqkv2). Register budget at D = 128: fwd holds two
     [BLOCK_M, D] float32 accumulators plus the [BLOCK_M, BLOCK_J] logits, past 255 registers
-    with 4 warps at BLOCK_M = 64, so they use 8 warps. bwd_dkv2 holds four [BLOCK_K, D]
-    accumulators, so BLOCK_K = 32. Head-packed tiles want BLOCK_M = 64 (64 heads at one
-    position, a whole wgmma M). On sm_80, fwd and bwd_dq take BLOCK_J = 16: at 32 their
+    with 4 warps at BLOCK_M = 64, so it uses 8 warps. Head-packed tiles want BLOCK_M = 64 (64
+    heads at one position, a whole wgmma M). On sm_80, fwd takes BLOCK_J = 16: at 32 its
     sequence tiles reach 255 registers and triton 3.6 spills 12-24 B (3.8 does not); the
     extra cost is one more rescale of the [BLOCK_M, D] partial sum per 16 j instead of 32.
     Every entry is free of spills per bench/verify/kernel_report.py, under triton 3.6 and 3.8."""
@@ -82,23 +78,17 @@ def _table16(arch, dc):
     if dc >= 256:
         return {
             "fwd": [_c(8, 2, BLOCK_M=32, BLOCK_J=32)],
-            "bwd_dq": [_c(8, 2, BLOCK_M=32, BLOCK_J=16)],
             "bwd_dkv1": [_c(8, 2, BLOCK_J=16, BLOCK_K=16)],
-            "bwd_dkv2": [_c(8, 2, BLOCK_K=16, BLOCK_J=16)],
         }
     if arch == "sm90":
         return {
             "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=64), _c(8, st, BLOCK_M=64, BLOCK_J=32)],
-            "bwd_dq": [_c(8, st, BLOCK_M=64, BLOCK_J=32)],
             "bwd_dkv1": [_c(8, st, BLOCK_J=64, BLOCK_K=16)],
-            "bwd_dkv2": [_c(8, st, BLOCK_K=32, BLOCK_J=32)],
         }
     bj = 16 if arch == "sm80" else 32
     return {
         "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=bj)],
-        "bwd_dq": [_c(8, st, BLOCK_M=64, BLOCK_J=bj)],
         "bwd_dkv1": [_c(4, st, BLOCK_J=32, BLOCK_K=32)],
-        "bwd_dkv2": [_c(8, st, BLOCK_K=32, BLOCK_J=32)],
     }
 
 
@@ -108,9 +98,7 @@ def _table32(dc):
     big = dc >= 256
     return {
         "fwd": [_c(8 if big else 4, 1, BLOCK_M=16, BLOCK_J=16)],
-        "bwd_dq": [_c(8 if big else 4, 1, BLOCK_M=16, BLOCK_J=16)],
         "bwd_dkv1": [_c(16 if big else 8, 1, BLOCK_J=16, BLOCK_K=16)],
-        "bwd_dkv2": [_c(8 if big else 4, 1, BLOCK_K=16, BLOCK_J=16)],
     }
 
 
@@ -122,30 +110,24 @@ def _table_det(arch, dc, fp32):
     at every tile tried (DET_SPILL_BUDGET). The forward's tiles differ per arch: sm_86 spills
     at BLOCK_M = 64 with either BLOCK_J. Known exception, under triton 3.6 only (found
     2026-12-07 by scripts/triton_compat.py; 3.8 is clean): the bf16 D = 128 backward with packed
-    sequences spills on sm_90 (bwd_dq head-packed 60 B, bwd_dkv1 56 B, bwd_dkv2 20 B) and on
-    sm_80 (bwd_dq head-packed 60 B); correct, slower on the lent GPUs' triton 3.6."""
+    sequences spills on sm_90 (bwd_dkv1 56 B) under triton 3.6; correct, slower on the lent
+    GPUs' triton 3.6 (bwd_dqkv2: _dqkv2, not yet checked under 3.6)."""
     if dc >= 256:
         return {
             "fwd": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
-            "bwd_dq": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
             "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_K=16)],
-            "bwd_dkv2": [_c(8, 1, BLOCK_K=16, BLOCK_J=16)],
         }
     if fp32:
         return {
             "fwd": [_c(4, 1, BLOCK_M=16, BLOCK_J=16)],
-            "bwd_dq": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
             "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_K=16)],
-            "bwd_dkv2": [_c(8, 1, BLOCK_K=16, BLOCK_J=16)],
         }
     st = {"sm80": 3, "sm86": 2, "sm90": 3}[arch]
     fwd_tiles = {"sm80": dict(BLOCK_M=64, BLOCK_J=16), "sm86": dict(BLOCK_M=32, BLOCK_J=32)}
     fwd_tiles["sm90"] = dict(BLOCK_M=64, BLOCK_J=32)
     return {
         "fwd": [_c(8, st, **fwd_tiles[arch])],
-        "bwd_dq": [_c(8, st, BLOCK_M=32, BLOCK_J=32)],
         "bwd_dkv1": [_c(8, st, BLOCK_J=64 if arch == "sm90" else 32, BLOCK_K=16)],
-        "bwd_dkv2": [_c(8, st, BLOCK_K=16, BLOCK_J=32)],
     }
 
 
@@ -156,7 +138,13 @@ def _table_det(arch, dc, fp32):
 # permutations), and the decode kernel there on sm_86, sm_100 and sm_120 (4816 B on sm_100;
 # bwd_dkv1 1932 B on sm_120). Any other spill, or a larger one, fails the check. Correct,
 # slower: a restructuring that splits D would remove them.
-DET_SPILL_BUDGET = {"bwd_dq": 768, "bwd_dkv1": 1984, "bwd_dkv2": 1280, "decode": 4864}
+DET_SPILL_BUDGET = {"bwd_dqkv2": 1472, "bwd_dkv1": 1984, "decode": 4864}
+# bwd_dqkv2's sequence tiles (Hq / Hkv < 16) at D class 256, and with determinant logits: 16
+# rows, the smallest tile, still spill there (16-460 B trilinear, 8 B float32 determinant at
+# D class 128; kernel_report, sm_80..sm_120, triton 3.8): the three [16, D] float32 tiles, the
+# pair operands and the per-offset [16, D] partial's layout conversion (bwd_dqkv2.py) pass 255
+# registers. Correct, slower; a D split of the partial would remove them.
+SEQ_SPILL_BUDGET = {"bwd_dqkv2": 512}
 
 
 # The decode kernel (decode.py) launches with one config, without autotuning: its grid and
@@ -222,12 +210,33 @@ def _fwd16(arch, packed):
     return None
 
 
+def _dqkv2(arch, dc, fp32, packed, det):
+    """bwd_dqkv2's lists (bwd_dqkv2.py). It holds three [BLOCK_M, D] float32 tiles across its j
+    loop (x, y and dq) where the forward holds two, plus the pair operands a and bo, so its
+    tiles are the forward's with BLOCK_J halved or smaller; the largest that compile free of
+    spills (bench/verify/kernel_report.py, triton 3.8). Head-packed tiles keep BLOCK_M = 64 (64
+    heads at one position, a whole wgmma M) where that fits; sequence tiles (Hq / Hkv < 16) hold
+    a [BLOCK_M, D] partial per offset and its layout conversion besides, and fit at 16 rows
+    only: narrow GEMMs there, left for a later issue."""
+    if fp32:  # 16 warps for sequence tiles at D class 256 spill 88-460 B, 8 warps more
+        warps = 8 if dc >= 256 or det or not packed else 4
+        return [_c(16 if dc >= 256 and not packed else warps, 1, BLOCK_M=16, BLOCK_J=16)]
+    base = BASE[arch]
+    st = {"sm80": 3, "sm86": 2, "sm90": 3}[base]
+    if det or dc >= 256 or not packed:
+        return [_c(8, 2 if base != "sm80" else 3, BLOCK_M=16, BLOCK_J=16)]
+    # 64 x 16 spills on sm_80 (164 B), sm_100 (660 B) and sm_120 (608 B): 32 heads a tile there.
+    return [_c(8, st, BLOCK_M=64 if base == "sm90" else 32, BLOCK_J=16)]
+
+
 def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
     """The config list of `kernel` for arch class `arch` (or INTERP), padded head dim bd,
-    float32 (True) or 16-bit (False) operands, (fwd / bwd_dq) head-packed tiles or not, and
+    float32 (True) or 16-bit (False) operands, (fwd / bwd_dqkv2) head-packed tiles or not, and
     determinant (True) or trilinear logits."""
     if arch == INTERP:
         return _INTERP[kernel]
+    if kernel == "bwd_dqkv2":
+        return _dqkv2(arch, d_class(bd), fp32, packed, det)
     own = _fwd16(arch, packed) if kernel == "fwd" and not (fp32 or det) and d_class(bd) <= 128 else None
     if own is not None:
         return own
@@ -285,6 +294,12 @@ def forced_configs(config, kernels):
     if bad:
         raise TypeError(f"config values must be triton.Config; got {bad}")
     return config
+
+
+def config_list(kernel, arch, bd, fp32, packed=False, forced=None, det=False):
+    """The configs a launch of `kernel` autotunes over: the one config `forced`, or the list of
+    (arch, bd, fp32, packed, det)."""
+    return [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed, det)
 
 
 def min_block(kernel, arch, bd, fp32, name, forced=None, det=False):

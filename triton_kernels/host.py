@@ -65,7 +65,7 @@ def arch_of(device):
 
 
 def head_block(group, head_packing, kernel, arch, bd, fp32, forced=None, det=False):
-    """Heads per tile for fwd / bwd_dq: 1 (sequence tiling) or the group's heads, padded to a
+    """Heads per tile for fwd / bwd_dqkv2: 1 (sequence tiling) or the group's heads, padded to a
     power of two and capped by the smallest BLOCK_M of the configs (or of the one config
     `forced`). `head_packing=None` packs when the group has >= 16 query heads per kv head
     (issue 4)."""

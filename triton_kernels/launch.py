@@ -3,9 +3,9 @@
 
     fwd(q, k1, k2, v1, v2, prob) -> (out, lse, lse_lo)                            fwd.py
     bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob) -> (dq, dk1, dk2, dv1, dv2)
-        Delta preprocess (bwd_delta.py), then dq (bwd_dq.py), dk1 / dv1 (bwd_dkv1.py) and
-        dk2 / dv2 (bwd_dkv2.py): every gradient element written by exactly one program with a
-        fixed summation order, so the backward is deterministic.
+        Delta preprocess (bwd_delta.py), then dq with dk2 / dv2 partials (bwd_dqkv2.py) and
+        their reduce, and dk1 / dv1 (bwd_dkv1.py): every gradient element written by exactly
+        one program with a fixed summation order, so the backward is deterministic.
     decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob) -> (out, lse)           decode.py
 
 Each picks its configs (configs.py), sizes the grid and counts the interpreter's paths
@@ -18,8 +18,7 @@ import triton
 from . import configs, coverage
 from .bwd_delta import _delta_kernel
 from .bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
-from .bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
-from .bwd_dq import _two_simplicial_bwd_dq_kernel
+from .bwd_dqkv2 import _reduce_dkv2_kernel, _two_simplicial_bwd_dqkv2_kernel
 from .decode import _decode_combine_kernel, _decode_split_kernel
 from .fwd import _two_simplicial_fwd_kernel
 from .host import arch_of, block_d, check_tensors, head_block, int32_tiles, layout
@@ -27,6 +26,8 @@ from .runtime import device_guard, input_precision, is_interpreting
 
 # Rows of the Delta preprocess per program: at 32 its [rows, 256] float32 tiles spill on sm_100.
 DELTA_BLOCK_N = 16
+# Rows of the dk2 / dv2 reduce per program: two [rows, D] float32 sums, as small as Delta's.
+REDUCE_BLOCK_R = 16
 
 
 def _descriptor_rows(*tensors):
@@ -110,14 +111,18 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
     return out, lse, lse_lo
 
 
-def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, allow_tf32=False, config=None):
+def bwd(
+    dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, allow_tf32=False, config=None, span=None
+):
     """(dq, dk1, dk2, dv1, dv2), each shaped and typed like its input, contiguous.
 
     Shapes and `prob` as in `fwd`; `out`, `lse` and `lse_lo` are the forward's. With GQA a kv
     gradient sums over the query heads sharing the kv head. `head_packing`, `allow_tf32` and
-    `config` (keys "bwd_dq", "bwd_dkv1", "bwd_dkv2") as in `fwd`.
+    `config` (keys "bwd_dqkv2", "bwd_dkv1") as in `fwd`. `span` fixes the positions per
+    program of the dq / dk2 / dv2 kernel (tests; a multiple of its tile's positions), else
+    dqkv2_span picks it.
     """
-    forced = configs.forced_configs(config, ("bwd_dq", "bwd_dkv1", "bwd_dkv2"))
+    forced = configs.forced_configs(config, ("bwd_dqkv2", "bwd_dkv1"))
     check_tensors(q, k1, k2, v1, v2, dout, out)
     seqs = layout(q, prob)
     dout, q, k1, k2, v1, v2, out = (int32_tiles(t) for t in (dout, q, k1, k2, v1, v2, out))
@@ -145,7 +150,19 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, a
         INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
     )  # fmt: skip
 
-    counts = {k: coverage.buffer(k, q) for k in ("bwd_delta", "bwd_dq", "bwd_dkv1", "bwd_dkv2")}
+    # dq / dk2 / dv2: programs of `span` positions x block_h heads; partials in `scratch`.
+    block_h, packed_heads, positions = dqkv2_tiling(group, head_packing, arch, bd, fp32, forced.get("bwd_dqkv2"), det)
+    n_hblk = triton.cdiv(group, block_h)
+    if span is None:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else None
+        span = dqkv2_span(sms, seqs.max_len, positions, L2 + R2, HKV * n_hblk * seqs.count)
+    elif span % positions:
+        raise ValueError(f"span must be a multiple of {positions} (the tile's positions); got {span}")
+    spans, layers = triton.cdiv(seqs.max_len, span), dqkv2_layers(seqs.max_len, span, L2 + R2)
+    scratch = torch.zeros(dqkv2_scratch_shape(layers, B * N, HKV, n_hblk, D), dtype=torch.float32, device=q.device)
+    stride_sb = 0 if seqs.packed else N * scratch.stride(2)
+
+    counts = {k: coverage.buffer(k, q) for k in ("bwd_delta", "bwd_dqkv2", "bwd_reduce2", "bwd_dkv1")}
     with device_guard(q):
         # Delta is per row: a packed layout is one batch of all T rows.
         _delta_kernel[(triton.cdiv(N, DELTA_BLOCK_N), HQ, B)](
@@ -153,31 +170,69 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, a
             N, D, BLOCK_N=DELTA_BLOCK_N, BLOCK_D=bd, COUNT_PATHS=counts["bwd_delta"] is not None,
         )  # fmt: skip
 
-        block_h = head_block(group, head_packing, "bwd_dq", arch, bd, fp32, forced.get("bwd_dq"), det)
-        dq_kernel = configs.autotuned(
-            "bwd_dq", _two_simplicial_bwd_dq_kernel, arch, bd, fp32, block_h >= 64, forced.get("bwd_dq"), det
+        dqkv2_kernel = configs.autotuned(
+            "bwd_dqkv2", _two_simplicial_bwd_dqkv2_kernel, arch, bd, fp32, packed_heads, forced.get("bwd_dqkv2"), det
         )
-        n_hblk = triton.cdiv(group, block_h)
-        dq_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_M"] // block_h), HKV * n_hblk, seqs.count)](
-            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dq, seqs.cu_seqlens, counts["bwd_dq"], *common,
-            *seqs.strides(dq)[:3], *sizes,
-            BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dq"] is not None, **flags,
+        dqkv2_kernel[(spans, HKV * n_hblk, seqs.count)](
+            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dq, scratch[0], scratch[1], seqs.cu_seqlens,
+            counts["bwd_dqkv2"], *common, *seqs.strides(dq)[:3], scratch.stride(1), stride_sb, scratch.stride(2),
+            *sizes, span, layers,
+            BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dqkv2"] is not None, **flags,
+        )  # fmt: skip
+        _reduce_dkv2_kernel[(triton.cdiv(B * N, REDUCE_BLOCK_R), HKV)](
+            scratch[0], scratch[1], dk2, dv2, counts["bwd_reduce2"],
+            B * N, D, n_hblk, layers, scratch.stride(1), scratch.stride(2), dk2.stride(1), dk2.stride(2),
+            prob.scale, BLOCK_R=REDUCE_BLOCK_R, BLOCK_D=bd, COUNT_PATHS=counts["bwd_reduce2"] is not None,
         )  # fmt: skip
 
-        # The kv-side kernels: one program per tile of BLOCK kv positions (its tile parameter).
-        for name, fn, block, grads in (
-            ("bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, "BLOCK_J", (dk1, dv1)),
-            ("bwd_dkv2", _two_simplicial_bwd_dkv2_kernel, "BLOCK_K", (dk2, dv2)),
-        ):
-            kernel = configs.autotuned(name, fn, arch, bd, fp32, forced=forced.get(name), det=det)
-            kernel[lambda m, block=block: (triton.cdiv(seqs.max_len, m[block]), HKV, seqs.count)](
-                q, k1, k2, v1, v2, dout, lse, lse_lo, delta, *grads, seqs.cu_seqlens, counts[name], *common,
-                *seqs.strides(grads[0])[:3], *sizes,
-                COUNT_PATHS=counts[name] is not None, **flags,
-            )  # fmt: skip
+        # dk1 / dv1: one program per tile of BLOCK_J k1/v1 positions.
+        kernel = configs.autotuned(
+            "bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32, forced=forced.get("bwd_dkv1"), det=det
+        )
+        kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_J"]), HKV, seqs.count)](
+            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dk1, dv1, seqs.cu_seqlens, counts["bwd_dkv1"], *common,
+            *seqs.strides(dk1)[:3], *sizes,
+            COUNT_PATHS=counts["bwd_dkv1"] is not None, **flags,
+        )  # fmt: skip
     for kernel, kernel_counts in counts.items():
         coverage.add(kernel, bd, kernel_counts)
     return dq, dk1, dk2, dv1, dv2
+
+
+def dqkv2_tiling(group, head_packing, arch, bd, fp32, forced=None, det=False):
+    """(block_h, packed, positions) of the dq / dk2 / dv2 kernel: heads per tile (head_block),
+    whether it takes the head-packed config list (any packed heads: that list's smallest
+    BLOCK_M capped block_h) and the most positions a tile of its configs holds (a span is a
+    multiple of it)."""
+    block_h = head_block(group, head_packing, "bwd_dqkv2", arch, bd, fp32, forced, det)
+    packed = block_h > 1
+    chosen = configs.config_list("bwd_dqkv2", arch, bd, fp32, packed, forced, det)
+    return block_h, packed, max(c.kwargs["BLOCK_M"] // block_h for c in chosen)
+
+
+def dqkv2_layers(max_len, span, band):
+    """Scratch layers of the dq / dk2 / dv2 kernel: a program of `span` positions touches k rows
+    over span + band (band = L2 + R2 = w2 - 1), so programs `layers` spans apart never share a
+    row; never more than the spans of the longest sequence."""
+    return max(1, min(triton.cdiv(max_len, span), 1 + triton.cdiv(band, span)))
+
+
+def dqkv2_span(sms, max_len, positions, band, programs_per_span):
+    """Positions per program of the dq / dk2 / dv2 kernel, a multiple of the tile's `positions`:
+    the smallest span that covers the k2 window (band = w2 - 1 positions, so 2 scratch layers),
+    unless that leaves fewer than 2 programs per SM (`sms` SMs; None when interpreting: 4
+    programs, so tests see several layers): then smaller spans and more layers. From shapes and
+    the device only."""
+    target = 2 * sms if sms else 4
+    cover = triton.cdiv(max(band, 1), positions) * positions
+    fill = max(max_len // triton.cdiv(target, programs_per_span) // positions, 1) * positions
+    return max(positions, min(cover, fill))
+
+
+def dqkv2_scratch_shape(layers, rows, hkv, n_hblk, d):
+    """The float32 scratch of the dk2 / dv2 partials: [2 (dk2, dv2), layers, rows (B * N, or the
+    packing's T), Hkv * n_hblk, D], i.e. 8 * layers * rows * Hkv * n_hblk * D bytes."""
+    return (2, layers, rows, hkv * n_hblk, d)
 
 
 def _num_splits(q, windows_len, block_j, programs_per_split, num_splits):

@@ -1,6 +1,6 @@
 r"""The tiles the fused kernels own, and the loop bounds of each: one prologue per tile kind.
 
-Query tile (fwd, bwd_dq): BLOCK_M rows of one kv head group. A row is a (position, query head)
+Query tile (fwd, bwd_dqkv2): BLOCK_M rows of one kv head group. A row is a (position, query head)
 pair: BLOCK_P = BLOCK_M // BLOCK_H consecutive positions times BLOCK_H heads sharing kv head g.
 
     sequence tiling (BLOCK_H = 1)           head packing (BLOCK_H = 64, BLOCK_P = 1)
@@ -9,7 +9,7 @@ pair: BLOCK_P = BLOCK_M // BLOCK_H consecutive positions times BLOCK_H heads sha
 Head packing is for GQA with many query heads per kv head (Hq / Hkv >= 16): every row then has
 the same windows, so no tensor-core work is spent on pairs outside them.
 
-KV tile (bwd_dkv1, bwd_dkv2): BLOCK consecutive positions of one kv head (k1/v1 or k2/v2 rows).
+KV tile (bwd_dkv1): BLOCK consecutive positions of one kv head (k1/v1 rows).
 
 Both prologues find the program's sequence (seqlen.sequence_span) and count the common paths;
 the kernel then exits at once when its tile starts past the sequence's end (`if p0 >= n:
@@ -29,7 +29,7 @@ from .seqlen import sequence_span
 #   j_tail / j_past_n     a j-block with rows past the tile's j range / past N (zero-filled)
 #   head_packed          BLOCK_H > 1;  head_tail: rows past the group's last head (masked)
 P_U_REPEAT, P_K_OUTSIDE, P_J_REPEAT, P_J_TAIL, P_J_PAST_N, P_HEAD_PACKED, P_HEAD_TAIL = coverage.slots(
-    ("fwd", "bwd_dq"), "u_repeat", "k_outside", "j_repeat", "j_tail", "j_past_n", "head_packed", "head_tail"
+    ("fwd", "bwd_dqkv2"), "u_repeat", "k_outside", "j_repeat", "j_tail", "j_past_n", "head_packed", "head_tail"
 )
 #   j_edge / j_interior   (fwd) a masked j-block / an interior one, every pair of it inside (interior_blocks)
 P_J_EDGE, P_J_INTERIOR = coverage.slots(("fwd",), "j_edge", "j_interior")
@@ -41,8 +41,9 @@ def query_tile(
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
     VARLEN: tl.constexpr, DET: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
-    """The rows of this program in fwd / bwd_dq: row r is position pos[r] = p0 + rp[r] of query
-    head h0 + rh[r], all sharing kv head g; row_ok is False past the sequence or the group.
+    """The rows of this program in fwd (bwd_dqkv2 forms the same rows per tile of its span):
+    row r is position pos[r] = p0 + rp[r] of query head h0 + rh[r], all sharing kv head g;
+    row_ok is False past the sequence or the group.
 
     Returns (start, n, p0, g, b, h0, rp, rh, pos, row_ok): the sequence's first row and length
     (seqlen.sequence_span), positions relative to it; b and h0 are int64 (address bases)."""
@@ -151,7 +152,7 @@ def kv_tile(
     CU_SEQLENS, COUNTS, N, GROUP, D, R1, R2,
     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, VARLEN: tl.constexpr, DET: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
-    """The tile of this program in bwd_dkv1 / bwd_dkv2: positions t0 + r, r < BLOCK, of one kv
+    """The tile of this program in bwd_dkv1: positions t0 + r, r < BLOCK, of one kv
     head. Returns (start, n, t0): the sequence's first row and length, the tile's first
     position (kv_tile_rows: the rest, once the kernel has not exited)."""
     start, n = sequence_span(CU_SEQLENS, N, VARLEN)

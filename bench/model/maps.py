@@ -95,7 +95,7 @@ def _drop_unit_group(levels, s, index):
 
 
 def triton_query_kernel(s, tiles, extra_q):
-    """fwd / bwd_dq: programs of BLOCK_M rows (BLOCK_H heads x BLOCK_M / BLOCK_H positions);
+    """fwd: programs of BLOCK_M rows (BLOCK_H heads x BLOCK_M / BLOCK_H positions);
     loops u (outer), j-blocks (inner)."""
     bm, bj, bh = tiles["BLOCK_M"], tiles["BLOCK_J"], tiles.get("BLOCK_H", 1)
     u, _, _, j_lo, j_hi = _query_tiles(s, bm // bh)
@@ -156,8 +156,53 @@ def triton_fwd(s, tiles):
     return trips
 
 
-def triton_dq(s, tiles):
-    return triton_query_kernel(s, tiles, extra_q=2)  # q, dout in, dq out; lse, lse_lo, delta in
+def dqkv2_span(s, positions, heads, sms=132):
+    """triton_kernels/launch.py dqkv2_span and dqkv2_layers restated: (span, layers) of the fused
+    dq / dk2 / dv2 kernel at shape s with tiles of `positions` positions x `heads` heads, on `sms` SMs (an
+    H100 SXM's 132 by default: the launcher asks the device)."""
+    L1, R1, L2, R2 = s.bands
+    band = L2 + R2
+    per_span = s.Hkv * _cdiv(s.group, heads) * s.B  # programs per span: head columns x sequences
+    cover = _cdiv(max(band, 1), positions) * positions
+    fill = max(s.N // _cdiv(2 * sms, per_span) // positions, 1) * positions
+    span = max(positions, min(cover, fill))
+    return span, max(1, min(_cdiv(s.N, span), 1 + _cdiv(band, span)))
+
+
+def triton_dqkv2(s, tiles):
+    """bwd_dqkv2: programs of a span of positions (dqkv2_span) x BLOCK_H heads; loops row tiles
+    of the span, offsets u, j-blocks (four products each). q, dout in, dq out; lse, lse_lo,
+    delta in; the dk2 / dv2 partials into float32 scratch (each row once at least)."""
+    bm, bj, bh = tiles["BLOCK_M"], tiles["BLOCK_J"], tiles.get("BLOCK_H", 1)
+    positions = bm // bh
+    u, _, _, j_lo, j_hi = _query_tiles(s, positions)
+    mult = s.B * s.Hkv * _cdiv(s.group, bh)
+    span, layers = dqkv2_span(s, positions, bh)
+    jb = _blocks(j_lo, j_hi, bj)
+    scratch = 8 * layers * s.B * s.N * s.Hkv * _cdiv(s.group, bh) * s.D
+    return Trips(
+        ctas=_cdiv(s.N, span) * mult,
+        levels=[len(u) * mult, int(u.sum()) * mult, int((u * jb).sum()) * mult],
+        logit=2,
+        logits=bm * bj,
+        side={},
+        dram=_qkv_bytes(s, 2) + _stats_bytes(s, 3) + scratch,
+    )
+
+
+def triton_reduce2(s, tiles):
+    """bwd_reduce2: programs of BLOCK_R rows of one kv head; a loop over the scratch layers above
+    the first (no tensor cores). Reads the scratch, writes dk2 and dv2. The head-block count is
+    the head-packed tiling's (1 up to 64 heads; the model compiles N_HBLK = 1)."""
+    bh = 64 if s.group >= 16 else 1
+    positions = max(1, 64 // bh)
+    _, layers = dqkv2_span(s, positions, bh)
+    rows = s.B * s.N
+    scratch = 8 * layers * rows * s.Hkv * _cdiv(s.group, bh) * s.D
+    return Trips(
+        ctas=_cdiv(rows, tiles["BLOCK_R"]) * s.Hkv, levels=[], logit=None, logits=0, side={-1: layers - 1},
+        dram=scratch + 2 * rows * s.Hkv * s.D * _elem(s),
+    )  # fmt: skip
 
 
 def triton_dkv1(s, tiles):
@@ -178,29 +223,6 @@ def triton_dkv1(s, tiles):
         levels=_drop_unit_group(levels, s, 2),
         logit=len(_drop_unit_group(levels, s, 2)) - 1,
         logits=bj * bk,
-        side={},
-        dram=_qkv_bytes(s, 1) + 2 * s.B * s.N * s.Hkv * s.D * _elem(s) + _stats_bytes(s, 3),
-    )
-
-
-def triton_dkv2(s, tiles):
-    """Programs of BLOCK_K k2/v2 positions; loops query heads, offsets t = i - k, j-blocks."""
-    L1, R1, L2, R2 = s.bands
-    bk, bj = tiles["BLOCK_K"], tiles["BLOCK_J"]
-    t_trips = j_trips = 0
-    tiles_k = range(0, s.N, bk)
-    for k0 in tiles_k:
-        k_last = min(k0 + bk - 1, s.N - 1)
-        t = np.arange(max(-R2, -k_last), min(L2, s.N - 1 - k0) + 1, dtype=np.int64)
-        t_trips += len(t)
-        j_trips += int(_blocks(np.maximum(k0 + t - L1, 0), np.minimum(k_last + t + R1, s.N - 1), bj).sum())
-    mult = s.B * s.Hkv
-    levels = _drop_unit_group([len(tiles_k) * s.group * mult, t_trips * s.group * mult, j_trips * s.group * mult], s, 0)
-    return Trips(
-        ctas=len(tiles_k) * mult,
-        levels=levels,
-        logit=len(levels) - 1,
-        logits=bk * bj,
         side={},
         dram=_qkv_bytes(s, 1) + 2 * s.B * s.N * s.Hkv * s.D * _elem(s) + _stats_bytes(s, 3),
     )
@@ -351,13 +373,13 @@ def cuda_delta(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA 
 
 
 MAPS = {
-    "triton": {"fwd": triton_fwd, "bwd_dq": triton_dq, "bwd_dkv1": triton_dkv1, "bwd_dkv2": triton_dkv2,
+    "triton": {"fwd": triton_fwd, "bwd_dqkv2": triton_dqkv2, "bwd_reduce2": triton_reduce2, "bwd_dkv1": triton_dkv1,
                "bwd_delta": triton_delta},
     "cuda": {"fwd_kernel": cuda_fwd, "dq_kernel": cuda_dq, "dkv1_kernel": cuda_dkv1, "dkv2_kernel": cuda_dkv2,
              "delta_kernel": cuda_delta},
 }  # fmt: skip
 # The kernels of each pass, in launch order (backward = Delta preprocess + dq + dkv kernels).
 PASSES = {
-    "triton": {"fwd": ("fwd",), "bwd": ("bwd_delta", "bwd_dq", "bwd_dkv1", "bwd_dkv2")},
+    "triton": {"fwd": ("fwd",), "bwd": ("bwd_delta", "bwd_dqkv2", "bwd_reduce2", "bwd_dkv1")},
     "cuda": {"fwd": ("fwd_kernel",), "bwd": ("delta_kernel", "dq_kernel", "dkv1_kernel", "dkv2_kernel")},
 }

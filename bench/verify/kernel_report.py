@@ -48,7 +48,7 @@ import time
 TARGET = dict(B=2, N=16384, HQ=64, HKV=1, W1=512, W2=32)
 # A decode step of the same model: one new token, caches of w1 + 1 and w2 + 1 slots.
 DECODE = dict(NQ=1, C1=1024, C2=64, SPLIT_J=64, N_SPLITS=8)
-PTR_F32 = {"LSE", "LSE_LO", "DELTA", "M_PART", "L_PART", "ACC_PART"}
+PTR_F32 = {"LSE", "LSE_LO", "DELTA", "M_PART", "L_PART", "ACC_PART", "DK2P", "DV2P"}
 PTR_I32 = {"CU_SEQLENS", "CACHE_SEQLENS"}
 Q_LIKE = ("stride_q", "stride_o", "stride_do", "stride_dq")
 KV_LIKE = ("stride_k1", "stride_k2", "stride_v1", "stride_v2", "stride_g")
@@ -67,16 +67,15 @@ BLOCK_RE = re.compile(r"^(?:(\$L__BB\d+_\d+):|// %bb\.(\d+):)")
 def _kernels():
     from simplicial_attn.triton_kernels.bwd_delta import _delta_kernel
     from simplicial_attn.triton_kernels.bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
-    from simplicial_attn.triton_kernels.bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
-    from simplicial_attn.triton_kernels.bwd_dq import _two_simplicial_bwd_dq_kernel
+    from simplicial_attn.triton_kernels.bwd_dqkv2 import _reduce_dkv2_kernel, _two_simplicial_bwd_dqkv2_kernel
     from simplicial_attn.triton_kernels.decode import _decode_combine_kernel, _decode_split_kernel
     from simplicial_attn.triton_kernels.fwd import _two_simplicial_fwd_kernel
 
     return {
         "fwd": _two_simplicial_fwd_kernel,
-        "bwd_dq": _two_simplicial_bwd_dq_kernel,
+        "bwd_dqkv2": _two_simplicial_bwd_dqkv2_kernel,
+        "bwd_reduce2": _reduce_dkv2_kernel,
         "bwd_dkv1": _two_simplicial_bwd_dkv1_kernel,
-        "bwd_dkv2": _two_simplicial_bwd_dkv2_kernel,
         "bwd_delta": _delta_kernel,
         "decode": _decode_split_kernel,
         "decode_combine": _decode_combine_kernel,
@@ -89,6 +88,10 @@ def _int_args(bd, target=TARGET):
     kv = dict(zip("bnhd", (n * hkv * bd, hkv * bd, bd, 1), strict=True))
     ints = dict(N=n, GROUP=hq // hkv, D=bd, L1=target["W1"] - 1, R1=0, L2=target["W2"] - 1, R2=0)
     ints.update(stride_lb=hq * n, stride_lh=n, HQ=hq, **DECODE)
+    # bwd_dqkv2's scratch (launch.dqkv2_scratch_shape) and spans at the target: S = w2 - 1, 2 layers.
+    rows, cols = target["B"] * n, hkv
+    ints.update(stride_sl=rows * cols * bd, stride_sb=n * cols * bd, stride_sn=cols * bd, ROWS=rows, N_HBLK=1)
+    ints.update(SPAN=target["W2"] - 1, LAYERS=2)
     return ints, q, kv
 
 
@@ -211,7 +214,7 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
     default every shipped config at each D class bound, tilings as the `target` shape's group
     gives them, both operand tables and every variant."""
     from simplicial_attn.triton_kernels import configs
-    from simplicial_attn.triton_kernels.launch import DELTA_BLOCK_N
+    from simplicial_attn.triton_kernels.launch import DELTA_BLOCK_N, REDUCE_BLOCK_R
 
     variants = VARIANTS if variants is None else variants
 
@@ -234,7 +237,7 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
                 for variant, flags in variants.items():
                     for kernel in configs.KERNELS:
                         tilings = {"": (False, 1)}
-                        if kernel in ("fwd", "bwd_dq"):
+                        if kernel in ("fwd", "bwd_dqkv2"):
                             tilings = {"seq": (False, 1), "pack": (True, target["HQ"] // target["HKV"])}
                         for tiling, (packed, heads) in tilings.items():
                             for cfg in configs.configs(kernel, cls, dc, fp32=fp32, packed=packed, det=flags["DET"]):
@@ -247,6 +250,8 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
                 plain = dict(BLOCK_D=dc, **NO_COUNTERS)
                 delta = triton_config(dict(BLOCK_N=DELTA_BLOCK_N), 4)
                 jobs.append(job(arch, "bwd_delta", "", "base", dtype, dc, delta, plain))
+                reduce = triton_config(dict(BLOCK_R=REDUCE_BLOCK_R), 4)
+                jobs.append(job(arch, "bwd_reduce2", "", "base", dtype, dc, reduce, plain))
                 combine = triton_config(dict(BLOCK_S=16), 4)
                 jobs.append(job(arch, "decode_combine", "", "base", dtype, dc, combine, plain))
     return jobs
@@ -265,21 +270,26 @@ def triton_config(tiles, num_warps):
     return triton.Config(tiles, num_warps=num_warps, num_stages=1)
 
 
-def spill_allowed(row, budget):
+def spill_allowed(row, budget, seq_budget=None):
     """Spill bytes accepted for `row`: configs.DET_SPILL_BUDGET's, for determinant variants at
-    D class 256 only; 0 anywhere else."""
-    return budget.get(row["kernel"], 0) if row.get("variant", "").startswith("det") and row["bd"] == 256 else 0
+    D class 256; configs.SEQ_SPILL_BUDGET's (`seq_budget`), for sequence tiles at D class 256 or
+    with determinant logits; 0 anywhere else."""
+    det = row.get("variant", "").startswith("det")
+    allowed = budget.get(row["kernel"], 0) if det and row["bd"] == 256 else 0
+    if row.get("tiling") == "seq" and (det or row["bd"] == 256):
+        allowed = max(allowed, (seq_budget or {}).get(row["kernel"], 0))
+    return allowed
 
 
-def _problems(row, smem_limit, spill_budget=None):
+def _problems(row, smem_limit, spill_budget=None, seq_budget=None):
     out = []
     if row["spill"] < 0:
         out.append("no ptxas log")
-    elif row["spill"] > spill_allowed(row, spill_budget or {}):
+    elif row["spill"] > spill_allowed(row, spill_budget or {}, seq_budget):
         out.append(f"spills {row['spill']} B")
     if row["smem"] > smem_limit[row["arch"]]:
         out.append(f"smem {row['smem']} > {smem_limit[row['arch']]}")
-    needs_tc = row["dtype"] != "fp32" and row["kernel"] not in ("bwd_delta", "decode_combine")
+    needs_tc = row["dtype"] != "fp32" and row["kernel"] not in ("bwd_delta", "bwd_reduce2", "decode_combine")
     if needs_tc and (row["loops"] == 0 or row["tc_loops"] < row["loops"]):
         out.append("main loop without tensor cores")
     if row["atomics"]:
@@ -333,10 +343,11 @@ def main(argv=None):
     print("-" * len(head))
     failures = 0
     for r in rows:
-        problems = _problems(r, configs.SMEM_LIMIT, configs.DET_SPILL_BUDGET)
+        problems = _problems(r, configs.SMEM_LIMIT, configs.DET_SPILL_BUDGET, configs.SEQ_SPILL_BUDGET)
         failures += bool(problems)
         if not problems and r["spill"] > 0:
-            problems = [f"ok: spill within configs.DET_SPILL_BUDGET ({spill_allowed(r, configs.DET_SPILL_BUDGET)} B)"]
+            allowed = spill_allowed(r, configs.DET_SPILL_BUDGET, configs.SEQ_SPILL_BUDGET)
+            problems = [f"ok: spill within configs.DET_SPILL_BUDGET / SEQ_SPILL_BUDGET ({allowed} B)"]
         tc = f"{r['tc_loops']}/{r['loops']} {r['mma']}"
         print(
             f"{r['arch']:5} {r['kernel']:14} {r['tiling']:5} {r['variant']:7} {r['dtype']:5} {r['bd']:>3} "

@@ -1,0 +1,265 @@
+r"""Backward kernel for dq, dk2 and dv2 in one pass over the query tiles (issue 24).
+
+Rows are the forward's (fwd.py, tiles.query_tile): row r of a tile is position p0 + r // BLOCK_H
+of query head h0 + r % BLOCK_H, all sharing kv head g. Per offset u (k = i - u), with
+dA = P * (dP - Delta) (CONTRACT §1):
+
+    a   = q * k2[i - u],  bo = dout * v2[i - u]          built once per u
+    P   = exp(min((a @ k1^T * scale - lse) - lse_lo, 0)),  dP = bo @ v1^T     per j-block
+    x  += dA @ k1[j-block],  y += P @ v1[j-block]                             per j-block
+    dq      += x * k2[i - u]                              rows owned: stored once per tile
+    dk2[k]  += sum over the tile's heads of x * q         (times scale in the reduce)
+    dv2[k]  += sum over the tile's heads of y * dout
+
+Four tensor-core products per j-block (8*D per triple) where bwd_dq + bwd_dkv2 took 14*D; the
+head sum is in registers ([BLOCK_P, BLOCK_H, D] summed over heads). Determinant logits: a =
+k2 x q, dq += x x k2, dk2 += q x x per chunk (operand.py). Delta stays the preprocess's
+rowsum(dout * out): taking it as rowsum(P * dP) inside would need the whole j-k window of a row
+before its first dA, i.e. a second pass over the window (or one more MMA per block, P @ k1 of
+the other axis), so it is not done here.
+
+Deterministic without atomics. The dk2 / dv2 rows of one k are touched by the tiles of up to
+w2 positions, i.e. by several programs. A program owns a SPAN of S consecutive positions of
+one sequence (S / BLOCK_P tiles, one after the other), so it only touches rows k in
+[P0 - L2, P0 + S - 1 + R2] (clipped to its sequence): S + w2 - 1 rows. It adds its partials
+into float32 scratch at layer c % LAYERS (c its span index) and at the rows' ABSOLUTE
+positions (batch / packing row), where LAYERS = 1 + cdiv(L2 + R2, S) (at most the number of
+spans) makes the ranges of one layer's programs disjoint: each program read-modify-writes rows
+only it touches, one (tile, u) step after the other, with a CTA barrier between one step's
+stores and the next step's loads (another thread of the CTA may hold those addresses;
+bar.sync orders global memory within a CTA). `_reduce_dkv2_kernel` then sums the layers and
+head blocks in a fixed order: bitwise deterministic by construction.
+
+Scratch (launch.dqkv2_scratch_shape): 2 x LAYERS x T x Hkv x n_hblk x D float32, i.e.
+8 * LAYERS * T * Hkv * n_hblk * D bytes (T = B * N rows, or the packing's rows; n_hblk head
+blocks per kv head: 1 with head packing up to 64 heads, the group's size with sequence tiles),
+zeroed on the host. launch.dqkv2_span picks S >= w2 - 1, so LAYERS = 2 (16 * T * Hkv * n_hblk
+* D bytes), whenever that leaves 2 programs per SM; shorter sequences get smaller spans and
+up to 1 + cdiv(w2 - 1, S) layers. Target shape (B = 2, N = 16384, Hkv = 1, D = 128, w2 = 32,
+64 heads packed, 132 SMs): S = 31, LAYERS = 2, 64 MiB.
+"""
+
+import triton
+import triton.language as tl
+
+from . import coverage
+from .coverage import count_common, hit, hits
+from .kv import query_rows, rows_at
+from .mask import j_window_mask
+from .operand import chunk_shifts, cross, mma, pair_operand, permuted
+from .seqlen import sequence_span
+from .softmax import recomputed_block
+from .tiles import (
+    P_HEAD_PACKED,
+    P_HEAD_TAIL,
+    P_J_PAST_N,
+    P_J_REPEAT,
+    P_J_TAIL,
+    j_block,
+    offset_rows,
+    query_tile_kv,
+    query_tile_loops,
+)
+
+#   span_repeat    a second (third, ...) row tile of one program's span
+#   layer_up       a program writing its partials into a scratch layer > 0
+#   rows_clipped   a program whose k range [P0 - L2, P0 + S - 1 + R2] leaves its sequence
+#   head_sum       a head sum over more than one query head (BLOCK_H > 1)
+P_SPAN_REPEAT, P_LAYER_UP, P_ROWS_CLIPPED, P_HEAD_SUM = coverage.slots(
+    ("bwd_dqkv2",), "span_repeat", "layer_up", "rows_clipped", "head_sum"
+)
+#   layer_repeat   the reduce summing a second (third, ...) layer
+(P_LAYER_REPEAT,) = coverage.slots(("bwd_reduce2",), "layer_repeat", common=False)
+
+
+@triton.jit
+def recomputed_j_block(
+    j0, jr, j_lo, j_hi, n, d_ok, rows_ok, pos, L1, R1, a, bo, lse, lse_lo, delta, scale,
+    k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, COUNTS,
+    J_REPEAT: tl.constexpr, J_TAIL: tl.constexpr, J_PAST_N: tl.constexpr, BLOCK_J: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+):  # fmt: skip
+    """One j-block of the backward's query-side loop: rows at positions `pos` (valid where
+    rows_ok) with operands a (logits) and bo (dP) against the k1/v1 rows j0 + jr of [j_lo, j_hi];
+    lse, lse_lo and delta per row. Returns (P, dA, k1b, v1b)."""
+    js, j_ok, jd_mask = j_block(
+        j0, jr, j_lo, j_hi, n, d_ok, COUNTS, J_REPEAT, J_TAIL, J_PAST_N, BLOCK_J, False, COUNT_PATHS
+    )
+    k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
+    v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
+    s = mma(a, tl.trans(k1b), tl.zeros([a.shape[0], BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
+    in_win = j_window_mask(rows_ok, pos, j_ok, js, L1, R1)
+    p, ds = recomputed_block(s, in_win, bo, v1b, lse, lse_lo, delta, scale, True, INPUT_PRECISION, UPCAST)
+    return p, ds, k1b, v1b
+
+
+@triton.jit
+def head_sum(x, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """[BLOCK_P, BLOCK_D]: the rows of x [BLOCK_P * BLOCK_H, BLOCK_D] summed over their heads
+    (row r is position r // BLOCK_H, head r % BLOCK_H)."""
+    if BLOCK_H == 1:
+        return x
+    return tl.sum(tl.reshape(x, [BLOCK_P, BLOCK_H, BLOCK_D]), axis=1)
+
+
+@triton.jit
+def add_partial(P, first, offs, mask, part):
+    """Scratch rows P + first + offs += part (read-modify-write of rows this program alone owns).
+    The 64-bit `first` is a scalar and the in-tile `offs` 32-bit: a [rows, D] tensor of 64-bit
+    offsets, hoisted out of the loops, would hold two registers per element for the whole kernel."""
+    ptrs = (P + first) + offs
+    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + part, mask=mask)
+
+
+@triton.jit(do_not_specialize=["stride_lh", "stride_sl", "SPAN", "LAYERS"])
+def _two_simplicial_bwd_dqkv2_kernel(
+    Q, K1, K2, V1, V2, DOUT, LSE, LSE_LO, DELTA, DQ, DK2P, DV2P, CU_SEQLENS, COUNTS,
+    stride_qb, stride_qn, stride_qh, stride_qd,
+    stride_k1b, stride_k1n, stride_k1h, stride_k1d,
+    stride_k2b, stride_k2n, stride_k2h, stride_k2d,
+    stride_v1b, stride_v1n, stride_v1h, stride_v1d,
+    stride_v2b, stride_v2n, stride_v2h, stride_v2d,
+    stride_dob, stride_don, stride_doh, stride_dod,
+    stride_lb, stride_lh,
+    stride_dqb, stride_dqn, stride_dqh,
+    stride_sl, stride_sb, stride_sn,
+    N, GROUP, D, L1, R1, L2, R2,
+    scale, SPAN, LAYERS,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
+    VARLEN: tl.constexpr, DET: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+):  # fmt: skip
+    BLOCK_P: tl.constexpr = BLOCK_M // BLOCK_H
+    start, n = sequence_span(CU_SEQLENS, N, VARLEN)
+    c = tl.program_id(0)
+    span0 = c * SPAN
+    if span0 >= n:  # a packed sequence shorter than the longest: nothing to do
+        count_common(COUNTS, span0, n, D, GROUP, R1, R2, BLOCK_P, BLOCK_D, VARLEN, DET, COUNT_PATHS)
+        return
+    span_end = tl.minimum(span0 + SPAN, n)
+    dt = K1.dtype.element_ty
+    n_hblk = tl.cdiv(GROUP, BLOCK_H)
+    hcol = tl.program_id(1)  # the scratch column: kv head g, head block hb
+    g = hcol // n_hblk
+    hb = hcol % n_hblk
+    b = tl.program_id(2).to(tl.int64)
+    h0 = g.to(tl.int64) * GROUP + hb * BLOCK_H
+    rows = tl.arange(0, BLOCK_M)
+    rp = rows // BLOCK_H
+    rh = rows % BLOCK_H
+    head_ok = hb * BLOCK_H + rh < GROUP
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    jr = tl.arange(0, BLOCK_J)
+    pr = tl.arange(0, BLOCK_P)  # the positions of a tile, one row each after the head sum
+
+    layer = c % LAYERS
+    hit(COUNTS, P_LAYER_UP, layer > 0, COUNT_PATHS)
+    hit(COUNTS, P_ROWS_CLIPPED, (span0 - L2 < 0) | (span0 + SPAN - 1 + R2 >= n), COUNT_PATHS)
+    hit(COUNTS, P_HEAD_SUM, BLOCK_H > 1, COUNT_PATHS)
+    # Partial rows of this program: layer, batch, head column; row start + k added per step.
+    part_base = layer.to(tl.int64) * stride_sl + b * stride_sb + hcol.to(tl.int64) * D + start * stride_sn
+    part_offs = pr[:, None] * stride_sn + d[None, :]
+
+    k1_base, k1_offs, v1_base, v1_offs, k2_base, k2_offs, v2_base, v2_offs = query_tile_kv(
+        K1, K2, V1, V2, b, g, start, rp, jr, d,
+        stride_k1b, stride_k1n, stride_k1h, stride_k1d, stride_k2b, stride_k2n, stride_k2h, stride_k2d,
+        stride_v1b, stride_v1n, stride_v1h, stride_v1d, stride_v2b, stride_v2n, stride_v2h, stride_v2d,
+    )  # fmt: skip
+    sh1, sh2 = chunk_shifts(d, D)  # determinant logits only
+
+    for p0 in range(span0, span_end, BLOCK_P):
+        hit(COUNTS, P_SPAN_REPEAT, p0 > span0, COUNT_PATHS)
+        count_common(COUNTS, p0, n, D, GROUP, R1, R2, BLOCK_P, BLOCK_D, VARLEN, DET, COUNT_PATHS)
+        pos = p0 + rp
+        row_ok = (pos < n) & head_ok
+        if BLOCK_H > 1:
+            hit(COUNTS, P_HEAD_PACKED, True, COUNT_PATHS)
+        hits(COUNTS, P_HEAD_TAIL, (pos < n) & ~row_ok, COUNT_PATHS)
+        r0 = tl.cast(p0, tl.int64) + start  # the tile's first row
+        q_ptrs = query_rows(Q, b, h0, r0, rp, rh, d, stride_qb, stride_qn, stride_qh, stride_qd)
+        do_ptrs = query_rows(DOUT, b, h0, r0, rp, rh, d, stride_dob, stride_don, stride_doh, stride_dod)
+        row_offs = b * stride_lb + h0 * stride_lh + r0 + (rh * stride_lh + rp)
+        lse = tl.load(LSE + row_offs, mask=row_ok, other=0.0)
+        lse_lo = tl.load(LSE_LO + row_offs, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + row_offs, mask=row_ok, other=0.0)
+        u_lo, u_hi, j_lo, j_hi = query_tile_loops(p0, n, L1, R1, L2, R2, BLOCK_P)
+
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for u in range(u_lo, u_hi + 1):
+            k_ok, kd_mask = offset_rows(pos, u, row_ok, n, d_ok, u_lo, COUNTS, COUNT_PATHS)
+            # q, dout, k2 and v2 rows are re-read (from cache) after the j loop rather than held
+            # across it: with x, y and dq the loop already holds three [BLOCK_M, D] float32 tiles.
+            k2u = rows_at(k2_base, r0 - u, k2_offs, stride_k2n, kd_mask)
+            a = pair_operand(tl.load(q_ptrs, mask=kd_mask, other=0.0), k2u, d, sh1, sh2, dt, DET)
+            v2u = rows_at(v2_base, r0 - u, v2_offs, stride_v2n, kd_mask)
+            bo = (tl.load(do_ptrs, mask=kd_mask, other=0.0).to(tl.float32) * v2u.to(tl.float32)).to(dt)
+            x = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+            y = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+            for j0 in range(j_lo, j_hi + 1, BLOCK_J):
+                p, ds, k1b, v1b = recomputed_j_block(
+                    j0, jr, j_lo, j_hi, n, d_ok, k_ok, pos, L1, R1, a, bo, lse, lse_lo, delta, scale,
+                    k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, COUNTS,
+                    P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+                )  # fmt: skip
+                x = mma(ds.to(dt), k1b, x, INPUT_PRECISION, UPCAST)
+                y = mma(p.to(dt), v1b, y, INPUT_PRECISION, UPCAST)
+            ks = p0 + pr - u
+            kp_ok = (p0 + pr < n) & (ks >= 0) & (ks < n)
+            first = part_base + tl.cast(p0 - u, tl.int64) * stride_sn
+            mask = kp_ok[:, None] & d_ok[None, :]
+            # Rows masked out above (k outside, heads past the group, past n) hold zeros.
+            k2u = rows_at(k2_base, r0 - u, k2_offs, stride_k2n, kd_mask)
+            q = tl.load(q_ptrs, mask=kd_mask, other=0.0)
+            if DET:  # dq += x x k2, dk2 += q x x per chunk
+                x_1, x_2 = permuted(x, d, sh1, sh2)
+                k2_1, k2_2 = permuted(k2u, d, sh1, sh2)
+                dq += cross(x_1, x_2, k2_1, k2_2)
+                q_1, q_2 = permuted(q, d, sh1, sh2)
+                dk2 = cross(q_1, q_2, x_1, x_2)
+            else:
+                dq += x * k2u.to(tl.float32)
+                dk2 = x * q.to(tl.float32)
+            add_partial(DK2P, first, part_offs, mask, head_sum(dk2, BLOCK_P, BLOCK_H, BLOCK_D))
+            do = tl.load(do_ptrs, mask=kd_mask, other=0.0).to(tl.float32)
+            add_partial(DV2P, first, part_offs, mask, head_sum(y * do, BLOCK_P, BLOCK_H, BLOCK_D))
+            # The next step's rows overlap these, maybe held by other threads of the CTA.
+            tl.debug_barrier()
+
+        dq_ptrs = query_rows(DQ, b, h0, r0, rp, rh, d, stride_dqb, stride_dqn, stride_dqh, 1)
+        tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def layer_sum(P, offs, mask, layer, stride_sl, D, N_HBLK):
+    """One scratch layer's rows at offs (head block 0's), summed over the N_HBLK head blocks."""
+    base = P + tl.cast(layer, tl.int64) * stride_sl + offs
+    acc = tl.load(base, mask=mask, other=0.0)
+    for hb in range(1, N_HBLK):
+        acc += tl.load(base + hb * D, mask=mask, other=0.0)
+    return acc
+
+
+@triton.jit(do_not_specialize=["ROWS", "stride_sl", "LAYERS"])
+def _reduce_dkv2_kernel(
+    DK2P, DV2P, DK2, DV2, COUNTS,
+    ROWS, D, N_HBLK, LAYERS, stride_sl, stride_sn, stride_gn, stride_gh,
+    scale,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, COUNT_PATHS: tl.constexpr,
+):  # fmt: skip
+    """dk2 = scale * (sum over layers, then head blocks, of the scratch), dv2 likewise, for
+    BLOCK_R absolute rows (batch / packing rows) of kv head program_id(1); a fixed order."""
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    g = tl.program_id(1).to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    mask = (r < ROWS)[:, None] & (d < D)[None, :]
+    offs = r[:, None] * stride_sn + (g * N_HBLK * D + d)[None, :]
+    dk2 = layer_sum(DK2P, offs, mask, 0, stride_sl, D, N_HBLK)
+    dv2 = layer_sum(DV2P, offs, mask, 0, stride_sl, D, N_HBLK)
+    for layer in range(1, LAYERS):
+        hit(COUNTS, P_LAYER_REPEAT, True, COUNT_PATHS)
+        dk2 += layer_sum(DK2P, offs, mask, layer, stride_sl, D, N_HBLK)
+        dv2 += layer_sum(DV2P, offs, mask, layer, stride_sl, D, N_HBLK)
+    out = r[:, None] * stride_gn + (g * stride_gh + d)[None, :]
+    tl.store(DK2 + out, (dk2 * scale).to(DK2.dtype.element_ty), mask=mask)
+    tl.store(DV2 + out, dv2.to(DV2.dtype.element_ty), mask=mask)

@@ -7,7 +7,7 @@ determinant logits, and in decoding several splits (one empty), wrapped rings, t
 position 0 and the combine of the splits.
 
 Six calls per head dim reach them all (two of them forward only: interior j-blocks) with the
-interpreter's configs (BLOCK_M = BLOCK_J = 32, BLOCK_K = 16 in bwd_dkv1; decode BLOCK_M = 16,
+interpreter's configs (BLOCK_M = BLOCK_J = 32, BLOCK_C = 16 in bwd_dkv1; decode BLOCK_M = 16,
 BLOCK_J = 32); each is also checked against the float64 oracle, so the counted paths computed
 the right thing. D = 48, 96, 192 pad to 64, 128, 256 (a D tail at each; multiples of 3 for the
 determinant).
@@ -43,8 +43,9 @@ def batched_cases(d):
         # causal; 3 heads of a kv head packed into 4-row head blocks (one masked) x 8 positions,
         # N = 13 ends in a partial tile; the first tile's k = i - u falls before position 0.
         (Case(1, 13, 3, 1, d, 3, 2), True),
-        # w2 = 18 > BLOCK_K: bwd_dkv1 walks two k-blocks per query, the second a tail.
-        (Case(1, 20, 1, 1, d, 1, 18), False),
+        # w2 = 18 > BLOCK_C: bwd_dkv1 walks two k-blocks per query, the second a tail; unpacked
+        # (head_packing=False: one head per column block), its 2 heads are two head blocks.
+        (Case(1, 20, 2, 1, d, 1, 18), False),
     ]
 
 

@@ -55,7 +55,7 @@ def _c(num_warps, num_stages, **tiles):
 _INTERP = {
     "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True)],
     "bwd_dq": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
-    "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_K=16)],
+    "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_C=16)],
     "bwd_dkv2": [_c(4, 1, BLOCK_K=32, BLOCK_J=32)],
 }
 
@@ -83,21 +83,21 @@ def _table16(arch, dc):
         return {
             "fwd": [_c(8, 2, BLOCK_M=32, BLOCK_J=32)],
             "bwd_dq": [_c(8, 2, BLOCK_M=32, BLOCK_J=16)],
-            "bwd_dkv1": [_c(8, 2, BLOCK_J=16, BLOCK_K=16)],
+            "bwd_dkv1": [_c(8, 2, BLOCK_J=16, BLOCK_C=16)],
             "bwd_dkv2": [_c(8, 2, BLOCK_K=16, BLOCK_J=16)],
         }
     if arch == "sm90":
         return {
             "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=64), _c(8, st, BLOCK_M=64, BLOCK_J=32)],
             "bwd_dq": [_c(8, st, BLOCK_M=64, BLOCK_J=32)],
-            "bwd_dkv1": [_c(8, st, BLOCK_J=64, BLOCK_K=16)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=32, BLOCK_C=64), _c(8, 2, BLOCK_J=32, BLOCK_C=64), _c(4, 1, BLOCK_J=16, BLOCK_C=64), _c(4, 2, BLOCK_J=16, BLOCK_C=64)],
             "bwd_dkv2": [_c(8, st, BLOCK_K=32, BLOCK_J=32)],
         }
     bj = 16 if arch == "sm80" else 32
     return {
         "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=bj)],
         "bwd_dq": [_c(8, st, BLOCK_M=64, BLOCK_J=bj)],
-        "bwd_dkv1": [_c(4, st, BLOCK_J=32, BLOCK_K=32)],
+        "bwd_dkv1": [_c(4, st, BLOCK_J=32, BLOCK_C=32)],
         "bwd_dkv2": [_c(8, st, BLOCK_K=32, BLOCK_J=32)],
     }
 
@@ -109,7 +109,7 @@ def _table32(dc):
     return {
         "fwd": [_c(8 if big else 4, 1, BLOCK_M=16, BLOCK_J=16)],
         "bwd_dq": [_c(8 if big else 4, 1, BLOCK_M=16, BLOCK_J=16)],
-        "bwd_dkv1": [_c(16 if big else 8, 1, BLOCK_J=16, BLOCK_K=16)],
+        "bwd_dkv1": [_c(16 if big else 8, 1, BLOCK_J=16, BLOCK_C=16)],
         "bwd_dkv2": [_c(8 if big else 4, 1, BLOCK_K=16, BLOCK_J=16)],
     }
 
@@ -128,14 +128,14 @@ def _table_det(arch, dc, fp32):
         return {
             "fwd": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
             "bwd_dq": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
-            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_K=16)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_C=16)],
             "bwd_dkv2": [_c(8, 1, BLOCK_K=16, BLOCK_J=16)],
         }
     if fp32:
         return {
             "fwd": [_c(4, 1, BLOCK_M=16, BLOCK_J=16)],
             "bwd_dq": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
-            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_K=16)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_C=16)],
             "bwd_dkv2": [_c(8, 1, BLOCK_K=16, BLOCK_J=16)],
         }
     st = {"sm80": 3, "sm86": 2, "sm90": 3}[arch]
@@ -144,7 +144,7 @@ def _table_det(arch, dc, fp32):
     return {
         "fwd": [_c(8, st, **fwd_tiles[arch])],
         "bwd_dq": [_c(8, st, BLOCK_M=32, BLOCK_J=32)],
-        "bwd_dkv1": [_c(8, st, BLOCK_J=64 if arch == "sm90" else 32, BLOCK_K=16)],
+        "bwd_dkv1": [_c(8, st, BLOCK_J=64 if arch == "sm90" else 32, BLOCK_C=16)],
         "bwd_dkv2": [_c(8, st, BLOCK_K=16, BLOCK_J=32)],
     }
 
@@ -230,6 +230,13 @@ def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
         # 128 rows, halving the L2 traffic per FLOP. Spills with sequence tiles (per-row k).
         extra = [_c(8, 3, BLOCK_M=128, BLOCK_J=32)]
     return table[kernel] + extra
+
+
+def heads_columns(group, w2, block_c):
+    """bwd_dkv1's column mode: True (HEADS, columns are block_c heads at one k) when that fills
+    at least as large a share of the columns as POSITIONS (block_c positions of one head) for a
+    group of `group` heads and a k window of `w2` positions."""
+    return group * -(-w2 // block_c) >= w2 * -(-group // block_c)
 
 
 def arch_class(capability):

@@ -76,6 +76,16 @@ def head_block(group, head_packing, kernel, arch, bd, fp32, forced=None, det=Fal
     return min(triton.next_power_of_2(group), configs.min_block(kernel, arch, bd, fp32, "BLOCK_M", forced, det))
 
 
+def column_heads(group, w2, head_packing, arch, bd, fp32, forced=None, det=False):
+    """bwd_dkv1's column mode HEADS (True: columns are BLOCK_C heads at one k; False: BLOCK_C
+    positions k of one head): the one whose columns hold more pairs of the window, for a group
+    of `group` heads and a k window of `w2` positions, at the smallest BLOCK_C of the configs
+    (or of the one config `forced`); ties go to HEADS. `head_packing` True / False forces it."""
+    if head_packing is not None:
+        return bool(head_packing)
+    return configs.heads_columns(group, w2, configs.min_block("bwd_dkv1", arch, bd, fp32, "BLOCK_C", forced, det))
+
+
 def int32_tiles(t):
     """t, or a contiguous copy of t when offsets inside one tile might not fit in int32.
 

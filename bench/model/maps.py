@@ -136,9 +136,15 @@ def triton_dq(s, tiles):
 
 
 def triton_dkv1(s, tiles):
-    """Programs of BLOCK_J k1/v1 positions; loops query i, k-blocks of K(i), query heads."""
+    """Programs of BLOCK_J k1/v1 positions; loops query i, head blocks, k-blocks of K(i). Columns
+    (triton_kernels/bwd_dkv1.py): HEADS, BLOCK_C heads at one k (head blocks of BLOCK_C, k-blocks
+    of 1), else BLOCK_C positions of one head (head blocks of 1, k-blocks of BLOCK_C)."""
+    from simplicial_attn.triton_kernels.configs import heads_columns
+
     L1, R1, L2, R2 = s.bands
-    bj, bk = tiles["BLOCK_J"], tiles["BLOCK_K"]
+    bj, bc = tiles["BLOCK_J"], tiles["BLOCK_C"]
+    heads = tiles.get("HEADS", heads_columns(s.group, min(L2 + R2 + 1, s.N), bc))
+    bh, bk = (bc, 1) if heads else (1, bc)
     i = np.arange(s.N, dtype=np.int64)
     kb = _blocks(np.maximum(i - L2, 0), np.minimum(i + R2, s.N - 1), bk)
     prefix = np.concatenate([[0], np.cumsum(kb)])
@@ -146,13 +152,15 @@ def triton_dkv1(s, tiles):
     i_lo = np.maximum(j0 - R1, 0)
     i_hi = np.minimum(np.minimum(j0 + bj - 1, s.N - 1) + L1, s.N - 1)
     mult = s.B * s.Hkv
-    k_trips = int((prefix[i_hi + 1] - prefix[i_lo]).sum()) * mult
-    levels = [int((i_hi - i_lo + 1).sum()) * mult, k_trips, k_trips * s.group]
+    n_hblk = _cdiv(s.group, bh)
+    i_trips = int((i_hi - i_lo + 1).sum()) * mult
+    k_trips = int((prefix[i_hi + 1] - prefix[i_lo]).sum()) * mult * n_hblk
+    levels = _drop_unit_group([i_trips, i_trips * n_hblk, k_trips], s, 1)
     return Trips(
         ctas=len(j0) * mult,
-        levels=_drop_unit_group(levels, s, 2),
-        logit=len(_drop_unit_group(levels, s, 2)) - 1,
-        logits=bj * bk,
+        levels=levels,
+        logit=len(levels) - 1,
+        logits=bj * bc,
         side={},
         dram=_qkv_bytes(s, 1) + 2 * s.B * s.N * s.Hkv * s.D * _elem(s) + _stats_bytes(s, 3),
     )

@@ -239,6 +239,9 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
                         for tiling, (packed, heads) in tilings.items():
                             for cfg in configs.configs(kernel, cls, dc, fp32=fp32, packed=packed, det=flags["DET"]):
                                 extra = {"BLOCK_H": min(heads, cfg.kwargs["BLOCK_M"])} if tiling else {}
+                                if kernel == "bwd_dkv1":  # its column mode, as host.column_heads picks it
+                                    group, w2 = target["HQ"] // target["HKV"], min(target["W2"], target["N"])
+                                    extra = {"HEADS": configs.heads_columns(group, w2, cfg.kwargs["BLOCK_C"])}
                                 jobs.append(job(arch, kernel, tiling, variant, dtype, dc, cfg,
                                                 {**precision, **flags, **extra}))  # fmt: skip
                     cfg = configs.decode_config(cls, dc, fp32)

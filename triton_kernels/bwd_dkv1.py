@@ -1,14 +1,16 @@
 r"""Backward kernel for dk1 and dv1: one program owns BLOCK_J k1/v1 positions of one kv head.
 
-The program walks the queries i whose window J(i) meets its tile, one at a time; for each, the
-query heads of the kv head's group in head blocks, and for each head block the k2 window K(i)
-in k-blocks (GQA: the kv gradient is the sum over the group). One step handles BLOCK_C
-columns c, each a pair (k, head h) (issue 24: the heads on the GEMMs' M / K dimension instead
-of a loop over heads with 16-wide products). Two column modes, picked per shape by the host
-(HEADS):
+The program walks the queries i whose window J(i) meets its tile in query blocks; for each,
+the query heads of the kv head's group in head blocks, and for each head block the k2 windows
+K(i) in k steps (GQA: the kv gradient is the sum over the group). One step handles BLOCK_C
+columns c, each a pair ((i, h), k) (issue 24: the heads on the products' M / K dimension
+instead of a loop over heads with 16-wide products). Two column modes, picked per shape by the
+host (host.column_mode, configs.column_mode):
 
-    HEADS      columns = BLOCK_C heads of the group at one k      (Hq / Hkv >= 64: 64 heads)
-    POSITIONS  columns = BLOCK_C positions k of one head          (no GQA: 64 k's)
+    HEADS      columns = BLOCK_C / BLOCK_H queries x BLOCK_H heads at one k
+               (Hq / Hkv = 64, BLOCK_C = 128: 2 queries x 64 heads); the k steps walk the
+               union of the block's K(i), a column masked where k is outside its own K(i)
+    POSITIONS  columns = BLOCK_C positions k of one query and one head (no GQA)
 
 With the pair operand bq[c] = q[i, h] * k2[k] and bo[c] = dout[i, h] * v2[k] (CONTRACT §1),
 
@@ -23,22 +25,25 @@ q[i, h]), so the row folds into the kv side and into the result:
     S^T  = X @ (k1 * y)^T          dk1^T += y[:, None] * (X^T @ dA^T)
 
 and likewise dP^T = Xo @ (v1 * yo)^T, dv1^T += yo[:, None] * (Xo^T @ P^T) with dout and v2.
-The tiles X are loaded operands (shared memory on sm_90: no register copies of a formed bq),
-the products are BLOCK_C x BLOCK_J x D (logits, dP) and D x BLOCK_J x BLOCK_C (dk1, dv1), the
+The tiles X are loaded operands (shared memory on sm_90: no register copies of a formed bq; in
+HEADS loaded once per head block for the whole k loop), the products are BLOCK_C x BLOCK_J x D
+(logits, dP) and D x BLOCK_J x BLOCK_C (dk1, dv1): with BLOCK_C = 128 on 8 warps no warp
+group recomputes another's logits (a 64-row product on 8 warps would, twice the work). The
 gradients accumulate transposed, [D, BLOCK_J], and are stored once. Rows of S^T are the
 columns (i, h), so lse, lse_lo and Delta are per row.
 
-Determinant logits (CONTRACT §8, bq = k2 x q per chunk, the forward's operand): det(q, k1, k2)
-is cyclic, so the logits are X @ (sign * (k1 x y))^T, sign +1 with X = q (HEADS) and -1 with
-X = k2 (POSITIONS); the cross product needs k1 at its two permuted channel orders (resident)
-and y at both (loads at shifted channels). dk1 = dA @ (k2 x q) is two products with X at its
-two permuted orders X_1 = X[:, s(d)], X_2 = X[:, s(s(d))]:
+Determinant logits (CONTRACT §8, bq = k2 x q per chunk, the forward's operand) take POSITIONS
+columns (X = k2, y = q[i, h]; with HEADS columns they spill at every tile tried). det(q, k1, k2)
+is cyclic, so the logits are -(X @ (k1 x y)^T), two products on the kv sides k1[s(d)] * y[s(s(d))]
+and k1[s(s(d))] * y[s(d)] (k1 resident at both permuted channel orders, s(d) the next channel
+of d's chunk), and dk1 = dA @ (X x y) is two products with X at its permuted orders
+X_1 = X[:, s(d)], X_2 = X[:, s(s(d))]:
 
-    dk1^T += a[:, None] * (X_1^T @ dA^T) + b[:, None] * (X_2^T @ dA^T),
-    (a, b) = (-y_2, y_1) (HEADS) or (y_2, -y_1) (POSITIONS)
+    dk1^T += y_2[:, None] * (X_1^T @ dA^T) - y_1[:, None] * (X_2^T @ dA^T)
 
-Masks: rows j outside J(i) (in_band), columns whose k lies outside K(i) (POSITIONS: past its
-end or past the sequence; zero-filled) or whose head lies past the group (HEADS; zero-filled).
+Masks: rows j outside J(i) (in_band), columns whose k lies outside K(i) (past its end or past
+the sequence; zero-filled), whose head lies past the group or whose query lies past the tile's
+last query (HEADS; zero-filled).
 For query i the window K(i) is a band independent of j; the sum over all tiles of the queries
 visited is (w1 + BLOCK_J - 1) / w1 of the useful work. Packed sequences as in fwd.py.
 Each program writes only its own rows: no atomics, deterministic.
@@ -51,24 +56,25 @@ from . import coverage
 from .coverage import hit
 from .kv import head_rows, row_block_ptrs
 from .mask import in_band
-from .operand import chunk_shifts, cross, mma
+from .operand import chunk_shifts, mma
 from .softmax import recomputed_block
 from .tiles import kv_tile, kv_tile_rows, store_kv_tile
 
-#   i_repeat / h_repeat / k_repeat   a second trip of the loop over queries i / head blocks / k-blocks
+#   i_repeat / h_repeat / k_repeat   a second trip of the loop over query blocks / head blocks / k-blocks
+#   i_tail                          (HEADS) a query block with columns past the tile's last query
 #   h_tail                          (HEADS) a head block with columns past the group's last head
-#   k_tail / k_past_n               (POSITIONS) a k-block with columns past K(i) / past N
-P_I_REPEAT, P_H_REPEAT, P_H_TAIL, P_K_REPEAT, P_K_TAIL, P_K_PAST_N = coverage.slots(
-    ("bwd_dkv1",), "i_repeat", "h_repeat", "h_tail", "k_repeat", "k_tail", "k_past_n"
+#   k_tail                          a k step with columns whose k lies outside their K(i)
+#   k_past_n                        (POSITIONS) a k-block with columns past N
+P_I_REPEAT, P_I_TAIL, P_H_REPEAT, P_H_TAIL, P_K_REPEAT, P_K_TAIL, P_K_PAST_N = coverage.slots(
+    ("bwd_dkv1",), "i_repeat", "i_tail", "h_repeat", "h_tail", "k_repeat", "k_tail", "k_past_n"
 )
 
 
 @triton.jit
-def column_tile(at, first, c, stride_n, chan, ok, d_ok):
-    """X [BLOCK_C, BLOCK_D]: rows first + c (stride stride_n from `at`), channel offsets `chan`,
-    zero where the column is not `ok` or past D."""
-    rows = tl.cast(first, tl.int64) * stride_n
-    return tl.load(at + rows + (c[:, None] * stride_n + chan[None, :]), mask=ok[:, None] & d_ok[None, :], other=0.0)
+def column_tile(at, rows, chan, ok, d_ok):
+    """X [BLOCK_C, BLOCK_D]: the rows at offsets `rows` [BLOCK_C] (int64) from `at`, channel
+    offsets `chan`, zero where the column is not `ok` or past D."""
+    return tl.load(at + (rows[:, None] + chan[None, :]), mask=ok[:, None] & d_ok[None, :], other=0.0)
 
 
 @triton.jit
@@ -96,13 +102,18 @@ def _two_simplicial_bwd_dkv1_kernel(
     stride_gb, stride_gn, stride_gh,
     N, GROUP, D, L1, R1, L2, R2,
     scale,
-    BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr, HEADS: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr, HEADS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
     VARLEN: tl.constexpr, DET: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+    X_WHERE_USED: tl.constexpr = False,
 ):  # fmt: skip
-    # Heads per head block and positions per k-block: (BLOCK_C, 1) in HEADS mode, else (1, BLOCK_C).
-    BLOCK_H: tl.constexpr = BLOCK_C if HEADS else 1
+    # X_WHERE_USED (a config's choice, determinant logits): the permuted k2 tiles of dk1 loaded
+    # where used instead of with the k-block's tiles.
+    # Queries per query block and positions per k-block: HEADS, BLOCK_C / BLOCK_H queries of
+    # BLOCK_H heads at one k; POSITIONS, BLOCK_C positions of one head and one query.
+    BLOCK_I: tl.constexpr = BLOCK_C // BLOCK_H if HEADS else 1
     BLOCK_KK: tl.constexpr = 1 if HEADS else BLOCK_C
+    HB: tl.constexpr = BLOCK_H if HEADS else 1  # heads per head block
     start, n, j0 = kv_tile(CU_SEQLENS, COUNTS, N, GROUP, D, R1, R2, BLOCK_J, BLOCK_D, VARLEN, DET, COUNT_PATHS)
     if VARLEN:  # a batched grid has no tile past its sequence
         if j0 >= n:
@@ -131,104 +142,106 @@ def _two_simplicial_bwd_dkv1_kernel(
     do_base = head_rows(DOUT, b, g * GROUP, start, stride_dob, stride_doh, stride_don)
     row_base = b * stride_lb + (g * GROUP) * stride_lh + start
     q_ch, k2_ch, v2_ch, do_ch = d * stride_qd, d * stride_k2d, d * stride_v2d, d * stride_dod
-    q_1, q_2 = (d + sh1) * stride_qd, (d + sh2) * stride_qd
+    q_1, q_2 = (d + sh1) * stride_qd, (d + sh2) * stride_qd  # (determinant: the channel orders s, s(s))
     k2_1, k2_2 = (d + sh1) * stride_k2d, (d + sh2) * stride_k2d
-    sign = -1.0  # determinant: the logits' kv side is sign * (k1 x y)
-    if HEADS:
-        sign = 1.0
+    tl.static_assert(not (HEADS and DET), "determinant logits take POSITIONS columns (host.column_mode)")
 
     # j is in J(i) = [i - L1, i + R1]  <=>  i is in [j - R1, j + L1].
     j_last = tl.minimum(j0 + BLOCK_J - 1, n - 1)
     i_lo = tl.maximum(j0 - R1, 0)
     i_hi = tl.minimum(j_last + L1, n - 1)
-    n_hblk = tl.cdiv(GROUP, BLOCK_H)
+    n_hblk = tl.cdiv(GROUP, HB)
+    if HEADS:  # column c: query i0 + ii, head h0 + hh
+        ii = c // HB
+        hh = c % HB
+    else:  # column c: position k0 + c; one query i0 and head h0
+        ii = c * 0
+        hh = c * 0
 
     dk1 = tl.zeros([BLOCK_D, BLOCK_J], tl.float32)  # dk1^T and dv1^T
     dv1 = tl.zeros([BLOCK_D, BLOCK_J], tl.float32)
-    for i in range(i_lo, i_hi + 1):
-        i64 = tl.cast(i, tl.int64)
-        row_in = in_band(j_ok, js, i, L1, R1)
-        k_lo = tl.maximum(i - L2, 0)
-        k_hi = tl.minimum(i + R2, n - 1)
-        q_at, do_at = q_base + i64 * stride_qn, do_base + i64 * stride_don
-        hit(COUNTS, P_I_REPEAT, i > i_lo, COUNT_PATHS)
+    for i0 in range(i_lo, i_hi + 1, BLOCK_I):
+        ic = i0 + ii
+        i_ok = ic <= i_hi
+        i_last = tl.minimum(i0 + BLOCK_I - 1, i_hi)
+        k_lo = tl.maximum(i0 - L2, 0)  # the union of the block's K(i)
+        k_hi = tl.minimum(i_last + R2, n - 1)
+        hit(COUNTS, P_I_REPEAT, i0 > i_lo, COUNT_PATHS)
+        hit(COUNTS, P_I_TAIL, i0 + BLOCK_I - 1 > i_hi, COUNT_PATHS)
+        q_rows = ic.to(tl.int64) * stride_qn
+        do_rows = ic.to(tl.int64) * stride_don
         for hb in range(0, n_hblk):
-            h0 = hb * BLOCK_H
+            h0 = hb * HB
+            heads = h0 + hh
+            h_ok = heads < GROUP
             hit(COUNTS, P_H_REPEAT, hb > 0, COUNT_PATHS)
+            hit(COUNTS, P_H_TAIL, h0 + HB > GROUP, COUNT_PATHS)
             if HEADS:
-                hit(COUNTS, P_H_TAIL, h0 + BLOCK_H > GROUP, COUNT_PATHS)
-                h_ok = h0 + c < GROUP
-                heads = h0 + c
-                # The head tiles of query i: the logits' / dP's left operands for the whole k loop.
-                xq = column_tile(q_at, h0, c, stride_qh, q_ch, h_ok, d_ok)
-                xo = column_tile(do_at, h0, c, stride_doh, do_ch, h_ok, d_ok)
-                if DET:
-                    xq1 = column_tile(q_at, h0, c, stride_qh, q_1, h_ok, d_ok)
-                    xq2 = column_tile(q_at, h0, c, stride_qh, q_2, h_ok, d_ok)
+                ok = i_ok & h_ok
+                # The (query, head) tiles of the block: the left operands for the whole k loop.
+                xq = column_tile(q_base, q_rows + heads * stride_qh, q_ch, ok, d_ok)
+                xo = column_tile(do_base, do_rows + heads * stride_doh, do_ch, ok, d_ok)
             else:
-                h_ok = c >= 0
-                heads = h0 + c * 0
-                # The rows of (i, h) that every column shares.
+                # The rows of (i0, h0) that every column shares.
+                q_at = q_base + tl.cast(i0, tl.int64) * stride_qn
+                do_at = do_base + tl.cast(i0, tl.int64) * stride_don
                 yq = shared_row(q_at, h0, stride_qh, q_ch, d_ok)
                 yo = shared_row(do_at, h0, stride_doh, do_ch, d_ok)
                 if DET:
                     yq1 = shared_row(q_at, h0, stride_qh, q_1, d_ok)
                     yq2 = shared_row(q_at, h0, stride_qh, q_2, d_ok)
-            # Per column (i, head): the forward's statistics (rows of S^T).
-            stat = row_base + heads.to(tl.int64) * stride_lh + i64
-            lse = tl.load(LSE + stat, mask=h_ok, other=0.0)
-            lse_lo = tl.load(LSE_LO + stat, mask=h_ok, other=0.0)
-            delta = tl.load(DELTA + stat, mask=h_ok, other=0.0)
+            # Per column (query, head): the forward's statistics (rows of S^T).
+            stat = row_base + heads.to(tl.int64) * stride_lh + ic
+            lse = tl.load(LSE + stat, mask=h_ok & i_ok, other=0.0)
+            lse_lo = tl.load(LSE_LO + stat, mask=h_ok & i_ok, other=0.0)
+            delta = tl.load(DELTA + stat, mask=h_ok & i_ok, other=0.0)
             for k0 in range(k_lo, k_hi + 1, BLOCK_KK):
                 hit(COUNTS, P_K_REPEAT, k0 > k_lo, COUNT_PATHS)
                 if HEADS:
-                    col_ok = h_ok
-                    yk = shared_row(k2_base, k0, stride_k2n, k2_ch, d_ok)
-                    yv = shared_row(v2_base, k0, stride_v2n, v2_ch, d_ok)
-                    if DET:
-                        y1 = shared_row(k2_base, k0, stride_k2n, k2_1, d_ok)
-                        y2 = shared_row(k2_base, k0, stride_k2n, k2_2, d_ok)
-                        # bq = y x X: dk1 = y_1 * (dA @ X_2) - y_2 * (dA @ X_1)
-                        ys, x1, x2, a, bb = yk, xq1, xq2, -y2, y1
-                    else:
-                        ys, xs = yk, xq
-                    xv, yvv = xo, yv
+                    # k0 in K(i) of the column's query (the block's queries have shifted windows)
+                    hit(COUNTS, P_K_TAIL, (k0 < i_last - L2) | (k0 > i0 + R2), COUNT_PATHS)
+                    col_ok = in_band(ok, k0, ic, L2, R2)
+                    ys = shared_row(k2_base, k0, stride_k2n, k2_ch, d_ok)
+                    yvv = shared_row(v2_base, k0, stride_v2n, v2_ch, d_ok)
+                    xs, xv = xq, xo
                 else:
                     hit(COUNTS, P_K_TAIL, k0 + BLOCK_KK - 1 > k_hi, COUNT_PATHS)
                     hit(COUNTS, P_K_PAST_N, k0 + BLOCK_KK > n, COUNT_PATHS)
                     col_ok = k0 + c <= k_hi
-                    xk = column_tile(k2_base, k0, c, stride_k2n, k2_ch, col_ok, d_ok)
-                    xv = column_tile(v2_base, k0, c, stride_v2n, v2_ch, col_ok, d_ok)
-                    yvv = yo
+                    k_rows = (k0 + c).to(tl.int64)
+                    xk = column_tile(k2_base, k_rows * stride_k2n, k2_ch, col_ok, d_ok)
+                    xv = column_tile(v2_base, k_rows * stride_v2n, v2_ch, col_ok, d_ok)
+                    xs, ys, yvv = xk, yq, yo
                     if DET:
-                        # bq = X x y: dk1 = y_2 * (dA @ X_1) - y_1 * (dA @ X_2)
-                        x1 = column_tile(k2_base, k0, c, stride_k2n, k2_1, col_ok, d_ok)
-                        x2 = column_tile(k2_base, k0, c, stride_k2n, k2_2, col_ok, d_ok)
-                        ys, y1, y2, a, bb = yq, yq1, yq2, yq2, -yq1
-                    else:
-                        ys, xs = yq, xk
-                in_win = col_ok[:, None] & row_in[None, :]
+                        if not X_WHERE_USED:  # the k2 tile at its two permuted channel orders (dk1 below)
+                            x1 = column_tile(k2_base, k_rows * stride_k2n, k2_1, col_ok, d_ok)
+                            x2 = column_tile(k2_base, k_rows * stride_k2n, k2_2, col_ok, d_ok)
+                # [columns, j]: j in the window J(i) of the column's query, k in its K(i).
+                in_win = in_band(col_ok[:, None] & j_ok[None, :], js[None, :], ic[:, None], L1, R1)
                 if DET:
-                    # X @ (sign * (k1 x y))^T: k1 x y = k1[s(d)] y[s(s(d))] - k1[s(s(d))] y[s(d)]
-                    kq = (sign * cross(k1t.to(tl.float32), k1u.to(tl.float32), y1[None, :], y2[None, :])).to(dt)
-                    if HEADS:
-                        xl = xq
-                    else:
-                        xl = xk
+                    # X @ (-(k1 x y))^T, k1 x y = k1[s(d)] y[s(s(d))] - k1[s(s(d))] y[s(d)], as two
+                    # products: each kv side one rounding of an exact product, the difference in float32.
+                    s = mma(xs, tl.trans(folded(k1t, -yq2, dt)), tl.zeros([BLOCK_C, BLOCK_J], tl.float32),
+                            INPUT_PRECISION, UPCAST)  # fmt: skip
+                    s = mma(xs, tl.trans(folded(k1u, yq1, dt)), s, INPUT_PRECISION, UPCAST)
                 else:
-                    kq = folded(k1t, ys, dt)
-                    xl = xs
-                s = mma(xl, tl.trans(kq), tl.zeros([BLOCK_C, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
+                    s = mma(xs, tl.trans(folded(k1t, ys, dt)), tl.zeros([BLOCK_C, BLOCK_J], tl.float32),
+                            INPUT_PRECISION, UPCAST)  # fmt: skip
                 p, ds = recomputed_block(
                     s, in_win, xv, folded(v1t, yvv, dt), lse, lse_lo, delta, scale, True, INPUT_PRECISION, UPCAST
                 )
                 ds = ds.to(dt)
                 zero = tl.zeros([BLOCK_D, BLOCK_J], tl.float32)
-                if DET:
-                    dk1 += a[:, None] * mma(tl.trans(x1), ds, zero, INPUT_PRECISION, UPCAST)
-                    dk1 += bb[:, None] * mma(tl.trans(x2), ds, zero, INPUT_PRECISION, UPCAST)
+                if DET:  # bq = X x y: dk1 = y_2 * (dA @ X_1) - y_1 * (dA @ X_2)
+                    if X_WHERE_USED:  # loaded here, one live at a time (less shared memory, more registers)
+                        x1 = column_tile(k2_base, k_rows * stride_k2n, k2_1, col_ok, d_ok)
+                    dk1 += yq2[:, None] * mma(tl.trans(x1), ds, zero, INPUT_PRECISION, UPCAST)
+                    if X_WHERE_USED:
+                        x2 = column_tile(k2_base, k_rows * stride_k2n, k2_2, col_ok, d_ok)
+                    dk1 -= yq1[:, None] * mma(tl.trans(x2), ds, zero, INPUT_PRECISION, UPCAST)
                 else:
                     dk1 += ys[:, None] * mma(tl.trans(xs), ds, zero, INPUT_PRECISION, UPCAST)
                 dv1 += yvv[:, None] * mma(tl.trans(xv), p.to(dt), zero, INPUT_PRECISION, UPCAST)
 
-    store_kv_tile(DK1, DV1, tl.trans(dk1), tl.trans(dv1), scale, b, g, r0, jr, d, jd_mask, stride_gb, stride_gn, stride_gh)
+    dk1, dv1 = tl.trans(dk1), tl.trans(dv1)
+    store_kv_tile(DK1, DV1, dk1, dv1, scale, b, g, r0, jr, d, jd_mask, stride_gb, stride_gn, stride_gh)

@@ -83,21 +83,21 @@ def _table16(arch, dc):
         return {
             "fwd": [_c(8, 2, BLOCK_M=32, BLOCK_J=32)],
             "bwd_dq": [_c(8, 2, BLOCK_M=32, BLOCK_J=16)],
-            "bwd_dkv1": [_c(8, 2, BLOCK_J=16, BLOCK_C=16)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_C=16)],
             "bwd_dkv2": [_c(8, 2, BLOCK_K=16, BLOCK_J=16)],
         }
     if arch == "sm90":
         return {
             "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=64), _c(8, st, BLOCK_M=64, BLOCK_J=32)],
             "bwd_dq": [_c(8, st, BLOCK_M=64, BLOCK_J=32)],
-            "bwd_dkv1": [_c(8, 1, BLOCK_J=32, BLOCK_C=64), _c(8, 2, BLOCK_J=32, BLOCK_C=64), _c(4, 1, BLOCK_J=16, BLOCK_C=64), _c(4, 2, BLOCK_J=16, BLOCK_C=64)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=32, BLOCK_C=128), _c(8, 3, BLOCK_J=32, BLOCK_C=128)],
             "bwd_dkv2": [_c(8, st, BLOCK_K=32, BLOCK_J=32)],
         }
     bj = 16 if arch == "sm80" else 32
     return {
         "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=bj)],
         "bwd_dq": [_c(8, st, BLOCK_M=64, BLOCK_J=bj)],
-        "bwd_dkv1": [_c(4, st, BLOCK_J=32, BLOCK_C=32)],
+        "bwd_dkv1": [_c(8, st, BLOCK_J=32, BLOCK_C=64)],
         "bwd_dkv2": [_c(8, st, BLOCK_K=32, BLOCK_J=32)],
     }
 
@@ -109,7 +109,7 @@ def _table32(dc):
     return {
         "fwd": [_c(8 if big else 4, 1, BLOCK_M=16, BLOCK_J=16)],
         "bwd_dq": [_c(8 if big else 4, 1, BLOCK_M=16, BLOCK_J=16)],
-        "bwd_dkv1": [_c(16 if big else 8, 1, BLOCK_J=16, BLOCK_C=16)],
+        "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_C=16)],
         "bwd_dkv2": [_c(8 if big else 4, 1, BLOCK_K=16, BLOCK_J=16)],
     }
 
@@ -125,10 +125,13 @@ def _table_det(arch, dc, fp32):
     sequences spills on sm_90 (bwd_dq head-packed 60 B, bwd_dkv1 56 B, bwd_dkv2 20 B) and on
     sm_80 (bwd_dq head-packed 60 B); correct, slower on the lent GPUs' triton 3.6."""
     if dc >= 256:
+        # float32 on sm_86-like parts (99 KiB): bwd_dkv1's permuted k2 tiles loaded where used,
+        # else their layout conversions need 112 KiB of shared memory.
+        late = dict(X_WHERE_USED=True) if fp32 and arch == "sm86" else {}
         return {
             "fwd": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
             "bwd_dq": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
-            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_C=16)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_C=16, **late)],
             "bwd_dkv2": [_c(8, 1, BLOCK_K=16, BLOCK_J=16)],
         }
     if fp32:
@@ -144,7 +147,7 @@ def _table_det(arch, dc, fp32):
     return {
         "fwd": [_c(8, st, **fwd_tiles[arch])],
         "bwd_dq": [_c(8, st, BLOCK_M=32, BLOCK_J=32)],
-        "bwd_dkv1": [_c(8, st, BLOCK_J=64 if arch == "sm90" else 32, BLOCK_C=16)],
+        "bwd_dkv1": [_c(8, 1, BLOCK_J=32 if arch == "sm90" else 16, BLOCK_C=32 if arch == "sm90" else 16)],
         "bwd_dkv2": [_c(8, st, BLOCK_K=16, BLOCK_J=32)],
     }
 
@@ -232,11 +235,26 @@ def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
     return table[kernel] + extra
 
 
-def heads_columns(group, w2, block_c):
-    """bwd_dkv1's column mode: True (HEADS, columns are block_c heads at one k) when that fills
-    at least as large a share of the columns as POSITIONS (block_c positions of one head) for a
-    group of `group` heads and a k window of `w2` positions."""
-    return group * -(-w2 // block_c) >= w2 * -(-group // block_c)
+def column_mode(group, w2, block_c, det=False, bd=128):
+    """bwd_dkv1's columns for a group of `group` query heads and a k window of `w2` positions at
+    BLOCK_C = block_c: (True, BLOCK_H) for HEADS (block_c / BLOCK_H queries of BLOCK_H heads at
+    one k, BLOCK_H the group padded to a power of two, at most block_c) or (False, 1) for
+    POSITIONS (block_c positions of one head), whichever holds the larger share of useful
+    pairs: HEADS loses padded heads and, per query block, w2 of every w2 + queries - 1 k steps;
+    POSITIONS the tail of each query's k window. Ties go to HEADS. Determinant logits (`det`)
+    and padded head dims `bd` over 128 always take POSITIONS: with HEADS columns their tiles
+    spill at every size tried (bench/verify/kernel_report.py)."""
+    if det or bd > 128:
+        return False, 1
+    heads = min(1 << max(0, group - 1).bit_length(), block_c)
+    queries = block_c // heads
+    k_blocks = -(-w2 // block_c)
+    # share(HEADS) = group / (heads * head_blocks) * w2 / (w2 + queries - 1)
+    # share(POSITIONS) = w2 / (block_c * k_blocks)
+    head_blocks = -(-group // heads)
+    if group * block_c * k_blocks >= heads * head_blocks * (w2 + queries - 1):
+        return True, heads
+    return False, 1
 
 
 def arch_class(capability):

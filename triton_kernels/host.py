@@ -76,14 +76,17 @@ def head_block(group, head_packing, kernel, arch, bd, fp32, forced=None, det=Fal
     return min(triton.next_power_of_2(group), configs.min_block(kernel, arch, bd, fp32, "BLOCK_M", forced, det))
 
 
-def column_heads(group, w2, head_packing, arch, bd, fp32, forced=None, det=False):
-    """bwd_dkv1's column mode HEADS (True: columns are BLOCK_C heads at one k; False: BLOCK_C
-    positions k of one head): the one whose columns hold more pairs of the window, for a group
-    of `group` heads and a k window of `w2` positions, at the smallest BLOCK_C of the configs
-    (or of the one config `forced`); ties go to HEADS. `head_packing` True / False forces it."""
-    if head_packing is not None:
-        return bool(head_packing)
-    return configs.heads_columns(group, w2, configs.min_block("bwd_dkv1", arch, bd, fp32, "BLOCK_C", forced, det))
+def column_mode(group, w2, head_packing, arch, bd, fp32, forced=None, det=False):
+    """bwd_dkv1's (HEADS, BLOCK_H) (configs.column_mode) for a group of `group` heads and a k
+    window of `w2` positions, at the smallest BLOCK_C of the configs (or of the one config
+    `forced`). `head_packing` True / False forces HEADS / POSITIONS (tests; determinant logits
+    always take POSITIONS)."""
+    bc = configs.min_block("bwd_dkv1", arch, bd, fp32, "BLOCK_C", forced, det)
+    if head_packing is None or det:
+        return configs.column_mode(group, w2, bc, det, bd)
+    if head_packing:
+        return True, min(triton.next_power_of_2(group), bc)
+    return False, 1
 
 
 def int32_tiles(t):

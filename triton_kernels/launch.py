@@ -22,7 +22,7 @@ from .bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
 from .bwd_dq import _two_simplicial_bwd_dq_kernel
 from .decode import _decode_combine_kernel, _decode_split_kernel
 from .fwd import _two_simplicial_fwd_kernel
-from .host import arch_of, block_d, check_tensors, column_heads, head_block, int32_tiles, layout
+from .host import arch_of, block_d, check_tensors, column_mode, head_block, int32_tiles, layout
 from .runtime import device_guard, input_precision, is_interpreting
 
 # Rows of the Delta preprocess per program: at 32 its [rows, 256] float32 tiles spill on sm_100.
@@ -138,11 +138,11 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, a
         forced_dkv1 = forced.get("bwd_dkv1")
         dkv1_kernel = configs.autotuned("bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32,
                                         forced=forced_dkv1, det=det)  # fmt: skip
-        dkv1_heads = column_heads(group, min(L2 + R2 + 1, N), head_packing, arch, bd, fp32, forced_dkv1, det)
+        heads, heads_per_block = column_mode(group, min(L2 + R2 + 1, N), head_packing, arch, bd, fp32, forced_dkv1, det)
         dkv1_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_J"]), HKV, seqs.count)](
             q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dk1, dv1, seqs.cu_seqlens, counts["bwd_dkv1"], *common,
             *seqs.strides(dk1)[:3], *sizes,
-            HEADS=dkv1_heads, COUNT_PATHS=counts["bwd_dkv1"] is not None, **flags,
+            HEADS=heads, BLOCK_H=heads_per_block, COUNT_PATHS=counts["bwd_dkv1"] is not None, **flags,
         )  # fmt: skip
 
         # The kv-side kernels: one program per tile of BLOCK kv positions (its tile parameter).

@@ -241,7 +241,10 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
                                 extra = {"BLOCK_H": min(heads, cfg.kwargs["BLOCK_M"])} if tiling else {}
                                 if kernel == "bwd_dkv1":  # its column mode, as host.column_heads picks it
                                     group, w2 = target["HQ"] // target["HKV"], min(target["W2"], target["N"])
-                                    extra = {"HEADS": configs.heads_columns(group, w2, cfg.kwargs["BLOCK_C"])}
+                                    bc = cfg.kwargs["BLOCK_C"]
+                                    heads, block_h = configs.column_mode(group, w2, bc, flags["DET"], dc)
+                                    late = cfg.kwargs.get("X_WHERE_USED", False)  # a constexpr with a default
+                                    extra = {"HEADS": heads, "BLOCK_H": block_h, "X_WHERE_USED": late}
                                 jobs.append(job(arch, kernel, tiling, variant, dtype, dc, cfg,
                                                 {**precision, **flags, **extra}))  # fmt: skip
                     cfg = configs.decode_config(cls, dc, fp32)

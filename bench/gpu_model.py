@@ -150,7 +150,8 @@ def _compile_triton(job_and_target):
 
 
 def _tiles(job):
-    return {k: v for k, v in job["constexprs"].items() if k.startswith("BLOCK_") and k != "BLOCK_D"}
+    """The tile sizes of a job, and bwd_dkv1's column mode (HEADS)."""
+    return {k: v for k, v in job["constexprs"].items() if (k.startswith("BLOCK_") and k != "BLOCK_D") or k == "HEADS"}
 
 
 def _label(job):

@@ -85,7 +85,8 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, a
 
     Shapes and `prob` as in `fwd`; `out`, `lse` and `lse_lo` are the forward's. With GQA a kv
     gradient sums over the query heads sharing the kv head. `head_packing`, `allow_tf32` and
-    `config` (keys "bwd_dq", "bwd_dkv1", "bwd_dkv2") as in `fwd`.
+    `config` (keys "bwd_dq", "bwd_dkv1", "bwd_dkv2") as in `fwd`; for bwd_dkv1 `head_packing`
+    True / False forces its HEADS / POSITIONS columns (host.column_mode).
     """
     forced = configs.forced_configs(config, ("bwd_dq", "bwd_dkv1", "bwd_dkv2"))
     check_tensors(q, k1, k2, v1, v2, dout, out)
@@ -136,9 +137,9 @@ def bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, a
 
         # dk1 / dv1: one program per tile of BLOCK_J k1/v1 positions; columns of heads or of k's.
         forced_dkv1 = forced.get("bwd_dkv1")
-        dkv1_kernel = configs.autotuned("bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32,
-                                        forced=forced_dkv1, det=det)  # fmt: skip
         heads, heads_per_block = column_mode(group, min(L2 + R2 + 1, N), head_packing, arch, bd, fp32, forced_dkv1, det)
+        dkv1_kernel = configs.autotuned("bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32, heads,
+                                        forced=forced_dkv1, det=det)  # fmt: skip
         dkv1_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_J"]), HKV, seqs.count)](
             q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dk1, dv1, seqs.cu_seqlens, counts["bwd_dkv1"], *common,
             *seqs.strides(dk1)[:3], *sizes,

@@ -236,15 +236,17 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
                         tilings = {"": (False, 1)}
                         if kernel in ("fwd", "bwd_dq"):
                             tilings = {"seq": (False, 1), "pack": (True, target["HQ"] // target["HKV"])}
+                        if kernel == "bwd_dkv1" and not flags["DET"] and dc <= 128:  # POSITIONS / HEADS lists
+                            tilings = {"seq": (False, 1), "pack": (True, 1)}
                         for tiling, (packed, heads) in tilings.items():
                             for cfg in configs.configs(kernel, cls, dc, fp32=fp32, packed=packed, det=flags["DET"]):
-                                extra = {"BLOCK_H": min(heads, cfg.kwargs["BLOCK_M"])} if tiling else {}
-                                if kernel == "bwd_dkv1":  # its column mode, as host.column_heads picks it
-                                    group, w2 = target["HQ"] // target["HKV"], min(target["W2"], target["N"])
-                                    bc = cfg.kwargs["BLOCK_C"]
-                                    heads, block_h = configs.column_mode(group, w2, bc, flags["DET"], dc)
+                                if kernel == "bwd_dkv1":  # its columns, as host.column_mode gives them
+                                    group = pow2(target["HQ"] // target["HKV"])
+                                    block_h = min(group, cfg.kwargs["BLOCK_C"]) if packed else 1
                                     late = cfg.kwargs.get("X_WHERE_USED", False)  # a constexpr with a default
-                                    extra = {"HEADS": heads, "BLOCK_H": block_h, "X_WHERE_USED": late}
+                                    extra = {"HEADS": packed, "BLOCK_H": block_h, "X_WHERE_USED": late}
+                                else:
+                                    extra = {"BLOCK_H": min(heads, cfg.kwargs["BLOCK_M"])} if tiling else {}
                                 jobs.append(job(arch, kernel, tiling, variant, dtype, dc, cfg,
                                                 {**precision, **flags, **extra}))  # fmt: skip
                     cfg = configs.decode_config(cls, dc, fp32)
@@ -256,6 +258,11 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
                 combine = triton_config(dict(BLOCK_S=16), 4)
                 jobs.append(job(arch, "decode_combine", "", "base", dtype, dc, combine, plain))
     return jobs
+
+
+def pow2(x):
+    """The smallest power of two >= x (triton.next_power_of_2)."""
+    return 1 << max(0, x - 1).bit_length()
 
 
 def triton_config(tiles, num_warps):

@@ -168,8 +168,9 @@ def _compile_triton(job_and_target):
 
 
 def _tiles(job):
-    """The config's tiles (BLOCK_ but BLOCK_D) and, for the forward, whether its j loop is split."""
-    tiles = {k: v for k, v in job["constexprs"].items() if k.startswith("BLOCK_") and k != "BLOCK_D"}
+    """The config's tiles (BLOCK_ but BLOCK_D), bwd_dkv1's column mode (HEADS) and, for the
+    forward, whether its j loop is split."""
+    tiles = {k: v for k, v in job["constexprs"].items() if (k.startswith("BLOCK_") and k != "BLOCK_D") or k == "HEADS"}
     if not tiles.get("BLOCK_T", 1):  # no narrow blocks
         del tiles["BLOCK_T"]
     if job["constexprs"].get("SPLIT_J"):

@@ -204,10 +204,36 @@ def test_forward_map_matches_its_loops(causal):
         assert trips.levels == _brute_fwd(s, bm, bj, bh), (bm, bj, bh)
 
 
+def _brute_dkv1(s, bj, bc, heads, bh):
+    """bwd_dkv1's (query block, head block, k step) trips by walking its loops."""
+    L1, R1, L2, R2 = s.bands
+    bi, bk, hb = (bc // bh, 1, bh) if heads else (1, bc, 1)
+    i_trips = h_trips = k_trips = 0
+    for j0 in range(0, s.N, bj):
+        i_hi = min(min(j0 + bj - 1, s.N - 1) + L1, s.N - 1)
+        for i0 in range(max(j0 - R1, 0), i_hi + 1, bi):
+            i_trips += 1
+            for _hb in range(-(-s.group // hb)):
+                h_trips += 1
+                k_trips += len(range(max(i0 - L2, 0), min(min(i0 + bi - 1, i_hi) + R2, s.N - 1) + 1, bk))
+    mult = s.B * s.Hkv
+    return [i_trips * mult, h_trips * mult, k_trips * mult]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_dkv1_map_matches_its_loops(causal):
+    """Both column modes: HEADS (4 heads, 4 or 8 queries per block; a group of 8 in two head
+    blocks of 4) and POSITIONS (16-position k-blocks of one head)."""
+    s = shapes.Shape(B=2, N=97, Hq=16, Hkv=2, D=64, w1=20, w2=7, causal=causal)
+    for bj, bc, heads, bh in ((16, 16, True, 4), (32, 32, True, 4), (16, 16, False, 1)):
+        trips = maps.triton_dkv1(s, dict(BLOCK_J=bj, BLOCK_C=bc, BLOCK_H=bh, HEADS=heads))
+        assert trips.levels == _brute_dkv1(s, bj, bc, heads, bh), (bj, bc, heads, bh)
+
+
 def test_one_head_per_kv_head_drops_the_head_loop():
     """Triton specialises GROUP == 1 into a constant, so the dkv1 kernel's head loop is compiled away."""
     gqa, mha = shapes.Shape(2, 64, 4, 1, 64, 16, 8), shapes.Shape(2, 64, 4, 4, 64, 16, 8)
-    tiles = dict(BLOCK_J=16, BLOCK_K=16)
+    tiles = dict(BLOCK_J=16, BLOCK_C=16)
     assert len(maps.triton_dkv1(gqa, tiles).levels) == 3 and len(maps.triton_dkv1(mha, tiles).levels) == 2
 
 
@@ -226,7 +252,7 @@ def test_a_kernel_without_a_map_or_with_another_nest_gets_a_row():
     fn = sass.Function("_k", sass.parse_functions(NEST)["_k"])
     unknown = gpu_model.Kernel("triton", "sm90", "bwd_new", "X=1 w4 s1", {}, 4, 64, 0, fn)
     fwd = gpu_model.Kernel("triton", "sm90", "fwd", "M=16 J=16 w4 s1", dict(BLOCK_M=16, BLOCK_J=16), 4, 64, 0, fn)
-    three_deep = gpu_model.Kernel("triton", "sm90", "bwd_dkv1", "J=16 K=16 w4 s1", dict(BLOCK_J=16, BLOCK_K=16), 4,
+    three_deep = gpu_model.Kernel("triton", "sm90", "bwd_dkv1", "J=16 C=16 w4 s1", dict(BLOCK_J=16, BLOCK_C=16), 4,
                                   64, 0, fn)  # fmt: skip
     recs = gpu_model.model([unknown, fwd, three_deep], shapes.Shape(1, 64, 4, 1, 64, 16, 8))
     by_kernel = {r["kernel"]: r for r in recs if r.get("scope") != "pass"}

@@ -9,7 +9,7 @@ splits (one empty), wrapped rings, tokens before position 0 and the combine of t
 
 Nine calls per head dim reach them all (five of them forward only: interior j-blocks, k1/v1
 through tensor descriptors and pointer loads, and with a forced config narrow j-blocks) with the
-interpreter's configs (BLOCK_M = BLOCK_J = 32, BLOCK_K = 16 in bwd_dkv1; decode BLOCK_M = 16,
+interpreter's configs (BLOCK_M = BLOCK_J = 32, BLOCK_C = 16 in bwd_dkv1; decode BLOCK_M = 16,
 BLOCK_J = 32); each is also checked against the float64 oracle, so the counted paths computed
 the right thing. D = 48, 96, 192 pad to 64, 128, 256 (a D tail at each; multiples of 3 for the
 determinant).
@@ -48,9 +48,10 @@ def batched_cases(d):
         # N = 13 ends in a partial tile; the first tile's k = i - u falls before position 0.
         # bwd_dqkv2 sums 3 heads' partials, over a span of two tiles (the second partial).
         (Case(1, 13, 3, 1, d, 3, 2), True, 16),
-        # w2 = 18 > BLOCK_K: bwd_dkv1 walks two k-blocks per query, the second a tail.
+        # w2 = 18 > BLOCK_C: bwd_dkv1 walks two k-blocks per query, the second a tail; unpacked
+        # (head_packing=False: one head per column block), its 2 heads are two head blocks.
         # bwd_dqkv2's default span, 32 >= w2 - 1: one program, one scratch layer.
-        (Case(1, 20, 1, 1, d, 1, 18), False, None),
+        (Case(1, 20, 2, 1, d, 1, 18), False, None),
     ]
 
 

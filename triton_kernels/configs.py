@@ -15,7 +15,8 @@ tests/test_triton_configs.py: the launchers take `config={kernel: triton.Config}
 one kernel with one given config instead of autotuning.
 
 Tile names: fwd / bwd_dqkv2 tile rows (BLOCK_M, see fwd.py) and j-blocks (BLOCK_J); bwd_dkv1
-tiles k1 positions (BLOCK_J) and the k2 window of one query (BLOCK_K).
+tiles k1 positions (BLOCK_J) and takes BLOCK_C columns a step (queries x heads at one k, or
+k positions: column_mode; the launcher adds HEADS and BLOCK_H).
 """
 
 import functools
@@ -53,7 +54,7 @@ def _c(num_warps, num_stages, **tiles):
 _INTERP = {
     "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True)],
     "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
-    "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_K=16)],
+    "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_C=16)],
 }
 
 
@@ -73,23 +74,42 @@ def _table16(arch, dc):
     heads at one position, a whole wgmma M). On sm_80, fwd takes BLOCK_J = 16: at 32 its
     sequence tiles reach 255 registers and triton 3.6 spills 12-24 B (3.8 does not); the
     extra cost is one more rescale of the [BLOCK_M, D] partial sum per 16 j instead of 32.
+    bwd_dkv1 (D class 128): _dkv1_16.
     Every entry is free of spills per bench/verify/kernel_report.py, under triton 3.6 and 3.8."""
     st = {"sm80": 3, "sm86": 2, "sm90": 3}[arch]
     if dc >= 256:
         return {
             "fwd": [_c(8, 2, BLOCK_M=32, BLOCK_J=32)],
-            "bwd_dkv1": [_c(8, 2, BLOCK_J=16, BLOCK_K=16)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_C=16)],
         }
     if arch == "sm90":
         return {
             "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=64), _c(8, st, BLOCK_M=64, BLOCK_J=32)],
-            "bwd_dkv1": [_c(8, st, BLOCK_J=64, BLOCK_K=16)],
         }
     bj = 16 if arch == "sm80" else 32
     return {
         "fwd": [_c(8, st, BLOCK_M=64, BLOCK_J=bj)],
-        "bwd_dkv1": [_c(4, st, BLOCK_J=32, BLOCK_K=32)],
     }
+
+
+def _dkv1_16(arch, heads):
+    """bwd_dkv1's lists (16-bit, trilinear, D class 128) for HEADS columns (`heads`: queries x
+    heads at one k, the GQA shapes) or POSITIONS columns (k positions of one head). HEADS on
+    sm_90 / sm_80: 128 columns (2 queries x 64 heads at the target) on 8 warps, so the logits
+    product has 128 rows, one 64-row warp group each (a 64-row product on 8 warps is computed by
+    both: 1.5x the MMA work), at BLOCK_J = 32 (64 spills 16-20 B on sm_90). POSITIONS fill
+    w2 of BLOCK_C columns (half of 64 at w2 = 32), so sm_90 also has 32 columns on 4 warps.
+    sm_86 / sm_120: 128 columns need 137 KiB of shared memory; sm_100: they spill 52 B; sm_80:
+    unpipelined they spill 176 B."""
+    if arch == "sm90":
+        if heads:
+            return [_c(8, 1, BLOCK_J=32, BLOCK_C=128), _c(8, 3, BLOCK_J=32, BLOCK_C=128)]
+        return [_c(8, 1, BLOCK_J=32, BLOCK_C=64), _c(4, 1, BLOCK_J=32, BLOCK_C=32)]
+    if arch == "sm80":
+        return [_c(8, 3, BLOCK_J=32, BLOCK_C=128 if heads else 64)]
+    if arch == "sm100":  # pipelined, the POSITIONS tile spills 184 B there
+        return [_c(8, 3 if heads else 1, BLOCK_J=32, BLOCK_C=64)]
+    return [_c(8, 2, BLOCK_J=32, BLOCK_C=64)]
 
 
 def _table32(dc):
@@ -98,7 +118,7 @@ def _table32(dc):
     big = dc >= 256
     return {
         "fwd": [_c(8 if big else 4, 1, BLOCK_M=16, BLOCK_J=16)],
-        "bwd_dkv1": [_c(16 if big else 8, 1, BLOCK_J=16, BLOCK_K=16)],
+        "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_C=16)],
     }
 
 
@@ -113,21 +133,24 @@ def _table_det(arch, dc, fp32):
     sequences spills on sm_90 (bwd_dkv1 56 B) under triton 3.6; correct, slower on the lent
     GPUs' triton 3.6 (bwd_dqkv2: _dqkv2, not yet checked under 3.6)."""
     if dc >= 256:
+        # float32 on sm_86-like parts (99 KiB): bwd_dkv1's permuted k2 tiles loaded where used,
+        # else their layout conversions need 112 KiB of shared memory.
+        late = dict(X_WHERE_USED=True) if fp32 and arch == "sm86" else {}
         return {
             "fwd": [_c(8, 1, BLOCK_M=16, BLOCK_J=16)],
-            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_K=16)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_C=16, **late)],
         }
     if fp32:
         return {
             "fwd": [_c(4, 1, BLOCK_M=16, BLOCK_J=16)],
-            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_K=16)],
+            "bwd_dkv1": [_c(8, 1, BLOCK_J=16, BLOCK_C=16)],
         }
     st = {"sm80": 3, "sm86": 2, "sm90": 3}[arch]
     fwd_tiles = {"sm80": dict(BLOCK_M=64, BLOCK_J=16), "sm86": dict(BLOCK_M=32, BLOCK_J=32)}
     fwd_tiles["sm90"] = dict(BLOCK_M=64, BLOCK_J=32)
     return {
         "fwd": [_c(8, st, **fwd_tiles[arch])],
-        "bwd_dkv1": [_c(8, st, BLOCK_J=64 if arch == "sm90" else 32, BLOCK_K=16)],
+        "bwd_dkv1": [_c(8, 1, BLOCK_J=32 if arch == "sm90" else 16, BLOCK_C=32 if arch == "sm90" else 16)],
     }
 
 
@@ -231,13 +254,15 @@ def _dqkv2(arch, dc, fp32, packed, det):
 
 def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
     """The config list of `kernel` for arch class `arch` (or INTERP), padded head dim bd,
-    float32 (True) or 16-bit (False) operands, (fwd / bwd_dqkv2) head-packed tiles or not, and
-    determinant (True) or trilinear logits."""
+    float32 (True) or 16-bit (False) operands, (fwd / bwd_dqkv2) head-packed tiles or not
+    ((bwd_dkv1) HEADS columns or not), and determinant (True) or trilinear logits."""
     if arch == INTERP:
         return _INTERP[kernel]
     if kernel == "bwd_dqkv2":
         return _dqkv2(arch, d_class(bd), fp32, packed, det)
     own = _fwd16(arch, packed) if kernel == "fwd" and not (fp32 or det) and d_class(bd) <= 128 else None
+    if kernel == "bwd_dkv1" and not (fp32 or det) and d_class(bd) <= 128:
+        own = _dkv1_16(arch, packed)
     if own is not None:
         return own
     base = BASE[arch]
@@ -253,6 +278,29 @@ def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
         # 128 rows, halving the L2 traffic per FLOP. Spills with sequence tiles (per-row k).
         extra = [_c(8, 3, BLOCK_M=128, BLOCK_J=32)]
     return table[kernel] + extra
+
+
+def column_mode(group, w2, block_c, det=False, bd=128, positions_c=None):
+    """bwd_dkv1's columns for a group of `group` query heads and a k window of `w2` positions:
+    (True, BLOCK_H) for HEADS (block_c / BLOCK_H queries of BLOCK_H heads at one k, BLOCK_H the
+    group padded to a power of two, at most block_c, the HEADS lists' smallest BLOCK_C) or
+    (False, 1) for POSITIONS (positions_c positions of one head, the POSITIONS lists' smallest
+    BLOCK_C; default block_c), whichever holds the larger share of useful pairs: HEADS loses
+    padded heads and, per query block, w2 of every w2 + queries - 1 k steps; POSITIONS the tail
+    of each query's k window. Ties go to HEADS. Determinant logits (`det`) and padded head dims
+    `bd` over 128 always take POSITIONS: with HEADS columns their tiles spill at every size
+    tried (bench/verify/kernel_report.py)."""
+    if det or bd > 128:
+        return False, 1
+    pc = positions_c or block_c
+    heads = min(1 << max(0, group - 1).bit_length(), block_c)
+    queries = block_c // heads
+    head_blocks = -(-group // heads)
+    # share(HEADS) = group / (heads * head_blocks) * w2 / (w2 + queries - 1)
+    # share(POSITIONS) = w2 / (pc * k_blocks)
+    if group * pc * -(-w2 // pc) >= heads * head_blocks * (w2 + queries - 1):
+        return True, heads
+    return False, 1
 
 
 def arch_class(capability):
@@ -302,8 +350,8 @@ def config_list(kernel, arch, bd, fp32, packed=False, forced=None, det=False):
     return [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed, det)
 
 
-def min_block(kernel, arch, bd, fp32, name, forced=None, det=False):
-    """Smallest value of tile parameter `name` among the configs, or that of the one config
-    `forced` (bounds the head-pack size)."""
-    chosen = [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed=True, det=det)
+def min_block(kernel, arch, bd, fp32, name, forced=None, det=False, packed=True):
+    """Smallest value of tile parameter `name` among the configs (head-packed lists unless
+    `packed` is False), or that of the one config `forced` (bounds the head-pack size)."""
+    chosen = [forced] if forced is not None else configs(kernel, arch, bd, fp32, packed=packed, det=det)
     return min(c.kwargs[name] for c in chosen)

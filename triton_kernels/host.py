@@ -76,6 +76,20 @@ def head_block(group, head_packing, kernel, arch, bd, fp32, forced=None, det=Fal
     return min(triton.next_power_of_2(group), configs.min_block(kernel, arch, bd, fp32, "BLOCK_M", forced, det))
 
 
+def column_mode(group, w2, head_packing, arch, bd, fp32, forced=None, det=False):
+    """bwd_dkv1's (HEADS, BLOCK_H) (configs.column_mode) for a group of `group` heads and a k
+    window of `w2` positions, from the smallest BLOCK_C of its HEADS and POSITIONS lists (or of
+    the one config `forced`). `head_packing` True / False forces HEADS / POSITIONS (tests;
+    determinant logits always take POSITIONS). HEADS launches with the HEADS list."""
+    heads_c = configs.min_block("bwd_dkv1", arch, bd, fp32, "BLOCK_C", forced, det, packed=True)
+    positions_c = configs.min_block("bwd_dkv1", arch, bd, fp32, "BLOCK_C", forced, det, packed=False)
+    if head_packing is None or det:
+        return configs.column_mode(group, w2, heads_c, det, bd, positions_c)
+    if head_packing:
+        return True, min(triton.next_power_of_2(group), heads_c)
+    return False, 1
+
+
 def int32_tiles(t):
     """t, or a contiguous copy of t when offsets inside one tile might not fit in int32.
 

@@ -21,7 +21,7 @@ from .bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
 from .bwd_dqkv2 import _reduce_dkv2_kernel, _two_simplicial_bwd_dqkv2_kernel
 from .decode import _decode_combine_kernel, _decode_split_kernel
 from .fwd import _two_simplicial_fwd_kernel
-from .host import arch_of, block_d, check_tensors, head_block, int32_tiles, layout
+from .host import arch_of, block_d, check_tensors, column_mode, head_block, int32_tiles, layout
 from .runtime import device_guard, input_precision, is_interpreting
 
 # Rows of the Delta preprocess per program: at 32 its [rows, 256] float32 tiles spill on sm_100.
@@ -118,7 +118,8 @@ def bwd(
 
     Shapes and `prob` as in `fwd`; `out`, `lse` and `lse_lo` are the forward's. With GQA a kv
     gradient sums over the query heads sharing the kv head. `head_packing`, `allow_tf32` and
-    `config` (keys "bwd_dqkv2", "bwd_dkv1") as in `fwd`. `span` fixes the positions per
+    `config` (keys "bwd_dqkv2", "bwd_dkv1") as in `fwd`; for bwd_dkv1 `head_packing` True / False
+    forces its HEADS / POSITIONS columns (host.column_mode). `span` fixes the positions per
     program of the dq / dk2 / dv2 kernel (tests; a multiple of its tile's positions), else
     dqkv2_span picks it.
     """
@@ -185,14 +186,15 @@ def bwd(
             prob.scale, BLOCK_R=REDUCE_BLOCK_R, BLOCK_D=bd, COUNT_PATHS=counts["bwd_reduce2"] is not None,
         )  # fmt: skip
 
-        # dk1 / dv1: one program per tile of BLOCK_J k1/v1 positions.
-        kernel = configs.autotuned(
-            "bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32, forced=forced.get("bwd_dkv1"), det=det
-        )
-        kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_J"]), HKV, seqs.count)](
+        # dk1 / dv1: one program per tile of BLOCK_J k1/v1 positions; columns of heads or of k's.
+        forced_dkv1 = forced.get("bwd_dkv1")
+        heads, heads_per_block = column_mode(group, min(L2 + R2 + 1, N), head_packing, arch, bd, fp32, forced_dkv1, det)
+        dkv1_kernel = configs.autotuned("bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32, heads,
+                                        forced=forced_dkv1, det=det)  # fmt: skip
+        dkv1_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_J"]), HKV, seqs.count)](
             q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dk1, dv1, seqs.cu_seqlens, counts["bwd_dkv1"], *common,
             *seqs.strides(dk1)[:3], *sizes,
-            COUNT_PATHS=counts["bwd_dkv1"] is not None, **flags,
+            HEADS=heads, BLOCK_H=heads_per_block, COUNT_PATHS=counts["bwd_dkv1"] is not None, **flags,
         )  # fmt: skip
     for kernel, kernel_counts in counts.items():
         coverage.add(kernel, bd, kernel_counts)

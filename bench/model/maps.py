@@ -206,23 +206,34 @@ def triton_reduce2(s, tiles):
 
 
 def triton_dkv1(s, tiles):
-    """Programs of BLOCK_J k1/v1 positions; loops query i, k-blocks of K(i), query heads."""
+    """Programs of BLOCK_J k1/v1 positions; loops query blocks, head blocks, k steps
+    (triton_kernels/bwd_dkv1.py). Columns as configs.column_mode picks them: HEADS, BLOCK_C /
+    BLOCK_H queries of BLOCK_H heads at one k (k steps of 1 over the union of the block's K(i)),
+    else POSITIONS, BLOCK_C positions of one head (query blocks of 1, k-blocks of BLOCK_C)."""
+    from simplicial_attn.triton_kernels.configs import column_mode
+
     L1, R1, L2, R2 = s.bands
-    bj, bk = tiles["BLOCK_J"], tiles["BLOCK_K"]
-    i = np.arange(s.N, dtype=np.int64)
-    kb = _blocks(np.maximum(i - L2, 0), np.minimum(i + R2, s.N - 1), bk)
-    prefix = np.concatenate([[0], np.cumsum(kb)])
-    j0 = np.arange(0, s.N, bj, dtype=np.int64)
-    i_lo = np.maximum(j0 - R1, 0)
-    i_hi = np.minimum(np.minimum(j0 + bj - 1, s.N - 1) + L1, s.N - 1)
+    bj, bc = tiles["BLOCK_J"], tiles["BLOCK_C"]
+    heads, bh = column_mode(s.group, min(L2 + R2 + 1, s.N), bc, bd=max(16, 1 << (s.D - 1).bit_length()))
+    heads, bh = tiles.get("HEADS", heads), tiles.get("BLOCK_H", bh)
+    bi, bk = (bc // bh, 1) if heads else (1, bc)
+    n_hblk = _cdiv(s.group, bh if heads else 1)
+    i_trips = k_trips = 0
+    j0s = range(0, s.N, bj)
+    for j0 in j0s:
+        i_lo = max(j0 - R1, 0)
+        i_hi = min(min(j0 + bj - 1, s.N - 1) + L1, s.N - 1)
+        i0 = np.arange(i_lo, i_hi + 1, bi, dtype=np.int64)
+        i_last = np.minimum(i0 + bi - 1, i_hi)
+        i_trips += len(i0)
+        k_trips += int(_blocks(np.maximum(i0 - L2, 0), np.minimum(i_last + R2, s.N - 1), bk).sum())
     mult = s.B * s.Hkv
-    k_trips = int((prefix[i_hi + 1] - prefix[i_lo]).sum()) * mult
-    levels = [int((i_hi - i_lo + 1).sum()) * mult, k_trips, k_trips * s.group]
+    levels = _drop_unit_group([i_trips * mult, i_trips * mult * n_hblk, k_trips * mult * n_hblk], s, 1)
     return Trips(
-        ctas=len(j0) * mult,
-        levels=_drop_unit_group(levels, s, 2),
-        logit=len(_drop_unit_group(levels, s, 2)) - 1,
-        logits=bj * bk,
+        ctas=len(j0s) * mult,
+        levels=levels,
+        logit=len(levels) - 1,
+        logits=bj * bc,
         side={},
         dram=_qkv_bytes(s, 1) + 2 * s.B * s.N * s.Hkv * s.D * _elem(s) + _stats_bytes(s, 3),
     )

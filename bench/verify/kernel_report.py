@@ -239,9 +239,17 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
                         tilings = {"": (False, 1)}
                         if kernel in ("fwd", "bwd_dqkv2"):
                             tilings = {"seq": (False, 1), "pack": (True, target["HQ"] // target["HKV"])}
+                        if kernel == "bwd_dkv1" and not flags["DET"] and dc <= 128:  # POSITIONS / HEADS lists
+                            tilings = {"seq": (False, 1), "pack": (True, 1)}
                         for tiling, (packed, heads) in tilings.items():
                             for cfg in configs.configs(kernel, cls, dc, fp32=fp32, packed=packed, det=flags["DET"]):
-                                extra = {"BLOCK_H": min(heads, cfg.kwargs["BLOCK_M"])} if tiling else {}
+                                if kernel == "bwd_dkv1":  # its columns, as host.column_mode gives them
+                                    group = pow2(target["HQ"] // target["HKV"])
+                                    block_h = min(group, cfg.kwargs["BLOCK_C"]) if packed else 1
+                                    late = cfg.kwargs.get("X_WHERE_USED", False)  # a constexpr with a default
+                                    extra = {"HEADS": packed, "BLOCK_H": block_h, "X_WHERE_USED": late}
+                                else:
+                                    extra = {"BLOCK_H": min(heads, cfg.kwargs["BLOCK_M"])} if tiling else {}
                                 jobs.append(job(arch, kernel, tiling, variant, dtype, dc, cfg,
                                                 {**precision, **flags, **extra}))  # fmt: skip
                     cfg = configs.decode_config(cls, dc, fp32)
@@ -262,6 +270,11 @@ def _fwd_flags():
     launch.py sets for the contiguous target tensors (a config with TMA reads k1/v1 through tensor
     descriptors)."""
     return {"SPLIT_J": False, "BLOCK_T": 0, "TMA": False, "KV_ALIGNED": True}
+
+
+def pow2(x):
+    """The smallest power of two >= x (triton.next_power_of_2)."""
+    return 1 << max(0, x - 1).bit_length()
 
 
 def triton_config(tiles, num_warps):

@@ -123,21 +123,45 @@ MUTANTS = [
     dict(
         name="triton-dkv1-swap-p-and-ds",
         path="triton_kernels/bwd_dkv1.py",
-        old="""                dk1 = mma(ds.to(dt), bq, dk1, INPUT_PRECISION, UPCAST)
-                dv1 = mma(p.to(dt), bo, dv1, INPUT_PRECISION, UPCAST)""",
-        new="""                dk1 = mma(p.to(dt), bq, dk1, INPUT_PRECISION, UPCAST)
-                dv1 = mma(ds.to(dt), bo, dv1, INPUT_PRECISION, UPCAST)""",
+        old="""                    dk1 += ys[:, None] * mma(tl.trans(xs), ds, zero, INPUT_PRECISION, UPCAST)
+                dv1 += yvv[:, None] * mma(tl.trans(xv), p.to(dt), zero, INPUT_PRECISION, UPCAST)""",
+        new="""                    dk1 += ys[:, None] * mma(tl.trans(xs), p.to(dt), zero, INPUT_PRECISION, UPCAST)
+                dv1 += yvv[:, None] * mma(tl.trans(xv), ds, zero, INPUT_PRECISION, UPCAST)""",
         tests=SMALL,
         why="two operands swapped: dk1 accumulates P and dv1 accumulates dA",
     ),
     dict(
         name="triton-dkv1-k-tail-unmasked",
         path="triton_kernels/bwd_dkv1.py",
-        old="k_ok = k0 + kr <= k_hi",
-        new="k_ok = k0 + kr < N",
+        old="col_ok = k0 + c <= k_hi",
+        new="col_ok = k0 + c < n",
         tests=SMALL,
         cheap=True,
-        why="the tail of a k-block past the window K(i) is not masked (rows inside N but outside K(i) count)",
+        why="(k positions on the columns) a k-block's columns past the window K(i) but inside N count",
+    ),
+    dict(
+        name="triton-dkv1-head-past-group-kept",
+        path="triton_kernels/bwd_dkv1.py",
+        old="h_ok = heads < GROUP",
+        new="h_ok = heads < GROUP + 1",
+        tests=PATHS_D64,
+        why="(heads on the columns) a column of the head past the group counts: another kv head's query",
+    ),
+    dict(
+        name="triton-dkv1-k-outside-column-window-kept",
+        path="triton_kernels/bwd_dkv1.py",
+        old="col_ok = in_band(ok, k0, ic, L2, R2)",
+        new="col_ok = ok",
+        tests=PATHS_D64,
+        why="(queries x heads on the columns) a k of the block's union window outside a column's own K(i) counts",
+    ),
+    dict(
+        name="triton-dkv1-query-past-tile-range-kept",
+        path="triton_kernels/bwd_dkv1.py",
+        old="i_ok = ic <= i_hi",
+        new="i_ok = ic >= 0",
+        tests=PATHS_D64,
+        why="(queries x heads on the columns) a query block's columns past its last query (past the sequence) count",
     ),
     dict(
         name="triton-reduce2-drops-a-layer",

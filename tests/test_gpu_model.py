@@ -400,7 +400,7 @@ def test_plant_doubled_dot(tmp_path, main_fwd_128):
     """The logit product computed twice (accumulated into itself, so it cannot be merged): MMA FLOPs
     per logit 4*D -> 6*D, MMA issued per counted FLOP up by half."""
     # masked_block's product (the 128x32 tile runs the unsplit loop), not the interior blocks'
-    tail = " * scale\n    in_win = j_window_mask"
+    tail = " * scale\n    if not MASK_FIRST:"
     old = "z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)" + tail
     new = ("z = 0.5 * mma(a, tl.trans(k1b), mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), "
            "INPUT_PRECISION, UPCAST), INPUT_PRECISION, UPCAST)") + tail  # fmt: skip

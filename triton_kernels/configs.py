@@ -210,7 +210,7 @@ def _fwd16(arch, packed):
     unpipelined it spills 64 B. The model ranks it below the unpipelined 128x64 with pointer
     loads (serialized ceiling 296 vs 334 TFLOP/s on an H100; overlapped 768 vs 704): the
     autotuner decides. TMA elsewhere: the model finds it costs the other configs serialized time
-    (an mbarrier wait per load: 128x64 s1 334 -> 323 on an H100, sm_100's 128x32 303 -> 285 on a
+    (an mbarrier wait per load: 128x64 s1 334 -> 323 on an H100, sm_100's 128x32 305 -> 287 on a
     B200), so they keep pointer loads. The interpreter's config takes it, so the tests run the
     descriptor path (and the pointer path on misaligned strides)."""
     if arch == "sm90":

@@ -130,8 +130,9 @@ def _table_det(arch, dc, fp32):
     at every tile tried (DET_SPILL_BUDGET). The forward's tiles differ per arch: sm_86 spills
     at BLOCK_M = 64 with either BLOCK_J. Known exception, under triton 3.6 only (found
     2026-12-07 by scripts/triton_compat.py; 3.8 is clean): the bf16 D = 128 backward with packed
-    sequences spills on sm_90 (bwd_dkv1 56 B) under triton 3.6; correct, slower on the lent
-    GPUs' triton 3.6 (bwd_dqkv2: _dqkv2, not yet checked under 3.6)."""
+    sequences spills on sm_90 under triton 3.6 (bwd_dkv1's 32 x 32: 116 B, rechecked after its
+    rewrite), and float32 bwd_dkv1 on sm_80 (80 B) and sm_120 (60 B); correct, slower on the
+    lent GPUs' triton 3.6 (bwd_dqkv2: see _dqkv2)."""
     if dc >= 256:
         # float32 on sm_86-like parts (99 KiB): bwd_dkv1's permuted k2 tiles loaded where used,
         # else their layout conversions need 112 KiB of shared memory.
@@ -240,7 +241,10 @@ def _dqkv2(arch, dc, fp32, packed, det):
     spills (bench/verify/kernel_report.py, triton 3.8). Head-packed tiles keep BLOCK_M = 64 (64
     heads at one position, a whole wgmma M) where that fits; sequence tiles (Hq / Hkv < 16) hold
     a [BLOCK_M, D] partial per offset and its layout conversion besides, and fit at 16 rows
-    only: narrow GEMMs there, left for a later issue."""
+    only: narrow GEMMs there, left for a later issue. Known exceptions under triton 3.6 only
+    (scripts/triton_compat.py, 2026-12-07; 3.8 is clean): sm_90's head-packed 64 x 16 spills
+    72 B (64 B at 2 stages, 168 B at 1: no stage count avoids it), the determinant 16-row tiles
+    56 B on sm_90 and 16 B on sm_80; correct, slower on the lent GPUs' triton 3.6."""
     if fp32:  # 16 warps for sequence tiles at D class 256 spill 88-460 B, 8 warps more
         warps = 8 if dc >= 256 or det or not packed else 4
         return [_c(16 if dc >= 256 and not packed else warps, 1, BLOCK_M=16, BLOCK_J=16)]

@@ -232,3 +232,35 @@ def test_dqkv2_tiles_hold_whole_positions_on_every_arch():
                 assert positions >= 1 and packed == (block_h > 1), (arch, bd, fp32, det, group, block_h)
                 for cfg in configs.configs("bwd_dqkv2", arch, bd, fp32, packed, det):
                     assert cfg.kwargs["BLOCK_M"] % block_h == 0, (arch, group, cfg)
+
+
+@pytest.mark.parametrize(
+    "case, tiles",
+    [
+        # causal w1 = 63: a 16-position tile's 78 j rows, two whole 32-row blocks and narrow ones
+        (Case(1, 80, 2, 1, 16, 63, 2), dict(BLOCK_T=16, SPLIT_J=True)),
+        (Case(1, 80, 2, 1, 16, 63, 2), dict(BLOCK_T=16, SPLIT_J=False)),
+        # centred windows, N = 97: edge blocks on both sides, interior ones between, k past n
+        (Case(1, 97, 2, 1, 16, 70, 7, causal=False), dict(SPLIT_J=True)),
+    ],
+)
+def test_forward_block_counts_match_the_model_map(case, tiles):
+    """bench/model/maps.py restates tiles.interior_blocks and fwd.py's narrow loop in numpy
+    (_interior_split) to count the forward's edge, interior and narrow j-blocks; the
+    interpreter's per-block counters of the same launch must give the same three numbers."""
+    from bench.model import maps
+    from bench.model import shape as shapes
+
+    cfg = {"fwd": triton.Config(dict(BLOCK_M=32, BLOCK_J=32, **tiles), num_warps=4)}
+    inputs = make_inputs(case, torch.float32, "cpu")
+    prob = Problem(*bands(case.w1, case.w2, case.causal), case.D**-0.5)
+    with coverage.recording() as table:
+        tk.fwd(*inputs, prob, head_packing=True, config=cfg)
+    fwd = table[("fwd", 16)]
+    s = shapes.Shape(case.B, case.N, case.Hq, case.Hkv, case.D, case.w1, case.w2, causal=case.causal)
+    heads = case.Hq // case.Hkv  # packed: BLOCK_H = 2, one head block per kv head
+    edge, interior, narrow = maps._interior_split(s, 32 // heads, 32, tiles.get("BLOCK_T", 0))
+    if not tiles.get("SPLIT_J"):  # the unsplit loop's wide blocks count as neither edge nor interior
+        edge = interior = 0
+    assert (fwd["j_edge"], fwd["j_interior"], fwd["j_narrow"]) == (edge, interior, narrow)
+    assert narrow + interior > 0

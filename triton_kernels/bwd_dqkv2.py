@@ -43,22 +43,22 @@ import triton
 import triton.language as tl
 
 from . import coverage
-from .coverage import count_common, hit, hits
+from .coverage import count_common, hit
 from .kv import query_rows, rows_at
 from .mask import j_window_mask
 from .operand import chunk_shifts, cross, mma, pair_operand, permuted
 from .seqlen import sequence_span
 from .softmax import recomputed_block
 from .tiles import (
-    P_HEAD_PACKED,
-    P_HEAD_TAIL,
     P_J_PAST_N,
     P_J_REPEAT,
     P_J_TAIL,
     j_block,
     offset_rows,
+    query_tile_heads,
     query_tile_kv,
     query_tile_loops,
+    query_tile_positions,
 )
 
 #   span_repeat    a second (third, ...) row tile of one program's span
@@ -138,16 +138,8 @@ def _two_simplicial_bwd_dqkv2_kernel(
         return
     span_end = tl.minimum(span0 + SPAN, n)
     dt = K1.dtype.element_ty
-    n_hblk = tl.cdiv(GROUP, BLOCK_H)
+    g, b, h0, rp, rh, head_ok = query_tile_heads(GROUP, BLOCK_M, BLOCK_H)
     hcol = tl.program_id(1)  # the scratch column: kv head g, head block hb
-    g = hcol // n_hblk
-    hb = hcol % n_hblk
-    b = tl.program_id(2).to(tl.int64)
-    h0 = g.to(tl.int64) * GROUP + hb * BLOCK_H
-    rows = tl.arange(0, BLOCK_M)
-    rp = rows // BLOCK_H
-    rh = rows % BLOCK_H
-    head_ok = hb * BLOCK_H + rh < GROUP
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
     jr = tl.arange(0, BLOCK_J)
@@ -170,12 +162,9 @@ def _two_simplicial_bwd_dqkv2_kernel(
 
     for p0 in range(span0, span_end, BLOCK_P):
         hit(COUNTS, P_SPAN_REPEAT, p0 > span0, COUNT_PATHS)
-        count_common(COUNTS, p0, n, D, GROUP, R1, R2, BLOCK_P, BLOCK_D, VARLEN, DET, COUNT_PATHS)
-        pos = p0 + rp
-        row_ok = (pos < n) & head_ok
-        if BLOCK_H > 1:
-            hit(COUNTS, P_HEAD_PACKED, True, COUNT_PATHS)
-        hits(COUNTS, P_HEAD_TAIL, (pos < n) & ~row_ok, COUNT_PATHS)
+        pos, row_ok = query_tile_positions(
+            COUNTS, p0, n, rp, head_ok, D, GROUP, R1, R2, BLOCK_M, BLOCK_H, BLOCK_D, VARLEN, DET, COUNT_PATHS
+        )
         r0 = tl.cast(p0, tl.int64) + start  # the tile's first row
         q_ptrs = query_rows(Q, b, h0, r0, rp, rh, d, stride_qb, stride_qn, stride_qh, stride_qd)
         do_ptrs = query_rows(DOUT, b, h0, r0, rp, rh, d, stride_dob, stride_don, stride_doh, stride_dod)

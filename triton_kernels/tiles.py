@@ -41,16 +41,26 @@ def query_tile(
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
     VARLEN: tl.constexpr, DET: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
-    """The rows of this program in fwd (bwd_dqkv2 forms the same rows per tile of its span):
-    row r is position pos[r] = p0 + rp[r] of query head h0 + rh[r], all sharing kv head g;
-    row_ok is False past the sequence or the group.
+    """The rows of this program in fwd: row r is position pos[r] = p0 + rp[r] of query head
+    h0 + rh[r], all sharing kv head g; row_ok is False past the sequence or the group.
 
     Returns (start, n, p0, g, b, h0, rp, rh, pos, row_ok): the sequence's first row and length
     (seqlen.sequence_span), positions relative to it; b and h0 are int64 (address bases)."""
     start, n = sequence_span(CU_SEQLENS, N, VARLEN)
-    BLOCK_P: tl.constexpr = BLOCK_M // BLOCK_H
+    g, b, h0, rp, rh, head_ok = query_tile_heads(GROUP, BLOCK_M, BLOCK_H)
+    p0 = tl.program_id(0) * (BLOCK_M // BLOCK_H)
+    pos, row_ok = query_tile_positions(
+        COUNTS, p0, n, rp, head_ok, D, GROUP, R1, R2, BLOCK_M, BLOCK_H, BLOCK_D, VARLEN, DET, COUNT_PATHS
+    )
+    return start, n, p0, g, b, h0, rp, rh, pos, row_ok
+
+
+@triton.jit
+def query_tile_heads(GROUP, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The heads of this program's query tiles (fwd, and every tile of a bwd_dqkv2 span): row r
+    is head h0 + rh[r] at tile position rp[r], heads block program_id(1) % n_hblk of kv head g
+    (head_ok False past the group), batch b. Returns (g, b, h0, rp, rh, head_ok); b and h0 int64."""
     n_hblk = tl.cdiv(GROUP, BLOCK_H)
-    p0 = tl.program_id(0) * BLOCK_P
     g = tl.program_id(1) // n_hblk
     hb = tl.program_id(1) % n_hblk
     b = tl.program_id(2).to(tl.int64)
@@ -58,13 +68,25 @@ def query_tile(
     rows = tl.arange(0, BLOCK_M)
     rp = rows // BLOCK_H
     rh = rows % BLOCK_H
+    return g, b, h0, rp, rh, hb * BLOCK_H + rh < GROUP
+
+
+@triton.jit
+def query_tile_positions(
+    COUNTS, p0, n, rp, head_ok, D, GROUP, R1, R2,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    VARLEN: tl.constexpr, DET: tl.constexpr, COUNT_PATHS: tl.constexpr,
+):  # fmt: skip
+    """The positions pos = p0 + rp of the query tile at p0 and its valid rows (inside the
+    sequence and the group), counting the tile's paths. Returns (pos, row_ok)."""
+    BLOCK_P: tl.constexpr = BLOCK_M // BLOCK_H
     pos = p0 + rp
-    row_ok = (pos < n) & (hb * BLOCK_H + rh < GROUP)
+    row_ok = (pos < n) & head_ok
     count_common(COUNTS, p0, n, D, GROUP, R1, R2, BLOCK_P, BLOCK_D, VARLEN, DET, COUNT_PATHS)
     if BLOCK_H > 1:
         hit(COUNTS, P_HEAD_PACKED, p0 < n, COUNT_PATHS)
     hits(COUNTS, P_HEAD_TAIL, (pos < n) & ~row_ok, COUNT_PATHS)
-    return start, n, p0, g, b, h0, rp, rh, pos, row_ok
+    return pos, row_ok
 
 
 @triton.jit

@@ -97,6 +97,29 @@ def test_decoding_equals_the_full_forward(backend, scenario, dtype, poison):
         assert max(errs) <= bound, f"{backend} {_sid(scenario)} {name}: out {errs[0]:.2e}, lse {errs[1]:.2e}"
 
 
+@pytest.mark.parametrize("scale", [-0.6, 0.0])
+@pytest.mark.parametrize("backend", backend_params())
+def test_decoding_any_scale_sign(backend, scale, poison):
+    """A negative and a zero scale (the Triton kernels keep their running max in raw logits and
+    take the scale in the exponent: launch.raw_logit_scale) against the oracle: a prefill of 5
+    tokens, then one step of 2 on a ring of 5 slots, GQA 4."""
+    dev = device_of(backend)
+    B, Hq, Hkv, D, w1, w2 = 1, 4, 1, 16, 4, 3
+    q, k1, k2, v1, v2 = _sequence(B, 7, Hq, Hkv, D, torch.float32, dev, seed=3)
+    caches = [torch.full((B, 5, Hkv, D), float("nan"), device=dev) for _ in range(4)]
+    lengths = torch.zeros(B, dtype=torch.int32, device=dev)
+    for start, n in ((0, 5), (5, 2)):
+        rows = slice(start, start + n)
+        out, lse = sa.two_simplicial_attention_with_kvcache(
+            q[:, rows], *caches, lengths, k1[:, rows], k2[:, rows], v1[:, rows], v2[:, rows], w1, w2,
+            scale=scale, return_lse=True, backend=backend,
+        )  # fmt: skip
+        ref_out, ref_lse = oracle_decode(q, k1, k2, v1, v2, [start], n, w1, w2, scale, "trilinear")
+        errs = (rel_err(out, ref_out), rel_err(lse, ref_lse))
+        assert max(errs) <= BOUNDS[torch.float32], f"{backend} scale {scale} {start}+{n}: {errs}"
+        lengths += n
+
+
 @pytest.mark.parametrize("backend", backend_params())
 def test_cache_object_generates_in_constant_memory(backend):
     """SimplicialCache: 30 single-token steps through rings of w + 0 slots; each output equals the

@@ -35,20 +35,21 @@ def _windows(case):
     return tuple(b.width for b in bands(case.w1, case.w2, case.causal, case.N))
 
 
-def _run(case, dtype, head_packing, inputs=None, dout=None):
-    """Kernel forward and backward on `case`; returns (out, lse, grads, inputs, dout)."""
+def _run(case, dtype, head_packing, inputs=None, dout=None, scale=None):
+    """Kernel forward and backward on `case` (scale: default D ** -0.5); returns (out, lse,
+    grads, inputs, dout)."""
     q, k1, k2, v1, v2 = inputs if inputs is not None else make_inputs(case, dtype, DEVICE)
     dout = make_dout(case, dtype, DEVICE) if dout is None else dout
     w1, w2 = _windows(case)
-    scale = case.D**-0.5
+    scale = case.D**-0.5 if scale is None else scale
     prob = Problem(*bands(w1, w2, case.causal), scale)
     out, lse, lse_lo = tk.fwd(q, k1, k2, v1, v2, prob, head_packing=head_packing)
     grads = tk.bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, head_packing=head_packing)
     return out, lse, grads, (q, k1, k2, v1, v2), dout
 
 
-def _errors(case, out, lse, grads, inputs, dout):
-    scale = case.D**-0.5
+def _errors(case, out, lse, grads, inputs, dout, scale=None):
+    scale = case.D**-0.5 if scale is None else scale
     ref_out, ref_lse = oracle_fwd(*inputs, case.w1, case.w2, case.causal, scale)
     ref_grads = oracle_bwd(dout, *inputs, case.w1, case.w2, case.causal, scale)
     errs = {"out": rel_err(out, ref_out), "lse": rel_err(lse, ref_lse)}
@@ -60,13 +61,13 @@ def _errors(case, out, lse, grads, inputs, dout):
     return errs
 
 
-def _check(case, dtype, head_packing, inputs=None, dout=None):
-    out, lse, grads, inputs, dout = _run(case, dtype, head_packing, inputs, dout)
+def _check(case, dtype, head_packing, inputs=None, dout=None, scale=None):
+    out, lse, grads, inputs, dout = _run(case, dtype, head_packing, inputs, dout, scale)
     assert out.shape == inputs[0].shape and out.dtype == dtype and out.is_contiguous()
     assert lse.shape == (case.B, case.Hq, case.N) and lse.dtype == torch.float32
     for g, x in zip(grads, inputs, strict=True):
         assert g.shape == x.shape and g.dtype == x.dtype
-    errs = _errors(case, out, lse, grads, inputs, dout)
+    errs = _errors(case, out, lse, grads, inputs, dout, scale)
     bound = BOUNDS[dtype]
     bad = {k: v for k, v in errs.items() if not v <= bound}
     assert not bad, f"{case.id} {dtype} head_packing={head_packing}: over {bound}: {bad} (all: {errs})"
@@ -114,6 +115,15 @@ def test_head_packing_picked_by_shape(case, poison):
     assert host.head_block(group, None, "fwd", arch, 16, False) > 1
     assert host.head_block(group // 8, None, "fwd", arch, 16, False) == 1
     _check(case, torch.float32, head_packing=None)
+
+
+@pytest.mark.parametrize("scale", [-0.6, 0.0, 1.7])
+@pytest.mark.parametrize("head_packing", [False, True])
+def test_any_scale_sign(scale, head_packing, poison):
+    """The forward keeps its running max in raw logits (softmax.py) and negates the pair operand
+    where scale < 0 (NEG_SCALE): a negative, a zero and a large scale against the oracle, lse
+    and the gradients (which read it) included."""
+    _check(Case(1, 13, 4, 1, 16, 5, 3), torch.float32, head_packing, scale=scale)
 
 
 def test_head_packing_forced_on_a_group_of_three(poison):

@@ -28,7 +28,7 @@ from .coverage import hit, hits
 from .fwd import attend_offset
 from .kv import head_rows, ring_rows, ring_slots
 from .operand import chunk_shifts, pair_operand
-from .softmax import exp_shifted, finite_max, offset_rescale
+from .softmax import exp_factor, exp_shifted, finite_max, natural_max, offset_rescale
 
 # decode paths (coverage.py):
 #   u_repeat / j_repeat    a second trip of the loop over offsets u = P - k / over j-blocks
@@ -64,7 +64,7 @@ def _decode_split_kernel(
     NQ, HQ, GROUP, D, C1, C2, L1, L2, SPLIT_J, N_SPLITS,
     scale,
     BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, DET: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, NEG_SCALE: tl.constexpr = False,
 ):  # fmt: skip
     rb = tl.program_id(0) // N_SPLITS
     split = tl.program_id(0) % N_SPLITS
@@ -105,7 +105,8 @@ def _decode_split_kernel(
     hit(COUNTS, P_K1_WRAPPED, (j_lo <= j_hi) & (j_hi >= C1), COUNT_PATHS)
     hit(COUNTS, P_DET, DET, COUNT_PATHS)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    c = exp_factor(scale)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # raw logits (softmax.py)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if j_lo <= j_hi:
@@ -121,20 +122,22 @@ def _decode_split_kernel(
             k2u = ring_rows(k2_base, k_slots, d[None, :] * stride_k2d, stride_k2n, kd_mask)
             q = tl.load(q_ptrs, mask=kd_mask, other=0.0)
             a = pair_operand(q, k2u, d, sh1, sh2, dt, DET)
+            if NEG_SCALE:  # as the forward's (fwd.py)
+                a = -a
             m_start = m_i
             y, m_i, l_i = attend_offset(
-                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, 0, scale,
+                a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, 0, c,
                 k1_base, d[None, :] * stride_k1d, v1_base, d[None, :] * stride_v1d, stride_k1n, stride_v1n, C1, d_ok,
                 COUNTS, P_J_REPEAT, P_J_TAIL, P_BLOCK_WRAPS, BLOCK_M, BLOCK_J, BLOCK_D, True,
                 INPUT_PRECISION, UPCAST, COUNT_PATHS,
             )  # fmt: skip
-            beta = offset_rescale(m_start, m_i)
+            beta = offset_rescale(m_start, m_i, c)
             v2u = ring_rows(v2_base, k_slots, d[None, :] * stride_v2d, stride_v2n, kd_mask)
             acc = acc * beta[:, None] + y * v2u.to(tl.float32)
 
     # Partials of row (b, h, t) and this split, at ((b * HQ + h) * NQ + t) * N_SPLITS + split.
     part = ((b * HQ + h) * NQ + t) * N_SPLITS + split
-    tl.store(M_PART + part, m_i, mask=row_ok)
+    tl.store(M_PART + part, natural_max(m_i, scale), mask=row_ok)
     tl.store(L_PART + part, l_i, mask=row_ok)
     tl.store(ACC_PART + part[:, None] * D + d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
 

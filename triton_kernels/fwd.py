@@ -5,7 +5,7 @@ one kv head group). The loop order avoids building a q * k1_j operand per j. Wit
 u = i - k (k is the k2/v2 position), the k2 row of every query row is a shifted tile, so per u
 
     a     = q * k2[i - u]                [BLOCK_M, D]   built once per u (operand.pair_operand)
-    s     = a @ k1[j-block]^T            [BLOCK_M, BLOCK_J] logits (scaled below)
+    s     = a @ k1[j-block]^T            [BLOCK_M, BLOCK_J] raw logits (softmax.py: scaled in the exponent)
     y    += softmax-weights @ v1[j-block] [BLOCK_M, D]
     acc  += y * v2[i - u]                 once per u
 
@@ -34,7 +34,10 @@ strides aligned, KV_ALIGNED; launch.py): one descriptor per program over the til
 its sequence, so a box zero-fills rows past j_hi (the neighbouring packed sequence included)
 and channels past D exactly as the pointer loads' masks do; the window mask is unchanged.
 
-The online softmax over the joint (j, k) window runs in float32 in natural units (softmax.py).
+The online softmax over the joint (j, k) window runs in float32 (softmax.py): its running max
+in raw logits s, each exponent exp2((s - m) * c) with c = |scale| * log2(e), one multiply per
+logit where z = scale * s then (z - m) * log2(e) took two; where scale < 0 the pair operand is
+negated (NEG_SCALE: an exact sign flip of s), so the max of s is the max of z.
 The epilogue stores lse and its rounding residual lse_lo, float32 [B, Hq, N], for the
 backward. Nothing else is saved.
 
@@ -50,7 +53,7 @@ from .coverage import hit
 from .kv import block_rows, query_rows, ring_rows, ring_slots, row_descriptor, rows_at, tile_offsets
 from .mask import j_window_mask
 from .operand import chunk_shifts, mma, pair_operand
-from .softmax import final_lse, final_sum, offset_rescale, online_block
+from .softmax import exp_factor, final_lse, final_sum, natural_max, offset_rescale, online_block
 from .tiles import (
     P_J_EDGE,
     P_J_INTERIOR,
@@ -73,7 +76,7 @@ P_KV_TMA, P_KV_POINTERS = coverage.slots(("fwd",), "kv_tma", "kv_pointers")
 
 @triton.jit
 def masked_block(
-    a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+    a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, c,
     k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
     J_REPEAT: tl.constexpr, J_TAIL: tl.constexpr, J_EDGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, TMA: tl.constexpr,
@@ -94,15 +97,15 @@ def masked_block(
     v1b = block_rows(v1_base, j0, v1_offs, stride_v1n, jd_mask, TMA)
     if MASK_FIRST:  # the same code; the order only steers ptxas (see the docstring)
         in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
-    z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
+    s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
     if not MASK_FIRST:
         in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
-    return online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, True, INPUT_PRECISION, UPCAST)
+    return online_block(s, in_win, v1b, y, m_i, l_i, c, a.dtype, True, INPUT_PRECISION, UPCAST)
 
 
 @triton.jit
 def attend_blocks(
-    a, y, m_i, l_i, pos, k_ok, jr, j_first, n_first, j_second, trips, j_lo, j_hi, L1, R1, scale,
+    a, y, m_i, l_i, pos, k_ok, jr, j_first, n_first, j_second, trips, j_lo, j_hi, L1, R1, c,
     k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
     J_PATH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, MASKED: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, TMA: tl.constexpr,
@@ -118,21 +121,21 @@ def attend_blocks(
         if MASKED:  # one loop serves two ranges: one pipeline prologue, not two
             j0 = tl.where(t < n_first, j0, j_second + (t - n_first) * BLOCK_J)
             y, m_i, l_i = masked_block(
-                a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+                a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, c,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
                 P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA, True,
             )  # fmt: skip
         else:
             k1b = block_rows(k1_base, j0, k1_offs, stride_k1n, d_ok[None, :], TMA)
             v1b = block_rows(v1_base, j0, v1_offs, stride_v1n, d_ok[None, :], TMA)
-            z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
-            y, m_i, l_i = online_block(z, None, v1b, y, m_i, l_i, a.dtype, False, INPUT_PRECISION, UPCAST)
+            s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
+            y, m_i, l_i = online_block(s, None, v1b, y, m_i, l_i, c, a.dtype, False, INPUT_PRECISION, UPCAST)
     return y, m_i, l_i
 
 
 @triton.jit
 def attend_offset(
-    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, c,
     k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
     J_REPEAT: tl.constexpr, J_TAIL: tl.constexpr, J_EDGE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, RING: tl.constexpr,
@@ -152,12 +155,12 @@ def attend_offset(
             slots = ring_slots(js, limit)
             k1b = ring_rows(k1_base, slots, k1_offs, stride_k1n, jd_mask)
             v1b = ring_rows(v1_base, slots, v1_offs, stride_v1n, jd_mask)
-            z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST) * scale
+            s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
             in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
-            y, m_i, l_i = online_block(z, in_win, v1b, y, m_i, l_i, a.dtype, True, INPUT_PRECISION, UPCAST)
+            y, m_i, l_i = online_block(s, in_win, v1b, y, m_i, l_i, c, a.dtype, True, INPUT_PRECISION, UPCAST)
         else:
             y, m_i, l_i = masked_block(
-                a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,
+                a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, c,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
                 J_REPEAT, J_TAIL, J_EDGE, BLOCK_M, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA, False,
             )  # fmt: skip
@@ -166,7 +169,7 @@ def attend_offset(
 
 @triton.jit
 def attend_tile_offset(
-    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, ja, jb, L1, R1, scale,
+    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, ja, jb, L1, R1, c,
     k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
     BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, TMA: tl.constexpr,
@@ -179,12 +182,12 @@ def attend_tile_offset(
     n_front = (ja - j_lo) // BLOCK_J
     n_edge = n_front + tl.cdiv(tl.maximum(j_hi + 1 - jb, 0), BLOCK_J)
     y, m_i, l_i = attend_blocks(
-        a, y, m_i, l_i, pos, k_ok, jr, j_lo, n_front, jb, n_edge, j_lo, j_hi, L1, R1, scale,
+        a, y, m_i, l_i, pos, k_ok, jr, j_lo, n_front, jb, n_edge, j_lo, j_hi, L1, R1, c,
         k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
         P_J_EDGE, BLOCK_M, BLOCK_J, True, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
     )  # fmt: skip
     y, m_i, l_i = attend_blocks(
-        a, y, m_i, l_i, pos, k_ok, jr, ja, 0, ja, (jb - ja) // BLOCK_J, j_lo, j_hi, L1, R1, scale,
+        a, y, m_i, l_i, pos, k_ok, jr, ja, 0, ja, (jb - ja) // BLOCK_J, j_lo, j_hi, L1, R1, c,
         k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
         P_J_INTERIOR, BLOCK_M, BLOCK_J, False, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
     )  # fmt: skip
@@ -207,6 +210,7 @@ def _two_simplicial_fwd_kernel(
     VARLEN: tl.constexpr, DET: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, SPLIT_J: tl.constexpr = False,
     TMA: tl.constexpr = False, BLOCK_T: tl.constexpr = 0, KV_ALIGNED: tl.constexpr = False,
+    NEG_SCALE: tl.constexpr = False,
 ):  # fmt: skip
     start, n, p0, g, b, h0, rp, rh, pos, row_ok = query_tile(
         CU_SEQLENS, COUNTS, N, GROUP, D, R1, R2, BLOCK_M, BLOCK_H, BLOCK_D, VARLEN, DET, COUNT_PATHS
@@ -248,7 +252,8 @@ def _two_simplicial_fwd_kernel(
     else:
         hit(COUNTS, P_KV_POINTERS, True, COUNT_PATHS)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    c = exp_factor(scale)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # raw logits (softmax.py)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for u in range(u_lo, u_hi + 1):
@@ -257,19 +262,21 @@ def _two_simplicial_fwd_kernel(
         # q is re-read (from cache) per u rather than held: registers go to the accumulators.
         q = tl.load(q_ptrs, mask=kd_mask, other=0.0)
         a = pair_operand(q, k2u, d, sh1, sh2, dt, DET)
+        if NEG_SCALE:  # s = -(q k1 k2): the max of z = scale * s is |scale| * max s
+            a = -a
         m_start = m_i
         if SPLIT_J:
             ja, jb = interior_blocks(p0, u, n, j_lo, L1, R1, BLOCK_M // BLOCK_H, BLOCK_J)
             if BLOCK_T > 0:  # blocks past j_wide are the narrow loop's
                 ja, jb = tl.minimum(ja, j_wide + 1), tl.minimum(jb, j_wide + 1)
             y, m_i, l_i = attend_tile_offset(
-                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, ja, jb, L1, R1, scale,
+                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, ja, jb, L1, R1, c,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
                 BLOCK_M, BLOCK_J, BLOCK_D, INPUT_PRECISION, UPCAST, COUNT_PATHS, DESC,
             )  # fmt: skip
         else:
             y, m_i, l_i = attend_offset(
-                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, scale,
+                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, c,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
                 P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, BLOCK_D, False,
                 INPUT_PRECISION, UPCAST, COUNT_PATHS, DESC,
@@ -277,11 +284,11 @@ def _two_simplicial_fwd_kernel(
         if BLOCK_T > 0:
             n_narrow = tl.cdiv(j_hi - j_wide, BLOCK_T)
             y, m_i, l_i = attend_blocks(
-                a, y, m_i, l_i, pos, k_ok, jt, j_wide + 1, n_narrow, j_wide + 1, n_narrow, j_lo, j_hi, L1, R1, scale,
+                a, y, m_i, l_i, pos, k_ok, jt, j_wide + 1, n_narrow, j_wide + 1, n_narrow, j_lo, j_hi, L1, R1, c,
                 k1t_base, k1t_offs, v1t_base, v1t_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
                 P_J_NARROW, BLOCK_M, BLOCK_T, True, INPUT_PRECISION, UPCAST, COUNT_PATHS, DESC,
             )  # fmt: skip
-        beta = offset_rescale(m_start, m_i)
+        beta = offset_rescale(m_start, m_i, c)
         v2u = rows_at(v2_base, r0 - u, v2_offs, stride_v2n, kd_mask)
         acc = acc * beta[:, None] + y * v2u.to(tl.float32)
 
@@ -289,7 +296,7 @@ def _two_simplicial_fwd_kernel(
     out = acc / l_i[:, None]
     o_ptrs = query_rows(OUT, b, h0, r0, rp, rh, d, stride_ob, stride_on, stride_oh, 1)
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    lse, lse_lo = final_lse(m_i, l_i)
+    lse, lse_lo = final_lse(natural_max(m_i, scale), l_i)
     row_offs = b * stride_lb + h0 * stride_lh + r0 + (rh * stride_lh + rp)
     tl.store(LSE + row_offs, lse, mask=row_ok)
     tl.store(LSE_LO + row_offs, lse_lo, mask=row_ok)

@@ -57,6 +57,16 @@ def _descriptor_scratch():
     triton.set_allocator(_torch_scratch)
 
 
+def raw_logit_scale(q, scale):
+    """(q, scale, NEG_SCALE) for the forward and decode kernels, whose softmax keeps its running
+    max in raw logits s and takes the scale in the exponent (softmax.py): a negative scale
+    negates the pair operand in the kernel (NEG_SCALE); scale 0 makes every logit 0 * s, which
+    the kernel gets as q * 0 (zeros; NaN where q is not finite, as 0 * s is) at scale 1."""
+    if scale == 0:
+        return q * 0, 1.0, False
+    return q, scale, scale < 0
+
+
 def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=None):
     """(out, lse, lse_lo): out like q (contiguous), lse and lse_lo [B, Hq, N] float32 (natural log).
 
@@ -72,6 +82,7 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
     check_tensors(q, k1, k2, v1, v2)
     seqs = layout(q, prob)
     q, k1, k2, v1, v2 = (int32_tiles(t) for t in (q, k1, k2, v1, v2))
+    q, scale, neg_scale = raw_logit_scale(q, prob.scale)
     B, N, HQ, D = q.shape
     HKV = k1.shape[2]
     group = HQ // HKV
@@ -102,10 +113,10 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
             *seqs.strides(out)[:3],
             *seqs.strides(lse)[:2],
             seqs.n, group, D, L1, R1, L2, R2,
-            prob.scale,
+            scale,
             BLOCK_H=block_h, BLOCK_D=bd, VARLEN=seqs.packed, DET=det,
             INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
-            COUNT_PATHS=counts is not None, KV_ALIGNED=kv_aligned,
+            COUNT_PATHS=counts is not None, KV_ALIGNED=kv_aligned, NEG_SCALE=neg_scale,
         )  # fmt: skip
     coverage.add("fwd", bd, counts)
     return out, lse, lse_lo
@@ -262,6 +273,7 @@ def decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob, *, allow_tf32=False,
     """
     forced = configs.forced_configs(config, ("decode",)).get("decode")
     check_tensors(q, k1_cache, k2_cache, v1_cache, v2_cache)
+    q, scale, neg_scale = raw_logit_scale(q, prob.scale)
     B, NQ, HQ, D = q.shape
     C1, HKV = k1_cache.shape[1], k1_cache.shape[2]
     C2 = k2_cache.shape[1]
@@ -288,10 +300,10 @@ def decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob, *, allow_tf32=False,
             q, k1_cache, k2_cache, v1_cache, v2_cache, prob.cache_seqlens, m_part, l_part, acc_part, counts["decode"],
             *q.stride(), *k1_cache.stride(), *k2_cache.stride(), *v1_cache.stride(), *v2_cache.stride(),
             NQ, HQ, group, D, C1, C2, L1, L2, split_j, splits,
-            prob.scale,
+            scale,
             BLOCK_D=bd, DET=prob.logits == "determinant",
             INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
-            COUNT_PATHS=counts["decode"] is not None,
+            COUNT_PATHS=counts["decode"] is not None, NEG_SCALE=neg_scale,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs,
         )  # fmt: skip
         _decode_combine_kernel[(NQ, HQ, B)](

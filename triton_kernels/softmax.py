@@ -5,6 +5,14 @@ exp2((z - m) * log2(e)), the subtraction first, so it stays exact near the max a
 magnitude. Never fma(z, log2e, -m * log2e): the rounding of m * log2e would go straight into
 the exponent (1e-4 relative at |m| ~ 1e3).
 
+The forward's online softmax (issue 23) keeps its running max in RAW logits s (the product,
+before the scale): with scale > 0 (the launcher negates the pair operand where scale < 0, an
+exact sign flip of s), max z = fl(scale * max s), and every exponent is exp2((s - m_s) * c),
+c = fl(|scale| * log2(e)): still the subtraction first, one multiply where there were two
+(fl(scale * s), then log2(e)), and the scale's rounding enters in proportion to the exponent,
+not to |m| (relative 2^-23 of it: harmless, as the exponent's own rounding). The epilogue turns
+the max back to natural units (`natural_max`) for lse; decoding's partials are natural too.
+
 Forward (online, per query row): per j-block `online_block` raises the max and rescales the
 running sum l and the partial sum y of one offset u; the accumulator is rescaled once per
 offset (`offset_rescale`); the epilogue divides and stores lse = fl(m + ln l) with its rounding
@@ -25,6 +33,27 @@ def exp_shifted(x, m):
 
 
 @triton.jit
+def exp_scaled(s, m, c):
+    """exp(|scale| * (s - m)) for a raw logit s and a running max m of raw logits, c = |scale|
+    * log2(e) (exp_factor): subtract first."""
+    return tl.exp2((s - m) * c)
+
+
+@triton.jit
+def exp_factor(scale):
+    """c = |scale| * log2(e): the factor from a difference of raw logits to a base-2 exponent."""
+    return tl.abs(scale) * 1.4426950408889634
+
+
+@triton.jit
+def natural_max(m, scale):
+    """A running max of raw logits in natural units: fl(|scale| * m), the max of the forward's
+    z = fl(scale * s) (rounding is monotonic); -inf stays -inf (a row that saw no pair) at any
+    scale, 0 included."""
+    return tl.where(m == float("-inf"), m, m * tl.abs(scale))
+
+
+@triton.jit
 def finite_max(m):
     """The max to subtract: 0 where a row has seen nothing in its window yet (m = -inf), which
     keeps exp2 at 0 there rather than NaN."""
@@ -33,29 +62,29 @@ def finite_max(m):
 
 @triton.jit
 def online_block(
-    z, in_win, v1b, y, m_i, l_i, dt, MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr
+    s, in_win, v1b, y, m_i, l_i, c, dt, MASKED: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr
 ):
-    """One j-block of the online softmax: logits z = scale * s [rows, j] (MASKED: pairs outside
-    `in_win` drop out; else every pair counts), their v1 rows v1b [j, D]. Returns (y, m_i, l_i)
-    updated: y = y * alpha + P @ v1b, l = l * alpha + rowsum(P), alpha = exp(m_old - m_new)."""
-    s = z
+    """One j-block of the online softmax: raw logits s [rows, j] (MASKED: pairs outside
+    `in_win` drop out; else every pair counts), their v1 rows v1b [j, D]; running max m_i of raw
+    logits, c = exp_factor(scale). Returns (y, m_i, l_i) updated: y = y * alpha + P @ v1b,
+    l = l * alpha + rowsum(P), alpha = exp(|scale| (m_old - m_new)), P = exp(|scale| (s - m_new))."""
     if MASKED:
-        s = tl.where(in_win, z, float("-inf"))
+        s = tl.where(in_win, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_sub = finite_max(m_new)
-    alpha = exp_shifted(m_i, m_sub)
-    p = exp_shifted(s, m_sub[:, None])
+    alpha = exp_scaled(m_i, m_sub, c)
+    p = exp_scaled(s, m_sub[:, None], c)
     l_i = l_i * alpha + tl.sum(p, 1)
     y = mma(p.to(dt), v1b, y * alpha[:, None], INPUT_PRECISION, UPCAST)
     return y, m_new, l_i
 
 
 @triton.jit
-def offset_rescale(m_start, m_i):
-    """The factor that brings the accumulator, in the scale of m_start (the max before an offset
-    u's j loop), to that of the offset's partial sum y (the max m_i after it): the offset then
-    adds acc * beta + y * v2[i - u]."""
-    return exp_shifted(m_start, finite_max(m_i))
+def offset_rescale(m_start, m_i, c):
+    """The factor that brings the accumulator, in the scale of m_start (the max of raw logits
+    before an offset u's j loop), to that of the offset's partial sum y (the max m_i after it):
+    the offset then adds acc * beta + y * v2[i - u]."""
+    return exp_scaled(m_start, finite_max(m_i), c)
 
 
 @triton.jit

@@ -102,9 +102,12 @@ def _signature(fn, dtype, bd, constexprs, target=TARGET):
     ints, q, kv = _int_args(bd, target)
     plain = set(getattr(fn, "do_not_specialize", ()) or ())
     sig, consts, attrs = {}, {}, {}
+    # A constexpr the job leaves out takes its default (NEG_SCALE, ...), as a launch that omits it
+    # would; never the pointer the fallthrough below would make of it.
+    defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}
     for idx, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            sig[name], consts[name] = "constexpr", constexprs[name]
+        if name in constexprs or name in defaults:
+            sig[name], consts[name] = "constexpr", constexprs.get(name, defaults.get(name))
             continue
         if name in ints:
             value = ints[name]

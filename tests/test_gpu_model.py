@@ -400,9 +400,9 @@ def test_plant_doubled_dot(tmp_path, main_fwd_128):
     """The logit product computed twice (accumulated into itself, so it cannot be merged): MMA FLOPs
     per logit 4*D -> 6*D, MMA issued per counted FLOP up by half."""
     # masked_block's product (the 128x32 tile runs the unsplit loop), not the interior blocks'
-    tail = " * scale\n    if not MASK_FIRST:"
-    old = "z = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)" + tail
-    new = ("z = 0.5 * mma(a, tl.trans(k1b), mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), "
+    tail = "\n    in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)"
+    old = "s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)" + tail
+    new = ("s = 0.5 * mma(a, tl.trans(k1b), mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), "
            "INPUT_PRECISION, UPCAST), INPUT_PRECISION, UPCAST)") + tail  # fmt: skip
     (planted,) = _model(tmp_path, ["fwd:J=32 M=128"], _plant(tmp_path, {"fwd.py": [(old, new)]}), "planted")
     assert _dots_as_written(main_fwd_128) and not _dots_as_written(planted)
@@ -432,8 +432,8 @@ def test_plant_a_operand_reread_per_tile(tmp_path, main_fwd_128):
     [BLOCK_M, D] tiles of global loads per j trip, +1 / BLOCK_J bytes per MMA FLOP."""
     # attend_offset (the j loop) is handed the q and k2 tile pointers and rebuilds `a` per j-block.
     edits = [
-        ("    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale,\n",
-         "    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, scale, q_ptrs, k2_ptrs, kd_mask,\n"),
+        ("    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, c,\n",
+         "    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, c, q_ptrs, k2_ptrs, kd_mask,\n"),
         # before the unsplit loop's masked_block (the loop the 128x32 tile runs), not decode's ring branch
         ("        else:\n            y, m_i, l_i = masked_block(\n",
          "        else:\n"
@@ -441,8 +441,8 @@ def test_plant_a_operand_reread_per_tile(tmp_path, main_fwd_128):
          "            a = (tl.load(q_ptrs, mask=again, other=0.0).to(tl.float32) * tl.load(k2_ptrs, mask=again, "
          "other=0.0).to(tl.float32)).to(a.dtype)\n"
          "            y, m_i, l_i = masked_block(\n"),
-        ("                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, scale,\n                k1_base",
-         "                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, scale,\n"
+        ("                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, c,\n                k1_base",
+         "                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, c,\n"
          "                q_ptrs, k2_base + (r0 - u) * stride_k2n + k2_offs, kd_mask,\n                k1_base"),
     ]  # fmt: skip
     (planted,) = _model(tmp_path, ["fwd:J=32 M=128"], _plant(tmp_path, {"fwd.py": edits}), "planted")

@@ -200,8 +200,9 @@ def _fwd16(arch, packed):
     registers on sm_90 only unpipelined and unsplit (num_stages = 1: pipelined it spills 224 B
     with pointer loads); the autotuner weighs it against the pipelined BLOCK_J = 32, unsplit
     too (split it spills 16 B under triton 3.6). Known exception, under triton 3.6 only
-    (scripts/triton_compat.py, 2026-12-07): the 128x64 s1 tile spills 8 B there; correct,
-    slower on the lent GPUs' triton 3.6.
+    (scripts/triton_compat.py, 2026-12-07): the 128x64 s1 tile spills there, 32 B since the scale
+    moved into the exponent (8 B before; the model of its 3.6 build still gains: 334 -> 341
+    TFLOP/s serialized on an H100); correct, slower on the lent GPUs' triton 3.6.
     Sequence tiles (per-row k2/v2 tiles) spill at 128 rows pipelined, so they keep a 64-row
     8-warp tile beside the unpipelined 128-row one.
     BLOCK_T (fwd.py: narrow j-blocks past the last whole BLOCK_J block): the packed 128x64 tile

@@ -80,26 +80,21 @@ def masked_block(
     k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
     J_REPEAT: tl.constexpr, J_TAIL: tl.constexpr, J_EDGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, TMA: tl.constexpr,
-    MASK_FIRST: tl.constexpr,
 ):  # fmt: skip
     """One masked j-block at j0 of the j range [j_lo, j_hi] of a linear layout of `limit` rows
     (tiles.j_block: rows past j_hi zero-filled, counted on J_REPEAT / J_TAIL / J_EDGE), the
     window mask on its logits. k1_base / v1_base: base pointers, or (TMA) tensor descriptors of
     the rows up to j_hi (kv.block_rows). Returns (y, m_i, l_i) updated (softmax.online_block).
-    MASK_FIRST: the window mask before the logit product (the split loops' order) or after it (the
-    unsplit loop's): triton 3.6's register allocation differs, and each order keeps the configs
-    that run it free of spills there (the other spills sm_100's split 128x32 44 B, or sm_90's
-    64x64 s3 16 B)."""
+    The mask is formed after the logit product: under triton 3.6 the order steers ptxas's
+    register allocation, and this one keeps every config but sm_90's 128x64 s1 free of spills
+    there (the mask first spills sm_90's 64x64 s3 16 B; configs.py's _fwd16)."""
     js, j_ok, jd_mask = j_block(
         j0, jr, j_lo, j_hi, limit, d_ok, COUNTS, J_REPEAT, J_TAIL, J_EDGE, BLOCK_J, False, COUNT_PATHS
     )
     k1b = block_rows(k1_base, j0, k1_offs, stride_k1n, jd_mask, TMA)
     v1b = block_rows(v1_base, j0, v1_offs, stride_v1n, jd_mask, TMA)
-    if MASK_FIRST:  # the same code; the order only steers ptxas (see the docstring)
-        in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
     s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
-    if not MASK_FIRST:
-        in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
+    in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)
     return online_block(s, in_win, v1b, y, m_i, l_i, c, a.dtype, True, INPUT_PRECISION, UPCAST)
 
 
@@ -123,7 +118,7 @@ def attend_blocks(
             y, m_i, l_i = masked_block(
                 a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, c,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
-                P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA, True,
+                P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
             )  # fmt: skip
         else:
             k1b = block_rows(k1_base, j0, k1_offs, stride_k1n, d_ok[None, :], TMA)
@@ -162,7 +157,7 @@ def attend_offset(
             y, m_i, l_i = masked_block(
                 a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, c,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
-                J_REPEAT, J_TAIL, J_EDGE, BLOCK_M, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA, False,
+                J_REPEAT, J_TAIL, J_EDGE, BLOCK_M, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
             )  # fmt: skip
     return y, m_i, l_i
 

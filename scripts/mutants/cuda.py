@@ -167,12 +167,12 @@ MUTANTS = [
         why="dk2/dv2: one sx buffer for every u: a warp writes u + 1's steps while its partner still reads u's",
     ),
     dict(
-        name="cuda-dkv2-held-v2-is-k2",
+        name="cuda-dkv2-held-k2-from-v2",
         path="csrc/cuda/bwd_dkv2_kernel.cuh",
-        old="          q_times_k2<T, DP, true, false>(e, a_v2, nullptr, do_row, kt);",
-        new="          q_times_k2<T, DP, true, false>(e, a_k2, nullptr, do_row, kt);",
+        old="    held_a<T, DP>(a_k2, sk2.row(a_row));",
+        new="    held_a<T, DP>(a_k2, sv2.row(a_row));",
         tests=D128_MULTI,
-        why="dk2/dv2 at DP = 128: dP's A operand from the held k2 fragments instead of v2's",
+        why="dk2/dv2 at DP = 128: the logits' A operand from held fragments of v2's rows instead of k2's",
     ),
     dict(
         name="cuda-query-stream-cp-async-wait-raised",

@@ -302,7 +302,8 @@ def _cuda_threads(kernel, dp):
         "dkv1_kernel": 64 if dp <= 128 else 32,
         "dkv2_kernel": 64 if dp <= 64 else 32 if dp <= 128 else 16,
     }
-    return 32 * 4 if kernel == "delta_kernel" else 32 * rows.get(kernel, 64) // 16
+    col_warps = 2 if kernel in ("dkv1_kernel", "dkv2_kernel") and dp == 128 else 1  # Dkv*Config::kColWarps
+    return 32 * 4 if kernel == "delta_kernel" else 32 * rows.get(kernel, 64) // 16 * col_warps
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ MASKS = {"mask: j outside the window", "mask: k outside the sequence"}
 FEATURES = {"varlen: packed layout", "varlen: empty sequence", "tile: past the sequence's end"}
 FEATURES |= {"logits: determinant"}
 SPLIT = "output: second column half"
+# The dkv kernels at padded head dim 128 (trilinear): two warps per 16 rows, one per column half.
+COL_WARP = "output: second column warp"
 SIMT = {"lanes past D", "tail: warps past the last row", "varlen: packed layout", "logits: determinant"}
 # kernel -> {path: the padded head dims it exists at}; head dim 0 labels the delta kernel.
 ALL = (64, 128, 256)
@@ -49,13 +51,15 @@ EXPECTED_PATHS = {
         **dict.fromkeys(LOADS | MASKS | FEATURES, ALL),
         **dict.fromkeys(["tile: last partial position tile", "mask: query past the last block row"], ALL),
         **dict.fromkeys(["loop: next query head", "loop: next query block", "loop: next u chunk"], ALL),
-        SPLIT: (128, 256),
+        SPLIT: (256,),
+        COL_WARP: (128,),
     },
     "dkv2_kernel": {
         **dict.fromkeys(LOADS | PIPELINE | FEATURES, ALL),
         **dict.fromkeys(["tile: last partial position tile", "loop: next query head"], ALL),
         **dict.fromkeys(["mask: j outside the window", "mask: query outside the sequence"], ALL),
-        SPLIT: (128, 256),
+        SPLIT: (128, 256),  # 128: the determinant's instantiation only
+        COL_WARP: (128,),
     },
     "fwd_simt_kernel": dict.fromkeys(SIMT | {"softmax: new running max", "tile: GQA group > 1"}, ALL),
     "dq_simt_kernel": dict.fromkeys(SIMT | {"tile: GQA group > 1"}, ALL),

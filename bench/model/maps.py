@@ -317,11 +317,14 @@ def cuda_dq(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map
 
 
 def cuda_dkv1(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map)
-    """dkv1_kernel: CTAs of kRows j positions x kOutCols columns; loops query head, query block of
-    kBlockI positions, u-chunk, u (with a product-build loop), kt (DP / 16, unroll 2)."""
+    """dkv1_kernel: CTAs of kRows j positions x kOutCols columns (kColWarps warps per 16 rows);
+    loops query head, query block of kBlockI positions, u-chunk, u (with a product-build loop), kt
+    (DP / 16, unroll 2; unrolled into u where the k1 / v1 A fragments are held, kHoldA: DP = 128)."""
     L1, R1, L2, R2 = _swapped(s)
     rows, bi, cu = (64 if dp <= 128 else 32), (32 if dp <= 128 else 16), (16 if dp <= 128 else 8)
-    out_cols = dp if dp <= 64 else 64
+    out_cols = dp if dp <= 128 else 64
+    col_warps = 2 if dp == 128 else 1
+    held = dp == 128
     j0 = np.arange(0, s.N, rows, dtype=np.int64)
     j_last = np.minimum(j0 + rows - 1, s.N - 1)
     i_lo, i_hi = np.maximum(0, j0 - R1), np.minimum(s.N - 1, j_last + L1)
@@ -329,7 +332,7 @@ def cuda_dkv1(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA m
     u = np.maximum(np.minimum(L2, i_hi) - np.maximum(-R2, i_lo - (s.N - 1)) + 1, 0)
     mult = s.B * s.Hkv * (dp // out_cols)
     u_trips = int((ib * u).sum()) * s.group * mult
-    threads = 32 * rows // 16
+    threads = 32 * rows // 16 * col_warps
     return Trips(
         ctas=len(j0) * mult,
         levels=[
@@ -337,7 +340,7 @@ def cuda_dkv1(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA m
             int(ib.sum()) * s.group * mult,
             int((ib * -(-u // cu)).sum()) * s.group * mult,
             u_trips,
-            u_trips * (dp // 32),
+            *([] if held else [u_trips * (dp // 32)]),
         ],
         logit=3,
         logits=rows * bi,
@@ -347,12 +350,14 @@ def cuda_dkv1(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA m
 
 
 def cuda_dkv2(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map)
-    """dkv2_kernel: CTAs of kRows k positions x kOutCols columns; loops it = (query head, u-chunk,
-    j-block) steps, u in the chunk, kt (DP / 16, unroll 2)."""
+    """dkv2_kernel: CTAs of kRows k positions x kOutCols columns (kColWarps warps per 16 rows);
+    loops it = (query head, u-chunk, j-block) steps, u in the chunk, kt (DP / 16, unroll 2)."""
     L1, R1, L2, R2 = _swapped(s)
     rows = 64 if dp <= 64 else 32 if dp <= 128 else 16
+    # Dkv2Config<DP, false> (the trilinear instantiation the model reads): all DP columns per CTA
+    # up to 128 (at 128 two column warps per 16 rows); 4 x 64 columns at 256.
     bj, cu = (64 if dp <= 64 else 32 if dp <= 128 else 16), (16 if dp <= 128 else 8)
-    out_cols = dp if dp <= 64 else 64
+    out_cols = dp if dp <= 128 else 64
     it = u_trips = 0
     tiles_k = range(0, s.N, rows)
     for k0 in tiles_k:
@@ -365,12 +370,15 @@ def cuda_dkv2(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA m
             it += n_jb
             u_trips += n_jb * (c_hi - c_lo + 1)
     mult = s.B * s.Hkv * (dp // out_cols) * s.group
+    threads = 32 * rows // 16 * (2 if dp == 128 else 1)  # kColWarps
     return Trips(
         ctas=len(tiles_k) * s.B * s.Hkv * (dp // out_cols),
-        levels=[it * mult, u_trips * mult, u_trips * mult * (dp // 32)],
+        # kt: DP / 16 k-steps, unroll 2; unrolled into u where the k2 / v2 A fragments are held
+        # (kHoldA: DP = 128).
+        levels=[it * mult, u_trips * mult, *([] if dp == 128 else [u_trips * mult * (dp // 32)])],
         logit=1,
         logits=rows * bj,
-        side={0: _cdiv(bj * dp // 8, 32 * rows // 16)},
+        side={0: _cdiv(bj * dp // 8, threads)},
         dram=_qkv_bytes(s, 1) + 2 * s.B * s.N * s.Hkv * s.D * _elem(s) + _stats_bytes(s, 3),
     )
 

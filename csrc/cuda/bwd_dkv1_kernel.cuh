@@ -32,17 +32,32 @@ namespace simplicial_attn::cuda {
 template <int DP>
 struct Dkv1Config {
   static constexpr int kHeadDim = DP;
-  static constexpr int kRows = DP <= 128 ? 64 : 32;  // j positions, 16 per warp
-  static constexpr int kWarps = kRows / 16;
+  static constexpr int kRows = DP <= 128 ? 64 : 32;  // j positions, 16 per row warp
+  static constexpr int kRowWarps = kRows / 16;
+  // The CTA computes kOutCols output columns of dk1 and dv1 (above 128 they are split over grid.z).
+  // At DP = 128 two fp32 accumulators of 128 columns do not fit one warp's registers, so kColWarps
+  // = 2 warps share each 16 rows: each computes S^T / dP^T for its half of the query block, the
+  // halves meet in shared memory (sx) as mma A operands, and each accumulates its 64 columns.
+  // S and dP are computed once per CTA (a split over grid.z would compute them once per half).
+  // With 64 accumulator registers a warp then holds its rows' k1 / v1 A fragments in registers
+  // for the whole kernel (kHoldA), and sx takes the shared memory of sk1, dead after that.
+  static constexpr int kOutCols = DP <= 128 ? DP : 64;
+  static constexpr int kColWarps = DP == 128 ? 2 : 1;
+  static constexpr bool kHoldA = kColWarps > 1;
+  static constexpr int kWarpCols = kOutCols / kColWarps;
+  static constexpr int kWarps = kRowWarps * kColWarps;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kBlockI = DP <= 128 ? 32 : 16;  // query positions per block
+  static constexpr int kWarpI = kBlockI / kColWarps;   // of them, per warp in S^T / dP^T
   static constexpr int kChunkU = DP <= 128 ? 16 : 8;
   static constexpr int kRegionRows = kBlockI + kChunkU - 1;
-  // Two fp32 accumulators (dk1, dv1): above 64 columns they are split over grid.z.
-  static constexpr int kOutCols = DP <= 64 ? DP : 64;
   static constexpr int kRowBytes = (DP + 8) * 2;
+  // sx: per row warp, per 16 queries, dA^T and P^T as A fragments (4 x 32 bits per lane).
+  static constexpr int kXWords = kColWarps > 1 ? kRowWarps * (kBlockI / 16) * 2 * 32 * 4 : 0;
   static constexpr int kSmemBytes =
       kRowBytes * (2 * kRows + 2 * kBlockI + 2 * kRegionRows + 2 * kBlockI) + 3 * ((kBlockI * 4 + 15) / 16 * 16);
+  static_assert(kWarpI % 16 == 0 && kWarpCols % 16 == 0, "whole mma tiles per warp");
+  static_assert(kXWords == 0 || (kHoldA && kXWords * 4 <= kRowBytes * kRows), "sx lives in sk1's bytes");
   static_assert(kSmemBytes <= kSmemLimit, "dk1/dv1 tiles exceed the shared memory of an sm_86 block");
 };
 
@@ -54,6 +69,8 @@ template <class T, class Cfg>
 SA_GLOBAL(Cfg::kThreads)
 dkv1_kernel(const Dkv1KernelParams p) {
   constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BI = Cfg::kBlockI, CU = Cfg::kChunkU, DO = Cfg::kOutCols;
+  constexpr int WI = Cfg::kWarpI, WC = Cfg::kWarpCols, kColWarps = Cfg::kColWarps;
+  constexpr bool kHoldA = Cfg::kHoldA;
   constexpr int kThreads = Cfg::kThreads;
   using TileT = Tile<T, DP>;
 
@@ -73,13 +90,17 @@ dkv1_kernel(const Dkv1KernelParams p) {
   const int n_chunks = ceil_div(u_hi - u_lo + 1, CU);
 
   // ---- Shared memory. Owners and barriers:
-  //   sk1, sv1         this CTA's rows, written once (prologue), read-only afterwards.
+  //   sk1, sv1         this CTA's rows, written once (prologue), read-only afterwards; with kHoldA
+  //                    read only in the prologue (to registers), before its barrier [H].
   //   sq, sdo, slse,   the query block: written when a block starts, read until the block's last
   //   sdel             [C] barrier; rewritten only after it.
   //   sk2, sv2         the region of the u-chunk: written when a chunk starts (after [C] of the
   //                    previous u), read while building products; rewritten after the chunk's last [C].
   //   saq, sbdo        the products of one u: written by all threads after [C] of the previous u,
   //                    read by the mma after [P].
+  //   sx               (kColWarps > 1, in sk1's bytes) dA^T / P^T of one u as A fragments: written
+  //                    by each warp for its queries after [P] (so after [H]), read by the warps of
+  //                    the same rows after [X]; rewritten after [C].
   SmemCarver carver{dynamic_smem()};
   const TileT sk1{carver.take<T>(BM * TileT::kLd)};
   const TileT sv1{carver.take<T>(BM * TileT::kLd)};
@@ -92,18 +113,40 @@ dkv1_kernel(const Dkv1KernelParams p) {
   float* const slse = carver.take<float>(BI);     // lse of the block's queries
   float* const slse_lo = carver.take<float>(BI);  // lse_lo of the block's queries
   float* const sdel = carver.take<float>(BI);     // Delta of the block's queries
+  uint4* const sx = kColWarps > 1 ? reinterpret_cast<uint4*>(sk1.row(0)) : nullptr;
 
-  // ---- This lane's two rows (j positions) and its ldmatrix row.
-  const int warp_row0 = 16 * warp_id(), g4 = lane_id() >> 2;
+  // ---- This warp's 16 rows (j positions) and, of the query block and of the output columns, its
+  // part: queries [q0, q0 + WI) in S^T / dP^T and columns [col0, col0 + WC) of dk1 / dv1.
+  // (kColWarps == 1: constants, so the single-warp form's code is what it was.)
+  const int row_warp = kColWarps > 1 ? warp_id() % Cfg::kRowWarps : warp_id();
+  const int col_warp = kColWarps > 1 ? warp_id() / Cfg::kRowWarps : 0;
+  const int warp_row0 = 16 * row_warp, g4 = lane_id() >> 2;
   const int a_row = warp_row0 + (lane_id() & 15);
   const int my_row[2] = {warp_row0 + g4, warp_row0 + g4 + 8};
   const int my_j[2] = {tile.r0 + my_row[0], tile.r0 + my_row[1]};
+  const int q0 = col_warp * WI;
+  KeyTile out = tile;  // the columns this warp stores
+  out.col0 = tile.col0 + col_warp * WC;
+  SA_PATH(col_warp > 0, "output: second column warp");
+  // sx slot of (this row warp, 16-query step kk, dA^T or P^T) for this lane.
+  const auto x_slot = [&](int kk, int which) {
+    return sx + ((row_warp * (BI / 16) + kk) * 2 + which) * 32 + lane_id();
+  };
 
-  float acc_k[DO / 8][4], acc_v[DO / 8][4];
+  float acc_k[WC / 8][4], acc_v[WC / 8][4];
   zero_acc(acc_k);
   zero_acc(acc_v);
 
   load_own_rows<kThreads>(sk1, sv1, p.k1, p.v1, tile, BM, D, p.vec);
+  uint32_t a_k1[kHoldA ? DP / 16 : 1][4], a_v1[kHoldA ? DP / 16 : 1][4];  // kHoldA: the rows' A fragments
+  if constexpr (kHoldA) {
+    cp_async_commit();
+    cp_async_wait<0>();
+    cta_sync();  // the k1 / v1 rows are visible
+    held_a<T, DP>(a_k1, sk1.row(a_row));
+    held_a<T, DP>(a_v1, sv1.row(a_row));
+    cta_sync();  // [H]: every warp holds its fragments; sk1's bytes become sx
+  }
   for (int hh = 0; hh < p.group; ++hh) {
     const int h = tile.g * p.group + hh;
     for (int ib = 0; ib < n_iblocks; ++ib) {
@@ -133,33 +176,41 @@ dkv1_kernel(const Dkv1KernelParams p) {
           }
           cta_sync();  // [P]: the products are visible
 
-          // S^T = k1_tile @ aq^T and dP^T = v1_tile @ bdo^T: [16 j rows, BI queries] per warp.
-          float s[BI / 8][4], dp[BI / 8][4];
+          // S^T = k1_tile @ aq^T and dP^T = v1_tile @ bdo^T: [16 j rows, WI queries] per warp.
+          float s[WI / 8][4], dp[WI / 8][4];
           zero_acc(s);
           zero_acc(dp);
-#pragma unroll 2
-          for (int kt = 0; kt < DP / 16; ++kt) {
-            uint32_t a[4], e[4];
-            ldsm_a(a, sk1.row(a_row), kt * 16);
-            ldsm_a(e, sv1.row(a_row), kt * 16);
+          const auto s_dp_step = [&](const uint32_t (&a)[4], const uint32_t (&e)[4], int kt) {
 #pragma unroll
-            for (int nt = 0; nt < BI / 8; nt += 2) {
+            for (int nt = 0; nt < WI / 8; nt += 2) {
               uint32_t b0[2], b1[2];
-              ldsm_b_nmajor(b0, b1, saq, nt * 8, kt * 16);
+              ldsm_b_nmajor(b0, b1, saq, q0 + nt * 8, kt * 16);
               mma_acc<T>(s[nt], a, b0);
               mma_acc<T>(s[nt + 1], a, b1);
-              ldsm_b_nmajor(b0, b1, sbdo, nt * 8, kt * 16);
+              ldsm_b_nmajor(b0, b1, sbdo, q0 + nt * 8, kt * 16);
               mma_acc<T>(dp[nt], e, b0);
               mma_acc<T>(dp[nt + 1], e, b1);
+            }
+          };
+          if constexpr (kHoldA) {
+#pragma unroll
+            for (int kt = 0; kt < DP / 16; ++kt) s_dp_step(a_k1[kt], a_v1[kt], kt);
+          } else {
+#pragma unroll 2
+            for (int kt = 0; kt < DP / 16; ++kt) {
+              uint32_t a[4], e[4];
+              ldsm_a(a, sk1.row(a_row), kt * 16);
+              ldsm_a(e, sv1.row(a_row), kt * 16);
+              s_dp_step(a, e, kt);
             }
           }
 
           // P^T and dA^T, zero unless j is in the window of i and k = i - u lies in [0, N).
 #pragma unroll
-          for (int nt = 0; nt < BI / 8; ++nt) {
+          for (int nt = 0; nt < WI / 8; ++nt) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-              const int h2 = i >> 1, col = nt * 8 + frag_col(i), qi = i0 + col, k = qi - u, j = my_j[h2];
+              const int h2 = i >> 1, col = q0 + nt * 8 + frag_col(i), qi = i0 + col, k = qi - u, j = my_j[h2];
               const bool in = j < N && qi <= i_hi && j >= qi - L1 && j <= qi + R1 && k >= 0 && k < N;
               SA_PATH(j < N && qi > i_hi, "mask: query past the last block row");
               SA_PATH(j < N && qi <= i_hi && (j < qi - L1 || j > qi + R1), "mask: j outside the window");
@@ -170,31 +221,53 @@ dkv1_kernel(const Dkv1KernelParams p) {
             }
           }
 
-          // acc_k += dA^T @ aq;  acc_v += P^T @ bdo  (aq, bdo read k-major: row = query).
+          // dA^T and P^T of the whole query block as A operands (16 queries a step): this warp's
+          // own steps from registers; with kColWarps > 1 every step through sx, where the warps of
+          // the same rows meet.
+          uint32_t da[BI / 16][4], pa[BI / 16][4];
 #pragma unroll
-          for (int kk = 0; kk < BI / 16; ++kk) {
-            uint32_t da[4], pa[4];
-            c_to_a<T>(da, dp[2 * kk], dp[2 * kk + 1]);
-            c_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
+          for (int kk = 0; kk < WI / 16; ++kk) {
+            c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
+            c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
+          }
+          if constexpr (kColWarps > 1) {
 #pragma unroll
-            for (int nt = 0; nt < DO / 8; nt += 2) {
-              uint32_t b0[2], b1[2];
-              ldsm_b_kmajor(b0, b1, saq, kk * 16, tile.col0 + nt * 8);
-              mma_acc<T>(acc_k[nt], da, b0);
-              mma_acc<T>(acc_k[nt + 1], da, b1);
-              ldsm_b_kmajor(b0, b1, sbdo, kk * 16, tile.col0 + nt * 8);
-              mma_acc<T>(acc_v[nt], pa, b0);
-              mma_acc<T>(acc_v[nt + 1], pa, b1);
+            for (int kk = 0; kk < WI / 16; ++kk) {
+              sstore(x_slot(q0 / 16 + kk, 0), uint4{da[kk][0], da[kk][1], da[kk][2], da[kk][3]});
+              sstore(x_slot(q0 / 16 + kk, 1), uint4{pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]});
+            }
+            cta_sync();  // [X]: every warp's dA^T / P^T steps are visible
+#pragma unroll
+            for (int kk = 0; kk < BI / 16; ++kk) {
+              const uint4 x = sload(x_slot(kk, 0)), y = sload(x_slot(kk, 1));
+              da[kk][0] = x.x, da[kk][1] = x.y, da[kk][2] = x.z, da[kk][3] = x.w;
+              pa[kk][0] = y.x, pa[kk][1] = y.y, pa[kk][2] = y.z, pa[kk][3] = y.w;
             }
           }
-          cta_sync();  // [C]: every warp is done with the products (and, at the end of a chunk or
-                       // block, with the region and the query block)
+
+          // acc_k += dA^T @ aq;  acc_v += P^T @ bdo over this warp's columns (aq, bdo read k-major:
+          // row = query).
+#pragma unroll
+          for (int nt = 0; nt < WC / 8; nt += 2) {
+#pragma unroll
+            for (int kk = 0; kk < BI / 16; ++kk) {
+              uint32_t b0[2], b1[2];
+              ldsm_b_kmajor(b0, b1, saq, kk * 16, out.col0 + nt * 8);
+              mma_acc<T>(acc_k[nt], da[kk], b0);
+              mma_acc<T>(acc_k[nt + 1], da[kk], b1);
+              ldsm_b_kmajor(b0, b1, sbdo, kk * 16, out.col0 + nt * 8);
+              mma_acc<T>(acc_v[nt], pa[kk], b0);
+              mma_acc<T>(acc_v[nt + 1], pa[kk], b1);
+            }
+          }
+          cta_sync();  // [C]: every warp is done with the products and sx (and, at the end of a
+                       // chunk or block, with the region and the query block)
         }
       }
     }
   }
 
-  store_key_grads<T>(acc_k, acc_v, p.dk1, p.dv1, tile, my_row, p.prob.scale, D);
+  store_key_grads<T>(acc_k, acc_v, p.dk1, p.dv1, out, my_row, p.prob.scale, D);
 }
 
 }  // namespace simplicial_attn::cuda

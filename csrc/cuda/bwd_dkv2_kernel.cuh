@@ -21,6 +21,8 @@
 // [k0 + u_lo, k_last + u_hi] of the chunk, then k1/v1 blocks through 2 stages, then u.
 #pragma once
 
+#include <type_traits>
+
 #include "cross.cuh"
 #include "fragments.cuh"
 #include "key_tile.cuh"
@@ -29,23 +31,44 @@
 
 namespace simplicial_attn::cuda {
 
-template <int DP>
+// kDet: the determinant instantiation's tiles. A CTA computes kOutCols output columns of dk2 and
+// dv2; a column split over grid.z would compute S and dP once per part. At DP = 128 the trilinear
+// kernel takes all 128 columns: two fp32 accumulators of 128 columns do not fit one warp's
+// registers, so kColWarps = 2 warps share each 16 rows, each computes S / dP for its half of the
+// j block, the halves meet in shared memory (sx) as mma A operands, and each accumulates its 64
+// columns. The determinant's epilogue (CrossTile of M, add_cross_m) keeps the split over grid.z at
+// 128 (kOutCols = 64, both halves recompute S and dP), as does DP = 256 (4 x 64); DP = 64: one CTA,
+// all columns.
+template <int DP, bool kDet = false>
 struct Dkv2Config {
   static constexpr int kHeadDim = DP;
-  static constexpr int kRows = DP <= 64 ? 64 : (DP <= 128 ? 32 : 16);  // k positions, 16 per warp
-  static constexpr int kWarps = kRows / 16;
+  static constexpr int kRows = DP <= 64 ? 64 : (DP <= 128 ? 32 : 16);  // k positions, 16 per row warp
+  static constexpr int kRowWarps = kRows / 16;
+  static constexpr bool kAllCols = DP <= 64 || (DP <= 128 && !kDet);
+  static constexpr int kOutCols = kAllCols ? DP : 64;
+  static constexpr int kColWarps = DP == 128 && !kDet ? 2 : 1;
+  // With 64 accumulator registers a column warp holds its rows' k2 A fragments in registers for
+  // the whole kernel: a step's logit A operand k2 ⊙ q_shift then reads only q (v2's as well would
+  // spill under ptxas for sm_90 at fp16).
+  static constexpr bool kHoldA = kColWarps > 1;
+  static constexpr int kWarpCols = kOutCols / kColWarps;
+  static constexpr int kWarps = kRowWarps * kColWarps;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kBlockJ = DP <= 64 ? 64 : (DP <= 128 ? 32 : 16);
+  static constexpr int kWarpJ = kBlockJ / kColWarps;  // j positions per warp in S / dP
   static constexpr int kChunkU = DP <= 128 ? 16 : 8;
   static constexpr int kRegionRows = kRows + kChunkU - 1;
   static constexpr int kStages = 2;
-  // Two fp32 accumulators (dk2, dv2): above 64 columns they are split over grid.z.
-  static constexpr int kOutCols = DP <= 64 ? DP : 64;
   static constexpr int kRowBytes = (DP + 8) * 2;
-  static constexpr int kSmemBytes =
-      kRowBytes * (2 * kRows + 2 * kRegionRows + 2 * kStages * kBlockJ) + 3 * ((kRegionRows * 4 + 15) / 16 * 16);
-  // Determinant logits add the CrossTile of M (fp32, all rows).
-  static constexpr int kSmemBytesDet = kSmemBytes + kRows * CrossTile<kOutCols, DP>::kWidth * 4;
+  // sx: two buffers (alternate u) of, per row warp and 16 j positions, dA and P as A fragments
+  // (4 x 32 bits per lane).
+  static constexpr int kXWords = kColWarps > 1 ? 2 * kRowWarps * (kBlockJ / 16) * 2 * 32 * 4 : 0;
+  static constexpr int kSmemBytes = kRowBytes * (2 * kRows + 2 * kRegionRows + 2 * kStages * kBlockJ) +
+                                    3 * ((kRegionRows * 4 + 15) / 16 * 16) + kXWords * 4;
+  // Determinant logits add the CrossTile of M (fp32, all rows); the launch of <DP, true> asks for it.
+  static constexpr int kSmemBytesDet = kSmemBytes + (kDet ? kRows * CrossTile<kOutCols, DP>::kWidth * 4 : 0);
+  static_assert(kWarpJ % 16 == 0 && kWarpCols % 16 == 0, "whole mma tiles per warp");
+  static_assert(!kDet || kColWarps == 1, "the determinant's epilogue takes all of the CTA's columns per warp");
   static_assert(kSmemBytesDet <= kSmemLimit, "dk2/dv2 tiles exceed the shared memory of an sm_86 block");
 };
 
@@ -57,8 +80,11 @@ template <class T, class Cfg, bool kDet>
 SA_GLOBAL(Cfg::kThreads)
 dkv2_kernel(const Dkv2KernelParams p) {
   constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BJ = Cfg::kBlockJ, CU = Cfg::kChunkU, DO = Cfg::kOutCols;
+  constexpr int WJ = Cfg::kWarpJ, WC = Cfg::kWarpCols, kColWarps = Cfg::kColWarps;
+  constexpr bool kHoldA = Cfg::kHoldA;
   constexpr int kThreads = Cfg::kThreads;
   using TileT = Tile<T, DP>;
+  static_assert(std::is_same_v<Cfg, Dkv2Config<DP, kDet>>, "the logit form's own tiles");
 
   // ---- The CTA's tile: k positions [k0, k_last] of kv head tile.g (key_tile.cuh).
   const KeyTile tile = key_tile<BM, DO>(p);
@@ -86,6 +112,10 @@ dkv2_kernel(const Dkv2KernelParams p) {
   //   k1/v1 stage it % 2   filled during iteration it - 1, read after B1 of iteration it.
   //   sm                   (determinant only) M of one u: written after the previous u's [X2],
   //                        read after [X1].
+  //   sx buffer u % 2      (kColWarps > 1) dA / P of one u as A fragments: written by each warp for
+  //                        its j positions, read by the warps of the same rows after [X]; written
+  //                        again at u + 2, after every warp has passed [X] of u + 1, so after its
+  //                        reads of u (program order).
   SmemCarver carver{dynamic_smem()};
   const TileT sk2{carver.take<T>(BM * TileT::kLd)};
   const TileT sv2{carver.take<T>(BM * TileT::kLd)};
@@ -99,6 +129,7 @@ dkv2_kernel(const Dkv2KernelParams p) {
   auto sk1 = [&](int stage) { return TileT{k1_stages + stage * BJ * TileT::kLd}; };
   auto sv1 = [&](int stage) { return TileT{v1_stages + stage * BJ * TileT::kLd}; };
   float* const sm_base = det ? carver.take<float>(BM * CrossTile<DO, DP>::kWidth) : nullptr;
+  uint4* const sx = kColWarps > 1 ? carver.take<uint4>(Cfg::kXWords / 4) : nullptr;
 
   // Iterations walk (query head hh, chunk c, k1/v1 block jb), jb fastest.
   struct Step {
@@ -126,8 +157,20 @@ dkv2_kernel(const Dkv2KernelParams p) {
                             p.vec);
   };
 
-  // ---- This lane's two rows (k positions) and its ldmatrix row.
-  const int warp_row0 = 16 * warp_id(), g4 = lane_id() >> 2;
+  // ---- This warp's 16 rows (k positions) and, of the j block and of the output columns, its
+  // part: j positions [j0w, j0w + WJ) of the block in S / dP and columns [out.col0, out.col0 + WC).
+  // (kColWarps == 1: constants, so the single-warp form's code is what it was.)
+  const int row_warp = kColWarps > 1 ? warp_id() % Cfg::kRowWarps : warp_id();
+  const int col_warp = kColWarps > 1 ? warp_id() / Cfg::kRowWarps : 0;
+  const int warp_row0 = 16 * row_warp, g4 = lane_id() >> 2;
+  const int j0w = col_warp * WJ;
+  KeyTile out = tile;  // the columns this warp accumulates and stores
+  out.col0 = tile.col0 + col_warp * WC;
+  SA_PATH(col_warp > 0, "output: second column warp");
+  // sx slot of (buffer, this row warp, 16-j step kk, dA or P) for this lane.
+  const auto x_slot = [&](int buf, int kk, int which) {
+    return sx + (((buf * Cfg::kRowWarps + row_warp) * (BJ / 16) + kk) * 2 + which) * 32 + lane_id();
+  };
   const int a_row = warp_row0 + (lane_id() & 15);
   int my_row[2];
   bool my_ok[2];
@@ -138,13 +181,19 @@ dkv2_kernel(const Dkv2KernelParams p) {
   }
   const T* const k2_h[2] = {sk2.row(my_row[0]), sk2.row(my_row[1])};
 
-  float acc_k[DO / 8][4], acc_v[DO / 8][4];
+  float acc_k[WC / 8][4], acc_v[WC / 8][4];
   zero_acc(acc_k);
   zero_acc(acc_v);
 
   load_own_rows<kThreads>(sk2, sv2, p.k2, p.v2, tile, BM, D, p.vec);
   load_kv1(Step{0, 0, 0}, 0);
   cp_async_commit();
+  uint32_t a_k2[kHoldA ? DP / 16 : 1][4];  // kHoldA: the rows' A fragments of k2
+  if constexpr (kHoldA) {
+    cp_async_wait<0>();
+    cta_sync();  // the k2 / v2 rows are visible (they stay, read-only)
+    held_a<T, DP>(a_k2, sk2.row(a_row));
+  }
   int it = 0;
   for (Step s{0, 0, 0}; s.hh < p.group; s = next(s), ++it) {
     const int stage = it % Cfg::kStages;
@@ -190,17 +239,43 @@ dkv2_kernel(const Dkv2KernelParams p) {
         jmax[h] = window.hi;
       }
 
-      // S = (k2 ⊙ q_shift) @ k1_blk^T (or (k2 × q_shift) @ k1_blk^T), dP = (v2 ⊙ dout_shift) @ v1_blk^T.
-      float s_[BJ / 8][4], dp[BJ / 8][4];
-      const LogitRows<T> logit_rows{det, D, sq.row(a_row + shift), sk2.row(a_row), q_h, k2_h};
-      logits_and_dp<T, DP, BJ>(s_, dp, logit_rows, sv2.row(a_row), sdo.row(a_row + shift), sk1(stage), sv1(stage));
+      // S = (k2 ⊙ q_shift) @ k1_blk^T (or (k2 × q_shift) @ k1_blk^T), dP = (v2 ⊙ dout_shift) @ v1_blk^T,
+      // over this warp's j positions (the stage's rows from j0w on).
+      float s_[WJ / 8][4], dp[WJ / 8][4];
+      const TileT k1w{sk1(stage).row(j0w)}, v1w{sv1(stage).row(j0w)};
+      if constexpr (kHoldA) {
+        zero_acc(s_);
+        zero_acc(dp);
+        const T* const q_row = sq.row(a_row + shift);
+        const T* const v2_row = sv2.row(a_row);
+        const T* const do_row = sdo.row(a_row + shift);
+#pragma unroll
+        for (int kt = 0; kt < DP / 16; ++kt) {
+          uint32_t a[4], e[4];  // k2 ⊙ q_shift (the product commutes exactly) and v2 ⊙ dout_shift
+          q_times_k2<T, DP, true, false>(a, a_k2, nullptr, q_row, kt);
+          ldsm_a_product<T>(e, v2_row, do_row, kt * 16);
+#pragma unroll
+          for (int nt = 0; nt < WJ / 8; nt += 2) {
+            uint32_t b0[2], b1[2];
+            ldsm_b_nmajor(b0, b1, k1w, nt * 8, kt * 16);
+            mma_acc<T>(s_[nt], a, b0);
+            mma_acc<T>(s_[nt + 1], a, b1);
+            ldsm_b_nmajor(b0, b1, v1w, nt * 8, kt * 16);
+            mma_acc<T>(dp[nt], e, b0);
+            mma_acc<T>(dp[nt + 1], e, b1);
+          }
+        }
+      } else {
+        const LogitRows<T> logit_rows{det, D, sq.row(a_row + shift), sk2.row(a_row), q_h, k2_h};
+        logits_and_dp<T, DP, WJ>(s_, dp, logit_rows, sv2.row(a_row), sdo.row(a_row + shift), k1w, v1w);
+      }
 
       // P and dA = P (dP - Delta), zero outside the window; P overwrites S, dA overwrites dP.
 #pragma unroll
-      for (int nt = 0; nt < BJ / 8; ++nt) {
+      for (int nt = 0; nt < WJ / 8; ++nt) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int h = i >> 1, j = j0 + nt * 8 + frag_col(i);
+          const int h = i >> 1, j = j0 + j0w + nt * 8 + frag_col(i);
           const bool in = ok[h] && j >= jmin[h] && j <= jmax[h];
           SA_PATH(ok[h] && !in, "mask: j outside the window");
           s_[nt][i] = in ? prob_from_lse(logit(s_[nt][i], p.prob.scale), lse[h], lse_lo[h]) : 0.f;
@@ -209,11 +284,28 @@ dkv2_kernel(const Dkv2KernelParams p) {
       }
 
       // acc_k += (dA @ k1_blk) ⊙ q_shift (determinant: q_shift × M, below); acc_v += (P @ v1_blk) ⊙ dout_shift.
+      // dA and P of the whole j block as A operands (16 positions a step): this warp's own steps
+      // from registers; with kColWarps > 1 every step through sx, where the warps of the same rows meet.
       uint32_t da[BJ / 16][4], pa[BJ / 16][4];
 #pragma unroll
-      for (int kk = 0; kk < BJ / 16; ++kk) {
+      for (int kk = 0; kk < WJ / 16; ++kk) {
         c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
         c_to_a<T>(pa[kk], s_[2 * kk], s_[2 * kk + 1]);
+      }
+      if constexpr (kColWarps > 1) {
+        const int buf = u & 1;
+#pragma unroll
+        for (int kk = 0; kk < WJ / 16; ++kk) {
+          sstore(x_slot(buf, j0w / 16 + kk, 0), uint4{da[kk][0], da[kk][1], da[kk][2], da[kk][3]});
+          sstore(x_slot(buf, j0w / 16 + kk, 1), uint4{pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]});
+        }
+        cta_sync();  // [X]: every warp's dA / P steps of this u are visible
+#pragma unroll
+        for (int kk = 0; kk < BJ / 16; ++kk) {
+          const uint4 x = sload(x_slot(buf, kk, 0)), y = sload(x_slot(buf, kk, 1));
+          da[kk][0] = x.x, da[kk][1] = x.y, da[kk][2] = x.z, da[kk][3] = x.w;
+          pa[kk][0] = y.x, pa[kk][1] = y.y, pa[kk][2] = y.z, pa[kk][3] = y.w;
+        }
       }
       if constexpr (det) {
         const CrossTile<DO, DP> sm(sm_base, tile.col0);
@@ -221,14 +313,14 @@ dkv2_kernel(const Dkv2KernelParams p) {
         const auto m_at = [&](int, int r, int ch) { return sload(sm.at(r, ch)); };
         add_cross_m<T, DP, BJ, DO>(acc_k, sm, warp_row0, da, sk1(stage), tile.col0, D, q_at, m_at);
       } else {
-        add_product_times_rows<T>(acc_k, da, sk1(stage), tile.col0, q_h);
+        add_product_times_rows<T>(acc_k, da, sk1(stage), out.col0, q_h);
       }
-      add_product_times_rows<T>(acc_v, pa, sv1(stage), tile.col0, do_h);
+      add_product_times_rows<T>(acc_v, pa, sv1(stage), out.col0, do_h);
     }
     cta_sync();  // B2: every warp is done with this stage and (if the chunk ends) the region
   }
 
-  store_key_grads<T>(acc_k, acc_v, p.dk2, p.dv2, tile, my_row, p.prob.scale, D);
+  store_key_grads<T>(acc_k, acc_v, p.dk2, p.dv2, out, my_row, p.prob.scale, D);
 }
 
 }  // namespace simplicial_attn::cuda

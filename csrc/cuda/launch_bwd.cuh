@@ -53,16 +53,20 @@ void launch_bwd_tc(const BwdArgs& args, cudaStream_t stream) {
     launch_kernel("dkv1_kernel", DP, &dkv1_kernel<T, Cfg>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
   }
   {
-    using Cfg = Dkv2Config<DP>;
     Dkv2KernelParams p;
     set_grad_params(p, a, sizeof(T));
     p.dk2 = a.dk2;
     p.dv2 = a.dv2;
-    const Grid grid = plan_key_tiles<Cfg>(p, a.dims, a.prob);
-    if (a.prob.determinant)
+    // Each logit form has its own tiles (Dkv2Config: the determinant keeps the column split at 128).
+    if (a.prob.determinant) {
+      using Cfg = Dkv2Config<DP, true>;
+      const Grid grid = plan_key_tiles<Cfg>(p, a.dims, a.prob);
       launch_kernel("dkv2_kernel", DP, &dkv2_kernel<T, Cfg, true>, grid, Cfg::kThreads, Cfg::kSmemBytesDet, stream, p);
-    else
+    } else {
+      using Cfg = Dkv2Config<DP, false>;
+      const Grid grid = plan_key_tiles<Cfg>(p, a.dims, a.prob);
       launch_kernel("dkv2_kernel", DP, &dkv2_kernel<T, Cfg, false>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
+    }
   }
 }
 

@@ -15,6 +15,8 @@ PROBES = ["tests/test_cuda_static.py", "-k", "primitive_compiles"]
 # The cp.async pipeline with several iterations at head dim 64 (N = 97, windows 40 / 20), one dtype.
 PIPELINE_64 = [EMU, "-k", "match_oracle and N97 and float16"]
 SMALL_FP16 = [EMU, "-k", "match_oracle and B2-N7-Hq2-Hkv1-D16-w1_3-w2_5-causal-float16"]
+# Head dim 120 (padded 128: the dkv kernels' column warps), several query blocks, j blocks and u chunks.
+D128_MULTI = [EMU, "-k", "match_oracle and N70-Hq2-Hkv1-D120 and float16"]
 # Head packing of 16 heads (each warp's rows at one position) with windows wider than a block, head dim 64.
 ONE_ROW_64 = [EMU, "-k", "match_oracle and B1-N50-Hq16-Hkv1-D64-w1_48-w2_3-causal-float16"]
 
@@ -113,6 +115,64 @@ MUTANTS = [
         new="",
         tests=SMALL_FP16,
         why="dk1/dv1 read the shared products before every thread has written them",
+    ),
+    # ---- the column warps of dk1/dv1 and dk2/dv2 at head dim 128 (two warps per 16 rows, one
+    # S / dP, the halves exchanged through shared memory sx)
+    dict(
+        name="cuda-dkv1-second-column-warp-dropped",
+        path="csrc/cuda/bwd_dkv1_kernel.cuh",
+        old="  out.col0 = tile.col0 + col_warp * WC;",
+        new="  out.col0 = tile.col0;",
+        tests=D128_MULTI,
+        why="dk1/dv1 at DP = 128: the second column warp accumulates and stores columns 0..63 again; 64..127 unwritten",
+    ),
+    dict(
+        name="cuda-dkv2-second-column-warp-dropped",
+        path="csrc/cuda/bwd_dkv2_kernel.cuh",
+        old="  out.col0 = tile.col0 + col_warp * WC;",
+        new="  out.col0 = tile.col0;",
+        tests=D128_MULTI,
+        why="dk2/dv2 at DP = 128: the second column warp accumulates and stores columns 0..63 again; 64..127 unwritten",
+    ),
+    dict(
+        name="cuda-dkv1-exchange-drops-the-partner-half",
+        path="csrc/cuda/bwd_dkv1_kernel.cuh",
+        old="              const uint4 x = sload(x_slot(kk, 0)), y = sload(x_slot(kk, 1));",
+        new="              const uint4 x = sload(x_slot(q0 / 16, 0)), y = sload(x_slot(q0 / 16, 1));",
+        tests=D128_MULTI,
+        why="dk1/dv1: each column warp counts its own half of the query block twice and the partner's not at all",
+    ),
+    dict(
+        name="cuda-dkv2-exchange-drops-the-partner-half",
+        path="csrc/cuda/bwd_dkv2_kernel.cuh",
+        old="          const uint4 x = sload(x_slot(buf, kk, 0)), y = sload(x_slot(buf, kk, 1));",
+        new="          const uint4 x = sload(x_slot(buf, j0w / 16, 0)), y = sload(x_slot(buf, j0w / 16, 1));",
+        tests=D128_MULTI,
+        why="dk2/dv2: each column warp counts its own half of the j block twice and the partner's not at all",
+    ),
+    dict(
+        name="cuda-dkv1-drop-exchange-barrier",
+        path="csrc/cuda/bwd_dkv1_kernel.cuh",
+        old="            cta_sync();  // [X]: every warp's dA^T / P^T steps are visible\n",
+        new="",
+        tests=D128_MULTI,
+        why="dk1/dv1 read the partner warp's dA^T / P^T before it has written them (a shared-memory race)",
+    ),
+    dict(
+        name="cuda-dkv2-exchange-single-buffer",
+        path="csrc/cuda/bwd_dkv2_kernel.cuh",
+        old="        const int buf = u & 1;",
+        new="        const int buf = 0;",
+        tests=D128_MULTI,
+        why="dk2/dv2: one sx buffer for every u: a warp writes u + 1's steps while its partner still reads u's",
+    ),
+    dict(
+        name="cuda-dkv2-held-k2-from-v2",
+        path="csrc/cuda/bwd_dkv2_kernel.cuh",
+        old="    held_a<T, DP>(a_k2, sk2.row(a_row));",
+        new="    held_a<T, DP>(a_k2, sv2.row(a_row));",
+        tests=D128_MULTI,
+        why="dk2/dv2 at DP = 128: the logits' A operand from held fragments of v2's rows instead of k2's",
     ),
     dict(
         name="cuda-query-stream-cp-async-wait-raised",

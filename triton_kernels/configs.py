@@ -98,18 +98,28 @@ def _dkv1_16(arch, heads):
     sm_90 / sm_80: 128 columns (2 queries x 64 heads at the target) on 8 warps, so the logits
     product has 128 rows, one 64-row warp group each (a 64-row product on 8 warps is computed by
     both: 1.5x the MMA work), at BLOCK_J = 32 (64 spills 16-20 B on sm_90). POSITIONS fill
-    w2 of BLOCK_C columns (half of 64 at w2 = 32), so sm_90 also has 32 columns on 4 warps.
-    sm_86 / sm_120: 128 columns need 137 KiB of shared memory; sm_100: they spill 52 B; sm_80:
-    unpipelined they spill 176 B."""
+    w2 of BLOCK_C columns (half of 64 at w2 = 32), so every arch also has 32 columns on 4 warps
+    (the model, no GQA, w2 = 32, overlapped / serialized ms: A100 87 / 135 -> 64 / 96, A10G
+    242 / 329 -> 117 / 190, B200 21 / 39 -> 20 / 29), at BLOCK_J = 16 on sm_80 / sm_86 / sm_120
+    (at 32 they spill 84 B on sm_80, 12 B on sm_86). Not tried further: 2 warps, which would not
+    compute the logits twice (mma.sync 32-row products on 4 warps do), spill 1.9 KB (the two
+    [D, BLOCK_J] accumulators), BLOCK_J = 64 on 4 warps 0.9-1.3 KB. sm_86 / sm_120: 128 columns
+    need 137 KiB of shared memory; sm_100: they spill 52 B; sm_80: unpipelined they spill 176 B."""
     if arch == "sm90":
         if heads:
             return [_c(8, 1, BLOCK_J=32, BLOCK_C=128), _c(8, 3, BLOCK_J=32, BLOCK_C=128)]
         return [_c(8, 1, BLOCK_J=32, BLOCK_C=64), _c(4, 1, BLOCK_J=32, BLOCK_C=32)]
     if arch == "sm80":
-        return [_c(8, 3, BLOCK_J=32, BLOCK_C=128 if heads else 64)]
+        if heads:
+            return [_c(8, 3, BLOCK_J=32, BLOCK_C=128)]
+        return [_c(8, 3, BLOCK_J=32, BLOCK_C=64), _c(4, 3, BLOCK_J=16, BLOCK_C=32)]
     if arch == "sm100":  # pipelined, the POSITIONS tile spills 184 B there
-        return [_c(8, 3 if heads else 1, BLOCK_J=32, BLOCK_C=64)]
-    return [_c(8, 2, BLOCK_J=32, BLOCK_C=64)]
+        if heads:
+            return [_c(8, 3, BLOCK_J=32, BLOCK_C=64)]
+        return [_c(8, 1, BLOCK_J=32, BLOCK_C=64), _c(4, 1, BLOCK_J=32, BLOCK_C=32)]
+    if heads:
+        return [_c(8, 2, BLOCK_J=32, BLOCK_C=64)]
+    return [_c(8, 2, BLOCK_J=32, BLOCK_C=64), _c(4, 2, BLOCK_J=16, BLOCK_C=32)]
 
 
 def _table32(dc):

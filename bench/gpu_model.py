@@ -419,8 +419,7 @@ def model(records, shape):
     for backend in ("triton", "cuda"):
         for arch in sorted({k.arch for k in records if k.backend == backend}, key=lambda a: int(a[2:])):
             gpus = specs.gpus_for(arch)
-            for pass_ in maps.PASSES[backend]:
-                names = maps.pass_kernels(backend, pass_, arch, shape)
+            for pass_, names in maps.PASSES[backend].items():
                 counted = flops.attention_flops(shape.B, shape.N, shape.Hq, shape.D, shape.w1, shape.w2,
                                                 shape.causal, pass_)  # fmt: skip
                 chosen, missing = [], []
@@ -446,7 +445,7 @@ def model(records, shape):
                                 "shape": shape.label(), "scope": "pass"})  # fmt: skip
                     continue
                 out.append(_pass_record(backend, arch, pass_, chosen, gpus, counted, shape))
-            in_passes = {n for pass_ in maps.PASSES[backend] for n in maps.pass_kernels(backend, pass_, arch, shape)}
+            in_passes = {n for names in maps.PASSES[backend].values() for n in names}
             for k in records:
                 if (k.backend, k.arch) == (backend, arch) and k.kernel not in in_passes:
                     rec, _ = model_kernel(k, shape, 1.0)

@@ -32,8 +32,7 @@ if importlib.util.find_spec("triton") is not None:
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FWD_KERNELS = ("fwd",)
-BWD_KERNELS = ("bwd_dqkv2", "bwd_dkv1", "bwd_dq", "bwd_dkv2")
-SPLIT_KERNELS = ("bwd_dq", "bwd_dkv2")  # launch.bwd's split path (host.bwd_path)
+BWD_KERNELS = ("bwd_dqkv2", "bwd_dkv1")
 KINDS = ("trilinear", "packed-extra", "determinant", "decode")
 
 # One case per bucket (operand table, D class, kind): N spans several tiles of the bucket's
@@ -133,32 +132,18 @@ def test_every_shipped_config_is_in_a_run():
     assert set(BUCKET_CASES) == {r.bucket for r in RUNS}
 
 
-def _bwd_calls(run):
-    """(path, config) of the backward calls a run makes: the fused path with its kernels' configs,
-    the split path (forced: the interpreter takes the fused one) with bwd_dq's / bwd_dkv2's."""
-    bwd_cfg = {k: c for k, c in run.config.items() if k in BWD_KERNELS}
-    calls = []
-    for path, kernels in (("fused", ("bwd_dqkv2", "bwd_dkv1")), ("split", SPLIT_KERNELS)):
-        cfg = {k: c for k, c in bwd_cfg.items() if k in kernels}
-        if cfg:
-            calls.append((path, cfg))
-    return calls
-
-
 def _batched(run, case, dtype, scale):
     inputs = make_inputs(case, dtype, DEVICE)
     dout = make_dout(case, dtype, DEVICE)
     prob = Problem(*bands(case.w1, case.w2, case.causal, case.N), scale)
     extra = run.bucket[2] == "packed-extra"
     fwd_cfg = {k: c for k, c in run.config.items() if k in FWD_KERNELS}
+    bwd_cfg = {k: c for k, c in run.config.items() if k in BWD_KERNELS}
     out, lse, lse_lo = tk.fwd(*inputs, prob, head_packing=extra, config=fwd_cfg)
     got, ref = (out, lse), oracle_fwd(*inputs, case.w1, case.w2, case.causal, scale)
-    calls = _bwd_calls(run)  # none in a run of forward configs only (the head-packed extras, a longer fwd list)
-    if calls:
-        ref_bwd = oracle_bwd(dout, *inputs, case.w1, case.w2, case.causal, scale)
-    for path, cfg in calls:
-        got += tk.bwd(dout, *inputs, out, lse, lse_lo, prob, head_packing=extra, config=cfg, path=path)
-        ref += ref_bwd
+    if bwd_cfg:  # a run of forward configs only (the head-packed extras, a longer fwd list) needs no backward
+        got += tk.bwd(dout, *inputs, out, lse, lse_lo, prob, head_packing=extra, config=bwd_cfg)
+        ref += oracle_bwd(dout, *inputs, case.w1, case.w2, case.causal, scale)
     return got, ref
 
 
@@ -168,17 +153,14 @@ def _packed_determinant(run, case, dtype, scale):
     prob = Problem(*bands(case.w1, case.w2, case.causal), scale, "determinant", cu, max(case.lengths))
     packed = [t[None] for t in (q, k1, k2, v1, v2)]
     fwd_cfg = {k: c for k, c in run.config.items() if k in FWD_KERNELS}
+    bwd_cfg = {k: c for k, c in run.config.items() if k in BWD_KERNELS}
     out, lse, lse_lo = tk.fwd(*packed, prob, config=fwd_cfg)
-    got, ref = (out[0], lse[0]), oracle_varlen_fwd(q, k1, k2, v1, v2, cu, case.w1, case.w2, case.causal, scale,
-                                                   "determinant")  # fmt: skip
-    calls = _bwd_calls(run)  # none in a run of forward configs only
-    if calls:
-        ref_bwd = oracle_varlen_bwd(dout, q, k1, k2, v1, v2, cu, case.w1, case.w2, case.causal, scale, "determinant")
-    for path, cfg in calls:
-        grads = tk.bwd(dout[None], *packed, out, lse, lse_lo, prob, config=cfg, path=path)
-        got += tuple(g[0] for g in grads)
-        ref += ref_bwd
-    return got, ref
+    ref = oracle_varlen_fwd(q, k1, k2, v1, v2, cu, case.w1, case.w2, case.causal, scale, "determinant")
+    if not bwd_cfg:  # a run of forward configs only
+        return (out[0], lse[0]), ref
+    grads = tk.bwd(dout[None], *packed, out, lse, lse_lo, prob, config=bwd_cfg)
+    ref += oracle_varlen_bwd(dout, q, k1, k2, v1, v2, cu, case.w1, case.w2, case.causal, scale, "determinant")
+    return (out[0], lse[0], *(g[0] for g in grads)), ref
 
 
 def _decode(run, case, dtype, scale):

@@ -4,9 +4,8 @@ and 256: second trips of every loop, zero-filled tails past a sequence's end and
 last partial tile, head packing and its masked heads, GQA, both window modes, packed
 sequences (one ending inside a tile, one at a tile edge, an empty one, tiles past the end),
 determinant logits, the fused dq / dk2 / dv2 kernel's spans of several tiles, scratch layers
-above the first and head sums (and the reduce over several layers), the split path's dq and
-dk2 / dv2 kernels (the backward calls run both paths), and in decoding several splits (one
-empty), wrapped rings, tokens before position 0 and the combine of the splits.
+above the first and head sums (and the reduce over several layers), and in decoding several
+splits (one empty), wrapped rings, tokens before position 0 and the combine of the splits.
 
 Nine calls per head dim reach them all (five of them forward only: interior j-blocks, k1/v1
 through tensor descriptors and pointer loads, and with a forced config narrow j-blocks) with the
@@ -56,19 +55,17 @@ def batched_cases(d):
     ]
 
 
-def _check_batched(case, head_packing, span=None, paths=("fused",)):
-    """The forward, then the backward by each of `paths` (launch.bwd's dq / dk2 / dv2 kernels)."""
+def _check_batched(case, head_packing, span=None):
     inputs = make_inputs(case, torch.float32, "cpu")
     dout = make_dout(case, torch.float32, "cpu")
     scale = case.D**-0.5
     prob = Problem(*bands(case.w1, case.w2, case.causal), scale)
     out, lse, lse_lo = tk.fwd(*inputs, prob, head_packing=head_packing)
+    got = (out, lse, *tk.bwd(dout, *inputs, out, lse, lse_lo, prob, head_packing=head_packing, span=span))
     ref = oracle_fwd(*inputs, case.w1, case.w2, case.causal, scale)
     ref += oracle_bwd(dout, *inputs, case.w1, case.w2, case.causal, scale)
-    for path in paths:
-        grads = tk.bwd(dout, *inputs, out, lse, lse_lo, prob, head_packing=head_packing, span=span, path=path)
-        errs = [rel_err(x, r) for x, r in zip((out, lse, *grads), ref, strict=True)]
-        assert all(e <= F32 for e in errs), (case.id, path, errs)
+    errs = [rel_err(x, r) for x, r in zip(got, ref, strict=True)]
+    assert all(e <= F32 for e in errs), (case.id, errs)
 
 
 def interior_cases(d):
@@ -113,22 +110,20 @@ def _check_fwd(case, head_packing, nan_pad=None, config=None):
     assert all(e <= F32 for e in errs), (case.id, errs)
 
 
-def _check_packed_determinant(d, paths=("fused",)):
-    """Centred windows, determinant logits, PACKING (GQA and head packing: batched_cases); the
-    backward by each of `paths`."""
+def _check_packed_determinant(d):
+    """Centred windows, determinant logits, PACKING (GQA and head packing: batched_cases)."""
     w1, w2, scale = 5, 3, d**-0.5
     (q, k1, k2, v1, v2), cu = make_packed(PACKING, 1, 1, d)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(5))
     prob = Problem(*bands(w1, w2, False), scale, "determinant", cu, max(PACKING))
     packed = [t[None] for t in (q, k1, k2, v1, v2)]
     out, lse, lse_lo = tk.fwd(*packed, prob)
+    grads = tk.bwd(dout[None], *packed, out, lse, lse_lo, prob)
     ref = oracle_varlen_fwd(q, k1, k2, v1, v2, cu, w1, w2, False, scale, "determinant")
     ref += oracle_varlen_bwd(dout, q, k1, k2, v1, v2, cu, w1, w2, False, scale, "determinant")
-    for path in paths:
-        grads = tk.bwd(dout[None], *packed, out, lse, lse_lo, prob, path=path)
-        got = (out[0], lse[0], *(g[0] for g in grads))
-        errs = [rel_err(x, r) for x, r in zip(got, ref, strict=True)]
-        assert all(e <= F32 for e in errs), ("packed determinant", d, path, errs)
+    got = (out[0], lse[0], *(g[0] for g in grads))
+    errs = [rel_err(x, r) for x, r in zip(got, ref, strict=True)]
+    assert all(e <= F32 for e in errs), ("packed determinant", d, errs)
 
 
 def _check_decode(d):
@@ -160,12 +155,12 @@ def test_every_path_of_every_kernel_runs(block_d, poison):
     d = HEAD_DIMS[block_d]
     with coverage.recording() as table:
         for case, head_packing, span in batched_cases(d):
-            _check_batched(case, head_packing, span, paths=("fused", "split"))
+            _check_batched(case, head_packing, span)
         for case, head_packing, nan_pad in interior_cases(d):
             _check_fwd(case, head_packing, nan_pad)
         for case, head_packing, config in narrow_cases(d):
             _check_fwd(case, head_packing, config=config)
-        _check_packed_determinant(d, paths=("fused", "split"))
+        _check_packed_determinant(d)
         _check_decode(d)
     never = {}
     for kernel in coverage.kernels():
@@ -181,7 +176,7 @@ def test_counters_see_what_a_case_does_not_reach(poison):
     """The counters are not vacuous: one whole query tile of one head, causal, D a power of
     two, the j window inside one block: no second j trip, no tail, no packing."""
     with coverage.recording() as table:
-        _check_batched(Case(1, 32, 1, 1, 16, 2, 2), False, paths=("fused", "split"))
+        _check_batched(Case(1, 32, 1, 1, 16, 2, 2), False)
     fwd = table[("fwd", 16)]
     assert fwd["causal"] > 0 and fwd["u_repeat"] > 0 and fwd["k_outside"] > 0
     assert fwd["j_edge"] > 0
@@ -195,39 +190,7 @@ def test_counters_see_what_a_case_does_not_reach(poison):
     for name in ("span_repeat", "layer_up", "head_sum", "head_packed", "j_repeat"):
         assert fused[name] == 0, (name, fused)
     assert reduce["layer_repeat"] == 0, reduce
-    # The split path: bwd_dq the forward's tile; bwd_dkv2 one 32-row k tile of one head (t = 0, 1).
-    dq, dkv2 = table[("bwd_dq", 16)], table[("bwd_dkv2", 16)]
-    assert dq["u_repeat"] > 0 and dq["k_outside"] > 0 and dkv2["t_repeat"] > 0 and dkv2["i_outside"] > 0
-    for name in ("d_tail", "gqa", "last_tile", "head_packed", "j_repeat", "j_past_n", "packed", "determinant"):
-        assert dq[name] == 0, (name, dq)
-    for name in ("d_tail", "gqa", "last_tile", "h_repeat", "j_repeat", "j_past_n", "packed", "determinant"):
-        assert dkv2[name] == 0, (name, dkv2)
     assert coverage.buffer("fwd", torch.empty(0)) is None  # outside recording(): nothing counted
-
-
-def test_bwd_path_is_chosen_in_one_place():
-    """host.bwd_path takes the split path exactly where configs.SPLIT_BWD says (16-bit trilinear,
-    D class 128), where bwd_dq and bwd_dkv2 both have lists; the fused one everywhere else and
-    in the interpreter; a forced split without lists, or an unknown path, is refused."""
-    from simplicial_attn.triton_kernels import configs, host
-
-    assert configs.SPLIT_BWD == {"sm90": (False,), "sm100": (False, True)}
-    for arch in configs.ARCHS:
-        for bd, fp32, det in ((64, False, False), (128, False, False), (256, False, False), (128, True, False),
-                              (128, False, True)):  # fmt: skip
-            for group, packing in ((1, None), (4, None), (4, True), (16, None), (64, None), (64, False)):
-                packed = group > 1 and (group >= 16 if packing is None else packing)
-                split = not (fp32 or det) and bd <= 128 and packed in configs.SPLIT_BWD.get(arch, ())
-                assert host.bwd_path(arch, group, packing, bd, fp32, det) == ("split" if split else "fused")
-                lists = [configs.configs(k, arch, bd, fp32, packed, det) for k in ("bwd_dq", "bwd_dkv2")]
-                assert all(lists) == (not (fp32 or det) and bd <= 128 and arch in configs.SPLIT_BWD)
-                if not all(lists):
-                    with pytest.raises(ValueError, match="split backward has no configs"):
-                        host.bwd_path(arch, group, packing, bd, fp32, det, "split")
-    assert host.bwd_path(configs.INTERP, 1, None, 128, False, False) == "fused"
-    assert host.bwd_path(configs.INTERP, 1, None, 128, True, True, "split") == "split"
-    with pytest.raises(ValueError, match="path must be"):
-        host.bwd_path("sm90", 1, None, 128, False, False, "both")
 
 
 def test_dqkv2_scratch_layers_never_overlap_and_stay_bounded():

@@ -33,13 +33,11 @@ CAPABILITY = {"sm80": (8, 0), "sm86": (8, 6), "sm90": (9, 0), "sm100": (10, 0), 
 BASE = {"sm80": "sm80", "sm86": "sm86", "sm90": "sm90", "sm100": "sm80", "sm120": "sm86"}
 INTERP = "interpreter"
 
-KERNELS = ("fwd", "bwd_dqkv2", "bwd_dq", "bwd_dkv2", "bwd_dkv1")
+KERNELS = ("fwd", "bwd_dqkv2", "bwd_dkv1")
 # Never a length, a sequence count or T: a new packing must not re-tune (or recompile).
 AUTOTUNE_KEY = {
     "fwd": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
     "bwd_dqkv2": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
-    "bwd_dq": ["D", "L1", "R1", "L2", "R2", "GROUP", "BLOCK_H", "VARLEN"],
-    "bwd_dkv2": ["D", "L1", "R1", "L2", "R2", "GROUP", "VARLEN"],
     "bwd_dkv1": ["D", "L1", "R1", "L2", "R2", "GROUP", "VARLEN"],
 }
 
@@ -56,8 +54,6 @@ def _c(num_warps, num_stages, **tiles):
 _INTERP = {
     "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True)],
     "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
-    "bwd_dq": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
-    "bwd_dkv2": [_c(4, 1, BLOCK_K=32, BLOCK_J=32)],
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_C=16)],
 }
 
@@ -270,29 +266,6 @@ def _dqkv2(arch, dc, fp32, packed, det):
     return [_c(8, st, BLOCK_M=64 if base == "sm90" else 32, BLOCK_J=16)]
 
 
-# The split path (host.bwd_path: bwd_dq + bwd_dkv2 instead of the fused bwd_dqkv2 + bwd_reduce2):
-# arch class -> the tilings (head-packed or not) it runs for, 16-bit trilinear logits at D class
-# 128 only (where _split has lists). The model (bench/gpu_model.py, bf16, D = 128, w1 = 512,
-# w2 = 32; dq + dk2 / dv2 kernels, overlapped / serialized ms) ranks it above the fused kernel's
-# 16-row sequence tiles on sm_90 (H100, Hq = Hkv = 16, N = 8192: 46 / 59 vs 75 / 83) and on
-# sm_100 (B200: 41 / 49 vs 66 / 74; at the target, where the fused 64-row head-packed tile
-# spills and 32 rows run, 325 / 387 vs 426 / 468), and below it elsewhere (H100 target: 365 /
-# 461 vs 138 / 205; A100 no GQA: 135 / 149 vs 118 / 133; A10G 229 / 250 vs 196 / 220).
-SPLIT_BWD = {"sm90": (False,), "sm100": (False, True)}
-
-
-def _split(kernel, arch, dc, fp32, det):
-    """bwd_dq's and bwd_dkv2's lists (the split path, SPLIT_BWD's arch classes; none elsewhere:
-    the launcher never runs them there). bwd_dq: the forward's 64-row tiles with half its
-    BLOCK_J (sm_100: 16; it holds dq besides x); bwd_dkv2 holds four [BLOCK_K, D] float32 tiles
-    (x, y, dk2, dv2), so BLOCK_K = 32. Free of spills (kernel_report, triton 3.8)."""
-    if fp32 or det or dc > 128 or arch not in SPLIT_BWD:
-        return []
-    if kernel == "bwd_dq":
-        return [_c(8, 3, BLOCK_M=64, BLOCK_J=32 if arch == "sm90" else 16)]
-    return [_c(8, 3, BLOCK_K=32, BLOCK_J=32)]
-
-
 def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
     """The config list of `kernel` for arch class `arch` (or INTERP), padded head dim bd,
     float32 (True) or 16-bit (False) operands, (fwd / bwd_dqkv2) head-packed tiles or not
@@ -301,8 +274,6 @@ def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
         return _INTERP[kernel]
     if kernel == "bwd_dqkv2":
         return _dqkv2(arch, d_class(bd), fp32, packed, det)
-    if kernel in ("bwd_dq", "bwd_dkv2"):
-        return _split(kernel, arch, d_class(bd), fp32, det)
     own = _fwd16(arch, packed) if kernel == "fwd" and not (fp32 or det) and d_class(bd) <= 128 else None
     if kernel == "bwd_dkv1" and not (fp32 or det) and d_class(bd) <= 128:
         own = _dkv1_16(arch, packed)

@@ -76,25 +76,6 @@ def head_block(group, head_packing, kernel, arch, bd, fp32, forced=None, det=Fal
     return min(triton.next_power_of_2(group), configs.min_block(kernel, arch, bd, fp32, "BLOCK_M", forced, det))
 
 
-def bwd_path(arch, group, head_packing, bd, fp32, det, forced=None):
-    """The backward's dq / dk2 / dv2 kernels: "fused" (bwd_dqkv2 + bwd_reduce2) or "split"
-    (bwd_dq + bwd_dkv2), by configs.SPLIT_BWD (arch class x head-packed or not; where the model
-    ranks the split path higher) for 16-bit trilinear logits at D class 128; the interpreter
-    runs the fused one. `forced` ("fused" / "split") overrides (tests); "split" needs bwd_dq's
-    lists (every 16-bit trilinear D class 128 launch on an arch class of SPLIT_BWD, and the
-    interpreter)."""
-    if forced not in (None, "fused", "split"):
-        raise ValueError(f"path must be None, 'fused' or 'split'; got {forced!r}")
-    packed = group > 1 and (group >= 16 if head_packing is None else bool(head_packing))
-    if forced == "split" and not configs.configs("bwd_dq", arch, bd, fp32, packed, det):
-        raise ValueError(f"the split backward has no configs for {arch}, BLOCK_D={bd}, fp32={fp32}, det={det}")
-    if forced is not None:
-        return forced
-    if arch == configs.INTERP or fp32 or det or configs.d_class(bd) > 128:
-        return "fused"
-    return "split" if packed in configs.SPLIT_BWD.get(arch, ()) else "fused"
-
-
 def column_mode(group, w2, head_packing, arch, bd, fp32, forced=None, det=False):
     """bwd_dkv1's (HEADS, BLOCK_H) (configs.column_mode) for a group of `group` heads and a k
     window of `w2` positions, from the smallest BLOCK_C of its HEADS and POSITIONS lists (or of

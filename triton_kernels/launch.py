@@ -4,8 +4,7 @@
     fwd(q, k1, k2, v1, v2, prob) -> (out, lse, lse_lo)                            fwd.py
     bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob) -> (dq, dk1, dk2, dv1, dv2)
         Delta preprocess (bwd_delta.py), then dq with dk2 / dv2 partials (bwd_dqkv2.py) and
-        their reduce, or (host.bwd_path: the split path) dq (bwd_dq.py) and dk2 / dv2
-        (bwd_dkv2.py), and dk1 / dv1 (bwd_dkv1.py): every gradient element written by exactly
+        their reduce, and dk1 / dv1 (bwd_dkv1.py): every gradient element written by exactly
         one program with a fixed summation order, so the backward is deterministic.
     decode(q, k1_cache, k2_cache, v1_cache, v2_cache, prob) -> (out, lse)           decode.py
 
@@ -13,20 +12,16 @@ Each picks its configs (configs.py), sizes the grid and counts the interpreter's
 (coverage.py); the kernels are the @triton.jit modules named above.
 """
 
-import typing
-
 import torch
 import triton
 
 from . import configs, coverage
 from .bwd_delta import _delta_kernel
 from .bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
-from .bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
-from .bwd_dq import _two_simplicial_bwd_dq_kernel
 from .bwd_dqkv2 import _reduce_dkv2_kernel, _two_simplicial_bwd_dqkv2_kernel
 from .decode import _decode_combine_kernel, _decode_split_kernel
 from .fwd import _two_simplicial_fwd_kernel
-from .host import arch_of, block_d, bwd_path, check_tensors, column_mode, head_block, int32_tiles, layout
+from .host import arch_of, block_d, check_tensors, column_mode, head_block, int32_tiles, layout
 from .runtime import device_guard, input_precision, is_interpreting
 
 # Rows of the Delta preprocess per program: at 32 its [rows, 256] float32 tiles spill on sm_100.
@@ -117,20 +112,18 @@ def fwd(q, k1, k2, v1, v2, prob, *, head_packing=None, allow_tf32=False, config=
 
 
 def bwd(
-    dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, allow_tf32=False, config=None, span=None,
-    path=None,
-):  # fmt: skip
+    dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, *, head_packing=None, allow_tf32=False, config=None, span=None
+):
     """(dq, dk1, dk2, dv1, dv2), each shaped and typed like its input, contiguous.
 
     Shapes and `prob` as in `fwd`; `out`, `lse` and `lse_lo` are the forward's. With GQA a kv
     gradient sums over the query heads sharing the kv head. `head_packing`, `allow_tf32` and
-    `config` (keys "bwd_dqkv2", "bwd_dq", "bwd_dkv2", "bwd_dkv1") as in `fwd`; for bwd_dkv1
-    `head_packing` True / False forces its HEADS / POSITIONS columns (host.column_mode). `path`
-    "fused" / "split" forces the dq / dk2 / dv2 kernels (tests), else host.bwd_path picks them.
-    `span` fixes the positions per program of the fused kernel (tests; a multiple of its tile's
-    positions), else dqkv2_span picks it.
+    `config` (keys "bwd_dqkv2", "bwd_dkv1") as in `fwd`; for bwd_dkv1 `head_packing` True / False
+    forces its HEADS / POSITIONS columns (host.column_mode). `span` fixes the positions per
+    program of the dq / dk2 / dv2 kernel (tests; a multiple of its tile's positions), else
+    dqkv2_span picks it.
     """
-    forced = configs.forced_configs(config, ("bwd_dqkv2", "bwd_dq", "bwd_dkv2", "bwd_dkv1"))
+    forced = configs.forced_configs(config, ("bwd_dqkv2", "bwd_dkv1"))
     check_tensors(q, k1, k2, v1, v2, dout, out)
     seqs = layout(q, prob)
     dout, q, k1, k2, v1, v2, out = (int32_tiles(t) for t in (dout, q, k1, k2, v1, v2, out))
@@ -144,36 +137,54 @@ def bwd(
     if dq.numel() == 0 or dk1.numel() == 0:
         return dq.zero_(), dk1.zero_(), dk2.zero_(), dv1.zero_(), dv2.zero_()
     (L1, R1), (L2, R2) = prob.band1, prob.band2
-    det = prob.logits == "determinant"
     bd = block_d(D)
     arch = arch_of(q.device)
     fp32 = q.dtype == torch.float32
-    path = bwd_path(arch, group, head_packing, bd, fp32, det, path)
-    launch = _BwdLaunch(
-        inputs=(q, k1, k2, v1, v2, dout, lse, lse_lo, delta), seqs=seqs, forced=forced, arch=arch, bd=bd, fp32=fp32,
-        det=det, group=group, head_packing=head_packing, hkv=HKV,
-        common=(
-            *seqs.strides(q), *seqs.strides(k1), *seqs.strides(k2), *seqs.strides(v1), *seqs.strides(v2),
-            *seqs.strides(dout), *seqs.strides(lse)[:2],
-        ),
-        sizes=(seqs.n, group, D, L1, R1, L2, R2, prob.scale),
-        flags=dict(
-            BLOCK_D=bd, VARLEN=seqs.packed, DET=det,
-            INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
-        ),
+    common = (
+        *seqs.strides(q), *seqs.strides(k1), *seqs.strides(k2), *seqs.strides(v1), *seqs.strides(v2),
+        *seqs.strides(dout), *seqs.strides(lse)[:2],
     )  # fmt: skip
-    kernels = ("bwd_dqkv2", "bwd_reduce2") if path == "fused" else ("bwd_dq", "bwd_dkv2")
-    counts = {k: coverage.buffer(k, q) for k in ("bwd_delta", *kernels, "bwd_dkv1")}
+    sizes = (seqs.n, group, D, L1, R1, L2, R2, prob.scale)
+    det = prob.logits == "determinant"
+    flags = dict(
+        BLOCK_D=bd, VARLEN=seqs.packed, DET=det,
+        INPUT_PRECISION=input_precision(q.dtype, allow_tf32), UPCAST=is_interpreting(),
+    )  # fmt: skip
+
+    # dq / dk2 / dv2: programs of `span` positions x block_h heads; partials in `scratch`.
+    block_h, packed_heads, positions = dqkv2_tiling(group, head_packing, arch, bd, fp32, forced.get("bwd_dqkv2"), det)
+    n_hblk = triton.cdiv(group, block_h)
+    if span is None:
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else None
+        span = dqkv2_span(sms, seqs.max_len, positions, L2 + R2, HKV * n_hblk * seqs.count)
+    elif span % positions:
+        raise ValueError(f"span must be a multiple of {positions} (the tile's positions); got {span}")
+    spans, layers = triton.cdiv(seqs.max_len, span), dqkv2_layers(seqs.max_len, span, L2 + R2)
+    scratch = torch.zeros(dqkv2_scratch_shape(layers, B * N, HKV, n_hblk, D), dtype=torch.float32, device=q.device)
+    stride_sb = 0 if seqs.packed else N * scratch.stride(2)
+
+    counts = {k: coverage.buffer(k, q) for k in ("bwd_delta", "bwd_dqkv2", "bwd_reduce2", "bwd_dkv1")}
     with device_guard(q):
         # Delta is per row: a packed layout is one batch of all T rows.
         _delta_kernel[(triton.cdiv(N, DELTA_BLOCK_N), HQ, B)](
             out, dout, delta, counts["bwd_delta"], *seqs.strides(out), *seqs.strides(dout), *seqs.strides(delta)[:2],
             N, D, BLOCK_N=DELTA_BLOCK_N, BLOCK_D=bd, COUNT_PATHS=counts["bwd_delta"] is not None,
         )  # fmt: skip
-        if path == "fused":
-            _fused_dqkv2(launch, counts, dq, dk2, dv2, span, prob.scale)
-        else:
-            _split_dq_dkv2(launch, counts, dq, dk2, dv2)
+
+        dqkv2_kernel = configs.autotuned(
+            "bwd_dqkv2", _two_simplicial_bwd_dqkv2_kernel, arch, bd, fp32, packed_heads, forced.get("bwd_dqkv2"), det
+        )
+        dqkv2_kernel[(spans, HKV * n_hblk, seqs.count)](
+            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dq, scratch[0], scratch[1], seqs.cu_seqlens,
+            counts["bwd_dqkv2"], *common, *seqs.strides(dq)[:3], scratch.stride(1), stride_sb, scratch.stride(2),
+            *sizes, span, layers,
+            BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dqkv2"] is not None, **flags,
+        )  # fmt: skip
+        _reduce_dkv2_kernel[(triton.cdiv(B * N, REDUCE_BLOCK_R), HKV)](
+            scratch[0], scratch[1], dk2, dv2, counts["bwd_reduce2"],
+            B * N, D, n_hblk, layers, scratch.stride(1), scratch.stride(2), dk2.stride(1), dk2.stride(2),
+            prob.scale, BLOCK_R=REDUCE_BLOCK_R, BLOCK_D=bd, COUNT_PATHS=counts["bwd_reduce2"] is not None,
+        )  # fmt: skip
 
         # dk1 / dv1: one program per tile of BLOCK_J k1/v1 positions; columns of heads or of k's.
         forced_dkv1 = forced.get("bwd_dkv1")
@@ -181,91 +192,13 @@ def bwd(
         dkv1_kernel = configs.autotuned("bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32, heads,
                                         forced=forced_dkv1, det=det)  # fmt: skip
         dkv1_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_J"]), HKV, seqs.count)](
-            *launch.inputs, dk1, dv1, seqs.cu_seqlens, counts["bwd_dkv1"], *launch.common, *seqs.strides(dk1)[:3],
-            *launch.sizes, HEADS=heads, BLOCK_H=heads_per_block, COUNT_PATHS=counts["bwd_dkv1"] is not None,
-            **launch.flags,
+            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dk1, dv1, seqs.cu_seqlens, counts["bwd_dkv1"], *common,
+            *seqs.strides(dk1)[:3], *sizes,
+            HEADS=heads, BLOCK_H=heads_per_block, COUNT_PATHS=counts["bwd_dkv1"] is not None, **flags,
         )  # fmt: skip
     for kernel, kernel_counts in counts.items():
         coverage.add(kernel, bd, kernel_counts)
     return dq, dk1, dk2, dv1, dv2
-
-
-class _BwdLaunch(typing.NamedTuple):
-    """What bwd's kernels share: the inputs (q, k1, k2, v1, v2, dout, lse, lse_lo, delta), the
-    layout, forced configs, the config class's keys, and the launch arguments every backward
-    kernel takes (strides `common`, `sizes` (N, GROUP, D, L1, R1, L2, R2, scale), `flags`)."""
-
-    inputs: tuple
-    seqs: object
-    forced: dict
-    arch: str
-    bd: int
-    fp32: bool
-    det: bool
-    group: int
-    head_packing: object
-    hkv: int
-    common: tuple
-    sizes: tuple
-    flags: dict
-
-
-def _fused_dqkv2(launch, counts, dq, dk2, dv2, span, scale):
-    """dq, dk2 and dv2 by the fused kernel (bwd_dqkv2.py): programs of `span` positions x
-    block_h heads, dk2 / dv2 partials in a float32 scratch, then their reduce."""
-    seqs, forced, hkv = launch.seqs, launch.forced.get("bwd_dqkv2"), launch.hkv
-    B, N, _, D = dq.shape
-    L2, R2 = launch.sizes[5:7]
-    block_h, packed_heads, positions = dqkv2_tiling(
-        launch.group, launch.head_packing, launch.arch, launch.bd, launch.fp32, forced, launch.det
-    )
-    n_hblk = triton.cdiv(launch.group, block_h)
-    if span is None:
-        sms = torch.cuda.get_device_properties(dq.device).multi_processor_count if dq.is_cuda else None
-        span = dqkv2_span(sms, seqs.max_len, positions, L2 + R2, hkv * n_hblk * seqs.count)
-    elif span % positions:
-        raise ValueError(f"span must be a multiple of {positions} (the tile's positions); got {span}")
-    spans, layers = triton.cdiv(seqs.max_len, span), dqkv2_layers(seqs.max_len, span, L2 + R2)
-    scratch = torch.zeros(dqkv2_scratch_shape(layers, B * N, hkv, n_hblk, D), dtype=torch.float32, device=dq.device)
-    stride_sb = 0 if seqs.packed else N * scratch.stride(2)
-    kernel = configs.autotuned(
-        "bwd_dqkv2", _two_simplicial_bwd_dqkv2_kernel, launch.arch, launch.bd, launch.fp32, packed_heads, forced,
-        launch.det,
-    )  # fmt: skip
-    kernel[(spans, hkv * n_hblk, seqs.count)](
-        *launch.inputs, dq, scratch[0], scratch[1], seqs.cu_seqlens, counts["bwd_dqkv2"], *launch.common,
-        *seqs.strides(dq)[:3], scratch.stride(1), stride_sb, scratch.stride(2), *launch.sizes, span, layers,
-        BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dqkv2"] is not None, **launch.flags,
-    )  # fmt: skip
-    _reduce_dkv2_kernel[(triton.cdiv(B * N, REDUCE_BLOCK_R), hkv)](
-        scratch[0], scratch[1], dk2, dv2, counts["bwd_reduce2"],
-        B * N, D, n_hblk, layers, scratch.stride(1), scratch.stride(2), dk2.stride(1), dk2.stride(2),
-        scale, BLOCK_R=REDUCE_BLOCK_R, BLOCK_D=launch.bd, COUNT_PATHS=counts["bwd_reduce2"] is not None,
-    )  # fmt: skip
-
-
-def _split_dq_dkv2(launch, counts, dq, dk2, dv2):
-    """dq (bwd_dq.py: the forward's query tiles, block_h heads a tile) and dk2 / dv2 (bwd_dkv2.py:
-    tiles of BLOCK_K k2 / v2 positions), each row written once by one program: no scratch."""
-    seqs, forced, hkv, arch, bd, fp32, det = (
-        launch.seqs, launch.forced, launch.hkv, launch.arch, launch.bd, launch.fp32, launch.det
-    )  # fmt: skip
-    block_h = head_block(launch.group, launch.head_packing, "bwd_dq", arch, bd, fp32, forced.get("bwd_dq"), det)
-    dq_kernel = configs.autotuned(
-        "bwd_dq", _two_simplicial_bwd_dq_kernel, arch, bd, fp32, block_h > 1, forced.get("bwd_dq"), det
-    )
-    n_hblk = triton.cdiv(launch.group, block_h)
-    dq_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_M"] // block_h), hkv * n_hblk, seqs.count)](
-        *launch.inputs, dq, seqs.cu_seqlens, counts["bwd_dq"], *launch.common, *seqs.strides(dq)[:3], *launch.sizes,
-        BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dq"] is not None, **launch.flags,
-    )  # fmt: skip
-    dkv2_kernel = configs.autotuned(
-        "bwd_dkv2", _two_simplicial_bwd_dkv2_kernel, arch, bd, fp32, block_h > 1, forced.get("bwd_dkv2"), det
-    )
-    dkv2_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_K"]), hkv, seqs.count)](
-        *launch.inputs, dk2, dv2, seqs.cu_seqlens, counts["bwd_dkv2"], *launch.common, *seqs.strides(dk2)[:3],
-        *launch.sizes, COUNT_PATHS=counts["bwd_dkv2"] is not None, **launch.flags,
-    )  # fmt: skip
 
 
 def dqkv2_tiling(group, head_packing, arch, bd, fp32, forced=None, det=False):

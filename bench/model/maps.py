@@ -205,36 +205,6 @@ def triton_reduce2(s, tiles):
     )  # fmt: skip
 
 
-def triton_dq(s, tiles):
-    """bwd_dq (the split path, host.bwd_path): the forward's query tiles and loops, three products
-    per j-block. q, dout in, dq out; lse, lse_lo, delta in."""
-    return triton_query_kernel(s, tiles, extra_q=2)
-
-
-def triton_dkv2(s, tiles):
-    """bwd_dkv2 (the split path): programs of BLOCK_K k2/v2 positions; loops query heads, offsets
-    t = i - k, j-blocks (four products each)."""
-    L1, R1, L2, R2 = s.bands
-    bk, bj = tiles["BLOCK_K"], tiles["BLOCK_J"]
-    t_trips = j_trips = 0
-    tiles_k = range(0, s.N, bk)
-    for k0 in tiles_k:
-        k_last = min(k0 + bk - 1, s.N - 1)
-        t = np.arange(max(-R2, -k_last), min(L2, s.N - 1 - k0) + 1, dtype=np.int64)
-        t_trips += len(t)
-        j_trips += int(_blocks(np.maximum(k0 + t - L1, 0), np.minimum(k_last + t + R1, s.N - 1), bj).sum())
-    mult = s.B * s.Hkv
-    levels = _drop_unit_group([len(tiles_k) * s.group * mult, t_trips * s.group * mult, j_trips * s.group * mult], s, 0)
-    return Trips(
-        ctas=len(tiles_k) * mult,
-        levels=levels,
-        logit=len(levels) - 1,
-        logits=bk * bj,
-        side={},
-        dram=_qkv_bytes(s, 1) + 2 * s.B * s.N * s.Hkv * s.D * _elem(s) + _stats_bytes(s, 3),
-    )
-
-
 def triton_dkv1(s, tiles):
     """Programs of BLOCK_J k1/v1 positions; loops query blocks, head blocks, k steps
     (triton_kernels/bwd_dkv1.py). Columns as configs.column_mode picks them: HEADS, BLOCK_C /
@@ -415,33 +385,12 @@ def cuda_delta(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA 
 
 MAPS = {
     "triton": {"fwd": triton_fwd, "bwd_dqkv2": triton_dqkv2, "bwd_reduce2": triton_reduce2, "bwd_dkv1": triton_dkv1,
-               "bwd_dq": triton_dq, "bwd_dkv2": triton_dkv2, "bwd_delta": triton_delta},
+               "bwd_delta": triton_delta},
     "cuda": {"fwd_kernel": cuda_fwd, "dq_kernel": cuda_dq, "dkv1_kernel": cuda_dkv1, "dkv2_kernel": cuda_dkv2,
              "delta_kernel": cuda_delta},
 }  # fmt: skip
-# The kernels of each pass, in launch order (backward = Delta preprocess + dq + dkv kernels); the
-# Triton backward's fused path (SPLIT_BWD_PASS: its split path, where host.bwd_path takes it).
+# The kernels of each pass, in launch order (backward = Delta preprocess + dq + dkv kernels).
 PASSES = {
     "triton": {"fwd": ("fwd",), "bwd": ("bwd_delta", "bwd_dqkv2", "bwd_reduce2", "bwd_dkv1")},
     "cuda": {"fwd": ("fwd_kernel",), "bwd": ("delta_kernel", "dq_kernel", "dkv1_kernel", "dkv2_kernel")},
 }
-SPLIT_BWD_PASS = ("bwd_delta", "bwd_dq", "bwd_dkv2", "bwd_dkv1")
-
-
-def pass_kernels(backend, pass_, arch, s):
-    """The kernels of `pass_` on `arch` at shape s, in launch order: PASSES', except the Triton
-    backward where the launcher's choice (triton_kernels/host.bwd_path, at the tiling the shape
-    gets: head-packed when the group has >= 16 heads) is the split path."""
-    if (backend, pass_) == ("triton", "bwd"):
-        from simplicial_attn.triton_kernels import host
-
-        fp32 = s.dtype == "fp32"
-        if host.bwd_path(arch, s.group, None, host.block_d(s.D), fp32, False) == "split":
-            return SPLIT_BWD_PASS
-    return PASSES[backend][pass_]
-
-
-def all_kernels(backend):
-    """Every kernel some pass of `backend` may run."""
-    names = {n for names in PASSES[backend].values() for n in names}
-    return names | (set(SPLIT_BWD_PASS) if backend == "triton" else set())

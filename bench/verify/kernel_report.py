@@ -67,8 +67,6 @@ BLOCK_RE = re.compile(r"^(?:(\$L__BB\d+_\d+):|// %bb\.(\d+):)")
 def _kernels():
     from simplicial_attn.triton_kernels.bwd_delta import _delta_kernel
     from simplicial_attn.triton_kernels.bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
-    from simplicial_attn.triton_kernels.bwd_dkv2 import _two_simplicial_bwd_dkv2_kernel
-    from simplicial_attn.triton_kernels.bwd_dq import _two_simplicial_bwd_dq_kernel
     from simplicial_attn.triton_kernels.bwd_dqkv2 import _reduce_dkv2_kernel, _two_simplicial_bwd_dqkv2_kernel
     from simplicial_attn.triton_kernels.decode import _decode_combine_kernel, _decode_split_kernel
     from simplicial_attn.triton_kernels.fwd import _two_simplicial_fwd_kernel
@@ -78,8 +76,6 @@ def _kernels():
         "bwd_dqkv2": _two_simplicial_bwd_dqkv2_kernel,
         "bwd_reduce2": _reduce_dkv2_kernel,
         "bwd_dkv1": _two_simplicial_bwd_dkv1_kernel,
-        "bwd_dq": _two_simplicial_bwd_dq_kernel,
-        "bwd_dkv2": _two_simplicial_bwd_dkv2_kernel,
         "bwd_delta": _delta_kernel,
         "decode": _decode_split_kernel,
         "decode_combine": _decode_combine_kernel,
@@ -241,7 +237,7 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
                 for variant, flags in variants.items():
                     for kernel in configs.KERNELS:
                         tilings = {"": (False, 1)}
-                        if kernel in ("fwd", "bwd_dqkv2", "bwd_dq"):
+                        if kernel in ("fwd", "bwd_dqkv2"):
                             tilings = {"seq": (False, 1), "pack": (True, target["HQ"] // target["HKV"])}
                         if kernel == "bwd_dkv1" and not flags["DET"] and dc <= 128:  # POSITIONS / HEADS lists
                             tilings = {"seq": (False, 1), "pack": (True, 1)}

@@ -246,24 +246,38 @@ def _fwd16(arch, packed):
 
 def _dqkv2(arch, dc, fp32, packed, det):
     """bwd_dqkv2's lists (bwd_dqkv2.py). It holds three [BLOCK_M, D] float32 tiles across its j
-    loop (x, y and dq) where the forward holds two, plus the pair operands a and bo, so its
-    tiles are the forward's with BLOCK_J halved or smaller; the largest that compile free of
-    spills (bench/verify/kernel_report.py, triton 3.8). Head-packed tiles keep BLOCK_M = 64 (64
-    heads at one position, a whole wgmma M) where that fits; sequence tiles (Hq / Hkv < 16) hold
-    a [BLOCK_M, D] partial per offset and its layout conversion besides, and fit at 16 rows
-    only: narrow GEMMs there, left for a later issue. Known exceptions under triton 3.6 only
-    (scripts/triton_compat.py, 2026-12-07; 3.8 is clean): sm_90's head-packed 64 x 16 spills
-    72 B (64 B at 2 stages, 168 B at 1: no stage count avoids it), the determinant 16-row tiles
-    56 B on sm_90 and 16 B on sm_80; correct, slower on the lent GPUs' triton 3.6."""
+    loop (x, y and dq) where the forward holds two, plus the pair operands a and bo; the tiles
+    are the largest that compile free of spills (bench/verify/kernel_report.py, triton 3.8).
+    Rows: head-packed tiles keep BLOCK_M = 64 on sm_90 (64 heads at one position, a whole wgmma
+    M; 32 x 64 and 32 x 32 there run on mma.sync, 247-325 ms serialized at the target against
+    205), 32 elsewhere (64 x 16 spills on sm_80 164 B, sm_100 660 B, sm_120 608 B); sequence
+    tiles (Hq / Hkv < 16) fit at 16 rows only. Columns: on 8 warps a 16- or 32-row mma.sync
+    tile of the logits is split over the warps along BLOCK_J, so a narrow BLOCK_J replicates it
+    (16 x 16: every logit, its exp and the S / dP products computed 4 times; 32 x 16 and 16 x 32:
+    twice); BLOCK_J = 64 computes each once (1.0 exp per logit). The model (bf16, D = 128,
+    overlapped / serialized ms of this kernel), BLOCK_J 16 -> 32 / 64: no GQA (Hq = Hkv = 16,
+    N = 8192) A100 118 / 133 -> 73 / 88 | 58 / 82, A10G 196 / 219 -> 121 / 144 | 85 / 156, H100
+    75 / 83 -> 47 / 58 | 37 / 55, B200 66 / 74 -> 41 / 50 | 32 / 49; target (Hq = 64, Hkv = 1,
+    N = 16384, 32 heads a tile) A100 749 / 836 -> 440 / 505 | 307 / 430, A10G 1566 / 1698 ->
+    940 / 1055 | 627 / 919, B200 426 / 468 -> 250 / 286 | 175 / 246. Both stay in the lists:
+    the autotuner measures. sm_90's 64 x 32 spills 84-288 B, 64 x 64 1 KB. Known exceptions
+    under triton 3.6 only (scripts/triton_compat.py, 2026-12-07, before the wider BLOCK_J; 3.8
+    is clean): sm_90's head-packed 64 x 16 spills 72 B (64 B at 2 stages, 168 B at 1: no stage
+    count avoids it), the determinant 16-row tiles 56 B on sm_90 and 16 B on sm_80; correct,
+    slower on the lent GPUs' triton 3.6."""
     if fp32:  # 16 warps for sequence tiles at D class 256 spill 88-460 B, 8 warps more
         warps = 8 if dc >= 256 or det or not packed else 4
         return [_c(16 if dc >= 256 and not packed else warps, 1, BLOCK_M=16, BLOCK_J=16)]
     base = BASE[arch]
     st = {"sm80": 3, "sm86": 2, "sm90": 3}[base]
-    if det or dc >= 256 or not packed:
+    if det or dc >= 256:
         return [_c(8, 2 if base != "sm80" else 3, BLOCK_M=16, BLOCK_J=16)]
+    if not packed:
+        return [_c(8, 2, BLOCK_M=16, BLOCK_J=32), _c(8, 1, BLOCK_M=16, BLOCK_J=64)]
+    if base == "sm90":
+        return [_c(8, st, BLOCK_M=64, BLOCK_J=16)]
     # 64 x 16 spills on sm_80 (164 B), sm_100 (660 B) and sm_120 (608 B): 32 heads a tile there.
-    return [_c(8, st, BLOCK_M=64 if base == "sm90" else 32, BLOCK_J=16)]
+    return [_c(8, 2, BLOCK_M=32, BLOCK_J=32), _c(8, 1, BLOCK_M=32, BLOCK_J=64)]
 
 
 def configs(kernel, arch, bd, fp32=False, packed=False, det=False):

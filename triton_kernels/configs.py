@@ -123,6 +123,18 @@ def _dkv1_16(arch, heads):
     return [_c(8, 2, BLOCK_J=32, BLOCK_C=64), _c(4, 2, BLOCK_J=16, BLOCK_C=32)]
 
 
+def _dkv1_256(arch):
+    """bwd_dkv1's list (16-bit, trilinear, D class 256, POSITIONS columns) on sm_90 / sm_100, else
+    None (_table16's 16 x 16). On 8 warps 16 x 16 computes each logit 8 times; 32 x 32 and 16 x 32
+    compute it 4 and 2 times but fit 255 registers only there (on mma.sync archs they spill
+    24-124 B, 64-wide blocks 0.9-1.9 KB). The model at the target with D = 256, overlapped /
+    serialized ms: H100 1570 / 1796 -> 684 / 807 (32 x 32) | 675 / 830 (16 x 32), B200 1252 /
+    1598 -> 529 / 689 | 521 / 719."""
+    if arch in ("sm90", "sm100"):
+        return [_c(8, 1, BLOCK_J=32, BLOCK_C=32), _c(8, 1, BLOCK_J=32, BLOCK_C=16)]
+    return None
+
+
 def _table32(dc):
     """float32 operands: IEEE dots run on FMA units with both operands spread over registers,
     so tiles are the smallest tl.dot allows and nothing is pipelined through shared memory."""
@@ -176,9 +188,10 @@ def _table_det(arch, dc, fp32):
 DET_SPILL_BUDGET = {"bwd_dqkv2": 1472, "bwd_dkv1": 1984, "decode": 4864}
 # bwd_dqkv2's sequence tiles (Hq / Hkv < 16) at D class 256, and with determinant logits: 16
 # rows, the smallest tile, still spill there (trilinear 16 x 32: 16-80 B 16-bit, 460 B float32;
-# 8 B float32 determinant at D class 128; kernel_report, sm_80..sm_120, triton 3.8): the three [16, D] float32 tiles, the
-# pair operands and the per-offset [16, D] partial's layout conversion (bwd_dqkv2.py) pass 255
-# registers. Correct, slower; a D split of the partial would remove them.
+# 8 B float32 determinant at D class 128; kernel_report, sm_80..sm_120, triton 3.8): the three
+# [16, D] float32 tiles, the pair operands and the per-offset [16, D] partial's layout
+# conversion (bwd_dqkv2.py) pass 255 registers. Correct, slower; a D split of the partial would
+# remove them.
 SEQ_SPILL_BUDGET = {"bwd_dqkv2": 512}
 
 
@@ -298,8 +311,8 @@ def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
     if kernel == "bwd_dqkv2":
         return _dqkv2(arch, d_class(bd), fp32, packed, det)
     own = _fwd16(arch, packed) if kernel == "fwd" and not (fp32 or det) and d_class(bd) <= 128 else None
-    if kernel == "bwd_dkv1" and not (fp32 or det) and d_class(bd) <= 128:
-        own = _dkv1_16(arch, packed)
+    if kernel == "bwd_dkv1" and not (fp32 or det):
+        own = _dkv1_16(arch, packed) if d_class(bd) <= 128 else _dkv1_256(arch)
     if own is not None:
         return own
     base = BASE[arch]

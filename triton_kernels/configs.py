@@ -281,9 +281,10 @@ def _dqkv2(arch, dc, fp32, packed, det):
     shared memory (not on sm_86 / sm_120) and spills 128-544 B with sequence tiles.
 
     Known exceptions under triton 3.6 only (scripts/triton_compat.py, 2026-12-07, rechecked
-    with the wider BLOCK_J tiles, which are clean there too; 3.8 is clean): sm_90's head-packed 64 x 16 spills 72 B (64 B at 2 stages,
-    168 B at 1: no stage count avoids it), the determinant 16-row tiles 56 B on sm_90 and 16 B
-    on sm_80; correct, slower on the lent GPUs' triton 3.6."""
+    with the wider BLOCK_J tiles, which are clean there too; 3.8 is clean): sm_90's
+    head-packed 64 x 16 spills 72 B (64 B at 2 stages, 168 B at 1: no stage count avoids it),
+    the determinant 16-row tiles 56 B on sm_90 and 16 B on sm_80; correct, slower on the lent
+    GPUs' triton 3.6."""
     if fp32:  # 16 warps for sequence tiles at D class 256 spill 88-460 B, 8 warps more
         warps = 8 if dc >= 256 or det or not packed else 4
         return [_c(16 if dc >= 256 and not packed else warps, 1, BLOCK_M=16, BLOCK_J=16)]

@@ -46,6 +46,8 @@ BUCKET_CASES = {
     ("16-bit", 128, "trilinear"): Case(1, 130, 1, 1, 96, 8, 3),
     ("16-bit", 128, "packed-extra"): Case(1, 7, 64, 1, 96, 3, 2),
     ("16-bit", 256, "trilinear"): Case(1, 45, 1, 1, 192, 10, 3),
+    # bwd_dqkv2's head-packed 16 x 64 tile at D class 256 (not in the sequence list): 2 head blocks.
+    ("16-bit", 256, "packed-extra"): Case(1, 5, 32, 1, 192, 3, 2),
     ("fp32", 128, "trilinear"): Case(1, 50, 1, 1, 96, 10, 3),
     # bwd_dqkv2's head-packed float32 tiles (fewer warps than its sequence tiles): 2 head blocks.
     ("fp32", 128, "packed-extra"): Case(1, 7, 32, 1, 96, 3, 2),

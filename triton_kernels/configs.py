@@ -98,18 +98,41 @@ def _dkv1_16(arch, heads):
     sm_90 / sm_80: 128 columns (2 queries x 64 heads at the target) on 8 warps, so the logits
     product has 128 rows, one 64-row warp group each (a 64-row product on 8 warps is computed by
     both: 1.5x the MMA work), at BLOCK_J = 32 (64 spills 16-20 B on sm_90). POSITIONS fill
-    w2 of BLOCK_C columns (half of 64 at w2 = 32), so sm_90 also has 32 columns on 4 warps.
-    sm_86 / sm_120: 128 columns need 137 KiB of shared memory; sm_100: they spill 52 B; sm_80:
-    unpipelined they spill 176 B."""
+    w2 of BLOCK_C columns (half of 64 at w2 = 32), so every arch also has 32 columns: on sm_90 /
+    sm_100 32 x 64 on 8 warps (each logit computed once; 32 x 32 on 4 warps computes it twice),
+    on sm_80 / sm_86 / sm_120 32 x 16 on 4 warps (mma.sync tiles: 8 warps compute 32 columns 4
+    times, 2 warps spill 1.9 KB, 32 x 32 on 4 warps 84 B on sm_80 and 12 B on sm_86). The model,
+    no GQA, w2 = 32, overlapped / serialized ms: A100 87 / 135 -> 64 / 96, A10G 242 / 329 ->
+    117 / 190, H100 28 / 36 -> 21 / 30, B200 21 / 39 -> 16 / 24 (32 x 128 would give 15 / 23
+    and 11 / 18 but spills 0.3-1.5 KB). sm_86 / sm_120: 128 columns need 137 KiB of shared
+    memory; sm_100: they spill 52 B; sm_80: unpipelined they spill 176 B."""
     if arch == "sm90":
         if heads:
             return [_c(8, 1, BLOCK_J=32, BLOCK_C=128), _c(8, 3, BLOCK_J=32, BLOCK_C=128)]
-        return [_c(8, 1, BLOCK_J=32, BLOCK_C=64), _c(4, 1, BLOCK_J=32, BLOCK_C=32)]
+        return [_c(8, 1, BLOCK_J=32, BLOCK_C=64), _c(8, 1, BLOCK_J=64, BLOCK_C=32)]
     if arch == "sm80":
-        return [_c(8, 3, BLOCK_J=32, BLOCK_C=128 if heads else 64)]
+        if heads:
+            return [_c(8, 3, BLOCK_J=32, BLOCK_C=128)]
+        return [_c(8, 3, BLOCK_J=32, BLOCK_C=64), _c(4, 3, BLOCK_J=16, BLOCK_C=32)]
     if arch == "sm100":  # pipelined, the POSITIONS tile spills 184 B there
-        return [_c(8, 3 if heads else 1, BLOCK_J=32, BLOCK_C=64)]
-    return [_c(8, 2, BLOCK_J=32, BLOCK_C=64)]
+        if heads:
+            return [_c(8, 3, BLOCK_J=32, BLOCK_C=64)]
+        return [_c(8, 1, BLOCK_J=32, BLOCK_C=64), _c(8, 1, BLOCK_J=64, BLOCK_C=32)]
+    if heads:
+        return [_c(8, 2, BLOCK_J=32, BLOCK_C=64)]
+    return [_c(8, 2, BLOCK_J=32, BLOCK_C=64), _c(4, 2, BLOCK_J=16, BLOCK_C=32)]
+
+
+def _dkv1_256(arch):
+    """bwd_dkv1's list (16-bit, trilinear, D class 256, POSITIONS columns) on sm_90 / sm_100, else
+    None (_table16's 16 x 16). On 8 warps 16 x 16 computes each logit 8 times; 32 x 32 and 16 x 32
+    compute it 4 and 2 times but fit 255 registers only there (on mma.sync archs they spill
+    24-124 B, 64-wide blocks 0.9-1.9 KB). The model at the target with D = 256, overlapped /
+    serialized ms: H100 1570 / 1796 -> 684 / 807 (32 x 32) | 675 / 830 (16 x 32), B200 1252 /
+    1598 -> 529 / 689 | 521 / 719."""
+    if arch in ("sm90", "sm100"):
+        return [_c(8, 1, BLOCK_J=32, BLOCK_C=32), _c(8, 1, BLOCK_J=32, BLOCK_C=16)]
+    return None
 
 
 def _table32(dc):
@@ -164,10 +187,11 @@ def _table_det(arch, dc, fp32):
 # slower: a restructuring that splits D would remove them.
 DET_SPILL_BUDGET = {"bwd_dqkv2": 1472, "bwd_dkv1": 1984, "decode": 4864}
 # bwd_dqkv2's sequence tiles (Hq / Hkv < 16) at D class 256, and with determinant logits: 16
-# rows, the smallest tile, still spill there (16-460 B trilinear, 8 B float32 determinant at
-# D class 128; kernel_report, sm_80..sm_120, triton 3.8): the three [16, D] float32 tiles, the
-# pair operands and the per-offset [16, D] partial's layout conversion (bwd_dqkv2.py) pass 255
-# registers. Correct, slower; a D split of the partial would remove them.
+# rows, the smallest tile, still spill there (trilinear 16 x 32: 16-80 B 16-bit, 460 B float32;
+# 8 B float32 determinant at D class 128; kernel_report, sm_80..sm_120, triton 3.8): the three
+# [16, D] float32 tiles, the pair operands and the per-offset [16, D] partial's layout
+# conversion (bwd_dqkv2.py) pass 255 registers. Correct, slower; a D split of the partial would
+# remove them.
 SEQ_SPILL_BUDGET = {"bwd_dqkv2": 512}
 
 
@@ -237,24 +261,47 @@ def _fwd16(arch, packed):
 
 def _dqkv2(arch, dc, fp32, packed, det):
     """bwd_dqkv2's lists (bwd_dqkv2.py). It holds three [BLOCK_M, D] float32 tiles across its j
-    loop (x, y and dq) where the forward holds two, plus the pair operands a and bo, so its
-    tiles are the forward's with BLOCK_J halved or smaller; the largest that compile free of
-    spills (bench/verify/kernel_report.py, triton 3.8). Head-packed tiles keep BLOCK_M = 64 (64
-    heads at one position, a whole wgmma M) where that fits; sequence tiles (Hq / Hkv < 16) hold
-    a [BLOCK_M, D] partial per offset and its layout conversion besides, and fit at 16 rows
-    only: narrow GEMMs there, left for a later issue. Known exceptions under triton 3.6 only
-    (scripts/triton_compat.py, 2026-12-07; 3.8 is clean): sm_90's head-packed 64 x 16 spills
-    72 B (64 B at 2 stages, 168 B at 1: no stage count avoids it), the determinant 16-row tiles
-    56 B on sm_90 and 16 B on sm_80; correct, slower on the lent GPUs' triton 3.6."""
+    loop (x, y and dq) where the forward holds two, plus the pair operands a and bo; the tiles
+    are the largest that compile free of spills (bench/verify/kernel_report.py, triton 3.8).
+
+    Rows: head-packed tiles keep BLOCK_M = 64 on sm_90 (64 heads at one position, a whole wgmma
+    M; 32-row tiles run on mma.sync there: 247-325 ms serialized at the target against 205; 64 x
+    32 spills 84-288 B, 64 x 64 1 KB), 32 elsewhere (64 x 16 spills on sm_80 164 B, sm_100 660 B,
+    sm_120 608 B); sequence tiles (Hq / Hkv < 16) and D class 256 fit at 16 rows only.
+
+    Columns: on 8 warps a 16- or 32-row mma.sync tile of the logits is split over the warps
+    along BLOCK_J, so a narrow BLOCK_J replicates it (16 x 16: every logit, its exp and the S /
+    dP products computed 4 times; 32 x 16 and 16 x 32: twice); BLOCK_J = 64 computes each once.
+    The model (bf16, overlapped / serialized ms of this kernel), BLOCK_J 16 -> 32 | 64: no GQA
+    (Hq = Hkv = 16, N = 8192, D = 128) A100 118 / 133 -> 73 / 88 | 58 / 82, A10G 196 / 219 ->
+    121 / 144 | 85 / 156, H100 75 / 83 -> 47 / 58 | 37 / 55, B200 66 / 74 -> 41 / 50 | 32 / 49;
+    target (Hq = 64, Hkv = 1, N = 16384, 32 heads a tile) A100 749 / 836 -> 440 / 505 | 307 /
+    430, A10G 1566 / 1698 -> 940 / 1055 | 627 / 919, B200 426 / 468 -> 250 / 286 | 175 / 246;
+    target at D = 256 (16 heads a tile) H100 1114 / 1311 -> 662 / 837 | 495 / 743. Both widths
+    stay in the lists (the autotuner measures), but 16 x 64 at D class 256 needs 112 KiB of
+    shared memory (not on sm_86 / sm_120) and spills 128-544 B with sequence tiles.
+
+    Known exceptions under triton 3.6 only (scripts/triton_compat.py, 2026-12-07, rechecked
+    with the wider BLOCK_J tiles, which are clean there too; 3.8 is clean): sm_90's
+    head-packed 64 x 16 spills 72 B (64 B at 2 stages, 168 B at 1: no stage count avoids it),
+    the determinant 16-row tiles 56 B on sm_90 and 16 B on sm_80; correct, slower on the lent
+    GPUs' triton 3.6."""
     if fp32:  # 16 warps for sequence tiles at D class 256 spill 88-460 B, 8 warps more
         warps = 8 if dc >= 256 or det or not packed else 4
         return [_c(16 if dc >= 256 and not packed else warps, 1, BLOCK_M=16, BLOCK_J=16)]
     base = BASE[arch]
     st = {"sm80": 3, "sm86": 2, "sm90": 3}[base]
-    if det or dc >= 256 or not packed:
+    if det:
         return [_c(8, 2 if base != "sm80" else 3, BLOCK_M=16, BLOCK_J=16)]
+    if dc >= 256:
+        wide = [_c(8, 1, BLOCK_M=16, BLOCK_J=64)] if packed and base != "sm86" else []
+        return [_c(8, 2, BLOCK_M=16, BLOCK_J=32), *wide]
+    if not packed:
+        return [_c(8, 2, BLOCK_M=16, BLOCK_J=32), _c(8, 1, BLOCK_M=16, BLOCK_J=64)]
+    if base == "sm90":
+        return [_c(8, st, BLOCK_M=64, BLOCK_J=16)]
     # 64 x 16 spills on sm_80 (164 B), sm_100 (660 B) and sm_120 (608 B): 32 heads a tile there.
-    return [_c(8, st, BLOCK_M=64 if base == "sm90" else 32, BLOCK_J=16)]
+    return [_c(8, 2, BLOCK_M=32, BLOCK_J=32), _c(8, 1, BLOCK_M=32, BLOCK_J=64)]
 
 
 def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
@@ -266,8 +313,8 @@ def configs(kernel, arch, bd, fp32=False, packed=False, det=False):
     if kernel == "bwd_dqkv2":
         return _dqkv2(arch, d_class(bd), fp32, packed, det)
     own = _fwd16(arch, packed) if kernel == "fwd" and not (fp32 or det) and d_class(bd) <= 128 else None
-    if kernel == "bwd_dkv1" and not (fp32 or det) and d_class(bd) <= 128:
-        own = _dkv1_16(arch, packed)
+    if kernel == "bwd_dkv1" and not (fp32 or det):
+        own = _dkv1_16(arch, packed) if d_class(bd) <= 128 else _dkv1_256(arch)
     if own is not None:
         return own
     base = BASE[arch]

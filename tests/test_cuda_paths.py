@@ -46,7 +46,11 @@ EXPECTED_PATHS = {
         SPLIT: (256,),
         "tile: one position per warp": (64, 128),
     },
-    "dq_kernel": {**dict.fromkeys(LOADS | PIPELINE | QUERY_TILE | MASKS | FEATURES, ALL), SPLIT: (256,)},
+    "dq_kernel": {
+        **dict.fromkeys(LOADS | PIPELINE | QUERY_TILE | MASKS | FEATURES, ALL),
+        SPLIT: (256,),
+        "tile: one position per warp": (64, 128),  # dq's one-row instantiation (launch_bwd.cuh)
+    },
     "dkv1_kernel": {
         **dict.fromkeys(LOADS | MASKS | FEATURES, ALL),
         **dict.fromkeys(["tile: last partial position tile", "mask: query past the last block row"], ALL),

@@ -266,8 +266,11 @@ def _heads_per_tile(group, rows):
 def cuda_variant(kernel, s, dp):
     """The instantiation of `kernel` a launch at shape s runs (cuda_report's variant): the
     forward's "one_row" where its k1 / v1 fragments are held (dp <= 128) and >= 16 heads are
-    packed per position (launch_fwd.cuh), else "" (trilinear logits)."""
+    packed per position (launch_fwd.cuh), dq's likewise at dp <= 128 (its tiles of 64 / 32 rows,
+    launch_bwd.cuh), else "" (trilinear logits)."""
     if kernel == "fwd_kernel" and dp <= 128 and _heads_per_tile(s.group, 64) >= 16:
+        return "one_row"
+    if kernel == "dq_kernel" and dp <= 128 and _heads_per_tile(s.group, 64 if dp <= 64 else 32) >= 16:
         return "one_row"
     return ""
 

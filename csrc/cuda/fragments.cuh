@@ -115,8 +115,9 @@ SA_DEV void add_times_rows(float (&acc)[kTiles][4], int nt, const float (&t)[4],
 
 // acc += (a @ b) ⊙ w over output columns col0 + 8 nt (nt < kTiles): a the A fragments of kK
 // 16-deep steps (P or dA over a block's positions), b a k-major tile (row = k, e.g. v1[j][d]), w the
-// shared rows the lane's two fragment rows are multiplied by (e.g. v2[i - u]), element-wise in fp32.
-template <class T, int DP, int kK, int kTiles>
+// shared rows the lane's two fragment rows are multiplied by (e.g. v2[i - u]), element-wise in fp32;
+// kSameRows as add_times_rows' same_rows.
+template <class T, bool kSameRows = false, int DP, int kK, int kTiles>
 SA_DEV void add_product_times_rows(float (&acc)[kTiles][4], const uint32_t (&a)[kK][4], const Tile<T, DP>& b, int col0,
                                    const T* const (&w)[2] SA_SITE_ARG) {
 #pragma unroll
@@ -129,8 +130,8 @@ SA_DEV void add_product_times_rows(float (&acc)[kTiles][4], const uint32_t (&a)[
       mma_acc<T>(t0, a[kk], b0 SA_SITE_NEXT);
       mma_acc<T>(t1, a[kk], b1 SA_SITE_NEXT);
     }
-    add_times_rows<T>(acc, nt, t0, w, col0);
-    add_times_rows<T>(acc, nt + 1, t1, w, col0);
+    add_times_rows<T>(acc, nt, t0, w, col0, kSameRows);
+    add_times_rows<T>(acc, nt + 1, t1, w, col0, kSameRows);
   }
 }
 

@@ -38,10 +38,17 @@ void launch_bwd_tc(const BwdArgs& args, cudaStream_t stream) {
     set_grad_params(p, a, sizeof(T));
     p.dq = a.dq;
     const Grid grid = plan_query_tiles<Cfg>(p, a.dims, a.prob);
-    if (a.prob.determinant)
-      launch_kernel("dq_kernel", DP, &dq_kernel<T, Cfg, true>, grid, Cfg::kThreads, Cfg::kSmemBytesDet, stream, p);
-    else
-      launch_kernel("dq_kernel", DP, &dq_kernel<T, Cfg, false>, grid, Cfg::kThreads, Cfg::kSmemBytes, stream, p);
+    // One instantiation per call: determinant logits; else, with >= 16 heads packed per position
+    // (head dims <= 128), kOneRow (each warp's 16 rows at one position); else the plain trilinear one.
+    void (*kernel)(DqKernelParams) = &dq_kernel<T, Cfg, false, false>;
+    int smem = Cfg::kSmemBytes;
+    if (a.prob.determinant) {
+      kernel = &dq_kernel<T, Cfg, true, false>;
+      smem = Cfg::kSmemBytesDet;
+    } else if constexpr (DP <= 128) {
+      if (p.log2_heads >= 4) kernel = &dq_kernel<T, Cfg, false, true>;
+    }
+    launch_kernel("dq_kernel", DP, kernel, grid, Cfg::kThreads, smem, stream, p);
   }
   {
     using Cfg = Dkv1Config<DP>;

@@ -78,16 +78,24 @@ SA_DEV void logits(float (&s)[BJ / 8][4], const LogitRows<T>& logit, const Tile<
 // rows and the BJ k1/v1 positions of the stage, over all DP channels:
 //   s = A @ k1^T (A of `logit`: q ⊙ k2 or k2 × q)    dp = (e ⊙ f) @ v1^T
 // Each lane passes the shared rows holding row (lane % 16) of e and f (see ldsm_a_product).
-template <class T, int DP, int BJ>
+// kOneRow (trilinear logits, head packing of >= 16 heads: the warp's 16 rows at one position): k2
+// and f are one row each for the whole warp, read with two 32-bit loads as in q_times_k2.
+template <class T, int DP, int BJ, bool kOneRow = false>
 SA_DEV void logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], const LogitRows<T>& logit, const T* e_row,
                           const T* f_row, const Tile<T, DP>& k1, const Tile<T, DP>& v1 SA_SITE_ARG) {
   zero_acc(s);
   zero_acc(dp);
+  [[maybe_unused]] const uint32_t no_held[DP / 16][4] = {};  // q_times_k2's held q, unused (kHoldQ false)
 #pragma unroll 2
   for (int kt = 0; kt < DP / 16; ++kt) {
     uint32_t a[4], e[4];
-    logit.a_operand(a, kt * 16 SA_SITE_NEXT);
-    ldsm_a_product<T>(e, e_row, f_row, kt * 16 SA_SITE_NEXT);
+    if constexpr (kOneRow) {
+      q_times_k2<T, DP, false, true>(a, no_held, logit.q_row, logit.k2_row, kt SA_SITE_NEXT);
+      q_times_k2<T, DP, false, true>(e, no_held, e_row, f_row, kt SA_SITE_NEXT);
+    } else {
+      logit.a_operand(a, kt * 16 SA_SITE_NEXT);
+      ldsm_a_product<T>(e, e_row, f_row, kt * 16 SA_SITE_NEXT);
+    }
 #pragma unroll
     for (int nt = 0; nt < BJ / 8; nt += 2) {
       uint32_t b0[2], b1[2];

@@ -306,6 +306,22 @@ MUTANTS = [
         why="every warp's rows taken to share one position: both rows read the first row's k2 and v2",
     ),
     dict(
+        name="cuda-dq-one-row-without-head-packing",
+        path="csrc/cuda/launch_bwd.cuh",
+        old="if (p.log2_heads >= 4)",
+        new="if (true)",
+        tests=PIPELINE_64,
+        why="dq takes every warp's rows to share one position: both rows read the first row's k2 and v2",
+    ),
+    dict(
+        name="cuda-dq-one-row-dp-reads-k2-for-v2",
+        path="csrc/cuda/logit_operand.cuh",
+        old="q_times_k2<T, DP, false, true>(e, no_held, e_row, f_row, kt SA_SITE_NEXT);",
+        new="q_times_k2<T, DP, false, true>(e, no_held, e_row, logit.k2_row, kt SA_SITE_NEXT);",
+        tests=ONE_ROW_64,
+        why="dq's one-row dP operand dout ⊙ v2 built from k2's row instead of v2's",
+    ),
+    dict(
         name="cuda-fwd-interior-forgets-the-right-edge",
         path="csrc/cuda/fwd_kernel.cuh",
         old="j_last <= lr.jmax[0] && j_last <= lr.jmax[1]);",

@@ -296,7 +296,9 @@ def test_readme_table_is_generated_from_the_committed_results():
 def test_committed_results_meet_the_issue_targets():
     """Every pass of both backends has a row with the issue's keys; the waste it names shows as
     numbers: ~2 exp per logit for the 64-row 8-warp forward tiles on sm_90, ~1 for 128x32, and
-    the CUDA backward issuing ~30/14 of the counted FLOPs on its tensor cores."""
+    the CUDA backward issuing about 24/14 of the counted FLOPs on its tensor cores: S and dP
+    recomputed in each of dq, dkv1 and dkv2 (6*D + 8*D + 8*D + the tiles' edges per 14*D; 2.36
+    while dkv1 and dkv2 split D at 128 and recomputed them once per column half)."""
     recs = [r for r in _committed()["records"] if r["shape"] == shapes.TARGET.label()]
     keys = {"arch", "backend", "kernel", "config", "pass", "dtype", "head_dim", "mma_issued_per_counted",
             "exp_per_logit", "instr_per_logit", "smem_bytes_per_mma_flop", "ceiling_tflops", "bound"}  # fmt: skip
@@ -311,7 +313,7 @@ def test_committed_results_meet_the_issue_targets():
         want = (0.9, 1.3) if "M=128" in config else (1.8, 2.5)
         assert want[0] <= r["exp_per_logit"] <= want[1], (config, r["exp_per_logit"])
     cuda_bwd = next(r for r in passes if (r["backend"], r["arch"], r["pass"]) == ("cuda", "sm80", "bwd"))
-    assert 1.9 <= cuda_bwd["mma_issued_per_counted"] <= 2.6, cuda_bwd["mma_issued_per_counted"]
+    assert 1.55 <= cuda_bwd["mma_issued_per_counted"] <= 1.85, cuda_bwd["mma_issued_per_counted"]
 
 
 def test_every_shipped_kernel_has_a_row():

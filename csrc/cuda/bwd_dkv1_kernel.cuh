@@ -225,25 +225,7 @@ dkv1_kernel(const Dkv1KernelParams p) {
           // own steps from registers; with kColWarps > 1 every step through sx, where the warps of
           // the same rows meet.
           uint32_t da[BI / 16][4], pa[BI / 16][4];
-#pragma unroll
-          for (int kk = 0; kk < WI / 16; ++kk) {
-            c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
-            c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
-          }
-          if constexpr (kColWarps > 1) {
-#pragma unroll
-            for (int kk = 0; kk < WI / 16; ++kk) {
-              sstore(x_slot(q0 / 16 + kk, 0), uint4{da[kk][0], da[kk][1], da[kk][2], da[kk][3]});
-              sstore(x_slot(q0 / 16 + kk, 1), uint4{pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]});
-            }
-            cta_sync();  // [X]: every warp's dA^T / P^T steps are visible
-#pragma unroll
-            for (int kk = 0; kk < BI / 16; ++kk) {
-              const uint4 x = sload(x_slot(kk, 0)), y = sload(x_slot(kk, 1));
-              da[kk][0] = x.x, da[kk][1] = x.y, da[kk][2] = x.z, da[kk][3] = x.w;
-              pa[kk][0] = y.x, pa[kk][1] = y.y, pa[kk][2] = y.z, pa[kk][3] = y.w;
-            }
-          }
+          block_step_operands<T, WI / 16, BI / 16>(da, pa, dp, s, q0 / 16, x_slot);  // [X] if kColWarps > 1
 
           // acc_k += dA^T @ aq;  acc_v += P^T @ bdo over this warp's columns (aq, bdo read k-major:
           // row = query).

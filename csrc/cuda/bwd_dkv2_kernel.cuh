@@ -287,26 +287,9 @@ dkv2_kernel(const Dkv2KernelParams p) {
       // dA and P of the whole j block as A operands (16 positions a step): this warp's own steps
       // from registers; with kColWarps > 1 every step through sx, where the warps of the same rows meet.
       uint32_t da[BJ / 16][4], pa[BJ / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < WJ / 16; ++kk) {
-        c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
-        c_to_a<T>(pa[kk], s_[2 * kk], s_[2 * kk + 1]);
-      }
-      if constexpr (kColWarps > 1) {
-        const int buf = u & 1;
-#pragma unroll
-        for (int kk = 0; kk < WJ / 16; ++kk) {
-          sstore(x_slot(buf, j0w / 16 + kk, 0), uint4{da[kk][0], da[kk][1], da[kk][2], da[kk][3]});
-          sstore(x_slot(buf, j0w / 16 + kk, 1), uint4{pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]});
-        }
-        cta_sync();  // [X]: every warp's dA / P steps of this u are visible
-#pragma unroll
-        for (int kk = 0; kk < BJ / 16; ++kk) {
-          const uint4 x = sload(x_slot(buf, kk, 0)), y = sload(x_slot(buf, kk, 1));
-          da[kk][0] = x.x, da[kk][1] = x.y, da[kk][2] = x.z, da[kk][3] = x.w;
-          pa[kk][0] = y.x, pa[kk][1] = y.y, pa[kk][2] = y.z, pa[kk][3] = y.w;
-        }
-      }
+      const int buf = u & 1;  // sx's buffer of this u
+      const auto u_slot = [&](int kk, int which) { return x_slot(buf, kk, which); };
+      block_step_operands<T, WJ / 16, BJ / 16>(da, pa, dp, s_, j0w / 16, u_slot);  // [X] if kColWarps > 1
       if constexpr (det) {
         const CrossTile<DO, DP> sm(sm_base, tile.col0);
         const auto q_at = [&](int h, int, int ch) { return Elem<T>::to_float(sload(q_h[h] + ch)); };

@@ -68,6 +68,36 @@ SA_DEV void c_to_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4])
   a[3] = Elem<T>::pack(hi[2], hi[3]);
 }
 
+// dA and P of a block of kSteps 16-wide steps as A operands (da, pa), from this warp's C
+// fragments of kOwn of those steps (dp: dA, s: P), the first of them step `first`. Where kOwn <
+// kSteps the warps that share these rows (the dkv kernels' column warps) each computed some
+// steps: they meet in shared memory, `slot(kk, which)` this lane's uint4 of step kk (which 0:
+// dA, 1: P), after the barrier [X] every warp of the CTA reaches; the caller orders the slots'
+// reuse.
+template <class T, int kOwn, int kSteps, class Slot>
+SA_DEV void block_step_operands(uint32_t (&da)[kSteps][4], uint32_t (&pa)[kSteps][4], const float (&dp)[2 * kOwn][4],
+                                const float (&s)[2 * kOwn][4], int first, const Slot& slot SA_SITE_ARG) {
+#pragma unroll
+  for (int kk = 0; kk < kOwn; ++kk) {
+    c_to_a<T>(da[kk], dp[2 * kk], dp[2 * kk + 1]);
+    c_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
+  }
+  if constexpr (kOwn < kSteps) {
+#pragma unroll
+    for (int kk = 0; kk < kOwn; ++kk) {
+      sstore(slot(first + kk, 0), uint4{da[kk][0], da[kk][1], da[kk][2], da[kk][3]});
+      sstore(slot(first + kk, 1), uint4{pa[kk][0], pa[kk][1], pa[kk][2], pa[kk][3]});
+    }
+    cuda::cta_sync(SA_SITE_NEXT_ONLY);  // [X]: every warp's steps are visible
+#pragma unroll
+    for (int kk = 0; kk < kSteps; ++kk) {
+      const uint4 x = sload(slot(kk, 0)), y = sload(slot(kk, 1));
+      da[kk][0] = x.x, da[kk][1] = x.y, da[kk][2] = x.z, da[kk][3] = x.w;
+      pa[kk][0] = y.x, pa[kk][1] = y.y, pa[kk][2] = y.z, pa[kk][3] = y.w;
+    }
+  }
+}
+
 // The A operand (16 x 16, columns [c0, c0 + 16)) of the element-wise product x ⊙ y of two row
 // sets: lane passes the shared rows holding row (lane % 16) of x and of y (y may be a shifted row).
 template <class T>

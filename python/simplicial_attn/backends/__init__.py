@@ -218,11 +218,16 @@ def _reasons(name, device_type, dtype):
 _CAPABILITY = {}
 
 
+def _device_type(device):
+    """The type of `device`: a torch.device, or already a device type str."""
+    return device if isinstance(device, str) else device.type
+
+
 def device_class(device):
     """The key of `device` (a torch.device, or a device type str) in AUTO_ORDER: its type, or
     "cuda:sm8x" for an sm_80-class GPU (capability 8.x)."""
     if isinstance(device, str) or device.type != "cuda":
-        return device if isinstance(device, str) else device.type
+        return _device_type(device)
     index = torch.cuda.current_device() if device.index is None else device.index
     if index not in _CAPABILITY:
         _CAPABILITY[index] = torch.cuda.get_device_capability(index)
@@ -237,7 +242,7 @@ def select(requested, device, dtype, reasons=_reasons):
     `reasons(name, device_type, dtype)` says why a backend cannot serve; ops other than the
     fused attention (scores.py) pass their own."""
     check_name(requested)
-    device_type = device if isinstance(device, str) else device.type
+    device_type = _device_type(device)
     if requested == "auto":
         override = os.environ.get(ENV_VAR, "auto")
         if override not in NAMES:

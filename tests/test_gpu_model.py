@@ -312,6 +312,10 @@ def test_committed_results_meet_the_issue_targets():
     for config, r in fwd90.items():
         want = (0.9, 1.3) if "M=128" in config else (1.8, 2.5)
         assert want[0] <= r["exp_per_logit"] <= want[1], (config, r["exp_per_logit"])
+    # issue 23's forward targets on sm_90 that the FOLD loop meets (its 8 instructions per logit it does not)
+    fwd_pass = next(r for r in passes if (r["backend"], r["arch"], r["pass"]) == ("triton", "sm90", "fwd"))
+    assert fwd_pass["mma_issued_per_counted"] <= 1.10 and fwd_pass["exp_per_logit"] <= 1.05, fwd_pass["config"]
+    assert fwd_pass["ceiling_tflops"]["H100 SXM"]["overlapped"] >= 650, fwd_pass["ceiling_tflops"]
     cuda_bwd = next(r for r in passes if (r["backend"], r["arch"], r["pass"]) == ("cuda", "sm80", "bwd"))
     assert 1.55 <= cuda_bwd["mma_issued_per_counted"] <= 1.85, cuda_bwd["mma_issued_per_counted"]
 

@@ -169,20 +169,24 @@ def _compile_triton(job_and_target):
 
 def _tiles(job):
     """The config's tiles (BLOCK_ but BLOCK_D), bwd_dkv1's column mode (HEADS) and, for the
-    forward, whether its j loop is split."""
+    forward, whether its j loop is split (SPLIT_J) and whether it folds k2 / v2 into k1 / v1 (FOLD)."""
     tiles = {k: v for k, v in job["constexprs"].items() if (k.startswith("BLOCK_") and k != "BLOCK_D") or k == "HEADS"}
     if not tiles.get("BLOCK_T", 1):  # no narrow blocks
         del tiles["BLOCK_T"]
-    if job["constexprs"].get("SPLIT_J"):
-        tiles["SPLIT_J"] = True
+    for flag in ("SPLIT_J", "FOLD"):
+        if job["constexprs"].get(flag):
+            tiles[flag] = True
     return tiles
 
 
 def _label(job):
     """A config's label: its tiles (BLOCK_ dropped), warps and stages ("H=64 J=32 M=128 w8 s3"), then
-    "split" (SPLIT_J) and "tma" (k1/v1 through tensor descriptors) where the config sets them."""
-    tiles = " ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in sorted(_tiles(job).items()) if k != "SPLIT_J")
-    flags = (" split" if _tiles(job).get("SPLIT_J") else "") + (" tma" if job["constexprs"].get("TMA") else "")
+    "split" (SPLIT_J), "fold" (FOLD) and "tma" (k1/v1 through tensor descriptors) where the config sets them."""
+    tiles = " ".join(
+        f"{k.removeprefix('BLOCK_')}={v}" for k, v in sorted(_tiles(job).items()) if k not in ("SPLIT_J", "FOLD")
+    )
+    flags = "".join(f" {name}" for key, name in (("SPLIT_J", "split"), ("FOLD", "fold")) if _tiles(job).get(key))
+    flags += " tma" if job["constexprs"].get("TMA") else ""
     return f"{tiles} w{job['num_warps']} s{job['num_stages']}{flags}"
 
 

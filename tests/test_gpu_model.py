@@ -312,6 +312,10 @@ def test_committed_results_meet_the_issue_targets():
     for config, r in fwd90.items():
         want = (0.9, 1.3) if "M=128" in config else (1.8, 2.5)
         assert want[0] <= r["exp_per_logit"] <= want[1], (config, r["exp_per_logit"])
+    # issue 23's forward targets on sm_90 that the FOLD loop meets (its 8 instructions per logit it does not)
+    fwd_pass = next(r for r in passes if (r["backend"], r["arch"], r["pass"]) == ("triton", "sm90", "fwd"))
+    assert fwd_pass["mma_issued_per_counted"] <= 1.10 and fwd_pass["exp_per_logit"] <= 1.05, fwd_pass["config"]
+    assert fwd_pass["ceiling_tflops"]["H100 SXM"]["overlapped"] >= 650, fwd_pass["ceiling_tflops"]
     cuda_bwd = next(r for r in passes if (r["backend"], r["arch"], r["pass"]) == ("cuda", "sm80", "bwd"))
     assert 1.55 <= cuda_bwd["mma_issued_per_counted"] <= 1.85, cuda_bwd["mma_issued_per_counted"]
 
@@ -333,6 +337,7 @@ def test_every_shipped_kernel_has_a_row():
 # Planted waste: a temporary copy of triton_kernels/ (or csrc/cuda), modelled in a subprocess.
 
 FWD_SHAPE = "B=2,N=16384,Hq=64,Hkv=1,D=128,w1=512,w2=32"
+MAIN_FWD = "fwd:J=64 M=128 w8 s1"  # sm_90's packed offset-loop tile (configs._fwd16)
 D = 128
 
 
@@ -368,10 +373,11 @@ def _plant(tmp_path, edits):
 
 @pytest.fixture(scope="module")
 def main_fwd_128(tmp_path_factory):
-    """The clean packed forward tile (128 rows = 2 positions x 64 heads, 8 warps, BLOCK_J = 32) on main."""
+    """The clean packed forward tile of the offset loop (128 rows = 2 positions x 64 heads, 8 warps,
+    BLOCK_J = 64, unpipelined) on main."""
     if not HAS_TRITON or sass.find_tool("nvdisasm") is None:
         pytest.skip("needs triton and nvdisasm (ahead-of-time compile)")
-    (rec,) = _model(tmp_path_factory.mktemp("main"), ["fwd:J=32 M=128"])
+    (rec,) = _model(tmp_path_factory.mktemp("main"), [MAIN_FWD])
     return rec
 
 
@@ -388,7 +394,7 @@ def _dots_as_written(rec):
 def test_plant_64_row_tile_at_8_warps(tmp_path, main_fwd_128):
     """A 64-row tile at 8 warps: two warpgroups cannot split 64 rows, both compute the logits and the
     softmax: ~2 exp per logit and the first product issued twice (6*D MMA FLOPs per logit)."""
-    packed = "                _c(8, 2, BLOCK_M=128, BLOCK_J=64, BLOCK_T=16, TMA=True),\n"
+    packed = "                _c(8, 1, BLOCK_M=128, BLOCK_J=64),\n"
     copy = _plant(tmp_path, {"configs.py": [(packed, packed + "                _c(8, 2, BLOCK_M=64, BLOCK_J=32),\n")]})
     (planted,) = _model(tmp_path, ["fwd:M=64 w8 s2"], copy, "planted")
     assert _one_softmax_per_logit(main_fwd_128) and _dots_as_written(main_fwd_128)
@@ -401,12 +407,12 @@ def test_plant_64_row_tile_at_8_warps(tmp_path, main_fwd_128):
 def test_plant_doubled_dot(tmp_path, main_fwd_128):
     """The logit product computed twice (accumulated into itself, so it cannot be merged): MMA FLOPs
     per logit 4*D -> 6*D, MMA issued per counted FLOP up by half."""
-    # masked_block's product (the 128x32 tile runs the unsplit loop), not the interior blocks'
+    # masked_block's product (the 128x64 tile runs the unsplit loop), not the interior blocks'
     tail = "\n    in_win = j_window_mask(k_ok, pos, j_ok, js, L1, R1)"
     old = "s = mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)" + tail
     new = ("s = 0.5 * mma(a, tl.trans(k1b), mma(a, tl.trans(k1b), tl.zeros([BLOCK_M, BLOCK_J], tl.float32), "
            "INPUT_PRECISION, UPCAST), INPUT_PRECISION, UPCAST)") + tail  # fmt: skip
-    (planted,) = _model(tmp_path, ["fwd:J=32 M=128"], _plant(tmp_path, {"fwd.py": [(old, new)]}), "planted")
+    (planted,) = _model(tmp_path, [MAIN_FWD], _plant(tmp_path, {"fwd.py": [(old, new)]}), "planted")
     assert _dots_as_written(main_fwd_128) and not _dots_as_written(planted)
     assert 1.4 <= planted["mma_issued_per_counted"] / main_fwd_128["mma_issued_per_counted"] <= 1.6
     assert _one_softmax_per_logit(planted), "the softmax is not doubled"
@@ -421,7 +427,7 @@ def test_plant_mask_recomputed_per_element(tmp_path, main_fwd_128):
     old = "return in_band(row_ok[:, None] & j_ok[None, :], js[None, :]"
     new = ("return in_band(row_ok[:, None] & j_ok[None, :] & ((js[None, :] * 7 + pos[:, None] * 3) % 11 != 5), "
            "js[None, :]")  # fmt: skip
-    (planted,) = _model(tmp_path, ["fwd:J=32 M=128"], _plant(tmp_path, {"mask.py": [(old, new)]}), "planted")
+    (planted,) = _model(tmp_path, [MAIN_FWD], _plant(tmp_path, {"mask.py": [(old, new)]}), "planted")
     grew = planted["instr_per_logit"] - main_fwd_128["instr_per_logit"]
     assert 3 <= grew <= 20, grew
     assert planted["mma_issued_per_counted"] == pytest.approx(main_fwd_128["mma_issued_per_counted"], rel=0.02)
@@ -436,22 +442,23 @@ def test_plant_a_operand_reread_per_tile(tmp_path, main_fwd_128):
     edits = [
         ("    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, c,\n",
          "    a, m_i, l_i, pos, k_ok, jr, j_lo, j_hi, L1, R1, c, q_ptrs, k2_ptrs, kd_mask,\n"),
-        # before the unsplit loop's masked_block (the loop the 128x32 tile runs), not decode's ring branch
+        # before the unsplit loop's masked_block (the loop the 128x64 tile runs), not decode's ring branch
         ("        else:\n            y, m_i, l_i = masked_block(\n",
          "        else:\n"
          "            again = kd_mask & (j0 >= j_lo)\n"
          "            a = (tl.load(q_ptrs, mask=again, other=0.0).to(tl.float32) * tl.load(k2_ptrs, mask=again, "
          "other=0.0).to(tl.float32)).to(a.dtype)\n"
          "            y, m_i, l_i = masked_block(\n"),
-        ("                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, c,\n                k1_base",
-         "                a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, c,\n"
-         "                q_ptrs, k2_base + (r0 - u) * stride_k2n + k2_offs, kd_mask,\n                k1_base"),
+        ("                    a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, c,\n                    k1_base",
+         "                    a, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, c,\n"
+         "                    q_ptrs, k2_base + (r0 - u) * stride_k2n + k2_offs, kd_mask,\n"
+         "                    k1_base"),
     ]  # fmt: skip
-    (planted,) = _model(tmp_path, ["fwd:J=32 M=128"], _plant(tmp_path, {"fwd.py": edits}), "planted")
+    (planted,) = _model(tmp_path, [MAIN_FWD], _plant(tmp_path, {"fwd.py": edits}), "planted")
     grew = (planted["global_bytes_per_flop"] - main_fwd_128["global_bytes_per_flop"]) / planted[
         "mma_issued_per_counted"
     ]
-    assert 0.6 / 32 <= grew <= 1.5 / 32, grew  # BLOCK_J = 32
+    assert 0.6 / 64 <= grew <= 1.5 / 64, grew  # BLOCK_J = 64
     assert planted["instr_per_logit"] > main_fwd_128["instr_per_logit"]
 
 

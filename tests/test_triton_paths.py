@@ -181,7 +181,7 @@ def test_counters_see_what_a_case_does_not_reach(poison):
     assert fwd["causal"] > 0 and fwd["u_repeat"] > 0 and fwd["k_outside"] > 0
     assert fwd["j_edge"] > 0
     never = ("d_tail", "gqa", "centred", "last_tile", "head_packed", "head_tail", "j_repeat", "j_past_n", "packed")
-    never += ("j_interior", "j_narrow")
+    never += ("j_interior", "j_narrow", "fold")
     for name in never + ("past_end", "empty_seq", "determinant"):
         assert fwd[name] == 0, (name, fwd)
     # bwd_dqkv2: one program of one 32-position tile of one head, one scratch layer.
@@ -242,6 +242,9 @@ def test_dqkv2_tiles_hold_whole_positions_on_every_arch():
         (Case(1, 80, 2, 1, 16, 63, 2), dict(BLOCK_T=16, SPLIT_J=False)),
         # centred windows, N = 97: edge blocks on both sides, interior ones between, k past n
         (Case(1, 97, 2, 1, 16, 70, 7, causal=False), dict(SPLIT_J=True)),
+        # FOLD: k outer over the union of the tile's k windows, every wide block masked
+        (Case(1, 80, 2, 1, 16, 63, 2), dict(BLOCK_T=16, FOLD=True)),
+        (Case(1, 97, 2, 1, 16, 70, 7, causal=False), dict(BLOCK_T=16, FOLD=True)),
     ],
 )
 def test_forward_block_counts_match_the_model_map(case, tiles):
@@ -259,8 +262,9 @@ def test_forward_block_counts_match_the_model_map(case, tiles):
     fwd = table[("fwd", 16)]
     s = shapes.Shape(case.B, case.N, case.Hq, case.Hkv, case.D, case.w1, case.w2, causal=case.causal)
     heads = case.Hq // case.Hkv  # packed: BLOCK_H = 2, one head block per kv head
-    edge, interior, narrow = maps._interior_split(s, 32 // heads, 32, tiles.get("BLOCK_T", 0))
-    if not tiles.get("SPLIT_J"):  # the unsplit loop's wide blocks count as neither edge nor interior
+    edge, interior, narrow = maps._interior_split(s, 32 // heads, 32, tiles.get("BLOCK_T", 0), tiles.get("FOLD", False))
+    if not tiles.get("SPLIT_J") or tiles.get("FOLD"):  # unsplit wide blocks count as neither edge nor interior
         edge = interior = 0
+    assert fwd["fold"] == (triton.cdiv(case.N, 32 // heads) if tiles.get("FOLD") else 0)
     assert (fwd["j_edge"], fwd["j_interior"], fwd["j_narrow"]) == (edge, interior, narrow)
     assert narrow + interior > 0

@@ -52,7 +52,8 @@ def _c(num_warps, num_stages, **tiles):
 # One config when interpreting: blocks big enough that the tiny test shapes need few
 # programs and loop trips (~3 ms each), small enough that N = 97 still spans several tiles.
 _INTERP = {
-    "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True)],
+    # FOLD: head-packed trilinear tiles run fwd.py's folded loop, the others the offset loop.
+    "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True, FOLD=True)],
     "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_C=16)],
 }
@@ -238,13 +239,25 @@ def _fwd16(arch, packed):
     autotuner decides. TMA elsewhere: the model finds it costs the other configs serialized time
     (an mbarrier wait per load: 128x64 s1 334 -> 323 on an H100, sm_100's 128x32 305 -> 287 on a
     B200), so they keep pointer loads. The interpreter's config takes it, so the tests run the
-    descriptor path (and the pointer path on misaligned strides)."""
+    descriptor path (and the pointer path on misaligned strides).
+    FOLD (fwd.py: k outer, k2 / v2 folded into the k1 / v1 blocks, no per-offset partial sum y;
+    head-packed lists only): one [128, D] float32 tile fewer, so sm_90's packed 128-row tile takes
+    BLOCK_J = 128 unpipelined with pointer loads (254 registers, no spill under triton 3.8): the
+    model's pick, 1.06 MMA issued per counted FLOP (k visits w2 + 1 values for two positions),
+    1.04 exp and 14.9 instructions per logit, 745 / 383 TFLOP/s on an H100 where the offset loop's
+    128x64 s1 gives 704 / 342; pipelined beside it, through TMA, 128x128 (2 stages) and 128x64
+    (2 stages, 205 registers). The offset loop's 128x64 s1 stays in the list for the autotuner.
+    Known exception under triton 3.6 only (scripts/triton_compat.py, 2026-12-07): the two FOLD
+    128x128 tiles spill 112 B (s1) and 164 B (TMA, s2); the model of the 3.6 build still ranks
+    the s1 one first (653 / 385). On sm_100 (tcgen05) FOLD did not pay in the model (1.2-2.0 exp
+    per logit at 128 rows), so its lists keep the offset loop."""
     if arch == "sm90":
         if packed:
             return [
+                _c(8, 1, BLOCK_M=128, BLOCK_J=128, BLOCK_T=16, FOLD=True),
+                _c(8, 2, BLOCK_M=128, BLOCK_J=128, BLOCK_T=16, FOLD=True, TMA=True),
+                _c(8, 2, BLOCK_M=128, BLOCK_J=64, BLOCK_T=16, FOLD=True, TMA=True),
                 _c(8, 1, BLOCK_M=128, BLOCK_J=64),
-                _c(8, 3, BLOCK_M=128, BLOCK_J=32),
-                _c(8, 2, BLOCK_M=128, BLOCK_J=64, BLOCK_T=16, TMA=True),
             ]
         return [_c(8, 3, BLOCK_M=64, BLOCK_J=64), _c(8, 1, BLOCK_M=128, BLOCK_J=32)]
     if arch == "sm100":

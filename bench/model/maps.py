@@ -79,6 +79,15 @@ def _query_tiles(s, positions):
     return np.maximum(u_hi - u_lo + 1, 0), u_lo, u_hi, j_lo, j_hi
 
 
+def _fold_k_trips(s, positions):
+    """Per query tile: the k trips of fwd.py's FOLD loop, k in [p0 - L2, p_last + R2] clipped to
+    the sequence."""
+    _, _, L2, R2 = s.bands
+    p0 = np.arange(0, s.N, positions, dtype=np.int64)
+    p_last = np.minimum(p0 + positions - 1, s.N - 1)
+    return np.maximum(np.minimum(p_last + R2, s.N - 1) - np.maximum(p0 - L2, 0) + 1, 0)
+
+
 def _blocks(lo, hi, size):
     return np.maximum(-(-(hi - lo + 1) // size), 0)
 
@@ -99,6 +108,8 @@ def triton_query_kernel(s, tiles, extra_q):
     loops u (outer), j-blocks (inner)."""
     bm, bj, bh = tiles["BLOCK_M"], tiles["BLOCK_J"], tiles.get("BLOCK_H", 1)
     u, _, _, j_lo, j_hi = _query_tiles(s, bm // bh)
+    if tiles.get("FOLD") and bh > 1:  # fwd.py's FOLD loop (head-packed tiles) runs over k, not u
+        u = _fold_k_trips(s, bm // bh)
     mult = s.B * s.Hkv * _cdiv(s.group, bh)
     jb = _blocks(j_lo, j_hi, bj)
     return Trips(
@@ -111,7 +122,7 @@ def triton_query_kernel(s, tiles, extra_q):
     )
 
 
-def _interior_split(s, positions, bj, bt=0):
+def _interior_split(s, positions, bj, bt=0, fold=False):
     """[edge blocks, interior blocks, narrow blocks] over every query tile and offset u, as
     triton_kernels/tiles.interior_blocks splits each u's j loop (fwd.py: the edge loop first); with
     narrow blocks (bt > 0) the BLOCK_J loops stop at the last whole block (fwd.py's j_wide)."""
@@ -128,6 +139,9 @@ def _interior_split(s, positions, bj, bt=0):
     t_a = np.minimum(-(-(np.maximum(p_last - L1, j_lo) - j_lo) // bj), nb)
     t_b = np.minimum((np.minimum(p0 + R1, s.N - 1) + 1 - j_lo) // bj, nb)
     front = interior = back = narrow_total = 0
+    if fold:  # k trips (fwd.py attend_folded), every block masked
+        k = _fold_k_trips(s, positions)
+        return [int((k * nb).sum()), 0, int((k * narrow).sum())]
     for u in range(-R2, L2 + 1):
         on = (u >= u_lo) & (u <= u_hi)
         tb = np.where((u <= p0) & (p_last - u < s.N), np.maximum(t_a, t_b), t_a)
@@ -140,16 +154,18 @@ def _interior_split(s, positions, bj, bt=0):
 
 def triton_fwd(s, tiles):
     """q in, out out; lse, lse_lo out. Each offset's j loop is two sibling loops (fwd.py), three
-    with narrow blocks (BLOCK_T; two without SPLIT_J: the masked BLOCK_J loop and the narrow one)."""
+    with narrow blocks (BLOCK_T; two without SPLIT_J or with FOLD: the masked BLOCK_J loop and the
+    narrow one)."""
     trips = triton_query_kernel(s, tiles, extra_q=1)
     bh, bm, bj, bt = tiles.get("BLOCK_H", 1), tiles["BLOCK_M"], tiles["BLOCK_J"], tiles.get("BLOCK_T", 0)
     mult = s.B * s.Hkv * _cdiv(s.group, bh)
-    edge, interior, narrow = (t * mult for t in _interior_split(s, bm // bh, bj, bt))
+    fold = tiles.get("FOLD", False) and bh > 1
+    edge, interior, narrow = (t * mult for t in _interior_split(s, bm // bh, bj, bt, fold))
     if not bt:
         trips.siblings = [edge, interior]
         assert sum(trips.siblings) == trips.levels[-1], (trips.siblings, trips.levels)
         return trips
-    wide = [edge, interior] if tiles.get("SPLIT_J") else [edge + interior]
+    wide = [edge, interior] if tiles.get("SPLIT_J") and not fold else [edge + interior]
     trips.siblings = [*wide, narrow]
     trips.sibling_logits = [bm * bj] * len(wide) + [bm * bt]
     trips.levels[-1] = sum(trips.siblings)

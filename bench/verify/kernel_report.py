@@ -269,10 +269,10 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
 
 
 def _fwd_flags():
-    """The forward's flags a config may leave out (SPLIT_J, BLOCK_T, TMA: off) and KV_ALIGNED, which
+    """The forward's flags a config may leave out (SPLIT_J, BLOCK_T, TMA, FOLD: off) and KV_ALIGNED, which
     launch.py sets for the contiguous target tensors (a config with TMA reads k1/v1 through tensor
     descriptors)."""
-    return {"SPLIT_J": False, "BLOCK_T": 0, "TMA": False, "KV_ALIGNED": True}
+    return {"SPLIT_J": False, "BLOCK_T": 0, "TMA": False, "FOLD": False, "KV_ALIGNED": True}
 
 
 def pow2(x):

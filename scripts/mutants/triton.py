@@ -11,6 +11,30 @@ PATHS_D64 = ["tests/test_triton_paths.py", "-k", "BLOCK_D64"]
 
 MUTANTS = [
     dict(
+        name="triton-fwd-fold-k-range-short",
+        path="triton_kernels/fwd.py",
+        old="k_lo, k_hi = tl.maximum(p0 - L2, 0), tl.minimum(p_last + R2, n - 1)",
+        new="k_lo, k_hi = tl.maximum(p0 - L2, 0), tl.minimum(p_last + R2 - 1, n - 1)",
+        tests=PATHS_D64,
+        why="the FOLD loop stops one k early: the tile's last position loses its pairs at k = i + R2",
+    ),
+    dict(
+        name="triton-fwd-fold-offset-unmasked",
+        path="triton_kernels/fwd.py",
+        old="k_ok = row_ok & (du >= -R2) & (du <= L2)",
+        new="k_ok = row_ok & (du >= -R2)",
+        tests=PATHS_D64,
+        why="a row of the FOLD loop counts a k whose offset lies past its window (the other position's k)",
+    ),
+    dict(
+        name="triton-fwd-fold-v2-dropped",
+        path="triton_kernels/fwd.py",
+        old="k1b, v1b = folded(k1b, k2k), folded(v1b, v2k)",
+        new="k1b, v1b = folded(k1b, k2k), v1b",
+        tests=PATHS_D64,
+        why="the FOLD loop's value operand is v1 alone, v2[k] never folded in",
+    ),
+    dict(
         name="triton-fwd-drop-u-rescale",
         path="triton_kernels/fwd.py",
         old="acc = acc * beta[:, None] + y * v2u.to(tl.float32)",

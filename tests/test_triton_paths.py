@@ -220,6 +220,22 @@ def test_dqkv2_scratch_layers_never_overlap_and_stay_bounded():
     assert 4 * torch.Size(shape).numel() == 8 * 2 * (2 * 16384) * 128 == 64 * 2**20
 
 
+def test_dq_slots_are_the_stated_size_at_the_target():
+    """bwd_dqkv2's dq slots (DQ_SCRATCH, triton_kernels/launch.py dq_slot_rows): one [BLOCK_M, BLOCK_D]
+    float32 slot per program, only where a config of the list keeps dq there. Target shape on an
+    H100 (B = 2, N = 16384, 64 heads packed on Hkv = 1, D = 128, w2 = 32): sm_90's 64-row tiles,
+    spans of 31 positions, 2 x 529 programs of 32 KiB: 33 MiB (a float32 dq would take 1 GiB)."""
+    from simplicial_attn.triton_kernels import configs, launch
+
+    assert launch.dq_slot_rows("bwd_dqkv2", "sm90", 128, False, True) == 64
+    assert launch.dq_slot_rows("bwd_dqkv2", "sm80", 128, False, True) == 0  # dq in registers there
+    assert launch.dq_slot_rows("bwd_dqkv2", configs.INTERP, 128, False, True) == 32  # the tests run the slots
+    span = launch.dqkv2_span(132, 16384, 1, 31, 2)
+    programs = -(-16384 // span) * 1 * 2
+    assert (span, programs) == (31, 1058)
+    assert programs * 64 * 128 * 4 == 1058 * 32 * 2**10 < 34 * 2**20
+
+
 def test_dqkv2_tiles_hold_whole_positions_on_every_arch():
     """Every arch's bwd_dqkv2 list holds the heads a launch packs: at least one position a tile
     (a head-packed group on sm_80's 32-row list gets 32-head blocks, not the 16-row sequence list)."""

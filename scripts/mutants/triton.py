@@ -215,6 +215,24 @@ MUTANTS = [
         "packing's first sequence (its own rows stay zero)",
     ),
     dict(
+        name="triton-dqkv2-dq-slot-not-restarted",
+        path="triton_kernels/bwd_dqkv2.py",
+        old="prev = tl.load(dq_slot + slot_offs, mask=u > u_lo, other=0.0)",
+        new="prev = tl.load(dq_slot + slot_offs, mask=u >= u_lo, other=0.0)",
+        tests=PATHS_D64,
+        why="DQ_SCRATCH: a tile's first offset adds onto the slot instead of starting it, so the second "
+        "tile of a span carries the first tile's dq (and the first one the slot's uninitialised memory)",
+    ),
+    dict(
+        name="triton-dqkv2-dq-slot-drops-a-step",
+        path="triton_kernels/bwd_dqkv2.py",
+        old="tl.store(dq_slot + slot_offs, prev + dqu)",
+        new="tl.store(dq_slot + slot_offs, dqu)",
+        tests=SMALL,
+        cheap=True,
+        why="DQ_SCRATCH: each offset's dq part overwrites the slot: dq keeps the last offset u's part only",
+    ),
+    dict(
         name="triton-dqkv2-head-sum-one-head",
         path="triton_kernels/bwd_dqkv2.py",
         old="return tl.sum(tl.reshape(x, [BLOCK_P, BLOCK_H, BLOCK_D]), axis=1)",
@@ -276,8 +294,8 @@ MUTANTS = [
     dict(
         name="triton-det-cross-sign",
         path="triton_kernels/bwd_dqkv2.py",
-        old="dq += cross(x_1, x_2, k2_1, k2_2)",
-        new="dq += cross(x_2, x_1, k2_1, k2_2)",
+        old="dqu = cross(x_1, x_2, k2_1, k2_2)",
+        new="dqu = cross(x_2, x_1, k2_1, k2_2)",
         tests=PATHS_D64,
         why="determinant dq: the cross product x x k2 with its channels permuted the wrong way",
     ),

@@ -52,6 +52,8 @@ def batched_cases(d):
         # (head_packing=False: one head per column block), its 2 heads are two head blocks.
         # bwd_dqkv2's default span, 32 >= w2 - 1: one program, one scratch layer.
         (Case(1, 20, 2, 1, d, 1, 18), False, None),
+        # 32 heads of a kv head fill a 32-row tile: bwd_dqkv2's one-position head sum (one_position).
+        (Case(1, 3, 32, 1, d, 2, 2), True, None),
     ]
 
 

@@ -55,7 +55,7 @@ import triton.language as tl
 
 from . import coverage
 from .coverage import count_common, hit
-from .kv import query_rows, rows_at
+from .kv import query_rows, rows_at, tile_offsets
 from .mask import j_window_mask
 from .operand import chunk_shifts, cross, mma, pair_operand, permuted
 from .seqlen import sequence_span
@@ -77,8 +77,9 @@ from .tiles import (
 #   rows_clipped   a program whose k range [P0 - L2, P0 + S - 1 + R2] leaves its sequence
 #   head_sum       a head sum over more than one query head (BLOCK_H > 1)
 #   dq_scratch     an offset step adding its dq part into the program's float32 slot (DQ_SCRATCH)
-P_SPAN_REPEAT, P_LAYER_UP, P_ROWS_CLIPPED, P_HEAD_SUM, P_DQ_SCRATCH = coverage.slots(
-    ("bwd_dqkv2",), "span_repeat", "layer_up", "rows_clipped", "head_sum", "dq_scratch"
+#   one_position   (DQ_SCRATCH) a head sum of a one-position tile in the tile's own layout
+P_SPAN_REPEAT, P_LAYER_UP, P_ROWS_CLIPPED, P_HEAD_SUM, P_DQ_SCRATCH, P_ONE_POSITION = coverage.slots(
+    ("bwd_dqkv2",), "span_repeat", "layer_up", "rows_clipped", "head_sum", "dq_scratch", "one_position"
 )
 #   layer_repeat   the reduce summing a second (third, ...) layer
 (P_LAYER_REPEAT,) = coverage.slots(("bwd_reduce2",), "layer_repeat", common=False)
@@ -106,12 +107,35 @@ def recomputed_j_block(
 
 
 @triton.jit
-def head_sum(x, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+def head_sum(x, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, IN_LAYOUT: tl.constexpr = False):
     """[BLOCK_P, BLOCK_D]: the rows of x [BLOCK_P * BLOCK_H, BLOCK_D] summed over their heads
-    (row r is position r // BLOCK_H, head r % BLOCK_H)."""
+    (row r is position r // BLOCK_H, head r % BLOCK_H). IN_LAYOUT (the DQ_SCRATCH tiles): a tile
+    of one position sums x's columns in x's own layout, where the reshape would first move the
+    float32 tile through shared memory (the model, sm_90 target, 64 x 32 tile: with kv_rows 181 ->
+    178 ms serialized); kept to those tiles, where it was measured."""
     if BLOCK_H == 1:
         return x
+    if IN_LAYOUT and BLOCK_P == 1:
+        return tl.sum(x, axis=0)[None, :]
     return tl.sum(tl.reshape(x, [BLOCK_P, BLOCK_H, BLOCK_D]), axis=1)
+
+
+@triton.jit
+def kv_rows(
+    base, first, offs, offs_p, stride_n, kd_mask, p0, pr, u, n, d_ok,
+    BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, PER_POSITION: tl.constexpr,
+):  # fmt: skip
+    """The k2 / v2 rows first + r of offset u for the tile's rows: loaded per row (offs, zero
+    where kd_mask is False), or (PER_POSITION, head-packed tiles) once per position p0 + pr (offs_p,
+    zero where its k = p0 + pr - u lies outside [0, n)) and repeated for the position's BLOCK_H
+    heads. PER_POSITION is the DQ_SCRATCH tiles' (the model, sm_90 target, 64 x 32 tile: 189 ->
+    181 ms serialized, one load per position instead of one per head); the float32 head-packed
+    16-row tiles spill 0.7-1.5 KB with it."""
+    if PER_POSITION and BLOCK_H > 1:
+        ks = p0 + pr - u
+        x = rows_at(base, first, offs_p, stride_n, ((p0 + pr < n) & (ks >= 0) & (ks < n))[:, None] & d_ok[None, :])
+        return tl.reshape(tl.broadcast_to(x[:, None, :], [BLOCK_P, BLOCK_H, BLOCK_D]), [BLOCK_P * BLOCK_H, BLOCK_D])
+    return rows_at(base, first, offs, stride_n, kd_mask)
 
 
 @triton.jit
@@ -125,10 +149,10 @@ def add_partial(P, first, offs, mask, part):
 
 @triton.jit
 def dv2_partial(DV2P, first, part_offs, mask, y, do_ptrs, kd_mask, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
-                BLOCK_D: tl.constexpr):  # fmt: skip
+                BLOCK_D: tl.constexpr, IN_LAYOUT: tl.constexpr):  # fmt: skip
     """dv2's partial of one offset step, sum over the tile's heads of y * dout, into the scratch."""
     do = tl.load(do_ptrs, mask=kd_mask, other=0.0).to(tl.float32)
-    add_partial(DV2P, first, part_offs, mask, head_sum(y * do, BLOCK_P, BLOCK_H, BLOCK_D))
+    add_partial(DV2P, first, part_offs, mask, head_sum(y * do, BLOCK_P, BLOCK_H, BLOCK_D, IN_LAYOUT))
 
 
 @triton.jit(do_not_specialize=["stride_lh", "stride_sl", "SPAN", "LAYERS"])
@@ -170,6 +194,7 @@ def _two_simplicial_bwd_dqkv2_kernel(
     hit(COUNTS, P_LAYER_UP, layer > 0, COUNT_PATHS)
     hit(COUNTS, P_ROWS_CLIPPED, (span0 - L2 < 0) | (span0 + SPAN - 1 + R2 >= n), COUNT_PATHS)
     hit(COUNTS, P_HEAD_SUM, BLOCK_H > 1, COUNT_PATHS)
+    hit(COUNTS, P_ONE_POSITION, DQ_SCRATCH and BLOCK_H > 1 and BLOCK_P == 1, COUNT_PATHS)
     # Partial rows of this program: layer, batch, head column; row start + k added per step.
     part_base = layer.to(tl.int64) * stride_sl + b * stride_sb + hcol.to(tl.int64) * D + start * stride_sn
     part_offs = pr[:, None] * stride_sn + d[None, :]
@@ -180,6 +205,7 @@ def _two_simplicial_bwd_dqkv2_kernel(
         stride_v1b, stride_v1n, stride_v1h, stride_v1d, stride_v2b, stride_v2n, stride_v2h, stride_v2d,
     )  # fmt: skip
     sh1, sh2 = chunk_shifts(d, D)  # determinant logits only
+    k2p_offs, v2p_offs = tile_offsets(pr, d, stride_k2n, stride_k2d), tile_offsets(pr, d, stride_v2n, stride_v2d)
     if DQ_SCRATCH:  # this program's dq slot: [BLOCK_M, BLOCK_D] float32, rows in tile order
         slot = (tl.program_id(2) * tl.num_programs(1) + hcol) * tl.num_programs(0) + c
         dq_slot = DQP + slot.to(tl.int64) * (BLOCK_M * BLOCK_D)
@@ -206,9 +232,15 @@ def _two_simplicial_bwd_dqkv2_kernel(
             # q, dout, k2 and v2 rows are re-read (from cache) after the j loop rather than held
             # across it: the loop already holds x and y (and dq without DQ_SCRATCH), [BLOCK_M, D]
             # float32 tiles.
-            k2u = rows_at(k2_base, r0 - u, k2_offs, stride_k2n, kd_mask)
+            k2u = kv_rows(
+                k2_base, r0 - u, k2_offs, k2p_offs, stride_k2n, kd_mask, p0, pr, u, n, d_ok,
+                BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+            )  # fmt: skip
             a = pair_operand(tl.load(q_ptrs, mask=kd_mask, other=0.0), k2u, d, sh1, sh2, dt, DET)
-            v2u = rows_at(v2_base, r0 - u, v2_offs, stride_v2n, kd_mask)
+            v2u = kv_rows(
+                v2_base, r0 - u, v2_offs, v2p_offs, stride_v2n, kd_mask, p0, pr, u, n, d_ok,
+                BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+            )  # fmt: skip
             bo = (tl.load(do_ptrs, mask=kd_mask, other=0.0).to(tl.float32) * v2u.to(tl.float32)).to(dt)
             x = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
             y = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -229,8 +261,11 @@ def _two_simplicial_bwd_dqkv2_kernel(
             # 64 x 32 spills 24-60 B otherwise); dq in registers keeps y to the end (the float32
             # head-packed 16-row tiles spill 0.7-1.5 KB otherwise).
             if DQ_SCRATCH:
-                dv2_partial(DV2P, first, part_offs, mask, y, do_ptrs, kd_mask, BLOCK_P, BLOCK_H, BLOCK_D)
-            k2u = rows_at(k2_base, r0 - u, k2_offs, stride_k2n, kd_mask)
+                dv2_partial(DV2P, first, part_offs, mask, y, do_ptrs, kd_mask, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH)
+            k2u = kv_rows(
+                k2_base, r0 - u, k2_offs, k2p_offs, stride_k2n, kd_mask, p0, pr, u, n, d_ok,
+                BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+            )  # fmt: skip
             q = tl.load(q_ptrs, mask=kd_mask, other=0.0)
             if DET:  # dq += x x k2, dk2 += q x x per chunk
                 x_1, x_2 = permuted(x, d, sh1, sh2)
@@ -247,9 +282,9 @@ def _two_simplicial_bwd_dqkv2_kernel(
                 tl.store(dq_slot + slot_offs, prev + dqu)
             else:
                 dq += dqu
-            add_partial(DK2P, first, part_offs, mask, head_sum(dk2, BLOCK_P, BLOCK_H, BLOCK_D))
+            add_partial(DK2P, first, part_offs, mask, head_sum(dk2, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH))
             if not DQ_SCRATCH:
-                dv2_partial(DV2P, first, part_offs, mask, y, do_ptrs, kd_mask, BLOCK_P, BLOCK_H, BLOCK_D)
+                dv2_partial(DV2P, first, part_offs, mask, y, do_ptrs, kd_mask, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH)
             # The next step's rows overlap these, maybe held by other threads of the CTA.
             tl.debug_barrier()
 

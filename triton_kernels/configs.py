@@ -273,13 +273,14 @@ def _dqkv2(arch, dc, fp32, packed, det):
     sm_90 head-packed: dq in a float32 slot per program (DQ_SCRATCH, bwd_dqkv2.py) frees the
     [64, D] dq tile's registers, which lets BLOCK_J grow to 32 (with dq in registers 64 x 32
     spills 84-288 B): the model, target shape, this kernel on an H100, overlapped / serialized ms,
-    64 x 16 with dq in registers 138 / 205 -> 64 x 32 with the slot 100 / 189. 64 rows on 8 warps
-    still compute the S and dP products, P and dA on both warp groups (2 exp per logit, 0.86 MMA
-    FLOPs per counted FLOP); tiles where a warp group owns whole rows would not (128 x 16 on 8
-    warps: 0.59 and 75 / 115 ms in the model) but even with the slot they spill 400-550 B (128 x
-    16 / 32 on 8 warps, 64 x 16 / 32 on 4: x and y alone take 128 registers a thread there, and
-    the [rows, D] addresses of q, dout and the slot do not fit beside them), as does 64 x 64 on 8
-    warps (160-180 B).
+    64 x 16 with dq in registers 138 / 205 -> 64 x 32 with the slot 100 / 189, and with its k2 / v2
+    rows loaded once per position and one-position head sums in place (bwd_dqkv2.py kv_rows,
+    head_sum) 96 / 178. 64 rows on 8 warps still compute the S and dP products, P and dA on both
+    warp groups (2 exp per logit, 0.86 MMA FLOPs per counted FLOP); tiles where a warp group owns
+    whole rows would not (128 x 16 on 8 warps: 0.59 and 75 / 115 ms in the model) but even with
+    the slot they spill 290-450 B (128 x 16 / 32 on 8 warps, 64 x 16 / 32 on 4: x and y alone
+    take 128 registers a thread there, and the [rows, D] addresses of q, dout and the slot do not
+    fit beside them), as does 64 x 64 on 8 warps (100-170 B).
 
     Columns: on 8 warps a 16- or 32-row mma.sync tile of the logits is split over the warps
     along BLOCK_J, so a narrow BLOCK_J replicates it (16 x 16: every logit, its exp and the S /
@@ -297,8 +298,9 @@ def _dqkv2(arch, dc, fp32, packed, det):
     with the wider BLOCK_J tiles, which are clean there too; 3.8 is clean): the determinant
     16-row tiles spill 56 B on sm_90 and 16 B on sm_80; correct, slower on the lent GPUs' triton
     3.6. sm_90's head-packed 64 x 32 with the dq slot is clean there at 2 stages (the 64 x 16 with
-    dq in registers it replaced spilled 72 B); at 3 stages it spills 88 B under 3.6 (none under
-    3.8, and the model ranks it below 2 stages: 100 / 191 ms), so it is not listed."""
+    dq in registers it replaced spilled 72 B); at 3 stages it spilled 88 B under 3.6 (before
+    kv_rows; none under 3.8, and the model ranks it below 2 stages: 97 / 185 ms), so it is not
+    listed."""
     if fp32:  # 16 warps for sequence tiles at D class 256 spill 88-460 B, 8 warps more
         warps = 8 if dc >= 256 or det or not packed else 4
         return [_c(16 if dc >= 256 and not packed else warps, 1, BLOCK_M=16, BLOCK_J=16)]

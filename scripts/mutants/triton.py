@@ -233,6 +233,22 @@ MUTANTS = [
         why="DQ_SCRATCH: each offset's dq part overwrites the slot: dq keeps the last offset u's part only",
     ),
     dict(
+        name="triton-dqkv2-kv-rows-of-the-first-position",
+        path="triton_kernels/bwd_dqkv2.py",
+        old="x = rows_at(base, first, offs_p, stride_n,",
+        new="x = rows_at(base, first, offs_p * 0, stride_n,",
+        tests=PATHS_D64,
+        why="DQ_SCRATCH head-packed tiles: every position of a tile reads the k2 / v2 row of its first position",
+    ),
+    dict(
+        name="triton-dqkv2-one-position-head-max",
+        path="triton_kernels/bwd_dqkv2.py",
+        old="return tl.sum(x, axis=0)[None, :]",
+        new="return tl.max(x, axis=0)[None, :]",
+        tests=PATHS_D64,
+        why="the one-position head sum (a tile of one position's heads) keeps one head's dk2 / dv2",
+    ),
+    dict(
         name="triton-dqkv2-head-sum-one-head",
         path="triton_kernels/bwd_dqkv2.py",
         old="return tl.sum(tl.reshape(x, [BLOCK_P, BLOCK_H, BLOCK_D]), axis=1)",

@@ -246,6 +246,9 @@ def test_dqkv2_map_matches_its_loops(causal):
         mult = s.B * s.Hkv * -(-s.group // bh)
         assert trips.levels[0] == -(-s.N // (bm // bh)) * mult
         assert trips.levels[1:] == _brute_fwd(s, bm, bj, bh), (bm, bj, bh)
+        # DQ_SCRATCH: the same loops, plus each program's float32 [BLOCK_M, D] dq slot in DRAM.
+        slots = maps.triton_dqkv2(s, dict(BLOCK_M=bm, BLOCK_J=bj, BLOCK_H=bh, DQ_SCRATCH=True))
+        assert slots.levels == trips.levels and slots.dram == trips.dram + 4 * trips.ctas * bm * s.D
 
 
 def test_a_kernel_without_a_map_or_with_another_nest_gets_a_row():

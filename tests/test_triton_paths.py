@@ -52,6 +52,8 @@ def batched_cases(d):
         # (head_packing=False: one head per column block), its 2 heads are two head blocks.
         # bwd_dqkv2's default span, 32 >= w2 - 1: one program, one scratch layer.
         (Case(1, 20, 2, 1, d, 1, 18), False, None),
+        # 32 heads of a kv head fill a 32-row tile: bwd_dqkv2's one-position head sum (one_position).
+        (Case(1, 3, 32, 1, d, 2, 2), True, None),
     ]
 
 
@@ -218,6 +220,22 @@ def test_dqkv2_scratch_layers_never_overlap_and_stay_bounded():
     shape = launch.dqkv2_scratch_shape(layers, 2 * 16384, 1, 1, 128)
     assert (span, layers) == (31, 2)
     assert 4 * torch.Size(shape).numel() == 8 * 2 * (2 * 16384) * 128 == 64 * 2**20
+
+
+def test_dq_slots_are_the_stated_size_at_the_target():
+    """bwd_dqkv2's dq slots (DQ_SCRATCH, triton_kernels/launch.py dq_slot_rows): one [BLOCK_M, BLOCK_D]
+    float32 slot per program, only where a config of the list keeps dq there. Target shape on an
+    H100 (B = 2, N = 16384, 64 heads packed on Hkv = 1, D = 128, w2 = 32): sm_90's 64-row tiles,
+    spans of 31 positions, 2 x 529 programs of 32 KiB: 33 MiB (a float32 dq would take 1 GiB)."""
+    from simplicial_attn.triton_kernels import configs, launch
+
+    assert launch.dq_slot_rows("bwd_dqkv2", "sm90", 128, False, True) == 64
+    assert launch.dq_slot_rows("bwd_dqkv2", "sm80", 128, False, True) == 0  # dq in registers there
+    assert launch.dq_slot_rows("bwd_dqkv2", configs.INTERP, 128, False, True) == 32  # the tests run the slots
+    span = launch.dqkv2_span(132, 16384, 1, 31, 2)
+    programs = -(-16384 // span) * 1 * 2
+    assert (span, programs) == (31, 1058)
+    assert programs * 64 * 128 * 4 == 1058 * 32 * 2**10 < 34 * 2**20
 
 
 def test_dqkv2_tiles_hold_whole_positions_on_every_arch():

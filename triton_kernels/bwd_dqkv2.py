@@ -30,6 +30,17 @@ stores and the next step's loads (another thread of the CTA may hold those addre
 bar.sync orders global memory within a CTA). `_reduce_dkv2_kernel` then sums the layers and
 head blocks in a fixed order: bitwise deterministic by construction.
 
+dq in a slot (DQ_SCRATCH, the configs that set it: sm_90's head-packed tiles). The tile owns its
+dq rows, but holding dq in registers beside x and y takes a third [BLOCK_M, D] float32 tile. With
+DQ_SCRATCH each offset step adds its part x * k2[i - u] into the program's own [BLOCK_M,
+BLOCK_D] float32 slot (read-modify-write in the tile's row order; the first step of a tile
+writes without reading, so the slots need no zeroing), behind the same CTA barrier as the
+partials; the tile's end reads the slot, scales and stores dq, then waits at a barrier before
+the next tile's first step overwrites it. A slot is used by one program only and stays in L2
+while the program runs. Size (launch.dq_slot_rows): programs x BLOCK_M x BLOCK_D x 4 bytes,
+with spans of S positions a fraction BLOCK_M / (BLOCK_H * S) of a float32 dq; target shape (529
+spans x 2 sequences, 64-row tiles, D = 128): 33 MiB.
+
 Scratch (launch.dqkv2_scratch_shape): 2 x LAYERS x T x Hkv x n_hblk x D float32, i.e.
 8 * LAYERS * T * Hkv * n_hblk * D bytes (T = B * N rows, or the packing's rows; n_hblk head
 blocks per kv head: 1 with head packing up to 64 heads, the group's size with sequence tiles),
@@ -44,7 +55,7 @@ import triton.language as tl
 
 from . import coverage
 from .coverage import count_common, hit
-from .kv import query_rows, rows_at
+from .kv import query_rows, rows_at, tile_offsets
 from .mask import j_window_mask
 from .operand import chunk_shifts, cross, mma, pair_operand, permuted
 from .seqlen import sequence_span
@@ -65,8 +76,10 @@ from .tiles import (
 #   layer_up       a program writing its partials into a scratch layer > 0
 #   rows_clipped   a program whose k range [P0 - L2, P0 + S - 1 + R2] leaves its sequence
 #   head_sum       a head sum over more than one query head (BLOCK_H > 1)
-P_SPAN_REPEAT, P_LAYER_UP, P_ROWS_CLIPPED, P_HEAD_SUM = coverage.slots(
-    ("bwd_dqkv2",), "span_repeat", "layer_up", "rows_clipped", "head_sum"
+#   dq_scratch     an offset step adding its dq part into the program's float32 slot (DQ_SCRATCH)
+#   one_position   (DQ_SCRATCH) a head sum of a one-position tile in the tile's own layout
+P_SPAN_REPEAT, P_LAYER_UP, P_ROWS_CLIPPED, P_HEAD_SUM, P_DQ_SCRATCH, P_ONE_POSITION = coverage.slots(
+    ("bwd_dqkv2",), "span_repeat", "layer_up", "rows_clipped", "head_sum", "dq_scratch", "one_position"
 )
 #   layer_repeat   the reduce summing a second (third, ...) layer
 (P_LAYER_REPEAT,) = coverage.slots(("bwd_reduce2",), "layer_repeat", common=False)
@@ -94,12 +107,35 @@ def recomputed_j_block(
 
 
 @triton.jit
-def head_sum(x, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+def head_sum(x, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, IN_LAYOUT: tl.constexpr = False):
     """[BLOCK_P, BLOCK_D]: the rows of x [BLOCK_P * BLOCK_H, BLOCK_D] summed over their heads
-    (row r is position r // BLOCK_H, head r % BLOCK_H)."""
+    (row r is position r // BLOCK_H, head r % BLOCK_H). IN_LAYOUT (the DQ_SCRATCH tiles): a tile
+    of one position sums x's columns in x's own layout, where the reshape would first move the
+    float32 tile through shared memory (the model, sm_90 target, 64 x 32 tile: with kv_rows 181 ->
+    178 ms serialized); kept to those tiles, where it was measured."""
     if BLOCK_H == 1:
         return x
+    if IN_LAYOUT and BLOCK_P == 1:
+        return tl.sum(x, axis=0)[None, :]
     return tl.sum(tl.reshape(x, [BLOCK_P, BLOCK_H, BLOCK_D]), axis=1)
+
+
+@triton.jit
+def kv_rows(
+    base, first, offs, offs_p, stride_n, kd_mask, p0, pr, u, n, d_ok,
+    BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, PER_POSITION: tl.constexpr,
+):  # fmt: skip
+    """The k2 / v2 rows first + r of offset u for the tile's rows: loaded per row (offs, zero
+    where kd_mask is False), or (PER_POSITION, head-packed tiles) once per position p0 + pr (offs_p,
+    zero where its k = p0 + pr - u lies outside [0, n)) and repeated for the position's BLOCK_H
+    heads. PER_POSITION is the DQ_SCRATCH tiles' (the model, sm_90 target, 64 x 32 tile: 189 ->
+    181 ms serialized, one load per position instead of one per head); the float32 head-packed
+    16-row tiles spill 0.7-1.5 KB with it."""
+    if PER_POSITION and BLOCK_H > 1:
+        ks = p0 + pr - u
+        x = rows_at(base, first, offs_p, stride_n, ((p0 + pr < n) & (ks >= 0) & (ks < n))[:, None] & d_ok[None, :])
+        return tl.reshape(tl.broadcast_to(x[:, None, :], [BLOCK_P, BLOCK_H, BLOCK_D]), [BLOCK_P * BLOCK_H, BLOCK_D])
+    return rows_at(base, first, offs, stride_n, kd_mask)
 
 
 @triton.jit
@@ -111,9 +147,17 @@ def add_partial(P, first, offs, mask, part):
     tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + part, mask=mask)
 
 
+@triton.jit
+def dv2_partial(DV2P, first, part_offs, mask, y, do_ptrs, kd_mask, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
+                BLOCK_D: tl.constexpr, IN_LAYOUT: tl.constexpr):  # fmt: skip
+    """dv2's partial of one offset step, sum over the tile's heads of y * dout, into the scratch."""
+    do = tl.load(do_ptrs, mask=kd_mask, other=0.0).to(tl.float32)
+    add_partial(DV2P, first, part_offs, mask, head_sum(y * do, BLOCK_P, BLOCK_H, BLOCK_D, IN_LAYOUT))
+
+
 @triton.jit(do_not_specialize=["stride_lh", "stride_sl", "SPAN", "LAYERS"])
 def _two_simplicial_bwd_dqkv2_kernel(
-    Q, K1, K2, V1, V2, DOUT, LSE, LSE_LO, DELTA, DQ, DK2P, DV2P, CU_SEQLENS, COUNTS,
+    Q, K1, K2, V1, V2, DOUT, LSE, LSE_LO, DELTA, DQ, DQP, DK2P, DV2P, CU_SEQLENS, COUNTS,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_k1b, stride_k1n, stride_k1h, stride_k1d,
     stride_k2b, stride_k2n, stride_k2h, stride_k2d,
@@ -128,6 +172,7 @@ def _two_simplicial_bwd_dqkv2_kernel(
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     VARLEN: tl.constexpr, DET: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+    DQ_SCRATCH: tl.constexpr = False,
 ):  # fmt: skip
     BLOCK_P: tl.constexpr = BLOCK_M // BLOCK_H
     start, n = sequence_span(CU_SEQLENS, N, VARLEN)
@@ -149,6 +194,7 @@ def _two_simplicial_bwd_dqkv2_kernel(
     hit(COUNTS, P_LAYER_UP, layer > 0, COUNT_PATHS)
     hit(COUNTS, P_ROWS_CLIPPED, (span0 - L2 < 0) | (span0 + SPAN - 1 + R2 >= n), COUNT_PATHS)
     hit(COUNTS, P_HEAD_SUM, BLOCK_H > 1, COUNT_PATHS)
+    hit(COUNTS, P_ONE_POSITION, DQ_SCRATCH and BLOCK_H > 1 and BLOCK_P == 1, COUNT_PATHS)
     # Partial rows of this program: layer, batch, head column; row start + k added per step.
     part_base = layer.to(tl.int64) * stride_sl + b * stride_sb + hcol.to(tl.int64) * D + start * stride_sn
     part_offs = pr[:, None] * stride_sn + d[None, :]
@@ -159,6 +205,11 @@ def _two_simplicial_bwd_dqkv2_kernel(
         stride_v1b, stride_v1n, stride_v1h, stride_v1d, stride_v2b, stride_v2n, stride_v2h, stride_v2d,
     )  # fmt: skip
     sh1, sh2 = chunk_shifts(d, D)  # determinant logits only
+    k2p_offs, v2p_offs = tile_offsets(pr, d, stride_k2n, stride_k2d), tile_offsets(pr, d, stride_v2n, stride_v2d)
+    if DQ_SCRATCH:  # this program's dq slot: [BLOCK_M, BLOCK_D] float32, rows in tile order
+        slot = (tl.program_id(2) * tl.num_programs(1) + hcol) * tl.num_programs(0) + c
+        dq_slot = DQP + slot.to(tl.int64) * (BLOCK_M * BLOCK_D)
+        slot_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_D + d[None, :]
 
     for p0 in range(span0, span_end, BLOCK_P):
         hit(COUNTS, P_SPAN_REPEAT, p0 > span0, COUNT_PATHS)
@@ -174,14 +225,22 @@ def _two_simplicial_bwd_dqkv2_kernel(
         delta = tl.load(DELTA + row_offs, mask=row_ok, other=0.0)
         u_lo, u_hi, j_lo, j_hi = query_tile_loops(p0, n, L1, R1, L2, R2, BLOCK_P)
 
-        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        if not DQ_SCRATCH:
+            dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for u in range(u_lo, u_hi + 1):
             k_ok, kd_mask = offset_rows(pos, u, row_ok, n, d_ok, u_lo, COUNTS, COUNT_PATHS)
             # q, dout, k2 and v2 rows are re-read (from cache) after the j loop rather than held
-            # across it: with x, y and dq the loop already holds three [BLOCK_M, D] float32 tiles.
-            k2u = rows_at(k2_base, r0 - u, k2_offs, stride_k2n, kd_mask)
+            # across it: the loop already holds x and y (and dq without DQ_SCRATCH), [BLOCK_M, D]
+            # float32 tiles.
+            k2u = kv_rows(
+                k2_base, r0 - u, k2_offs, k2p_offs, stride_k2n, kd_mask, p0, pr, u, n, d_ok,
+                BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+            )  # fmt: skip
             a = pair_operand(tl.load(q_ptrs, mask=kd_mask, other=0.0), k2u, d, sh1, sh2, dt, DET)
-            v2u = rows_at(v2_base, r0 - u, v2_offs, stride_v2n, kd_mask)
+            v2u = kv_rows(
+                v2_base, r0 - u, v2_offs, v2p_offs, stride_v2n, kd_mask, p0, pr, u, n, d_ok,
+                BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+            )  # fmt: skip
             bo = (tl.load(do_ptrs, mask=kd_mask, other=0.0).to(tl.float32) * v2u.to(tl.float32)).to(dt)
             x = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
             y = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -197,26 +256,44 @@ def _two_simplicial_bwd_dqkv2_kernel(
             kp_ok = (p0 + pr < n) & (ks >= 0) & (ks < n)
             first = part_base + tl.cast(p0 - u, tl.int64) * stride_sn
             mask = kp_ok[:, None] & d_ok[None, :]
-            # Rows masked out above (k outside, heads past the group, past n) hold zeros.
-            k2u = rows_at(k2_base, r0 - u, k2_offs, stride_k2n, kd_mask)
+            # Rows masked out above (k outside, heads past the group, past n) hold zeros. With dq
+            # in the slot y goes first, dying before x's two uses load their operands (sm_90's
+            # 64 x 32 spills 24-60 B otherwise); dq in registers keeps y to the end (the float32
+            # head-packed 16-row tiles spill 0.7-1.5 KB otherwise).
+            if DQ_SCRATCH:
+                dv2_partial(DV2P, first, part_offs, mask, y, do_ptrs, kd_mask, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH)
+            k2u = kv_rows(
+                k2_base, r0 - u, k2_offs, k2p_offs, stride_k2n, kd_mask, p0, pr, u, n, d_ok,
+                BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+            )  # fmt: skip
             q = tl.load(q_ptrs, mask=kd_mask, other=0.0)
             if DET:  # dq += x x k2, dk2 += q x x per chunk
                 x_1, x_2 = permuted(x, d, sh1, sh2)
                 k2_1, k2_2 = permuted(k2u, d, sh1, sh2)
-                dq += cross(x_1, x_2, k2_1, k2_2)
+                dqu = cross(x_1, x_2, k2_1, k2_2)
                 q_1, q_2 = permuted(q, d, sh1, sh2)
                 dk2 = cross(q_1, q_2, x_1, x_2)
             else:
-                dq += x * k2u.to(tl.float32)
+                dqu = x * k2u.to(tl.float32)
                 dk2 = x * q.to(tl.float32)
-            add_partial(DK2P, first, part_offs, mask, head_sum(dk2, BLOCK_P, BLOCK_H, BLOCK_D))
-            do = tl.load(do_ptrs, mask=kd_mask, other=0.0).to(tl.float32)
-            add_partial(DV2P, first, part_offs, mask, head_sum(y * do, BLOCK_P, BLOCK_H, BLOCK_D))
+            if DQ_SCRATCH:  # the first offset of the tile starts the slot afresh
+                hit(COUNTS, P_DQ_SCRATCH, True, COUNT_PATHS)
+                prev = tl.load(dq_slot + slot_offs, mask=u > u_lo, other=0.0)
+                tl.store(dq_slot + slot_offs, prev + dqu)
+            else:
+                dq += dqu
+            add_partial(DK2P, first, part_offs, mask, head_sum(dk2, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH))
+            if not DQ_SCRATCH:
+                dv2_partial(DV2P, first, part_offs, mask, y, do_ptrs, kd_mask, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH)
             # The next step's rows overlap these, maybe held by other threads of the CTA.
             tl.debug_barrier()
 
+        if DQ_SCRATCH:  # the last step's stores are behind its barrier
+            dq = tl.load(dq_slot + slot_offs)
         dq_ptrs = query_rows(DQ, b, h0, r0, rp, rh, d, stride_dqb, stride_dqn, stride_dqh, 1)
         tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        if DQ_SCRATCH:  # the next tile's first step overwrites the slot other threads just read
+            tl.debug_barrier()
 
 
 @triton.jit

@@ -54,7 +54,7 @@ def _c(num_warps, num_stages, **tiles):
 _INTERP = {
     # FOLD: head-packed trilinear tiles run fwd.py's folded loop, the others the offset loop.
     "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True, FOLD=True)],
-    "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32)],
+    "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, DQ_SCRATCH=True)],
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_C=16)],
 }
 
@@ -274,13 +274,26 @@ def _fwd16(arch, packed):
 
 def _dqkv2(arch, dc, fp32, packed, det):
     """bwd_dqkv2's lists (bwd_dqkv2.py). It holds three [BLOCK_M, D] float32 tiles across its j
-    loop (x, y and dq) where the forward holds two, plus the pair operands a and bo; the tiles
-    are the largest that compile free of spills (bench/verify/kernel_report.py, triton 3.8).
+    loop (x, y and dq; two where dq lives in a slot, DQ_SCRATCH) where the forward holds two, plus
+    the pair operands a and bo; the tiles are the largest that compile free of spills
+    (bench/verify/kernel_report.py, triton 3.8).
 
     Rows: head-packed tiles keep BLOCK_M = 64 on sm_90 (64 heads at one position, a whole wgmma
-    M; 32-row tiles run on mma.sync there: 247-325 ms serialized at the target against 205; 64 x
-    32 spills 84-288 B, 64 x 64 1 KB), 32 elsewhere (64 x 16 spills on sm_80 164 B, sm_100 660 B,
-    sm_120 608 B); sequence tiles (Hq / Hkv < 16) and D class 256 fit at 16 rows only.
+    M; 32-row tiles run on mma.sync there: 247-325 ms serialized at the target against 205), 32
+    elsewhere (64 x 16 spills on sm_80 164 B, sm_100 660 B, sm_120 608 B); sequence tiles
+    (Hq / Hkv < 16) and D class 256 fit at 16 rows only.
+
+    sm_90 head-packed: dq in a float32 slot per program (DQ_SCRATCH, bwd_dqkv2.py) frees the
+    [64, D] dq tile's registers, which lets BLOCK_J grow to 32 (with dq in registers 64 x 32
+    spills 84-288 B): the model, target shape, this kernel on an H100, overlapped / serialized ms,
+    64 x 16 with dq in registers 138 / 205 -> 64 x 32 with the slot 100 / 189, and with its k2 / v2
+    rows loaded once per position and one-position head sums in place (bwd_dqkv2.py kv_rows,
+    head_sum) 96 / 178. 64 rows on 8 warps still compute the S and dP products, P and dA on both
+    warp groups (2 exp per logit, 0.86 MMA FLOPs per counted FLOP); tiles where a warp group owns
+    whole rows would not (128 x 16 on 8 warps: 0.59 and 75 / 115 ms in the model) but even with
+    the slot they spill 290-450 B (128 x 16 / 32 on 8 warps, 64 x 16 / 32 on 4: x and y alone
+    take 128 registers a thread there, and the [rows, D] addresses of q, dout and the slot do not
+    fit beside them), as does 64 x 64 on 8 warps (100-170 B).
 
     Columns: on 8 warps a 16- or 32-row mma.sync tile of the logits is split over the warps
     along BLOCK_J, so a narrow BLOCK_J replicates it (16 x 16: every logit, its exp and the S /
@@ -295,15 +308,16 @@ def _dqkv2(arch, dc, fp32, packed, det):
     shared memory (not on sm_86 / sm_120) and spills 128-544 B with sequence tiles.
 
     Known exceptions under triton 3.6 only (scripts/triton_compat.py, 2026-12-07, rechecked
-    with the wider BLOCK_J tiles, which are clean there too; 3.8 is clean): sm_90's
-    head-packed 64 x 16 spills 72 B (64 B at 2 stages, 168 B at 1: no stage count avoids it),
-    the determinant 16-row tiles 56 B on sm_90 and 16 B on sm_80; correct, slower on the lent
-    GPUs' triton 3.6."""
+    with the wider BLOCK_J tiles, which are clean there too; 3.8 is clean): the determinant
+    16-row tiles spill 56 B on sm_90 and 16 B on sm_80; correct, slower on the lent GPUs' triton
+    3.6. sm_90's head-packed 64 x 32 with the dq slot is clean there at 2 stages (the 64 x 16 with
+    dq in registers it replaced spilled 72 B); at 3 stages it spilled 88 B under 3.6 (before
+    kv_rows; none under 3.8, and the model ranks it below 2 stages: 97 / 185 ms), so it is not
+    listed."""
     if fp32:  # 16 warps for sequence tiles at D class 256 spill 88-460 B, 8 warps more
         warps = 8 if dc >= 256 or det or not packed else 4
         return [_c(16 if dc >= 256 and not packed else warps, 1, BLOCK_M=16, BLOCK_J=16)]
     base = BASE[arch]
-    st = {"sm80": 3, "sm86": 2, "sm90": 3}[base]
     if det:
         return [_c(8, 2 if base != "sm80" else 3, BLOCK_M=16, BLOCK_J=16)]
     if dc >= 256:
@@ -312,7 +326,7 @@ def _dqkv2(arch, dc, fp32, packed, det):
     if not packed:
         return [_c(8, 2, BLOCK_M=16, BLOCK_J=32), _c(8, 1, BLOCK_M=16, BLOCK_J=64)]
     if base == "sm90":
-        return [_c(8, st, BLOCK_M=64, BLOCK_J=16)]
+        return [_c(8, 2, BLOCK_M=64, BLOCK_J=32, DQ_SCRATCH=True)]
     # 64 x 16 spills on sm_80 (164 B), sm_100 (660 B) and sm_120 (608 B): 32 heads a tile there.
     return [_c(8, 2, BLOCK_M=32, BLOCK_J=32), _c(8, 1, BLOCK_M=32, BLOCK_J=64)]
 

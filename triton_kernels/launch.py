@@ -173,6 +173,11 @@ def bwd(
     spans, layers = triton.cdiv(seqs.max_len, span), dqkv2_layers(seqs.max_len, span, L2 + R2)
     scratch = torch.zeros(dqkv2_scratch_shape(layers, B * N, HKV, n_hblk, D), dtype=torch.float32, device=q.device)
     stride_sb = 0 if seqs.packed else N * scratch.stride(2)
+    # dq slots of the configs with DQ_SCRATCH (bwd_dqkv2.py): never read before written, so not zeroed.
+    programs = (spans, HKV * n_hblk, seqs.count)
+    slot_rows = dq_slot_rows("bwd_dqkv2", arch, bd, fp32, packed_heads, forced.get("bwd_dqkv2"), det)
+    dq_slots = torch.empty(max(1, programs[0] * programs[1] * programs[2] * slot_rows * bd), dtype=torch.float32,
+                           device=q.device)  # fmt: skip
 
     counts = {k: coverage.buffer(k, q) for k in ("bwd_delta", "bwd_dqkv2", "bwd_reduce2", "bwd_dkv1")}
     with device_guard(q):
@@ -185,8 +190,8 @@ def bwd(
         dqkv2_kernel = configs.autotuned(
             "bwd_dqkv2", _two_simplicial_bwd_dqkv2_kernel, arch, bd, fp32, packed_heads, forced.get("bwd_dqkv2"), det
         )
-        dqkv2_kernel[(spans, HKV * n_hblk, seqs.count)](
-            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dq, scratch[0], scratch[1], seqs.cu_seqlens,
+        dqkv2_kernel[programs](
+            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dq, dq_slots, scratch[0], scratch[1], seqs.cu_seqlens,
             counts["bwd_dqkv2"], *common, *seqs.strides(dq)[:3], scratch.stride(1), stride_sb, scratch.stride(2),
             *sizes, span, layers,
             BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dqkv2"] is not None, **flags,
@@ -221,6 +226,15 @@ def dqkv2_tiling(group, head_packing, arch, bd, fp32, forced=None, det=False):
     packed = block_h > 1
     chosen = configs.config_list("bwd_dqkv2", arch, bd, fp32, packed, forced, det)
     return block_h, packed, max(c.kwargs["BLOCK_M"] // block_h for c in chosen)
+
+
+def dq_slot_rows(kernel, arch, bd, fp32, packed, forced=None, det=False):
+    """Rows of one program's float32 dq slot (bwd_dqkv2.py, DQ_SCRATCH): the largest BLOCK_M among
+    the configs that keep dq in the slot, 0 when none does. The slots take programs x rows x BLOCK_D
+    x 4 bytes, a float32 copy of the tile rows the programs hold at once: with spans of S positions
+    a fraction BLOCK_M / BLOCK_H / S of a float32 dq (padded to BLOCK_D and the head blocks)."""
+    chosen = configs.config_list(kernel, arch, bd, fp32, packed, forced, det)
+    return max((c.kwargs["BLOCK_M"] for c in chosen if c.kwargs.get("DQ_SCRATCH")), default=0)
 
 
 def dqkv2_layers(max_len, span, band):

@@ -188,7 +188,9 @@ def dqkv2_span(s, positions, heads, sms=132):
 def triton_dqkv2(s, tiles):
     """bwd_dqkv2: programs of a span of positions (dqkv2_span) x BLOCK_H heads; loops row tiles
     of the span, offsets u, j-blocks (four products each). q, dout in, dq out; lse, lse_lo,
-    delta in; the dk2 / dv2 partials into float32 scratch (each row once at least)."""
+    delta in; the dk2 / dv2 partials into float32 scratch (each row once at least), and with
+    DQ_SCRATCH each program's [BLOCK_M, D] float32 dq slot (its read-modify-writes per offset stay
+    in L2: the SASS's global requests)."""
     bm, bj, bh = tiles["BLOCK_M"], tiles["BLOCK_J"], tiles.get("BLOCK_H", 1)
     positions = bm // bh
     u, _, _, j_lo, j_hi = _query_tiles(s, positions)
@@ -196,8 +198,11 @@ def triton_dqkv2(s, tiles):
     span, layers = dqkv2_span(s, positions, bh)
     jb = _blocks(j_lo, j_hi, bj)
     scratch = 8 * layers * s.B * s.N * s.Hkv * _cdiv(s.group, bh) * s.D
+    ctas = _cdiv(s.N, span) * mult
+    if tiles.get("DQ_SCRATCH"):  # each program's float32 dq slot, written back once at least
+        scratch += 4 * ctas * bm * s.D
     return Trips(
-        ctas=_cdiv(s.N, span) * mult,
+        ctas=ctas,
         levels=[len(u) * mult, int(u.sum()) * mult, int((u * jb).sum()) * mult],
         logit=2,
         logits=bm * bj,

@@ -48,7 +48,7 @@ import time
 TARGET = dict(B=2, N=16384, HQ=64, HKV=1, W1=512, W2=32)
 # A decode step of the same model: one new token, caches of w1 + 1 and w2 + 1 slots.
 DECODE = dict(NQ=1, C1=1024, C2=64, SPLIT_J=64, N_SPLITS=8)
-PTR_F32 = {"LSE", "LSE_LO", "DELTA", "M_PART", "L_PART", "ACC_PART", "DK2P", "DV2P"}
+PTR_F32 = {"LSE", "LSE_LO", "DELTA", "M_PART", "L_PART", "ACC_PART", "DQP", "DK2P", "DV2P"}
 PTR_I32 = {"CU_SEQLENS", "CACHE_SEQLENS"}
 Q_LIKE = ("stride_q", "stride_o", "stride_do", "stride_dq")
 KV_LIKE = ("stride_k1", "stride_k2", "stride_v1", "stride_v2", "stride_g")

@@ -1,0 +1,387 @@
+// Backward, dq + dk2 + dv2 in one pass over the query tiles (issue 24), for head packing of >= 16
+// query heads per position (each warp's 16 rows at one position, as dq's and the forward's
+// kOneRow), trilinear logits and head dims <= 128. Per tile of (position, head) rows and per
+// offset u (k = i - u), with dA = P (dP - Delta) (CONTRACT §1):
+//
+//     S  = (q ⊙ k2[i - u]) @ k1_blk^T        P = exp(scale * S - lse - lse_lo)   (numerics.cuh)
+//     dP = (dout ⊙ v2[i - u]) @ v1_blk^T     over the j blocks of the window, then
+//     x += dA @ k1_blk,  y += P @ v1_blk     (x, y complete for this u)
+//     dq      += x ⊙ k2[i - u]                                   rows owned: stored once per tile
+//     dk2[k]  += sum over the tile's heads of x ⊙ q              (times scale in the reduce)
+//     dv2[k]  += sum over the tile's heads of y ⊙ dout
+//
+// Four tensor-core products per (u, j block) where dq + dkv2 took six (S and dP twice). Loop
+// order u outer, j inner: x and y of one u must be complete before their head sums, so the k1/v1
+// window streams through the cp.async stages once per u (the k2 / v2 row of a warp's position at
+// u rides in the same cp.async group as the u's first block).
+//
+// Registers: x, y and dq of 16 rows x 128 columns would be 3 x 64 fp32 a lane; as in the dkv
+// kernels two column warps share each 16 rows (kColWarps = 2), each computing S / dP for its half
+// of the j block, exchanging dA / P as mma A fragments through shared memory
+// (fragments.cuh block_step_operands) and accumulating x, y, dq for its half of the columns.
+//
+// Deterministic without atomics. The head sums of one u are summed over the warp's 16 rows by a
+// reduce-scatter of shuffles (head_sum), over the CTA's row warps at one position through shared
+// memory (sred), then added into float32 scratch (read-modify-write). A CTA owns a SPAN of
+// span_tiles consecutive tiles of one sequence (p.span_tiles * positions positions, one tile after
+// the other), so it touches rows k in [P0 - L2, P0 + S - 1 + R2] only. It adds into layer
+// span % layers of the scratch, at the rows' absolute positions, with layers = 1 + ceil((L2 + R2)
+// / S) (capped by the spans): the rows of one layer's CTAs are disjoint. Within a CTA one thread
+// owns each scratch column (static_assert below), and B2 orders one step's stores before the
+// next step's loads anyway. dkv2_reduce_kernel then sums the layers and head blocks in a fixed
+// order. Scratch: 2 x layers x (B * N) x Hkv x head_blocks x D float32, zeroed by the caller;
+// layers <= 4 by the plan (launch_bwd.cuh plan_dqkv2), head_blocks = ceil(group / 32).
+#pragma once
+
+#include "fragments.cuh"
+#include "logit_operand.cuh"
+#include "numerics.cuh"
+#include "query_tile.cuh"
+
+namespace simplicial_attn::cuda {
+
+template <int DP>
+struct DqKv2Config {
+  static_assert(DP <= 128, "the fused kernel's accumulators are sized for head dims <= 128");
+  static constexpr int kHeadDim = DP;
+  static constexpr int kRows = 32;  // (position, head) rows: 1 position of 32 heads or 2 of 16
+  static constexpr int kRowWarps = kRows / 16;
+  static constexpr int kColWarps = 2;
+  static constexpr int kWarps = kRowWarps * kColWarps;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kBlockJ = 32;
+  static constexpr int kWarpJ = kBlockJ / kColWarps;  // j positions per warp in S / dP
+  static constexpr int kWarpCols = DP / kColWarps;    // x, y, dq columns per warp
+  static constexpr int kOutCols = DP;                 // plan_query_tiles: no split over grid.z
+  static constexpr int kStages = 2;
+  static constexpr int kPositions = kRows / 16;  // positions per tile, at most (>= 16 heads each)
+  // sx: per row warp and 16 j positions, dA and P as A fragments (4 x 32 bits per lane).
+  static constexpr int kXWords = kRowWarps * (kBlockJ / 16) * 2 * 32 * 4;
+  static constexpr int kRowBytes = (DP + 8) * 2;
+  // q and dout (two buffers each), the k1/v1 stages, the k2/v2 rows (two buffers each), sx, sred.
+  static constexpr int kSmemBytes =
+      kRowBytes * (2 * 2 * kRows + 2 * kStages * kBlockJ + 2 * 2 * kPositions) + kXWords * 4 + kRowWarps * 2 * DP * 4;
+  static_assert(kWarpJ == 16 && kWarpCols % 32 == 0, "head_sum and the exchange take these shapes");
+  static_assert(2 * DP % kThreads == 0, "one thread owns each scratch column of a position");
+  static_assert(kSmemBytes <= kSmemLimit, "dq/dk2/dv2 tiles exceed the shared memory of an sm_86 block");
+};
+
+// The dk2 / dv2 partial sums: [2 (dk2, dv2)][layers][rows = B * N][Hkv][head_blocks][D] float32.
+struct Dkv2Scratch {
+  float* base;
+  int64_t rows;
+  int layers, Hkv, head_blocks, D;
+  SA_DEV float* at(int which, int layer, int64_t row, int g, int hb, int col) const {
+    return base + ((((static_cast<int64_t>(which) * layers + layer) * rows + row) * Hkv + g) * head_blocks + hb) * D +
+           col;
+  }
+};
+
+struct DqKv2KernelParams : QueryTileParams, GradInputs {
+  MutTensorRef dq;
+  Dkv2Scratch scratch;
+  int span_tiles;  // position tiles per CTA (pos_tiles counts spans per sequence)
+};
+
+// acc += a @ b over output columns col0 + 8 nt (nt < kTiles): a the A fragments of kK 16-deep
+// steps (dA or P of a block), b a k-major tile (row = j, e.g. k1[j][d]).
+template <class T, int DP, int kK, int kTiles>
+SA_DEV void add_products(float (&acc)[kTiles][4], const uint32_t (&a)[kK][4], const Tile<T, DP>& b,
+                         int col0 SA_SITE_ARG) {
+#pragma unroll
+  for (int nt = 0; nt < kTiles; nt += 2) {
+#pragma unroll
+    for (int kk = 0; kk < kK; ++kk) {
+      uint32_t b0[2], b1[2];
+      ldsm_b_kmajor(b0, b1, b, kk * 16, col0 + nt * 8 SA_SITE_NEXT);
+      mma_acc<T>(acc[nt], a[kk], b0 SA_SITE_NEXT);
+      mma_acc<T>(acc[nt + 1], a[kk], b1 SA_SITE_NEXT);
+    }
+  }
+}
+
+// The sum over a warp's 16 rows of t ⊙ w (t C fragments of columns col0 + 8 nt, w the shared rows
+// of the lane's two fragment rows, element-wise in fp32): the head sum of a warp whose rows are
+// heads of one position. A reduce-scatter over the 8 row groups g = lane / 4 (lane bits 2-4): each
+// level keeps the half of the values its lane bit selects and adds the partner's copy of it, so 3
+// levels leave each lane V / 8 of the V = 2 kTiles column sums, V - 2 shuffles instead of 3 V.
+// out[m] is flattened index i = (V / 8) g + m, column col0 + 8 (i / 2) + 2 (lane % 4) + i % 2
+// (head_sum_col).
+template <class T, int kTiles>
+SA_DEV void head_sum(float (&out)[kTiles / 4], const float (&t)[kTiles][4], const T* const (&w)[2],
+                     int col0 SA_SITE_ARG) {
+  constexpr int V = 2 * kTiles;
+  static_assert(V % 8 == 0, "3 levels of halving");
+  float v[V];
+#pragma unroll
+  for (int nt = 0; nt < kTiles; ++nt) {
+    const float2 w0 = sload_pair(w[0], col0 + nt * 8 + frag_col(0));
+    const float2 w1 = sload_pair(w[1], col0 + nt * 8 + frag_col(2));
+    v[2 * nt] = t[nt][0] * w0.x + t[nt][2] * w1.x;
+    v[2 * nt + 1] = t[nt][1] * w0.y + t[nt][3] * w1.y;
+  }
+  const int l = lane_id();
+  float v1[V / 2], v2[V / 4];
+#pragma unroll
+  for (int i = 0; i < V / 2; ++i) {
+    const bool hi = (l & 16) != 0;
+    v1[i] = (hi ? v[i + V / 2] : v[i]) + shuffle_xor(hi ? v[i] : v[i + V / 2], 16 SA_SITE_NEXT);
+  }
+#pragma unroll
+  for (int i = 0; i < V / 4; ++i) {
+    const bool hi = (l & 8) != 0;
+    v2[i] = (hi ? v1[i + V / 4] : v1[i]) + shuffle_xor(hi ? v1[i] : v1[i + V / 4], 8 SA_SITE_NEXT);
+  }
+#pragma unroll
+  for (int i = 0; i < V / 8; ++i) {
+    const bool hi = (l & 4) != 0;
+    out[i] = (hi ? v2[i + V / 8] : v2[i]) + shuffle_xor(hi ? v2[i] : v2[i + V / 8], 4 SA_SITE_NEXT);
+  }
+}
+template <int kTiles>
+SA_DEV int head_sum_col(int m, int col0) {
+  const int i = (kTiles / 4) * (lane_id() >> 2) + m;
+  return col0 + 8 * (i >> 1) + frag_col(i & 1);
+}
+
+template <class T, class Cfg>
+SA_GLOBAL(Cfg::kThreads)
+dqkv2_kernel(const DqKv2KernelParams p) {
+  constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BJ = Cfg::kBlockJ, WJ = Cfg::kWarpJ, WC = Cfg::kWarpCols;
+  constexpr int kThreads = Cfg::kThreads, kRowWarps = Cfg::kRowWarps;
+  using TileT = Tile<T, DP>;
+
+  // ---- The CTA's span: tiles ti < n_tiles of positions span_p0 + ti * positions (query_tile_at).
+  const SeqSpan seq = seq_span(p.prob, p.N, block_x() / p.pos_tiles);
+  const int span = block_x() % p.pos_tiles, positions = BM >> p.log2_heads;
+  const int span_p0 = span * p.span_tiles * positions;
+  SA_PATH(span_p0 >= seq.len, "tile: past the sequence's end");
+  if (span_p0 >= seq.len) return;  // the whole CTA, before any barrier
+  const int n_tiles = imin(p.span_tiles, ceil_div(seq.len - span_p0, positions));
+  const int layer = span % p.scratch.layers, hb = block_y() % p.head_blocks, D = p.D;
+  SA_PATH(layer > 0, "scratch: layer > 0");
+  const auto tile_at = [&](int ti) { return query_tile_at<BM>(p, seq, span_p0 + ti * positions); };
+  const auto n_jblocks = [&](const QueryTile& t) { return ceil_div(t.j_hi - t.j_lo + 1, BJ); };
+
+  // ---- Shared memory. Owners and barriers (B1 / B2: start and end of an iteration):
+  //   sq, sdo buffer ti % 2    tile ti's rows: written during the last iteration of tile ti - 1
+  //                            (after B2 of the one before, the last reader of tile ti - 2), read
+  //                            after B1.
+  //   k2/v2 rows buffer nu % 2 the rows of the nu-th offset u the CTA visits, likewise one u ahead.
+  //   k1/v1 stage it % 2       filled during iteration it - 1, read after B1 of iteration it.
+  //   sx                       dA / P of one iteration, written by each column warp for its j
+  //                            positions, read by the warps of the same rows after [X]; written
+  //                            again after B1 of the next iteration.
+  //   sred                     head sums of one u per row warp: written before [R], read after it
+  //                            and before B2.
+  SmemCarver carver{dynamic_smem()};
+  T* const q_bufs = carver.take<T>(2 * BM * TileT::kLd);
+  T* const do_bufs = carver.take<T>(2 * BM * TileT::kLd);
+  T* const k1_stages = carver.take<T>(Cfg::kStages * BJ * TileT::kLd);
+  T* const v1_stages = carver.take<T>(Cfg::kStages * BJ * TileT::kLd);
+  T* const k2_bufs = carver.take<T>(2 * Cfg::kPositions * TileT::kLd);
+  T* const v2_bufs = carver.take<T>(2 * Cfg::kPositions * TileT::kLd);
+  uint4* const sx = carver.take<uint4>(Cfg::kXWords / 4);
+  float* const sred = carver.take<float>(kRowWarps * 2 * DP);
+  const auto sq = [&](int b) { return TileT{q_bufs + b * BM * TileT::kLd}; };
+  const auto sdo = [&](int b) { return TileT{do_bufs + b * BM * TileT::kLd}; };
+  const auto sk1 = [&](int stage) { return TileT{k1_stages + stage * BJ * TileT::kLd}; };
+  const auto sv1 = [&](int stage) { return TileT{v1_stages + stage * BJ * TileT::kLd}; };
+  const auto sk2 = [&](int b) { return TileT{k2_bufs + b * Cfg::kPositions * TileT::kLd}; };
+  const auto sv2 = [&](int b) { return TileT{v2_bufs + b * Cfg::kPositions * TileT::kLd}; };
+
+  // Iterations walk (tile ti, offset u, k1/v1 block jb), jb fastest; nu counts the offsets visited.
+  struct Step {
+    int ti, u, jb, nu;
+  };
+  const auto next = [&](Step s) {
+    const QueryTile t = tile_at(s.ti);
+    if (++s.jb == n_jblocks(t)) {
+      s.jb = 0;
+      ++s.nu;
+      if (++s.u > t.u_hi && ++s.ti < n_tiles) s.u = tile_at(s.ti).u_lo;
+    }
+    return s;
+  };
+  // A step's loads: its tile's q / dout rows (first step of a tile), its k2 / v2 rows (first
+  // block of a u: row r of the buffer is the k of position p0 + r) and its k1/v1 block.
+  const auto load_step = [&](Step s, int stage) {
+    const QueryTile t = tile_at(s.ti);
+    if (s.jb == 0) {
+      if (s.u == t.u_lo) {
+        SA_PATH(s.ti > 0, "span: next tile");
+        load_tile<kThreads>(sq(s.ti & 1), BM, D, p.vec, p.q.ptr, query_rows<T>(p.q, t, p.group));
+        load_tile<kThreads>(sdo(s.ti & 1), BM, D, p.vec, p.dout.ptr, query_rows<T>(p.dout, t, p.group));
+      }
+      load_row_pair<kThreads>(sk2(s.nu & 1), sv2(s.nu & 1), p.k2, p.v2, seq, t.g, t.rt.p0 - s.u, positions,
+                              Span{0, seq.len - 1}, D, p.vec);
+    }
+    const int j0 = t.j_lo + s.jb * BJ;
+    load_row_pair<kThreads>(sk1(stage), sv1(stage), p.k1, p.v1, seq, t.g, j0, BJ, Span{j0, t.j_hi}, D, p.vec);
+  };
+
+  // ---- This warp: 16 rows (row_warp) and, of the j block and of the columns, its half.
+  const int row_warp = warp_id() % kRowWarps, col_warp = warp_id() / kRowWarps;
+  const int j0w = col_warp * WJ, col0w = col_warp * WC;
+  SA_PATH(col_warp > 0, "output: second column warp");
+  SA_PATH(true, "tile: one position per warp");
+  const auto x_slot = [&](int kk, int which) {
+    return sx + ((row_warp * (BJ / 16) + kk) * 2 + which) * 32 + lane_id();
+  };
+
+  float x[WC / 8][4], y[WC / 8][4], dq[WC / 8][4];
+  zero_acc(x);
+  zero_acc(y);
+  zero_acc(dq);
+  float lse[2] = {0.f, 0.f}, lse_lo[2] = {0.f, 0.f}, delta[2] = {0.f, 0.f};
+
+  Step s{0, tile_at(0).u_lo, 0, 0};
+  load_step(s, 0);
+  cp_async_commit();
+  for (int it = 0; s.ti < n_tiles; ++it) {
+    const int stage = it % Cfg::kStages;
+    const Step n = next(s);
+    if (n.ti < n_tiles) {
+      SA_PATH(true, "pipeline: prefetch");
+      load_step(n, (it + 1) % Cfg::kStages);
+      cp_async_commit();
+      cp_async_wait<1>();  // all groups but the prefetch just issued are complete
+    } else {
+      cp_async_wait<0>();
+    }
+    cta_sync();  // B1: this step's q / dout, k2 / v2 rows and k1/v1 block are visible
+
+    const QueryTile qt = tile_at(s.ti);
+    const LaneRows lr = lane_rows(qt, p.prob.band1, row_warp);
+    if (s.u == qt.u_lo && s.jb == 0) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t stat = stat_index(seq, p.Hq, p.N, qt.query_head(lr.row(h), p.group), lr.pos[h]);
+        lse[h] = lr.ok[h] ? gload(p.lse + stat) : 0.f;
+        lse_lo[h] = lr.ok[h] ? gload(p.lse_lo + stat) : 0.f;
+        delta[h] = lr.ok[h] ? gload(p.delta + stat) : 0.f;
+      }
+    }
+    SA_PATH(s.jb > 0, "pipeline: next j block");
+    SA_PATH(s.jb == 0 && s.u > qt.u_lo, "pipeline: next u");
+    const TileT tq = sq(s.ti & 1), tdo = sdo(s.ti & 1), tk2 = sk2(s.nu & 1), tv2 = sv2(s.nu & 1);
+    const OffsetRows o = offset_rows(qt, lr, s.u, qt.rt.p0 - s.u);
+    const T* const q_h[2] = {tq.row(lr.row(0)), tq.row(lr.row(1))};
+    const T* const k2_h[2] = {tk2.row(o.h[0]), tk2.row(o.h[1])};
+
+    // S = (q ⊙ k2) @ k1_blk^T and dP = (dout ⊙ v2) @ v1_blk^T over this warp's j positions, k2 and
+    // v2 from the warp's one row (kOneRow).
+    const int j0 = qt.j_lo + s.jb * BJ;
+    float sp[WJ / 8][4], dp[WJ / 8][4];
+    const LogitRows<T> logit_rows{false, D, tq.row(lr.a_row), tk2.row(o.a), q_h, k2_h};
+    const TileT k1w{sk1(stage).row(j0w)}, v1w{sv1(stage).row(j0w)};
+    logits_and_dp<T, DP, WJ, true>(sp, dp, logit_rows, tdo.row(lr.a_row), tv2.row(o.a), k1w, v1w);
+
+    // P and dA = P (dP - Delta), zero outside the (j, k) window; P overwrites S, dA overwrites dP.
+#pragma unroll
+    for (int nt = 0; nt < WJ / 8; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int h = i >> 1, j = j0 + j0w + nt * 8 + frag_col(i);
+        const bool in = o.ok[h] && j >= lr.jmin[h] && j <= lr.jmax[h];
+        SA_PATH(o.ok[h] && !in, "mask: j outside the window");
+        sp[nt][i] = in ? prob_from_lse(logit(sp[nt][i], p.prob.scale), lse[h], lse_lo[h]) : 0.f;
+        dp[nt][i] = sp[nt][i] * (dp[nt][i] - delta[h]);
+      }
+    }
+
+    // x += dA @ k1_blk, y += P @ v1_blk over this warp's columns, dA and P of the whole block as A
+    // operands (the other column warp's j positions through sx, [X]).
+    uint32_t da[BJ / 16][4], pa[BJ / 16][4];
+    block_step_operands<T, WJ / 16, BJ / 16>(da, pa, dp, sp, j0w / 16, x_slot);
+    add_products<T>(x, da, sk1(stage), col0w);
+    add_products<T>(y, pa, sv1(stage), col0w);
+
+    if (s.jb == n_jblocks(qt) - 1) {
+      // x and y of this u are complete: dq += x ⊙ k2 (one row), and the head sums of x ⊙ q and
+      // y ⊙ dout into sred (this row warp's columns of this column warp).
+      const T* const do_h[2] = {tdo.row(lr.row(0)), tdo.row(lr.row(1))};
+#pragma unroll
+      for (int nt = 0; nt < WC / 8; ++nt) add_times_rows<T>(dq, nt, x[nt], k2_h, col0w, true);
+      float hx[WC / 32], hy[WC / 32];
+      head_sum<T>(hx, x, q_h, col0w);
+      head_sum<T>(hy, y, do_h, col0w);
+#pragma unroll
+      for (int m = 0; m < WC / 32; ++m) {
+        const int col = head_sum_col<WC / 8>(m, col0w);
+        sstore(sred + (row_warp * 2 + 0) * DP + col, hx[m]);
+        sstore(sred + (row_warp * 2 + 1) * DP + col, hy[m]);
+      }
+      zero_acc(x);
+      zero_acc(y);
+      cta_sync();  // [R]: every row warp's head sums are in sred
+
+      // Scratch rows k = p0 + ps - u of the tile's positions ps += the sums of the row warps at
+      // ps (one row warp per position with 16 heads, both with 32), in row-warp order.
+      SA_PATH(positions > 1, "head sum: a position per row warp");
+      SA_PATH(positions == 1, "head sum: row warps of one position");
+      for (int w = thread_id(); w < positions * 2 * DP; w += kThreads) {
+        const int ps = w / (2 * DP), which = (w / DP) & 1, col = w % DP;
+        const int pos = qt.rt.p0 + ps, k = pos - s.u;
+        const bool in = col < D && pos < seq.len && k >= 0 && k < seq.len;
+        SA_PATH(col < D && pos < seq.len && !in, "scratch: k outside the sequence");
+        if (!in) continue;
+        float sum = 0.f;
+#pragma unroll
+        for (int rw = 0; rw < kRowWarps; ++rw)
+          if (((16 * rw) >> p.log2_heads) == ps) sum += sload(sred + (rw * 2 + which) * DP + col);
+        const int64_t row = static_cast<int64_t>(seq.batch) * p.N + seq.row0 + k;
+        float* const dst = p.scratch.at(which, layer, row, qt.g, hb, col);
+        gstore(dst, gload(dst) + sum);
+      }
+
+      if (s.u == qt.u_hi) {
+        // The tile's last step: its dq rows are complete.
+        T* dq_row[2];
+        lane_out_rows<T>(dq_row, p.dq, qt, lr, p.group);
+        const float scale[2] = {p.prob.scale, p.prob.scale};
+        store_acc_rows<T>(dq, dq_row, scale, col0w, D);
+        zero_acc(dq);
+      }
+    }
+    cta_sync();  // B2: every warp is done with this stage, sx, sred and (at a tile's end) q / dout
+    s = n;
+  }
+}
+
+// dk2 = scale * (sum of the scratch's dk2 partials), dv2 = sum of its dv2 partials, over the
+// layers and head blocks in a fixed order: one thread per output element (row, kv head, column).
+struct Dkv2ReduceParams {
+  Dkv2Scratch scratch;
+  MutTensorRef dk2, dv2;
+  int N;
+  float scale;
+};
+
+constexpr int kReduceThreads = 128;
+
+template <class T>
+SA_GLOBAL(kReduceThreads)
+dkv2_reduce_kernel(const Dkv2ReduceParams p) {
+  const Dkv2Scratch& sc = p.scratch;
+  const int64_t idx = static_cast<int64_t>(block_x()) * kReduceThreads + thread_id();
+  const int64_t total = sc.rows * sc.Hkv * sc.D;
+  SA_PATH(idx >= total, "tail: threads past the last element");
+  if (idx >= total) return;  // no barrier follows
+  const int col = static_cast<int>(idx % sc.D), g = static_cast<int>((idx / sc.D) % sc.Hkv);
+  const int64_t row = idx / (static_cast<int64_t>(sc.D) * sc.Hkv);
+  SA_PATH(sc.layers > 1, "reduce: several layers");
+  SA_PATH(sc.head_blocks > 1, "reduce: several head blocks");
+  float sk = 0.f, sv = 0.f;
+  for (int l = 0; l < sc.layers; ++l) {
+    for (int hb = 0; hb < sc.head_blocks; ++hb) {
+      sk += gload(sc.at(0, l, row, g, hb, col));
+      sv += gload(sc.at(1, l, row, g, hb, col));
+    }
+  }
+  const int b = static_cast<int>(row / p.N), n = static_cast<int>(row % p.N);
+  gstore(row_ptr<T>(p.dk2, b, n, g) + col, Elem<T>::from_float(sk * p.scale));
+  gstore(row_ptr<T>(p.dv2, b, n, g) + col, Elem<T>::from_float(sv));
+}
+
+}  // namespace simplicial_attn::cuda

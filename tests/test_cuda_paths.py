@@ -36,7 +36,12 @@ SPLIT = "output: second column half"
 COL_WARP = "output: second column warp"
 FUSED = {"pipeline: prefetch", "pipeline: next j block", "pipeline: next u", "span: next tile", COL_WARP}
 FUSED |= {"tile: one position per warp", "head sum: a position per row warp", "head sum: row warps of one position"}
-FUSED |= {"scratch: layer > 0", "scratch: k outside the sequence"}
+FUSED |= {
+    "scratch: layer > 0",
+    "scratch: k outside the sequence",
+    "load: k1/v1 block by cp.async",
+    "load: k1/v1 block tail",
+}
 SIMT = {"lanes past D", "tail: warps past the last row", "varlen: packed layout", "logits: determinant"}
 # kernel -> {path: the padded head dims it exists at}; head dim 0 labels the delta kernel.
 ALL = (64, 128, 256)

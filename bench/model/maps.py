@@ -416,10 +416,10 @@ def cuda_dqkv2_plan(s, dp):
 
 
 def cuda_dqkv2(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map)
-    """dqkv2_kernel (DqKv2Config: 32 rows, 2 column warps per 16 rows, j blocks of 32): one loop over
-    the (tile, u, j-block) steps of a span, with logits_and_dp's kt loop (DP / 16, unroll 2) inside.
-    The non-tensor-core loops of a step (the k1 / v1 block's loads) counted every step; the q /
-    dout tile loads (once per tile), k2 / v2 rows and the scratch adds (once per u) are rarer."""
+    """dqkv2_kernel (DqKv2Config: 32 rows, 2 column warps per 16 rows, j blocks of 32): loops tiles of
+    a span, offsets u (the epilogue: head sums, scratch adds, the next u's k2 / v2 rows and, once
+    a tile, its q / dout), j blocks (a step: the k1 / v1 block's loads), kt (logits_and_dp's DP / 16
+    k-steps, unroll 2)."""
     L1, R1, L2, R2 = _swapped(s)
     heads = _heads_per_tile(s.group, 32)
     positions = 32 // heads
@@ -428,14 +428,16 @@ def cuda_dqkv2(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA 
     u = np.maximum(np.minimum(L2, p_last) - np.maximum(-R2, p0 - s.N + 1) + 1, 0)
     jb = _blocks(np.maximum(p0 - L1, 0), np.minimum(p_last + R1, s.N - 1), 32)
     ctas, layers, hblk = cuda_dqkv2_plan(s, dp)
-    steps = int((jb * u).sum()) * s.B * s.Hkv * hblk
+    mult = s.B * s.Hkv * hblk
+    steps = int((jb * u).sum()) * mult
     scratch = 8 * layers * s.B * s.N * s.Hkv * hblk * s.D
     return Trips(
         ctas=ctas,
-        levels=[steps, steps * (dp // 32)],
-        logit=0,
+        levels=[len(p0) * mult, int(u.sum()) * mult, steps, steps * (dp // 32)],
+        logit=2,
         logits=32 * 32,
-        side={0: _cdiv(32 * dp // 8, 128)},
+        # u: the scratch adds (positions x 2 x DP columns over 128 threads); step: the k1 / v1 loads.
+        side={1: _cdiv(positions * 2 * dp, 128), 2: _cdiv(32 * dp // 8, 128)},
         dram=_qkv_bytes(s, 2) + _stats_bytes(s, 3) + scratch,
     )
 

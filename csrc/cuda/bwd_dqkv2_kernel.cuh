@@ -18,7 +18,9 @@
 // Registers: x, y and dq of 16 rows x 128 columns would be 3 x 64 fp32 a lane; as in the dkv
 // kernels two column warps share each 16 rows (kColWarps = 2), each computing S / dP for its half
 // of the j block, exchanging dA / P as mma A fragments through shared memory
-// (fragments.cuh block_step_operands) and accumulating x, y, dq for its half of the columns.
+// (fragments.cuh block_step_operands) and accumulating x, y for its half of the columns; dq, added
+// to once per u, lives in shared memory (sdq, fp32, each element one lane's), not in registers
+// (ptxas for sm_86 / sm_90 spills with a third accumulator at 128).
 //
 // Deterministic without atomics. The head sums of one u are summed over the warp's 16 rows by a
 // reduce-scatter of shuffles (head_sum), over the CTA's row warps at one position through shared
@@ -59,8 +61,9 @@ struct DqKv2Config {
   static constexpr int kXWords = kRowWarps * (kBlockJ / 16) * 2 * 32 * 4;
   static constexpr int kRowBytes = (DP + 8) * 2;
   // q and dout (two buffers each), the k1/v1 stages, the k2/v2 rows (two buffers each), sx, sred.
-  static constexpr int kSmemBytes =
-      kRowBytes * (2 * 2 * kRows + 2 * kStages * kBlockJ + 2 * 2 * kPositions) + kXWords * 4 + kRowWarps * 2 * DP * 4;
+  static constexpr int kDqLd = DP + 8;  // sdq's row stride in floats (fewer bank conflicts than DP)
+  static constexpr int kSmemBytes = kRowBytes * (2 * 2 * kRows + 2 * kStages * kBlockJ + 2 * 2 * kPositions) +
+                                    kXWords * 4 + kRowWarps * 2 * DP * 4 + kRows * kDqLd * 4;
   static_assert(kWarpJ == 16 && kWarpCols % 32 == 0, "head_sum and the exchange take these shapes");
   static_assert(2 * DP % kThreads == 0, "one thread owns each scratch column of a position");
   static_assert(kSmemBytes <= kSmemLimit, "dq/dk2/dv2 tiles exceed the shared memory of an sm_86 block");
@@ -144,6 +147,28 @@ SA_DEV int head_sum_col(int m, int col0) {
   return col0 + 8 * (i >> 1) + frag_col(i & 1);
 }
 
+// Rows [first, first + kRows) of head h of a [B, N, H, D] tensor into a shared tile by 16-byte
+// cp.async, rows past `last` and columns >= D zero: the fused pass's k1 / v1 block, loaded every
+// step, with its address arithmetic hoisted (load_tile's per chunk). Thread t copies chunk
+// t % kChunks of rows t / kChunks + m * kStride. Needs the vec conditions (D % 8 == 0, aligned rows).
+template <int kThreads, int kRows, class T, int DP>
+SA_DEV void load_rows_async(const Tile<T, DP>& dst, const TensorRef& t, const SeqSpan& seq, int h, int first, int last,
+                            int D) {
+  constexpr int kChunks = DP / 8, kStride = kThreads / kChunks;
+  static_assert(kThreads % kChunks == 0 && kRows % kStride == 0, "whole rows per pass of the CTA");
+  // (opaque: the per-thread addresses of both tensors, hoisted out of the step loop, would hold 64-bit
+  // registers across it)
+  const int tid = opaque(thread_id()), c = (tid % kChunks) * 8, r0 = tid / kChunks;
+  const T* const base = row_ptr<T>(t, seq, 0, h) + c;  // position 0's row: every row is base + position * sn
+#pragma unroll
+  for (int m = 0; m < kRows / kStride; ++m) {
+    const int pos = first + r0 + m * kStride;
+    const bool valid = pos <= last && c < D;
+    SA_PATH(!valid, "load: k1/v1 block tail");
+    cp_async_16(dst.row(r0 + m * kStride) + c, valid ? static_cast<const void*>(base + pos * t.sn) : t.ptr, valid);
+  }
+}
+
 template <class T, class Cfg>
 SA_GLOBAL(Cfg::kThreads)
 dqkv2_kernel(const DqKv2KernelParams p) {
@@ -163,17 +188,22 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   const auto tile_at = [&](int ti) { return query_tile_at<BM>(p, seq, span_p0 + ti * positions); };
   const auto n_jblocks = [&](const QueryTile& t) { return ceil_div(t.j_hi - t.j_lo + 1, BJ); };
 
-  // ---- Shared memory. Owners and barriers (B1 / B2: start and end of an iteration):
-  //   sq, sdo buffer ti % 2    tile ti's rows: written during the last iteration of tile ti - 1
-  //                            (after B2 of the one before, the last reader of tile ti - 2), read
-  //                            after B1.
-  //   k2/v2 rows buffer nu % 2 the rows of the nu-th offset u the CTA visits, likewise one u ahead.
-  //   k1/v1 stage it % 2       filled during iteration it - 1, read after B1 of iteration it.
-  //   sx                       dA / P of one iteration, written by each column warp for its j
+  // ---- Shared memory. Owners and barriers (B1 / B2: start and end of a step (tile, u, j block)):
+  //   sq, sdo buffer ti % 2    tile ti's rows: loaded after the j loop of tile ti - 1's last u
+  //                            (after its last B2; their last readers, tile ti - 2's, are long
+  //                            done), read after B1.
+  //   k2/v2 rows buffer nu % 2 the rows of the nu-th offset u the CTA visits: loaded after the j
+  //                            loop of offset nu - 1 (its readers, offset nu - 2's steps and
+  //                            epilogue, precede that u's B1s), read after B1 and in nu's epilogue.
+  //   k1/v1 stage it % 2       filled during step it - 1 (after B2 of step it - 2, its last
+  //                            reader), read after B1 of step it.
+  //   sx                       dA / P of one step, written by each column warp for its j
   //                            positions, read by the warps of the same rows after [X]; written
-  //                            again after B1 of the next iteration.
-  //   sred                     head sums of one u per row warp: written before [R], read after it
-  //                            and before B2.
+  //                            again after B1 of the next step.
+  //   sred                     head sums of one u per row warp: written before [R], read after it;
+  //                            written again after the next u's first B1.
+  //   sdq                      the tile's dq accumulator (fp32): each element read and written by
+  //                            the one lane whose C fragment holds it (no barrier).
   SmemCarver carver{dynamic_smem()};
   T* const q_bufs = carver.take<T>(2 * BM * TileT::kLd);
   T* const do_bufs = carver.take<T>(2 * BM * TileT::kLd);
@@ -183,6 +213,7 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   T* const v2_bufs = carver.take<T>(2 * Cfg::kPositions * TileT::kLd);
   uint4* const sx = carver.take<uint4>(Cfg::kXWords / 4);
   float* const sred = carver.take<float>(kRowWarps * 2 * DP);
+  float* const sdq = carver.take<float>(BM * Cfg::kDqLd);
   const auto sq = [&](int b) { return TileT{q_bufs + b * BM * TileT::kLd}; };
   const auto sdo = [&](int b) { return TileT{do_bufs + b * BM * TileT::kLd}; };
   const auto sk1 = [&](int stage) { return TileT{k1_stages + stage * BJ * TileT::kLd}; };
@@ -190,34 +221,26 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   const auto sk2 = [&](int b) { return TileT{k2_bufs + b * Cfg::kPositions * TileT::kLd}; };
   const auto sv2 = [&](int b) { return TileT{v2_bufs + b * Cfg::kPositions * TileT::kLd}; };
 
-  // Iterations walk (tile ti, offset u, k1/v1 block jb), jb fastest; nu counts the offsets visited.
-  struct Step {
-    int ti, u, jb, nu;
+  // The loads of the loop (the caller commits the cp.async group): a tile's q / dout rows, the k2 /
+  // v2 rows of the tile at position p0 and offset u (row r of the buffer: k of position p0 + r) and
+  // the k1/v1 block of positions [j_first, j_first + BJ) clipped at j_hi (every step's: its
+  // cp.async form with the address arithmetic hoisted, load_rows_async).
+  const int g = block_y() / p.head_blocks;
+  const auto load_queries = [&](const QueryTile& t, int buf) {
+    load_tile<kThreads>(sq(buf), BM, D, p.vec, p.q.ptr, query_rows<T>(p.q, t, p.group));
+    load_tile<kThreads>(sdo(buf), BM, D, p.vec, p.dout.ptr, query_rows<T>(p.dout, t, p.group));
   };
-  const auto next = [&](Step s) {
-    const QueryTile t = tile_at(s.ti);
-    if (++s.jb == n_jblocks(t)) {
-      s.jb = 0;
-      ++s.nu;
-      if (++s.u > t.u_hi && ++s.ti < n_tiles) s.u = tile_at(s.ti).u_lo;
-    }
-    return s;
+  const auto load_kv2 = [&](int p0, int u, int buf) {
+    load_row_pair<kThreads>(sk2(buf), sv2(buf), p.k2, p.v2, seq, g, p0 - u, positions, Span{0, seq.len - 1}, D, p.vec);
   };
-  // A step's loads: its tile's q / dout rows (first step of a tile), its k2 / v2 rows (first
-  // block of a u: row r of the buffer is the k of position p0 + r) and its k1/v1 block.
-  const auto load_step = [&](Step s, int stage) {
-    const QueryTile t = tile_at(s.ti);
-    if (s.jb == 0) {
-      if (s.u == t.u_lo) {
-        SA_PATH(s.ti > 0, "span: next tile");
-        load_tile<kThreads>(sq(s.ti & 1), BM, D, p.vec, p.q.ptr, query_rows<T>(p.q, t, p.group));
-        load_tile<kThreads>(sdo(s.ti & 1), BM, D, p.vec, p.dout.ptr, query_rows<T>(p.dout, t, p.group));
-      }
-      load_row_pair<kThreads>(sk2(s.nu & 1), sv2(s.nu & 1), p.k2, p.v2, seq, t.g, t.rt.p0 - s.u, positions,
-                              Span{0, seq.len - 1}, D, p.vec);
+  const auto load_kv1 = [&](int j_first, int j_hi, int stage) {
+    SA_PATH(p.vec, "load: k1/v1 block by cp.async");
+    if (p.vec) {
+      load_rows_async<kThreads, BJ>(sk1(stage), p.k1, seq, g, j_first, j_hi, D);
+      load_rows_async<kThreads, BJ>(sv1(stage), p.v1, seq, g, j_first, j_hi, D);
+    } else {
+      load_row_pair<kThreads>(sk1(stage), sv1(stage), p.k1, p.v1, seq, g, j_first, BJ, Span{j_first, j_hi}, D, false);
     }
-    const int j0 = t.j_lo + s.jb * BJ;
-    load_row_pair<kThreads>(sk1(stage), sv1(stage), p.k1, p.v1, seq, t.g, j0, BJ, Span{j0, t.j_hi}, D, p.vec);
   };
 
   // ---- This warp: 16 rows (row_warp) and, of the j block and of the columns, its half.
@@ -229,80 +252,140 @@ dqkv2_kernel(const DqKv2KernelParams p) {
     return sx + ((row_warp * (BJ / 16) + kk) * 2 + which) * 32 + lane_id();
   };
 
-  float x[WC / 8][4], y[WC / 8][4], dq[WC / 8][4];
+  float x[WC / 8][4], y[WC / 8][4];
   zero_acc(x);
   zero_acc(y);
-  zero_acc(dq);
-  float lse[2] = {0.f, 0.f}, lse_lo[2] = {0.f, 0.f}, delta[2] = {0.f, 0.f};
+  // The lane's element pair (fragment row h, columns col0w + 8 n8 + frag_col(0) + {0, 1}) of sdq.
+  const auto dq_pair = [&](const LaneRows& lr, int h, int n8) {
+    return reinterpret_cast<float2*>(sdq + lr.row(h) * Cfg::kDqLd + col0w + n8 * 8 + frag_col(0));
+  };
 
-  Step s{0, tile_at(0).u_lo, 0, 0};
-  load_step(s, 0);
-  cp_async_commit();
-  for (int it = 0; s.ti < n_tiles; ++it) {
-    const int stage = it % Cfg::kStages;
-    const Step n = next(s);
-    if (n.ti < n_tiles) {
-      SA_PATH(true, "pipeline: prefetch");
-      load_step(n, (it + 1) % Cfg::kStages);
-      cp_async_commit();
-      cp_async_wait<1>();  // all groups but the prefetch just issued are complete
-    } else {
-      cp_async_wait<0>();
-    }
-    cta_sync();  // B1: this step's q / dout, k2 / v2 rows and k1/v1 block are visible
-
-    const QueryTile qt = tile_at(s.ti);
+  // Loops: tiles of the span, offsets u of a tile, k1/v1 blocks of the tile's j window (one step
+  // each; it counts the steps, nu the offsets).
+  {
+    const QueryTile t0 = tile_at(0);
+    load_queries(t0, 0);
+    load_kv2(t0.rt.p0, t0.u_lo, 0);
+    load_kv1(t0.j_lo, t0.j_hi, 0);
+    cp_async_commit();
+  }
+  int it = 0, nu = 0;
+#pragma unroll 1
+  for (int ti = 0; ti < n_tiles; ++ti) {
+    SA_PATH(ti > 0, "span: next tile");
+    const QueryTile qt = tile_at(ti);
+    const bool last_tile = ti + 1 == n_tiles;
     const LaneRows lr = lane_rows(qt, p.prob.band1, row_warp);
-    if (s.u == qt.u_lo && s.jb == 0) {
+    float lse[2], lse_lo[2], delta[2];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t stat = stat_index(seq, p.Hq, p.N, qt.query_head(lr.row(h), p.group), lr.pos[h]);
-        lse[h] = lr.ok[h] ? gload(p.lse + stat) : 0.f;
-        lse_lo[h] = lr.ok[h] ? gload(p.lse_lo + stat) : 0.f;
-        delta[h] = lr.ok[h] ? gload(p.delta + stat) : 0.f;
-      }
+    for (int h = 0; h < 2; ++h) {
+      // (opaque: 64-bit induction variables of these addresses across the tile loop would spill at 64)
+      const int64_t stat = stat_index(seq, p.Hq, p.N, qt.query_head(lr.row(h), p.group), opaque(lr.pos[h]));
+      lse[h] = lr.ok[h] ? gload(p.lse + stat) : 0.f;
+      lse_lo[h] = lr.ok[h] ? gload(p.lse_lo + stat) : 0.f;
+      delta[h] = lr.ok[h] ? gload(p.delta + stat) : 0.f;
     }
-    SA_PATH(s.jb > 0, "pipeline: next j block");
-    SA_PATH(s.jb == 0 && s.u > qt.u_lo, "pipeline: next u");
-    const TileT tq = sq(s.ti & 1), tdo = sdo(s.ti & 1), tk2 = sk2(s.nu & 1), tv2 = sv2(s.nu & 1);
-    const OffsetRows o = offset_rows(qt, lr, s.u, qt.rt.p0 - s.u);
+    const int nj = n_jblocks(qt);
+    if (!last_tile) {
+      // The next tile's q / dout (buffer (ti + 1) % 2: its last readers, tile ti - 1's head sums,
+      // came before that tile's last [R], which every thread has passed).
+      load_queries(tile_at(ti + 1), (ti + 1) & 1);
+      cp_async_commit();
+    }
+    const TileT tq = sq(ti & 1), tdo = sdo(ti & 1);
     const T* const q_h[2] = {tq.row(lr.row(0)), tq.row(lr.row(1))};
-    const T* const k2_h[2] = {tk2.row(o.h[0]), tk2.row(o.h[1])};
+    const T* const do_h[2] = {tdo.row(lr.row(0)), tdo.row(lr.row(1))};
 
-    // S = (q ⊙ k2) @ k1_blk^T and dP = (dout ⊙ v2) @ v1_blk^T over this warp's j positions, k2 and
-    // v2 from the warp's one row (kOneRow).
-    const int j0 = qt.j_lo + s.jb * BJ;
-    float sp[WJ / 8][4], dp[WJ / 8][4];
-    const LogitRows<T> logit_rows{false, D, tq.row(lr.a_row), tk2.row(o.a), q_h, k2_h};
-    const TileT k1w{sk1(stage).row(j0w)}, v1w{sv1(stage).row(j0w)};
-    logits_and_dp<T, DP, WJ, true>(sp, dp, logit_rows, tdo.row(lr.a_row), tv2.row(o.a), k1w, v1w);
+#pragma unroll 1
+    for (int u = qt.u_lo; u <= qt.u_hi; ++u, ++nu) {
+      SA_PATH(u > qt.u_lo, "pipeline: next u");
+      const TileT tk2 = sk2(nu & 1), tv2 = sv2(nu & 1);
+      const OffsetRows o = offset_rows(qt, lr, u, qt.rt.p0 - u);
+      // The warp's one k2 row (its 16 rows share a position: o.h[0] == o.h[1] == o.a).
+      const T* const k2_row = tk2.row(o.a);
+      const T* const k2_h[2] = {k2_row, k2_row};
+      const LogitRows<T> logit_rows{false, D, tq.row(lr.a_row), k2_row, q_h, k2_h};
 
-    // P and dA = P (dP - Delta), zero outside the (j, k) window; P overwrites S, dA overwrites dP.
+#pragma unroll 1
+      for (int jb = 0; jb < nj; ++jb, ++it) {
+        const int stage = it % Cfg::kStages;
+        SA_PATH(jb > 0, "pipeline: next j block");
+        // Prefetch the next step's k1/v1 block: this u's next, the next u's first or the next tile's.
+        const bool next_in_tile = jb + 1 < nj || u < qt.u_hi;
+        if (next_in_tile || !last_tile) {
+          SA_PATH(true, "pipeline: prefetch");
+          if (next_in_tile) {
+            load_kv1(jb + 1 < nj ? qt.j_lo + (jb + 1) * BJ : qt.j_lo, qt.j_hi, (it + 1) % Cfg::kStages);
+          } else {
+            const QueryTile nt = tile_at(ti + 1);  // (recomputed here: registers are scarce at 128)
+            load_kv1(nt.j_lo, nt.j_hi, (it + 1) % Cfg::kStages);
+          }
+          cp_async_commit();
+          cp_async_wait<1>();  // all groups but the prefetch just issued are complete
+        } else {
+          cp_async_wait<0>();
+        }
+        cta_sync();  // B1: this step's q / dout, k2 / v2 rows and k1/v1 block are visible
+
+        // S = (q ⊙ k2) @ k1_blk^T and dP = (dout ⊙ v2) @ v1_blk^T over this warp's j positions, k2
+        // and v2 from the warp's one row (kOneRow).
+        const int j0 = qt.j_lo + jb * BJ;
+        float sp[WJ / 8][4], dp[WJ / 8][4];
+        const TileT k1w{sk1(stage).row(j0w)}, v1w{sv1(stage).row(j0w)};
+        logits_and_dp<T, DP, WJ, true>(sp, dp, logit_rows, tdo.row(lr.a_row), tv2.row(o.a), k1w, v1w);
+
+        // P and dA = P (dP - Delta), zero outside the (j, k) window; P overwrites S, dA dP. The
+        // window test as offsets of this step's first column (j_first - jmin, jmax - j_first) plus
+        // a constant per element: bounds per element hoisted out of the loop (jmin - c) would take
+        // 16 registers.
+        const int j_first = j0 + j0w + frag_col(0);
+        const int past_min[2] = {j_first - lr.jmin[0], j_first - lr.jmin[1]};
+        const int to_max[2] = {lr.jmax[0] - j_first, lr.jmax[1] - j_first};
 #pragma unroll
-    for (int nt = 0; nt < WJ / 8; ++nt) {
+        for (int n8 = 0; n8 < WJ / 8; ++n8) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int h = i >> 1, j = j0 + j0w + nt * 8 + frag_col(i);
-        const bool in = o.ok[h] && j >= lr.jmin[h] && j <= lr.jmax[h];
-        SA_PATH(o.ok[h] && !in, "mask: j outside the window");
-        sp[nt][i] = in ? prob_from_lse(logit(sp[nt][i], p.prob.scale), lse[h], lse_lo[h]) : 0.f;
-        dp[nt][i] = sp[nt][i] * (dp[nt][i] - delta[h]);
+          for (int i = 0; i < 4; ++i) {
+            const int h = i >> 1, c = n8 * 8 + (i & 1);  // j = j_first + c
+            const bool in = o.ok[h] && past_min[h] + c >= 0 && to_max[h] - c >= 0;
+            SA_PATH(o.ok[h] && !in, "mask: j outside the window");
+            sp[n8][i] = in ? prob_from_lse(logit(sp[n8][i], p.prob.scale), lse[h], lse_lo[h]) : 0.f;
+            dp[n8][i] = sp[n8][i] * (dp[n8][i] - delta[h]);
+          }
+        }
+
+        // x += dA @ k1_blk, y += P @ v1_blk over this warp's columns, dA and P of the whole block
+        // as A operands (the other column warp's j positions through sx, [X]).
+        uint32_t da[BJ / 16][4], pa[BJ / 16][4];
+        block_step_operands<T, WJ / 16, BJ / 16>(da, pa, dp, sp, j0w / 16, x_slot);
+        add_products<T>(x, da, sk1(stage), col0w);
+        add_products<T>(y, pa, sv1(stage), col0w);
+        cta_sync();  // B2: every warp is done with this stage and sx
       }
-    }
 
-    // x += dA @ k1_blk, y += P @ v1_blk over this warp's columns, dA and P of the whole block as A
-    // operands (the other column warp's j positions through sx, [X]).
-    uint32_t da[BJ / 16][4], pa[BJ / 16][4];
-    block_step_operands<T, WJ / 16, BJ / 16>(da, pa, dp, sp, j0w / 16, x_slot);
-    add_products<T>(x, da, sk1(stage), col0w);
-    add_products<T>(y, pa, sv1(stage), col0w);
+      // The next offset's k2 / v2 rows (this tile's next u or the next tile's first), under the
+      // epilogue below.
+      if (u < qt.u_hi || !last_tile) {
+        if (u < qt.u_hi) {
+          load_kv2(qt.rt.p0, u + 1, (nu + 1) & 1);
+        } else {
+          const QueryTile nt = tile_at(ti + 1);
+          load_kv2(nt.rt.p0, nt.u_lo, (nu + 1) & 1);
+        }
+        cp_async_commit();
+      }
 
-    if (s.jb == n_jblocks(qt) - 1) {
       // x and y of this u are complete: dq += x ⊙ k2 (one row), and the head sums of x ⊙ q and
-      // y ⊙ dout into sred (this row warp's columns of this column warp).
-      const T* const do_h[2] = {tdo.row(lr.row(0)), tdo.row(lr.row(1))};
+      // y ⊙ dout into sred (this row warp's rows, this column warp's columns).
 #pragma unroll
-      for (int nt = 0; nt < WC / 8; ++nt) add_times_rows<T>(dq, nt, x[nt], k2_h, col0w, true);
+      for (int n8 = 0; n8 < WC / 8; ++n8) {
+        const float2 w = sload_pair(k2_row, col0w + n8 * 8 + frag_col(0));
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float2* const at = dq_pair(lr, h, n8);
+          const float2 prev = u == qt.u_lo ? float2{0.f, 0.f} : sload(at);  // the tile's first u: no sum yet
+          sstore(at, float2{prev.x + x[n8][2 * h] * w.x, prev.y + x[n8][2 * h + 1] * w.y});
+        }
+      }
       float hx[WC / 32], hy[WC / 32];
       head_sum<T>(hx, x, q_h, col0w);
       head_sum<T>(hy, y, do_h, col0w);
@@ -322,7 +405,7 @@ dqkv2_kernel(const DqKv2KernelParams p) {
       SA_PATH(positions == 1, "head sum: row warps of one position");
       for (int w = thread_id(); w < positions * 2 * DP; w += kThreads) {
         const int ps = w / (2 * DP), which = (w / DP) & 1, col = w % DP;
-        const int pos = qt.rt.p0 + ps, k = pos - s.u;
+        const int pos = qt.rt.p0 + ps, k = pos - u;
         const bool in = col < D && pos < seq.len && k >= 0 && k < seq.len;
         SA_PATH(col < D && pos < seq.len && !in, "scratch: k outside the sequence");
         if (!in) continue;
@@ -334,18 +417,21 @@ dqkv2_kernel(const DqKv2KernelParams p) {
         float* const dst = p.scratch.at(which, layer, row, qt.g, hb, col);
         gstore(dst, gload(dst) + sum);
       }
+    }
 
-      if (s.u == qt.u_hi) {
-        // The tile's last step: its dq rows are complete.
-        T* dq_row[2];
-        lane_out_rows<T>(dq_row, p.dq, qt, lr, p.group);
-        const float scale[2] = {p.prob.scale, p.prob.scale};
-        store_acc_rows<T>(dq, dq_row, scale, col0w, D);
-        zero_acc(dq);
+    // The tile's dq rows are complete (the lane's own sdq elements).
+    T* dq_row[2];
+    lane_out_rows<T>(dq_row, p.dq, qt, lr, p.group);
+#pragma unroll
+    for (int n8 = 0; n8 < WC / 8; ++n8) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float2 v = sload(dq_pair(lr, h, n8));
+        const int d = col0w + n8 * 8 + frag_col(0);
+        if (dq_row[h] != nullptr && d < D) gstore(dq_row[h] + d, Elem<T>::from_float(v.x * p.prob.scale));
+        if (dq_row[h] != nullptr && d + 1 < D) gstore(dq_row[h] + d + 1, Elem<T>::from_float(v.y * p.prob.scale));
       }
     }
-    cta_sync();  // B2: every warp is done with this stage, sx, sred and (at a tile's end) q / dout
-    s = n;
   }
 }
 

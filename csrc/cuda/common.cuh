@@ -214,6 +214,17 @@ SA_DEV float mul_rn(float a, float b) {
 #endif
 }
 
+// x, opaque to the compiler: a value computed from it inside a loop stays there instead of being
+// hoisted into a register for the whole loop (where registers, not instructions, are scarce).
+SA_DEV int opaque(int x) {
+#ifdef SA_EMULATE
+  asm volatile("" : "+r"(x));
+#else
+  asm volatile("mov.b32 %0, %0;" : "+r"(x));
+#endif
+  return x;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Memory. Global accesses go through gload / gstore, shared accesses through sload / sstore (or
 // the collective ldmatrix and cp.async), so the emulator sees and checks each of them.

@@ -367,6 +367,22 @@ MUTANTS = [
         why="one scratch layer too few: neighbouring spans of one layer add into the same rows (a race)",
     ),
     dict(
+        name="cuda-dqkv2-head-sum-keeps-the-wrong-half",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="v2[i] = (hi ? v1[i + V / 4] : v1[i]) + shuffle_xor(hi ? v1[i] : v1[i + V / 4], 8 SA_SITE_NEXT);",
+        new="v2[i] = (hi ? v1[i] : v1[i + V / 4]) + shuffle_xor(hi ? v1[i] : v1[i + V / 4], 8 SA_SITE_NEXT);",
+        tests=FUSED_64,
+        why="the head sums' reduce-scatter keeps the half it sends at its second level: columns summed across",
+    ),
+    dict(
+        name="cuda-dqkv2-dq-not-restarted-per-tile",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="const float2 prev = u == qt.u_lo ? float2{0.f, 0.f} : sload(at);",
+        new="const float2 prev = sload(at);",
+        tests=FUSED_64,
+        why="the tile's first offset adds to sdq instead of starting it: the previous tile's dq leaks in",
+    ),
+    dict(
         name="cuda-dqkv2-row-of-the-wrong-sequence",
         path="csrc/cuda/bwd_dqkv2_kernel.cuh",
         old="const int64_t row = static_cast<int64_t>(seq.batch) * p.N + seq.row0 + k;",

@@ -38,8 +38,36 @@ struct QueryTile {
   SA_DEV int query_head(int r, int group) const { return g * group + rt.head(r); }
 };
 
+template <int BM>
+SA_DEV QueryTile query_tile(const QueryTileParams& p) {
+  QueryTile t;
+  const int heads = 1 << p.log2_heads;
+  t.seq = seq_span(p.prob, p.N, block_x() / p.pos_tiles);
+  const int len = t.seq.len;
+  t.g = block_y() / p.head_blocks;
+  t.positions = BM >> p.log2_heads;
+  t.rt =
+      RowTile{(block_x() % p.pos_tiles) * t.positions, (block_y() % p.head_blocks) * heads, p.log2_heads, p.group, len};
+  t.p_last = imin(t.rt.p0 + t.positions - 1, len - 1);
+  const Span u = offset_span(p.prob.band2, t.rt.p0, t.p_last, len);
+  const Span j = band_union(p.prob.band1, t.rt.p0, t.p_last, len);
+  t.u_lo = u.lo;
+  t.u_hi = u.hi;
+  t.j_lo = j.lo;
+  t.j_hi = j.hi;
+  SA_PATH(t.past_end(), "tile: past the sequence's end");
+  SA_PATH(p.log2_heads > 0, "tile: head packing");
+  SA_PATH(t.rt.head0 + heads > p.group, "tile: partial head block");
+  SA_PATH(!t.past_end() && t.rt.p0 + t.positions > len, "tile: last partial position tile");
+  SA_PATH(p.group > 1, "tile: GQA group > 1");
+  return t;
+}
+
 // The tile of BM rows whose first position is p0 of sequence `seq` (kv head and head block from
-// grid.y): query_tile's, and each tile of the span a dq + dk2 + dv2 CTA walks (bwd_dqkv2_kernel.cuh).
+// grid.y): each tile of the span a dq + dk2 + dv2 CTA walks (bwd_dqkv2_kernel.cuh). query_tile's
+// computation with the position and sequence given; query_tile keeps its own copy because the
+// forward's allocation at 254 of 255 registers is sensitive to its inlined form (written through
+// this function, ptxas for sm_80 spilled 16 bytes at head dim 128).
 template <int BM>
 SA_DEV QueryTile query_tile_at(const QueryTileParams& p, const SeqSpan& seq, int p0) {
   QueryTile t;
@@ -56,18 +84,11 @@ SA_DEV QueryTile query_tile_at(const QueryTileParams& p, const SeqSpan& seq, int
   t.u_hi = u.hi;
   t.j_lo = j.lo;
   t.j_hi = j.hi;
-  SA_PATH(t.past_end(), "tile: past the sequence's end");
   SA_PATH(p.log2_heads > 0, "tile: head packing");
   SA_PATH(t.rt.head0 + heads > p.group, "tile: partial head block");
   SA_PATH(!t.past_end() && t.rt.p0 + t.positions > len, "tile: last partial position tile");
   SA_PATH(p.group > 1, "tile: GQA group > 1");
   return t;
-}
-
-template <int BM>
-SA_DEV QueryTile query_tile(const QueryTileParams& p) {
-  const SeqSpan seq = seq_span(p.prob, p.N, block_x() / p.pos_tiles);
-  return query_tile_at<BM>(p, seq, (block_x() % p.pos_tiles) * (BM >> p.log2_heads));
 }
 
 // This lane's two rows of the tile: fragment rows g4 and g4 + 8 of its warp's 16 (common.cuh),

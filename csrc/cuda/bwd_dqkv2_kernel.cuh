@@ -60,11 +60,14 @@ struct DqKv2Config {
   // sx: per row warp and 16 j positions, dA and P as A fragments (4 x 32 bits per lane).
   static constexpr int kXWords = kRowWarps * (kBlockJ / 16) * 2 * 32 * 4;
   static constexpr int kRowBytes = (DP + 8) * 2;
-  // q and dout, the k1/v1 stages, the k2/v2 rows (two buffers each), sx, sred, sdq: 76 KiB at 128 with
-  // sdq (so two CTAs share an sm_80 SM).
+  // q and dout: one buffer each at 128, where the next tile's load waits for the tile's end (76
+  // KiB in all, so two CTAs share an sm_80 SM); two at 64, the next tile's loaded at a tile's start
+  // (one buffer there made ptxas spill 8 bytes).
+  static constexpr int kQueryBufs = DP == 128 ? 1 : 2;
   static constexpr int kDqLd = DP + 8;  // sdq's row stride in floats (fewer bank conflicts than DP)
-  static constexpr int kSmemBytes = kRowBytes * (2 * kRows + 2 * kStages * kBlockJ + 2 * 2 * kPositions) + kXWords * 4 +
-                                    kRowWarps * 2 * DP * 4 + kRows * kDqLd * 4;
+  // q and dout, the k1/v1 stages, the k2/v2 rows (two buffers each), sx, sred, sdq.
+  static constexpr int kSmemBytes = kRowBytes * (2 * kQueryBufs * kRows + 2 * kStages * kBlockJ + 2 * 2 * kPositions) +
+                                    kXWords * 4 + kRowWarps * 2 * DP * 4 + kRows * kDqLd * 4;
   static_assert(kWarpJ == 16 && kWarpCols % 32 == 0, "head_sum and the exchange take these shapes");
   static_assert(2 * DP % kThreads == 0, "one thread owns each scratch column of a position");
   static_assert(kSmemBytes <= kSmemLimit, "dq/dk2/dv2 tiles exceed the shared memory of an sm_86 block");
@@ -190,9 +193,10 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   const auto n_jblocks = [&](const QueryTile& t) { return ceil_div(t.j_hi - t.j_lo + 1, BJ); };
 
   // ---- Shared memory. Owners and barriers (B1 / B2: start and end of a step (tile, u, j block)):
-  //   sq, sdo                  tile ti's rows: loaded after tile ti - 1's last [R] (its last
-  //                            readers, the steps' and the head sums, come before it), read after
-  //                            B1.
+  //   sq, sdo buffer ti % kQueryBufs  tile ti's rows, read after B1. One buffer: loaded after
+  //                            tile ti - 1's last [R] (its last readers, the steps' and the head
+  //                            sums, come before it). Two: loaded at the start of tile ti - 1 (the
+  //                            buffer's last readers, tile ti - 2's, came before its last [R]).
   //   k2/v2 rows buffer nu % 2 the rows of the nu-th offset u the CTA visits: loaded after the j
   //                            loop of offset nu - 1 (its readers, offset nu - 2's steps and
   //                            epilogue, precede that u's B1s), read after B1 and in nu's epilogue.
@@ -206,8 +210,9 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   //   sdq                      the tile's dq accumulator (fp32): each element read and written by
   //                            the one lane whose C fragment holds it (no barrier).
   SmemCarver carver{dynamic_smem()};
-  const TileT sq{carver.take<T>(BM * TileT::kLd)};
-  const TileT sdo{carver.take<T>(BM * TileT::kLd)};
+  constexpr int kQueryBufs = Cfg::kQueryBufs;
+  T* const q_bufs = carver.take<T>(kQueryBufs * BM * TileT::kLd);
+  T* const do_bufs = carver.take<T>(kQueryBufs * BM * TileT::kLd);
   T* const k1_stages = carver.take<T>(Cfg::kStages * BJ * TileT::kLd);
   T* const v1_stages = carver.take<T>(Cfg::kStages * BJ * TileT::kLd);
   T* const k2_bufs = carver.take<T>(2 * Cfg::kPositions * TileT::kLd);
@@ -215,6 +220,8 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   uint4* const sx = carver.take<uint4>(Cfg::kXWords / 4);
   float* const sred = carver.take<float>(kRowWarps * 2 * DP);
   float* const sdq = carver.take<float>(BM * Cfg::kDqLd);
+  const auto sq = [&](int b) { return TileT{q_bufs + b * BM * TileT::kLd}; };
+  const auto sdo = [&](int b) { return TileT{do_bufs + b * BM * TileT::kLd}; };
   const auto sk1 = [&](int stage) { return TileT{k1_stages + stage * BJ * TileT::kLd}; };
   const auto sv1 = [&](int stage) { return TileT{v1_stages + stage * BJ * TileT::kLd}; };
   const auto sk2 = [&](int b) { return TileT{k2_bufs + b * Cfg::kPositions * TileT::kLd}; };
@@ -225,9 +232,9 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   // the k1/v1 block of positions [j_first, j_first + BJ) clipped at j_hi (every step's: its
   // cp.async form with the address arithmetic hoisted, load_rows_async).
   const int g = block_y() / p.head_blocks;
-  const auto load_queries = [&](const QueryTile& t) {
-    load_tile<kThreads>(sq, BM, D, p.vec, p.q.ptr, query_rows<T>(p.q, t, p.group));
-    load_tile<kThreads>(sdo, BM, D, p.vec, p.dout.ptr, query_rows<T>(p.dout, t, p.group));
+  const auto load_queries = [&](const QueryTile& t, int buf) {
+    load_tile<kThreads>(sq(buf), BM, D, p.vec, p.q.ptr, query_rows<T>(p.q, t, p.group));
+    load_tile<kThreads>(sdo(buf), BM, D, p.vec, p.dout.ptr, query_rows<T>(p.dout, t, p.group));
   };
   const auto load_kv2 = [&](int p0, int u, int buf) {
     load_row_pair<kThreads>(sk2(buf), sv2(buf), p.k2, p.v2, seq, g, p0 - u, positions, Span{0, seq.len - 1}, D, p.vec);
@@ -263,7 +270,7 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   // each; it counts the steps, nu the offsets).
   {
     const QueryTile t0 = tile_at(0);
-    load_queries(t0);
+    load_queries(t0, 0);
     load_kv2(t0.rt.p0, t0.u_lo, 0);
     load_kv1(t0.j_lo, t0.j_hi, 0);
     cp_async_commit();
@@ -285,7 +292,14 @@ dqkv2_kernel(const DqKv2KernelParams p) {
       delta[h] = lr.ok[h] ? gload(p.delta + stat) : 0.f;
     }
     const int nj = n_jblocks(qt);
-    const TileT tq = sq, tdo = sdo;
+    if constexpr (kQueryBufs == 2) {
+      if (!last_tile) {
+        // The next tile's q / dout into the other buffer.
+        load_queries(tile_at(ti + 1), (ti + 1) & 1);
+        cp_async_commit();
+      }
+    }
+    const TileT tq = sq(ti % kQueryBufs), tdo = sdo(ti % kQueryBufs);
     const T* const q_h[2] = {tq.row(lr.row(0)), tq.row(lr.row(1))};
     const T* const do_h[2] = {tdo.row(lr.row(0)), tdo.row(lr.row(1))};
 
@@ -412,11 +426,13 @@ dqkv2_kernel(const DqKv2KernelParams p) {
       }
     }
 
-    if (!last_tile) {
-      // The next tile's q / dout: every thread has passed this tile's last [R], after the last
-      // reads of sq / sdo (its first step waits for them: once a tile).
-      load_queries(tile_at(ti + 1));
-      cp_async_commit();
+    if constexpr (kQueryBufs == 1) {
+      if (!last_tile) {
+        // The next tile's q / dout: every thread has passed this tile's last [R], after the last
+        // reads of sq / sdo (its first step waits for them: once a tile).
+        load_queries(tile_at(ti + 1), 0);
+        cp_async_commit();
+      }
     }
 
     // The tile's dq rows are complete (the lane's own sdq elements).

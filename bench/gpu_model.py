@@ -271,7 +271,7 @@ def cuda_kernels(shape, archs, binary=None):
         return [], "this build of simplicial_attn._C has no CUDA kernels"
     smem = cuda_report.smem_bytes()
     head_dim = next((h for h in cuda_report.HEAD_DIMS if h >= shape.D), None)
-    wanted = set(maps.PASSES["cuda"]["fwd"] + maps.PASSES["cuda"]["bwd"])
+    wanted = set(maps.PASSES["cuda"]["fwd"] + maps.PASSES["cuda"]["bwd"]) | set(maps.MAPS["cuda"])
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         cubins = [pathlib.Path(binary)] if str(binary).endswith(".cubin") else _extract_cubins(binary, tmp)
@@ -305,9 +305,13 @@ def _cuda_threads(kernel, dp):
         "dq_kernel": 64 if dp <= 64 else 32 if dp <= 128 else 16,
         "dkv1_kernel": 64 if dp <= 128 else 32,
         "dkv2_kernel": 64 if dp <= 64 else 32 if dp <= 128 else 16,
+        "dqkv2_kernel": 32,
     }
-    col_warps = 2 if kernel in ("dkv1_kernel", "dkv2_kernel") and dp == 128 else 1  # Dkv*Config::kColWarps
-    return 32 * 4 if kernel == "delta_kernel" else 32 * rows.get(kernel, 64) // 16 * col_warps
+    # Dkv*Config::kColWarps, DqKv2Config::kColWarps
+    col_warps = 2 if (kernel in ("dkv1_kernel", "dkv2_kernel") and dp == 128) or kernel == "dqkv2_kernel" else 1
+    if kernel in ("delta_kernel", "dkv2_reduce_kernel"):
+        return 32 * 4  # kDeltaWarps, kReduceThreads
+    return 32 * rows.get(kernel, 64) // 16 * col_warps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +428,9 @@ def model(records, shape):
     for backend in ("triton", "cuda"):
         for arch in sorted({k.arch for k in records if k.backend == backend}, key=lambda a: int(a[2:])):
             gpus = specs.gpus_for(arch)
-            for pass_, names in maps.PASSES[backend].items():
+            dp = next((h for h in (64, 128, 256) if h >= shape.D), 256)
+            for pass_ in maps.PASSES[backend]:
+                names = maps.pass_kernels(backend, pass_, shape, dp)
                 counted = flops.attention_flops(shape.B, shape.N, shape.Hq, shape.D, shape.w1, shape.w2,
                                                 shape.causal, pass_)  # fmt: skip
                 chosen, missing = [], []
@@ -450,7 +456,7 @@ def model(records, shape):
                                 "shape": shape.label(), "scope": "pass"})  # fmt: skip
                     continue
                 out.append(_pass_record(backend, arch, pass_, chosen, gpus, counted, shape))
-            in_passes = {n for names in maps.PASSES[backend].values() for n in names}
+            in_passes = {n for pass_ in maps.PASSES[backend] for n in maps.pass_kernels(backend, pass_, shape, dp)}
             for k in records:
                 if (k.backend, k.arch) == (backend, arch) and k.kernel not in in_passes:
                     rec, _ = model_kernel(k, shape, 1.0)

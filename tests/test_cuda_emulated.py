@@ -53,6 +53,16 @@ SPECIAL = [
     (Case(1, 50, 16, 1, 64, 48, 3), HALF),
     (Case(1, 50, 16, 1, 128, 48, 3), [torch.float16]),
     (Case(1, 40, 16, 1, 256, 40, 3), [torch.float16]),
+    # Without head packing, scalar loads (D % 8 != 0) at 64 and 128: dq and dkv2.
+    (Case(1, 7, 2, 1, 20, 4, 3), [torch.float16]),
+    (Case(1, 5, 2, 1, 100, 3, 2), [torch.float16]),
+    # The fused dq + dk2 + dv2 pass (>= 16 heads packed per position): spans of several tiles (w2 wider
+    # than 3 tiles' positions), an odd N (a last tile of one valid position of two) at 128, one
+    # position of 32 heads per tile at 64, two head blocks (64 heads) at 64 and 128.
+    (Case(1, 41, 16, 1, 120, 20, 9), HALF),
+    (Case(1, 23, 32, 1, 40, 12, 9), [torch.bfloat16]),
+    (Case(1, 7, 64, 1, 24, 4, 3), [torch.float16]),
+    (Case(1, 7, 64, 1, 100, 5, 4), [torch.bfloat16]),
     # The SIMT kernels at 128 and 256: GQA, warps past the last row, lanes past D.
     (Case(1, 9, 3, 1, 100, 5, 3), [torch.float32]),
     (Case(1, 7, 2, 1, 196, 4, 3), [torch.float32]),

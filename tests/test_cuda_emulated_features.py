@@ -48,6 +48,9 @@ PACKINGS = [
     ([1, 20, 0, 9], 2, 1, 192, 6, 10, True, "determinant"),  # padded 256, w2 > w1 (keys swapped)
     ([0, 5, 1, 9], 3, 1, 16, 4, 3, False, "trilinear"),  # small: the SIMT kernels' bisection (fp32)
     ([2, 0, 9], 2, 1, 96, 5, 4, True, "trilinear"),  # small at padded 128, for fp32
+    # head packing (the fused dq + dk2 + dv2 pass): 16 heads at padded 64, 32 at padded 128 (w2 > w1)
+    ([0, 7, 1, 12], 16, 1, 64, 9, 8, True, "trilinear"),
+    ([5, 0, 13], 32, 1, 100, 4, 6, False, "trilinear"),
 ]
 VARLEN_RUNS = [
     (PACKINGS[0], torch.float16),
@@ -56,6 +59,8 @@ VARLEN_RUNS = [
     (PACKINGS[3], torch.float32),
     (PACKINGS[4], torch.float32),
     (PACKINGS[2], torch.float32),
+    (PACKINGS[5], torch.float16),
+    (PACKINGS[6], torch.bfloat16),
 ]
 
 
@@ -98,9 +103,10 @@ DET_CASES = [
     Case(1, 24, 2, 1, 192, 9, 5),  # padded 256: out/dq split at 128 (chunk 126..128)
     Case(1, 5, 17, 1, 24, 3, 2),  # head packing, odd group
     Case(1, 20, 2, 1, 48, 6, 9),  # small at padded 64, w2 > w1, for fp32 (the SIMT kernels visit every pair)
+    Case(1, 5, 17, 1, 96, 3, 2),  # head packing at padded 128: dq's (the fused pass is trilinear only)
 ]
-DET_RUNS = [(c, torch.float16) for c in DET_CASES[:3]] + [(c, torch.float32) for c in DET_CASES[1:3] + DET_CASES[4:]]
-DET_RUNS += [(DET_CASES[1], torch.bfloat16), (DET_CASES[3], torch.float16)]
+DET_RUNS = [(c, torch.float16) for c in DET_CASES[:3]] + [(c, torch.float32) for c in DET_CASES[1:3] + DET_CASES[4:5]]
+DET_RUNS += [(DET_CASES[1], torch.bfloat16), (DET_CASES[3], torch.float16), (DET_CASES[5], torch.bfloat16)]
 
 
 def run_determinant(case, dtype):

@@ -34,6 +34,14 @@ FEATURES |= {"logits: determinant"}
 SPLIT = "output: second column half"
 # The dkv kernels at padded head dim 128 (trilinear): two warps per 16 rows, one per column half.
 COL_WARP = "output: second column warp"
+FUSED = {"pipeline: prefetch", "pipeline: next j block", "pipeline: next u", "span: next tile", COL_WARP}
+FUSED |= {"tile: one position per warp", "head sum: a position per row warp", "head sum: row warps of one position"}
+FUSED |= {
+    "scratch: layer > 0",
+    "scratch: k outside the sequence",
+    "load: k1/v1 block by cp.async",
+    "load: k1/v1 block tail",
+}
 SIMT = {"lanes past D", "tail: warps past the last row", "varlen: packed layout", "logits: determinant"}
 # kernel -> {path: the padded head dims it exists at}; head dim 0 labels the delta kernel.
 ALL = (64, 128, 256)
@@ -49,8 +57,14 @@ EXPECTED_PATHS = {
     "dq_kernel": {
         **dict.fromkeys(LOADS | PIPELINE | QUERY_TILE | MASKS | FEATURES, ALL),
         SPLIT: (256,),
-        "tile: one position per warp": (64, 128),  # dq's one-row instantiation (launch_bwd.cuh)
     },
+    # dq + dk2 + dv2 in one pass (head packing of >= 16 heads, trilinear, head dims <= 128): spans of
+    # tiles, the head sums (a row warp per position with 16 heads, both row warps at one with 32) and
+    # their scratch rows, then the reduce over layers and head blocks.
+    "dqkv2_kernel": dict.fromkeys(LOADS | QUERY_TILE | MASKS | (FEATURES - {"logits: determinant"}) | FUSED, (64, 128)),
+    "dkv2_reduce_kernel": dict.fromkeys(
+        {"tail: threads past the last element", "reduce: several layers", "reduce: several head blocks"}, (64, 128)
+    ),
     "dkv1_kernel": {
         **dict.fromkeys(LOADS | MASKS | FEATURES, ALL),
         **dict.fromkeys(["tile: last partial position tile", "mask: query past the last block row"], ALL),

@@ -168,9 +168,11 @@ def test_every_instantiation_is_built(table, archs):
             want |= {(arch, k, "det", dt, hd) for k in cuda_report.VARIANT_KERNELS for dt in ("fp16", "bf16")}
             if hd in cuda_report.ONE_ROW_HEAD_DIMS:
                 want |= {(arch, k, "one_row", dt, hd) for k in cuda_report.ONE_ROW_KERNELS for dt in ("fp16", "bf16")}
+                want |= {(arch, k, "", dt, hd) for k in cuda_report.FUSED_KERNELS for dt in ("fp16", "bf16")}
             want |= {(arch, k, "", "fp32", hd) for k in cuda_report.SIMT_KERNELS}
             want |= {(arch, k, "", dt, hd) for k in cuda_report.DECODE_KERNELS for dt in ("fp16", "bf16", "fp32")}
         want |= {(arch, "delta_kernel", "", dt, None) for dt in ("fp16", "bf16", "fp32")}
+        want |= {(arch, k, "", dt, None) for k in cuda_report.REDUCE_KERNELS for dt in ("fp16", "bf16")}
     missing = sorted(want - have, key=str)
     assert not missing, f"kernel instantiations missing from the build: {missing}"
 
@@ -181,7 +183,7 @@ def test_no_spills_no_local_memory(table):
 
 
 def test_tensor_cores_in_fp16_bf16_kernels(table):
-    tc = [r for r in table if r["kernel"] in cuda_report.TENSOR_CORE_KERNELS]
+    tc = [r for r in table if r["kernel"] in cuda_report.TENSOR_CORE_KERNELS + cuda_report.FUSED_KERNELS]
     assert tc
     without = [r for r in tc if r["hmma"] == 0]
     assert not without, "tensor-core kernels without HMMA:\n" + cuda_report.markdown(without)

@@ -287,13 +287,26 @@ def _heads_per_tile(group, rows):
 def cuda_variant(kernel, s, dp):
     """The instantiation of `kernel` a launch at shape s runs (cuda_report's variant): the
     forward's "one_row" where its k1 / v1 fragments are held (dp <= 128) and >= 16 heads are
-    packed per position (launch_fwd.cuh), dq's likewise at dp <= 128 (its tiles of 64 / 32 rows,
-    launch_bwd.cuh), else "" (trilinear logits)."""
+    packed per position (launch_fwd.cuh), else "" (trilinear logits)."""
     if kernel == "fwd_kernel" and dp <= 128 and _heads_per_tile(s.group, 64) >= 16:
         return "one_row"
-    if kernel == "dq_kernel" and dp <= 128 and _heads_per_tile(s.group, 64 if dp <= 64 else 32) >= 16:
-        return "one_row"
     return ""
+
+
+def cuda_fused_bwd(s, dp):
+    """launch_bwd.cuh plan_dqkv2's choice: the fused dq + dk2 + dv2 pass with >= 16 heads packed per
+    position (tiles of 32 rows) at head dims <= 128 (trilinear logits, the model's)."""
+    return dp <= 128 and _heads_per_tile(s.group, 32) >= 16
+
+
+def pass_kernels(backend, pass_, s, dp):
+    """The kernels a pass launches at shape s (padded head dim dp), in launch order: PASSES, except
+    the CUDA backward under head packing (cuda_fused_bwd), which runs dqkv2 + its reduce instead of
+    dq and dkv2."""
+    if backend == "cuda" and pass_ == "bwd":
+        if cuda_fused_bwd(s, dp):
+            return ("delta_kernel", "dqkv2_kernel", "dkv2_reduce_kernel", "dkv1_kernel")
+    return PASSES[backend][pass_]
 
 
 def _swapped(s):
@@ -407,6 +420,58 @@ def cuda_dkv2(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA m
     )
 
 
+def cuda_dqkv2_plan(s, dp):
+    """launch_bwd.cuh plan_dqkv2 restated: (ctas, layers, head blocks) of the fused pass at shape s."""
+    _, _, L2, R2 = _swapped(s)
+    heads = _heads_per_tile(s.group, 32)
+    positions, hblk = 32 // heads, _cdiv(s.group, heads)
+    reach = L2 + R2
+    ctas = lambda tiles: _cdiv(s.N, tiles * positions) * s.B * s.Hkv * hblk  # noqa: E731
+    min_tiles = max(1, _cdiv(reach, 3 * positions))
+    tiles = max(1, _cdiv(reach, positions))
+    while tiles > min_tiles and ctas(tiles) < 264:  # kDqKv2MinCtas
+        tiles = max(min_tiles, (tiles + 1) // 2)
+    tiles = min(tiles, _cdiv(s.N, positions))
+    spans = _cdiv(s.N, tiles * positions)
+    return ctas(tiles), min(1 + _cdiv(reach, tiles * positions), spans), hblk
+
+
+def cuda_dqkv2(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map)
+    """dqkv2_kernel (DqKv2Config: 32 rows, 2 column warps per 16 rows, j blocks of 32): loops tiles of
+    a span, offsets u (the epilogue: head sums, scratch adds, the next u's k2 / v2 rows and, once
+    a tile, its q / dout), j blocks (a step: the k1 / v1 block's loads), kt (logits_and_dp's DP / 16
+    k-steps, unroll 2)."""
+    L1, R1, L2, R2 = _swapped(s)
+    heads = _heads_per_tile(s.group, 32)
+    positions = 32 // heads
+    p0 = np.arange(0, s.N, positions, dtype=np.int64)
+    p_last = np.minimum(p0 + positions - 1, s.N - 1)
+    u = np.maximum(np.minimum(L2, p_last) - np.maximum(-R2, p0 - s.N + 1) + 1, 0)
+    jb = _blocks(np.maximum(p0 - L1, 0), np.minimum(p_last + R1, s.N - 1), 32)
+    ctas, layers, hblk = cuda_dqkv2_plan(s, dp)
+    mult = s.B * s.Hkv * hblk
+    steps = int((jb * u).sum()) * mult
+    scratch = 8 * layers * s.B * s.N * s.Hkv * hblk * s.D
+    return Trips(
+        ctas=ctas,
+        levels=[len(p0) * mult, int(u.sum()) * mult, steps, steps * (dp // 32)],
+        logit=2,
+        logits=32 * 32,
+        # u: the scratch adds (positions x 2 x DP columns over 128 threads); step: the k1 / v1 loads.
+        side={1: _cdiv(positions * 2 * dp, 128), 2: _cdiv(32 * dp // 8, 128)},
+        dram=_qkv_bytes(s, 2) + _stats_bytes(s, 3) + scratch,
+    )
+
+
+def cuda_dkv2_reduce(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map)
+    """dkv2_reduce_kernel: a thread per dk2 / dv2 element, 128 a CTA, loops over the scratch layers
+    and head blocks (no tensor cores). Reads the scratch, writes dk2 and dv2."""
+    _, layers, hblk = cuda_dqkv2_plan(s, dp)
+    elems = s.B * s.N * s.Hkv * s.D
+    return Trips(ctas=_cdiv(elems, 128), levels=[], logit=None, logits=0, side={-1: layers * hblk},
+                 dram=8 * layers * hblk * elems + 2 * elems * _elem(s))  # fmt: skip
+
+
 def cuda_delta(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map)
     """delta_kernel: one warp per (b, h, i) row, 4 warps a CTA, a loop over D in 32-lane steps."""
     rows = s.B * s.Hq * s.N
@@ -419,9 +484,10 @@ MAPS = {
     "triton": {"fwd": triton_fwd, "bwd_dqkv2": triton_dqkv2, "bwd_reduce2": triton_reduce2, "bwd_dkv1": triton_dkv1,
                "bwd_delta": triton_delta},
     "cuda": {"fwd_kernel": cuda_fwd, "dq_kernel": cuda_dq, "dkv1_kernel": cuda_dkv1, "dkv2_kernel": cuda_dkv2,
-             "delta_kernel": cuda_delta},
+             "dqkv2_kernel": cuda_dqkv2, "dkv2_reduce_kernel": cuda_dkv2_reduce, "delta_kernel": cuda_delta},
 }  # fmt: skip
-# The kernels of each pass, in launch order (backward = Delta preprocess + dq + dkv kernels).
+# The kernels of each pass, in launch order (backward = Delta preprocess + dq + dkv kernels), as
+# launched without head packing; pass_kernels says which a shape's pass launches.
 PASSES = {
     "triton": {"fwd": ("fwd",), "bwd": ("bwd_delta", "bwd_dqkv2", "bwd_reduce2", "bwd_dkv1")},
     "cuda": {"fwd": ("fwd_kernel",), "bwd": ("delta_kernel", "dq_kernel", "dkv1_kernel", "dkv2_kernel")},

@@ -30,13 +30,17 @@ import sys
 _FUNC_RE = re.compile(r"_ZN15simplicial_attn4cuda\d+(?P<name>\w+?_kernel)I(?P<targs>\w*)")
 _DTYPES = {"6__half": "fp16", "13__nv_bfloat16": "bf16", "f": "fp32"}
 TENSOR_CORE_KERNELS = ("fwd_kernel", "dq_kernel", "dkv1_kernel", "dkv2_kernel")
+# The fused dq + dk2 + dv2 pass (head dims 64 and 128 only: ONE_ROW_HEAD_DIMS) and its reduce
+# (no tensor cores, no head-dim template argument).
+FUSED_KERNELS = ("dqkv2_kernel",)
+REDUCE_KERNELS = ("dkv2_reduce_kernel",)
 SIMT_KERNELS = ("fwd_simt_kernel", "dq_simt_kernel", "dkv_simt_kernel")
 DECODE_KERNELS = ("decode_split_kernel", "decode_combine_kernel")  # every dtype, fp32 math on CUDA cores
 # Kernels instantiated per logit form (a bool template argument): variant "det" for the determinant.
 VARIANT_KERNELS = ("fwd_kernel", "dq_kernel", "dkv2_kernel")
-# The forward's held form and dq (head dims <= 128) have an instantiation for >= 16 heads packed per
-# position (their second bool, kOneRow): variant "one_row".
-ONE_ROW_KERNELS = ("fwd_kernel", "dq_kernel")
+# The forward's held form (head dims <= 128) has an instantiation for >= 16 heads packed per
+# position (its second bool, kOneRow): variant "one_row".
+ONE_ROW_KERNELS = ("fwd_kernel",)
 ONE_ROW_HEAD_DIMS = (64, 128)
 HEAD_DIMS = (64, 128, 256)
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -10,6 +10,7 @@
 // contiguous, the others pass their strides to the kernels (64-bit offsets).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -183,6 +184,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bwd
   args.dv1 = mut_ref(dv1);
   args.dv2 = mut_ref(dv2);
   args.delta = delta.mutable_data_ptr<float>();
+  // The fused dq + dk2 + dv2 pass's partial sums (zeroed: its CTAs add into them), through the
+  // caching allocator.
+  const int64_t scratch_floats = cuda::bwd_scratch_floats(args);
+  at::Tensor scratch;
+  if (scratch_floats > 0) scratch = at::zeros({scratch_floats}, q.options().dtype(at::kFloat));
+  args.scratch = scratch_floats > 0 ? scratch.mutable_data_ptr<float>() : nullptr;
   cuda::run_bwd(args, c10::cuda::getCurrentCUDAStream());
   return {dq, dk1, dk2, dv1, dv2};
 }

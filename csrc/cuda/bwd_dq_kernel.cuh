@@ -11,10 +11,8 @@
 // logit form is a template parameter here (not a runtime flag as in the other kernels): the
 // determinant's epilogue in the same loop pushes the trilinear kernel at head dim 128 past 255
 // registers (spills).
-// Head packing of >= 16 heads per position (kOneRow, trilinear logits, head dims <= 128; launch_bwd.cuh
-// chooses it): each warp's 16 rows share one position, so a step reads that one k2 row and one v2 row
-// (two 32-bit loads per 16 channels each, q_times_k2) instead of an ldmatrix of 16 equal rows, and the
-// epilogue reads the k2 pair of its two fragment rows once (the forward's kOneRow, fwd_kernel.cuh).
+// Head packing of >= 16 heads per position with trilinear logits and head dims <= 128 runs the fused
+// dq + dk2 + dv2 pass instead (bwd_dqkv2_kernel.cuh; launch_bwd.cuh chooses).
 // Packed sequences as in the forward. The CTA owns its dq rows outright: no atomics, deterministic.
 #pragma once
 
@@ -48,7 +46,7 @@ struct DqKernelParams : QueryTileParams, GradInputs {
   MutTensorRef dq;
 };
 
-template <class T, class Cfg, bool kDet, bool kOneRow>
+template <class T, class Cfg, bool kDet>
 SA_GLOBAL(Cfg::kThreads)
 dq_kernel(const DqKernelParams p) {
   constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BJ = Cfg::kBlockJ, DO = Cfg::kOutCols;
@@ -61,7 +59,6 @@ dq_kernel(const DqKernelParams p) {
   const SeqSpan seq = qt.seq;
   const int D = p.D, col0 = block_z() * DO;
   constexpr bool det = kDet;
-  static_assert(!(kDet && kOneRow), "kOneRow is a trilinear instantiation");
   SA_PATH(col0 > 0, "output: second column half");
   SA_PATH(det, "logits: determinant");
 
@@ -93,7 +90,6 @@ dq_kernel(const DqKernelParams p) {
   load_tile<kThreads>(sq, BM, D, p.vec, p.q.ptr, query_rows<T>(p.q, qt, p.group));
   load_tile<kThreads>(sdo, BM, D, p.vec, p.dout.ptr, query_rows<T>(p.dout, qt, p.group));
   stream.start();
-  SA_PATH(kOneRow, "tile: one position per warp");
   for (int it = 0; it < stream.n_iters; ++it) {
     const int c = it / stream.n_jblocks, stage = it % Cfg::kStages;
     stream.load_and_wait(it);
@@ -108,7 +104,7 @@ dq_kernel(const DqKernelParams p) {
       // S = (q ⊙ k2) @ k1_blk^T (or (k2 × q) @ k1_blk^T) and dP = (dout ⊙ v2) @ v1_blk^T.
       float s[BJ / 8][4], dp[BJ / 8][4];
       const LogitRows<T> logit_rows{det, D, sq.row(lr.a_row), sk2.row(o.a), q_h, k2_h};
-      logits_and_dp<T, DP, BJ, kOneRow>(s, dp, logit_rows, sdo.row(lr.a_row), sv2.row(o.a), sk1, sv1);
+      logits_and_dp<T, DP, BJ>(s, dp, logit_rows, sdo.row(lr.a_row), sv2.row(o.a), sk1, sv1);
 
       // dA = P (dP - Delta), zero outside the (j, k) window.
 #pragma unroll
@@ -133,7 +129,7 @@ dq_kernel(const DqKernelParams p) {
         const auto k2_at = [&](int h, int, int ch) { return Elem<T>::to_float(sload(k2_h[h] + ch)); };
         add_cross_m<T, DP, BJ, DO>(acc, sm, lr.warp_row0, da, sk1, col0, D, m_at, k2_at);
       } else {
-        add_product_times_rows<T, kOneRow>(acc, da, sk1, col0, k2_h);
+        add_product_times_rows<T>(acc, da, sk1, col0, k2_h);
       }
     }
     cta_sync();  // B2

@@ -133,6 +133,15 @@ SA_DEV float quad_max(float v SA_SITE_ARG) {
   return v;
 }
 
+// v of lane (lane ^ mask): every lane of the warp must call it (the head sums' reduce-scatter).
+SA_DEV float shuffle_xor(float v, int mask SA_SITE_ARG) {
+#ifdef SA_EMULATE
+  return sa_emu::shfl_xor(v, mask, SA_SITE_NEXT_ONLY);
+#else
+  return __shfl_xor_sync(0xffffffffu, v, mask);
+#endif
+}
+
 // The sum of `v` over the warp; the butterfly gives every lane the same bits (a + b == b + a).
 SA_DEV float warp_sum(float v SA_SITE_ARG) {
 #pragma unroll
@@ -203,6 +212,17 @@ SA_DEV float mul_rn(float a, float b) {
 #else
   return __fmul_rn(a, b);
 #endif
+}
+
+// x, opaque to the compiler: a value computed from it inside a loop stays there instead of being
+// hoisted into a register for the whole loop (where registers, not instructions, are scarce).
+SA_DEV int opaque(int x) {
+#ifdef SA_EMULATE
+  asm volatile("" : "+r"(x));
+#else
+  asm volatile("mov.b32 %0, %0;" : "+r"(x));
+#endif
+  return x;
 }
 
 // ---------------------------------------------------------------------------------------------

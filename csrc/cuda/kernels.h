@@ -17,6 +17,9 @@ void run_bwd_fp16(const BwdArgs& args, cudaStream_t stream);
 void run_bwd_bf16(const BwdArgs& args, cudaStream_t stream);
 void run_bwd_fp32(const BwdArgs& args, cudaStream_t stream);
 void run_decode(const DecodeArgs& args, cudaStream_t stream);  // every dtype (decode.cu)
+// The zeroed float32 scratch run_bwd needs for `args` (BwdArgs::scratch), in elements: the fused
+// dq + dk2 + dv2 pass's partial sums (launch_bwd.cuh plan_dqkv2); 0 when the call needs none.
+int64_t bwd_scratch_floats(const BwdArgs& args);  // bwd_fp16.cu
 
 inline void run_fwd(const FwdArgs& args, cudaStream_t stream) {
   switch (args.dtype) {

@@ -102,7 +102,8 @@ struct BwdArgs {
   const float* lse;     // contiguous [B, Hq, N], natural log
   const float* lse_lo;  // contiguous [B, Hq, N]
   MutTensorRef dq, dk1, dk2, dv1, dv2;
-  float* delta;  // workspace, contiguous [B, Hq, N]
+  float* delta;    // workspace, contiguous [B, Hq, N]
+  float* scratch;  // workspace of bwd_scratch_floats(args) float32 elements, zeroed (nullptr if 0)
 };
 
 // Decoding splits the j window of each query row into chunks of kDecodeSplitPositions positions (at

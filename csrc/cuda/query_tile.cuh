@@ -63,6 +63,34 @@ SA_DEV QueryTile query_tile(const QueryTileParams& p) {
   return t;
 }
 
+// The tile of BM rows whose first position is p0 of sequence `seq` (kv head and head block from
+// grid.y): each tile of the span a dq + dk2 + dv2 CTA walks (bwd_dqkv2_kernel.cuh). query_tile's
+// computation with the position and sequence given; query_tile keeps its own copy because the
+// forward's allocation at 254 of 255 registers is sensitive to its inlined form (written through
+// this function, ptxas for sm_80 spilled 16 bytes at head dim 128).
+template <int BM>
+SA_DEV QueryTile query_tile_at(const QueryTileParams& p, const SeqSpan& seq, int p0) {
+  QueryTile t;
+  const int heads = 1 << p.log2_heads;
+  t.seq = seq;
+  const int len = t.seq.len;
+  t.g = block_y() / p.head_blocks;
+  t.positions = BM >> p.log2_heads;
+  t.rt = RowTile{p0, (block_y() % p.head_blocks) * heads, p.log2_heads, p.group, len};
+  t.p_last = imin(t.rt.p0 + t.positions - 1, len - 1);
+  const Span u = offset_span(p.prob.band2, t.rt.p0, t.p_last, len);
+  const Span j = band_union(p.prob.band1, t.rt.p0, t.p_last, len);
+  t.u_lo = u.lo;
+  t.u_hi = u.hi;
+  t.j_lo = j.lo;
+  t.j_hi = j.hi;
+  SA_PATH(p.log2_heads > 0, "tile: head packing");
+  SA_PATH(t.rt.head0 + heads > p.group, "tile: partial head block");
+  SA_PATH(!t.past_end() && t.rt.p0 + t.positions > len, "tile: last partial position tile");
+  SA_PATH(p.group > 1, "tile: GQA group > 1");
+  return t;
+}
+
 // This lane's two rows of the tile: fragment rows g4 and g4 + 8 of its warp's 16 (common.cuh),
 // their positions, whether they exist, and their k1/v1 windows [jmin, jmax]; a_row is the lane's
 // ldmatrix row for A operands (row lane % 16 of the warp's 16).
@@ -73,9 +101,10 @@ struct LaneRows {
   SA_DEV int row(int h) const { return warp_row0 + g4 + 8 * h; }
 };
 
-SA_DEV LaneRows lane_rows(const QueryTile& qt, const Band& band1) {
+// row_warp: the warp's 16 rows (the warp itself, unless several warps share rows).
+SA_DEV LaneRows lane_rows(const QueryTile& qt, const Band& band1, int row_warp = warp_id()) {
   LaneRows lr;
-  lr.warp_row0 = 16 * warp_id();
+  lr.warp_row0 = 16 * row_warp;
   lr.g4 = lane_id() >> 2;
   lr.a_row = lr.warp_row0 + (lane_id() & 15);
 #pragma unroll

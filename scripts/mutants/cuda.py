@@ -19,6 +19,11 @@ SMALL_FP16 = [EMU, "-k", "match_oracle and B2-N7-Hq2-Hkv1-D16-w1_3-w2_5-causal-f
 D128_MULTI = [EMU, "-k", "match_oracle and N70-Hq2-Hkv1-D120 and float16"]
 # Head packing of 16 heads (each warp's rows at one position) with windows wider than a block, head dim 64.
 ONE_ROW_64 = [EMU, "-k", "match_oracle and B1-N50-Hq16-Hkv1-D64-w1_48-w2_3-causal-float16"]
+# The fused dq + dk2 + dv2 pass (head packing of >= 16 heads): 16 heads (two positions per tile), 32
+# heads in spans of several tiles over 4 scratch layers, 64 heads (two head blocks), all at 64.
+FUSED_64 = [EMU, "-k", "match_oracle and (N50-Hq16-Hkv1-D64-w1_48-w2_3-causal-float16 or N23-Hq32 or N7-Hq64-Hkv1-D24)"]
+# Packed sequences under head packing (the fused pass's scratch rows of each sequence).
+FUSED_VARLEN = [FEATURES, "-k", "varlen and Hq16"]
 
 MUTANTS = [
     # ---- device branches (common.cuh inline PTX): the SASS probes
@@ -298,20 +303,92 @@ MUTANTS = [
         why="every warp's rows taken to share one position: both rows read the first row's k2 and v2",
     ),
     dict(
-        name="cuda-dq-one-row-without-head-packing",
+        name="cuda-dqkv2-without-head-packing",
         path="csrc/cuda/launch_bwd.cuh",
-        old="if (p.log2_heads >= 4)",
-        new="if (true)",
+        old="if (a.prob.determinant || heads < 16) return pl;",
+        new="if (a.prob.determinant) return pl;",
         tests=PIPELINE_64,
-        why="dq takes every warp's rows to share one position: both rows read the first row's k2 and v2",
+        why="the fused pass (one position per warp) chosen without head packing: a warp's rows at 16 positions",
     ),
     dict(
-        name="cuda-dq-one-row-dp-reads-k2-for-v2",
+        name="cuda-dqkv2-one-row-dp-reads-k2-for-v2",
         path="csrc/cuda/logit_operand.cuh",
         old="q_times_k2<T, DP, false, true>(e, no_held, e_row, f_row, kt SA_SITE_NEXT);",
         new="q_times_k2<T, DP, false, true>(e, no_held, e_row, logit.k2_row, kt SA_SITE_NEXT);",
         tests=ONE_ROW_64,
-        why="dq's one-row dP operand dout ⊙ v2 built from k2's row instead of v2's",
+        why="the fused pass's one-row dP operand dout ⊙ v2 built from k2's row instead of v2's",
+    ),
+    dict(
+        name="cuda-dqkv2-partial-dropped",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="gstore(dst, gload(dst) + sum);",
+        new="gstore(dst, sum);",
+        tests=FUSED_64,
+        why="a scratch row overwritten instead of added to: the earlier (tile, u) partials of that row are lost",
+    ),
+    dict(
+        name="cuda-dqkv2-reduce-drops-a-layer",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="for (int l = 0; l < sc.layers; ++l) {",
+        new="for (int l = 0; l < sc.layers - 1; ++l) {",
+        tests=FUSED_64,
+        why="the reduce forgets the last scratch layer: the partials of every layers-th span are dropped",
+    ),
+    dict(
+        name="cuda-dqkv2-reduce-drops-a-head-block",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="for (int hb = 0; hb < sc.head_blocks; ++hb) {",
+        new="for (int hb = 0; hb < 1; ++hb) {",
+        tests=FUSED_64,
+        why="the reduce sums the first head block only: the heads of the others never reach dk2 / dv2",
+    ),
+    dict(
+        name="cuda-dqkv2-x-not-reset-per-u",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="      zero_acc(x);\n      zero_acc(y);\n      cta_sync();  // [R]",
+        new="      cta_sync();  // [R]",
+        tests=FUSED_64,
+        why="x and y carried from one offset u into the next: each u's partials counted again at every later u",
+    ),
+    dict(
+        name="cuda-dqkv2-row-warps-of-other-positions-summed",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="if (((16 * rw) >> p.log2_heads) == ps) sum += ",
+        new="sum += ",
+        tests=FUSED_64,
+        why="with 16 heads (a position per row warp) each position's row gets the other position's head sums too",
+    ),
+    dict(
+        name="cuda-dqkv2-layers-overlap",
+        path="csrc/cuda/launch_bwd.cuh",
+        old="1 + ceil_div64(reach, span_len)",
+        new="ceil_div64(reach, span_len)",
+        tests=FUSED_64,
+        why="one scratch layer too few: neighbouring spans of one layer add into the same rows (a race)",
+    ),
+    dict(
+        name="cuda-dqkv2-head-sum-keeps-the-wrong-half",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="v2[i] = (hi ? v1[i + V / 4] : v1[i]) + shuffle_xor(hi ? v1[i] : v1[i + V / 4], 8 SA_SITE_NEXT);",
+        new="v2[i] = (hi ? v1[i] : v1[i + V / 4]) + shuffle_xor(hi ? v1[i] : v1[i + V / 4], 8 SA_SITE_NEXT);",
+        tests=FUSED_64,
+        why="the head sums' reduce-scatter keeps the half it sends at its second level: columns summed across",
+    ),
+    dict(
+        name="cuda-dqkv2-dq-not-restarted-per-tile",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="const float2 prev = u == qt.u_lo ? float2{0.f, 0.f} : sload(at);",
+        new="const float2 prev = sload(at);",
+        tests=FUSED_64,
+        why="the tile's first offset adds to sdq instead of starting it: the previous tile's dq leaks in",
+    ),
+    dict(
+        name="cuda-dqkv2-row-of-the-wrong-sequence",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="const int64_t row = static_cast<int64_t>(seq.batch) * p.N + seq.row0 + k;",
+        new="const int64_t row = static_cast<int64_t>(seq.batch) * p.N + k;",
+        tests=FUSED_VARLEN,
+        why="a packed sequence's dk2 / dv2 partials added at the first sequence's rows (position, not row)",
     ),
     dict(
         name="cuda-fwd-interior-forgets-the-right-edge",

@@ -2,10 +2,9 @@
 // api.cpp calls (kernels.h), the same launchers and kernel code, with every global and shared
 // memory access checked. Built and driven by tests/test_cuda_emulated.py:
 //
-//   g++ -std=c++20 -O2 -mfma -ffp-contract=fast -DSA_EMULATE -I/usr/local/cuda/include csrc/cuda/emulator/driver.cc -o emu
-//   emu [--seed S] [--fast-math] fwd|bwd|decode IN OUT
-//   emu [--seed S] selftest NAME   (a planted fault the emulator must report: selftest.h)
-//   emu configs          (prints the tile configs: kernel head_dim threads smem_bytes)
+//   g++ -std=c++20 -O2 -mfma -ffp-contract=fast -DSA_EMULATE -I/usr/local/cuda/include csrc/cuda/emulator/driver.cc -o
+//   emu emu [--seed S] [--fast-math] fwd|bwd|decode IN OUT emu [--seed S] selftest NAME   (a planted fault the emulator
+//   must report: selftest.h) emu configs          (prints the tile configs: kernel head_dim threads smem_bytes)
 //
 // --seed S shuffles the order of CTAs and of threads within a CTA (default 1); --fast-math
 // emulates the arithmetic of nvcc --use_fast_math (emulator.h). On success stderr ends with the
@@ -99,18 +98,23 @@ void print_configs() {
   print_config<DqConfig<DP>>("dq_kernel");
   print_config<Dkv1Config<DP>>("dkv1_kernel");
   print_config<Dkv2Config<DP>>("dkv2_kernel");
+  if constexpr (DP <= 128) print_config<DqKv2Config<DP>>("dqkv2_kernel");
 }
 
 // fwd / bwd: header {dtype, B, N, Hq, Hkv, D, left1, right1, left2, right2, determinant, packed,
 // num_seqs, max_seqlen} (the bands as api.cpp passes them: reaches below N); packed inputs end
 // with cu_seqlens (int32 [num_seqs + 1]).
-void run_attention_op(Reader& r, FILE* fout, const std::string& op, const int64_t (&h)[16], double scale,
-                      DType dtype, int eb) {
+void run_attention_op(Reader& r, FILE* fout, const std::string& op, const int64_t (&h)[16], double scale, DType dtype,
+                      int eb) {
   const Dims d{static_cast<int>(h[1]), static_cast<int>(h[2]), static_cast<int>(h[3]), static_cast<int>(h[4]),
                static_cast<int>(h[5])};
   const bool packed = h[11] != 0;
   ProblemDesc prob{Band{static_cast<int>(h[6]), static_cast<int>(h[7])},
-                   Band{static_cast<int>(h[8]), static_cast<int>(h[9])}, static_cast<float>(scale), h[10] != 0, nullptr, packed ? static_cast<int>(h[12]) : d.B,
+                   Band{static_cast<int>(h[8]), static_cast<int>(h[9])},
+                   static_cast<float>(scale),
+                   h[10] != 0,
+                   nullptr,
+                   packed ? static_cast<int>(h[12]) : d.B,
                    packed ? static_cast<int>(h[13]) : d.N};
   const size_t q_elems = static_cast<size_t>(d.B) * d.N * d.Hq * d.D;
   const size_t kv_elems = static_cast<size_t>(d.B) * d.N * d.Hkv * d.D;
@@ -125,8 +129,17 @@ void run_attention_op(Reader& r, FILE* fout, const std::string& op, const int64_
     Input v1 = read_tensor(r, "v1", eb), v2 = read_tensor(r, "v2", eb), cu;
     read_cu(cu);
     Buffer out(q_elems * eb, "out", true), lse(stat_elems * 4, "lse", true), lse_lo(stat_elems * 4, "lse_lo", true);
-    const FwdArgs a{dtype,  d,      prob,   q.ref, k1.ref, k2.ref, v1.ref, v2.ref, contiguous_ref(out, d, d.Hq),
-                    reinterpret_cast<float*>(lse.data.get()), reinterpret_cast<float*>(lse_lo.data.get())};
+    const FwdArgs a{dtype,
+                    d,
+                    prob,
+                    q.ref,
+                    k1.ref,
+                    k2.ref,
+                    v1.ref,
+                    v2.ref,
+                    contiguous_ref(out, d, d.Hq),
+                    reinterpret_cast<float*>(lse.data.get()),
+                    reinterpret_cast<float*>(lse_lo.data.get())};
     run_fwd(a, nullptr);
     for (const Buffer* b : {&out, &lse, &lse_lo}) write(fout, *b);
   } else {
@@ -136,24 +149,33 @@ void run_attention_op(Reader& r, FILE* fout, const std::string& op, const int64_
     read_cu(cu);
     Buffer dq(q_elems * eb, "dq", true), dk1(kv_elems * eb, "dk1", true), dk2(kv_elems * eb, "dk2", true);
     Buffer dv1(kv_elems * eb, "dv1", true), dv2(kv_elems * eb, "dv2", true), delta(stat_elems * 4, "delta", true);
-    const BwdArgs a{dtype,
-                    d,
-                    prob,
-                    dout.ref,
-                    q.ref,
-                    k1.ref,
-                    k2.ref,
-                    v1.ref,
-                    v2.ref,
-                    out.ref,
-                    static_cast<const float*>(lse.ref.ptr),
-                    static_cast<const float*>(lse_lo.ref.ptr),
-                    contiguous_ref(dq, d, d.Hq),
-                    contiguous_ref(dk1, d, d.Hkv),
-                    contiguous_ref(dk2, d, d.Hkv),
-                    contiguous_ref(dv1, d, d.Hkv),
-                    contiguous_ref(dv2, d, d.Hkv),
-                    reinterpret_cast<float*>(delta.data.get())};
+    BwdArgs a{dtype,
+              d,
+              prob,
+              dout.ref,
+              q.ref,
+              k1.ref,
+              k2.ref,
+              v1.ref,
+              v2.ref,
+              out.ref,
+              static_cast<const float*>(lse.ref.ptr),
+              static_cast<const float*>(lse_lo.ref.ptr),
+              contiguous_ref(dq, d, d.Hq),
+              contiguous_ref(dk1, d, d.Hkv),
+              contiguous_ref(dk2, d, d.Hkv),
+              contiguous_ref(dv1, d, d.Hkv),
+              contiguous_ref(dv2, d, d.Hkv),
+              reinterpret_cast<float*>(delta.data.get()),
+              nullptr};
+    // The fused backward's scratch, zeroed as api.cpp's at::zeros.
+    const int64_t scratch_floats = bwd_scratch_floats(a);
+    std::unique_ptr<Buffer> scratch;
+    if (scratch_floats > 0) {
+      scratch = std::make_unique<Buffer>(static_cast<size_t>(scratch_floats) * 4, "scratch", true);
+      memset(scratch->data.get(), 0, scratch->bytes);
+      a.scratch = reinterpret_cast<float*>(scratch->data.get());
+    }
     run_bwd(a, nullptr);
     for (const Buffer* b : {&dq, &dk1, &dk2, &dv1, &dv2}) write(fout, *b);
   }
@@ -171,8 +193,13 @@ void run_decode_op(Reader& r, FILE* fout, const int64_t (&h)[16], double scale, 
   a.D = static_cast<int>(h[5]);
   a.C1 = static_cast<int>(h[8]);
   a.C2 = static_cast<int>(h[9]);
-  a.prob = ProblemDesc{Band{static_cast<int>(h[6]), 0}, Band{static_cast<int>(h[7]), 0}, static_cast<float>(scale),
-                       h[10] != 0, nullptr, a.B, a.Nq};
+  a.prob = ProblemDesc{Band{static_cast<int>(h[6]), 0},
+                       Band{static_cast<int>(h[7]), 0},
+                       static_cast<float>(scale),
+                       h[10] != 0,
+                       nullptr,
+                       a.B,
+                       a.Nq};
   Input q = read_tensor(r, "q", eb), k1 = read_tensor(r, "k1_cache", eb), k2 = read_tensor(r, "k2_cache", eb);
   Input v1 = read_tensor(r, "v1_cache", eb), v2 = read_tensor(r, "v2_cache", eb);
   Input lengths = read_tensor(r, "cache_seqlens", 4);

@@ -93,6 +93,12 @@ P_KV_TMA, P_KV_POINTERS = coverage.slots(("fwd",), "kv_tma", "kv_pointers")
 
 
 @triton.jit
+def narrow_trips(j_hi, j_wide, BLOCK_T: tl.constexpr):
+    """The narrow loop's BLOCK_T-row blocks: those covering the rows past j_wide up to j_hi."""
+    return tl.cdiv(j_hi - j_wide, BLOCK_T)
+
+
+@triton.jit
 def folded(rows, k2k):
     """The block `rows` [BLOCK_J, D] times one k2 (v2) row k2k [D] (float32), rounded back to
     the rows' dtype: the FOLD path's operand."""
@@ -246,7 +252,7 @@ def attend_folded(
                 k2k, v2k, True,
             )  # fmt: skip
         if BLOCK_T > 0:
-            n_narrow = tl.cdiv(j_hi - j_wide, BLOCK_T)
+            n_narrow = narrow_trips(j_hi, j_wide, BLOCK_T)
             acc, m_i, l_i = attend_blocks(
                 q, acc, m_i, l_i, pos, k_ok, tl.arange(0, BLOCK_T), j_wide + 1, n_narrow, j_wide + 1, n_narrow,
                 j_lo, j_hi, L1, R1, c, k1t_base, k1t_offs, v1t_base, v1t_offs, stride_k1n, stride_v1n, n, d_ok,
@@ -363,7 +369,7 @@ def _two_simplicial_fwd_kernel(
                     INPUT_PRECISION, UPCAST, COUNT_PATHS, DESC,
                 )  # fmt: skip
             if BLOCK_T > 0:
-                n_narrow = tl.cdiv(j_hi - j_wide, BLOCK_T)
+                n_narrow = narrow_trips(j_hi, j_wide, BLOCK_T)
                 y, m_i, l_i = attend_blocks(
                     a, y, m_i, l_i, pos, k_ok, jt, j_wide + 1, n_narrow, j_wide + 1, n_narrow, j_lo, j_hi, L1, R1, c,
                     k1t_base, k1t_offs, v1t_base, v1t_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,

@@ -308,7 +308,7 @@ dqkv2_kernel(const DqKv2KernelParams p) {
       SA_PATH(u > qt.u_lo, "pipeline: next u");
       const TileT tk2 = sk2(nu & 1), tv2 = sv2(nu & 1);
       const OffsetRows o = offset_rows(qt, lr, u, qt.rt.p0 - u);
-      // The warp's one k2 row (its 16 rows share a position: o.h[0] == o.h[1] == o.a).
+      // The warp's one k2 row (its 16 rows share a position: the offset rows h[0], h[1] and a coincide).
       const T* const k2_row = tk2.row(o.a);
       const T* const k2_h[2] = {k2_row, k2_row};
       const LogitRows<T> logit_rows{false, D, tq.row(lr.a_row), k2_row, q_h, k2_h};

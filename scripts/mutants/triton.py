@@ -104,8 +104,8 @@ MUTANTS = [
     dict(
         name="triton-fwd-narrow-loop-drops-partial-block",
         path="triton_kernels/fwd.py",
-        old="n_narrow = tl.cdiv(j_hi - j_wide, BLOCK_T)",
-        new="n_narrow = (j_hi - j_wide) // BLOCK_T",
+        old="return tl.cdiv(j_hi - j_wide, BLOCK_T)",
+        new="return (j_hi - j_wide) // BLOCK_T",
         tests=PATHS_D64,
         why="the narrow loop (BLOCK_T rows past the last whole BLOCK_J block) misses its last, partial block",
     ),

@@ -183,6 +183,9 @@ def main(argv=None):
         save(model, config, args.save, rank)
         if rank == 0:
             print(f"saved {args.save / 'dcp'} (sharded) and {args.save / 'hf'} (from_pretrained)", flush=True)
+    # Leave together: a rank that tears its gloo group down while another is still writing (rank 0's
+    # save_pretrained) was seen to abort at exit ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

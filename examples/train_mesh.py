@@ -142,9 +142,8 @@ def save(model, config, path, rank):
         plain.save_pretrained(path / "hf")
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    mesh, device = setup(args)
+def train(args, mesh, device):
+    """Build, parallelize, train, validate and (with --save) checkpoint the model on `mesh`."""
     rank = dist.get_rank()
     files = stdlib_sources(max_files=40 if args.tiny else None)
     train, valid = (torch.cat(encode(files[split])) for split in ("train", "valid"))
@@ -183,11 +182,30 @@ def main(argv=None):
         save(model, config, args.save, rank)
         if rank == 0:
             print(f"saved {args.save / 'dcp'} (sharded) and {args.save / 'hf'} (from_pretrained)", flush=True)
-    # Leave together: a rank that tears its gloo group down while another is still writing (rank 0's
-    # save_pretrained) was seen to abort at exit ("terminate called without an active exception").
+
+
+def teardown():
+    """Leave together and unregister the process groups.
+
+    destroy_process_group() does not join gloo's worker threads while a DeviceMesh still holds its group,
+    and torch's DTensor sharding caches hold every mesh until interpreter finalization. A worker that
+    drops its last reference to a tensor then cannot take the GIL, and the process aborts at exit
+    ("terminate called without an active exception"; seen under load, after all work was done). So
+    `python train_mesh.py` leaves through os._exit once this returns, as multiprocessing's children do:
+    everything is written and flushed by then, and finalization has nothing left to do that matters."""
     dist.barrier()
     dist.destroy_process_group()
 
 
+def main(argv=None):
+    args = parse_args(argv)
+    mesh, device = setup(args)
+    train(args, mesh, device)
+    teardown()
+
+
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # see teardown()

@@ -404,7 +404,8 @@ def test_train_mesh_smoke(tmp_path):
         "--save",
         str(tmp_path),
     ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # an abort prints its Python stacks
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     assert "mesh dp=1 cp=2 tp=1" in run.stdout and "validation loss" in run.stdout
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")

@@ -135,7 +135,7 @@ def test_parallelize_fn_and_a_training_step_match_one_process(tmp_path):
 
 def _torchrun(nproc, script_args, tmp_path, timeout):
     path = os.pathsep.join([str(ROOT / "tests"), str(ROOT / "python")])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            *script_args]  # fmt: skip
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)

@@ -54,12 +54,18 @@ def batched_cases(d):
         (Case(1, 20, 2, 1, d, 1, 18), False, None),
         # 32 heads of a kv head fill a 32-row tile: bwd_dqkv2's one-position head sum (one_position).
         (Case(1, 3, 32, 1, d, 2, 2), True, None),
+        # 16 heads: two positions a 32-row tile, bwd_dqkv2's two-position head sum (two_positions);
+        # dout one channel apart past D (a row stride of D + 1 floats, not 16-byte aligned): its
+        # q / dout / k2 / v2 rows through pointer loads (q_pointers), the others' through descriptors.
+        (Case(1, 5, 16, 1, d, 2, 2), True, None, "channel"),
     ]
 
 
-def _check_batched(case, head_packing, span=None):
+def _check_batched(case, head_packing, span=None, dout_pad=None):
     inputs = make_inputs(case, torch.float32, "cpu")
     dout = make_dout(case, torch.float32, "cpu")
+    if dout_pad:  # dout as a view of a NaN-padded buffer: one more channel per row
+        dout = torch.nn.functional.pad(dout, (0, 1), value=float("nan"))[..., :-1]
     scale = case.D**-0.5
     prob = Problem(*bands(case.w1, case.w2, case.causal), scale)
     out, lse, lse_lo = tk.fwd(*inputs, prob, head_packing=head_packing)
@@ -156,8 +162,8 @@ def _check_decode(d):
 def test_every_path_of_every_kernel_runs(block_d, poison):
     d = HEAD_DIMS[block_d]
     with coverage.recording() as table:
-        for case, head_packing, span in batched_cases(d):
-            _check_batched(case, head_packing, span)
+        for case, head_packing, span, *pad in batched_cases(d):
+            _check_batched(case, head_packing, span, *pad)
         for case, head_packing, nan_pad in interior_cases(d):
             _check_fwd(case, head_packing, nan_pad)
         for case, head_packing, config in narrow_cases(d):
@@ -224,18 +230,24 @@ def test_dqkv2_scratch_layers_never_overlap_and_stay_bounded():
 
 def test_dq_slots_are_the_stated_size_at_the_target():
     """bwd_dqkv2's dq slots (DQ_SCRATCH, triton_kernels/launch.py dq_slot_rows): one [BLOCK_M, BLOCK_D]
-    float32 slot per program, only where a config of the list keeps dq there. Target shape on an
-    H100 (B = 2, N = 16384, 64 heads packed on Hkv = 1, D = 128, w2 = 32): sm_90's 64-row tiles,
-    spans of 31 positions, 2 x 529 programs of 32 KiB: 33 MiB (a float32 dq would take 1 GiB)."""
+    float32 slot per program, only where a config of the list keeps dq there; and its operand slots
+    (AB_SLOT, ab_slot_rows): a and bo, [BLOCK_M, BLOCK_D] each in the inputs' dtype. Target shape on
+    an H100 (B = 2, N = 16384, 64 heads packed on Hkv = 1, D = 128, w2 = 32): sm_90's 128-row tiles
+    of two positions, spans of 32 positions, 2 x 512 programs of 64 KiB each: 64 MiB of dq slots
+    and 64 MiB of operand slots (a float32 dq would take 1 GiB)."""
     from simplicial_attn.triton_kernels import configs, launch
 
-    assert launch.dq_slot_rows("bwd_dqkv2", "sm90", 128, False, True) == 64
+    assert launch.dq_slot_rows("bwd_dqkv2", "sm90", 128, False, True) == 128
     assert launch.dq_slot_rows("bwd_dqkv2", "sm80", 128, False, True) == 0  # dq in registers there
     assert launch.dq_slot_rows("bwd_dqkv2", configs.INTERP, 128, False, True) == 32  # the tests run the slots
-    span = launch.dqkv2_span(132, 16384, 1, 31, 2)
+    assert launch.ab_slot_rows("sm90", 128, False, True) == 2 * 128
+    assert launch.ab_slot_rows("sm80", 128, False, True) == 0
+    assert launch.ab_slot_rows(configs.INTERP, 128, False, True) == 2 * 32
+    _, _, positions = launch.dqkv2_tiling(64, None, "sm90", 128, False)
+    span = launch.dqkv2_span(132, 16384, positions, 31, 2)
     programs = -(-16384 // span) * 1 * 2
-    assert (span, programs) == (31, 1058)
-    assert programs * 64 * 128 * 4 == 1058 * 32 * 2**10 < 34 * 2**20
+    assert (positions, span, programs) == (2, 32, 1024)
+    assert programs * 128 * 128 * 4 == programs * 2 * 128 * 128 * 2 == 64 * 2**20
 
 
 def test_dqkv2_tiles_hold_whole_positions_on_every_arch():

@@ -38,8 +38,30 @@ writes without reading, so the slots need no zeroing), behind the same CTA barri
 partials; the tile's end reads the slot, scales and stores dq, then waits at a barrier before
 the next tile's first step overwrites it. A slot is used by one program only and stays in L2
 while the program runs. Size (launch.dq_slot_rows): programs x BLOCK_M x BLOCK_D x 4 bytes,
-with spans of S positions a fraction BLOCK_M / (BLOCK_H * S) of a float32 dq; target shape (529
-spans x 2 sequences, 64-row tiles, D = 128): 33 MiB.
+with spans of S positions a fraction BLOCK_M / (BLOCK_H * S) of a float32 dq; target shape (512
+spans of 32 positions x 2 sequences, 128-row tiles, D = 128): 64 MiB (33 MiB with the 64-row
+tiles alone). The slot stays a pointer read-modify-write: through a descriptor its bulk stores
+would need the completion wait of the operand slot's below once more per step.
+
+Tensor descriptors (configs with TMA, where the launcher finds q, dout, dq, k2 and v2 16-byte
+aligned, Q_ALIGNED; pointer loads and stores otherwise). A query tile's rows are a box of a
+[positions, heads, D] view (kv.query_descriptor: BLOCK_P positions x BLOCK_H heads, whatever Hq),
+its k2 / v2 rows a [BLOCK_P, D] box at k = p0 - u: one bulk copy each in place of [rows, D]
+64-bit addresses that the compiler hoists out of the loops and keeps across the j loop. The boxes
+zero-fill positions past the sequence, heads past the group, channels past D and k2 / v2 rows
+outside [0, n), as the masks do; one select per position zeroes the q / dout rows whose k lies
+outside (query_box). dq is stored through the same kind of box, which clips those rows.
+
+Operand slot (AB_SLOT, with the descriptors). sm_90's 128-row tile (two 64-row warp groups, each
+owning whole rows, so S, dP and exp once per logit) holds x and y (128 registers a thread) and
+would hold the pair operands a and bo as register operands of the S and dP products (64 more):
+with everything else, past 255. Each offset step instead stores a and bo into the program's own
+[2 * BLOCK_M, BLOCK_D] slot and loads them back through a descriptor, so the products read them
+from shared memory. The stores are bulk copies, which triton does not wait for (only for their
+shared-memory reads) before the loads: bulk_stores_done waits for their completion (PTX
+cp.async.bulk.wait_group 0, each thread its own stores), then a CTA barrier, then the loads. Size
+(launch.ab_slot_rows): programs x 2 x BLOCK_M x BLOCK_D elements of the inputs' dtype; target
+shape (1024 programs of 128 rows, D = 128, bf16): 64 MiB, as the dq slots.
 
 Scratch (launch.dqkv2_scratch_shape): 2 x LAYERS x T x Hkv x n_hblk x D float32, i.e.
 8 * LAYERS * T * Hkv * n_hblk * D bytes (T = B * N rows, or the packing's rows; n_hblk head
@@ -47,7 +69,8 @@ blocks per kv head: 1 with head packing up to 64 heads, the group's size with se
 zeroed on the host. launch.dqkv2_span picks S >= w2 - 1, so LAYERS = 2 (16 * T * Hkv * n_hblk
 * D bytes), whenever that leaves 2 programs per SM; shorter sequences get smaller spans and
 up to 1 + cdiv(w2 - 1, S) layers. Target shape (B = 2, N = 16384, Hkv = 1, D = 128, w2 = 32,
-64 heads packed, 132 SMs): S = 31, LAYERS = 2, 64 MiB.
+64 heads packed, 132 SMs): S = 32 (a multiple of the 128-row tile's two positions), LAYERS = 2,
+64 MiB.
 """
 
 import triton
@@ -55,8 +78,7 @@ import triton.language as tl
 
 from . import coverage
 from .coverage import count_common, hit
-from .kv import query_rows, rows_at, tile_offsets
-from .mask import j_window_mask
+from .kv import query_box, query_descriptor, query_rows, row_descriptor, rows_at, tile_offsets
 from .operand import chunk_shifts, cross, mma, pair_operand, permuted
 from .seqlen import sequence_span
 from .softmax import recomputed_block
@@ -78,32 +100,49 @@ from .tiles import (
 #   head_sum       a head sum over more than one query head (BLOCK_H > 1)
 #   dq_scratch     an offset step adding its dq part into the program's float32 slot (DQ_SCRATCH)
 #   one_position   (DQ_SCRATCH) a head sum of a one-position tile in the tile's own layout
-P_SPAN_REPEAT, P_LAYER_UP, P_ROWS_CLIPPED, P_HEAD_SUM, P_DQ_SCRATCH, P_ONE_POSITION = coverage.slots(
-    ("bwd_dqkv2",), "span_repeat", "layer_up", "rows_clipped", "head_sum", "dq_scratch", "one_position"
-)
+#   q_tma / q_pointers  (TMA configs) q, dout, k2, v2 rows read and dq stored through tensor
+#                       descriptors / pointer loads and stores (strides not aligned)
+#   ab_slot        (AB_SLOT) an offset step passing its operands a, bo through the operand slot
+#   two_positions  (DQ_SCRATCH) a head sum of a two-position tile in the tile's own layout
+(
+    P_SPAN_REPEAT, P_LAYER_UP, P_ROWS_CLIPPED, P_HEAD_SUM, P_DQ_SCRATCH, P_ONE_POSITION, P_Q_TMA, P_Q_POINTERS,
+    P_AB_SLOT, P_TWO_POSITIONS,
+) = coverage.slots(
+    ("bwd_dqkv2",), "span_repeat", "layer_up", "rows_clipped", "head_sum", "dq_scratch", "one_position",
+    "q_tma", "q_pointers", "ab_slot", "two_positions",
+)  # fmt: skip
 #   layer_repeat   the reduce summing a second (third, ...) layer
 (P_LAYER_REPEAT,) = coverage.slots(("bwd_reduce2",), "layer_repeat", common=False)
 
 
 @triton.jit
 def recomputed_j_block(
-    j0, jr, j_lo, j_hi, n, d_ok, rows_ok, pos, L1, R1, a, bo, lse, lse_lo, delta, scale,
+    j0, jr, j_lo, j_hi, n, d_ok, w_lo, w_hi, a, bo, lse, lse_lo, delta, scale,
     k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, COUNTS,
     J_REPEAT: tl.constexpr, J_TAIL: tl.constexpr, J_PAST_N: tl.constexpr, BLOCK_J: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
 ):  # fmt: skip
-    """One j-block of the backward's query-side loop: rows at positions `pos` (valid where
-    rows_ok) with operands a (logits) and bo (dP) against the k1/v1 rows j0 + jr of [j_lo, j_hi];
-    lse, lse_lo and delta per row. Returns (P, dA, k1b, v1b)."""
+    """One j-block of the backward's query-side loop: rows with operands a (logits) and bo (dP)
+    against the k1/v1 rows j0 + jr of [j_lo, j_hi], a row's pairs counting for j in [w_lo, w_hi]
+    (window_bounds); lse, lse_lo and delta per row. Returns (P, dA, k1b, v1b)."""
     js, j_ok, jd_mask = j_block(
         j0, jr, j_lo, j_hi, n, d_ok, COUNTS, J_REPEAT, J_TAIL, J_PAST_N, BLOCK_J, False, COUNT_PATHS
     )
     k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
     v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
     s = mma(a, tl.trans(k1b), tl.zeros([a.shape[0], BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
-    in_win = j_window_mask(rows_ok, pos, j_ok, js, L1, R1)
+    in_win = (js[None, :] >= w_lo[:, None]) & (js[None, :] <= w_hi[:, None])
     p, ds = recomputed_block(s, in_win, bo, v1b, lse, lse_lo, delta, scale, True, INPUT_PRECISION, UPCAST)
     return p, ds, k1b, v1b
+
+
+@triton.jit
+def window_bounds(rows_ok, pos, j_hi, L1, R1):
+    """[w_lo, w_hi] per row: the j a row's pairs count for, J(pos) = [pos - L1, pos + R1] cut at
+    j_hi, empty where rows_ok is False (mask.j_window_mask's pairs: two compares an element, and
+    two values per row held across the j loop)."""
+    w_lo = pos - L1
+    return w_lo, tl.where(rows_ok, tl.minimum(pos + R1, j_hi), w_lo - 1)
 
 
 @triton.jit
@@ -112,11 +151,18 @@ def head_sum(x, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.conste
     (row r is position r // BLOCK_H, head r % BLOCK_H). IN_LAYOUT (the DQ_SCRATCH tiles): a tile
     of one position sums x's columns in x's own layout, where the reshape would first move the
     float32 tile through shared memory (the model, sm_90 target, 64 x 32 tile: with kv_rows 181 ->
-    178 ms serialized); kept to those tiles, where it was measured."""
+    178 ms serialized); kept to those tiles, where it was measured. A tile of two positions (sm_90's
+    128 rows, one position a warp group) sums each position's rows the same way, under a select
+    (the reshape's conversion costs the 128-row tile 16 B of spills)."""
     if BLOCK_H == 1:
         return x
     if IN_LAYOUT and BLOCK_P == 1:
         return tl.sum(x, axis=0)[None, :]
+    if IN_LAYOUT and BLOCK_P == 2:
+        first = (tl.arange(0, BLOCK_P * BLOCK_H) < BLOCK_H)[:, None]
+        s0 = tl.sum(tl.where(first, x, 0.0), axis=0)
+        s1 = tl.sum(tl.where(first, 0.0, x), axis=0)
+        return tl.where((tl.arange(0, BLOCK_P) == 0)[:, None], s0[None, :], s1[None, :])
     return tl.sum(tl.reshape(x, [BLOCK_P, BLOCK_H, BLOCK_D]), axis=1)
 
 
@@ -124,13 +170,21 @@ def head_sum(x, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.conste
 def kv_rows(
     base, first, offs, offs_p, stride_n, kd_mask, p0, pr, u, n, d_ok,
     BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, PER_POSITION: tl.constexpr,
+    desc=None, DESC: tl.constexpr = False,
 ):  # fmt: skip
     """The k2 / v2 rows first + r of offset u for the tile's rows: loaded per row (offs, zero
     where kd_mask is False), or (PER_POSITION, head-packed tiles) once per position p0 + pr (offs_p,
     zero where its k = p0 + pr - u lies outside [0, n)) and repeated for the position's BLOCK_H
     heads. PER_POSITION is the DQ_SCRATCH tiles' (the model, sm_90 target, 64 x 32 tile: 189 ->
     181 ms serialized, one load per position instead of one per head); the float32 head-packed
-    16-row tiles spill 0.7-1.5 KB with it."""
+    16-row tiles spill 0.7-1.5 KB with it. DESC (TMA configs): the BLOCK_P rows through the
+    [BLOCK_P, BLOCK_D] box `desc` (kv.row_descriptor over the sequence's rows), rows outside
+    [0, n) zero-filled by the box, positions past n by a select, then repeated per head."""
+    if DESC:  # rows k = p0 + pr - u through a [BLOCK_P, BLOCK_D] box: rows outside [0, n) zero-filled
+        x = tl.where((p0 + pr < n)[:, None], desc.load([p0 - u, 0]), 0.0)
+        if BLOCK_H > 1:
+            x = tl.reshape(tl.broadcast_to(x[:, None, :], [BLOCK_P, BLOCK_H, BLOCK_D]), [BLOCK_P * BLOCK_H, BLOCK_D])
+        return x
     if PER_POSITION and BLOCK_H > 1:
         ks = p0 + pr - u
         x = rows_at(base, first, offs_p, stride_n, ((p0 + pr < n) & (ks >= 0) & (ks < n))[:, None] & d_ok[None, :])
@@ -148,16 +202,39 @@ def add_partial(P, first, offs, mask, part):
 
 
 @triton.jit
-def dv2_partial(DV2P, first, part_offs, mask, y, do_ptrs, kd_mask, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
+def bulk_stores_done(u, UPCAST: tl.constexpr):
+    """Waits until this thread's bulk (TMA) stores have completed, their global writes included:
+    triton waits only for their shared-memory reads (wait_group.read) before the kernel's end,
+    and the operand slot is read back right after. A CTA barrier must follow (the stores' issuing
+    thread may be another). The interpreter's stores are synchronous: nothing to wait for."""
+    if not UPCAST:
+        tl.inline_asm_elementwise(
+            "cp.async.bulk.wait_group 0;\n\tmov.b32 $0, 0;", "=r,r", [u], dtype=tl.int32, is_pure=False, pack=1
+        )
+
+
+@triton.jit
+def tile_rows(src, p0, kp_ok, kd_mask, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The query tile's q (dout) rows at position p0, zero where kd_mask is False: through the
+    tensor descriptor `src` (DESC: kv.query_descriptor; its box zero-fills rows past the sequence
+    and the group, the select the rows whose k lies outside), or pointer loads from `src`."""
+    if DESC:
+        rows = query_box(src, p0, kp_ok, BLOCK_M, BLOCK_D)
+    else:
+        rows = tl.load(src, mask=kd_mask, other=0.0)
+    return rows
+
+
+@triton.jit
+def dv2_partial(DV2P, first, part_offs, mask, y, do, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
                 BLOCK_D: tl.constexpr, IN_LAYOUT: tl.constexpr):  # fmt: skip
     """dv2's partial of one offset step, sum over the tile's heads of y * dout, into the scratch."""
-    do = tl.load(do_ptrs, mask=kd_mask, other=0.0).to(tl.float32)
-    add_partial(DV2P, first, part_offs, mask, head_sum(y * do, BLOCK_P, BLOCK_H, BLOCK_D, IN_LAYOUT))
+    add_partial(DV2P, first, part_offs, mask, head_sum(y * do.to(tl.float32), BLOCK_P, BLOCK_H, BLOCK_D, IN_LAYOUT))
 
 
 @triton.jit(do_not_specialize=["stride_lh", "stride_sl", "SPAN", "LAYERS"])
 def _two_simplicial_bwd_dqkv2_kernel(
-    Q, K1, K2, V1, V2, DOUT, LSE, LSE_LO, DELTA, DQ, DQP, DK2P, DV2P, CU_SEQLENS, COUNTS,
+    Q, K1, K2, V1, V2, DOUT, LSE, LSE_LO, DELTA, DQ, DQP, ABP, DK2P, DV2P, CU_SEQLENS, COUNTS,
     stride_qb, stride_qn, stride_qh, stride_qd,
     stride_k1b, stride_k1n, stride_k1h, stride_k1d,
     stride_k2b, stride_k2n, stride_k2h, stride_k2d,
@@ -172,9 +249,14 @@ def _two_simplicial_bwd_dqkv2_kernel(
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
     VARLEN: tl.constexpr, DET: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
-    DQ_SCRATCH: tl.constexpr = False,
+    DQ_SCRATCH: tl.constexpr = False, TMA: tl.constexpr = False, Q_ALIGNED: tl.constexpr = False,
+    AB_SLOT: tl.constexpr = False,
 ):  # fmt: skip
     BLOCK_P: tl.constexpr = BLOCK_M // BLOCK_H
+    # q / dout through tensor descriptors: where the config asks (TMA) and the strides allow (Q_ALIGNED)
+    DESC: tl.constexpr = TMA and Q_ALIGNED
+    # the pair operands through the program's operand slot (AB_SLOT, with the descriptors only)
+    AB: tl.constexpr = AB_SLOT and DESC
     start, n = sequence_span(CU_SEQLENS, N, VARLEN)
     c = tl.program_id(0)
     span0 = c * SPAN
@@ -195,6 +277,7 @@ def _two_simplicial_bwd_dqkv2_kernel(
     hit(COUNTS, P_ROWS_CLIPPED, (span0 - L2 < 0) | (span0 + SPAN - 1 + R2 >= n), COUNT_PATHS)
     hit(COUNTS, P_HEAD_SUM, BLOCK_H > 1, COUNT_PATHS)
     hit(COUNTS, P_ONE_POSITION, DQ_SCRATCH and BLOCK_H > 1 and BLOCK_P == 1, COUNT_PATHS)
+    hit(COUNTS, P_TWO_POSITIONS, DQ_SCRATCH and BLOCK_H > 1 and BLOCK_P == 2, COUNT_PATHS)
     # Partial rows of this program: layer, batch, head column; row start + k added per step.
     part_base = layer.to(tl.int64) * stride_sl + b * stride_sb + hcol.to(tl.int64) * D + start * stride_sn
     part_offs = pr[:, None] * stride_sn + d[None, :]
@@ -206,10 +289,37 @@ def _two_simplicial_bwd_dqkv2_kernel(
     )  # fmt: skip
     sh1, sh2 = chunk_shifts(d, D)  # determinant logits only
     k2p_offs, v2p_offs = tile_offsets(pr, d, stride_k2n, stride_k2d), tile_offsets(pr, d, stride_v2n, stride_v2d)
+    slot = (tl.program_id(2) * tl.num_programs(1) + hcol) * tl.num_programs(0) + c  # this program's slots
     if DQ_SCRATCH:  # this program's dq slot: [BLOCK_M, BLOCK_D] float32, rows in tile order
-        slot = (tl.program_id(2) * tl.num_programs(1) + hcol) * tl.num_programs(0) + c
         dq_slot = DQP + slot.to(tl.int64) * (BLOCK_M * BLOCK_D)
         slot_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_D + d[None, :]
+    if AB:  # this program's operand slot: a, then bo, [BLOCK_M, BLOCK_D] each
+        ab_desc = tl.make_tensor_descriptor(
+            ABP + slot.to(tl.int64) * (2 * BLOCK_M * BLOCK_D),
+            shape=[2 * BLOCK_M, BLOCK_D],
+            strides=[BLOCK_D, 1],
+            block_shape=[BLOCK_M, BLOCK_D],
+        )
+    if DESC:  # the group's heads from h0 (the box zero-fills those past it), positions of the sequence
+        heads = (GROUP - (h0 - g.to(tl.int64) * GROUP)).to(tl.int32)
+        q_desc = query_descriptor(
+            Q + b * stride_qb + h0 * stride_qh + start * stride_qn, n, heads, D, stride_qn, stride_qh,
+            BLOCK_P, BLOCK_H, BLOCK_D,
+        )  # fmt: skip
+        do_desc = query_descriptor(
+            DOUT + b * stride_dob + h0 * stride_doh + start * stride_don, n, heads, D, stride_don, stride_doh,
+            BLOCK_P, BLOCK_H, BLOCK_D,
+        )  # fmt: skip
+        dq_desc = query_descriptor(
+            DQ + b * stride_dqb + h0 * stride_dqh + start * stride_dqn, n, heads, D, stride_dqn, stride_dqh,
+            BLOCK_P, BLOCK_H, BLOCK_D,
+        )  # fmt: skip
+        k2_desc = row_descriptor(k2_base + start * stride_k2n, n, D, stride_k2n, BLOCK_P, BLOCK_D)
+        v2_desc = row_descriptor(v2_base + start * stride_v2n, n, D, stride_v2n, BLOCK_P, BLOCK_D)
+        hit(COUNTS, P_Q_TMA, True, COUNT_PATHS)
+    else:
+        k2_desc, v2_desc = k2_base, v2_base  # unused
+        hit(COUNTS, P_Q_POINTERS, True, COUNT_PATHS)
 
     for p0 in range(span0, span_end, BLOCK_P):
         hit(COUNTS, P_SPAN_REPEAT, p0 > span0, COUNT_PATHS)
@@ -217,8 +327,11 @@ def _two_simplicial_bwd_dqkv2_kernel(
             COUNTS, p0, n, rp, head_ok, D, GROUP, R1, R2, BLOCK_M, BLOCK_H, BLOCK_D, VARLEN, DET, COUNT_PATHS
         )
         r0 = tl.cast(p0, tl.int64) + start  # the tile's first row
-        q_ptrs = query_rows(Q, b, h0, r0, rp, rh, d, stride_qb, stride_qn, stride_qh, stride_qd)
-        do_ptrs = query_rows(DOUT, b, h0, r0, rp, rh, d, stride_dob, stride_don, stride_doh, stride_dod)
+        if DESC:
+            q_src, do_src = q_desc, do_desc
+        else:
+            q_src = query_rows(Q, b, h0, r0, rp, rh, d, stride_qb, stride_qn, stride_qh, stride_qd)
+            do_src = query_rows(DOUT, b, h0, r0, rp, rh, d, stride_dob, stride_don, stride_doh, stride_dod)
         row_offs = b * stride_lb + h0 * stride_lh + r0 + (rh * stride_lh + rp)
         lse = tl.load(LSE + row_offs, mask=row_ok, other=0.0)
         lse_lo = tl.load(LSE_LO + row_offs, mask=row_ok, other=0.0)
@@ -229,31 +342,41 @@ def _two_simplicial_bwd_dqkv2_kernel(
             dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for u in range(u_lo, u_hi + 1):
             k_ok, kd_mask = offset_rows(pos, u, row_ok, n, d_ok, u_lo, COUNTS, COUNT_PATHS)
+            ks = p0 + pr - u  # the tile's positions: inside the sequence, k too
+            kp_ok = (p0 + pr < n) & (ks >= 0) & (ks < n)
             # q, dout, k2 and v2 rows are re-read (from cache) after the j loop rather than held
             # across it: the loop already holds x and y (and dq without DQ_SCRATCH), [BLOCK_M, D]
             # float32 tiles.
             k2u = kv_rows(
                 k2_base, r0 - u, k2_offs, k2p_offs, stride_k2n, kd_mask, p0, pr, u, n, d_ok,
-                BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+                BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH, k2_desc, DESC,
             )  # fmt: skip
-            a = pair_operand(tl.load(q_ptrs, mask=kd_mask, other=0.0), k2u, d, sh1, sh2, dt, DET)
+            a = pair_operand(tile_rows(q_src, p0, kp_ok, kd_mask, DESC, BLOCK_M, BLOCK_D), k2u, d, sh1, sh2, dt, DET)
             v2u = kv_rows(
                 v2_base, r0 - u, v2_offs, v2p_offs, stride_v2n, kd_mask, p0, pr, u, n, d_ok,
-                BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+                BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH, v2_desc, DESC,
             )  # fmt: skip
-            bo = (tl.load(do_ptrs, mask=kd_mask, other=0.0).to(tl.float32) * v2u.to(tl.float32)).to(dt)
+            do = tile_rows(do_src, p0, kp_ok, kd_mask, DESC, BLOCK_M, BLOCK_D)
+            bo = (do.to(tl.float32) * v2u.to(tl.float32)).to(dt)
+            if AB:  # a and bo through the slot: loaded, the products read them from shared memory
+                hit(COUNTS, P_AB_SLOT, True, COUNT_PATHS)
+                ab_desc.store([0, 0], a)
+                ab_desc.store([BLOCK_M, 0], bo)
+                bulk_stores_done(u, UPCAST)
+                tl.debug_barrier()  # every thread past the wait: the issuing thread's stores are done
+                a = ab_desc.load([0, 0])
+                bo = ab_desc.load([BLOCK_M, 0])
+            w_lo, w_hi = window_bounds(k_ok, pos, j_hi, L1, R1)
             x = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
             y = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
             for j0 in range(j_lo, j_hi + 1, BLOCK_J):
                 p, ds, k1b, v1b = recomputed_j_block(
-                    j0, jr, j_lo, j_hi, n, d_ok, k_ok, pos, L1, R1, a, bo, lse, lse_lo, delta, scale,
+                    j0, jr, j_lo, j_hi, n, d_ok, w_lo, w_hi, a, bo, lse, lse_lo, delta, scale,
                     k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, COUNTS,
                     P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS,
                 )  # fmt: skip
                 x = mma(ds.to(dt), k1b, x, INPUT_PRECISION, UPCAST)
                 y = mma(p.to(dt), v1b, y, INPUT_PRECISION, UPCAST)
-            ks = p0 + pr - u
-            kp_ok = (p0 + pr < n) & (ks >= 0) & (ks < n)
             first = part_base + tl.cast(p0 - u, tl.int64) * stride_sn
             mask = kp_ok[:, None] & d_ok[None, :]
             # Rows masked out above (k outside, heads past the group, past n) hold zeros. With dq
@@ -261,37 +384,48 @@ def _two_simplicial_bwd_dqkv2_kernel(
             # 64 x 32 spills 24-60 B otherwise); dq in registers keeps y to the end (the float32
             # head-packed 16-row tiles spill 0.7-1.5 KB otherwise).
             if DQ_SCRATCH:
-                dv2_partial(DV2P, first, part_offs, mask, y, do_ptrs, kd_mask, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH)
+                dv2_partial(
+                    DV2P, first, part_offs, mask, y, tile_rows(do_src, p0, kp_ok, kd_mask, DESC, BLOCK_M, BLOCK_D),
+                    BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+                )  # fmt: skip
             k2u = kv_rows(
                 k2_base, r0 - u, k2_offs, k2p_offs, stride_k2n, kd_mask, p0, pr, u, n, d_ok,
-                BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+                BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH, k2_desc, DESC,
             )  # fmt: skip
-            q = tl.load(q_ptrs, mask=kd_mask, other=0.0)
             if DET:  # dq += x x k2, dk2 += q x x per chunk
                 x_1, x_2 = permuted(x, d, sh1, sh2)
                 k2_1, k2_2 = permuted(k2u, d, sh1, sh2)
                 dqu = cross(x_1, x_2, k2_1, k2_2)
-                q_1, q_2 = permuted(q, d, sh1, sh2)
-                dk2 = cross(q_1, q_2, x_1, x_2)
             else:
                 dqu = x * k2u.to(tl.float32)
-                dk2 = x * q.to(tl.float32)
             if DQ_SCRATCH:  # the first offset of the tile starts the slot afresh
                 hit(COUNTS, P_DQ_SCRATCH, True, COUNT_PATHS)
                 prev = tl.load(dq_slot + slot_offs, mask=u > u_lo, other=0.0)
                 tl.store(dq_slot + slot_offs, prev + dqu)
             else:
                 dq += dqu
+            q = tile_rows(q_src, p0, kp_ok, kd_mask, DESC, BLOCK_M, BLOCK_D)
+            if DET:
+                q_1, q_2 = permuted(q, d, sh1, sh2)
+                dk2 = cross(q_1, q_2, x_1, x_2)
+            else:
+                dk2 = x * q.to(tl.float32)
             add_partial(DK2P, first, part_offs, mask, head_sum(dk2, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH))
             if not DQ_SCRATCH:
-                dv2_partial(DV2P, first, part_offs, mask, y, do_ptrs, kd_mask, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH)
+                dv2_partial(
+                    DV2P, first, part_offs, mask, y, tile_rows(do_src, p0, kp_ok, kd_mask, DESC, BLOCK_M, BLOCK_D),
+                    BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+                )  # fmt: skip
             # The next step's rows overlap these, maybe held by other threads of the CTA.
             tl.debug_barrier()
 
         if DQ_SCRATCH:  # the last step's stores are behind its barrier
             dq = tl.load(dq_slot + slot_offs)
-        dq_ptrs = query_rows(DQ, b, h0, r0, rp, rh, d, stride_dqb, stride_dqn, stride_dqh, 1)
-        tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        if DESC:  # the box clips rows past the sequence and the group, channels past D
+            dq_desc.store([p0, 0, 0], tl.reshape((dq * scale).to(DQ.dtype.element_ty), [BLOCK_P, BLOCK_H, BLOCK_D]))
+        else:
+            dq_ptrs = query_rows(DQ, b, h0, r0, rp, rh, d, stride_dqb, stride_dqn, stride_dqh, 1)
+            tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
         if DQ_SCRATCH:  # the next tile's first step overwrites the slot other threads just read
             tl.debug_barrier()
 

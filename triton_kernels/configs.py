@@ -54,7 +54,7 @@ def _c(num_warps, num_stages, **tiles):
 _INTERP = {
     # FOLD: head-packed trilinear tiles run fwd.py's folded loop, the others the offset loop.
     "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True, FOLD=True)],
-    "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, DQ_SCRATCH=True)],
+    "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, DQ_SCRATCH=True, TMA=True, AB_SLOT=True)],
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_C=16)],
 }
 
@@ -289,11 +289,24 @@ def _dqkv2(arch, dc, fp32, packed, det):
     64 x 16 with dq in registers 138 / 205 -> 64 x 32 with the slot 100 / 189, and with its k2 / v2
     rows loaded once per position and one-position head sums in place (bwd_dqkv2.py kv_rows,
     head_sum) 96 / 178. 64 rows on 8 warps still compute the S and dP products, P and dA on both
-    warp groups (2 exp per logit, 0.86 MMA FLOPs per counted FLOP); tiles where a warp group owns
-    whole rows would not (128 x 16 on 8 warps: 0.59 and 75 / 115 ms in the model) but even with
-    the slot they spill 290-450 B (128 x 16 / 32 on 8 warps, 64 x 16 / 32 on 4: x and y alone
-    take 128 registers a thread there, and the [rows, D] addresses of q, dout and the slot do not
-    fit beside them), as does 64 x 64 on 8 warps (100-170 B).
+    warp groups (2 exp per logit, 0.86 MMA FLOPs per counted FLOP): that tile stays in the list
+    for the autotuner (and runs where q, dout, dq, k2 or v2 are not 16-byte aligned).
+    First in the list, 128 x 16 on 8 warps (a warp group owns whole rows: 0.59 MMA FLOPs per
+    counted FLOP, 1.0 exp per logit), 2 stages and 1, with TMA (q, dout and the k2 / v2 rows in, dq
+    out, through tensor descriptors) and AB_SLOT (the pair operands a and bo through the program's
+    operand slot, so the S and dP products read them from shared memory): the model, target shape,
+    H100, 82 / 119 (s2) and 77 / 120 ms (s1) against 96 / 178, backward pass 342 / 219 -> 371 / 278
+    TFLOP/s; D = 64: 57 / 96 -> 43 / 63 and 38 / 64 ms, pass 291 / 178 -> 335 / 222. 254
+    registers, no spill. What it took (kernel_report, triton 3.8, 128 x 16 s2 / s1): with pointer
+    loads it spills 416 / 408 B; q and dout through descriptors 204 B (s1), k2 / v2 too 44 B, the
+    per-position selects and head sums in the tile's layout 40 B (SASS: the [128, D] addresses of
+    the dq slot's read-modify-write, ~9 registers, beside a j loop already at 255: x and y take
+    128 registers a thread, a and bo as register operands 64); the operand slot frees those 64.
+    Tried and worse: k1 / v1 through descriptors (316 B: an mbarrier wait and a descriptor a
+    block), the dq slot through a descriptor (its bulk stores need a completion wait each step;
+    12 B left), pointer stores and loads of a / bo (their [128, D] addresses: 104 B), an opaque
+    zero against hoisting the slot's addresses (268 B), 128 x 32 (4-220 B), 64 x 16 / 32 on 4
+    warps (212-228 B); 64 x 64 on 8 warps spills 100-170 B.
 
     Columns: on 8 warps a 16- or 32-row mma.sync tile of the logits is split over the warps
     along BLOCK_J, so a narrow BLOCK_J replicates it (16 x 16: every logit, its exp and the S /
@@ -326,7 +339,11 @@ def _dqkv2(arch, dc, fp32, packed, det):
     if not packed:
         return [_c(8, 2, BLOCK_M=16, BLOCK_J=32), _c(8, 1, BLOCK_M=16, BLOCK_J=64)]
     if base == "sm90":
-        return [_c(8, 2, BLOCK_M=64, BLOCK_J=32, DQ_SCRATCH=True)]
+        return [
+            _c(8, 2, BLOCK_M=128, BLOCK_J=16, DQ_SCRATCH=True, TMA=True, AB_SLOT=True),
+            _c(8, 1, BLOCK_M=128, BLOCK_J=16, DQ_SCRATCH=True, TMA=True, AB_SLOT=True),
+            _c(8, 2, BLOCK_M=64, BLOCK_J=32, DQ_SCRATCH=True),
+        ]
     # 64 x 16 spills on sm_80 (164 B), sm_100 (660 B) and sm_120 (608 B): 32 heads a tile there.
     return [_c(8, 2, BLOCK_M=32, BLOCK_J=32), _c(8, 1, BLOCK_M=32, BLOCK_J=64)]
 

@@ -90,3 +90,27 @@ def block_rows(src, first, offs, stride_n, mask, TMA: tl.constexpr):
     else:
         rows = rows_at(src, first, offs, stride_n, mask)
     return rows
+
+
+@triton.jit
+def query_descriptor(
+    base, positions, heads, D, stride_n, stride_h,
+    BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """A tensor descriptor of a query-like tensor's [positions, heads, D] rows from `base` (the
+    sequence's first position of the tile's first head), read in [BLOCK_P, BLOCK_H, BLOCK_D]
+    boxes: a query tile's rows (tiles.query_tile) whatever Hq, one bulk copy instead of [rows, D]
+    per-element addresses. Positions past `positions`, heads past `heads` and channels past D
+    are zero-filled, as row_ok / d_ok masks leave them. Base and both strides must be 16-byte
+    aligned (launch.py checks)."""
+    return tl.make_tensor_descriptor(
+        base, shape=[positions, heads, D], strides=[stride_n, stride_h, 1], block_shape=[BLOCK_P, BLOCK_H, BLOCK_D]
+    )
+
+
+@triton.jit
+def query_box(desc, p0, p_ok, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The query tile at position p0 through `desc` (query_descriptor), as [BLOCK_M, BLOCK_D] rows
+    in the tile's order (row r: position p0 + r // BLOCK_H, head r % BLOCK_H), zero at the
+    positions where p_ok [BLOCK_P] is False (one select per position, before the reshape)."""
+    return tl.reshape(tl.where(p_ok[:, None, None], desc.load([p0, 0, 0]), 0.0), [BLOCK_M, BLOCK_D])

@@ -178,6 +178,10 @@ def bwd(
     slot_rows = dq_slot_rows("bwd_dqkv2", arch, bd, fp32, packed_heads, forced.get("bwd_dqkv2"), det)
     dq_slots = torch.empty(max(1, programs[0] * programs[1] * programs[2] * slot_rows * bd), dtype=torch.float32,
                            device=q.device)  # fmt: skip
+    # operand slots of the configs with AB_SLOT (bwd_dqkv2.py): written before read, so not zeroed.
+    ab_rows = ab_slot_rows(arch, bd, fp32, packed_heads, forced.get("bwd_dqkv2"), det)
+    ab_slots = torch.empty(max(1, programs[0] * programs[1] * programs[2] * ab_rows * bd), dtype=q.dtype,
+                           device=q.device)  # fmt: skip
 
     counts = {k: coverage.buffer(k, q) for k in ("bwd_delta", "bwd_dqkv2", "bwd_reduce2", "bwd_dkv1")}
     with device_guard(q):
@@ -190,11 +194,15 @@ def bwd(
         dqkv2_kernel = configs.autotuned(
             "bwd_dqkv2", _two_simplicial_bwd_dqkv2_kernel, arch, bd, fp32, packed_heads, forced.get("bwd_dqkv2"), det
         )
+        # configs with TMA=True read q, dout, k2, v2 and store dq through descriptors
+        q_aligned = _descriptor_rows(q, dout, dq, k2, v2)
+        if q_aligned and not is_interpreting():
+            _descriptor_scratch()
         dqkv2_kernel[programs](
-            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dq, dq_slots, scratch[0], scratch[1], seqs.cu_seqlens,
-            counts["bwd_dqkv2"], *common, *seqs.strides(dq)[:3], scratch.stride(1), stride_sb, scratch.stride(2),
-            *sizes, span, layers,
-            BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dqkv2"] is not None, **flags,
+            q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dq, dq_slots, ab_slots, scratch[0], scratch[1],
+            seqs.cu_seqlens, counts["bwd_dqkv2"], *common, *seqs.strides(dq)[:3],
+            scratch.stride(1), stride_sb, scratch.stride(2), *sizes, span, layers,
+            BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dqkv2"] is not None, Q_ALIGNED=q_aligned, **flags,
         )  # fmt: skip
         _reduce_dkv2_kernel[(triton.cdiv(B * N, REDUCE_BLOCK_R), HKV)](
             scratch[0], scratch[1], dk2, dv2, counts["bwd_reduce2"],
@@ -235,6 +243,14 @@ def dq_slot_rows(kernel, arch, bd, fp32, packed, forced=None, det=False):
     a fraction BLOCK_M / BLOCK_H / S of a float32 dq (padded to BLOCK_D and the head blocks)."""
     chosen = configs.config_list(kernel, arch, bd, fp32, packed, forced, det)
     return max((c.kwargs["BLOCK_M"] for c in chosen if c.kwargs.get("DQ_SCRATCH")), default=0)
+
+
+def ab_slot_rows(arch, bd, fp32, packed, forced=None, det=False):
+    """Rows of one program's operand slot (bwd_dqkv2.py, AB_SLOT): 2 x the largest BLOCK_M among the
+    configs that pass a and bo through it, 0 when none does; programs x rows x BLOCK_D elements of
+    the inputs' dtype, as large as the dq slots at 16-bit (BLOCK_M / BLOCK_H / S of a dq)."""
+    chosen = configs.config_list("bwd_dqkv2", arch, bd, fp32, packed, forced, det)
+    return 2 * max((c.kwargs["BLOCK_M"] for c in chosen if c.kwargs.get("AB_SLOT")), default=0)
 
 
 def dqkv2_layers(max_len, span, band):

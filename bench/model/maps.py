@@ -201,6 +201,8 @@ def triton_dqkv2(s, tiles):
     ctas = _cdiv(s.N, span) * mult
     if tiles.get("DQ_SCRATCH"):  # each program's float32 dq slot, written back once at least
         scratch += 4 * ctas * bm * s.D
+    if tiles.get("AB_SLOT"):  # each program's operand slot (a and bo), likewise
+        scratch += 2 * _elem(s) * ctas * bm * s.D
     return Trips(
         ctas=ctas,
         levels=[len(u) * mult, int(u.sum()) * mult, int((u * jb).sum()) * mult],

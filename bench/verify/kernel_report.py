@@ -227,7 +227,7 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
             kernel_fn=kernel, tiling=tiling, variant=variant, dtype=dtype, bd=dc, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, maxnreg=cfg.maxnreg,
             tiles=" ".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items())),
-            constexprs={**(_fwd_flags() if kernel == "fwd" else {}), **cfg.kwargs, **constexprs},
+            constexprs={**_flags(kernel), **cfg.kwargs, **constexprs},
         )  # fmt: skip
 
     jobs = []
@@ -266,6 +266,15 @@ def _jobs(archs, target=TARGET, head_dims=None, dtypes=("bf16", "fp32"), variant
                 combine = triton_config(dict(BLOCK_S=16), 4)
                 jobs.append(job(arch, "decode_combine", "", "base", dtype, dc, combine, plain))
     return jobs
+
+
+def _flags(kernel):
+    """The flags a config of `kernel` may leave out, as a launch at the contiguous target sets them."""
+    if kernel == "fwd":
+        return _fwd_flags()
+    if kernel == "bwd_dqkv2":  # launch.py: q / dout aligned, so a config with TMA reads them through descriptors
+        return {"TMA": False, "Q_ALIGNED": True}
+    return {}
 
 
 def _fwd_flags():

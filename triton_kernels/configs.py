@@ -322,8 +322,10 @@ def _dqkv2(arch, dc, fp32, packed, det):
 
     Known exceptions under triton 3.6 only (scripts/triton_compat.py, 2026-12-07, rechecked
     with the wider BLOCK_J tiles, which are clean there too; 3.8 is clean): the determinant
-    16-row tiles spill 56 B on sm_90 and 16 B on sm_80; correct, slower on the lent GPUs' triton
-    3.6. sm_90's head-packed 64 x 32 with the dq slot is clean there at 2 stages (the 64 x 16 with
+    16-row tiles spill 64 B on sm_90 (56 B before the 128-row tile's changes to the shared code;
+    sm_80's 16 B are gone); sm_90's 128 x 16 tiles spill 16 B (2 stages) and 32 B (1 stage), at
+    values reloaded outside the j loop (none in it); correct, slower on the
+    lent GPUs' triton 3.6. sm_90's head-packed 64 x 32 with the dq slot is clean there at 2 stages (the 64 x 16 with
     dq in registers it replaced spilled 72 B); at 3 stages it spilled 88 B under 3.6 (before
     kv_rows; none under 3.8, and the model ranks it below 2 stages: 97 / 185 ms), so it is not
     listed."""

@@ -61,7 +61,9 @@ from shared memory. The stores are bulk copies, which triton does not wait for (
 shared-memory reads) before the loads: bulk_stores_done waits for their completion (PTX
 cp.async.bulk.wait_group 0, each thread its own stores), then a CTA barrier, then the loads. Size
 (launch.ab_slot_rows): programs x 2 x BLOCK_M x BLOCK_D elements of the inputs' dtype; target
-shape (1024 programs of 128 rows, D = 128, bf16): 64 MiB, as the dq slots.
+shape (1024 programs of 128 rows, D = 128, bf16): 64 MiB, as the dq slots. The interpreter runs
+every descriptor path (its stores are synchronous); the wait's ordering is checked in the PTX
+only (store, commit, wait_group 0, bar.sync, load), not yet on a GPU (2026-12-07).
 
 Scratch (launch.dqkv2_scratch_shape): 2 x LAYERS x T x Hkv x n_hblk x D float32, i.e.
 8 * LAYERS * T * Hkv * n_hblk * D bytes (T = B * N rows, or the packing's rows; n_hblk head
@@ -217,7 +219,8 @@ def bulk_stores_done(u, UPCAST: tl.constexpr):
 def tile_rows(src, p0, kp_ok, kd_mask, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """The query tile's q (dout) rows at position p0, zero where kd_mask is False: through the
     tensor descriptor `src` (DESC: kv.query_descriptor; its box zero-fills rows past the sequence
-    and the group, the select the rows whose k lies outside), or pointer loads from `src`."""
+    and the group and channels past D, a select per position those whose k lies outside, kp_ok
+    [BLOCK_P]), or pointer loads from `src`."""
     if DESC:
         rows = query_box(src, p0, kp_ok, BLOCK_M, BLOCK_D)
     else:

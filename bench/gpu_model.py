@@ -182,10 +182,11 @@ def _tiles(job):
 def _label(job):
     """A config's label: its tiles (BLOCK_ dropped), warps and stages ("H=64 J=32 M=128 w8 s3"), then
     "split" (SPLIT_J), "fold" (FOLD) and "tma" (k1/v1 through tensor descriptors) where the config sets them."""
+    all_tiles = _tiles(job)
     tiles = " ".join(
-        f"{k.removeprefix('BLOCK_')}={v}" for k, v in sorted(_tiles(job).items()) if k not in ("SPLIT_J", "FOLD")
+        f"{k.removeprefix('BLOCK_')}={v}" for k, v in sorted(all_tiles.items()) if k not in ("SPLIT_J", "FOLD")
     )
-    flags = "".join(f" {name}" for key, name in (("SPLIT_J", "split"), ("FOLD", "fold")) if _tiles(job).get(key))
+    flags = "".join(f" {name}" for key, name in (("SPLIT_J", "split"), ("FOLD", "fold")) if all_tiles.get(key))
     flags += " tma" if job["constexprs"].get("TMA") else ""
     return f"{tiles} w{job['num_warps']} s{job['num_stages']}{flags}"
 

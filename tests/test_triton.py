@@ -216,6 +216,29 @@ def test_huge_strides_fall_back_to_contiguous_tiles():
     assert host.int32_tiles(View((10**9, 2**24, 128, 1))) == "copied"
 
 
+def test_k_windows_past_int32_offsets_take_positions_columns():
+    """bwd_dkv1's HEADS columns (ROWS32 configs) read a query block's k2 / v2 rows at 32-bit offsets
+    from the block's first: a window whose rows could overflow them takes POSITIONS columns."""
+
+    class Rows:
+        def __init__(self, stride_n):
+            self._stride_n = stride_n
+
+        def stride(self, i):
+            assert i == 1
+            return self._stride_n
+
+    row = 8 * 128  # contiguous [B, N, 8, 128]
+    assert host.k_rows_fit(32, 16384, Rows(row), Rows(row))
+    assert host.k_rows_fit(2**20, 2**30, Rows(row), Rows(row))  # (2^20 + 128) rows x 2^10 < 2^31
+    assert not host.k_rows_fit(2**21, 2**30, Rows(row), Rows(row))
+    assert host.k_rows_fit(2**21, 2**20, Rows(row), Rows(row))  # clipped at the sequence: 2^30
+    assert not host.k_rows_fit(32, 16384, Rows(row), Rows(2**24))  # one tensor's rows too far apart
+    assert host.column_mode(64, 32, True, "sm90", 128, False)[0]  # HEADS, forced
+    assert host.column_mode(64, 32, True, "sm90", 128, False, rows_fit=False) == (False, 1)
+    assert host.column_mode(64, 32, None, "sm90", 128, False, rows_fit=False) == (False, 1)
+
+
 # ---------------------------------------------------------------------------------------
 # GPU: the whole grid in every dtype, and realistic sizes against the reference backend.
 

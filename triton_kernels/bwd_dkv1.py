@@ -65,8 +65,9 @@ from .tiles import kv_tile, kv_tile_rows, store_kv_tile
 #   h_tail                          (HEADS) a head block with columns past the group's last head
 #   k_tail                          a k step with columns whose k lies outside their K(i)
 #   k_past_n                        (POSITIONS) a k-block with columns past N
-P_I_REPEAT, P_I_TAIL, P_H_REPEAT, P_H_TAIL, P_K_REPEAT, P_K_TAIL, P_K_PAST_N = coverage.slots(
-    ("bwd_dkv1",), "i_repeat", "i_tail", "h_repeat", "h_tail", "k_repeat", "k_tail", "k_past_n"
+#   rows32                          (HEADS, ROWS32) a k step reading k2 / v2 at 32-bit offsets
+P_I_REPEAT, P_I_TAIL, P_H_REPEAT, P_H_TAIL, P_K_REPEAT, P_K_TAIL, P_K_PAST_N, P_ROWS32 = coverage.slots(
+    ("bwd_dkv1",), "i_repeat", "i_tail", "h_repeat", "h_tail", "k_repeat", "k_tail", "k_past_n", "rows32"
 )
 
 
@@ -105,10 +106,11 @@ def _two_simplicial_bwd_dkv1_kernel(
     BLOCK_J: tl.constexpr, BLOCK_C: tl.constexpr, HEADS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
     VARLEN: tl.constexpr, DET: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
-    X_WHERE_USED: tl.constexpr = False,
+    X_WHERE_USED: tl.constexpr = False, ROWS32: tl.constexpr = False,
 ):  # fmt: skip
     # X_WHERE_USED (a config's choice, determinant logits): the permuted k2 tiles of dk1 loaded
-    # where used instead of with the k-block's tiles.
+    # where used instead of with the k-block's tiles. ROWS32 (a config's choice, HEADS): the k2 / v2
+    # rows of a query block at 32-bit offsets from the block's first (below).
     # Queries per query block and positions per k-block: HEADS, BLOCK_C / BLOCK_H queries of
     # BLOCK_H heads at one k; POSITIONS, BLOCK_C positions of one head and one query.
     BLOCK_I: tl.constexpr = BLOCK_C // BLOCK_H if HEADS else 1
@@ -168,8 +170,6 @@ def _two_simplicial_bwd_dkv1_kernel(
         k_hi = tl.minimum(i_last + R2, n - 1)
         hit(COUNTS, P_I_REPEAT, i0 > i_lo, COUNT_PATHS)
         hit(COUNTS, P_I_TAIL, i0 + BLOCK_I - 1 > i_hi, COUNT_PATHS)
-        q_rows = ic.to(tl.int64) * stride_qn
-        do_rows = ic.to(tl.int64) * stride_don
         for hb in range(0, n_hblk):
             h0 = hb * HB
             heads = h0 + hh
@@ -178,9 +178,12 @@ def _two_simplicial_bwd_dkv1_kernel(
             hit(COUNTS, P_H_TAIL, h0 + HB > GROUP, COUNT_PATHS)
             if HEADS:
                 ok = i_ok & h_ok
-                # The (query, head) tiles of the block: the left operands for the whole k loop.
-                xq = column_tile(q_base, q_rows + heads * stride_qh, q_ch, ok, d_ok)
-                xo = column_tile(do_base, do_rows + heads * stride_doh, do_ch, ok, d_ok)
+                # The (query, head) tiles of the block: the left operands for the whole k loop
+                # (32-bit offsets inside the block, from its first query's 64-bit row).
+                q_at = q_base + tl.cast(i0, tl.int64) * stride_qn
+                do_at = do_base + tl.cast(i0, tl.int64) * stride_don
+                xq = column_tile(q_at, ii * stride_qn + heads * stride_qh, q_ch, ok, d_ok)
+                xo = column_tile(do_at, ii * stride_don + heads * stride_doh, do_ch, ok, d_ok)
             else:
                 # The rows of (i0, h0) that every column shares.
                 q_at = q_base + tl.cast(i0, tl.int64) * stride_qn
@@ -195,14 +198,25 @@ def _two_simplicial_bwd_dkv1_kernel(
             lse = tl.load(LSE + stat, mask=h_ok & i_ok, other=0.0)
             lse_lo = tl.load(LSE_LO + stat, mask=h_ok & i_ok, other=0.0)
             delta = tl.load(DELTA + stat, mask=h_ok & i_ok, other=0.0)
+            # ROWS32: the k2 / v2 rows at 32-bit offsets from the k range's first, at most L2 + R2 +
+            # BLOCK_I rows, which the launcher checks fit (host.k_rows_fit; else POSITIONS). A 64-bit
+            # k0 * stride per step costs registers that sm_90's 64-wide tile does not have (24 B of
+            # spills); on sm_80's 32-wide tile it is the 32-bit form that spills (24 B).
+            k2_at = k2_base + tl.cast(k_lo, tl.int64) * stride_k2n
+            v2_at = v2_base + tl.cast(k_lo, tl.int64) * stride_v2n
             for k0 in range(k_lo, k_hi + 1, BLOCK_KK):
                 hit(COUNTS, P_K_REPEAT, k0 > k_lo, COUNT_PATHS)
                 if HEADS:
                     # k0 in K(i) of the column's query (the block's queries have shifted windows)
                     hit(COUNTS, P_K_TAIL, (k0 < i_last - L2) | (k0 > i0 + R2), COUNT_PATHS)
                     col_ok = in_band(ok, k0, ic, L2, R2)
-                    ys = shared_row(k2_base, k0, stride_k2n, k2_ch, d_ok)
-                    yvv = shared_row(v2_base, k0, stride_v2n, v2_ch, d_ok)
+                    if ROWS32:
+                        hit(COUNTS, P_ROWS32, True, COUNT_PATHS)
+                        ys = shared_row(k2_at + (k0 - k_lo) * stride_k2n, 0, stride_k2n, k2_ch, d_ok)
+                        yvv = shared_row(v2_at + (k0 - k_lo) * stride_v2n, 0, stride_v2n, v2_ch, d_ok)
+                    else:
+                        ys = shared_row(k2_base, k0, stride_k2n, k2_ch, d_ok)
+                        yvv = shared_row(v2_base, k0, stride_v2n, v2_ch, d_ok)
                     xs, xv = xq, xo
                 else:
                     hit(COUNTS, P_K_TAIL, k0 + BLOCK_KK - 1 > k_hi, COUNT_PATHS)

@@ -55,7 +55,9 @@ _INTERP = {
     # FOLD: head-packed trilinear tiles run fwd.py's folded loop, the others the offset loop.
     "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True, FOLD=True)],
     "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, DQ_SCRATCH=True, TMA=True, AB_SLOT=True)],
-    "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_C=16)],
+    # ROWS32: HEADS columns read k2 / v2 as sm_90's 64-wide tile does (the other configs' rows run in
+    # test_triton_configs).
+    "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_C=16, ROWS32=True)],
 }
 
 
@@ -98,7 +100,14 @@ def _dkv1_16(arch, heads):
     heads at one k, the GQA shapes) or POSITIONS columns (k positions of one head). HEADS on
     sm_90 / sm_80: 128 columns (2 queries x 64 heads at the target) on 8 warps, so the logits
     product has 128 rows, one 64-row warp group each (a 64-row product on 8 warps is computed by
-    both: 1.5x the MMA work), at BLOCK_J = 32 (64 spills 16-20 B on sm_90). POSITIONS fill
+    both: 1.5x the MMA work), at BLOCK_J = 32; on sm_90 64 first: it halves the shared-memory
+    bytes a logit's 128-column operands cost and fits 255 registers with the query tiles and
+    (ROWS32) the k2 / v2 rows at 32-bit offsets (bwd_dkv1.py; it spilled 24-32 B), at (w1 + 63) / w1 of
+    the useful MMA work instead of (w1 + 31) / w1 (0.63 -> 0.66 per counted backward FLOP). The
+    model, target shape, H100 overlapped / serialized ms: 69.8 / 99.2 -> 52.7 / 88.2 (D = 64:
+    47.3 / 74.2 -> 34.2 / 63.7); pipelined (s2) it spills 52 B. Known exception under triton 3.6
+    only (scripts/triton_compat.py, 2026-12-07): the 64-wide tile spills 156 B there; the 32-wide
+    ones stay in the list for the autotuner. POSITIONS fill
     w2 of BLOCK_C columns (half of 64 at w2 = 32), so every arch also has 32 columns: on sm_90 /
     sm_100 32 x 64 on 8 warps (each logit computed once; 32 x 32 on 4 warps computes it twice),
     on sm_80 / sm_86 / sm_120 32 x 16 on 4 warps (mma.sync tiles: 8 warps compute 32 columns 4
@@ -106,10 +115,16 @@ def _dkv1_16(arch, heads):
     no GQA, w2 = 32, overlapped / serialized ms: A100 87 / 135 -> 64 / 96, A10G 242 / 329 ->
     117 / 190, H100 28 / 36 -> 21 / 30, B200 21 / 39 -> 16 / 24 (32 x 128 would give 15 / 23
     and 11 / 18 but spills 0.3-1.5 KB). sm_86 / sm_120: 128 columns need 137 KiB of shared
-    memory; sm_100: they spill 52 B; sm_80: unpipelined they spill 176 B."""
+    memory; sm_80: unpipelined they spill 176 B. sm_100: 128 columns at BLOCK_J = 32 with ROWS32
+    (237 registers; they spilled 52 B before), B200 55.3 / 88.9 -> 37.0 / 68.8 ms at the target
+    (64 x 64 spills 8 B there)."""
     if arch == "sm90":
         if heads:
-            return [_c(8, 1, BLOCK_J=32, BLOCK_C=128), _c(8, 3, BLOCK_J=32, BLOCK_C=128)]
+            return [
+                _c(8, 1, BLOCK_J=64, BLOCK_C=128, ROWS32=True),
+                _c(8, 1, BLOCK_J=32, BLOCK_C=128),
+                _c(8, 3, BLOCK_J=32, BLOCK_C=128),
+            ]
         return [_c(8, 1, BLOCK_J=32, BLOCK_C=64), _c(8, 1, BLOCK_J=64, BLOCK_C=32)]
     if arch == "sm80":
         if heads:
@@ -117,7 +132,7 @@ def _dkv1_16(arch, heads):
         return [_c(8, 3, BLOCK_J=32, BLOCK_C=64), _c(4, 3, BLOCK_J=16, BLOCK_C=32)]
     if arch == "sm100":  # pipelined, the POSITIONS tile spills 184 B there
         if heads:
-            return [_c(8, 3, BLOCK_J=32, BLOCK_C=64)]
+            return [_c(8, 1, BLOCK_J=32, BLOCK_C=128, ROWS32=True), _c(8, 3, BLOCK_J=32, BLOCK_C=64)]
         return [_c(8, 1, BLOCK_J=32, BLOCK_C=64), _c(8, 1, BLOCK_J=64, BLOCK_C=32)]
     if heads:
         return [_c(8, 2, BLOCK_J=32, BLOCK_C=64)]

@@ -172,13 +172,18 @@ def attend_offset(
     J_REPEAT: tl.constexpr, J_TAIL: tl.constexpr, J_EDGE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, RING: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, TMA: tl.constexpr = False,
+    acc=None, k2k=None, v2k=None, FOLD: tl.constexpr = False,
 ):  # fmt: skip
     """The j loop of one offset u with every block masked (decoding's, and the forward's configs
     without SPLIT_J): rows with operand `a` against the k1/v1 rows j_lo .. j_hi (kv.py: a linear
     layout, masked_block, pointers or TMA; or a ring of `limit` slots). Returns (y, m_i, l_i):
     the offset's partial sum y = sum_j P v1[j] in the scale of the new max m_i, and the new sum
-    l_i."""
-    y = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    l_i. The FOLD loop's j loop too (attend_folded): the sum goes on from `acc` and the blocks
+    take the folded operands k2k / v2k (masked_block)."""
+    if acc is None:
+        y = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    else:
+        y = acc
     for j0 in range(j_lo, j_hi + 1, BLOCK_J):
         if RING:
             js, j_ok, jd_mask = j_block(
@@ -195,6 +200,7 @@ def attend_offset(
                 a, y, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_hi, L1, R1, c,
                 k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, limit, d_ok, COUNTS,
                 J_REPEAT, J_TAIL, J_EDGE, BLOCK_M, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
+                k2k, v2k, FOLD,
             )  # fmt: skip
     return y, m_i, l_i
 
@@ -244,13 +250,12 @@ def attend_folded(
         hit(COUNTS, P_U_REPEAT, k > k_lo, COUNT_PATHS)
         k2k = tl.load(k2_row + k * stride_k2n, mask=d_ok, other=0.0).to(tl.float32)
         v2k = tl.load(v2_row + k * stride_v2n, mask=d_ok, other=0.0).to(tl.float32)
-        for j0 in range(j_lo, j_wide + 1, BLOCK_J):
-            acc, m_i, l_i = masked_block(
-                q, acc, m_i, l_i, j0, pos, k_ok, jr, j_lo, j_wide, L1, R1, c,
-                k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
-                P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA,
-                k2k, v2k, True,
-            )  # fmt: skip
+        acc, m_i, l_i = attend_offset(
+            q, m_i, l_i, pos, k_ok, jr, j_lo, j_wide, L1, R1, c,
+            k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, n, d_ok, COUNTS,
+            P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_M, BLOCK_J, acc.shape[1], False,
+            INPUT_PRECISION, UPCAST, COUNT_PATHS, TMA, acc, k2k, v2k, True,
+        )  # fmt: skip
         if BLOCK_T > 0:
             n_narrow = narrow_trips(j_hi, j_wide, BLOCK_T)
             acc, m_i, l_i = attend_blocks(

@@ -76,18 +76,28 @@ def head_block(group, head_packing, kernel, arch, bd, fp32, forced=None, det=Fal
     return min(triton.next_power_of_2(group), configs.min_block(kernel, arch, bd, fp32, "BLOCK_M", forced, det))
 
 
-def column_mode(group, w2, head_packing, arch, bd, fp32, forced=None, det=False):
+def column_mode(group, w2, head_packing, arch, bd, fp32, forced=None, det=False, rows_fit=True):
     """bwd_dkv1's (HEADS, BLOCK_H) (configs.column_mode) for a group of `group` heads and a k
     window of `w2` positions, from the smallest BLOCK_C of its HEADS and POSITIONS lists (or of
     the one config `forced`). `head_packing` True / False forces HEADS / POSITIONS (tests;
-    determinant logits always take POSITIONS). HEADS launches with the HEADS list."""
+    determinant logits always take POSITIONS). HEADS launches with the HEADS list. Where the k2 /
+    v2 rows of a query block do not fit 32-bit offsets (`rows_fit` False: k_rows_fit), POSITIONS."""
     heads_c = configs.min_block("bwd_dkv1", arch, bd, fp32, "BLOCK_C", forced, det, packed=True)
     positions_c = configs.min_block("bwd_dkv1", arch, bd, fp32, "BLOCK_C", forced, det, packed=False)
+    if not rows_fit:
+        return False, 1
     if head_packing is None or det:
         return configs.column_mode(group, w2, heads_c, det, bd, positions_c)
     if head_packing:
         return True, min(triton.next_power_of_2(group), heads_c)
     return False, 1
+
+
+def k_rows_fit(w2, n, *tensors):
+    """Whether bwd_dkv1's HEADS columns may address the k2 / v2 rows of a query block at 32-bit
+    offsets from its first: at most min(w2 + 128, n) rows (w2 = L2 + R2 + 1; a block has at most
+    128 queries), at the tensors' row strides."""
+    return all(min(w2 + 128, n) * t.stride(1) < 2**31 for t in tensors)
 
 
 def int32_tiles(t):

@@ -21,7 +21,7 @@ from .bwd_dkv1 import _two_simplicial_bwd_dkv1_kernel
 from .bwd_dqkv2 import _reduce_dkv2_kernel, _two_simplicial_bwd_dqkv2_kernel
 from .decode import _decode_combine_kernel, _decode_split_kernel
 from .fwd import _two_simplicial_fwd_kernel
-from .host import arch_of, block_d, check_tensors, column_mode, head_block, int32_tiles, layout
+from .host import arch_of, block_d, check_tensors, column_mode, head_block, int32_tiles, k_rows_fit, layout
 from .runtime import device_guard, input_precision, is_interpreting
 
 # Rows of the Delta preprocess per program: at 32 its [rows, 256] float32 tiles spill on sm_100.
@@ -212,7 +212,10 @@ def bwd(
 
         # dk1 / dv1: one program per tile of BLOCK_J k1/v1 positions; columns of heads or of k's.
         forced_dkv1 = forced.get("bwd_dkv1")
-        heads, heads_per_block = column_mode(group, min(L2 + R2 + 1, N), head_packing, arch, bd, fp32, forced_dkv1, det)
+        rows_fit = k_rows_fit(L2 + R2 + 1, N, k2, v2)
+        heads, heads_per_block = column_mode(
+            group, min(L2 + R2 + 1, N), head_packing, arch, bd, fp32, forced_dkv1, det, rows_fit
+        )
         dkv1_kernel = configs.autotuned("bwd_dkv1", _two_simplicial_bwd_dkv1_kernel, arch, bd, fp32, heads,
                                         forced=forced_dkv1, det=det)  # fmt: skip
         dkv1_kernel[lambda m: (triton.cdiv(seqs.max_len, m["BLOCK_J"]), HKV, seqs.count)](

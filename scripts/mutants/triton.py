@@ -189,6 +189,14 @@ MUTANTS = [
         why="(k positions on the columns) a k-block's columns past the window K(i) but inside N count",
     ),
     dict(
+        name="triton-dkv1-rows32-base-dropped",
+        path="triton_kernels/bwd_dkv1.py",
+        old="k2_at = k2_base + tl.cast(k_lo, tl.int64) * stride_k2n",
+        new="k2_at = k2_base",
+        tests=PATHS_D64,
+        why="(ROWS32) the k2 rows' 32-bit offsets count from the sequence's first row, not the k range's",
+    ),
+    dict(
         name="triton-dkv1-head-past-group-kept",
         path="triton_kernels/bwd_dkv1.py",
         old="h_ok = heads < GROUP",

@@ -310,8 +310,9 @@ def _dqkv2(arch, dc, fp32, packed, det):
     counted FLOP, 1.0 exp per logit), 2 stages and 1, with TMA (q, dout and the k2 / v2 rows in, dq
     out, through tensor descriptors) and AB_SLOT (the pair operands a and bo through the program's
     operand slot, so the S and dP products read them from shared memory): the model, target shape,
-    H100, 82 / 119 (s2) and 77 / 120 ms (s1) against 96 / 178, backward pass 342 / 219 -> 371 / 278
-    TFLOP/s; D = 64: 57 / 96 -> 43 / 63 and 38 / 64 ms, pass 291 / 178 -> 335 / 222. 254
+    H100, 82 / 119 (s2) and 77 / 120 ms (s1) against 96 / 178, backward pass (with bwd_dkv1's
+    64-wide HEADS tile) 406 / 228 -> 448 / 292 TFLOP/s, 1.52 -> 1.25 MMA FLOPs per counted FLOP;
+    D = 64: 57 / 96 -> 43 / 63 and 38 / 64 ms, pass 333 / 189 -> 392 / 240. 254
     registers, no spill. What it took (kernel_report, triton 3.8, 128 x 16 s2 / s1): with pointer
     loads it spills 416 / 408 B; q and dout through descriptors 204 B (s1), k2 / v2 too 44 B, the
     per-position selects and head sums in the tile's layout 40 B (SASS: the [128, D] addresses of

@@ -216,6 +216,19 @@ def bulk_stores_done(u, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def async_reads_after_barrier(u, UPCAST: tl.constexpr):
+    """A proxy fence for global memory after the CTA barrier that follows bulk_stores_done: the
+    slot's writes were observed complete by their issuing thread and ordered to the others by the
+    barrier (generic proxy); the fence orders that before this thread's next async-proxy (TMA)
+    reads of them. Conservative: both ends are TMA, but the hand-off between them is the
+    barrier's, and a stale operand would be silently wrong gradients, which no CPU test can see."""
+    if not UPCAST:
+        tl.inline_asm_elementwise(
+            "fence.proxy.async.global;\n\tmov.b32 $0, 0;", "=r,r", [u], dtype=tl.int32, is_pure=False, pack=1
+        )
+
+
+@triton.jit
 def tile_rows(src, p0, kp_ok, kd_mask, DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """The query tile's q (dout) rows at position p0, zero where kd_mask is False: through the
     tensor descriptor `src` (DESC: kv.query_descriptor; its box zero-fills rows past the sequence
@@ -367,6 +380,7 @@ def _two_simplicial_bwd_dqkv2_kernel(
                 ab_desc.store([BLOCK_M, 0], bo)
                 bulk_stores_done(u, UPCAST)
                 tl.debug_barrier()  # every thread past the wait: the issuing thread's stores are done
+                async_reads_after_barrier(u, UPCAST)
                 a = ab_desc.load([0, 0])
                 bo = ab_desc.load([BLOCK_M, 0])
             w_lo, w_hi = window_bounds(k_ok, pos, j_hi, L1, R1)

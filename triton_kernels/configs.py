@@ -336,6 +336,13 @@ def _dqkv2(arch, dc, fp32, packed, det):
     stay in the lists (the autotuner measures), but 16 x 64 at D class 256 needs 112 KiB of
     shared memory (not on sm_86 / sm_120) and spills 128-544 B with sequence tiles.
 
+    sm_100 (session 7): with dq in its slot and the descriptors (TMA, no operand slot) a 64 x 64
+    head-packed tile fits (236 registers; tcgen05 issues its products once on 8 warps: 0.57 MMA
+    FLOPs per counted FLOP, 1.0 exp per logit) where 32 x 64 read 0.17 shared-memory bytes per MMA
+    FLOP: B200, target shape, 174.6 / 245.9 -> 50.0 / 114.9 ms (D = 64: 106.8 / 142.6 -> 36.9 /
+    69.5); without descriptors it is 49.1 / 116.1 (254 registers, the pointer fallback). 128-row
+    tiles spill there (232-480 B, with or without the operand slot), as do 2 stages (256-344 B).
+
     Known exceptions under triton 3.6 only (scripts/triton_compat.py, 2026-12-07, rechecked
     with the wider BLOCK_J tiles, which are clean there too; 3.8 is clean): the determinant
     16-row tiles spill 64 B on sm_90 (56 B before the 128-row tile's changes to the shared code;
@@ -362,6 +369,8 @@ def _dqkv2(arch, dc, fp32, packed, det):
             _c(8, 1, BLOCK_M=128, BLOCK_J=16, DQ_SCRATCH=True, TMA=True, AB_SLOT=True),
             _c(8, 2, BLOCK_M=64, BLOCK_J=32, DQ_SCRATCH=True),
         ]
+    if arch == "sm100":  # dq in its slot, q / dout / k2 / v2 / dq through descriptors: 64 x 64 fits
+        return [_c(8, 1, BLOCK_M=64, BLOCK_J=64, DQ_SCRATCH=True, TMA=True), _c(8, 1, BLOCK_M=32, BLOCK_J=64)]
     # 64 x 16 spills on sm_80 (164 B), sm_100 (660 B) and sm_120 (608 B): 32 heads a tile there.
     return [_c(8, 2, BLOCK_M=32, BLOCK_J=32), _c(8, 1, BLOCK_M=32, BLOCK_J=64)]
 

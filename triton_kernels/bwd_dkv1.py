@@ -176,18 +176,17 @@ def _two_simplicial_bwd_dkv1_kernel(
             h_ok = heads < GROUP
             hit(COUNTS, P_H_REPEAT, hb > 0, COUNT_PATHS)
             hit(COUNTS, P_H_TAIL, h0 + HB > GROUP, COUNT_PATHS)
+            # The block's first query row (64-bit): its columns' rows (HEADS) or shared rows.
+            q_at = q_base + tl.cast(i0, tl.int64) * stride_qn
+            do_at = do_base + tl.cast(i0, tl.int64) * stride_don
             if HEADS:
                 ok = i_ok & h_ok
                 # The (query, head) tiles of the block: the left operands for the whole k loop
-                # (32-bit offsets inside the block, from its first query's 64-bit row).
-                q_at = q_base + tl.cast(i0, tl.int64) * stride_qn
-                do_at = do_base + tl.cast(i0, tl.int64) * stride_don
+                # (32-bit offsets inside the block).
                 xq = column_tile(q_at, ii * stride_qn + heads * stride_qh, q_ch, ok, d_ok)
                 xo = column_tile(do_at, ii * stride_don + heads * stride_doh, do_ch, ok, d_ok)
             else:
                 # The rows of (i0, h0) that every column shares.
-                q_at = q_base + tl.cast(i0, tl.int64) * stride_qn
-                do_at = do_base + tl.cast(i0, tl.int64) * stride_don
                 yq = shared_row(q_at, h0, stride_qh, q_ch, d_ok)
                 yo = shared_row(do_at, h0, stride_doh, do_ch, d_ok)
                 if DET:

@@ -82,10 +82,10 @@ def column_mode(group, w2, head_packing, arch, bd, fp32, forced=None, det=False,
     the one config `forced`). `head_packing` True / False forces HEADS / POSITIONS (tests;
     determinant logits always take POSITIONS). HEADS launches with the HEADS list. Where the k2 /
     v2 rows of a query block do not fit 32-bit offsets (`rows_fit` False: k_rows_fit), POSITIONS."""
-    heads_c = configs.min_block("bwd_dkv1", arch, bd, fp32, "BLOCK_C", forced, det, packed=True)
-    positions_c = configs.min_block("bwd_dkv1", arch, bd, fp32, "BLOCK_C", forced, det, packed=False)
     if not rows_fit:
         return False, 1
+    heads_c = configs.min_block("bwd_dkv1", arch, bd, fp32, "BLOCK_C", forced, det, packed=True)
+    positions_c = configs.min_block("bwd_dkv1", arch, bd, fp32, "BLOCK_C", forced, det, packed=False)
     if head_packing is None or det:
         return configs.column_mode(group, w2, heads_c, det, bd, positions_c)
     if head_packing:

@@ -46,8 +46,10 @@ def batched_cases(d):
     return [
         # causal; 3 heads of a kv head packed into 4-row head blocks (one masked) x 8 positions,
         # N = 13 ends in a partial tile; the first tile's k = i - u falls before position 0.
-        # bwd_dqkv2 sums 3 heads' partials, over a span of two tiles (the second partial).
-        (Case(1, 13, 3, 1, d, 3, 2), True, 16),
+        # bwd_dqkv2 sums 3 heads' partials, over a span of two tiles (the second partial); k1 / v1
+        # are views of buffers one row longer, that row NaN: bwd_dqkv2's last tile reads its j-block
+        # through descriptors (kv_tma) past N, where the box must zero-fill.
+        (Case(1, 13, 3, 1, d, 3, 2), True, 16, "row"),
         # w2 = 18 > BLOCK_C: bwd_dkv1 walks two k-blocks per query, the second a tail; unpacked
         # (head_packing=False: one head per column block), its 2 heads are two head blocks.
         # bwd_dqkv2's default span, 32 >= w2 - 1: one program, one scratch layer.
@@ -55,17 +57,28 @@ def batched_cases(d):
         # 32 heads of a kv head fill a 32-row tile: bwd_dqkv2's one-position head sum (one_position).
         (Case(1, 3, 32, 1, d, 2, 2), True, None),
         # 16 heads: two positions a 32-row tile, bwd_dqkv2's two-position head sum (two_positions);
-        # dout one channel apart past D (a row stride of D + 1 floats, not 16-byte aligned): its
-        # q / dout / k2 / v2 rows through pointer loads (q_pointers), the others' through descriptors.
+        # dout, k1 and v1 one channel apart past D (a row stride of D + 1 floats, not 16-byte
+        # aligned): bwd_dqkv2's q / dout / k2 / v2 rows through pointer loads (q_pointers), its
+        # k1 / v1 j-blocks too (kv_pointers), the other cases' through descriptors.
         (Case(1, 5, 16, 1, d, 2, 2), True, None, "channel"),
     ]
 
 
-def _check_batched(case, head_packing, span=None, dout_pad=None):
-    inputs = make_inputs(case, torch.float32, "cpu")
+def nan_padded(t, how):
+    """t as a view of a NaN-filled buffer one row longer ("row", same strides) or one channel wider
+    per row ("channel": a row stride of D + 1 elements, not 16-byte aligned for most D)."""
+    if how == "row":
+        return torch.nn.functional.pad(t, (0, 0, 0, 0, 0, 1), value=float("nan"))[:, :-1]
+    return torch.nn.functional.pad(t, (0, 1), value=float("nan"))[..., :-1]
+
+
+def _check_batched(case, head_packing, span=None, pad=None):
+    q, k1, k2, v1, v2 = make_inputs(case, torch.float32, "cpu")
     dout = make_dout(case, torch.float32, "cpu")
-    if dout_pad:  # dout as a view of a NaN-padded buffer: one more channel per row
-        dout = torch.nn.functional.pad(dout, (0, 1), value=float("nan"))[..., :-1]
+    if pad:  # k1, v1 (and with "channel" dout) as views of NaN-padded buffers
+        k1, v1 = nan_padded(k1, pad), nan_padded(v1, pad)
+        dout = nan_padded(dout, pad) if pad == "channel" else dout
+    inputs = (q, k1, k2, v1, v2)
     scale = case.D**-0.5
     prob = Problem(*bands(case.w1, case.w2, case.causal), scale)
     out, lse, lse_lo = tk.fwd(*inputs, prob, head_packing=head_packing)
@@ -106,9 +119,7 @@ def _check_fwd(case, head_packing, nan_pad=None, config=None):
     inputs = make_inputs(case, torch.float32, "cpu")
     if nan_pad:  # k1, v1 as views of NaN-padded buffers: one more row, or one more channel per row
         q, k1, k2, v1, v2 = inputs
-        pad = (0, 0, 0, 0, 0, 1) if nan_pad == "row" else (0, 1)
-        k1, v1 = (torch.nn.functional.pad(t, pad, value=float("nan")) for t in (k1, v1))
-        k1, v1 = (t[:, :-1] if nan_pad == "row" else t[..., :-1] for t in (k1, v1))
+        k1, v1 = nan_padded(k1, nan_pad), nan_padded(v1, nan_pad)
         assert (k1.stride(-2) * 4 % 16 != 0) == (nan_pad == "channel")
         inputs = (q, k1, k2, v1, v2)
     prob = Problem(*bands(case.w1, case.w2, case.causal), case.D**-0.5)

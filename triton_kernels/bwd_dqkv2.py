@@ -52,6 +52,12 @@ zero-fill positions past the sequence, heads past the group, channels past D and
 outside [0, n), as the masks do; one select per position zeroes the q / dout rows whose k lies
 outside (query_box). dq is stored through the same kind of box, which clips those rows.
 
+k1 / v1 j-blocks through descriptors (configs with KV1_TMA, where the launcher finds k1 and v1
+16-byte aligned, KV_ALIGNED): one [BLOCK_J, BLOCK_D] box of a descriptor over the tile's rows [0,
+j_hi] per block, made per tile (its rows past j_hi zero-filled, as the masks would leave them: a
+row past the tile's range may hold a neighbour's or padding, NaN included), in place of the [BLOCK_J,
+D] offsets of the pointer loads, which the compiler keeps in registers across the loops.
+
 Operand slot (AB_SLOT, with the descriptors). sm_90's 128-row tile (two 64-row warp groups, each
 owning whole rows, so S, dP and exp once per logit) holds x and y (128 registers a thread) and
 would hold the pair operands a and bo as register operands of the S and dP products (64 more):
@@ -80,7 +86,7 @@ import triton.language as tl
 
 from . import coverage
 from .coverage import count_common, hit
-from .kv import query_box, query_descriptor, query_rows, row_descriptor, rows_at, tile_offsets
+from .kv import block_rows, query_box, query_descriptor, query_rows, row_descriptor, rows_at, tile_offsets
 from .operand import chunk_shifts, cross, mma, pair_operand, permuted
 from .seqlen import sequence_span
 from .softmax import recomputed_block
@@ -106,12 +112,14 @@ from .tiles import (
 #                       descriptors / pointer loads and stores (strides not aligned)
 #   ab_slot        (AB_SLOT) an offset step passing its operands a, bo through the operand slot
 #   two_positions  (DQ_SCRATCH) a head sum of a two-position tile in the tile's own layout
+#   kv_tma / kv_pointers  k1/v1 j-blocks read through tensor descriptors (KV1_TMA configs, strides
+#                         aligned) / pointer loads
 (
     P_SPAN_REPEAT, P_LAYER_UP, P_ROWS_CLIPPED, P_HEAD_SUM, P_DQ_SCRATCH, P_ONE_POSITION, P_Q_TMA, P_Q_POINTERS,
-    P_AB_SLOT, P_TWO_POSITIONS,
+    P_AB_SLOT, P_TWO_POSITIONS, P_KV_TMA, P_KV_POINTERS,
 ) = coverage.slots(
     ("bwd_dqkv2",), "span_repeat", "layer_up", "rows_clipped", "head_sum", "dq_scratch", "one_position",
-    "q_tma", "q_pointers", "ab_slot", "two_positions",
+    "q_tma", "q_pointers", "ab_slot", "two_positions", "kv_tma", "kv_pointers",
 )  # fmt: skip
 #   layer_repeat   the reduce summing a second (third, ...) layer
 (P_LAYER_REPEAT,) = coverage.slots(("bwd_reduce2",), "layer_repeat", common=False)
@@ -122,16 +130,17 @@ def recomputed_j_block(
     j0, jr, j_lo, j_hi, n, d_ok, w_lo, w_hi, a, bo, lse, lse_lo, delta, scale,
     k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, COUNTS,
     J_REPEAT: tl.constexpr, J_TAIL: tl.constexpr, J_PAST_N: tl.constexpr, BLOCK_J: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr, KV_DESC: tl.constexpr,
 ):  # fmt: skip
     """One j-block of the backward's query-side loop: rows with operands a (logits) and bo (dP)
     against the k1/v1 rows j0 + jr of [j_lo, j_hi], a row's pairs counting for j in [w_lo, w_hi]
-    (window_bounds); lse, lse_lo and delta per row. Returns (P, dA, k1b, v1b)."""
+    (window_bounds); lse, lse_lo and delta per row. k1_base / v1_base: base pointers, or (KV_DESC)
+    tensor descriptors of the tile's rows [0, j_hi] (kv.block_rows). Returns (P, dA, k1b, v1b)."""
     js, j_ok, jd_mask = j_block(
         j0, jr, j_lo, j_hi, n, d_ok, COUNTS, J_REPEAT, J_TAIL, J_PAST_N, BLOCK_J, False, COUNT_PATHS
     )
-    k1b = rows_at(k1_base, j0, k1_offs, stride_k1n, jd_mask)
-    v1b = rows_at(v1_base, j0, v1_offs, stride_v1n, jd_mask)
+    k1b = block_rows(k1_base, j0, k1_offs, stride_k1n, jd_mask, KV_DESC)
+    v1b = block_rows(v1_base, j0, v1_offs, stride_v1n, jd_mask, KV_DESC)
     s = mma(a, tl.trans(k1b), tl.zeros([a.shape[0], BLOCK_J], tl.float32), INPUT_PRECISION, UPCAST)
     in_win = (js[None, :] >= w_lo[:, None]) & (js[None, :] <= w_hi[:, None])
     p, ds = recomputed_block(s, in_win, bo, v1b, lse, lse_lo, delta, scale, True, INPUT_PRECISION, UPCAST)
@@ -266,13 +275,15 @@ def _two_simplicial_bwd_dqkv2_kernel(
     VARLEN: tl.constexpr, DET: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
     DQ_SCRATCH: tl.constexpr = False, TMA: tl.constexpr = False, Q_ALIGNED: tl.constexpr = False,
-    AB_SLOT: tl.constexpr = False,
+    AB_SLOT: tl.constexpr = False, KV1_TMA: tl.constexpr = False, KV_ALIGNED: tl.constexpr = False,
 ):  # fmt: skip
     BLOCK_P: tl.constexpr = BLOCK_M // BLOCK_H
     # q / dout through tensor descriptors: where the config asks (TMA) and the strides allow (Q_ALIGNED)
     DESC: tl.constexpr = TMA and Q_ALIGNED
     # the pair operands through the program's operand slot (AB_SLOT, with the descriptors only)
     AB: tl.constexpr = AB_SLOT and DESC
+    # k1 / v1 j-blocks through tensor descriptors: where the config asks (KV1_TMA) and the strides allow
+    KV_DESC: tl.constexpr = KV1_TMA and KV_ALIGNED
     start, n = sequence_span(CU_SEQLENS, N, VARLEN)
     c = tl.program_id(0)
     span0 = c * SPAN
@@ -336,6 +347,8 @@ def _two_simplicial_bwd_dqkv2_kernel(
     else:
         k2_desc, v2_desc = k2_base, v2_base  # unused
         hit(COUNTS, P_Q_POINTERS, True, COUNT_PATHS)
+    hit(COUNTS, P_KV_TMA, KV_DESC, COUNT_PATHS)
+    hit(COUNTS, P_KV_POINTERS, not KV_DESC, COUNT_PATHS)
 
     for p0 in range(span0, span_end, BLOCK_P):
         hit(COUNTS, P_SPAN_REPEAT, p0 > span0, COUNT_PATHS)
@@ -353,6 +366,11 @@ def _two_simplicial_bwd_dqkv2_kernel(
         lse_lo = tl.load(LSE_LO + row_offs, mask=row_ok, other=0.0)
         delta = tl.load(DELTA + row_offs, mask=row_ok, other=0.0)
         u_lo, u_hi, j_lo, j_hi = query_tile_loops(p0, n, L1, R1, L2, R2, BLOCK_P)
+        if KV_DESC:  # the tile's k1/v1 rows [0, j_hi]: a box's rows past j_hi are zero-filled, as the masks would
+            k1_src = row_descriptor(k1_base, j_hi + 1, D, stride_k1n, BLOCK_J, BLOCK_D)
+            v1_src = row_descriptor(v1_base, j_hi + 1, D, stride_v1n, BLOCK_J, BLOCK_D)
+        else:
+            k1_src, v1_src = k1_base, v1_base
 
         if not DQ_SCRATCH:
             dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -389,8 +407,8 @@ def _two_simplicial_bwd_dqkv2_kernel(
             for j0 in range(j_lo, j_hi + 1, BLOCK_J):
                 p, ds, k1b, v1b = recomputed_j_block(
                     j0, jr, j_lo, j_hi, n, d_ok, w_lo, w_hi, a, bo, lse, lse_lo, delta, scale,
-                    k1_base, k1_offs, v1_base, v1_offs, stride_k1n, stride_v1n, COUNTS,
-                    P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS,
+                    k1_src, k1_offs, v1_src, v1_offs, stride_k1n, stride_v1n, COUNTS,
+                    P_J_REPEAT, P_J_TAIL, P_J_PAST_N, BLOCK_J, INPUT_PRECISION, UPCAST, COUNT_PATHS, KV_DESC,
                 )  # fmt: skip
                 x = mma(ds.to(dt), k1b, x, INPUT_PRECISION, UPCAST)
                 y = mma(p.to(dt), v1b, y, INPUT_PRECISION, UPCAST)

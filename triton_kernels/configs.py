@@ -54,7 +54,7 @@ def _c(num_warps, num_stages, **tiles):
 _INTERP = {
     # FOLD: head-packed trilinear tiles run fwd.py's folded loop, the others the offset loop.
     "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True, FOLD=True)],
-    "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, DQ_SCRATCH=True, TMA=True, AB_SLOT=True)],
+    "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, DQ_SCRATCH=True, TMA=True, AB_SLOT=True, KV1_TMA=True)],
     # ROWS32: HEADS columns read k2 / v2 as sm_90's 64-wide tile does (the other configs' rows run in
     # test_triton_configs).
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_C=16, ROWS32=True)],
@@ -323,6 +323,15 @@ def _dqkv2(arch, dc, fp32, packed, det):
     12 B left), pointer stores and loads of a / bo (their [128, D] addresses: 104 B), an opaque
     zero against hoisting the slot's addresses (268 B), 128 x 32 (4-220 B), 64 x 16 / 32 on 4
     warps (212-228 B); 64 x 64 on 8 warps spills 100-170 B.
+    Since (session 8): first, 128 x 32 with the k1 / v1 j-blocks through descriptors too
+    (KV1_TMA, where the launcher finds k1 / v1 16-byte aligned, KV_ALIGNED): the pointer loads'
+    [BLOCK_J, D] offsets leave the registers, and 128 x 32 at 2 stages fits (255 registers, no
+    spill; with pointer loads it spills 56 B at 1 or 2 stages, in the prologue and the tile loop).
+    A 32-wide j-block halves the S and dP products' operand reads per FLOP (their A operands a
+    and bo come from shared memory, 64 x 16 a warp group per 64 x BLOCK_J x 16): the model, target
+    shape, H100, 82.1 / 118.8 -> 59.9 / 115.7 ms (0.069 -> 0.049 shared-memory bytes per MMA FLOP).
+    Tried: 1 stage 59.6 / 109.1 but 24 B of spills, 3 stages 60.3 / 117.1, 128 x 64 spills 236 B.
+    The 16-wide tiles stay for the autotuner (and for k1 / v1 strides that are not aligned).
 
     Columns: on 8 warps a 16- or 32-row mma.sync tile of the logits is split over the warps
     along BLOCK_J, so a narrow BLOCK_J replicates it (16 x 16: every logit, its exp and the S /
@@ -342,12 +351,17 @@ def _dqkv2(arch, dc, fp32, packed, det):
     FLOP: B200, target shape, 174.6 / 245.9 -> 50.0 / 114.9 ms (D = 64: 106.8 / 142.6 -> 36.9 /
     69.5); without descriptors it is 49.1 / 116.1 (254 registers, the pointer fallback). 128-row
     tiles spill there (232-480 B, with or without the operand slot), as do 2 stages (256-344 B).
+    Since (session 8): the same tile with k1 / v1 through descriptors too (KV1_TMA, 239
+    registers): 50.0 / 114.9 -> 50.5 / 103.8 ms (issue-bound; the serialized ceiling drops the
+    pointer loads' address arithmetic and waits); both stay for the autotuner.
 
     Known exceptions under triton 3.6 only (scripts/triton_compat.py, 2026-12-07, rechecked
     with the wider BLOCK_J tiles, which are clean there too; 3.8 is clean): the determinant
     16-row tiles spill 64 B on sm_90 (56 B before the 128-row tile's changes to the shared code;
     sm_80's 16 B are gone); sm_90's 128 x 16 tiles spill 16 B (2 stages) and 32 B (1 stage), at
-    values reloaded outside the j loop (none in it); correct, slower on the
+    values reloaded outside the j loop (none in it), and 128 x 32 with KV1_TMA 128 B (in the
+    prologue and the tile loop, none in the offset or j loops; the model of that build still ranks
+    it first, 60.5 / 114.5 ms against 77.8 / 119.2); correct, slower on the
     lent GPUs' triton 3.6. sm_90's head-packed 64 x 32 with the dq slot is clean there at 2 stages (the 64 x 16 with
     dq in registers it replaced spilled 72 B); at 3 stages it spilled 88 B under 3.6 (before
     kv_rows; none under 3.8, and the model ranks it below 2 stages: 97 / 185 ms), so it is not
@@ -365,12 +379,17 @@ def _dqkv2(arch, dc, fp32, packed, det):
         return [_c(8, 2, BLOCK_M=16, BLOCK_J=32), _c(8, 1, BLOCK_M=16, BLOCK_J=64)]
     if base == "sm90":
         return [
+            _c(8, 2, BLOCK_M=128, BLOCK_J=32, DQ_SCRATCH=True, TMA=True, AB_SLOT=True, KV1_TMA=True),
             _c(8, 2, BLOCK_M=128, BLOCK_J=16, DQ_SCRATCH=True, TMA=True, AB_SLOT=True),
             _c(8, 1, BLOCK_M=128, BLOCK_J=16, DQ_SCRATCH=True, TMA=True, AB_SLOT=True),
             _c(8, 2, BLOCK_M=64, BLOCK_J=32, DQ_SCRATCH=True),
         ]
     if arch == "sm100":  # dq in its slot, q / dout / k2 / v2 / dq through descriptors: 64 x 64 fits
-        return [_c(8, 1, BLOCK_M=64, BLOCK_J=64, DQ_SCRATCH=True, TMA=True), _c(8, 1, BLOCK_M=32, BLOCK_J=64)]
+        return [
+            _c(8, 1, BLOCK_M=64, BLOCK_J=64, DQ_SCRATCH=True, TMA=True, KV1_TMA=True),
+            _c(8, 1, BLOCK_M=64, BLOCK_J=64, DQ_SCRATCH=True, TMA=True),
+            _c(8, 1, BLOCK_M=32, BLOCK_J=64),
+        ]
     # 64 x 16 spills on sm_80 (164 B), sm_100 (660 B) and sm_120 (608 B): 32 heads a tile there.
     return [_c(8, 2, BLOCK_M=32, BLOCK_J=32), _c(8, 1, BLOCK_M=32, BLOCK_J=64)]
 

@@ -272,8 +272,8 @@ def _flags(kernel):
     """The flags a config of `kernel` may leave out, as a launch at the contiguous target sets them."""
     if kernel == "fwd":
         return _fwd_flags()
-    if kernel == "bwd_dqkv2":  # launch.py: q / dout aligned, so a config with TMA reads them through descriptors
-        return {"TMA": False, "Q_ALIGNED": True}
+    if kernel == "bwd_dqkv2":  # launch.py: q / dout / k1 / v1 aligned, so configs with TMA (KV1_TMA) read
+        return {"TMA": False, "KV1_TMA": False, "Q_ALIGNED": True, "KV_ALIGNED": True}  # them through descriptors
     return {}
 
 

@@ -289,6 +289,15 @@ MUTANTS = [
         why="(TMA configs) bwd_dqkv2's k2 / v2 box one row off: each row pairs with k2[k + 1], v2[k + 1]",
     ),
     dict(
+        name="triton-dqkv2-kv1-box-past-j-hi",
+        path="triton_kernels/bwd_dqkv2.py",
+        old="k1_src = row_descriptor(k1_base, j_hi + 1, D, stride_k1n, BLOCK_J, BLOCK_D)",
+        new="k1_src = row_descriptor(k1_base, j_hi + 2, D, stride_k1n, BLOCK_J, BLOCK_D)",
+        tests=PATHS_D64,
+        why="(KV1_TMA configs) bwd_dqkv2's k1 descriptor reaches one row past the tile's j range: the "
+        "last tile reads the row past the sequence (NaN in the test) instead of zeros, and dA * NaN poisons dq",
+    ),
+    dict(
         name="triton-dqkv2-ab-slot-bo-reads-a",
         path="triton_kernels/bwd_dqkv2.py",
         old="bo = ab_desc.load([BLOCK_M, 0])",

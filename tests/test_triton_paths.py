@@ -52,8 +52,10 @@ def batched_cases(d):
         (Case(1, 13, 3, 1, d, 3, 2), True, 16, "row"),
         # w2 = 18 > BLOCK_C: bwd_dkv1 walks two k-blocks per query, the second a tail; unpacked
         # (head_packing=False: one head per column block), its 2 heads are two head blocks.
-        # bwd_dqkv2's default span, 32 >= w2 - 1: one program, one scratch layer.
-        (Case(1, 20, 2, 1, d, 1, 18), False, None),
+        # bwd_dqkv2's default span, 32 >= w2 - 1: one program, one scratch layer. D = d - 1, not a
+        # multiple of 4: rows of D floats are not 16-byte aligned, so every descriptor falls back to
+        # pointers, bwd_dqkv2's scratch partials too (part_pointers).
+        (Case(1, 20, 2, 1, d - 1, 1, 18), False, None),
         # 32 heads of a kv head fill a 32-row tile: bwd_dqkv2's one-position head sum (one_position).
         (Case(1, 3, 32, 1, d, 2, 2), True, None),
         # 16 heads: two positions a 32-row tile, bwd_dqkv2's two-position head sum (two_positions);
@@ -259,6 +261,25 @@ def test_dq_slots_are_the_stated_size_at_the_target():
     programs = -(-16384 // span) * 1 * 2
     assert (positions, span, programs) == (2, 32, 1024)
     assert programs * 128 * 128 * 4 == programs * 2 * 128 * 128 * 2 == 64 * 2**20
+
+
+def test_sequence_tile_slots_stay_within_a_float32_dq():
+    """Without head packing (Hq = Hkv) sm_90's first bwd_dqkv2 tile is 128 positions of one head
+    and sm_100's 64, with dq and the pair operands in per-program slots: at B = 2, N = 8192,
+    Hq = Hkv = 16, D = 128 on an H100 (132 SMs) each takes at most as much as a float32 dq
+    (2 x 8192 x 16 x 128 x 4 bytes = 128 MiB): O(B * N * Hkv * D), as the issue bounds scratch."""
+    from simplicial_attn.triton_kernels import launch
+
+    dq_bytes = 2 * 8192 * 16 * 128 * 4
+    for arch, rows, ab_rows in (("sm90", 128, 2 * 128), ("sm100", 64, 0)):
+        assert launch.dq_slot_rows("bwd_dqkv2", arch, 128, False, False) == rows
+        assert launch.ab_slot_rows(arch, 128, False, False) == ab_rows
+        block_h, packed, positions = launch.dqkv2_tiling(1, None, arch, 128, False)
+        assert (block_h, packed, positions) == (1, False, rows)
+        span = launch.dqkv2_span(132, 8192, positions, 31, 16 * 2)
+        programs = -(-8192 // span) * 16 * 2
+        assert span % positions == 0 and programs * rows * 128 * 4 <= dq_bytes, (arch, span, programs)
+        assert programs * ab_rows * 128 * 2 <= dq_bytes
 
 
 def test_dqkv2_tiles_hold_whole_positions_on_every_arch():

@@ -58,6 +58,16 @@ j_hi] per block, made per tile (its rows past j_hi zero-filled, as the masks wou
 row past the tile's range may hold a neighbour's or padding, NaN included), in place of the [BLOCK_J,
 D] offsets of the pointer loads, which the compiler keeps in registers across the loops.
 
+Partials through descriptors (configs with PART_TMA, where D is a multiple of 4 so the scratch rows
+are 16-byte aligned, PART_ALIGNED): each offset step's dk2 / dv2 rows are a [BLOCK_P, BLOCK_D] box
+of a descriptor over the sequence's n scratch rows of the program's layer and column, read,
+added to and stored back (rows outside [0, n) read as zeros and not written, as the pointer
+mask has them). Sequence tiles (one head, Hq / Hkv < 16) have BLOCK_P = BLOCK_M rows of
+partials, whose [BLOCK_M, D] pointer offsets would stay in registers across the loops (5.2-5.5
+KB of spills at 64 and 128 rows on sm_90); through the box they are one coordinate. The next
+step's boxes overlap this step's rows, so the step ends as the operand slot's hand-off does:
+this thread's bulk stores completed (bulk_stores_done), a CTA barrier, a proxy fence.
+
 Operand slot (AB_SLOT, with the descriptors). sm_90's 128-row tile (two 64-row warp groups, each
 owning whole rows, so S, dP and exp once per logit) holds x and y (128 registers a thread) and
 would hold the pair operands a and bo as register operands of the S and dP products (64 more):
@@ -114,12 +124,14 @@ from .tiles import (
 #   two_positions  (DQ_SCRATCH) a head sum of a two-position tile in the tile's own layout
 #   kv_tma / kv_pointers  k1/v1 j-blocks read through tensor descriptors (KV1_TMA configs, strides
 #                         aligned) / pointer loads
+#   part_tma / part_pointers  dk2 / dv2 partials added through descriptors of the scratch (PART_TMA
+#                             configs, D a multiple of 4) / pointer loads and stores
 (
     P_SPAN_REPEAT, P_LAYER_UP, P_ROWS_CLIPPED, P_HEAD_SUM, P_DQ_SCRATCH, P_ONE_POSITION, P_Q_TMA, P_Q_POINTERS,
-    P_AB_SLOT, P_TWO_POSITIONS, P_KV_TMA, P_KV_POINTERS,
+    P_AB_SLOT, P_TWO_POSITIONS, P_KV_TMA, P_KV_POINTERS, P_PART_TMA, P_PART_POINTERS,
 ) = coverage.slots(
     ("bwd_dqkv2",), "span_repeat", "layer_up", "rows_clipped", "head_sum", "dq_scratch", "one_position",
-    "q_tma", "q_pointers", "ab_slot", "two_positions", "kv_tma", "kv_pointers",
+    "q_tma", "q_pointers", "ab_slot", "two_positions", "kv_tma", "kv_pointers", "part_tma", "part_pointers",
 )  # fmt: skip
 #   layer_repeat   the reduce summing a second (third, ...) layer
 (P_LAYER_REPEAT,) = coverage.slots(("bwd_reduce2",), "layer_repeat", common=False)
@@ -204,12 +216,17 @@ def kv_rows(
 
 
 @triton.jit
-def add_partial(P, first, offs, mask, part):
+def add_partial(P, first, offs, mask, part, row, DESC: tl.constexpr = False):
     """Scratch rows P + first + offs += part (read-modify-write of rows this program alone owns).
     The 64-bit `first` is a scalar and the in-tile `offs` 32-bit: a [rows, D] tensor of 64-bit
-    offsets, hoisted out of the loops, would hold two registers per element for the whole kernel."""
-    ptrs = (P + first) + offs
-    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + part, mask=mask)
+    offsets, hoisted out of the loops, would hold two registers per element for the whole kernel.
+    DESC (PART_TMA): P is a descriptor of the sequence's scratch rows, the part its box at `row`
+    (rows outside the sequence: read as zeros, not written, as `mask` has them)."""
+    if DESC:
+        P.store([row, 0], P.load([row, 0]) + part)
+    else:
+        ptrs = (P + first) + offs
+        tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + part, mask=mask)
 
 
 @triton.jit
@@ -251,10 +268,11 @@ def tile_rows(src, p0, kp_ok, kd_mask, DESC: tl.constexpr, BLOCK_M: tl.constexpr
 
 
 @triton.jit
-def dv2_partial(DV2P, first, part_offs, mask, y, do, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
-                BLOCK_D: tl.constexpr, IN_LAYOUT: tl.constexpr):  # fmt: skip
+def dv2_partial(DV2P, first, part_offs, mask, y, do, row, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
+                BLOCK_D: tl.constexpr, IN_LAYOUT: tl.constexpr, DESC: tl.constexpr):  # fmt: skip
     """dv2's partial of one offset step, sum over the tile's heads of y * dout, into the scratch."""
-    add_partial(DV2P, first, part_offs, mask, head_sum(y * do.to(tl.float32), BLOCK_P, BLOCK_H, BLOCK_D, IN_LAYOUT))
+    part = head_sum(y * do.to(tl.float32), BLOCK_P, BLOCK_H, BLOCK_D, IN_LAYOUT)
+    add_partial(DV2P, first, part_offs, mask, part, row, DESC)
 
 
 @triton.jit(do_not_specialize=["stride_lh", "stride_sl", "SPAN", "LAYERS"])
@@ -276,6 +294,7 @@ def _two_simplicial_bwd_dqkv2_kernel(
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COUNT_PATHS: tl.constexpr,
     DQ_SCRATCH: tl.constexpr = False, TMA: tl.constexpr = False, Q_ALIGNED: tl.constexpr = False,
     AB_SLOT: tl.constexpr = False, KV1_TMA: tl.constexpr = False, KV_ALIGNED: tl.constexpr = False,
+    PART_TMA: tl.constexpr = False, PART_ALIGNED: tl.constexpr = False,
 ):  # fmt: skip
     BLOCK_P: tl.constexpr = BLOCK_M // BLOCK_H
     # q / dout through tensor descriptors: where the config asks (TMA) and the strides allow (Q_ALIGNED)
@@ -284,6 +303,9 @@ def _two_simplicial_bwd_dqkv2_kernel(
     AB: tl.constexpr = AB_SLOT and DESC
     # k1 / v1 j-blocks through tensor descriptors: where the config asks (KV1_TMA) and the strides allow
     KV_DESC: tl.constexpr = KV1_TMA and KV_ALIGNED
+    # dk2 / dv2 partials through tensor descriptors of the scratch: where the config asks (PART_TMA)
+    # and the scratch rows are 16-byte aligned (PART_ALIGNED: D a multiple of 4)
+    PART_DESC: tl.constexpr = PART_TMA and PART_ALIGNED
     start, n = sequence_span(CU_SEQLENS, N, VARLEN)
     c = tl.program_id(0)
     span0 = c * SPAN
@@ -308,6 +330,13 @@ def _two_simplicial_bwd_dqkv2_kernel(
     # Partial rows of this program: layer, batch, head column; row start + k added per step.
     part_base = layer.to(tl.int64) * stride_sl + b * stride_sb + hcol.to(tl.int64) * D + start * stride_sn
     part_offs = pr[:, None] * stride_sn + d[None, :]
+    if PART_DESC:  # the sequence's n scratch rows of this program's layer and column
+        dk2_dst = row_descriptor(DK2P + part_base, n, D, stride_sn, BLOCK_P, BLOCK_D)
+        dv2_dst = row_descriptor(DV2P + part_base, n, D, stride_sn, BLOCK_P, BLOCK_D)
+        hit(COUNTS, P_PART_TMA, True, COUNT_PATHS)
+    else:
+        dk2_dst, dv2_dst = DK2P, DV2P
+        hit(COUNTS, P_PART_POINTERS, True, COUNT_PATHS)
 
     k1_base, k1_offs, v1_base, v1_offs, k2_base, k2_offs, v2_base, v2_offs = query_tile_kv(
         K1, K2, V1, V2, b, g, start, rp, jr, d,
@@ -420,8 +449,8 @@ def _two_simplicial_bwd_dqkv2_kernel(
             # head-packed 16-row tiles spill 0.7-1.5 KB otherwise).
             if DQ_SCRATCH:
                 dv2_partial(
-                    DV2P, first, part_offs, mask, y, tile_rows(do_src, p0, kp_ok, kd_mask, DESC, BLOCK_M, BLOCK_D),
-                    BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+                    dv2_dst, first, part_offs, mask, y, tile_rows(do_src, p0, kp_ok, kd_mask, DESC, BLOCK_M, BLOCK_D),
+                    p0 - u, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH, PART_DESC,
                 )  # fmt: skip
             k2u = kv_rows(
                 k2_base, r0 - u, k2_offs, k2p_offs, stride_k2n, kd_mask, p0, pr, u, n, d_ok,
@@ -445,14 +474,20 @@ def _two_simplicial_bwd_dqkv2_kernel(
                 dk2 = cross(q_1, q_2, x_1, x_2)
             else:
                 dk2 = x * q.to(tl.float32)
-            add_partial(DK2P, first, part_offs, mask, head_sum(dk2, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH))
+            add_partial(dk2_dst, first, part_offs, mask, head_sum(dk2, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH), p0 - u,
+                        PART_DESC)  # fmt: skip
             if not DQ_SCRATCH:
                 dv2_partial(
-                    DV2P, first, part_offs, mask, y, tile_rows(do_src, p0, kp_ok, kd_mask, DESC, BLOCK_M, BLOCK_D),
-                    BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH,
+                    dv2_dst, first, part_offs, mask, y, tile_rows(do_src, p0, kp_ok, kd_mask, DESC, BLOCK_M, BLOCK_D),
+                    p0 - u, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH, PART_DESC,
                 )  # fmt: skip
-            # The next step's rows overlap these, maybe held by other threads of the CTA.
+            # The next step's rows overlap these, maybe held by other threads of the CTA (PART_TMA:
+            # written by bulk stores, complete once their issuing thread has waited for them).
+            if PART_DESC:
+                bulk_stores_done(u, UPCAST)
             tl.debug_barrier()
+            if PART_DESC:
+                async_reads_after_barrier(u, UPCAST)
 
         if DQ_SCRATCH:  # the last step's stores are behind its barrier
             dq = tl.load(dq_slot + slot_offs)

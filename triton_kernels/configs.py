@@ -54,7 +54,7 @@ def _c(num_warps, num_stages, **tiles):
 _INTERP = {
     # FOLD: head-packed trilinear tiles run fwd.py's folded loop, the others the offset loop.
     "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True, FOLD=True)],
-    "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, DQ_SCRATCH=True, TMA=True, AB_SLOT=True, KV1_TMA=True)],
+    "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, DQ_SCRATCH=True, TMA=True, AB_SLOT=True, KV1_TMA=True, PART_TMA=True)],
     # ROWS32: HEADS columns read k2 / v2 as sm_90's 64-wide tile does (the other configs' rows run in
     # test_triton_configs).
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_C=16, ROWS32=True)],
@@ -296,7 +296,7 @@ def _dqkv2(arch, dc, fp32, packed, det):
     Rows: head-packed tiles keep BLOCK_M = 64 on sm_90 (64 heads at one position, a whole wgmma
     M; 32-row tiles run on mma.sync there: 247-325 ms serialized at the target against 205), 32
     elsewhere (64 x 16 spills on sm_80 164 B, sm_100 660 B, sm_120 608 B); sequence tiles
-    (Hq / Hkv < 16) and D class 256 fit at 16 rows only.
+    (Hq / Hkv < 16) and D class 256 fit at 16 rows only (sequence tiles on sm_90 / sm_100: below).
 
     sm_90 head-packed: dq in a float32 slot per program (DQ_SCRATCH, bwd_dqkv2.py) frees the
     [64, D] dq tile's registers, which lets BLOCK_J grow to 32 (with dq in registers 64 x 32
@@ -332,6 +332,17 @@ def _dqkv2(arch, dc, fp32, packed, det):
     shape, H100, 82.1 / 118.8 -> 59.9 / 115.7 ms (0.069 -> 0.049 shared-memory bytes per MMA FLOP).
     Tried: 1 stage 59.6 / 109.1 but 24 B of spills, 3 stages 60.3 / 117.1, 128 x 64 spills 236 B.
     The 16-wide tiles stay for the autotuner (and for k1 / v1 strides that are not aligned).
+
+    Sequence tiles (Hq / Hkv < 16: one head a tile, every row its own k2 / v2 row and its own
+    dk2 / dv2 partial row) were 16 rows, below a wgmma's 64 (mma.sync on sm_90, 0.23 shared-memory
+    bytes per MMA FLOP). Since (session 8) sm_90 takes 128 positions (DQ_SCRATCH, TMA, AB_SLOT as
+    the head-packed tiles, and PART_TMA: the partials through descriptors, whose pointer form
+    spilled 5.2 KB) and sm_100 64 (its head-packed tile's flags and PART_TMA): the model, no GQA
+    (B = 2, N = 8192, Hq = Hkv = 16, D = 128), H100 36.7 / 55.3 -> 11.5 / 18.0 ms, B200 32.1 /
+    49.4 -> 6.2 / 15.1 ms. On sm_90 only 128 x 16 at 1 stage is free of spills (128 x 32 16-120 B,
+    64 rows on 4 warps 80-196 B); under triton 3.6 it spills 32 B and sm_100's 40 B, in the
+    prologue and the tile loop (none in the offset or j loops). The 16-row tiles stay for the
+    autotuner and take D class 256.
 
     Columns: on 8 warps a 16- or 32-row mma.sync tile of the logits is split over the warps
     along BLOCK_J, so a narrow BLOCK_J replicates it (16 x 16: every logit, its exp and the S /
@@ -376,7 +387,12 @@ def _dqkv2(arch, dc, fp32, packed, det):
         wide = [_c(8, 1, BLOCK_M=16, BLOCK_J=64)] if packed and base != "sm86" else []
         return [_c(8, 2, BLOCK_M=16, BLOCK_J=32), *wide]
     if not packed:
-        return [_c(8, 2, BLOCK_M=16, BLOCK_J=32), _c(8, 1, BLOCK_M=16, BLOCK_J=64)]
+        rows16 = [_c(8, 2, BLOCK_M=16, BLOCK_J=32), _c(8, 1, BLOCK_M=16, BLOCK_J=64)]
+        if base == "sm90":  # sequence tiles of 128 positions, the partials through descriptors
+            return [_c(8, 1, BLOCK_M=128, BLOCK_J=16, DQ_SCRATCH=True, TMA=True, AB_SLOT=True, PART_TMA=True), *rows16]
+        if arch == "sm100":  # 64 positions
+            return [_c(8, 1, BLOCK_M=64, BLOCK_J=64, DQ_SCRATCH=True, TMA=True, KV1_TMA=True, PART_TMA=True), *rows16]
+        return rows16
     if base == "sm90":
         return [
             _c(8, 2, BLOCK_M=128, BLOCK_J=32, DQ_SCRATCH=True, TMA=True, AB_SLOT=True, KV1_TMA=True),

@@ -197,14 +197,14 @@ def bwd(
         # configs with TMA=True read q, dout, k2, v2 and store dq through descriptors
         q_aligned = _descriptor_rows(q, dout, dq, k2, v2)
         kv_aligned = _descriptor_rows(k1, v1)  # configs with KV1_TMA=True read k1/v1 through descriptors
-        if (q_aligned or kv_aligned) and not is_interpreting():
+        if not is_interpreting():  # descriptors of q (TMA), k1 / v1 (KV1_TMA) or the scratch (PART_TMA)
             _descriptor_scratch()
         dqkv2_kernel[programs](
             q, k1, k2, v1, v2, dout, lse, lse_lo, delta, dq, dq_slots, ab_slots, scratch[0], scratch[1],
             seqs.cu_seqlens, counts["bwd_dqkv2"], *common, *seqs.strides(dq)[:3],
             scratch.stride(1), stride_sb, scratch.stride(2), *sizes, span, layers,
             BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dqkv2"] is not None, Q_ALIGNED=q_aligned,
-            KV_ALIGNED=kv_aligned, **flags,
+            KV_ALIGNED=kv_aligned, PART_ALIGNED=D % 4 == 0, **flags,
         )  # fmt: skip
         _reduce_dkv2_kernel[(triton.cdiv(B * N, REDUCE_BLOCK_R), HKV)](
             scratch[0], scratch[1], dk2, dv2, counts["bwd_reduce2"],

@@ -273,7 +273,8 @@ def _flags(kernel):
     if kernel == "fwd":
         return _fwd_flags()
     if kernel == "bwd_dqkv2":  # launch.py: q / dout / k1 / v1 aligned, so configs with TMA (KV1_TMA) read
-        return {"TMA": False, "KV1_TMA": False, "Q_ALIGNED": True, "KV_ALIGNED": True}  # them through descriptors
+        return {"TMA": False, "KV1_TMA": False, "PART_TMA": False, "Q_ALIGNED": True, "KV_ALIGNED": True,
+                "PART_ALIGNED": True}  # them (and PART_TMA the scratch) through descriptors
     return {}
 
 

@@ -54,7 +54,9 @@ def _c(num_warps, num_stages, **tiles):
 _INTERP = {
     # FOLD: head-packed trilinear tiles run fwd.py's folded loop, the others the offset loop.
     "fwd": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, SPLIT_J=True, TMA=True, FOLD=True)],
-    "bwd_dqkv2": [_c(4, 1, BLOCK_M=32, BLOCK_J=32, DQ_SCRATCH=True, TMA=True, AB_SLOT=True, KV1_TMA=True, PART_TMA=True)],
+    "bwd_dqkv2": [
+        _c(4, 1, BLOCK_M=32, BLOCK_J=32, DQ_SCRATCH=True, TMA=True, AB_SLOT=True, KV1_TMA=True, PART_TMA=True)
+    ],
     # ROWS32: HEADS columns read k2 / v2 as sm_90's 64-wide tile does (the other configs' rows run in
     # test_triton_configs).
     "bwd_dkv1": [_c(4, 1, BLOCK_J=32, BLOCK_C=16, ROWS32=True)],

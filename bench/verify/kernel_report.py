@@ -272,9 +272,11 @@ def _flags(kernel):
     """The flags a config of `kernel` may leave out, as a launch at the contiguous target sets them."""
     if kernel == "fwd":
         return _fwd_flags()
-    if kernel == "bwd_dqkv2":  # launch.py: q / dout / k1 / v1 aligned, so configs with TMA (KV1_TMA) read
-        return {"TMA": False, "KV1_TMA": False, "PART_TMA": False, "Q_ALIGNED": True, "KV_ALIGNED": True,
-                "PART_ALIGNED": True}  # them (and PART_TMA the scratch) through descriptors
+    if kernel == "bwd_dqkv2":
+        # launch.py: q / dout, k1 / v1 and the scratch rows aligned, so configs with TMA, KV1_TMA or
+        # PART_TMA read (write) them through descriptors
+        flags = {"TMA": False, "KV1_TMA": False, "PART_TMA": False}
+        return {**flags, "Q_ALIGNED": True, "KV_ALIGNED": True, "PART_ALIGNED": True}
     return {}
 
 

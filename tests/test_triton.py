@@ -280,6 +280,51 @@ def test_gpu_realistic_sizes_match_the_reference_fp32(case, dtype, poison):
     assert all(v <= BOUNDS[dtype] for v in errs.values()), errs
 
 
+def _handoff_configs():
+    """sm_90's bwd_dqkv2 configs that hand data from bulk stores to bulk loads through global
+    memory (AB_SLOT: the pair operands; PART_TMA: the dk2 / dv2 partials), with whether they are
+    the head-packed list's (True) or the sequence tiles' (False)."""
+    if importlib.util.find_spec("triton") is None:
+        return []
+    from simplicial_attn.triton_kernels import configs
+
+    lists = {packed: configs.configs("bwd_dqkv2", "sm90", 128, packed=packed) for packed in (True, False)}
+    return [
+        pytest.param(packed, c, id=f"{'packed' if packed else 'seq'}-{c.num_warps}w{c.num_stages}s-" + "-".join(
+            f"{k}={v}" for k, v in sorted(c.kwargs.items())))
+        for packed, listed in lists.items() for c in listed if c.kwargs.get("AB_SLOT") or c.kwargs.get("PART_TMA")
+    ]  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("packed", "cfg"), _handoff_configs())
+def test_gpu_sm90_handoff_configs_match_the_oracle_and_repeat(packed, cfg, poison):
+    """Each of sm_90's bwd_dqkv2 configs with a global-memory hand-off forced in turn (the
+    autotuner measures them, the other tests check only its pick): bulk stores, a completion wait,
+    a CTA barrier, a proxy fence, bulk loads (bwd_dqkv2.py), an ordering that only a GPU runs (the
+    interpreter's stores are synchronous). Gradients against the oracle, and two runs bitwise
+    equal: a stale operand or partial would show in either. Head-packed: 2 positions of 64 heads a
+    tile; sequence tiles: 128 positions of one head, N = 300 ending in a partial tile."""
+    import triton
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip(f"sm_90's configs (wgmma, TMA); this GPU is {torch.cuda.get_device_name()}")
+    case = Case(1, 97, 64, 1, 128, 33, 9) if packed else Case(1, 300, 2, 2, 128, 33, 9)
+    dtype = torch.bfloat16
+    inputs = make_inputs(case, dtype, "cuda")
+    dout = make_dout(case, dtype, "cuda")
+    w1, w2 = _windows(case)
+    prob = Problem(*bands(w1, w2, case.causal), case.D**-0.5)
+    packing = True if packed else None
+    out, lse, lse_lo = tk.fwd(*inputs, prob, head_packing=packing)
+    ref = oracle_bwd(dout, *inputs, case.w1, case.w2, case.causal, case.D**-0.5)
+    forced = {"bwd_dqkv2": triton.Config(dict(cfg.kwargs), num_warps=cfg.num_warps, num_stages=cfg.num_stages)}
+    runs = [tk.bwd(dout, *inputs, out, lse, lse_lo, prob, head_packing=packing, config=forced) for _ in range(2)]
+    errs = {n: rel_err(g, r) for n, g, r in zip(GRADS, runs[0], ref, strict=True)}
+    assert all(v <= BOUNDS[dtype] for v in errs.values()), errs
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
 @pytest.mark.gpu
 def test_gpu_backward_is_deterministic():
     case = REALISTIC[0]

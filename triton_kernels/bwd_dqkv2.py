@@ -79,7 +79,8 @@ cp.async.bulk.wait_group 0, each thread its own stores), then a CTA barrier, the
 (launch.ab_slot_rows): programs x 2 x BLOCK_M x BLOCK_D elements of the inputs' dtype; target
 shape (1024 programs of 128 rows, D = 128, bf16): 64 MiB, as the dq slots. The interpreter runs
 every descriptor path (its stores are synchronous); the wait's ordering is checked in the PTX
-only (store, commit, wait_group 0, bar.sync, load), not yet on a GPU (2026-12-07).
+only (store, commit, wait_group 0, bar.sync, load), not yet on a GPU (2026-12-07): on one,
+tests/test_triton.py forces each sm_90 config with a hand-off (operand slot, PART_TMA) in turn.
 
 Scratch (launch.dqkv2_scratch_shape): 2 x LAYERS x T x Hkv x n_hblk x D float32, i.e.
 8 * LAYERS * T * Hkv * n_hblk * D bytes (T = B * N rows, or the packing's rows; n_hblk head

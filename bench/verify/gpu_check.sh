@@ -12,7 +12,8 @@
 #   cuda-tests  the CUDA C++ kernels against the float64 oracle and the API's cuda cases (varlen,
 #               determinant, decoding, large logits, non-finite inputs; tests marked gpu, not slow)
 #   sanitize    compute-sanitizer memcheck and racecheck on bench/verify/gpu_sanitize.py
-#   gpu-tests   every other test marked gpu (Triton compiled, the API on CUDA, ...)
+#   gpu-tests   every other test marked gpu (Triton compiled, the API on CUDA, ...; sm_90's
+#               bwd_dqkv2 configs with a global-memory hand-off forced one by one: 20 s more)
 #   cuda-slow   the realistic sizes and the > 2^31-element offsets (tests marked gpu and slow)
 #   bench       bench/run.py at the issue's target shape for the GPU backends
 #   ncu         Nsight Compute on one forward and one backward launch
@@ -174,9 +175,9 @@ fi
 stage facts 15 facts.txt 0 "nvidia-smi; $PY -c \"import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda); print(torch.cuda.get_device_properties(0))\"; nvcc --version | tail -1"
 stage build 150 build.log 0 "$PY -m pip install --no-build-isolation --no-deps -e . && $PY -c 'import simplicial_attn as sa; print(sa.build_info())'"
 stage cuda-tests 120 tests.log 1 "$PY -m pytest -q -n 8 -ra --maxfail=10 -p no:cacheprovider $CUDA_TESTS"
-stage sanitize 80 sanitize.log 1 "for tool in memcheck racecheck; do compute-sanitizer --tool \$tool --error-exitcode 3 $PY bench/verify/gpu_sanitize.py || exit \$?; done"
-stage gpu-tests 55 tests.log 0 "$PY -m pytest -q -n 8 -ra -p no:cacheprovider $GPU_TESTS"
-stage cuda-slow 40 tests.log 1 "$PY -m pytest -q -n 4 -ra -p no:cacheprovider $SLOW_TESTS"
+stage sanitize 70 sanitize.log 1 "for tool in memcheck racecheck; do compute-sanitizer --tool \$tool --error-exitcode 3 $PY bench/verify/gpu_sanitize.py || exit \$?; done"
+stage gpu-tests 75 tests.log 0 "$PY -m pytest -q -n 8 -ra -p no:cacheprovider $GPU_TESTS"
+stage cuda-slow 30 tests.log 1 "$PY -m pytest -q -n 4 -ra -p no:cacheprovider $SLOW_TESTS"
 stage bench 60 bench.log 1 "$PY bench/run.py $BENCH --out $WORK/bench && cp $WORK/bench/*.json $OUT/bench.json"
 stage ncu 20 ncu.log 1 "ncu --clock-control none --launch-count 2 -k regex:'fwd_kernel|dq_kernel' $PY bench/verify/gpu_sanitize.py --one"
 

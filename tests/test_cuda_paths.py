@@ -61,7 +61,12 @@ EXPECTED_PATHS = {
     # dq + dk2 + dv2 in one pass (head packing of >= 16 heads, trilinear, head dims <= 128): spans of
     # tiles, the head sums (a row warp per position with 16 heads, both row warps at one with 32) and
     # their scratch rows, then the reduce over layers and head blocks.
-    "dqkv2_kernel": dict.fromkeys(LOADS | QUERY_TILE | MASKS | (FEATURES - {"logits: determinant"}) | FUSED, (64, 128)),
+    "dqkv2_kernel": {
+        **dict.fromkeys(LOADS | QUERY_TILE | MASKS | (FEATURES - {"logits: determinant"}) | FUSED, (64, 128)),
+        # the pair operands held over the j loop at 128 (sm_80's form; sm_86 / sm_90 rebuild as 64)
+        "operands: pairs held over the j loop": (128,),
+        "operands: pairs rebuilt every step": (64,),
+    },
     "dkv2_reduce_kernel": dict.fromkeys(
         {"tail: threads past the last element", "reduce: several layers", "reduce: several head blocks"}, (64, 128)
     ),

@@ -438,11 +438,12 @@ def cuda_dqkv2_plan(s, dp):
     return ctas(tiles), min(1 + _cdiv(reach, tiles * positions), spans), hblk
 
 
-def cuda_dqkv2(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map)
+def cuda_dqkv2(s, dp, arch=None):
     """dqkv2_kernel (DqKv2Config: 32 rows, 2 column warps per 16 rows, j blocks of 32): loops tiles of
     a span, offsets u (the epilogue: head sums, scratch adds, the next u's k2 / v2 rows and, once
-    a tile, its q / dout), j blocks (a step: the k1 / v1 block's loads), kt (logits_and_dp's DP / 16
-    k-steps, unroll 2)."""
+    a tile, its q / dout), j blocks (a step: the k1 / v1 block's loads), and kt (logits_and_dp's
+    DP / 16 k-steps, unroll 2) except where the kernel holds the pair operands over the j loop
+    (kHold: D = 128 on sm_80; held_logits_and_dp's k-steps are unrolled)."""
     L1, R1, L2, R2 = _swapped(s)
     heads = _heads_per_tile(s.group, 32)
     positions = 32 // heads
@@ -453,10 +454,11 @@ def cuda_dqkv2(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA 
     ctas, layers, hblk = cuda_dqkv2_plan(s, dp)
     mult = s.B * s.Hkv * hblk
     steps = int((jb * u).sum()) * mult
+    hold = dp == 128 and arch == "sm80"  # bwd_dqkv2_kernel.cuh kHold
     scratch = 8 * layers * s.B * s.N * s.Hkv * hblk * s.D
     return Trips(
         ctas=ctas,
-        levels=[len(p0) * mult, int(u.sum()) * mult, steps, steps * (dp // 32)],
+        levels=[len(p0) * mult, int(u.sum()) * mult, steps] + ([] if hold else [steps * (dp // 32)]),
         logit=2,
         logits=32 * 32,
         # u: the scratch adds (positions x 2 x DP columns over 128 threads); step: the k1 / v1 loads.

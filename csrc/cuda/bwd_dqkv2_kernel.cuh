@@ -65,6 +65,11 @@ struct DqKv2Config {
   // (one buffer there made ptxas spill 8 bytes).
   static constexpr int kQueryBufs = DP == 128 ? 1 : 2;
   static constexpr int kDqLd = DP + 8;  // sdq's row stride in floats (fewer bank conflicts than DP)
+  // The pair operands q ⊙ k2 and dout ⊙ v2 held as A fragments over an offset's j loop (64
+  // registers at 128) instead of rebuilt from shared memory every step. At 64 ptxas for sm_80
+  // spills 16-20 bytes with them (one q / dout buffer or two), and at 128 for sm_86 / sm_90 12-16
+  // (common.cuh): those rebuild (the kernel's kHold; the emulator runs both forms, 128 and 64).
+  static constexpr bool kHoldPairs = DP == 128;
   // q and dout, the k1/v1 stages, the k2/v2 rows (two buffers each), sx, sred, sdq.
   static constexpr int kSmemBytes = kRowBytes * (2 * kQueryBufs * kRows + 2 * kStages * kBlockJ + 2 * 2 * kPositions) +
                                     kXWords * 4 + kRowWarps * 2 * DP * 4 + kRows * kDqLd * 4;
@@ -179,6 +184,7 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BJ = Cfg::kBlockJ, WJ = Cfg::kWarpJ, WC = Cfg::kWarpCols;
   constexpr int kThreads = Cfg::kThreads, kRowWarps = Cfg::kRowWarps;
   using TileT = Tile<T, DP>;
+  constexpr bool kHold = Cfg::kHoldPairs && !kSm86Device && !kSm90Device;
 
   // ---- The CTA's span: tiles ti < n_tiles of positions span_p0 + ti * positions (query_tile_at).
   const SeqSpan seq = seq_span(p.prob, p.N, block_x() / p.pos_tiles);
@@ -310,8 +316,18 @@ dqkv2_kernel(const DqKv2KernelParams p) {
       const OffsetRows o = offset_rows(qt, lr, u, qt.rt.p0 - u);
       // The warp's one k2 row (its 16 rows share a position: the offset rows h[0], h[1] and a coincide).
       const T* const k2_row = tk2.row(o.a);
-      const T* const k2_h[2] = {k2_row, k2_row};
-      const LogitRows<T> logit_rows{false, D, tq.row(lr.a_row), k2_row, q_h, k2_h};
+      // kHold: the pair operands q ⊙ k2 and dout ⊙ v2 as A fragments for this u's whole j
+      // loop, built once its k2 / v2 rows (and the tile's q / dout) are visible: [P]. Otherwise
+      // each step rebuilds them from logit_rows.
+      [[maybe_unused]] uint32_t a_held[DP / 16][4], e_held[DP / 16][4];
+      [[maybe_unused]] const T* const k2_h[2] = {k2_row, k2_row};
+      [[maybe_unused]] const LogitRows<T> logit_rows{false, D, tq.row(lr.a_row), k2_row, q_h, k2_h};
+      if constexpr (kHold) {
+        SA_PATH(true, "operands: pairs held over the j loop");
+        cp_async_wait<0>();
+        cta_sync();  // [P]
+        pair_operands<T, DP>(a_held, e_held, tq.row(lr.a_row), k2_row, tdo.row(lr.a_row), tv2.row(o.a));
+      }
 
 #pragma unroll 1
       for (int jb = 0; jb < nj; ++jb, ++it) {
@@ -339,7 +355,12 @@ dqkv2_kernel(const DqKv2KernelParams p) {
         const int j0 = qt.j_lo + jb * BJ;
         float sp[WJ / 8][4], dp[WJ / 8][4];
         const TileT k1w{sk1(stage).row(j0w)}, v1w{sv1(stage).row(j0w)};
-        logits_and_dp<T, DP, WJ, true>(sp, dp, logit_rows, tdo.row(lr.a_row), tv2.row(o.a), k1w, v1w);
+        if constexpr (kHold) {
+          held_logits_and_dp<T, DP, WJ>(sp, dp, a_held, e_held, k1w, v1w);
+        } else {
+          SA_PATH(true, "operands: pairs rebuilt every step");
+          logits_and_dp<T, DP, WJ, true>(sp, dp, logit_rows, tdo.row(lr.a_row), tv2.row(o.a), k1w, v1w);
+        }
 
         // P and dA = P (dP - Delta), zero outside the (j, k) window; P overwrites S, dA dP. The
         // window test as offsets of this step's first column (j_first - jmin, jmax - j_first) plus

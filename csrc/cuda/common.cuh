@@ -22,6 +22,21 @@
 #error "simplicial_attn's CUDA kernels need sm_80 or newer (bf16 mma.sync, cp.async); set TORCH_CUDA_ARCH_LIST >= 8.0"
 #endif
 
+// Device code for sm_90 (Hopper, where the Triton kernels are the fast path and these the
+// fallback) and for sm_86 (A10G; sm_89 runs it too): ptxas allocates registers differently there,
+// so a kernel may keep a form that frees registers where the sm_80 form spills (the kernels say
+// where). Host and emulator code see neither: the emulator runs the sm_80 forms.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+inline constexpr bool kSm90Device = true;
+#else
+inline constexpr bool kSm90Device = false;
+#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 860
+inline constexpr bool kSm86Device = true;
+#else
+inline constexpr bool kSm86Device = false;
+#endif
+
 #ifdef SA_EMULATE
 #include <cmath>
 #include <source_location>

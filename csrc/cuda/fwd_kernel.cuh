@@ -86,23 +86,11 @@ struct FwdKernelParams : QueryTileParams {
   float* lse_lo;  // contiguous [B, Hq, N]
 };
 
-// sm_90 device code: there the Triton forward is the fast path and this kernel the fallback, and
-// ptxas for sm_90 spills the held k1 / v1 fragments at D = 128 (255 registers), so it reads the
-// stage at each step there, as at D = 256.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-inline constexpr bool kSm90Device = true;
-#else
-inline constexpr bool kSm90Device = false;
-#endif
-
-// sm_86 device code (A10G; sm_89 runs it too): there ptxas spills 8 bytes of the held form at
-// D = 128 (255 registers) when k2's one-row A fragment comes from two 32-bit loads, so that
+// Per architecture (common.cuh kSm90Device / kSm86Device): ptxas for sm_90 spills the held k1 / v1
+// fragments at D = 128 (255 registers), so there (the Triton forward is the fast path, this kernel
+// the fallback) it reads the stage at each step, as at D = 256; for sm_86 it spills 8 bytes of the
+// held form at D = 128 when k2's one-row A fragment comes from two 32-bit loads, so that
 // architecture keeps k2's ldmatrix under head packing (kOneRow still reads v2's one row once).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 860
-inline constexpr bool kSm86Device = true;
-#else
-inline constexpr bool kSm86Device = false;
-#endif
 
 // kDet: determinant logits, a separate instantiation (as dq's and dk2's): its A operand, built
 // from shared rows at each step, needs the registers the trilinear form holds k1 / v1 in.

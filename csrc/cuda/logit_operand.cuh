@@ -109,4 +109,41 @@ SA_DEV void logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], const L
   }
 }
 
+// The pair operands a = q ⊙ k2 (logits) and e = dout ⊙ v2 (dP) of one warp's 16 rows over all DP
+// channels as A fragments, for a loop that holds them (the fused dq / dk2 / dv2 kernel: one offset
+// u's whole j window). kOneRow rows (head packing, one position a warp): one k2 and one v2 row.
+template <class T, int DP>
+SA_DEV void pair_operands(uint32_t (&a)[DP / 16][4], uint32_t (&e)[DP / 16][4], const T* q_row, const T* k2_row,
+                          const T* e_row, const T* f_row SA_SITE_ARG) {
+  [[maybe_unused]] const uint32_t no_held[DP / 16][4] = {};  // q_times_k2's held q, unused (kHoldQ false)
+#pragma unroll
+  for (int kt = 0; kt < DP / 16; ++kt) {
+    q_times_k2<T, DP, false, true>(a[kt], no_held, q_row, k2_row, kt SA_SITE_NEXT);
+    q_times_k2<T, DP, false, true>(e[kt], no_held, e_row, f_row, kt SA_SITE_NEXT);
+  }
+}
+
+// logits_and_dp with the pair operands held (pair_operands): s = a @ k1^T, dp = e @ v1^T over the
+// BJ k1/v1 positions of a stage; only the B fragments come from shared memory.
+template <class T, int DP, int BJ>
+SA_DEV void held_logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], const uint32_t (&a)[DP / 16][4],
+                               const uint32_t (&e)[DP / 16][4], const Tile<T, DP>& k1,
+                               const Tile<T, DP>& v1 SA_SITE_ARG) {
+  zero_acc(s);
+  zero_acc(dp);
+#pragma unroll
+  for (int kt = 0; kt < DP / 16; ++kt) {
+#pragma unroll
+    for (int nt = 0; nt < BJ / 8; nt += 2) {
+      uint32_t b0[2], b1[2];
+      ldsm_b_nmajor(b0, b1, k1, nt * 8, kt * 16 SA_SITE_NEXT);
+      mma_acc<T>(s[nt], a[kt], b0 SA_SITE_NEXT);
+      mma_acc<T>(s[nt + 1], a[kt], b1 SA_SITE_NEXT);
+      ldsm_b_nmajor(b0, b1, v1, nt * 8, kt * 16 SA_SITE_NEXT);
+      mma_acc<T>(dp[nt], e[kt], b0 SA_SITE_NEXT);
+      mma_acc<T>(dp[nt + 1], e[kt], b1 SA_SITE_NEXT);
+    }
+  }
+}
+
 }  // namespace simplicial_attn::cuda

@@ -22,6 +22,8 @@ ONE_ROW_64 = [EMU, "-k", "match_oracle and B1-N50-Hq16-Hkv1-D64-w1_48-w2_3-causa
 # The fused dq + dk2 + dv2 pass (head packing of >= 16 heads): 16 heads (two positions per tile), 32
 # heads in spans of several tiles over 4 scratch layers, 64 heads (two head blocks), all at 64.
 FUSED_64 = [EMU, "-k", "match_oracle and (N50-Hq16-Hkv1-D64-w1_48-w2_3-causal-float16 or N23-Hq32 or N7-Hq64-Hkv1-D24)"]
+# The fused pass at head dim 128 (padded), where it holds the pair operands over the j loop (kHold).
+FUSED_128 = [EMU, "-k", "match_oracle and (N41-Hq16-Hkv1-D120 or N50-Hq16-Hkv1-D128)"]
 # Packed sequences under head packing (the fused pass's scratch rows of each sequence).
 FUSED_VARLEN = [FEATURES, "-k", "varlen and Hq16"]
 
@@ -341,6 +343,22 @@ MUTANTS = [
         new="for (int hb = 0; hb < 1; ++hb) {",
         tests=FUSED_64,
         why="the reduce sums the first head block only: the heads of the others never reach dk2 / dv2",
+    ),
+    dict(
+        name="cuda-dqkv2-held-pairs-without-barrier",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="        cta_sync();  // [P]\n",
+        new="",
+        tests=FUSED_128,
+        why="the held pair operands built before every thread's cp.async rows of the offset are visible",
+    ),
+    dict(
+        name="cuda-dqkv2-held-pairs-of-the-first-u",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="        pair_operands<T, DP>(a_held, e_held,",
+        new="        if (u == qt.u_lo) pair_operands<T, DP>(a_held, e_held,",
+        tests=FUSED_128,
+        why="the pair operands built at a tile's first offset only: later offsets multiply stale q * k2 rows",
     ),
     dict(
         name="cuda-dqkv2-x-not-reset-per-u",

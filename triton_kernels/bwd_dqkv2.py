@@ -61,10 +61,10 @@ D] offsets of the pointer loads, which the compiler keeps in registers across th
 Partials through descriptors (configs with PART_TMA, where D is a multiple of 4 so the scratch rows
 are 16-byte aligned, PART_ALIGNED): each offset step's dk2 / dv2 rows are a [BLOCK_P, BLOCK_D] box
 of a descriptor over the sequence's n scratch rows of the program's layer and column, read,
-added to and stored back (rows outside [0, n) read as zeros and not written, as the pointer
-mask has them). Sequence tiles (one head, Hq / Hkv < 16) have BLOCK_P = BLOCK_M rows of
-partials, whose [BLOCK_M, D] pointer offsets would stay in registers across the loops (5.2-5.5
-KB of spills at 64 and 128 rows on sm_90); through the box they are one coordinate. The next
+added to and stored back (rows outside [0, n) read as zeros and not written; add_partial).
+Sequence tiles (one head, Hq / Hkv < 16) have BLOCK_P = BLOCK_M rows of partials, whose
+[BLOCK_M, D] pointer offsets would stay in registers across the loops (5.2-5.5 KB of spills at 64
+and 128 rows on sm_90); through the box they are one coordinate. The next
 step's boxes overlap this step's rows, so the step ends as the operand slot's hand-off does:
 this thread's bulk stores completed (bulk_stores_done), a CTA barrier, a proxy fence.
 
@@ -222,7 +222,9 @@ def add_partial(P, first, offs, mask, part, row, DESC: tl.constexpr = False):
     The 64-bit `first` is a scalar and the in-tile `offs` 32-bit: a [rows, D] tensor of 64-bit
     offsets, hoisted out of the loops, would hold two registers per element for the whole kernel.
     DESC (PART_TMA): P is a descriptor of the sequence's scratch rows, the part its box at `row`
-    (rows outside the sequence: read as zeros, not written, as `mask` has them)."""
+    (rows k outside [0, n): read as zeros and not written, as `mask` has them; rows of positions
+    past n, which `mask` skips, are written back unchanged: their part is zero, and their k rows
+    lie in this program's own range)."""
     if DESC:
         P.store([row, 0], P.load([row, 0]) + part)
     else:

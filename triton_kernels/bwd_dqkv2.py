@@ -66,7 +66,7 @@ Sequence tiles (one head, Hq / Hkv < 16) have BLOCK_P = BLOCK_M rows of partials
 [BLOCK_M, D] pointer offsets would stay in registers across the loops (5.2-5.5 KB of spills at 64
 and 128 rows on sm_90); through the box they are one coordinate. The next
 step's boxes overlap this step's rows, so the step ends as the operand slot's hand-off does:
-this thread's bulk stores completed (bulk_stores_done), a CTA barrier, a proxy fence.
+this thread's bulk stores completed, a CTA barrier, a proxy fence (bulk_stores_visible).
 
 Operand slot (AB_SLOT, with the descriptors). sm_90's 128-row tile (two 64-row warp groups, each
 owning whole rows, so S, dP and exp once per logit) holds x and y (128 registers a thread) and
@@ -74,7 +74,7 @@ would hold the pair operands a and bo as register operands of the S and dP produ
 with everything else, past 255. Each offset step instead stores a and bo into the program's own
 [2 * BLOCK_M, BLOCK_D] slot and loads them back through a descriptor, so the products read them
 from shared memory. The stores are bulk copies, which triton does not wait for (only for their
-shared-memory reads) before the loads: bulk_stores_done waits for their completion (PTX
+shared-memory reads) before the loads: bulk_stores_visible waits for their completion (PTX
 cp.async.bulk.wait_group 0, each thread its own stores), then a CTA barrier, then the loads. Size
 (launch.ab_slot_rows): programs x 2 x BLOCK_M x BLOCK_D elements of the inputs' dtype; target
 shape (1024 programs of 128 rows, D = 128, bf16): 64 MiB, as the dq slots. The interpreter runs
@@ -233,24 +233,24 @@ def add_partial(P, first, offs, mask, part, row, DESC: tl.constexpr = False):
 
 
 @triton.jit
-def bulk_stores_done(u, UPCAST: tl.constexpr):
-    """Waits until this thread's bulk (TMA) stores have completed, their global writes included:
-    triton waits only for their shared-memory reads (wait_group.read) before the kernel's end,
-    and the operand slot is read back right after. A CTA barrier must follow (the stores' issuing
-    thread may be another). The interpreter's stores are synchronous: nothing to wait for."""
+def bulk_stores_visible(u, UPCAST: tl.constexpr):
+    """The hand-off from this CTA's bulk (TMA) stores to its next bulk loads of the same global
+    rows (the operand slot, PART_TMA's partials), a CTA barrier included:
+    - each thread waits until its bulk stores have completed, their global writes included
+      (PTX cp.async.bulk.wait_group 0): triton waits only for their shared-memory reads
+      (wait_group.read) before the kernel's end;
+    - the barrier: the stores' issuing thread may be another;
+    - a proxy fence for global memory: the writes, observed complete by their issuing thread and
+      ordered to the others by the barrier (generic proxy), come before this thread's next
+      async-proxy (TMA) reads of them. Conservative: both ends are TMA, but the hand-off between
+      them is the barrier's, and a stale value would be silently wrong gradients, which no CPU
+      test can see.
+    The interpreter's stores are synchronous: only the barrier."""
     if not UPCAST:
         tl.inline_asm_elementwise(
             "cp.async.bulk.wait_group 0;\n\tmov.b32 $0, 0;", "=r,r", [u], dtype=tl.int32, is_pure=False, pack=1
         )
-
-
-@triton.jit
-def async_reads_after_barrier(u, UPCAST: tl.constexpr):
-    """A proxy fence for global memory after the CTA barrier that follows bulk_stores_done: the
-    slot's writes were observed complete by their issuing thread and ordered to the others by the
-    barrier (generic proxy); the fence orders that before this thread's next async-proxy (TMA)
-    reads of them. Conservative: both ends are TMA, but the hand-off between them is the
-    barrier's, and a stale operand would be silently wrong gradients, which no CPU test can see."""
+    tl.debug_barrier()
     if not UPCAST:
         tl.inline_asm_elementwise(
             "fence.proxy.async.global;\n\tmov.b32 $0, 0;", "=r,r", [u], dtype=tl.int32, is_pure=False, pack=1
@@ -307,7 +307,7 @@ def _two_simplicial_bwd_dqkv2_kernel(
     # k1 / v1 j-blocks through tensor descriptors: where the config asks (KV1_TMA) and the strides allow
     KV_DESC: tl.constexpr = KV1_TMA and KV_ALIGNED
     # dk2 / dv2 partials through tensor descriptors of the scratch: where the config asks (PART_TMA)
-    # and the scratch rows are 16-byte aligned (PART_ALIGNED: D a multiple of 4)
+    # and the scratch rows are 16-byte aligned (PART_ALIGNED: float32 rows of D, D a multiple of 4)
     PART_DESC: tl.constexpr = PART_TMA and PART_ALIGNED
     start, n = sequence_span(CU_SEQLENS, N, VARLEN)
     c = tl.program_id(0)
@@ -428,9 +428,7 @@ def _two_simplicial_bwd_dqkv2_kernel(
                 hit(COUNTS, P_AB_SLOT, True, COUNT_PATHS)
                 ab_desc.store([0, 0], a)
                 ab_desc.store([BLOCK_M, 0], bo)
-                bulk_stores_done(u, UPCAST)
-                tl.debug_barrier()  # every thread past the wait: the issuing thread's stores are done
-                async_reads_after_barrier(u, UPCAST)
+                bulk_stores_visible(u, UPCAST)
                 a = ab_desc.load([0, 0])
                 bo = ab_desc.load([BLOCK_M, 0])
             w_lo, w_hi = window_bounds(k_ok, pos, j_hi, L1, R1)
@@ -485,12 +483,11 @@ def _two_simplicial_bwd_dqkv2_kernel(
                     p0 - u, BLOCK_P, BLOCK_H, BLOCK_D, DQ_SCRATCH, PART_DESC,
                 )  # fmt: skip
             # The next step's rows overlap these, maybe held by other threads of the CTA (PART_TMA:
-            # written by bulk stores, complete once their issuing thread has waited for them).
+            # written by bulk stores).
             if PART_DESC:
-                bulk_stores_done(u, UPCAST)
-            tl.debug_barrier()
-            if PART_DESC:
-                async_reads_after_barrier(u, UPCAST)
+                bulk_stores_visible(u, UPCAST)
+            else:
+                tl.debug_barrier()
 
         if DQ_SCRATCH:  # the last step's stores are behind its barrier
             dq = tl.load(dq_slot + slot_offs)

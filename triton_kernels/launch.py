@@ -31,9 +31,9 @@ REDUCE_BLOCK_R = 16
 
 
 def _descriptor_rows(*tensors):
-    """Whether tensor descriptors (TMA) can read these [B, N, H, D] tensors' rows: contiguous
-    channels, base and every other stride 16-byte aligned (a program's first row, b * stride_b +
-    g * stride_h + start * stride_n, is then aligned too)."""
+    """Whether tensor descriptors (TMA) can read these tensors' rows ([B, N, H, D] inputs, or
+    bwd_dqkv2's partial scratch): contiguous channels, base and every other stride 16-byte aligned
+    (a program's first row, b * stride_b + g * stride_h + start * stride_n, is then aligned too)."""
     return all(
         t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
         for t in tensors
@@ -204,7 +204,7 @@ def bwd(
             seqs.cu_seqlens, counts["bwd_dqkv2"], *common, *seqs.strides(dq)[:3],
             scratch.stride(1), stride_sb, scratch.stride(2), *sizes, span, layers,
             BLOCK_H=block_h, COUNT_PATHS=counts["bwd_dqkv2"] is not None, Q_ALIGNED=q_aligned,
-            KV_ALIGNED=kv_aligned, PART_ALIGNED=D % 4 == 0, **flags,
+            KV_ALIGNED=kv_aligned, PART_ALIGNED=_descriptor_rows(scratch), **flags,
         )  # fmt: skip
         _reduce_dkv2_kernel[(triton.cdiv(B * N, REDUCE_BLOCK_R), HKV)](
             scratch[0], scratch[1], dk2, dv2, counts["bwd_reduce2"],

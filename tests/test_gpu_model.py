@@ -122,6 +122,37 @@ def test_a_two_armed_branch_counts_one_arm():
     assert total.glob == 512 and total.smem == 3 * 512, "the arm with the global load counts"
 
 
+# The long arm is a loop that nvcc leaves by `@P CALL.REL.NOINC exit` with `BRA header` as its
+# latch: the latch's only edge is the back edge.
+DIAMOND_WITH_LOOP_ARM = _listing("""
+.L_x_0:
+@P0 BRA `(.L_x_1)
+.L_x_5:
+LDS.128 R4, [R2]
+LDS.128 R4, [R2+0x10]
+LDS.128 R4, [R2+0x20]
+@P2 CALL.REL.NOINC `(.L_x_6)
+BRA `(.L_x_5)
+.L_x_6:
+BRA `(.L_x_2)
+.L_x_1:
+LDSM.16.M88.4 R4, [R2]
+.L_x_2:
+HMMA.16816.F32.BF16 R8, R4, R16, R8
+@P3 BRA `(.L_x_0)
+EXIT
+""")
+
+
+def test_an_arm_holding_a_loop_left_by_call_rel_noinc_is_an_arm():
+    """The latch `BRA header` goes on at the loop's exit, so the branch has a join and its shorter
+    arm counts; as a dead end it left the branch without one, and both arms (the loop's LDS too)
+    counted."""
+    fn = sass.Function("_k", sass.parse_functions(DIAMOND_WITH_LOOP_ARM)["_k"])
+    region = counts.analyse(fn).regions[1]
+    assert region.total().smem == 512 and region.instrs == 4  # branch, LDSM, HMMA, branch
+
+
 TMA_LOOP = _listing("""
 .L_x_0:
 @UP1 UTMALDG.2D [UR48], [UR32]

@@ -108,7 +108,16 @@ def _dag(fn):
         for b in lp.blocks:
             if lp.header in fn.blocks[b].succs:
                 back.add((b, lp.header))
-    return [[s for s in blk.succs if (k, s) not in back] for k, blk in enumerate(fn.blocks)]
+    dag = [[s for s in blk.succs if (k, s) not in back] for k, blk in enumerate(fn.blocks)]
+    # A latch whose only way on is its back edge (nvcc's loop exit `@P CALL.REL.NOINC exit; BRA
+    # header`) goes on, after the loop's last trip, at the loop's exits: without them it would be a
+    # dead end, and no branch around the loop would have a post-dominator (both arms would count).
+    for lp in fn.loops:  # smallest first: a latch of nested loops takes its innermost loop's exits
+        exits = sorted({s for b in lp.blocks for s in fn.blocks[b].succs if s not in lp.blocks})
+        for b in lp.blocks:
+            if not dag[b] and (b, lp.header) in back:
+                dag[b] = exits
+    return dag
 
 
 def _post_dominators(succs):

@@ -76,6 +76,10 @@ EXPECTED_PATHS = {
         **dict.fromkeys(["loop: next query head", "loop: next query block", "loop: next u chunk"], ALL),
         SPLIT: (256,),
         COL_WARP: (128,),
+        # each thread's q / dout vectors held over a query block (trilinear, up to 128); the
+        # determinant's products and head dim 256 read them for every u
+        "operands: query vectors held over the block": (64, 128),
+        "operands: query vectors read every u": ALL,
     },
     "dkv2_kernel": {
         **dict.fromkeys(LOADS | PIPELINE | FEATURES, ALL),

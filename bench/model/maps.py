@@ -357,8 +357,10 @@ def cuda_dq(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map
 
 def cuda_dkv1(s, dp, arch=None):  # noqa: ARG001 (one signature for every CUDA map)
     """dkv1_kernel: CTAs of kRows j positions x kOutCols columns (kColWarps warps per 16 rows);
-    loops query head, query block of kBlockI positions, u-chunk, u (with a product-build loop), kt
-    (DP / 16, unroll 2; unrolled into u where the k1 / v1 A fragments are held, kHoldA: DP = 128)."""
+    loops query head, query block of kBlockI positions, u-chunk, u (with a product-build loop; its
+    two steps unrolled into u where the q / dout vectors are held, kHoldQuery: trilinear, DP <= 128,
+    not sm_90 at 128; the determinant's loop is the branch not counted), kt (DP / 16, unroll 2;
+    unrolled into u where the k1 / v1 A fragments are held, kHoldA: DP = 128)."""
     L1, R1, L2, R2 = _swapped(s)
     rows, bi, cu = (64 if dp <= 128 else 32), (32 if dp <= 128 else 16), (16 if dp <= 128 else 8)
     out_cols = dp if dp <= 128 else 64

@@ -19,12 +19,14 @@
 //
 // Loop: query head, query block (q, dout, lse, Delta loaded), u-chunk (k2 / v2 region of the block
 // loaded), u (products built, then used). Loads are synchronous (cp.async, wait, barrier): the
-// products must be rebuilt for every u anyway, which dominates.
+// products must be rebuilt for every u anyway, which dominates. At DP <= 128 (trilinear) each thread
+// holds its q / dout vectors over the block (kHoldQuery), so a product reads one shared vector, not two.
 #pragma once
 
 #include "cross.cuh"
 #include "fragments.cuh"
 #include "key_tile.cuh"
+#include "logit_operand.cuh"
 #include "numerics.cuh"
 
 namespace simplicial_attn::cuda {
@@ -52,6 +54,12 @@ struct Dkv1Config {
   static constexpr int kChunkU = DP <= 128 ? 16 : 8;
   static constexpr int kRegionRows = kBlockI + kChunkU - 1;
   static constexpr int kRowBytes = (DP + 8) * 2;
+  // kHoldQuery: the products' elements a thread builds are the same (row, 8 columns) for every u,
+  // so with the trilinear logits its q / dout vectors are read from shared memory once per query
+  // block and held (kQuerySteps of each), not re-read for every u. Only where they are few
+  // (DP = 64 and 128: 2 x 2 vectors, 16 registers).
+  static constexpr int kQuerySteps = kBlockI * (DP / 8) / kThreads;
+  static constexpr bool kHoldQuery = DP <= 128 && kQuerySteps * kThreads == kBlockI * (DP / 8) && kQuerySteps <= 2;
   // sx: per row warp, per 16 queries, dA^T and P^T as A fragments (4 x 32 bits per lane).
   static constexpr int kXWords = kColWarps > 1 ? kRowWarps * (kBlockI / 16) * 2 * 32 * 4 : 0;
   static constexpr int kSmemBytes =
@@ -93,7 +101,8 @@ dkv1_kernel(const Dkv1KernelParams p) {
   //   sk1, sv1         this CTA's rows, written once (prologue), read-only afterwards; with kHoldA
   //                    read only in the prologue (to registers), before its barrier [H].
   //   sq, sdo, slse,   the query block: written when a block starts, read until the block's last
-  //   sdel             [C] barrier; rewritten only after it.
+  //   sdel             [C] barrier; rewritten only after it. (kHoldQuery: sq / sdo read into
+  //                    registers after the block's first [L], and by the determinant's products.)
   //   sk2, sv2         the region of the u-chunk: written when a chunk starts (after [C] of the
   //                    previous u), read while building products; rewritten after the chunk's last [C].
   //   saq, sbdo        the products of one u: written by all threads after [C] of the previous u,
@@ -147,6 +156,11 @@ dkv1_kernel(const Dkv1KernelParams p) {
     held_a<T, DP>(a_v1, sv1.row(a_row));
     cta_sync();  // [H]: every warp holds its fragments; sk1's bytes become sx
   }
+  // kHoldQuery: this thread's q / dout vectors of the query block (read after its [L]). Not on
+  // sm_90 at DP = 128, where ptxas spills 4 B for them (sm_90's fast path is Triton's).
+  constexpr bool kHoldQuery = Cfg::kHoldQuery && !(kSm90Device && DP == 128);
+  constexpr int kHeldSteps = kHoldQuery ? Cfg::kQuerySteps : 1;
+  uint4 held_q[kHeldSteps] = {}, held_do[kHeldSteps] = {};
   for (int hh = 0; hh < p.group; ++hh) {
     const int h = tile.g * p.group + hh;
     for (int ib = 0; ib < n_iblocks; ++ib) {
@@ -163,16 +177,40 @@ dkv1_kernel(const Dkv1KernelParams p) {
         cp_async_commit();
         cp_async_wait<0>();
         cta_sync();  // [L]: k1/v1 rows, the query block and the region are visible
+        if constexpr (kHoldQuery) {
+          if (c == 0) {
+#pragma unroll
+            for (int st = 0; st < kHeldSteps; ++st) {
+              const int idx = thread_id() + st * kThreads, r = idx / (DP / 8), col = (idx % (DP / 8)) * 8;
+              held_q[st] = sload(reinterpret_cast<const uint4*>(sq.row(r) + col));
+              held_do[st] = sload(reinterpret_cast<const uint4*>(sdo.row(r) + col));
+            }
+          }
+        }
 
         for (int u = c_lo; u <= c_hi; ++u) {
           // Products of query row r with k2/v2 at k = i0 + r - u: region row r + (c_hi - u).
-          for (int idx = thread_id(); idx < BI * (DP / 8); idx += kThreads) {
-            const int r = idx / (DP / 8), col = (idx % (DP / 8)) * 8;
-            if (det)
-              store_cross8(saq.row(r) + col, sk2.row(r + c_hi - u), sq.row(r), col, D);
-            else
-              store_product8(saq.row(r) + col, sq.row(r) + col, sk2.row(r + c_hi - u) + col);
-            store_product8(sbdo.row(r) + col, sdo.row(r) + col, sv2.row(r + c_hi - u) + col);
+          if (kHoldQuery && !det) {
+            SA_PATH(true, "operands: query vectors held over the block");
+#pragma unroll
+            for (int st = 0; st < kHeldSteps; ++st) {
+              const int idx = thread_id() + st * kThreads, r = idx / (DP / 8), col = (idx % (DP / 8)) * 8;
+              const int kr = r + c_hi - u;
+              sstore(reinterpret_cast<uint4*>(saq.row(r) + col),
+                     product8<T>(held_q[st], sload(reinterpret_cast<const uint4*>(sk2.row(kr) + col))));
+              sstore(reinterpret_cast<uint4*>(sbdo.row(r) + col),
+                     product8<T>(held_do[st], sload(reinterpret_cast<const uint4*>(sv2.row(kr) + col))));
+            }
+          } else {
+            SA_PATH(true, "operands: query vectors read every u");
+            for (int idx = thread_id(); idx < BI * (DP / 8); idx += kThreads) {
+              const int r = idx / (DP / 8), col = (idx % (DP / 8)) * 8;
+              if (det)
+                store_cross8(saq.row(r) + col, sk2.row(r + c_hi - u), sq.row(r), col, D);
+              else
+                store_product8(saq.row(r) + col, sq.row(r) + col, sk2.row(r + c_hi - u) + col);
+              store_product8(sbdo.row(r) + col, sdo.row(r) + col, sv2.row(r + c_hi - u) + col);
+            }
           }
           cta_sync();  // [P]: the products are visible
 
@@ -180,28 +218,16 @@ dkv1_kernel(const Dkv1KernelParams p) {
           float s[WI / 8][4], dp[WI / 8][4];
           zero_acc(s);
           zero_acc(dp);
-          const auto s_dp_step = [&](const uint32_t (&a)[4], const uint32_t (&e)[4], int kt) {
-#pragma unroll
-            for (int nt = 0; nt < WI / 8; nt += 2) {
-              uint32_t b0[2], b1[2];
-              ldsm_b_nmajor(b0, b1, saq, q0 + nt * 8, kt * 16);
-              mma_acc<T>(s[nt], a, b0);
-              mma_acc<T>(s[nt + 1], a, b1);
-              ldsm_b_nmajor(b0, b1, sbdo, q0 + nt * 8, kt * 16);
-              mma_acc<T>(dp[nt], e, b0);
-              mma_acc<T>(dp[nt + 1], e, b1);
-            }
-          };
           if constexpr (kHoldA) {
 #pragma unroll
-            for (int kt = 0; kt < DP / 16; ++kt) s_dp_step(a_k1[kt], a_v1[kt], kt);
+            for (int kt = 0; kt < DP / 16; ++kt) s_dp_kstep<T, DP, WI>(s, dp, a_k1[kt], a_v1[kt], saq, sbdo, q0, kt);
           } else {
 #pragma unroll 2
             for (int kt = 0; kt < DP / 16; ++kt) {
               uint32_t a[4], e[4];
               ldsm_a(a, sk1.row(a_row), kt * 16);
               ldsm_a(e, sv1.row(a_row), kt * 16);
-              s_dp_step(a, e, kt);
+              s_dp_kstep<T, DP, WI>(s, dp, a, e, saq, sbdo, q0, kt);
             }
           }
 
@@ -249,7 +275,8 @@ dkv1_kernel(const Dkv1KernelParams p) {
     }
   }
 
-  store_key_grads<T>(acc_k, acc_v, p.dk1, p.dv1, out, my_row, p.prob.scale, D);
+  // At the positions the masks used (my_j): the tile rows (my_row) are not kept alive for this.
+  store_key_grads_at<T>(acc_k, acc_v, p.dk1, p.dv1, out, my_j, p.prob.scale, D);
 }
 
 }  // namespace simplicial_attn::cuda

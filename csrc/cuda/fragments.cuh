@@ -115,17 +115,17 @@ SA_DEV float2 sload_pair(const T* row, int c) {
   return Elem<T>::unpack(sload(reinterpret_cast<const uint32_t*>(row + c)));
 }
 
-// 8 products of 8 pairs of 16-bit elements (16-byte shared rows), rounded once to T.
+// 8 products of 8 pairs of 16-bit elements (one 16-byte vector each), rounded once to T.
+template <class T>
+SA_DEV uint4 product8(const uint4 a, const uint4 b) {
+  return uint4{mul_pairs<T>(a.x, b.x), mul_pairs<T>(a.y, b.y), mul_pairs<T>(a.z, b.z), mul_pairs<T>(a.w, b.w)};
+}
+
+// The same of two 16-byte shared rows, stored to a shared row.
 template <class T>
 SA_DEV void store_product8(T* dst, const T* x, const T* y) {
-  const uint4 a = sload(reinterpret_cast<const uint4*>(x));
-  const uint4 b = sload(reinterpret_cast<const uint4*>(y));
-  uint4 c;
-  c.x = mul_pairs<T>(a.x, b.x);
-  c.y = mul_pairs<T>(a.y, b.y);
-  c.z = mul_pairs<T>(a.z, b.z);
-  c.w = mul_pairs<T>(a.w, b.w);
-  sstore(reinterpret_cast<uint4*>(dst), c);
+  sstore(reinterpret_cast<uint4*>(dst),
+         product8<T>(sload(reinterpret_cast<const uint4*>(x)), sload(reinterpret_cast<const uint4*>(y))));
 }
 
 // acc[nt] += t ⊙ w: t the C fragment of n-tile nt (output columns col0 + 8 nt ..), w the shared

@@ -58,21 +58,30 @@ SA_DEV void load_query_rows(const Params& p, const SeqSpan& seq, int h, int base
   }
 }
 
-// Stores dk = scale * acc_k and dv = acc_v of the lane's two rows (key positions r0 + row(h)).
+// Stores dk = scale * acc_k and dv = acc_v of the lane's two key positions pos[h] (in the
+// sequence; those past its end are not stored).
 template <class T, int kTiles>
-SA_DEV void store_key_grads(const float (&acc_k)[kTiles][4], const float (&acc_v)[kTiles][4], const MutTensorRef& dk,
-                            const MutTensorRef& dv, const KeyTile& kt, const int (&row)[2], float scale, int D) {
+SA_DEV void store_key_grads_at(const float (&acc_k)[kTiles][4], const float (&acc_v)[kTiles][4], const MutTensorRef& dk,
+                               const MutTensorRef& dv, const KeyTile& kt, const int (&pos)[2], float scale, int D) {
   T* dk_row[2];
   T* dv_row[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const bool ok = kt.r0 + row[h] < kt.seq.len;
-    dk_row[h] = ok ? row_ptr<T>(dk, kt.seq, kt.r0 + row[h], kt.g) : nullptr;
-    dv_row[h] = ok ? row_ptr<T>(dv, kt.seq, kt.r0 + row[h], kt.g) : nullptr;
+    const bool ok = pos[h] < kt.seq.len;
+    dk_row[h] = ok ? row_ptr<T>(dk, kt.seq, pos[h], kt.g) : nullptr;
+    dv_row[h] = ok ? row_ptr<T>(dv, kt.seq, pos[h], kt.g) : nullptr;
   }
   const float scale_k[2] = {scale, scale}, one[2] = {1.f, 1.f};
   store_acc_rows<T>(acc_k, dk_row, scale_k, kt.col0, D);
   store_acc_rows<T>(acc_v, dv_row, one, kt.col0, D);
+}
+
+// The same at the lane's two rows of the tile (key positions r0 + row[h]).
+template <class T, int kTiles>
+SA_DEV void store_key_grads(const float (&acc_k)[kTiles][4], const float (&acc_v)[kTiles][4], const MutTensorRef& dk,
+                            const MutTensorRef& dv, const KeyTile& kt, const int (&row)[2], float scale, int D) {
+  const int pos[2] = {kt.r0 + row[0], kt.r0 + row[1]};
+  store_key_grads_at<T>(acc_k, acc_v, dk, dv, kt, pos, scale, D);
 }
 
 }  // namespace simplicial_attn::cuda

@@ -74,6 +74,24 @@ SA_DEV void logits(float (&s)[BJ / 8][4], const LogitRows<T>& logit, const Tile<
   }
 }
 
+// One k-step (channels [16 kt, 16 kt + 16)) of the backward's two products: s += a @ k1^T and
+// dp += e @ v1^T over kN columns of the B tiles from column n0 (k1 / v1 positions; in dk1 / dv1's
+// transposed form, queries of the products aq / bdo), a and e the step's A fragments.
+template <class T, int DP, int kN>
+SA_DEV void s_dp_kstep(float (&s)[kN / 8][4], float (&dp)[kN / 8][4], const uint32_t (&a)[4], const uint32_t (&e)[4],
+                       const Tile<T, DP>& k1, const Tile<T, DP>& v1, int n0, int kt SA_SITE_ARG) {
+#pragma unroll
+  for (int nt = 0; nt < kN / 8; nt += 2) {
+    uint32_t b0[2], b1[2];
+    ldsm_b_nmajor(b0, b1, k1, n0 + nt * 8, kt * 16 SA_SITE_NEXT);
+    mma_acc<T>(s[nt], a, b0 SA_SITE_NEXT);
+    mma_acc<T>(s[nt + 1], a, b1 SA_SITE_NEXT);
+    ldsm_b_nmajor(b0, b1, v1, n0 + nt * 8, kt * 16 SA_SITE_NEXT);
+    mma_acc<T>(dp[nt], e, b0 SA_SITE_NEXT);
+    mma_acc<T>(dp[nt + 1], e, b1 SA_SITE_NEXT);
+  }
+}
+
 // The two products the dq and dk2/dv2 kernels start each (u, j-block) step with, for one warp's 16
 // rows and the BJ k1/v1 positions of the stage, over all DP channels:
 //   s = A @ k1^T (A of `logit`: q ⊙ k2 or k2 × q)    dp = (e ⊙ f) @ v1^T
@@ -96,16 +114,7 @@ SA_DEV void logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], const L
       logit.a_operand(a, kt * 16 SA_SITE_NEXT);
       ldsm_a_product<T>(e, e_row, f_row, kt * 16 SA_SITE_NEXT);
     }
-#pragma unroll
-    for (int nt = 0; nt < BJ / 8; nt += 2) {
-      uint32_t b0[2], b1[2];
-      ldsm_b_nmajor(b0, b1, k1, nt * 8, kt * 16 SA_SITE_NEXT);
-      mma_acc<T>(s[nt], a, b0 SA_SITE_NEXT);
-      mma_acc<T>(s[nt + 1], a, b1 SA_SITE_NEXT);
-      ldsm_b_nmajor(b0, b1, v1, nt * 8, kt * 16 SA_SITE_NEXT);
-      mma_acc<T>(dp[nt], e, b0 SA_SITE_NEXT);
-      mma_acc<T>(dp[nt + 1], e, b1 SA_SITE_NEXT);
-    }
+    s_dp_kstep<T, DP, BJ>(s, dp, a, e, k1, v1, 0, kt SA_SITE_NEXT);
   }
 }
 
@@ -133,16 +142,7 @@ SA_DEV void held_logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], co
   zero_acc(dp);
 #pragma unroll
   for (int kt = 0; kt < DP / 16; ++kt) {
-#pragma unroll
-    for (int nt = 0; nt < BJ / 8; nt += 2) {
-      uint32_t b0[2], b1[2];
-      ldsm_b_nmajor(b0, b1, k1, nt * 8, kt * 16 SA_SITE_NEXT);
-      mma_acc<T>(s[nt], a[kt], b0 SA_SITE_NEXT);
-      mma_acc<T>(s[nt + 1], a[kt], b1 SA_SITE_NEXT);
-      ldsm_b_nmajor(b0, b1, v1, nt * 8, kt * 16 SA_SITE_NEXT);
-      mma_acc<T>(dp[nt], e[kt], b0 SA_SITE_NEXT);
-      mma_acc<T>(dp[nt + 1], e[kt], b1 SA_SITE_NEXT);
-    }
+    s_dp_kstep<T, DP, BJ>(s, dp, a[kt], e[kt], k1, v1, 0, kt SA_SITE_NEXT);
   }
 }
 

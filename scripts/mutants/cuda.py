@@ -123,6 +123,23 @@ MUTANTS = [
         tests=SMALL_FP16,
         why="dk1/dv1 read the shared products before every thread has written them",
     ),
+    # ---- dk1/dv1's q / dout vectors held over a query block (kHoldQuery: trilinear, DP <= 128)
+    dict(
+        name="cuda-dkv1-held-query-of-the-first-block",
+        path="csrc/cuda/bwd_dkv1_kernel.cuh",
+        old="          if (c == 0) {\n#pragma unroll\n",
+        new="          if (c == 0 && ib == 0 && hh == 0) {\n#pragma unroll\n",
+        tests=D128_MULTI,
+        why="the held q / dout vectors read once per CTA: later query blocks and heads build products of stale rows",
+    ),
+    dict(
+        name="cuda-dkv1-held-query-for-the-determinant",
+        path="csrc/cuda/bwd_dkv1_kernel.cuh",
+        old="          if (kHoldQuery && !det) {",
+        new="          if (kHoldQuery) {",
+        tests=[FEATURES, "-k", "det and D96 and float16"],
+        why="the determinant's products built as plain q * k2 from the held vectors: its dk1 / dv1 wrong at 128",
+    ),
     # ---- the column warps of dk1/dv1 and dk2/dv2 at head dim 128 (two warps per 16 rows, one
     # S / dP, the halves exchanged through shared memory sx)
     dict(

@@ -254,16 +254,7 @@ dkv2_kernel(const Dkv2KernelParams p) {
           uint32_t a[4], e[4];  // k2 ⊙ q_shift (the product commutes exactly) and v2 ⊙ dout_shift
           q_times_k2<T, DP, true, false>(a, a_k2, nullptr, q_row, kt);
           ldsm_a_product<T>(e, v2_row, do_row, kt * 16);
-#pragma unroll
-          for (int nt = 0; nt < WJ / 8; nt += 2) {
-            uint32_t b0[2], b1[2];
-            ldsm_b_nmajor(b0, b1, k1w, nt * 8, kt * 16);
-            mma_acc<T>(s_[nt], a, b0);
-            mma_acc<T>(s_[nt + 1], a, b1);
-            ldsm_b_nmajor(b0, b1, v1w, nt * 8, kt * 16);
-            mma_acc<T>(dp[nt], e, b0);
-            mma_acc<T>(dp[nt + 1], e, b1);
-          }
+          s_dp_kstep<T, DP, WJ>(s_, dp, a, e, k1w, v1w, 0, kt);
         }
       } else {
         const LogitRows<T> logit_rows{det, D, sq.row(a_row + shift), sk2.row(a_row), q_h, k2_h};

@@ -47,9 +47,10 @@ struct Dkv2Config {
   static constexpr bool kAllCols = DP <= 64 || (DP <= 128 && !kDet);
   static constexpr int kOutCols = kAllCols ? DP : 64;
   static constexpr int kColWarps = DP == 128 && !kDet ? 2 : 1;
-  // With 64 accumulator registers a column warp holds its rows' k2 A fragments in registers for
-  // the whole kernel: a step's logit A operand k2 ⊙ q_shift then reads only q (v2's as well would
-  // spill under ptxas for sm_90 at fp16).
+  // With 64 accumulator registers a column warp holds its rows' k2 and v2 A fragments in
+  // registers for the whole kernel: a step's A operands k2 ⊙ q_shift and v2 ⊙ dout_shift then read
+  // only q and dout (v2's not on sm_90, where ptxas spills 4 B with them at fp16: the kernel's
+  // kHoldV2).
   static constexpr bool kHoldA = kColWarps > 1;
   static constexpr int kWarpCols = kOutCols / kColWarps;
   static constexpr int kWarps = kRowWarps * kColWarps;
@@ -188,11 +189,14 @@ dkv2_kernel(const Dkv2KernelParams p) {
   load_own_rows<kThreads>(sk2, sv2, p.k2, p.v2, tile, BM, D, p.vec);
   load_kv1(Step{0, 0, 0}, 0);
   cp_async_commit();
-  uint32_t a_k2[kHoldA ? DP / 16 : 1][4];  // kHoldA: the rows' A fragments of k2
+  constexpr bool kHoldV2 = kHoldA && !kSm90Device;
+  uint32_t a_k2[kHoldA ? DP / 16 : 1][4];   // kHoldA: the rows' A fragments of k2
+  uint32_t a_v2[kHoldV2 ? DP / 16 : 1][4];  // kHoldV2: and of v2
   if constexpr (kHoldA) {
     cp_async_wait<0>();
     cta_sync();  // the k2 / v2 rows are visible (they stay, read-only)
     held_a<T, DP>(a_k2, sk2.row(a_row));
+    if constexpr (kHoldV2) held_a<T, DP>(a_v2, sv2.row(a_row));
   }
   int it = 0;
   for (Step s{0, 0, 0}; s.hh < p.group; s = next(s), ++it) {
@@ -226,7 +230,9 @@ dkv2_kernel(const Dkv2KernelParams p) {
       float lse[2], lse_lo[2], delta[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int rr = my_row[h] + shift, i = k0 + my_row[h] + u;
+        // (kHoldV2, opaque: k0 + my_row[h], hoisted, is one register too many with v2 held; ptxas
+        // spilled it)
+        const int row = kHoldV2 ? opaque(my_row[h]) : my_row[h], rr = row + shift, i = k0 + row + u;
         q_h[h] = sq.row(rr);
         do_h[h] = sdo.row(rr);
         lse[h] = sload(slse + rr);
@@ -247,13 +253,16 @@ dkv2_kernel(const Dkv2KernelParams p) {
         zero_acc(s_);
         zero_acc(dp);
         const T* const q_row = sq.row(a_row + shift);
-        const T* const v2_row = sv2.row(a_row);
         const T* const do_row = sdo.row(a_row + shift);
 #pragma unroll
         for (int kt = 0; kt < DP / 16; ++kt) {
           uint32_t a[4], e[4];  // k2 ⊙ q_shift (the product commutes exactly) and v2 ⊙ dout_shift
           q_times_k2<T, DP, true, false>(a, a_k2, nullptr, q_row, kt);
-          ldsm_a_product<T>(e, v2_row, do_row, kt * 16);
+          if constexpr (kHoldV2) {
+            q_times_k2<T, DP, true, false>(e, a_v2, nullptr, do_row, kt);
+          } else {
+            ldsm_a_product<T>(e, sv2.row(a_row), do_row, kt * 16);
+          }
           s_dp_kstep<T, DP, WJ>(s_, dp, a, e, k1w, v1w, 0, kt);
         }
       } else {

@@ -140,6 +140,14 @@ MUTANTS = [
         tests=[FEATURES, "-k", "det and D96 and float16"],
         why="the determinant's products built as plain q * k2 from the held vectors: its dk1 / dv1 wrong at 128",
     ),
+    dict(
+        name="cuda-dkv2-held-v2-from-k2",
+        path="csrc/cuda/bwd_dkv2_kernel.cuh",
+        old="if constexpr (kHoldV2) held_a<T, DP>(a_v2, sv2.row(a_row));",
+        new="if constexpr (kHoldV2) held_a<T, DP>(a_v2, sk2.row(a_row));",
+        tests=D128_MULTI,
+        why="dk2/dv2 at DP = 128 hold k2's fragments as v2's: dP = (k2 * dout) @ v1^T, every dk2 / dv2 wrong",
+    ),
     # ---- the column warps of dk1/dv1 and dk2/dv2 at head dim 128 (two warps per 16 rows, one
     # S / dP, the halves exchanged through shared memory sx)
     dict(

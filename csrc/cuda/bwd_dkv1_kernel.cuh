@@ -156,10 +156,11 @@ dkv1_kernel(const Dkv1KernelParams p) {
     held_a<T, DP>(a_v1, sv1.row(a_row));
     cta_sync();  // [H]: every warp holds its fragments; sk1's bytes become sx
   }
-  // kHoldQuery: this thread's q / dout vectors of the query block (read after its [L]). Not on
-  // sm_90 at DP = 128, where ptxas spills 4 B for them (sm_90's fast path is Triton's).
-  constexpr bool kHoldQuery = Cfg::kHoldQuery && !(kSm90Device && DP == 128);
-  constexpr int kHeldSteps = kHoldQuery ? Cfg::kQuerySteps : 1;
+  // kHeldQuery (Cfg::kHoldQuery resolved for this architecture): this thread's q / dout vectors
+  // of the query block (read after its [L]). Not on sm_90 at DP = 128, where ptxas spills 4 B
+  // for them (sm_90's fast path is Triton's).
+  constexpr bool kHeldQuery = Cfg::kHoldQuery && !(kSm90Device && DP == 128);
+  constexpr int kHeldSteps = kHeldQuery ? Cfg::kQuerySteps : 1;
   uint4 held_q[kHeldSteps] = {}, held_do[kHeldSteps] = {};
   for (int hh = 0; hh < p.group; ++hh) {
     const int h = tile.g * p.group + hh;
@@ -177,7 +178,7 @@ dkv1_kernel(const Dkv1KernelParams p) {
         cp_async_commit();
         cp_async_wait<0>();
         cta_sync();  // [L]: k1/v1 rows, the query block and the region are visible
-        if constexpr (kHoldQuery) {
+        if constexpr (kHeldQuery) {
           if (c == 0) {
 #pragma unroll
             for (int st = 0; st < kHeldSteps; ++st) {
@@ -190,7 +191,7 @@ dkv1_kernel(const Dkv1KernelParams p) {
 
         for (int u = c_lo; u <= c_hi; ++u) {
           // Products of query row r with k2/v2 at k = i0 + r - u: region row r + (c_hi - u).
-          if (kHoldQuery && !det) {
+          if (kHeldQuery && !det) {
             SA_PATH(true, "operands: query vectors held over the block");
 #pragma unroll
             for (int st = 0; st < kHeldSteps; ++st) {

@@ -135,8 +135,8 @@ MUTANTS = [
     dict(
         name="cuda-dkv1-held-query-for-the-determinant",
         path="csrc/cuda/bwd_dkv1_kernel.cuh",
-        old="          if (kHoldQuery && !det) {",
-        new="          if (kHoldQuery) {",
+        old="          if (kHeldQuery && !det) {",
+        new="          if (kHeldQuery) {",
         tests=[FEATURES, "-k", "det and D96 and float16"],
         why="the determinant's products built as plain q * k2 from the held vectors: its dk1 / dv1 wrong at 128",
     ),

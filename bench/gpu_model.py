@@ -293,9 +293,10 @@ def cuda_kernels(shape, archs, binary=None):
                 if kernel not in wanted and kernel not in cuda_report.TENSOR_CORE_KERNELS:
                     continue  # SIMT (fp32), decode and scores kernels: not in the fwd / bwd passes
                 res = usage.get((f"sm_{arch[2:]}", name)) or usage.get((None, name), {})
+                smem_bytes = smem.get(cuda_report.smem_key(kernel, variant, hd)) if hd else 0
                 records.append(Kernel("cuda", arch, kernel, f"D{head_dim}" if hd else "-", {"DP": head_dim},
                                       _cuda_threads(kernel, head_dim) // 32, res.get("REG", -1),
-                                      smem.get((kernel, hd)) if hd else 0, sass.Function(name, instrs)))  # fmt: skip
+                                      smem_bytes, sass.Function(name, instrs)))  # fmt: skip
     return records, ""
 
 

@@ -63,6 +63,12 @@ SPECIAL = [
     (Case(1, 23, 32, 1, 40, 12, 9), [torch.bfloat16]),
     (Case(1, 7, 64, 1, 24, 4, 3), [torch.float16]),
     (Case(1, 7, 64, 1, 100, 5, 4), [torch.bfloat16]),
+    # The fused pass's sequence tiles (Hq == Hkv; one head, 32 positions a tile, the k2 / v2 ring):
+    # spans of two tiles and three scratch layers (w2 = 99 > 3 tiles' positions) at 64, scalar loads
+    # (D % 8 != 0) at 64 and 128 with three kv heads.
+    (Case(1, 100, 1, 1, 16, 99, 99), [torch.bfloat16]),
+    (Case(1, 9, 1, 1, 20, 5, 4), [torch.float16]),
+    (Case(1, 40, 3, 3, 100, 6, 5, causal=False), [torch.bfloat16]),
     # The SIMT kernels at 128 and 256: GQA, warps past the last row, lanes past D.
     (Case(1, 9, 3, 1, 100, 5, 3), [torch.float32]),
     (Case(1, 7, 2, 1, 196, 4, 3), [torch.float32]),
@@ -185,6 +191,9 @@ FAULTS = {
     "barrier-divergence": r"__syncthreads at selftest\.h:\d+ while other threads wait at selftest\.h:\d+",
     "shared-race": r"race: shared read",
     "early-cp-async-read": r"while a cp\.async into it is in flight",
+    "output-two-threads": r"element of global at byte 0 written by two threads .*: outputs must have one owner",
+    "rmw-unordered": r"race: read of ordered at byte 0, which thread [01] wrote since the last barrier",
+    "rmw-two-ctas": r"race: (read|write) of ordered at byte 0, which another CTA of the launch (wrote|read)",
 }
 
 
@@ -193,6 +202,14 @@ def test_emulator_reports_planted_fault(fault):
     proc = emu.selftest(fault)
     assert proc.returncode == 3, f"{fault}: not reported (exit {proc.returncode}): {proc.stdout}{proc.stderr}"
     assert re.search(FAULTS[fault], proc.stderr), proc.stderr
+
+
+def test_emulator_allows_adds_taken_in_turn_across_barriers():
+    """The other side of rmw-unordered: the fused backward's scratch rows are added to by the
+    threads of one CTA in turn, a barrier between each (bwd_dqkv2_kernel.cuh, sequence tiles)."""
+    proc = emu.selftest("rmw-ordered")
+    assert proc.returncode == 0, proc.stderr
+    assert "sum 3" in proc.stdout, proc.stdout
 
 
 def test_emulator_shuffles_blocks_and_threads_by_seed():

@@ -43,14 +43,16 @@ PACKINGS = [
     # empty, length 1, a sequence of exactly one 64-row tile (every kernel's tile at padded 64), two
     # tiles with a partial last one, GQA 2
     ([0, 1, 64, 70, 5], 2, 1, 40, 20, 6, True, "trilinear"),
-    # padded 128: sequences shorter than the windows, one of exactly a dq / dk2 tile (32 rows)
-    ([3, 0, 32, 9], 2, 2, 96, 40, 20, False, "trilinear"),
+    # padded 128: sequences shorter than the windows, one of exactly a dq / dk2 tile (32 rows), GQA 2
+    ([3, 0, 32, 9], 2, 1, 96, 40, 20, False, "trilinear"),
     ([1, 20, 0, 9], 2, 1, 192, 6, 10, True, "determinant"),  # padded 256, w2 > w1 (keys swapped)
     ([0, 5, 1, 9], 3, 1, 16, 4, 3, False, "trilinear"),  # small: the SIMT kernels' bisection (fp32)
     ([2, 0, 9], 2, 1, 96, 5, 4, True, "trilinear"),  # small at padded 128, for fp32
     # head packing (the fused dq + dk2 + dv2 pass): 16 heads at padded 64, 32 at padded 128 (w2 > w1)
     ([0, 7, 1, 12], 16, 1, 64, 9, 8, True, "trilinear"),
     ([5, 0, 13], 32, 1, 100, 4, 6, False, "trilinear"),
+    # Hq == Hkv: the fused pass's sequence tiles (a sequence of two tiles, the ring's wrap) at padded 64
+    ([0, 40, 1, 9], 2, 2, 40, 6, 5, True, "trilinear"),
 ]
 VARLEN_RUNS = [
     (PACKINGS[0], torch.float16),
@@ -61,6 +63,7 @@ VARLEN_RUNS = [
     (PACKINGS[2], torch.float32),
     (PACKINGS[5], torch.float16),
     (PACKINGS[6], torch.bfloat16),
+    (PACKINGS[7], torch.float16),
 ]
 
 

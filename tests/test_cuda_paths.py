@@ -58,11 +58,16 @@ EXPECTED_PATHS = {
         **dict.fromkeys(LOADS | PIPELINE | QUERY_TILE | MASKS | FEATURES, ALL),
         SPLIT: (256,),
     },
-    # dq + dk2 + dv2 in one pass (head packing of >= 16 heads, trilinear, head dims <= 128): spans of
-    # tiles, the head sums (a row warp per position with 16 heads, both row warps at one with 32) and
-    # their scratch rows, then the reduce over layers and head blocks.
+    # dq + dk2 + dv2 in one pass (trilinear, head dims <= 128; head packing of >= 16 heads, or
+    # sequence tiles with Hq == Hkv): spans of tiles, the head sums (a row warp per position with 16
+    # heads, both row warps at one with 32) and their scratch rows, or (sequence tiles) each row's
+    # partials from registers and the k2 / v2 ring, then the reduce over layers and head blocks.
     "dqkv2_kernel": {
         **dict.fromkeys(LOADS | QUERY_TILE | MASKS | (FEATURES - {"logits: determinant"}) | FUSED, (64, 128)),
+        **dict.fromkeys(
+            ["tile: a position per row", "scratch: a row's partials added from registers", "ring: rows wrap around"],
+            (64, 128),
+        ),
         # the pair operands held over the j loop at 128 (sm_80's form; sm_86 / sm_90 rebuild as 64)
         "operands: pairs held over the j loop": (128,),
         "operands: pairs rebuilt every step": (64,),

@@ -289,22 +289,26 @@ def _heads_per_tile(group, rows):
 def cuda_variant(kernel, s, dp):
     """The instantiation of `kernel` a launch at shape s runs (cuda_report's variant): the
     forward's "one_row" where its k1 / v1 fragments are held (dp <= 128) and >= 16 heads are
-    packed per position (launch_fwd.cuh), else "" (trilinear logits)."""
+    packed per position (launch_fwd.cuh); the fused backward's "seq" (sequence tiles) where fewer
+    than 16 heads are packed (cuda_fused_bwd: Hq == Hkv); else "" (trilinear logits)."""
     if kernel == "fwd_kernel" and dp <= 128 and _heads_per_tile(s.group, 64) >= 16:
         return "one_row"
+    if kernel == "dqkv2_kernel" and _heads_per_tile(s.group, 32) < 16:
+        return "seq"
     return ""
 
 
 def cuda_fused_bwd(s, dp):
     """launch_bwd.cuh plan_dqkv2's choice: the fused dq + dk2 + dv2 pass with >= 16 heads packed per
-    position (tiles of 32 rows) at head dims <= 128 (trilinear logits, the model's)."""
-    return dp <= 128 and _heads_per_tile(s.group, 32) >= 16
+    position (tiles of 32 rows) or, with Hq == Hkv, sequence tiles of 32 positions, at head dims
+    <= 128 (trilinear logits, the model's)."""
+    return dp <= 128 and (_heads_per_tile(s.group, 32) >= 16 or s.group == 1)
 
 
 def pass_kernels(backend, pass_, s, dp):
     """The kernels a pass launches at shape s (padded head dim dp), in launch order: PASSES, except
-    the CUDA backward under head packing (cuda_fused_bwd), which runs dqkv2 + its reduce instead of
-    dq and dkv2."""
+    the CUDA backward's fused shapes (cuda_fused_bwd), which run dqkv2 + its reduce instead of dq
+    and dkv2."""
     if backend == "cuda" and pass_ == "bwd":
         if cuda_fused_bwd(s, dp):
             return ("delta_kernel", "dqkv2_kernel", "dkv2_reduce_kernel", "dkv1_kernel")
@@ -445,7 +449,9 @@ def cuda_dqkv2(s, dp, arch=None):
     a span, offsets u (the epilogue: head sums, scratch adds, the next u's k2 / v2 rows and, once
     a tile, its q / dout), j blocks (a step: the k1 / v1 block's loads), and kt (logits_and_dp's
     DP / 16 k-steps, unroll 2) except where the kernel holds the pair operands over the j loop
-    (kHold: D = 128 on sm_80; held_logits_and_dp's k-steps are unrolled)."""
+    (kHold: D = 128 on sm_80; held_logits_and_dp's k-steps are unrolled). Sequence tiles (Hq ==
+    Hkv, variant "seq"): 32 positions a tile, each row's scratch adds unrolled in the u epilogue
+    (no loop), the next u's one k2 / v2 row there too."""
     L1, R1, L2, R2 = _swapped(s)
     heads = _heads_per_tile(s.group, 32)
     positions = 32 // heads
@@ -463,8 +469,9 @@ def cuda_dqkv2(s, dp, arch=None):
         levels=[len(p0) * mult, int(u.sum()) * mult, steps] + ([] if hold else [steps * (dp // 32)]),
         logit=2,
         logits=32 * 32,
-        # u: the scratch adds (positions x 2 x DP columns over 128 threads); step: the k1 / v1 loads.
-        side={1: _cdiv(positions * 2 * dp, 128), 2: _cdiv(32 * dp // 8, 128)},
+        # u: the packed form's scratch adds (positions x 2 x DP columns over 128 threads); step: the
+        # k1 / v1 loads.
+        side={**({1: _cdiv(positions * 2 * dp, 128)} if heads >= 16 else {}), 2: _cdiv(32 * dp // 8, 128)},
         dram=_qkv_bytes(s, 2) + _stats_bytes(s, 3) + scratch,
     )
 

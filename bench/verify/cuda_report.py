@@ -31,7 +31,9 @@ _FUNC_RE = re.compile(r"_ZN15simplicial_attn4cuda\d+(?P<name>\w+?_kernel)I(?P<ta
 _DTYPES = {"6__half": "fp16", "13__nv_bfloat16": "bf16", "f": "fp32"}
 TENSOR_CORE_KERNELS = ("fwd_kernel", "dq_kernel", "dkv1_kernel", "dkv2_kernel")
 # The fused dq + dk2 + dv2 pass (head dims 64 and 128 only: ONE_ROW_HEAD_DIMS) and its reduce
-# (no tensor cores, no head-dim template argument).
+# (no tensor cores, no head-dim template argument). The pass's config has a bool (DqKv2Config's
+# kOneRow): head packing is variant "", sequence tiles variant "seq" (smem: the emulator driver's
+# "dqkv2_kernel_seq").
 FUSED_KERNELS = ("dqkv2_kernel",)
 REDUCE_KERNELS = ("dkv2_reduce_kernel",)
 SIMT_KERNELS = ("fwd_simt_kernel", "dq_simt_kernel", "dkv_simt_kernel")
@@ -83,7 +85,7 @@ def parse_function(mangled):
     """(kernel, dtype, head_dim, variant) of a mangled simplicial_attn::cuda kernel name, or None;
     variant is "det" for the determinant instantiation of a VARIANT_KERNELS kernel (its first bool
     template argument), "one_row" for the head-packed one of a ONE_ROW_KERNELS kernel (its second),
-    else ""."""
+    "seq" for the sequence-tile one of a FUSED_KERNELS kernel (its config's bool false), else ""."""
     m = _FUNC_RE.search(mangled)
     if not m:
         return None
@@ -91,8 +93,12 @@ def parse_function(mangled):
     dtype = next((d for prefix, d in _DTYPES.items() if targs.startswith(prefix)), "fp32")
     hd = re.search(r"ILi(\d+)E", targs)
     flags = re.findall(r"Lb([01])E", targs)
-    variant = "det" if flags[:1] == ["1"] else "one_row" if flags[1:2] == ["1"] else ""
-    return m.group("name"), dtype, int(hd.group(1)) if hd else None, variant
+    name = m.group("name")
+    if name in FUSED_KERNELS:
+        variant = "" if flags[:1] == ["1"] else "seq"
+    else:
+        variant = "det" if flags[:1] == ["1"] else "one_row" if flags[1:2] == ["1"] else ""
+    return name, dtype, int(hd.group(1)) if hd else None, variant
 
 
 def _cuobjdump(tool, binary, *args):
@@ -164,6 +170,11 @@ def smem_bytes():
         sys.path.remove(str(tests))
 
 
+def smem_key(kernel, variant, head_dim):
+    """The key of an instantiation in smem_bytes (the emulator driver's config names)."""
+    return (f"{kernel}_seq" if variant == "seq" else kernel, head_dim)
+
+
 def rows(binary=None, with_smem=True):
     """One dict per (arch, kernel instantiation) of simplicial_attn::cuda in `binary` (default: the
     installed extension): arch, kernel, dtype, head_dim, regs, stack, local, the SASS_COUNTS
@@ -193,7 +204,7 @@ def rows(binary=None, with_smem=True):
                 "stack": res.get("STACK", 0),
                 "local": res.get("LOCAL", 0),
                 **counts.get((arch, func), dict.fromkeys(SASS_COUNTS, 0)),
-                "smem": smem.get((kernel, head_dim)),
+                "smem": smem.get(smem_key(kernel, variant, head_dim)),
             }
         )
     return table

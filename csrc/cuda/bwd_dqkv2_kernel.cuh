@@ -42,11 +42,14 @@
 
 namespace simplicial_attn::cuda {
 
-template <int DP>
+// kOneRow: head packing of >= 16 heads (each warp's 16 rows at one position, one k2 / v2 row a
+// warp); otherwise sequence tiles (one head, 32 consecutive positions: a k2 / v2 row per row).
+template <int DP, bool kOneRow>
 struct DqKv2Config {
   static_assert(DP <= 128, "the fused kernel's accumulators are sized for head dims <= 128");
   static constexpr int kHeadDim = DP;
-  static constexpr int kRows = 32;  // (position, head) rows: 1 position of 32 heads or 2 of 16
+  static constexpr bool kPacked = kOneRow;
+  static constexpr int kRows = 32;  // (position, head) rows: 1 position of 32 heads, 2 of 16, or 32 of 1
   static constexpr int kRowWarps = kRows / 16;
   static constexpr int kColWarps = 2;
   static constexpr int kWarps = kRowWarps * kColWarps;
@@ -56,7 +59,14 @@ struct DqKv2Config {
   static constexpr int kWarpCols = DP / kColWarps;    // x, y, dq columns per warp
   static constexpr int kOutCols = DP;                 // plan_query_tiles: no split over grid.z
   static constexpr int kStages = 2;
-  static constexpr int kPositions = kRows / 16;  // positions per tile, at most (>= 16 heads each)
+  static constexpr int kPositions = kOneRow ? kRows / 16 : kRows;  // positions per tile, at most
+  // k2 / v2 rows, each. Packed: two buffers of kPositions rows (offset u's, and the next u's loaded
+  // under u's epilogue). Sequence tiles: a ring of kPositions + 1 rows, row k in slot k mod kRing:
+  // offsets u and u + 1 share all rows but one, so the next u loads one row into the slot that
+  // held offset u - 1's last (and a tile's first u all kPositions rows, after the previous tile).
+  static constexpr int kKv2Rows = kOneRow ? 2 * kPositions : kPositions + 1;
+  // sred: the head sums of one u per row warp (packed only; sequence tiles add from registers).
+  static constexpr int kRedFloats = kOneRow ? kRowWarps * 2 * DP : 0;
   // sx: per row warp and 16 j positions, dA and P as A fragments (4 x 32 bits per lane).
   static constexpr int kXWords = kRowWarps * (kBlockJ / 16) * 2 * 32 * 4;
   static constexpr int kRowBytes = (DP + 8) * 2;
@@ -71,8 +81,8 @@ struct DqKv2Config {
   // (common.cuh): those rebuild (the kernel's kHold; the emulator runs both forms, 128 and 64).
   static constexpr bool kHoldPairs = DP == 128;
   // q and dout, the k1/v1 stages, the k2/v2 rows (two buffers each), sx, sred, sdq.
-  static constexpr int kSmemBytes = kRowBytes * (2 * kQueryBufs * kRows + 2 * kStages * kBlockJ + 2 * 2 * kPositions) +
-                                    kXWords * 4 + kRowWarps * 2 * DP * 4 + kRows * kDqLd * 4;
+  static constexpr int kSmemBytes = kRowBytes * (2 * kQueryBufs * kRows + 2 * kStages * kBlockJ + 2 * kKv2Rows) +
+                                    kXWords * 4 + kRedFloats * 4 + kRows * kDqLd * 4;
   static_assert(kWarpJ == 16 && kWarpCols % 32 == 0, "head_sum and the exchange take these shapes");
   static_assert(2 * DP % kThreads == 0, "one thread owns each scratch column of a position");
   static_assert(kSmemBytes <= kSmemLimit, "dq/dk2/dv2 tiles exceed the shared memory of an sm_86 block");
@@ -178,6 +188,36 @@ SA_DEV void load_rows_async(const Tile<T, DP>& dst, const TensorRef& t, const Se
   }
 }
 
+// Sequence tiles (one head, a position per row): scratch row k = pos - u of each of the lane's two
+// fragment rows h += t ⊙ w over the lane's columns col0 + 8 nt + frag_col(0) + {0, 1} (< D), for
+// (t, w) = (x, q) (dk2's partial, `which` 0) and (y, dout) (dv2's, 1); rows whose k lies outside the
+// sequence (ok false) or that do not exist add nothing.
+template <class T, int kTiles>
+SA_DEV void add_row_partials(const float (&x)[kTiles][4], const float (&y)[kTiles][4], const T* const (&q)[2],
+                             const T* const (&dout)[2], const bool (&ok)[2], const LaneRows& lr, const QueryTile& qt,
+                             const Dkv2Scratch& sc, int layer, int hb, int col0, int u, int D, int N) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (!ok[h]) continue;
+    const int64_t row = static_cast<int64_t>(qt.seq.batch) * N + qt.seq.row0 + (lr.pos[h] - u);
+    float* const dk = sc.at(0, layer, row, qt.g, hb, 0);
+    float* const dv = sc.at(1, layer, row, qt.g, hb, 0);
+#pragma unroll
+    for (int nt = 0; nt < kTiles; ++nt) {
+      const int c = col0 + nt * 8 + frag_col(0);
+      const float2 wq = sload_pair(q[h], c), wd = sload_pair(dout[h], c);
+      if (c < D) {
+        gstore(dk + c, gload(dk + c) + x[nt][2 * h] * wq.x);
+        gstore(dv + c, gload(dv + c) + y[nt][2 * h] * wd.x);
+      }
+      if (c + 1 < D) {
+        gstore(dk + c + 1, gload(dk + c + 1) + x[nt][2 * h + 1] * wq.y);
+        gstore(dv + c + 1, gload(dv + c + 1) + y[nt][2 * h + 1] * wd.y);
+      }
+    }
+  }
+}
+
 template <class T, class Cfg>
 SA_GLOBAL(Cfg::kThreads)
 dqkv2_kernel(const DqKv2KernelParams p) {
@@ -185,6 +225,7 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   constexpr int kThreads = Cfg::kThreads, kRowWarps = Cfg::kRowWarps;
   using TileT = Tile<T, DP>;
   constexpr bool kHold = Cfg::kHoldPairs && !kSm86Device && !kSm90Device;
+  constexpr bool kOneRow = Cfg::kPacked;
 
   // ---- The CTA's span: tiles ti < n_tiles of positions span_p0 + ti * positions (query_tile_at).
   const SeqSpan seq = seq_span(p.prob, p.N, block_x() / p.pos_tiles);
@@ -221,10 +262,10 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   T* const do_bufs = carver.take<T>(kQueryBufs * BM * TileT::kLd);
   T* const k1_stages = carver.take<T>(Cfg::kStages * BJ * TileT::kLd);
   T* const v1_stages = carver.take<T>(Cfg::kStages * BJ * TileT::kLd);
-  T* const k2_bufs = carver.take<T>(2 * Cfg::kPositions * TileT::kLd);
-  T* const v2_bufs = carver.take<T>(2 * Cfg::kPositions * TileT::kLd);
+  T* const k2_bufs = carver.take<T>(Cfg::kKv2Rows * TileT::kLd);
+  T* const v2_bufs = carver.take<T>(Cfg::kKv2Rows * TileT::kLd);
   uint4* const sx = carver.take<uint4>(Cfg::kXWords / 4);
-  float* const sred = carver.take<float>(kRowWarps * 2 * DP);
+  float* const sred = carver.take<float>(Cfg::kRedFloats);
   float* const sdq = carver.take<float>(BM * Cfg::kDqLd);
   const auto sq = [&](int b) { return TileT{q_bufs + b * BM * TileT::kLd}; };
   const auto sdo = [&](int b) { return TileT{do_bufs + b * BM * TileT::kLd}; };
@@ -232,6 +273,9 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   const auto sv1 = [&](int stage) { return TileT{v1_stages + stage * BJ * TileT::kLd}; };
   const auto sk2 = [&](int b) { return TileT{k2_bufs + b * Cfg::kPositions * TileT::kLd}; };
   const auto sv2 = [&](int b) { return TileT{v2_bufs + b * Cfg::kPositions * TileT::kLd}; };
+  // Sequence tiles: the ring's slot of row k (k may be negative: rows before the sequence, zero).
+  constexpr int kRing = Cfg::kKv2Rows;
+  const auto slot = [](int k) { return (k % kRing + kRing) % kRing; };
 
   // The loads of the loop (the caller commits the cp.async group): a tile's q / dout rows, the k2 /
   // v2 rows of the tile at position p0 and offset u (row r of the buffer: k of position p0 + r) and
@@ -244,6 +288,17 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   };
   const auto load_kv2 = [&](int p0, int u, int buf) {
     load_row_pair<kThreads>(sk2(buf), sv2(buf), p.k2, p.v2, seq, g, p0 - u, positions, Span{0, seq.len - 1}, D, p.vec);
+  };
+  // Sequence tiles: k2 / v2 rows [first, first + count) into their ring slots (count <= kRing), in
+  // the two runs of consecutive slots they take.
+  const auto load_ring = [&](int first, int count) {
+    const int s0 = slot(first), run = imin(count, kRing - s0);
+    const Span in_seq{0, seq.len - 1};
+    load_row_pair<kThreads>(TileT{k2_bufs + s0 * TileT::kLd}, TileT{v2_bufs + s0 * TileT::kLd}, p.k2, p.v2, seq, g,
+                            first, run, in_seq, D, p.vec);
+    SA_PATH(run < count, "ring: rows wrap around");
+    if (run < count)
+      load_row_pair<kThreads>(sk2(0), sv2(0), p.k2, p.v2, seq, g, first + run, count - run, in_seq, D, p.vec);
   };
   const auto load_kv1 = [&](int j_first, int j_hi, int stage) {
     SA_PATH(p.vec, "load: k1/v1 block by cp.async");
@@ -259,7 +314,8 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   const int row_warp = warp_id() % kRowWarps, col_warp = warp_id() / kRowWarps;
   const int j0w = col_warp * WJ, col0w = col_warp * WC;
   SA_PATH(col_warp > 0, "output: second column warp");
-  SA_PATH(true, "tile: one position per warp");
+  SA_PATH(kOneRow, "tile: one position per warp");
+  SA_PATH(!kOneRow, "tile: a position per row");
   const auto x_slot = [&](int kk, int which) {
     return sx + ((row_warp * (BJ / 16) + kk) * 2 + which) * 32 + lane_id();
   };
@@ -277,7 +333,11 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   {
     const QueryTile t0 = tile_at(0);
     load_queries(t0, 0);
-    load_kv2(t0.rt.p0, t0.u_lo, 0);
+    if constexpr (kOneRow) {
+      load_kv2(t0.rt.p0, t0.u_lo, 0);
+    } else {
+      load_ring(t0.rt.p0 - t0.u_lo, positions);
+    }
     load_kv1(t0.j_lo, t0.j_hi, 0);
     cp_async_commit();
   }
@@ -312,21 +372,24 @@ dqkv2_kernel(const DqKv2KernelParams p) {
 #pragma unroll 1
     for (int u = qt.u_lo; u <= qt.u_hi; ++u, ++nu) {
       SA_PATH(u > qt.u_lo, "pipeline: next u");
-      const TileT tk2 = sk2(nu & 1), tv2 = sv2(nu & 1);
-      const OffsetRows o = offset_rows(qt, lr, u, qt.rt.p0 - u);
-      // The warp's one k2 row (its 16 rows share a position: the offset rows h[0], h[1] and a coincide).
-      const T* const k2_row = tk2.row(o.a);
+      // The k2 / v2 rows of the lane's ldmatrix row (a) and fragment rows (h) at this u. Packed:
+      // buffer nu % 2, row k - (p0 - u); the warp's 16 rows share a position, so a, h[0] and h[1]
+      // coincide. Sequence tiles: the ring's slots.
+      const TileT tk2 = sk2(kOneRow ? nu & 1 : 0), tv2 = sv2(kOneRow ? nu & 1 : 0);
+      const OffsetRows o = offset_rows(qt, lr, u, kOneRow ? qt.rt.p0 - u : 0);
+      const int a_kv2 = kOneRow ? o.a : slot(o.a);
+      const T* const k2_row = tk2.row(a_kv2);
+      const T* const k2_h[2] = {kOneRow ? k2_row : tk2.row(slot(o.h[0])), kOneRow ? k2_row : tk2.row(slot(o.h[1]))};
       // kHold: the pair operands q ⊙ k2 and dout ⊙ v2 as A fragments for this u's whole j
       // loop, built once its k2 / v2 rows (and the tile's q / dout) are visible: [P]. Otherwise
       // each step rebuilds them from logit_rows.
       [[maybe_unused]] uint32_t a_held[DP / 16][4], e_held[DP / 16][4];
-      [[maybe_unused]] const T* const k2_h[2] = {k2_row, k2_row};
       [[maybe_unused]] const LogitRows<T> logit_rows{false, D, tq.row(lr.a_row), k2_row, q_h, k2_h};
       if constexpr (kHold) {
         SA_PATH(true, "operands: pairs held over the j loop");
         cp_async_wait<0>();
         cta_sync();  // [P]
-        pair_operands<T, DP>(a_held, e_held, tq.row(lr.a_row), k2_row, tdo.row(lr.a_row), tv2.row(o.a));
+        pair_operands<T, DP, kOneRow>(a_held, e_held, tq.row(lr.a_row), k2_row, tdo.row(lr.a_row), tv2.row(a_kv2));
       }
 
 #pragma unroll 1
@@ -359,7 +422,7 @@ dqkv2_kernel(const DqKv2KernelParams p) {
           held_logits_and_dp<T, DP, WJ>(sp, dp, a_held, e_held, k1w, v1w);
         } else {
           SA_PATH(true, "operands: pairs rebuilt every step");
-          logits_and_dp<T, DP, WJ, true>(sp, dp, logit_rows, tdo.row(lr.a_row), tv2.row(o.a), k1w, v1w);
+          logits_and_dp<T, DP, WJ, kOneRow>(sp, dp, logit_rows, tdo.row(lr.a_row), tv2.row(a_kv2), k1w, v1w);
         }
 
         // P and dA = P (dP - Delta), zero outside the (j, k) window; P overwrites S, dA dP. The
@@ -391,69 +454,92 @@ dqkv2_kernel(const DqKv2KernelParams p) {
       }
 
       // The next offset's k2 / v2 rows (this tile's next u or the next tile's first), under the
-      // epilogue below.
-      if (u < qt.u_hi || !last_tile) {
-        if (u < qt.u_hi) {
-          load_kv2(qt.rt.p0, u + 1, (nu + 1) & 1);
-        } else {
-          const QueryTile nt = tile_at(ti + 1);
-          load_kv2(nt.rt.p0, nt.u_lo, (nu + 1) & 1);
+      // epilogue below. Sequence tiles: this tile's next u's one new row, k = p0 - (u + 1) (its
+      // slot held k + kRing, offset u - 1's last row at most, read before this u's B1); the next
+      // tile's rows wait for this u's [R] (below the loop).
+      if constexpr (kOneRow) {
+        if (u < qt.u_hi || !last_tile) {
+          if (u < qt.u_hi) {
+            load_kv2(qt.rt.p0, u + 1, (nu + 1) & 1);
+          } else {
+            const QueryTile nt = tile_at(ti + 1);
+            load_kv2(nt.rt.p0, nt.u_lo, (nu + 1) & 1);
+          }
+          cp_async_commit();
         }
+      } else if (u < qt.u_hi) {
+        load_ring(qt.rt.p0 - (u + 1), 1);
         cp_async_commit();
       }
 
-      // x and y of this u are complete: dq += x ⊙ k2 (one row), and the head sums of x ⊙ q and
-      // y ⊙ dout into sred (this row warp's rows, this column warp's columns).
+      // x and y of this u are complete: dq += x ⊙ k2 (the k2 row of each fragment row).
 #pragma unroll
       for (int n8 = 0; n8 < WC / 8; ++n8) {
-        const float2 w = sload_pair(k2_row, col0w + n8 * 8 + frag_col(0));
+        const float2 w0 = sload_pair(k2_h[0], col0w + n8 * 8 + frag_col(0));
+        const float2 w1 = kOneRow ? w0 : sload_pair(k2_h[1], col0w + n8 * 8 + frag_col(0));
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
+          const float2 w = h == 0 ? w0 : w1;
           float2* const at = dq_pair(lr, h, n8);
           const float2 prev = u == qt.u_lo ? float2{0.f, 0.f} : sload(at);  // the tile's first u: no sum yet
           sstore(at, float2{prev.x + x[n8][2 * h] * w.x, prev.y + x[n8][2 * h + 1] * w.y});
         }
       }
-      float hx[WC / 32], hy[WC / 32];
-      head_sum<T>(hx, x, q_h, col0w);
-      head_sum<T>(hy, y, do_h, col0w);
+      if constexpr (!kOneRow) {
+        // Sequence tiles (one head): each row's x ⊙ q and y ⊙ dout are the scratch rows' whole
+        // additions from this u, k = pos - u, added from the lane's registers. Rows of one u have
+        // distinct k, the column warps distinct columns, and the u's barriers order the adds to
+        // one row (made by the rows pos = k + u of successive offsets).
+        SA_PATH(true, "scratch: a row's partials added from registers");
+        add_row_partials<T, WC / 8>(x, y, q_h, do_h, o.ok, lr, qt, p.scratch, layer, hb, col0w, u, D, p.N);
+        zero_acc(x);
+        zero_acc(y);
+        cta_sync();  // [R]: this u's reads of the k2 / v2 ring are done
+      } else {
+        // Packed: the head sums of x ⊙ q and y ⊙ dout into sred (this row warp's rows, this column
+        // warp's columns).
+        float hx[WC / 32], hy[WC / 32];
+        head_sum<T>(hx, x, q_h, col0w);
+        head_sum<T>(hy, y, do_h, col0w);
 #pragma unroll
-      for (int m = 0; m < WC / 32; ++m) {
-        const int col = head_sum_col<WC / 8>(m, col0w);
-        sstore(sred + (row_warp * 2 + 0) * DP + col, hx[m]);
-        sstore(sred + (row_warp * 2 + 1) * DP + col, hy[m]);
-      }
-      zero_acc(x);
-      zero_acc(y);
-      cta_sync();  // [R]: every row warp's head sums are in sred
+        for (int m = 0; m < WC / 32; ++m) {
+          const int col = head_sum_col<WC / 8>(m, col0w);
+          sstore(sred + (row_warp * 2 + 0) * DP + col, hx[m]);
+          sstore(sred + (row_warp * 2 + 1) * DP + col, hy[m]);
+        }
+        zero_acc(x);
+        zero_acc(y);
+        cta_sync();  // [R]: every row warp's head sums are in sred
 
-      // Scratch rows k = p0 + ps - u of the tile's positions ps += the sums of the row warps at
-      // ps (one row warp per position with 16 heads, both with 32), in row-warp order.
-      SA_PATH(positions > 1, "head sum: a position per row warp");
-      SA_PATH(positions == 1, "head sum: row warps of one position");
-      for (int w = thread_id(); w < positions * 2 * DP; w += kThreads) {
-        const int ps = w / (2 * DP), which = (w / DP) & 1, col = w % DP;
-        const int pos = qt.rt.p0 + ps, k = pos - u;
-        const bool in = col < D && pos < seq.len && k >= 0 && k < seq.len;
-        SA_PATH(col < D && pos < seq.len && !in, "scratch: k outside the sequence");
-        if (!in) continue;
-        float sum = 0.f;
+        // Scratch rows k = p0 + ps - u of the tile's positions ps += the sums of the row warps at
+        // ps (one row warp per position with 16 heads, both with 32), in row-warp order.
+        SA_PATH(positions > 1, "head sum: a position per row warp");
+        SA_PATH(positions == 1, "head sum: row warps of one position");
+        for (int w = thread_id(); w < positions * 2 * DP; w += kThreads) {
+          const int ps = w / (2 * DP), which = (w / DP) & 1, col = w % DP;
+          const int pos = qt.rt.p0 + ps, k = pos - u;
+          const bool in = col < D && pos < seq.len && k >= 0 && k < seq.len;
+          SA_PATH(col < D && pos < seq.len && !in, "scratch: k outside the sequence");
+          if (!in) continue;
+          float sum = 0.f;
 #pragma unroll
-        for (int rw = 0; rw < kRowWarps; ++rw)
-          if (((16 * rw) >> p.log2_heads) == ps) sum += sload(sred + (rw * 2 + which) * DP + col);
-        const int64_t row = static_cast<int64_t>(seq.batch) * p.N + seq.row0 + k;
-        float* const dst = p.scratch.at(which, layer, row, qt.g, hb, col);
-        gstore(dst, gload(dst) + sum);
+          for (int rw = 0; rw < kRowWarps; ++rw)
+            if (((16 * rw) >> p.log2_heads) == ps) sum += sload(sred + (rw * 2 + which) * DP + col);
+          const int64_t row = static_cast<int64_t>(seq.batch) * p.N + seq.row0 + k;
+          float* const dst = p.scratch.at(which, layer, row, qt.g, hb, col);
+          gstore(dst, gload(dst) + sum);
+        }
       }
     }
 
-    if constexpr (kQueryBufs == 1) {
-      if (!last_tile) {
-        // The next tile's q / dout: every thread has passed this tile's last [R], after the last
-        // reads of sq / sdo (its first step waits for them: once a tile).
-        load_queries(tile_at(ti + 1), 0);
-        cp_async_commit();
-      }
+    if (!last_tile && (kQueryBufs == 1 || !kOneRow)) {
+      // The next tile's q / dout (one buffer) and k2 / v2 rows (sequence tiles): every thread has
+      // passed this tile's last [R], after the last reads of sq / sdo and the ring (its first step
+      // waits for them: once a tile).
+      const QueryTile nt = tile_at(ti + 1);
+      if constexpr (kQueryBufs == 1) load_queries(nt, 0);
+      if constexpr (!kOneRow) load_ring(nt.rt.p0 - nt.u_lo, positions);
+      cp_async_commit();
     }
 
     // The tile's dq rows are complete (the lane's own sdq elements).

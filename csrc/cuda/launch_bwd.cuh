@@ -48,7 +48,7 @@ void set_grad_params(Params& p, const BwdArgs& a, int elem_bytes) {
 // float32, head_blocks = ceil(group / 32): at the target shape (B = 2, N = 16384, Hkv = 1, 64 heads,
 // D = 128, w2 = 32) 2 layers x 2 head blocks, 128 MiB.
 struct DqKv2Plan {
-  bool fused = false;
+  bool fused = false, packed = false;
   int log2_heads = 0, head_blocks = 0, span_tiles = 0, spans = 0, layers = 0;
   int64_t scratch_floats = 0;
 };
@@ -58,10 +58,13 @@ template <int DP>
 DqKv2Plan plan_dqkv2(const BwdArgs& a) {
   DqKv2Plan pl;
   if constexpr (DP <= 128) {
-    using Cfg = DqKv2Config<DP>;
+    using Cfg = DqKv2Config<DP, true>;  // (both forms tile 32 rows)
     const int group = a.dims.Hq / a.dims.Hkv, heads = heads_per_tile(group, Cfg::kRows);
-    if (a.prob.determinant || heads < 16) return pl;
+    // Packed (>= 16 heads a position) or sequence tiles of one head with Hq == Hkv; GQA groups of 2 to
+    // 15 run dq and dkv2 (a fused pass would keep a scratch block per query head).
+    if (a.prob.determinant || (heads < 16 && group > 1)) return pl;
     pl.fused = true;
+    pl.packed = heads >= 16;
     pl.log2_heads = log2_floor(heads);
     pl.head_blocks = static_cast<int>(ceil_div64(group, heads));
     const int positions = Cfg::kRows / heads, len = a.prob.max_seqlen;
@@ -83,10 +86,10 @@ DqKv2Plan plan_dqkv2(const BwdArgs& a) {
   return pl;
 }
 
-template <class T, int DP>
+template <class T, int DP, bool kPacked>
 void launch_dqkv2(const BwdArgs& a, const DqKv2Plan& pl, cudaStream_t stream) {
   if constexpr (DP <= 128) {
-    using Cfg = DqKv2Config<DP>;
+    using Cfg = DqKv2Config<DP, kPacked>;
     SA_HOST_CHECK(a.scratch != nullptr, "simplicial_attn: the fused backward needs its scratch (bwd_scratch_floats)");
     const Dkv2Scratch scratch{
         a.scratch, static_cast<int64_t>(a.dims.B) * a.dims.N, pl.layers, a.dims.Hkv, pl.head_blocks, a.dims.D};
@@ -114,7 +117,11 @@ void launch_bwd_tc(const BwdArgs& args, cudaStream_t stream) {
   launch_delta<T>(a, stream);
   const DqKv2Plan fused = plan_dqkv2<DP>(a);
   if (fused.fused) {
-    launch_dqkv2<T, DP>(a, fused, stream);
+    if (fused.packed) {
+      launch_dqkv2<T, DP, true>(a, fused, stream);
+    } else {
+      launch_dqkv2<T, DP, false>(a, fused, stream);
+    }
   } else {
     using Cfg = DqConfig<DP>;
     DqKernelParams p;

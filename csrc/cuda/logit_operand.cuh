@@ -120,15 +120,16 @@ SA_DEV void logits_and_dp(float (&s)[BJ / 8][4], float (&dp)[BJ / 8][4], const L
 
 // The pair operands a = q ⊙ k2 (logits) and e = dout ⊙ v2 (dP) of one warp's 16 rows over all DP
 // channels as A fragments, for a loop that holds them (the fused dq / dk2 / dv2 kernel: one offset
-// u's whole j window). kOneRow rows (head packing, one position a warp): one k2 and one v2 row.
-template <class T, int DP>
+// u's whole j window), from the lane's ldmatrix rows; kOneRow (head packing, one position a warp):
+// one k2 and one v2 row for the warp (q_times_k2).
+template <class T, int DP, bool kOneRow>
 SA_DEV void pair_operands(uint32_t (&a)[DP / 16][4], uint32_t (&e)[DP / 16][4], const T* q_row, const T* k2_row,
                           const T* e_row, const T* f_row SA_SITE_ARG) {
   [[maybe_unused]] const uint32_t no_held[DP / 16][4] = {};  // q_times_k2's held q, unused (kHoldQ false)
 #pragma unroll
   for (int kt = 0; kt < DP / 16; ++kt) {
-    q_times_k2<T, DP, false, true>(a[kt], no_held, q_row, k2_row, kt SA_SITE_NEXT);
-    q_times_k2<T, DP, false, true>(e[kt], no_held, e_row, f_row, kt SA_SITE_NEXT);
+    q_times_k2<T, DP, false, kOneRow>(a[kt], no_held, q_row, k2_row, kt SA_SITE_NEXT);
+    q_times_k2<T, DP, false, kOneRow>(e[kt], no_held, e_row, f_row, kt SA_SITE_NEXT);
   }
 }
 

@@ -57,10 +57,10 @@ struct Reader {
 struct Buffer {
   std::unique_ptr<char, decltype(&free)> data{nullptr, &free};
   size_t bytes = 0;
-  Buffer(size_t n, const char* name, bool writable)
+  Buffer(size_t n, const char* name, bool writable, bool ordered_rmw = false)
       : data(static_cast<char*>(aligned_alloc(256, (n + 255) / 256 * 256 + 256)), &free), bytes(n) {
     memset(data.get(), 0xFF, bytes);
-    sa_emu::register_buffer(data.get(), bytes, name, writable);
+    sa_emu::register_buffer(data.get(), bytes, name, writable, ordered_rmw);
   }
 };
 
@@ -98,7 +98,10 @@ void print_configs() {
   print_config<DqConfig<DP>>("dq_kernel");
   print_config<Dkv1Config<DP>>("dkv1_kernel");
   print_config<Dkv2Config<DP>>("dkv2_kernel");
-  if constexpr (DP <= 128) print_config<DqKv2Config<DP>>("dqkv2_kernel");
+  if constexpr (DP <= 128) {
+    print_config<DqKv2Config<DP, true>>("dqkv2_kernel");  // head packing
+    print_config<DqKv2Config<DP, false>>("dqkv2_kernel_seq");  // sequence tiles
+  }
 }
 
 // fwd / bwd: header {dtype, B, N, Hq, Hkv, D, left1, right1, left2, right2, determinant, packed,
@@ -172,7 +175,8 @@ void run_attention_op(Reader& r, FILE* fout, const std::string& op, const int64_
     const int64_t scratch_floats = bwd_scratch_floats(a);
     std::unique_ptr<Buffer> scratch;
     if (scratch_floats > 0) {
-      scratch = std::make_unique<Buffer>(static_cast<size_t>(scratch_floats) * 4, "scratch", true);
+      // (its rows taken in turn by the threads of a CTA, barriers between: an ordered buffer)
+      scratch = std::make_unique<Buffer>(static_cast<size_t>(scratch_floats) * 4, "scratch", true, true);
       memset(scratch->data.get(), 0, scratch->bytes);
       a.scratch = reinterpret_cast<float*>(scratch->data.get());
     }

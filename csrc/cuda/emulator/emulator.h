@@ -15,7 +15,11 @@
 //     relative, 2^-22 absolute) with a sign that varies with the argument.
 // What it checks (each failure prints what, where, and exits with status 3):
 //   * every global access lies inside a buffer the driver registered; read-only buffers are not
-//     written; no output element is written by two different threads (ownership: no atomics);
+//     written; no output element is written by two different threads (ownership: no atomics),
+//     except in a buffer registered for ordered read-modify-writes (a fused pass's scratch): there
+//     threads of one CTA may take turns on an element when a barrier separates each access from
+//     the other threads' last write and read of it, and no two CTAs of a launch touch it where one
+//     writes (so the order of the adds is the program's, never the schedule's);
 //   * every global and shared access is naturally aligned (a 16-byte vector on 16 bytes, ...);
 //   * shared memory: reads of bytes never written, reads or writes of bytes with a cp.async in
 //     flight, and races: two threads touching the same byte between two barriers where one writes;
@@ -186,11 +190,20 @@ struct SmemShadow {
   bool pending = false;  // a cp.async into it is in flight
 };
 
+// Shadow state of one byte of an ordered read-modify-write buffer: the last write and read, each
+// as (launch, block) << 11, thread and the block's barrier epoch; r_tid -2: several threads read it.
+struct RmwShadow {
+  int64_t w_cta = -1, r_cta = -1;
+  int32_t w_epoch = -1, r_epoch = -1;
+  int16_t w_tid = -1, r_tid = -1;
+};
+
 struct Buffer {
   uintptr_t lo, hi;
   std::string name;
   bool writable;
   std::vector<int64_t> owner;  // per byte: (launch, block, thread) that wrote it, -1 none
+  std::vector<RmwShadow> rmw;  // ordered read-modify-write buffers only (owner unused)
 };
 
 struct Context {
@@ -258,9 +271,12 @@ inline void check_aligned(const void* p, size_t bytes, const char* what) {
 
 // ------------------------------------------------------------------------------------------------
 // Global memory: the driver registers every tensor; kernels may touch nothing else.
-inline void register_buffer(const void* p, size_t bytes, const char* name, bool writable) {
-  Buffer b{reinterpret_cast<uintptr_t>(p), reinterpret_cast<uintptr_t>(p) + bytes, name, writable, {}};
-  if (writable) b.owner.assign(bytes, -1);
+inline void register_buffer(const void* p, size_t bytes, const char* name, bool writable, bool ordered_rmw = false) {
+  Buffer b{reinterpret_cast<uintptr_t>(p), reinterpret_cast<uintptr_t>(p) + bytes, name, writable, {}, {}};
+  if (ordered_rmw)
+    b.rmw.assign(bytes, RmwShadow{});
+  else if (writable)
+    b.owner.assign(bytes, -1);
   ctx().buffers.push_back(std::move(b));
 }
 
@@ -271,9 +287,48 @@ inline Buffer& find_buffer(const void* p, size_t bytes, const char* what) {
   fail("global %s of %zu bytes at %p lies outside every tensor", what, bytes, p);
 }
 
+// The running CTA as (launch, block) << 11 (a thread id fills the low 11 bits).
+inline int64_t cta_key() {
+  Context& c = ctx();
+  const int64_t block_linear =
+      (static_cast<int64_t>(c.block_idx.z) * c.grid.y + c.block_idx.y) * c.grid.x + c.block_idx.x;
+  return (static_cast<int64_t>(c.launch_id) << 40) | (block_linear << 11);
+}
+
+// An access of an ordered read-modify-write buffer (see the header): races with another CTA of the
+// launch or with another thread of the CTA since the last barrier fail.
+inline void rmw_access(Buffer& b, size_t off, size_t bytes, bool write) {
+  Context& c = ctx();
+  const int64_t cta = cta_key();
+  const int16_t me = static_cast<int16_t>(c.cur->tid);
+  const auto other_cta = [&](int64_t k) { return k != -1 && k != cta && (k >> 40) == (cta >> 40); };
+  for (size_t i = off; i < off + bytes; ++i) {
+    RmwShadow& s = b.rmw[i];
+    if (other_cta(s.w_cta) || (write && other_cta(s.r_cta)))
+      fail("race: %s of %s at byte %zu, which another CTA of the launch %s", write ? "write" : "read", b.name.c_str(),
+           i, other_cta(s.w_cta) ? "wrote" : "read");
+    if (s.w_cta == cta && s.w_epoch == c.epoch && s.w_tid != me)
+      fail("race: %s of %s at byte %zu, which thread %d wrote since the last barrier", write ? "write" : "read",
+           b.name.c_str(), i, s.w_tid);
+    if (write && s.r_cta == cta && s.r_epoch == c.epoch && s.r_tid != me)
+      fail("race: write of %s at byte %zu, which another thread read since the last barrier", b.name.c_str(), i);
+    if (write) {
+      s.w_cta = cta;
+      s.w_tid = me;
+      s.w_epoch = c.epoch;
+    } else {
+      const bool again = s.r_cta == cta && s.r_epoch == c.epoch;
+      s.r_tid = again && s.r_tid != me ? int16_t{-2} : me;
+      s.r_cta = cta;
+      s.r_epoch = c.epoch;
+    }
+  }
+}
+
 inline void global_read(const void* p, size_t bytes) {
   check_aligned(p, bytes, "global read");
-  find_buffer(p, bytes, "read");
+  Buffer& b = find_buffer(p, bytes, "read");
+  if (!b.rmw.empty()) rmw_access(b, reinterpret_cast<uintptr_t>(p) - b.lo, bytes, false);
 }
 
 inline void global_write(const void* p, size_t bytes) {
@@ -281,10 +336,9 @@ inline void global_write(const void* p, size_t bytes) {
   Buffer& b = find_buffer(p, bytes, "write");
   if (!b.writable) fail("global write into read-only tensor %s", b.name.c_str());
   Context& c = ctx();
-  const int64_t block_linear =
-      (static_cast<int64_t>(c.block_idx.z) * c.grid.y + c.block_idx.y) * c.grid.x + c.block_idx.x;
-  const int64_t me = ((static_cast<int64_t>(c.launch_id) << 40) | (block_linear << 11)) | c.cur->tid;
+  const int64_t me = cta_key() | c.cur->tid;
   const size_t off = reinterpret_cast<uintptr_t>(p) - b.lo;
+  if (!b.rmw.empty()) return rmw_access(b, off, bytes, true);
   for (size_t i = 0; i < bytes; ++i) {
     int64_t& o = b.owner[off + i];
     if (o != -1 && o != me)

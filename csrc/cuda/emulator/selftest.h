@@ -10,6 +10,13 @@
 //   barrier-divergence   even and odd threads wait at different __syncthreads
 //   shared-race          a shared write read by another thread before a barrier
 //   early-cp-async-read  a cp.async destination read before the copy is waited for
+//   output-two-threads   an output element written by two threads, a barrier between (outputs
+//                        keep one owner)
+//   rmw-unordered        an ordered read-modify-write buffer's element written by one thread and
+//                        read by another before a barrier
+//   rmw-two-ctas         two CTAs of a launch adding into one element of such a buffer
+//   rmw-ordered          threads of one CTA adding into one element in turn, barriers between:
+//                        allowed (prints the sum)
 //   order                prints the order CTAs and (first round of) threads ran in
 //   special-functions    prints exp2 / log2 of a few arguments (with --fast-math: the MUFU model)
 #pragma once
@@ -74,6 +81,42 @@ inline int run_selftest(const std::string& name) {
       (void)sload(s + thread_id());
       cp_async_wait<0>();
     });
+  } else if (name == "output-two-threads") {
+    launch1("output_two_threads", 64, 0, [] {
+      if (thread_id() == 0) gstore(global, 1.f);
+      cta_sync();
+      if (thread_id() == 1) gstore(global, 2.f);
+    });
+  } else if (name.rfind("rmw-", 0) == 0) {
+    alignas(16) static float scratch[16] = {};
+    sa_emu::register_buffer(scratch, sizeof(scratch), "ordered", true, true);
+    const auto add = [](int tid) {
+      if (thread_id() == tid) gstore(scratch, gload(scratch) + 1.f);
+    };
+    if (name == "rmw-unordered") {
+      launch1("rmw_unordered", 64, 0, [&] {
+        add(0);
+        add(1);
+        cta_sync();
+      });
+    } else if (name == "rmw-two-ctas") {
+      sa_emu::launch("rmw_two_ctas", 0, sa_emu::Dim3{2, 1, 1}, sa_emu::Dim3{32, 1, 1}, 0, [&] {
+        add(0);
+        cta_sync();
+      });
+    } else if (name == "rmw-ordered") {
+      launch1("rmw_ordered", 64, 0, [&] {
+        for (int t = 0; t < 3; ++t) {
+          add(t * 17);
+          cta_sync();
+        }
+      });
+      printf("sum %g\n", scratch[0]);
+      return 0;
+    } else {
+      fprintf(stderr, "unknown selftest %s\n", name.c_str());
+      return 2;
+    }
   } else if (name == "order") {
     std::string blocks, threads;
     sa_emu::launch("order", 0, sa_emu::Dim3{8, 1, 1}, sa_emu::Dim3{64, 1, 1}, 0, [&] {

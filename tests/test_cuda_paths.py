@@ -68,8 +68,9 @@ EXPECTED_PATHS = {
             ["tile: a position per row", "scratch: a row's partials added from registers", "ring: rows wrap around"],
             (64, 128),
         ),
-        # the pair operands held over the j loop at 128 (sm_80's form; sm_86 / sm_90 rebuild as 64)
-        "operands: pairs held over the j loop": (128,),
+        # the pair operands held over the j loop at 128 (sm_80's form; sm_86 / sm_90 rebuild as the
+        # packed tiles do at 64) and, for sequence tiles, at 64
+        "operands: pairs held over the j loop": (64, 128),
         "operands: pairs rebuilt every step": (64,),
     },
     "dkv2_reduce_kernel": dict.fromkeys(

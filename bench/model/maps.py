@@ -449,7 +449,8 @@ def cuda_dqkv2(s, dp, arch=None):
     a span, offsets u (the epilogue: head sums, scratch adds, the next u's k2 / v2 rows and, once
     a tile, its q / dout), j blocks (a step: the k1 / v1 block's loads), and kt (logits_and_dp's
     DP / 16 k-steps, unroll 2) except where the kernel holds the pair operands over the j loop
-    (kHold: D = 128 on sm_80; held_logits_and_dp's k-steps are unrolled). Sequence tiles (Hq ==
+    (kHold: D = 128 on sm_80, and the sequence tiles at 64; held_logits_and_dp's k-steps are
+    unrolled). Sequence tiles (Hq ==
     Hkv, variant "seq"): 32 positions a tile, each row's scratch adds unrolled in the u epilogue
     (no loop), the next u's one k2 / v2 row there too."""
     L1, R1, L2, R2 = _swapped(s)
@@ -462,7 +463,8 @@ def cuda_dqkv2(s, dp, arch=None):
     ctas, layers, hblk = cuda_dqkv2_plan(s, dp)
     mult = s.B * s.Hkv * hblk
     steps = int((jb * u).sum()) * mult
-    hold = dp == 128 and arch == "sm80"  # bwd_dqkv2_kernel.cuh kHold
+    # bwd_dqkv2_kernel.cuh kHold: sm_80 at 128; the sequence tiles also at 64 on every arch
+    hold = (dp == 128 and arch == "sm80") or (dp == 64 and heads < 16)
     scratch = 8 * layers * s.B * s.N * s.Hkv * hblk * s.D
     return Trips(
         ctas=ctas,

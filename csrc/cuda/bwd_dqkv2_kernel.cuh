@@ -1,7 +1,8 @@
-// Backward, dq + dk2 + dv2 in one pass over the query tiles (issue 24), for head packing of >= 16
-// query heads per position (each warp's 16 rows at one position, as dq's and the forward's
-// kOneRow), trilinear logits and head dims <= 128. Per tile of (position, head) rows and per
-// offset u (k = i - u), with dA = P (dP - Delta) (CONTRACT §1):
+// Backward, dq + dk2 + dv2 in one pass over the query tiles (issue 24), trilinear logits, head dims
+// <= 128, in two forms (DqKv2Config's kOneRow): head packing of >= 16 query heads per position
+// (each warp's 16 rows at one position, as dq's and the forward's kOneRow), or sequence tiles of
+// one head and 32 positions where Hq == Hkv (see "Sequence tiles" below). Per tile of (position,
+// head) rows and per offset u (k = i - u), with dA = P (dP - Delta) (CONTRACT §1):
 //
 //     S  = (q ⊙ k2[i - u]) @ k1_blk^T        P = exp(scale * S - lse - lse_lo)   (numerics.cuh)
 //     dP = (dout ⊙ v2[i - u]) @ v1_blk^T     over the j blocks of the window, then
@@ -33,6 +34,17 @@
 // next step's loads anyway. dkv2_reduce_kernel then sums the layers and head blocks in a fixed
 // order. Scratch: 2 x layers x (B * N) x Hkv x head_blocks x D float32, zeroed by the caller;
 // layers <= 4 by the plan (launch_bwd.cuh plan_dqkv2), head_blocks = ceil(group / 32).
+//
+// Sequence tiles (Hq == Hkv: one head, rows = 32 consecutive positions). Each row has its own k =
+// pos - u, so S / dP read a k2 / v2 row per row (logits_and_dp's ldmatrix form) and there are no
+// head sums: a row's x ⊙ q and y ⊙ dout are scratch row k's whole additions from this u. They go
+// from the lane's registers into the scratch (add_row_partials): at one u the rows' k differ and
+// the column warps' columns differ, so no two threads touch one element; scratch row k is added
+// to by row k + u at each offset u in turn, the u's barriers between (the emulator checks such
+// turns on the scratch, an ordered read-modify-write buffer), so the order of the adds is fixed.
+// The k2 / v2 rows live in a ring of 33 rows (row k in slot k mod 33): offsets u and u + 1 share
+// 31 of their 32 rows, so each u's epilogue loads the next u's one new row (into the slot offset
+// u - 1's last row held) and a tile's first u all 32 (after the previous tile's last [R]).
 #pragma once
 
 #include "fragments.cuh"
@@ -76,10 +88,13 @@ struct DqKv2Config {
   static constexpr int kQueryBufs = DP == 128 ? 1 : 2;
   static constexpr int kDqLd = DP + 8;  // sdq's row stride in floats (fewer bank conflicts than DP)
   // The pair operands q ⊙ k2 and dout ⊙ v2 held as A fragments over an offset's j loop (64
-  // registers at 128) instead of rebuilt from shared memory every step. At 64 ptxas for sm_80
-  // spills 16-20 bytes with them (one q / dout buffer or two), and at 128 for sm_86 / sm_90 12-16
-  // (common.cuh): those rebuild (the kernel's kHold; the emulator runs both forms, 128 and 64).
-  static constexpr bool kHoldPairs = DP == 128;
+  // registers at 128) instead of rebuilt from shared memory every step. Packed: at 64 ptxas for
+  // sm_80 spills 16-20 bytes with them (one q / dout buffer or two), and at 128 for sm_86 / sm_90
+  // 12-16 (common.cuh): those rebuild. Sequence tiles: at 128 sm_86 / sm_90 spill 24-32 bytes,
+  // at 64 no arch does, so they hold there everywhere (kHoldOnAllArchs). The kernel's kHold; the
+  // emulator runs both forms (packed 128 held, packed 64 rebuilt).
+  static constexpr bool kHoldPairs = DP == 128 || !kOneRow;
+  static constexpr bool kHoldOnAllArchs = DP == 64 && !kOneRow;
   // q and dout, the k1/v1 stages, the k2/v2 rows (two buffers each), sx, sred, sdq.
   static constexpr int kSmemBytes = kRowBytes * (2 * kQueryBufs * kRows + 2 * kStages * kBlockJ + 2 * kKv2Rows) +
                                     kXWords * 4 + kRedFloats * 4 + kRows * kDqLd * 4;
@@ -224,7 +239,7 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BJ = Cfg::kBlockJ, WJ = Cfg::kWarpJ, WC = Cfg::kWarpCols;
   constexpr int kThreads = Cfg::kThreads, kRowWarps = Cfg::kRowWarps;
   using TileT = Tile<T, DP>;
-  constexpr bool kHold = Cfg::kHoldPairs && !kSm86Device && !kSm90Device;
+  constexpr bool kHold = Cfg::kHoldPairs && (Cfg::kHoldOnAllArchs || (!kSm86Device && !kSm90Device));
   constexpr bool kOneRow = Cfg::kPacked;
 
   // ---- The CTA's span: tiles ti < n_tiles of positions span_p0 + ti * positions (query_tile_at).

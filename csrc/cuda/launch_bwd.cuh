@@ -4,9 +4,10 @@
 //   2. dq             per query tile
 //   3. dk1, dv1       per k1/v1 tile, looping over the query heads of its kv head
 //   4. dk2, dv2       per k2/v2 tile, likewise
-// except that with >= 16 query heads packed per position (trilinear logits, head dims <= 128)
-// 2 and 4 are one pass over the query tiles, dqkv2_kernel (dq, and dk2 / dv2 partials into a
-// zeroed float32 scratch the caller allocates: bwd_scratch_floats), then dkv2_reduce_kernel.
+// except that with >= 16 query heads packed per position, or with Hq == Hkv (trilinear logits,
+// head dims <= 128), 2 and 4 are one pass over the query tiles, dqkv2_kernel (dq, and dk2 / dv2
+// partials into a zeroed float32 scratch the caller allocates: bwd_scratch_floats), then
+// dkv2_reduce_kernel.
 // This file: the tensor-core kernels (fp16 / bf16), included by bwd_fp16.cu and bwd_bf16.cu;
 // fp32 runs the SIMT kernels (launch_simt.cuh).
 #pragma once
@@ -36,17 +37,20 @@ void set_grad_params(Params& p, const BwdArgs& a, int elem_bytes) {
 
 // The fused dq + dk2 + dv2 pass (bwd_dqkv2_kernel.cuh), planned from the call (keys already
 // swapped: with_smaller_window_second). THE place that chooses it: >= 16 query heads packed per
-// position (each warp's 16 rows at one position: the head sums are sums over a warp's rows),
-// trilinear logits (the determinant's cross-product epilogues need the registers the fused
-// accumulators take) and head dims <= 128 (three 64-column fp32 accumulators per lane at 128).
-// Other calls run dq and dkv2.
+// position (each warp's 16 rows at one position: the head sums are sums over a warp's rows) or
+// Hq == Hkv (sequence tiles of one head: no head sums), trilinear logits (the determinant's
+// cross-product epilogues need the registers the fused accumulators take) and head dims <= 128
+// (three 64-column fp32 accumulators per lane at 128). Other calls run dq and dkv2: GQA groups of
+// 2 to 15 too, whose sequence tiles would need a scratch block per query head (head_blocks =
+// group).
 //
 // Spans: a CTA walks span_tiles tiles, S = span_tiles * positions positions, and adds into scratch
 // layer span % layers, layers = 1 + ceil((L2 + R2) / S) (capped by the spans per sequence). S is
 // at least L2 + R2 (2 layers) where that leaves kDqKv2MinCtas CTAs, else shrinks, never below
 // (L2 + R2) / 3 (so at most 4 layers). Scratch: 2 x layers x (B * N) x Hkv x head_blocks x D
-// float32, head_blocks = ceil(group / 32): at the target shape (B = 2, N = 16384, Hkv = 1, 64 heads,
-// D = 128, w2 = 32) 2 layers x 2 head blocks, 128 MiB.
+// float32, head_blocks = ceil(group / 32) (1 with Hq == Hkv): at the target shape (B = 2, N =
+// 16384, Hkv = 1, 64 heads, D = 128, w2 = 32) 2 layers x 2 head blocks, 128 MiB; with Hq == Hkv
+// 2 layers, 4 floats per element of k2 (512 MiB at B = 2, N = 8192, Hq = Hkv = 16, D = 128).
 struct DqKv2Plan {
   bool fused = false, packed = false;
   int log2_heads = 0, head_blocks = 0, span_tiles = 0, spans = 0, layers = 0;

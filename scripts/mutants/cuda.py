@@ -26,6 +26,11 @@ FUSED_64 = [EMU, "-k", "match_oracle and (N50-Hq16-Hkv1-D64-w1_48-w2_3-causal-fl
 FUSED_128 = [EMU, "-k", "match_oracle and (N41-Hq16-Hkv1-D120 or N50-Hq16-Hkv1-D128)"]
 # Packed sequences under head packing (the fused pass's scratch rows of each sequence).
 FUSED_VARLEN = [FEATURES, "-k", "varlen and Hq16"]
+# The fused pass's sequence tiles (Hq == Hkv): spans of two tiles over three layers and scalar loads at
+# 64, scalar loads with three kv heads at 128 (where the pair operands are held), packed sequences.
+SEQ_64 = [EMU, "-k", "match_oracle and (N100-Hq1-Hkv1 or N9-Hq1-Hkv1-D20)"]
+SEQ_128 = [EMU, "-k", "match_oracle and (N40-Hq3-Hkv3 or N20-Hq4-Hkv4)"]
+SEQ_VARLEN = [FEATURES, "-k", "varlen and Hq2-Hkv2"]
 
 MUTANTS = [
     # ---- device branches (common.cuh inline PTX): the SASS probes
@@ -332,10 +337,10 @@ MUTANTS = [
     dict(
         name="cuda-dqkv2-without-head-packing",
         path="csrc/cuda/launch_bwd.cuh",
-        old="if (a.prob.determinant || heads < 16) return pl;",
-        new="if (a.prob.determinant) return pl;",
-        tests=PIPELINE_64,
-        why="the fused pass (one position per warp) chosen without head packing: a warp's rows at 16 positions",
+        old="pl.packed = heads >= 16;",
+        new="pl.packed = true;",
+        tests=SEQ_64,
+        why="the packed form (one position per warp) run on Hq == Hkv's sequence tiles: a warp's rows at 16 positions",
     ),
     dict(
         name="cuda-dqkv2-one-row-dp-reads-k2-for-v2",
@@ -380,16 +385,16 @@ MUTANTS = [
     dict(
         name="cuda-dqkv2-held-pairs-of-the-first-u",
         path="csrc/cuda/bwd_dqkv2_kernel.cuh",
-        old="        pair_operands<T, DP>(a_held, e_held,",
-        new="        if (u == qt.u_lo) pair_operands<T, DP>(a_held, e_held,",
+        old="        pair_operands<T, DP, kOneRow>(a_held, e_held,",
+        new="        if (u == qt.u_lo) pair_operands<T, DP, kOneRow>(a_held, e_held,",
         tests=FUSED_128,
         why="the pair operands built at a tile's first offset only: later offsets multiply stale q * k2 rows",
     ),
     dict(
         name="cuda-dqkv2-x-not-reset-per-u",
         path="csrc/cuda/bwd_dqkv2_kernel.cuh",
-        old="      zero_acc(x);\n      zero_acc(y);\n      cta_sync();  // [R]",
-        new="      cta_sync();  // [R]",
+        old="        zero_acc(x);\n        zero_acc(y);\n        cta_sync();  // [R]: every row warp's",
+        new="        cta_sync();  // [R]: every row warp's",
         tests=FUSED_64,
         why="x and y carried from one offset u into the next: each u's partials counted again at every later u",
     ),
@@ -432,6 +437,79 @@ MUTANTS = [
         new="const int64_t row = static_cast<int64_t>(seq.batch) * p.N + k;",
         tests=FUSED_VARLEN,
         why="a packed sequence's dk2 / dv2 partials added at the first sequence's rows (position, not row)",
+    ),
+    dict(
+        name="cuda-dqkv2-seq-x-not-reset-per-u",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="        zero_acc(x);\n        zero_acc(y);\n        cta_sync();  // [R]: this u's reads",
+        new="        cta_sync();  // [R]: this u's reads",
+        tests=SEQ_64,
+        why="sequence tiles: x and y carried into the next offset, so each row's partials reach later rows k again",
+    ),
+    dict(
+        name="cuda-dqkv2-seq-partial-dropped",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="gstore(dk + c, gload(dk + c) + x[nt][2 * h] * wq.x);",
+        new="gstore(dk + c, x[nt][2 * h] * wq.x);",
+        tests=SEQ_64,
+        why="sequence tiles: a row's dk2 partial overwrites the scratch row, dropping the earlier offsets' adds",
+    ),
+    dict(
+        name="cuda-dqkv2-seq-partial-counted-twice",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="        add_row_partials<T, WC / 8>(x, y, q_h, do_h, o.ok, lr, qt, p.scratch, layer, hb, col0w, u, D, p.N);\n",
+        new="        add_row_partials<T, WC / 8>(x, y, q_h, do_h, o.ok, lr, qt, p.scratch, layer, hb, col0w, u, D, p.N);\n"
+        "        add_row_partials<T, WC / 8>(x, y, q_h, do_h, o.ok, lr, qt, p.scratch, layer, hb, col0w, u, D, p.N);\n",
+        tests=SEQ_64,
+        why="sequence tiles: each row's partials added into the scratch twice",
+    ),
+    dict(
+        name="cuda-dqkv2-seq-row-of-the-wrong-sequence",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="const int64_t row = static_cast<int64_t>(qt.seq.batch) * N + qt.seq.row0 + (lr.pos[h] - u);",
+        new="const int64_t row = static_cast<int64_t>(qt.seq.batch) * N + (lr.pos[h] - u);",
+        tests=SEQ_VARLEN,
+        why="sequence tiles: a packed sequence's partials added at the first sequence's rows (position, not row)",
+    ),
+    dict(
+        name="cuda-dqkv2-seq-dq-of-the-first-rows-k2",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="const float2 w1 = kOneRow ? w0 : sload_pair(k2_h[1], col0w + n8 * 8 + frag_col(0));",
+        new="const float2 w1 = w0;",
+        tests=SEQ_128,
+        why="sequence tiles: dq of a lane's second fragment row (8 positions on) multiplied by the first row's k2",
+    ),
+    dict(
+        name="cuda-dqkv2-ring-next-row-not-loaded",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="load_ring(qt.rt.p0 - (u + 1), 1);",
+        new="load_ring(qt.rt.p0 - u, 1);",
+        tests=SEQ_64,
+        why="the ring's new row for offset u + 1 not loaded (u's first row again): its slot keeps offset u - 1's last",
+    ),
+    dict(
+        name="cuda-dqkv2-ring-slot-of-a-negative-row",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="return (k % kRing + kRing) % kRing;",
+        new="return k % kRing;",
+        tests=SEQ_64,
+        why="a row before the sequence's start (k < 0) given a negative ring slot: before the ring's first row",
+    ),
+    dict(
+        name="cuda-dqkv2-ring-of-the-previous-tile",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="      if constexpr (!kOneRow) load_ring(nt.rt.p0 - nt.u_lo, positions);\n",
+        new="",
+        tests=SEQ_64,
+        why="the next tile's k2 / v2 rows never loaded into the ring: its offsets read the previous tile's rows",
+    ),
+    dict(
+        name="cuda-dqkv2-seq-ring-without-end-barrier",
+        path="csrc/cuda/bwd_dqkv2_kernel.cuh",
+        old="        cta_sync();  // [R]: this u's reads of the k2 / v2 ring are done\n",
+        new="",
+        tests=SEQ_64,
+        why="no barrier after a u's epilogue: the next tile's ring rows land while other warps still read the last u's",
     ),
     dict(
         name="cuda-fwd-interior-forgets-the-right-edge",

@@ -168,7 +168,8 @@ def test_every_instantiation_is_built(table, archs):
             want |= {(arch, k, "det", dt, hd) for k in cuda_report.VARIANT_KERNELS for dt in ("fp16", "bf16")}
             if hd in cuda_report.ONE_ROW_HEAD_DIMS:
                 want |= {(arch, k, "one_row", dt, hd) for k in cuda_report.ONE_ROW_KERNELS for dt in ("fp16", "bf16")}
-                want |= {(arch, k, v, dt, hd) for k in cuda_report.FUSED_KERNELS for v in ("", "seq") for dt in ("fp16", "bf16")}
+                fused = cuda_report.FUSED_KERNELS
+                want |= {(arch, k, v, dt, hd) for k in fused for v in ("", "seq") for dt in ("fp16", "bf16")}
             want |= {(arch, k, "", "fp32", hd) for k in cuda_report.SIMT_KERNELS}
             want |= {(arch, k, "", dt, hd) for k in cuda_report.DECODE_KERNELS for dt in ("fp16", "bf16", "fp32")}
         want |= {(arch, "delta_kernel", "", dt, None) for dt in ("fp16", "bf16", "fp32")}

@@ -32,6 +32,11 @@ SEQ_64 = [EMU, "-k", "match_oracle and (N100-Hq1-Hkv1 or N9-Hq1-Hkv1-D20)"]
 SEQ_128 = [EMU, "-k", "match_oracle and (N40-Hq3-Hkv3 or N20-Hq4-Hkv4)"]
 SEQ_VARLEN = [FEATURES, "-k", "varlen and Hq2-Hkv2"]
 
+# The sequence tiles' scratch adds of one offset (bwd_dqkv2_kernel.cuh), a whole line.
+_ADD_ROW_PARTIALS = (
+    "        add_row_partials<T, WC / 8>(x, y, q_h, do_h, o.ok, lr, qt, p.scratch, layer, hb, col0w, u, D, p.N);\n"
+)
+
 MUTANTS = [
     # ---- device branches (common.cuh inline PTX): the SASS probes
     dict(
@@ -457,9 +462,8 @@ MUTANTS = [
     dict(
         name="cuda-dqkv2-seq-partial-counted-twice",
         path="csrc/cuda/bwd_dqkv2_kernel.cuh",
-        old="        add_row_partials<T, WC / 8>(x, y, q_h, do_h, o.ok, lr, qt, p.scratch, layer, hb, col0w, u, D, p.N);\n",
-        new="        add_row_partials<T, WC / 8>(x, y, q_h, do_h, o.ok, lr, qt, p.scratch, layer, hb, col0w, u, D, p.N);\n"
-        "        add_row_partials<T, WC / 8>(x, y, q_h, do_h, o.ok, lr, qt, p.scratch, layer, hb, col0w, u, D, p.N);\n",
+        old=_ADD_ROW_PARTIALS,
+        new=_ADD_ROW_PARTIALS * 2,
         tests=SEQ_64,
         why="sequence tiles: each row's partials added into the scratch twice",
     ),

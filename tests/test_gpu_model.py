@@ -362,6 +362,17 @@ def test_committed_results_meet_the_issue_targets():
     assert cuda_bwd["ceiling_tflops"]["A100 SXM"]["overlapped"] >= 0.45 * a100, cuda_bwd["ceiling_tflops"]
 
 
+def test_committed_cuda_backward_without_gqa_runs_the_fused_pass():
+    """Issue 24 asks for ~16*D of MMA per triple for Hq == Hkv as well: the CUDA backward there runs
+    the fused pass's sequence tiles (dqkv2 + reduce + dkv1, maps.pass_kernels), 1.25 MMA issued per
+    counted FLOP where dq + dkv1 + dkv2 (S and dP computed three times) issued 1.74."""
+    recs = [r for r in _committed()["records"] if r["shape"] == shapes.NO_GQA.label() and r.get("scope") == "pass"]
+    for arch in gpu_model.CUDA_ARCHS:
+        row = next(r for r in recs if (r["backend"], r["arch"], r["pass"]) == ("cuda", arch, "bwd"))
+        assert "dqkv2_kernel" in row["kernel"] and "dq_kernel" not in row["kernel"], row["kernel"]
+        assert 1.15 <= row["mma_issued_per_counted"] <= 1.30, (arch, row["mma_issued_per_counted"])
+
+
 def test_every_shipped_kernel_has_a_row():
     """In the committed results, every kernel of both passes has a modelled row on every arch it is
     compiled for, at every padded head dim (the Triton D classes, the CUDA instantiations) where a

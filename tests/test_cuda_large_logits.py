@@ -42,14 +42,14 @@ def _dyadic(gen, shape, values):
     return torch.tensor(values, dtype=torch.float64)[idx] * sign
 
 
-def _inputs(dtype, magnitudes, seed=0):
+def _inputs(dtype, magnitudes, seed=0, hq=HQ, hkv=HKV):
     """Batch element b has logits magnitudes[b] + an O(1) dyadic spread: the magnitude rides on the
     first channel(s) (q = L / m, k1 = k2 = 1), the spread on the others (q, k1, k2 in {+-1, +-1/2},
     products multiples of 1/8), so every partial sum of every logit is exact in fp32."""
     gen = torch.Generator().manual_seed(seed)
     B = len(magnitudes)
-    q = _dyadic(gen, (B, N, HQ, D), [1.0, 0.5])
-    k1, k2 = (_dyadic(gen, (B, N, HKV, D), [1.0, 0.5]) for _ in range(2))
+    q = _dyadic(gen, (B, N, hq, D), [1.0, 0.5])
+    k1, k2 = (_dyadic(gen, (B, N, hkv, D), [1.0, 0.5]) for _ in range(2))
     for b, mag in enumerate(magnitudes):
         m = 1
         while dtype == torch.float16 and mag / m > FP16_MAX_INPUT:
@@ -58,8 +58,8 @@ def _inputs(dtype, magnitudes, seed=0):
         k1[b, ..., :m] = k2[b, ..., :m] = 1.0
         if mag > RESOLVABLE:
             q[b, ..., m:] = 0.0
-    v1, v2 = (torch.randn(B, N, HKV, D, generator=gen, dtype=torch.float64) for _ in range(2))
-    dout = torch.randn(B, N, HQ, D, generator=gen, dtype=torch.float64)
+    v1, v2 = (torch.randn(B, N, hkv, D, generator=gen, dtype=torch.float64) for _ in range(2))
+    dout = torch.randn(B, N, hq, D, generator=gen, dtype=torch.float64)
     return [t.to(dtype) for t in (q, k1, k2, v1, v2, dout)]
 
 
@@ -76,8 +76,19 @@ def _bound(dtype, magnitude):
     "dtype", [torch.float32, torch.bfloat16, torch.float16], ids=lambda d: str(d).removeprefix("torch.")
 )
 def test_logit_magnitude_sweep(dtype, fast_math):
+    _sweep(dtype, fast_math, HQ, HKV)
+
+
+@pytest.mark.parametrize("fast_math", [False, True], ids=["exact", "fast_math"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=lambda d: str(d).removeprefix("torch."))
+def test_logit_magnitude_sweep_without_gqa(dtype, fast_math):
+    """Hq == Hkv: the backward's fused pass in sequence tiles (bwd_dqkv2_kernel.cuh), not dq + dkv2."""
+    _sweep(dtype, fast_math, 1, 1)
+
+
+def _sweep(dtype, fast_math, hq, hkv):
     magnitudes = MAGNITUDES_FP16 if dtype == torch.float16 else MAGNITUDES
-    q, k1, k2, v1, v2, dout = _inputs(dtype, magnitudes)
+    q, k1, k2, v1, v2, dout = _inputs(dtype, magnitudes, hq=hq, hkv=hkv)
     prob = Problem(*bands(W1, W2, True), 1.0)
     out, lse, lse_lo = emu.fused_fwd(q, k1, k2, v1, v2, prob, fast_math=fast_math)
     grads = emu.fused_bwd(dout, q, k1, k2, v1, v2, out, lse, lse_lo, prob, fast_math=fast_math)

@@ -206,7 +206,9 @@ SA_DEV void load_rows_async(const Tile<T, DP>& dst, const TensorRef& t, const Se
 // Sequence tiles (one head, a position per row): scratch row k = pos - u of each of the lane's two
 // fragment rows h += t ⊙ w over the lane's columns col0 + 8 nt + frag_col(0) + {0, 1} (< D), for
 // (t, w) = (x, q) (dk2's partial, `which` 0) and (y, dout) (dv2's, 1); rows whose k lies outside the
-// sequence (ok false) or that do not exist add nothing.
+// sequence (ok false) or that do not exist add nothing. A row's scratch values are all loaded
+// before any is stored, so their latencies overlap (stores first would order each load after
+// the previous store, which the compiler cannot prove disjoint).
 template <class T, int kTiles>
 SA_DEV void add_row_partials(const float (&x)[kTiles][4], const float (&y)[kTiles][4], const T* const (&q)[2],
                              const T* const (&dout)[2], const bool (&ok)[2], const LaneRows& lr, const QueryTile& qt,
@@ -217,17 +219,27 @@ SA_DEV void add_row_partials(const float (&x)[kTiles][4], const float (&y)[kTile
     const int64_t row = static_cast<int64_t>(qt.seq.batch) * N + qt.seq.row0 + (lr.pos[h] - u);
     float* const dk = sc.at(0, layer, row, qt.g, hb, 0);
     float* const dv = sc.at(1, layer, row, qt.g, hb, 0);
+    float old_k[kTiles][2], old_v[kTiles][2];
+#pragma unroll
+    for (int nt = 0; nt < kTiles; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = col0 + nt * 8 + frag_col(0) + e;
+        old_k[nt][e] = c < D ? gload(dk + c) : 0.f;
+        old_v[nt][e] = c < D ? gload(dv + c) : 0.f;
+      }
+    }
 #pragma unroll
     for (int nt = 0; nt < kTiles; ++nt) {
       const int c = col0 + nt * 8 + frag_col(0);
       const float2 wq = sload_pair(q[h], c), wd = sload_pair(dout[h], c);
       if (c < D) {
-        gstore(dk + c, gload(dk + c) + x[nt][2 * h] * wq.x);
-        gstore(dv + c, gload(dv + c) + y[nt][2 * h] * wd.x);
+        gstore(dk + c, old_k[nt][0] + x[nt][2 * h] * wq.x);
+        gstore(dv + c, old_v[nt][0] + y[nt][2 * h] * wd.x);
       }
       if (c + 1 < D) {
-        gstore(dk + c + 1, gload(dk + c + 1) + x[nt][2 * h + 1] * wq.y);
-        gstore(dv + c + 1, gload(dv + c + 1) + y[nt][2 * h + 1] * wd.y);
+        gstore(dk + c + 1, old_k[nt][1] + x[nt][2 * h + 1] * wq.y);
+        gstore(dv + c + 1, old_v[nt][1] + y[nt][2 * h + 1] * wd.y);
       }
     }
   }

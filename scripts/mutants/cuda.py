@@ -454,7 +454,7 @@ MUTANTS = [
     dict(
         name="cuda-dqkv2-seq-partial-dropped",
         path="csrc/cuda/bwd_dqkv2_kernel.cuh",
-        old="gstore(dk + c, gload(dk + c) + x[nt][2 * h] * wq.x);",
+        old="gstore(dk + c, old_k[nt][0] + x[nt][2 * h] * wq.x);",
         new="gstore(dk + c, x[nt][2 * h] * wq.x);",
         tests=SEQ_64,
         why="sequence tiles: a row's dk2 partial overwrites the scratch row, dropping the earlier offsets' adds",

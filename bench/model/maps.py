@@ -450,9 +450,8 @@ def cuda_dqkv2(s, dp, arch=None):
     a tile, its q / dout), j blocks (a step: the k1 / v1 block's loads), and kt (logits_and_dp's
     DP / 16 k-steps, unroll 2) except where the kernel holds the pair operands over the j loop
     (kHold: D = 128 on sm_80, and the sequence tiles at 64; held_logits_and_dp's k-steps are
-    unrolled). Sequence tiles (Hq ==
-    Hkv, variant "seq"): 32 positions a tile, each row's scratch adds unrolled in the u epilogue
-    (no loop), the next u's one k2 / v2 row there too."""
+    unrolled). Sequence tiles (Hq == Hkv, variant "seq"): 32 positions a tile, each row's scratch
+    adds unrolled in the u epilogue (no loop), the next u's one k2 / v2 row there too."""
     L1, R1, L2, R2 = _swapped(s)
     heads = _heads_per_tile(s.group, 32)
     positions = 32 // heads

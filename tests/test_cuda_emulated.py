@@ -194,6 +194,7 @@ FAULTS = {
     "output-two-threads": r"element of global at byte 0 written by two threads .*: outputs must have one owner",
     "rmw-unordered": r"race: read of ordered at byte 0, which thread [01] wrote since the last barrier",
     "rmw-two-ctas": r"race: (read|write) of ordered at byte 0, which another CTA of the launch (wrote|read)",
+    "rmw-read-elsewhere": r"race: write of ordered at byte 0, which another CTA of the launch read",
 }
 
 

@@ -191,9 +191,10 @@ struct SmemShadow {
 };
 
 // Shadow state of one byte of an ordered read-modify-write buffer: the last write and read, each
-// as (launch, block) << 11, thread and the block's barrier epoch; r_tid -2: several threads read it.
+// as (launch, block) << 11, thread and the block's barrier epoch; r_tid -2: several threads read it;
+// r_shared_launch: the launch in which two or more CTAs read it (-1 none).
 struct RmwShadow {
-  int64_t w_cta = -1, r_cta = -1;
+  int64_t w_cta = -1, r_cta = -1, r_shared_launch = -1;
   int32_t w_epoch = -1, r_epoch = -1;
   int16_t w_tid = -1, r_tid = -1;
 };
@@ -304,7 +305,8 @@ inline void rmw_access(Buffer& b, size_t off, size_t bytes, bool write) {
   const auto other_cta = [&](int64_t k) { return k != -1 && k != cta && (k >> 40) == (cta >> 40); };
   for (size_t i = off; i < off + bytes; ++i) {
     RmwShadow& s = b.rmw[i];
-    if (other_cta(s.w_cta) || (write && other_cta(s.r_cta)))
+    const bool read_elsewhere = other_cta(s.r_cta) || s.r_shared_launch == (cta >> 40);
+    if (other_cta(s.w_cta) || (write && read_elsewhere))
       fail("race: %s of %s at byte %zu, which another CTA of the launch %s", write ? "write" : "read", b.name.c_str(),
            i, other_cta(s.w_cta) ? "wrote" : "read");
     if (s.w_cta == cta && s.w_epoch == c.epoch && s.w_tid != me)
@@ -317,6 +319,7 @@ inline void rmw_access(Buffer& b, size_t off, size_t bytes, bool write) {
       s.w_tid = me;
       s.w_epoch = c.epoch;
     } else {
+      if (other_cta(s.r_cta)) s.r_shared_launch = cta >> 40;
       const bool again = s.r_cta == cta && s.r_epoch == c.epoch;
       s.r_tid = again && s.r_tid != me ? int16_t{-2} : me;
       s.r_cta = cta;

@@ -15,6 +15,8 @@
 //   rmw-unordered        an ordered read-modify-write buffer's element written by one thread and
 //                        read by another before a barrier
 //   rmw-two-ctas         two CTAs of a launch adding into one element of such a buffer
+//   rmw-read-elsewhere   three CTAs read one element of such a buffer, the last one then writes
+//                        it (the first CTA's read is the race)
 //   rmw-ordered          threads of one CTA adding into one element in turn, barriers between:
 //                        allowed (prints the sum)
 //   order                prints the order CTAs and (first round of) threads ran in
@@ -103,6 +105,14 @@ inline int run_selftest(const std::string& name) {
       sa_emu::launch("rmw_two_ctas", 0, sa_emu::Dim3{2, 1, 1}, sa_emu::Dim3{32, 1, 1}, 0, [&] {
         add(0);
         cta_sync();
+      });
+    } else if (name == "rmw-read-elsewhere") {
+      sa_emu::launch("rmw_read_elsewhere", 0, sa_emu::Dim3{3, 1, 1}, sa_emu::Dim3{32, 1, 1}, 0, [&] {
+        if (thread_id() == 0) (void)gload(scratch);
+        cta_sync();
+        // whichever CTA runs last writes (CTAs run one after another, in a shuffled order)
+        static int done = 0;
+        if (thread_id() == 0 && ++done == 3) gstore(scratch, 1.f);
       });
     } else if (name == "rmw-ordered") {
       launch1("rmw_ordered", 64, 0, [&] {

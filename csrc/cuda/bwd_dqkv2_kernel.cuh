@@ -29,11 +29,12 @@
 // span_tiles consecutive tiles of one sequence (p.span_tiles * positions positions, one tile after
 // the other), so it touches rows k in [P0 - L2, P0 + S - 1 + R2] only. It adds into layer
 // span % layers of the scratch, at the rows' absolute positions, with layers = 1 + ceil((L2 + R2)
-// / S) (capped by the spans): the rows of one layer's CTAs are disjoint. Within a CTA one thread
-// owns each scratch column (static_assert below), and B2 orders one step's stores before the
-// next step's loads anyway. dkv2_reduce_kernel then sums the layers and head blocks in a fixed
-// order. Scratch: 2 x layers x (B * N) x Hkv x head_blocks x D float32, zeroed by the caller;
-// layers <= 4 by the plan (launch_bwd.cuh plan_dqkv2), head_blocks = ceil(group / 32).
+// / S) (capped by the spans): the rows of one layer's CTAs are disjoint. Within a packed CTA one
+// thread owns each scratch column (static_assert below), and B2 orders one step's stores before
+// the next step's loads anyway (sequence tiles: below). dkv2_reduce_kernel then sums the layers
+// and head blocks in a fixed order. Scratch: 2 x layers x (B * N) x Hkv x head_blocks x D
+// float32, zeroed by the caller; layers <= 4 by the plan (launch_bwd.cuh plan_dqkv2), head_blocks
+// = ceil(group / 32).
 //
 // Sequence tiles (Hq == Hkv: one head, rows = 32 consecutive positions). Each row has its own k =
 // pos - u, so S / dP read a k2 / v2 row per row (logits_and_dp's ldmatrix form) and there are no
@@ -88,18 +89,18 @@ struct DqKv2Config {
   static constexpr int kQueryBufs = DP == 128 ? 1 : 2;
   static constexpr int kDqLd = DP + 8;  // sdq's row stride in floats (fewer bank conflicts than DP)
   // The pair operands q ⊙ k2 and dout ⊙ v2 held as A fragments over an offset's j loop (64
-  // registers at 128) instead of rebuilt from shared memory every step. Packed: at 64 ptxas for
-  // sm_80 spills 16-20 bytes with them (one q / dout buffer or two), and at 128 for sm_86 / sm_90
-  // 12-16 (common.cuh): those rebuild. Sequence tiles: at 128 sm_86 / sm_90 spill 24-32 bytes,
-  // at 64 no arch does, so they hold there everywhere (kHoldOnAllArchs). The kernel's kHold; the
-  // emulator runs both forms (packed 128 held, packed 64 rebuilt).
-  static constexpr bool kHoldPairs = DP == 128 || !kOneRow;
+  // registers at 128) instead of rebuilt from shared memory every step. kHoldPairs: at 128,
+  // except for sm_86 / sm_90 (common.cuh), where ptxas spills 12-16 bytes with them (packed) or
+  // 24-32 (sequence tiles). At 64 the packed tiles spill 16-20 bytes on sm_80 (one q / dout buffer
+  // or two) and rebuild; the sequence tiles spill on no arch and hold there everywhere
+  // (kHoldOnAllArchs). The kernel's kHold; the emulator runs both forms (packed 64 rebuilds).
+  static constexpr bool kHoldPairs = DP == 128;
   static constexpr bool kHoldOnAllArchs = DP == 64 && !kOneRow;
-  // q and dout, the k1/v1 stages, the k2/v2 rows (two buffers each), sx, sred, sdq.
+  // q and dout, the k1/v1 stages, the k2/v2 rows (kKv2Rows each), sx, sred (packed), sdq.
   static constexpr int kSmemBytes = kRowBytes * (2 * kQueryBufs * kRows + 2 * kStages * kBlockJ + 2 * kKv2Rows) +
                                     kXWords * 4 + kRedFloats * 4 + kRows * kDqLd * 4;
   static_assert(kWarpJ == 16 && kWarpCols % 32 == 0, "head_sum and the exchange take these shapes");
-  static_assert(2 * DP % kThreads == 0, "one thread owns each scratch column of a position");
+  static_assert(2 * DP % kThreads == 0, "packed: one thread owns each scratch column of a position");
   static_assert(kSmemBytes <= kSmemLimit, "dq/dk2/dv2 tiles exceed the shared memory of an sm_86 block");
 };
 
@@ -108,6 +109,11 @@ struct Dkv2Scratch {
   float* base;
   int64_t rows;
   int layers, Hkv, head_blocks, D;
+  // The row of position pos of sequence s (rows = B * N: batch b's rows start at b * N; a packed
+  // sequence's at its row0).
+  SA_DEV int64_t row_of(const SeqSpan& s, int N, int pos) const {
+    return static_cast<int64_t>(s.batch) * N + s.row0 + pos;
+  }
   SA_DEV float* at(int which, int layer, int64_t row, int g, int hb, int col) const {
     return base + ((((static_cast<int64_t>(which) * layers + layer) * rows + row) * Hkv + g) * head_blocks + hb) * D +
            col;
@@ -216,7 +222,7 @@ SA_DEV void add_row_partials(const float (&x)[kTiles][4], const float (&y)[kTile
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     if (!ok[h]) continue;
-    const int64_t row = static_cast<int64_t>(qt.seq.batch) * N + qt.seq.row0 + (lr.pos[h] - u);
+    const int64_t row = sc.row_of(qt.seq, N, lr.pos[h] - u);
     float* const dk = sc.at(0, layer, row, qt.g, hb, 0);
     float* const dv = sc.at(1, layer, row, qt.g, hb, 0);
     float old_k[kTiles][2], old_v[kTiles][2];
@@ -251,7 +257,7 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   constexpr int DP = Cfg::kHeadDim, BM = Cfg::kRows, BJ = Cfg::kBlockJ, WJ = Cfg::kWarpJ, WC = Cfg::kWarpCols;
   constexpr int kThreads = Cfg::kThreads, kRowWarps = Cfg::kRowWarps;
   using TileT = Tile<T, DP>;
-  constexpr bool kHold = Cfg::kHoldPairs && (Cfg::kHoldOnAllArchs || (!kSm86Device && !kSm90Device));
+  constexpr bool kHold = Cfg::kHoldOnAllArchs || (Cfg::kHoldPairs && !kSm86Device && !kSm90Device);
   constexpr bool kOneRow = Cfg::kPacked;
 
   // ---- The CTA's span: tiles ti < n_tiles of positions span_p0 + ti * positions (query_tile_at).
@@ -274,13 +280,16 @@ dqkv2_kernel(const DqKv2KernelParams p) {
   //   k2/v2 rows buffer nu % 2 the rows of the nu-th offset u the CTA visits: loaded after the j
   //                            loop of offset nu - 1 (its readers, offset nu - 2's steps and
   //                            epilogue, precede that u's B1s), read after B1 and in nu's epilogue.
+  //                            Sequence tiles: the ring, row k in slot k % kRing; offset u + 1's
+  //                            new row loaded after u's j loop (its slot's last readers, offset
+  //                            u - 1's, precede u's B1s), a tile's rows after the last u's [R].
   //   k1/v1 stage it % 2       filled during step it - 1 (after B2 of step it - 2, its last
   //                            reader), read after B1 of step it.
   //   sx                       dA / P of one step, written by each column warp for its j
   //                            positions, read by the warps of the same rows after [X]; written
   //                            again after B1 of the next step.
-  //   sred                     head sums of one u per row warp: written before [R], read after it;
-  //                            written again after the next u's first B1.
+  //   sred                     (packed) head sums of one u per row warp: written before [R], read
+  //                            after it; written again after the next u's first B1.
   //   sdq                      the tile's dq accumulator (fp32): each element read and written by
   //                            the one lane whose C fragment holds it (no barrier).
   SmemCarver carver{dynamic_smem()};
@@ -552,7 +561,7 @@ dqkv2_kernel(const DqKv2KernelParams p) {
 #pragma unroll
           for (int rw = 0; rw < kRowWarps; ++rw)
             if (((16 * rw) >> p.log2_heads) == ps) sum += sload(sred + (rw * 2 + which) * DP + col);
-          const int64_t row = static_cast<int64_t>(seq.batch) * p.N + seq.row0 + k;
+          const int64_t row = p.scratch.row_of(seq, p.N, k);
           float* const dst = p.scratch.at(which, layer, row, qt.g, hb, col);
           gstore(dst, gload(dst) + sum);
         }

@@ -37,6 +37,11 @@ _ADD_ROW_PARTIALS = (
     "        add_row_partials<T, WC / 8>(x, y, q_h, do_h, o.ok, lr, qt, p.scratch, layer, hb, col0w, u, D, p.N);\n"
 )
 
+# Dkv2Scratch::row_of, which both forms of the fused pass address the scratch through (one mutant
+# per form's packed-sequence case).
+_SCRATCH_ROW = "return static_cast<int64_t>(s.batch) * N + s.row0 + pos;"
+_SCRATCH_ROW_WITHOUT_ROW0 = "return static_cast<int64_t>(s.batch) * N + pos;"
+
 MUTANTS = [
     # ---- device branches (common.cuh inline PTX): the SASS probes
     dict(
@@ -438,8 +443,8 @@ MUTANTS = [
     dict(
         name="cuda-dqkv2-row-of-the-wrong-sequence",
         path="csrc/cuda/bwd_dqkv2_kernel.cuh",
-        old="const int64_t row = static_cast<int64_t>(seq.batch) * p.N + seq.row0 + k;",
-        new="const int64_t row = static_cast<int64_t>(seq.batch) * p.N + k;",
+        old=_SCRATCH_ROW,
+        new=_SCRATCH_ROW_WITHOUT_ROW0,
         tests=FUSED_VARLEN,
         why="a packed sequence's dk2 / dv2 partials added at the first sequence's rows (position, not row)",
     ),
@@ -470,8 +475,8 @@ MUTANTS = [
     dict(
         name="cuda-dqkv2-seq-row-of-the-wrong-sequence",
         path="csrc/cuda/bwd_dqkv2_kernel.cuh",
-        old="const int64_t row = static_cast<int64_t>(qt.seq.batch) * N + qt.seq.row0 + (lr.pos[h] - u);",
-        new="const int64_t row = static_cast<int64_t>(qt.seq.batch) * N + (lr.pos[h] - u);",
+        old=_SCRATCH_ROW,
+        new=_SCRATCH_ROW_WITHOUT_ROW0,
         tests=SEQ_VARLEN,
         why="sequence tiles: a packed sequence's partials added at the first sequence's rows (position, not row)",
     ),
